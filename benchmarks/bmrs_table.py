@@ -1,0 +1,174 @@
+"""BMRS Table 1 protocol: continuous pruning of an MLP and LeNet5 on MNIST / Fashion-MNIST.
+
+Methods: none (no pruning), L2 (the unpruned model pruned by the L2 norm of incoming
+weights to BMRS_N's compression, then fine-tuned), E[theta] (< 0.1), SNR (< 1), BMRS_N,
+BMRS_U-8 and BMRS_U-4 (threshold-free: dF >= 0). Continuous pruning after every epoch,
+then fine-tuning epochs without pruning, an 80/20 train/val split of the training set,
+test accuracy on the test set. Compression = parameters removed / parameters of the
+unpruned network, counted on the converted (physically smaller) network.
+
+The paper trains 50 epochs + 10 fine-tuning; ``--epochs``/``--finetune`` may reduce that,
+and the reduction is written into the output. Each finished run is cached in
+``benchmarks/results/bmrs_table.runs.json`` so an interrupted benchmark resumes.
+
+    python benchmarks/bmrs_table.py --datasets mnist fashion-mnist --models mlp lenet5 \
+        --seeds 0 1 2 --epochs 50 --finetune 10 --kl-scale elbo paper
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from _common import RESULTS_DIR, format_table, print_header, set_threads, write_results
+from pyro_prune.data import load_dataset, train_val_split
+from pyro_prune.inference import ContinuousPruning, evaluate, fit, prune_to_compression
+from pyro_prune.models import MLP, LeNet5
+
+# The paper's MLP sizes and its BMRS_N row (compression %, accuracy %).
+MLP_HIDDEN = {"mnist": [100] * 7, "fashion-mnist": [150], "cifar10": [150] * 5}
+PAPER_BMRS_N = {
+    ("mlp", "mnist"): (48.9, 96.95), ("mlp", "fashion-mnist"): (93.2, 84.99),
+    ("mlp", "cifar10"): (76.4, 43.59), ("lenet5", "mnist"): (86.9, 95.59),
+    ("lenet5", "fashion-mnist"): (88.0, 77.90), ("lenet5", "cifar10"): (62.9, 66.14),
+}
+CRITERIA = {"e_theta": {}, "snr": {}, "bmrs_n": {}, "bmrs_u8": {"p1": 8}, "bmrs_u4": {"p1": 4}}
+METHODS = ["none", "l2", *CRITERIA]
+RUNS_FILE = RESULTS_DIR / "bmrs_table.runs.json"
+
+
+def make_model(name: str, info: Any) -> torch.nn.Module:
+    if name == "mlp":
+        return MLP(info.input_dim, MLP_HIDDEN.get(info.name, [100]), info.num_classes)
+    if name == "lenet5":
+        c, h, _ = info.input_shape
+        return LeNet5(c, info.num_classes, h)
+    raise ValueError(f"unknown model {name!r}")
+
+
+def run_one(dataset: str, model_name: str, seed: int, kl_scale: str, args: argparse.Namespace,
+            data: dict[str, Any]) -> list[dict[str, Any]]:
+    train, val, test = data["train"], data["val"], data["test"]
+    kw = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, val=val, seed=seed,
+              progress=not args.quiet, kl_scale=kl_scale)
+    rows = []
+
+    def record(method: str, model, t0: float, history=None) -> None:
+        metrics = evaluate(model, test)
+        from pyro_prune.convert import compression
+
+        rows.append({
+            "dataset": dataset, "model": model_name, "method": method, "seed": seed,
+            "kl_scale": kl_scale, "test_accuracy": metrics["accuracy"],
+            "compression": compression(model), "kept": model.kept_counts(),
+            "val_accuracy": history[-1].get("val_accuracy") if history else None,
+            "time_s": time.perf_counter() - t0,
+        })
+        print(f"  {dataset} {model_name} seed={seed} kl={kl_scale} {method}: "
+              f"acc={rows[-1]['test_accuracy']:.4f} comp={rows[-1]['compression']:.3f}", flush=True)
+
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    base = make_model(model_name, data["info"])
+    res = fit(base, train, **{**kw, "epochs": args.epochs + args.finetune})
+    record("none", base, t0, res.history)
+    comps: dict[str, float] = {}
+    for crit, ckw in CRITERIA.items():
+        if crit not in args.methods:
+            continue
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        model = make_model(model_name, data["info"])
+        name = "bmrs_u" if crit.startswith("bmrs_u") else crit
+        sched = ContinuousPruning(name, every=1, finetune_epochs=args.finetune, **ckw)
+        res = fit(model, train, schedule=sched, **kw)
+        record(crit, model, t0, res.history)
+        comps[crit] = rows[-1]["compression"]
+    if "l2" in args.methods and "bmrs_n" in comps:
+        t0 = time.perf_counter()
+        model = copy.deepcopy(base)
+        prune_to_compression(model, "l2", comps["bmrs_n"])
+        res = fit(model, train, **{**kw, "epochs": args.finetune})
+        record("l2", model, t0, res.history)
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["model"], r["kl_scale"], r["method"]), []).append(r)
+    out = []
+    for (dataset, model, kl, method), rs in groups.items():
+        acc = [100 * r["test_accuracy"] for r in rs]
+        comp = [100 * r["compression"] for r in rs]
+        paper = PAPER_BMRS_N.get((model, dataset)) if method == "bmrs_n" else None
+        out.append({
+            "dataset": dataset, "model": model, "kl_scale": kl, "method": method, "seeds": len(rs),
+            "compression_%": statistics.mean(comp),
+            "compression_std": statistics.stdev(comp) if len(comp) > 1 else 0.0,
+            "accuracy_%": statistics.mean(acc),
+            "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+            "paper_compression_%": paper[0] if paper else None,
+            "paper_accuracy_%": paper[1] if paper else None,
+        })
+    order = {m: i for i, m in enumerate(METHODS)}
+    out.sort(key=lambda r: (r["dataset"], r["model"], r["kl_scale"], order.get(r["method"], 99)))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"])
+    parser.add_argument("--models", nargs="+", default=["mlp", "lenet5"], choices=["mlp", "lenet5"])
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--finetune", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--kl-scale", nargs="+", default=["elbo", "paper"], choices=["elbo", "paper"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    set_threads(args.threads)
+    config = {k: v for k, v in vars(args).items() if k != "quiet"}
+    config["protocol"] = ("paper: 50 epochs + 10 fine-tuning, 80/20 split; this run: "
+                          f"{args.epochs} + {args.finetune}")
+    print_header(__file__, seeds=args.seeds, config=config)
+    cache: dict[str, list[dict[str, Any]]] = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.exists() else {}
+    all_rows: list[dict[str, Any]] = []
+    for dataset in args.datasets:
+        try:
+            full = load_dataset(dataset, "train")
+            test = load_dataset(dataset, "test")
+        except (FileNotFoundError, ValueError) as err:
+            print(f"skipping {dataset}: {err}")
+            continue
+        for seed in args.seeds:
+            train, val = train_val_split(full, val_fraction=0.2, seed=seed)
+            data = {"train": train, "val": val, "test": test, "info": full.info}
+            for model_name in args.models:
+                for kl in args.kl_scale:
+                    key = json.dumps([dataset, model_name, seed, kl, args.epochs, args.finetune,
+                                      args.batch_size, args.lr, sorted(args.methods)])
+                    if key not in cache:
+                        cache[key] = run_one(dataset, model_name, seed, kl, args, data)
+                        RUNS_FILE.write_text(json.dumps(cache, indent=1))
+                    all_rows.extend(cache[key])
+    table = summarise(all_rows)
+    print(format_table(table, ["dataset", "model", "kl_scale", "method", "seeds", "compression_%",
+                               "compression_std", "accuracy_%", "accuracy_std",
+                               "paper_compression_%", "paper_accuracy_%"]))
+    path = write_results(__file__, config=config, seeds=args.seeds, rows=table,
+                         extra={"runs": all_rows})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Time per training step: SVI on the noise model vs a plain PyTorch step.
+
+For the MNIST MLP (7x100) and LeNet5, same batch (128), same threads, side by side in one
+process: the plain deterministic network (cross-entropy, Adam), the noise model with the
+fast ELBO (``engine="fast"``, the default of ``fit``) and the same model through Pyro's
+``TraceMeanField_ELBO`` (``engine="pyro"``). Median over repeats, interleaved so that
+machine noise hits every variant alike.
+
+    python benchmarks/training_speed.py [--repeats 15] [--steps 50] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from _common import format_table, print_header, set_threads, write_results
+from pyro_prune.inference.elbo import fast_elbo_loss, pyro_elbo_loss
+from pyro_prune.models import MLP, LeNet5
+
+SEED = 0
+
+
+def _plain_copy(net: torch.nn.Module) -> torch.nn.Module:
+    """The deterministic network: the backbone without its gates."""
+    import copy
+
+    from pyro_prune.models import StructureGate
+
+    plain = copy.deepcopy(net.net)
+    for name, module in list(plain.named_children()):
+        if isinstance(module, StructureGate):
+            setattr(plain, name, torch.nn.Identity())
+    return plain
+
+
+def _step_fns(make, x, y):
+    torch.manual_seed(SEED)
+    net = make()
+    net.num_data = 60000
+    plain = _plain_copy(net)
+    opt_plain = torch.optim.Adam(plain.parameters(), lr=1e-3)
+    opt_fast = torch.optim.Adam(net.parameters(), lr=1e-3)
+    torch.manual_seed(SEED)
+    pyro_net = make()
+    pyro_net.num_data = 60000
+    opt_pyro = torch.optim.Adam(pyro_net.parameters(), lr=1e-3)
+    net.train()
+    pyro_net.train()
+
+    def plain_step():
+        opt_plain.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(plain(x), y)
+        loss.backward()
+        opt_plain.step()
+
+    def fast_step():
+        opt_fast.zero_grad(set_to_none=True)
+        loss, _ = fast_elbo_loss(net, x, y)
+        loss.backward()
+        opt_fast.step()
+
+    def pyro_step():
+        opt_pyro.zero_grad(set_to_none=True)
+        loss = pyro_elbo_loss(pyro_net, x, y)
+        loss.backward()
+        opt_pyro.step()
+
+    return {"plain torch": plain_step, "fast ELBO": fast_step, "Pyro TraceMeanField_ELBO": pyro_step}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=128)
+    args = parser.parse_args()
+    set_threads(args.threads)
+    config = vars(args)
+    print_header(__file__, seeds=[SEED], config=config)
+    models = {
+        "MLP 7x100": (lambda: MLP(784, [100] * 7, 10), (1, 28, 28)),
+        "LeNet5": (lambda: LeNet5(1, 10, 28), (1, 28, 28)),
+    }
+    rows = []
+    for model_name, (make, shape) in models.items():
+        g = torch.Generator().manual_seed(SEED)
+        x = torch.randn(args.batch, *shape, generator=g)
+        y = torch.randint(0, 10, (args.batch,), generator=g)
+        fns = _step_fns(make, x, y)
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for fn in fns.values():  # warm-up
+            for _ in range(5):
+                fn()
+        for _ in range(args.repeats):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                for _ in range(args.steps):
+                    fn()
+                times[name].append((time.perf_counter() - t0) / args.steps)
+        base = statistics.median(times["plain torch"])
+        for name, ts in times.items():
+            med = statistics.median(ts)
+            rows.append({
+                "model": model_name,
+                "variant": name,
+                "ms_per_step": med * 1e3,
+                "ratio_to_plain": med / base,
+            })
+    print(format_table(rows))
+    path = write_results(__file__, config=config, seeds=[SEED], rows=rows)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

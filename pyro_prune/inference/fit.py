@@ -1,0 +1,376 @@
+"""Fit a Pyro model by stochastic variational inference, with pruning schedules.
+
+:func:`fit` is the training loop every method of the package shares: Adam on the negative
+ELBO (closed-form KL, :mod:`pyro_prune.inference.elbo`), minibatches of a
+``TensorDataset``, a :class:`~pyro_prune.inference.schedules.Schedule` that may prune at the
+end of each epoch, a per-epoch history, tqdm progress and resumable checkpoints.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from pyro.infer import TraceMeanField_ELBO
+from torch import Tensor, nn
+from torch.utils.data import TensorDataset
+from tqdm.auto import tqdm
+
+from pyro_prune.inference.elbo import fast_elbo_loss, pyro_elbo_loss
+from pyro_prune.models.base import KLScale, Likelihood, PrunableNet
+
+__all__ = ["Engine", "FitContext", "FitResult", "evaluate", "fit", "load_checkpoint"]
+
+CHECKPOINT_FORMAT = "pyro_prune.fit/1"
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class Engine(enum.Enum):
+    """How the negative ELBO is computed (see :mod:`pyro_prune.inference.elbo`)."""
+
+    #: ``FAST`` for the built-in mean-field guide, ``PYRO`` for any other guide
+    AUTO = "auto"
+    #: plain-torch ELBO with per-example reparameterised draws
+    FAST = "fast"
+    #: ``TraceMeanField_ELBO`` on the Pyro model and guide
+    PYRO = "pyro"
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns."""
+
+    model: PrunableNet
+    guide: Callable
+    history: list[dict[str, Any]]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+def _tensors(dataset: Any, arg: str) -> tuple[Tensor, Tensor]:
+    if not isinstance(dataset, TensorDataset) or len(dataset.tensors) != 2:
+        raise TypeError(
+            f"{arg} must be a TensorDataset of (inputs, targets), got {type(dataset).__name__}"
+        )
+    x, y = dataset.tensors
+    if len(x) == 0:
+        raise ValueError(f"{arg} is empty")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{arg} inputs contain NaN or infinite values")
+    if y.is_floating_point() and not bool(torch.isfinite(y).all()):
+        raise ValueError(f"{arg} targets contain NaN or infinite values")
+    return x, y
+
+
+def _check_targets(model: PrunableNet, y: Tensor, arg: str) -> None:
+    if model.likelihood is Likelihood.CATEGORICAL:
+        if y.is_floating_point() or y.dim() != 1:
+            raise ValueError(
+                f"{arg}: a categorical model needs integer class labels of shape [N], "
+                f"got dtype={y.dtype} shape={tuple(y.shape)}"
+            )
+    elif not y.is_floating_point() or y.dim() != 2:
+        raise ValueError(
+            f"{arg}: a gaussian model needs float targets of shape [N, D], "
+            f"got dtype={y.dtype} shape={tuple(y.shape)}"
+        )
+
+
+@torch.no_grad()
+def evaluate(model: PrunableNet, dataset: TensorDataset, *, batch_size: int = 2048) -> dict[str, float]:
+    """Mean negative log likelihood and accuracy (or RMSE) at the posterior mean."""
+    x, y = _tensors(dataset, "dataset")
+    was_training = model.training
+    model.eval()
+    total_nll, correct, sq = 0.0, 0, 0.0
+    try:
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+            out = model.predict(xb)
+            total_nll += float(model.nll(out, yb).sum())
+            if model.likelihood is Likelihood.CATEGORICAL:
+                correct += int((out.argmax(-1) == yb).sum())
+            else:
+                sq += float(((out - yb) ** 2).sum())
+    finally:
+        model.train(was_training)
+    n = len(x)
+    metrics = {"loss": total_nll / n}
+    if model.likelihood is Likelihood.CATEGORICAL:
+        metrics["accuracy"] = correct / n
+    else:
+        metrics["rmse"] = math.sqrt(sq / (n * y.shape[-1]))
+    return metrics
+
+
+@dataclass
+class FitContext:
+    """The training state a schedule sees (and may act on)."""
+
+    model: PrunableNet
+    guide: Callable
+    optimizer: torch.optim.Optimizer
+    train: TensorDataset
+    val: TensorDataset | None
+    batch_size: int
+    seed: int
+    epochs: int
+    epoch: int = 0
+    step: int = 0
+    train_epoch: Callable[[], dict[str, float]] = field(default=lambda: {})
+    loss_fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None]] | None = None
+
+    def evaluate(self, dataset: TensorDataset) -> dict[str, float]:
+        return evaluate(self.model, dataset)
+
+
+def _parameters(model: nn.Module, guide: Callable) -> list[nn.Parameter]:
+    params = list(model.parameters())
+    if isinstance(guide, nn.Module) and guide is not model:
+        seen = {id(p) for p in params}
+        params += [p for p in guide.parameters() if id(p) not in seen]
+    return [p for p in params if p.requires_grad]
+
+
+def _compression(model: PrunableNet) -> float | None:
+    from pyro_prune.convert import compression
+
+    return compression(model)
+
+
+def fit(
+    model: PrunableNet,
+    train: TensorDataset,
+    *,
+    epochs: int,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    val: TensorDataset | None = None,
+    schedule: Any = None,
+    seed: int = 0,
+    checkpoint_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    engine: Engine | str = Engine.AUTO,
+    kl_scale: float | KLScale | str = KLScale.ELBO,
+    guide: Callable | None = None,
+    weight_decay: float = 0.0,
+) -> FitResult:
+    """Fit ``model`` (and its guide) by SVI; prune along the way if ``schedule`` says so.
+
+    Args:
+        model: a :class:`PrunableNet` (its ``num_data`` is set to ``len(train)``).
+        train: ``TensorDataset(inputs, targets)``.
+        epochs: number of training epochs (a schedule may add ``extra_epochs`` of
+            fine-tuning).
+        batch_size, lr: minibatch size and Adam learning rate.
+        val: validation data, evaluated at the posterior mean after every epoch.
+        schedule: a :class:`~pyro_prune.inference.schedules.Schedule` (or ``None``).
+        seed: seeds torch, Pyro and the data order.
+        checkpoint_dir: if given, a checkpoint is written there after every epoch and an
+            existing one is resumed from (same model class and settings required).
+        progress: show a tqdm progress bar.
+        engine: ``"auto"``, ``"fast"`` or ``"pyro"`` (see :class:`Engine`).
+        kl_scale: weight of the KL term: a number, ``"elbo"`` (1) or ``"paper"``.
+        guide: a custom Pyro guide (e.g. ``AutoDelta``); defaults to ``model.guide``.
+        weight_decay: Adam weight decay (0: none; the priors already regularise).
+
+    Returns:
+        :class:`FitResult` with the model, the guide and the per-epoch history.
+    """
+    if not isinstance(model, PrunableNet):
+        raise TypeError(f"model must be a PrunableNet, got {type(model).__name__}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    x_train, y_train = _tensors(train, "train")
+    _check_targets(model, y_train, "train")
+    if val is not None:
+        _check_targets(model, _tensors(val, "val")[1], "val")
+    try:
+        engine = Engine(engine)
+    except ValueError:
+        raise ValueError(f"engine must be one of {[e.value for e in Engine]}, got {engine!r}") from None
+    custom_guide = guide is not None and guide != model.guide
+    guide = guide if guide is not None else model.guide
+    if engine is Engine.AUTO:
+        engine = Engine.PYRO if custom_guide else Engine.FAST
+    if engine is Engine.FAST and custom_guide:
+        raise ValueError("engine='fast' works with the model's own guide only; use engine='pyro'")
+
+    torch.manual_seed(seed)
+    pyro.set_rng_seed(seed)
+    model.num_data = len(x_train)
+    kl_value = model.set_kl_scale(kl_scale)
+    model.train()
+
+    elbo = TraceMeanField_ELBO()
+    if custom_guide:  # autoguides create their parameters on the first call
+        with torch.no_grad():
+            pyro.poutine.trace(guide).get_trace(x_train[:2], y_train[:2])
+    optimizer = torch.optim.Adam(_parameters(model, guide), lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+
+    def loss_fn(xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor | None]:
+        if engine is Engine.FAST:
+            return fast_elbo_loss(model, xb, yb)
+        return pyro_elbo_loss(model, xb, yb, guide=guide, elbo=elbo), None
+
+    ctx = FitContext(
+        model=model, guide=guide, optimizer=optimizer, train=train, val=val,
+        batch_size=batch_size, seed=seed, epochs=epochs, loss_fn=loss_fn,
+    )
+
+    def train_epoch() -> dict[str, float]:
+        model.train()
+        order = torch.randperm(len(x_train), generator=generator)
+        total, correct, seen = 0.0, 0, 0
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            xb, yb = x_train[idx], y_train[idx]
+            optimizer.zero_grad(set_to_none=True)
+            loss, out = loss_fn(xb, yb)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"the loss became {float(loss)} at epoch {ctx.epoch + 1}, step {ctx.step}; "
+                    f"lower lr (now {lr})"
+                )
+            loss.backward()
+            optimizer.step()
+            ctx.step += 1
+            if schedule is not None:
+                schedule.on_step_end(ctx)
+            total += float(loss) * len(idx)
+            seen += len(idx)
+            if out is not None and model.likelihood is Likelihood.CATEGORICAL:
+                correct += int((out.detach().argmax(-1) == yb).sum())
+        row = {"loss": total / seen / model.num_data}
+        if engine is Engine.FAST and model.likelihood is Likelihood.CATEGORICAL:
+            row["train_accuracy_running"] = correct / seen
+        return row
+
+    ctx.train_epoch = train_epoch
+    total_epochs = epochs + int(getattr(schedule, "extra_epochs", 0) if schedule is not None else 0)
+    history: list[dict[str, Any]] = []
+    config = {
+        "model": type(model).__name__, "epochs": epochs, "total_epochs": total_epochs,
+        "batch_size": batch_size, "lr": lr, "seed": seed, "engine": engine.value,
+        "kl_scale": kl_value, "num_data": model.num_data,
+        "schedule": repr(schedule) if schedule is not None else None,
+    }
+    start_epoch = 0
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if schedule is not None:
+        schedule.on_fit_start(ctx)
+    if ckpt_path is not None and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, model=model, config=config)
+        optimizer.load_state_dict(state["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(state.get("schedule", {}))
+        history = list(state["history"])
+        start_epoch = int(state["epoch"])
+        ctx.step = int(state["step"])
+        torch.set_rng_state(state["rng"]["torch"])
+        generator.set_state(state["rng"]["data"])
+
+    bar = tqdm(range(start_epoch, total_epochs), desc=f"fit {type(model).__name__}",
+               disable=not progress, initial=start_epoch, total=total_epochs, leave=False)
+    for epoch in bar:
+        ctx.epoch = epoch
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        row.update(train_epoch())
+        row["epoch_time_s"] = time.perf_counter() - t0
+        train_metrics = evaluate(model, train) if val is None or epoch + 1 == total_epochs else None
+        if train_metrics is not None:
+            row.update({f"train_{k}": v for k, v in train_metrics.items()})
+        if val is not None:
+            row.update({f"val_{k}": v for k, v in evaluate(model, val).items()})
+        if schedule is not None:
+            row.update(schedule.on_epoch_end(ctx, epoch + 1))
+        row["kept"] = model.kept_counts()
+        row["compression"] = _compression(model)
+        history.append(row)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
+                         if k in ("loss", "val_accuracy", "compression") and v is not None})
+        if ckpt_path is not None:
+            _save_checkpoint(ckpt_path, model=model, optimizer=optimizer, schedule=schedule,
+                             history=history, epoch=epoch + 1, step=ctx.step, config=config,
+                             generator=generator)
+    bar.close()
+    model.eval()
+    return FitResult(model=model, guide=guide, history=history, config=config)
+
+
+def _save_checkpoint(path: Path, *, model: PrunableNet, optimizer: torch.optim.Optimizer,
+                     schedule: Any, history: list, epoch: int, step: int, config: dict,
+                     generator: torch.Generator) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "model_class": type(model).__name__,
+        "config": {k: v for k, v in config.items() if k != "schedule"},
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict() if schedule is not None else {},
+        "history": history,
+        "epoch": epoch,
+        "step": step,
+        "rng": {"torch": torch.get_rng_state(), "data": generator.get_state()},
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+_RESUME_KEYS = ("model", "batch_size", "lr", "seed", "engine", "num_data", "total_epochs")
+
+
+def load_checkpoint(path: str | os.PathLike, *, model: PrunableNet | None = None,
+                    config: dict | None = None) -> dict[str, Any]:
+    """Load a :func:`fit` checkpoint (``weights_only=True``) and, given ``model``, restore it.
+
+    Raises:
+        ValueError: the file is not a pyro_prune checkpoint, or it was written for another
+            model class, other parameter shapes or other fit settings (named in the message).
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a pyro_prune fit checkpoint (format {CHECKPOINT_FORMAT})")
+    if model is not None:
+        if state["model_class"] != type(model).__name__:
+            raise ValueError(
+                f"checkpoint {path} is for a {state['model_class']}, not a {type(model).__name__}"
+            )
+        if config is not None:
+            diffs = [f"{k}: checkpoint {state['config'].get(k)!r} vs now {config.get(k)!r}"
+                     for k in _RESUME_KEYS if state["config"].get(k) != config.get(k)]
+            if diffs:
+                raise ValueError(f"checkpoint {path} was written with other settings: " + "; ".join(diffs))
+        own = model.state_dict()
+        bad = [k for k, v in state["model"].items() if k not in own or own[k].shape != v.shape]
+        missing = [k for k in own if k not in state["model"]]
+        if bad or missing:
+            raise ValueError(
+                f"checkpoint {path} does not match the model: unexpected or reshaped "
+                f"{bad[:5]}, missing {missing[:5]}"
+            )
+        model.load_state_dict(state["model"])
+    return state

@@ -1,0 +1,208 @@
+"""Pruning schedules for :func:`~pyro_prune.inference.fit.fit`, and the post-training curve.
+
+* :class:`ContinuousPruning` — BMRS's Algorithm 1 (Wright et al., NeurIPS 2024): after
+  every ``every`` epochs of SVI, remove each structure whose criterion says so (for the
+  threshold-free BMRS criteria, dF >= 0); after the training epochs, ``finetune_epochs``
+  more epochs without pruning. Thresholded baselines (SNR < 1, E[theta] < 0.1) use the
+  same machinery.
+* :func:`post_training_curve` — rank all structures of a trained model by a criterion,
+  remove them progressively (one epoch of fine-tuning per point), record accuracy vs
+  compression and mark where dF turns negative (the threshold-free stopping point).
+* :func:`prune_to_compression` — remove the lowest-ranked structures until a target
+  compression is reached (how the L2 baseline is matched to BMRS_N's compression).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import TensorDataset
+from tqdm.auto import tqdm
+
+from pyro_prune.inference.scoring import global_ranking, structure_removals
+from pyro_prune.models.base import PrunableNet
+
+__all__ = [
+    "ContinuousPruning",
+    "Schedule",
+    "post_training_curve",
+    "prune_to_compression",
+]
+
+
+class Schedule:
+    """Hooks :func:`fit` calls; subclasses prune, gate or log.
+
+    Attributes:
+        extra_epochs: epochs :func:`fit` adds after the requested ones (fine-tuning).
+    """
+
+    extra_epochs: int = 0
+
+    def on_fit_start(self, ctx: Any) -> None:
+        """Called once before the first epoch (and before a checkpoint is resumed)."""
+
+    def on_step_end(self, ctx: Any) -> None:
+        """Called after every optimizer step."""
+
+    def on_epoch_end(self, ctx: Any, epoch: int) -> dict[str, Any]:
+        """Called after every epoch (1-based); returns entries for the history row."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+class ContinuousPruning(Schedule):
+    """Prune during training with a criterion from :mod:`pyro_prune.reduction`.
+
+    Args:
+        criterion: a registered criterion name (``"bmrs_n"``, ``"bmrs_u"``, ``"snr"``,
+            ``"e_theta"``, ``"gaussian_bmr"``) that can decide removal on its own.
+        every: prune after every ``every``-th training epoch.
+        finetune_epochs: epochs of training without pruning after the ``epochs`` of
+            :func:`fit` (so a run lasts ``epochs + finetune_epochs``).
+        criterion_kwargs: passed to the criterion (e.g. ``p1=4`` for BMRS_U).
+    """
+
+    def __init__(self, criterion: str = "bmrs_n", every: int = 1, finetune_epochs: int = 10,
+                 **criterion_kwargs: Any) -> None:
+        from pyro_prune.reduction import get_criterion
+
+        self.criterion = get_criterion(criterion, **criterion_kwargs)
+        if not self.criterion.decides:
+            raise ValueError(
+                f"criterion {criterion!r} has no removal rule of its own; use "
+                f"prune_to_compression for it"
+            )
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}")
+        if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
+            raise ValueError(f"finetune_epochs must be an int >= 0, got {finetune_epochs!r}")
+        self.every = every
+        self.extra_epochs = finetune_epochs
+        self.criterion_kwargs = criterion_kwargs
+        self.removed_total = 0
+
+    def __repr__(self) -> str:
+        return (f"ContinuousPruning(criterion={self.criterion.name!r}, every={self.every}, "
+                f"finetune_epochs={self.extra_epochs})")
+
+    def on_epoch_end(self, ctx: Any, epoch: int) -> dict[str, Any]:
+        if epoch > ctx.epochs:
+            return {"phase": "finetune", "removed": 0}
+        if epoch % self.every:
+            return {"phase": "train", "removed": 0}
+        removed = 0
+        for name, remove in structure_removals(ctx.model, self.criterion).items():
+            removed += ctx.model.gates()[name].prune(remove)
+        self.removed_total += removed
+        return {"phase": "prune", "removed": removed}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"removed_total": self.removed_total}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.removed_total = int(state.get("removed_total", 0))
+
+
+def _set_kept(model: PrunableNet, kept: dict[str, torch.Tensor]) -> None:
+    gates = model.gates()
+    for name, mask in kept.items():
+        gates[name].kept.copy_(mask)
+
+
+def _removal_masks(model: PrunableNet, order: Sequence[tuple[str, int]], k: int) -> dict[str, torch.Tensor]:
+    """Kept masks after removing the first ``k`` structures of ``order`` (never emptying a gate)."""
+    kept = {n: g.kept.clone() for n, g in model.gates().items()}
+    for name, idx in order[:k]:
+        if int(kept[name].sum()) > 1:
+            kept[name][idx] = False
+    return kept
+
+
+def prune_to_compression(model: PrunableNet, criterion: str, target: float, **criterion_kwargs: Any) -> float:
+    """Remove the lowest-ranked structures until ``compression(model) >= target``.
+
+    Structures are ranked globally by the criterion's score; the smallest number of
+    removals that reaches the target is found by bisection. Returns the compression
+    reached (which may stay below ``target`` when every layer is down to one structure).
+    """
+    from pyro_prune.convert import compression
+
+    if not 0.0 <= target < 1.0:
+        raise ValueError(f"target compression must lie in [0, 1), got {target}")
+    order = global_ranking(model, criterion, **criterion_kwargs)
+    original = {n: g.kept.clone() for n, g in model.gates().items()}
+    lo, hi = 0, len(order)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        _set_kept(model, _removal_masks(model, order, mid))
+        reached = compression(model)
+        _set_kept(model, original)
+        if reached >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    _set_kept(model, _removal_masks(model, order, lo))
+    return compression(model)
+
+
+def post_training_curve(
+    model: PrunableNet,
+    train: TensorDataset,
+    test: TensorDataset,
+    criterion: str,
+    *,
+    fractions: Sequence[float] | None = None,
+    finetune_epochs: int = 1,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
+    **criterion_kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Accuracy vs compression when a trained model is pruned progressively by a criterion.
+
+    The structures are ranked once on the trained model (lowest score first). For each
+    fraction of structures removed, a copy of the trained model has that many removed,
+    is fine-tuned for ``finetune_epochs`` epochs, and is evaluated on ``test``.
+
+    Each returned point has ``fraction`` (of structures removed), ``removed``,
+    ``compression``, ``accuracy`` (or ``rmse``), ``loss`` and ``before_stop``: True while
+    the removed structures all have dF >= 0 under BMRS_N, i.e. up to the threshold-free
+    stopping point; ``stop_fraction`` repeats where that point lies.
+    """
+    from pyro_prune.convert import compression
+    from pyro_prune.inference.fit import evaluate, fit
+
+    order = global_ranking(model, criterion, **criterion_kwargs)
+    total = len(order)
+    if fractions is None:
+        fractions = [i / 20 for i in range(20)]
+    bmrs_remove = structure_removals(model, "bmrs_n") if model.noise_layers() else {}
+    n_df_positive = sum(int(m.sum()) for m in bmrs_remove.values())
+    stop_fraction = n_df_positive / total if total else 0.0
+    points = []
+    for fraction in tqdm(fractions, desc=f"curve {criterion}", disable=not progress, leave=False):
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"fractions must lie in [0, 1), got {fraction}")
+        k = int(round(fraction * total))
+        pruned = copy.deepcopy(model)
+        _set_kept(pruned, _removal_masks(pruned, order, k))
+        if finetune_epochs > 0 and k > 0:
+            fit(pruned, train, epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed,
+                progress=False)
+        metrics = evaluate(pruned, test)
+        points.append({
+            "criterion": criterion, "fraction": fraction, "removed": k,
+            "compression": compression(pruned), **metrics,
+            "before_stop": fraction <= stop_fraction, "stop_fraction": stop_fraction,
+        })
+    return points

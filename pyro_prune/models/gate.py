@@ -1,0 +1,100 @@
+"""Structure gates: modules that keep or remove whole structures along one axis.
+
+A structure is a neuron of a Linear layer, a channel of a convolution, an attention head:
+whatever one index along one axis of a layer's output selects. A :class:`StructureGate`
+holds the boolean buffer ``kept`` over its structures and multiplies removed ones by zero.
+Pruning is monotone (a removed structure never returns) and never empties a layer.
+
+:class:`StructureMask` is the deterministic gate (used where the network has no
+multiplicative noise, e.g. Bayesian networks pruned neuron by neuron);
+:class:`~pyro_prune.models.noise.MultiplicativeNoise` is the stochastic one.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from pyro.nn import PyroModule
+from torch import Tensor
+
+__all__ = ["StructureGate", "StructureMask"]
+
+
+class StructureGate(PyroModule):
+    """Keeps or removes the ``num_structures`` structures along axis ``dim`` of its input.
+
+    Attributes:
+        kept: boolean buffer ``[n]`` of the structures still in the network.
+        producer_name: module path of the layer whose output structures this gate
+            selects (the structures' incoming weights), or ``None``; set by the net.
+    """
+
+    def __init__(self, num_structures: int, dim: int = -1) -> None:
+        super().__init__()
+        if isinstance(num_structures, bool) or not isinstance(num_structures, int) or num_structures < 1:
+            raise ValueError(f"num_structures must be a positive int, got {num_structures!r}")
+        if not isinstance(dim, int):
+            raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+        self.num_structures = num_structures
+        self.dim = dim
+        self.register_buffer("kept", torch.ones(num_structures, dtype=torch.bool))
+        self.producer_name: str | None = None
+        self.site_name = "gate"
+
+    def importance(self) -> Tensor:
+        """Score used to pick the survivor when pruning would empty the layer."""
+        return self.kept.to(torch.float32)
+
+    def prune(self, remove: Tensor) -> int:
+        """Remove the structures where ``remove`` is True; returns how many were newly removed.
+
+        Pruning is monotone. It never empties the layer: if every remaining structure
+        would go, the most important one (:meth:`importance`) stays, with a warning.
+        """
+        remove = torch.as_tensor(remove, device=self.kept.device)
+        if remove.dtype != torch.bool or remove.shape != self.kept.shape:
+            raise ValueError(
+                f"remove must be a bool tensor of shape {tuple(self.kept.shape)}, "
+                f"got dtype={remove.dtype} shape={tuple(remove.shape)}"
+            )
+        new_kept = self.kept & ~remove
+        if not bool(new_kept.any()):
+            with torch.no_grad():
+                score = self.importance().detach().float().masked_fill(~self.kept, -float("inf"))
+            keep = int(score.argmax())
+            new_kept[keep] = True
+            warnings.warn(
+                f"pruning would empty {self.site_name!r}; keeping structure {keep}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        newly = int((self.kept & ~new_kept).sum())
+        self.kept.copy_(new_kept)
+        return newly
+
+    def broadcast(self, values: Tensor, x: Tensor) -> Tensor:
+        """Reshape per-structure ``values`` ([n] or [batch, n]) to broadcast along ``dim`` of ``x``."""
+        dim = self.dim % x.dim()
+        if x.shape[dim] != self.num_structures:
+            raise ValueError(
+                f"{self.site_name}: input has {x.shape[dim]} structures along dim {self.dim}, "
+                f"expected {self.num_structures} (input shape {tuple(x.shape)})"
+            )
+        trailing = x.dim() - dim - 1
+        if values.dim() == 1:
+            return values.reshape(values.shape + (1,) * trailing)
+        # per-example values [batch, n]: the batch axis is dim 0 of x
+        return values.reshape(values.shape[:1] + (1,) * (dim - 1) + values.shape[1:] + (1,) * trailing)
+
+    def extra_repr(self) -> str:
+        return f"num_structures={self.num_structures}, dim={self.dim}, kept={int(self.kept.sum())}"
+
+
+class StructureMask(StructureGate):
+    """The deterministic gate: ``x * kept`` along ``dim`` (no latent variables)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if bool(self.kept.all()):
+            return x
+        return x * self.broadcast(self.kept.to(x.dtype), x)

@@ -1,0 +1,212 @@
+"""Multiplicative noise on structures (neurons, conv channels, attention heads).
+
+A :class:`MultiplicativeNoise` layer multiplies every structure ``i`` of its input along one
+axis by a positive random scale ``theta_i``:
+
+    h_i = theta_i * (w_i . h_prev),   theta_i > 0.
+
+Model (Neklyudov et al., "Structured Bayesian Pruning via Log-Normal Multiplicative Noise",
+NeurIPS 2017):
+
+    p(theta_i) = LogU[A, B]          (log theta_i ~ Uniform(A, B), A = -20, B = 0)
+    q(theta_i) = LogN[A, B](mu_i, sigma_i^2)
+
+The prior is a ``pyro.sample`` site under a ``pyro.plate`` over the structures; the guide draws
+from the truncated log-normal with learnable ``loc`` (init 0) and ``log_scale`` (init -5).
+Removed structures are clamped to zero in every mode and never come back (monotone pruning);
+they are also masked out of the ELBO with :func:`pyro.poutine.mask`, so a removed structure
+contributes neither likelihood nor KL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections.abc import Iterator
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.nn import PyroModule
+from torch import Tensor, nn
+
+from pyro_prune.models.gate import StructureGate
+from pyro_prune.distributions import TruncatedLogNormal, TruncatedLogUniform
+from pyro_prune.reduction import expected_theta as _expected_theta
+
+__all__ = [
+    "MultiplicativeNoise",
+    "NoiseMode",
+    "StochasticModule",
+    "noise_mode",
+]
+
+
+class NoiseMode(enum.Enum):
+    """How a stochastic module draws its random variables in ``forward``.
+
+    * ``SAMPLE``: through ``pyro.sample`` sites (the Pyro model; under SVI the guide's
+      draws are replayed into them).
+    * ``MEAN``: the posterior mean (E[theta]); the default in ``eval()``.
+    * ``REPARAM``: a reparameterised draw from the variational posterior inside the
+      module, one per example, without Pyro's tracing (the fast ELBO of
+      :mod:`pyro_prune.inference.elbo`).
+    """
+
+    SAMPLE = "sample"
+    MEAN = "mean"
+    REPARAM = "reparam"
+
+
+class StochasticModule(PyroModule):
+    """Base of the modules that hold latent variables of a :class:`PrunableNet`.
+
+    Subclasses implement :meth:`guide_sample` (draw the module's sites from the
+    variational posterior, as the guide), :meth:`kl_divergence` (the closed-form KL of
+    the kept structures, scaled like the ELBO) and the three forward modes.
+    """
+
+    #: the mode forced by :func:`noise_mode`; ``None`` follows ``self.training``.
+    _forced_mode: NoiseMode | None = None
+    #: multiplies this module's KL term (and its sites' log densities in the ELBO).
+    kl_scale: float = 1.0
+
+    @property
+    def mode(self) -> NoiseMode:
+        if self._forced_mode is not None:
+            return self._forced_mode
+        return NoiseMode.SAMPLE if self.training else NoiseMode.MEAN
+
+    def guide_sample(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def kl_divergence(self) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@contextlib.contextmanager
+def noise_mode(module: nn.Module, mode: NoiseMode | str) -> Iterator[nn.Module]:
+    """Force every :class:`StochasticModule` inside ``module`` into ``mode``.
+
+    >>> with noise_mode(net, NoiseMode.SAMPLE):   # draw theta ~ q in a posterior predictive
+    ...     ...
+    """
+    mode = NoiseMode(mode)
+    layers = [m for m in module.modules() if isinstance(m, StochasticModule)]
+    previous = [m._forced_mode for m in layers]
+    try:
+        for m in layers:
+            m._forced_mode = mode
+        yield module
+    finally:
+        for m, p in zip(layers, previous):
+            m._forced_mode = p
+
+
+class MultiplicativeNoise(StructureGate, StochasticModule):
+    r"""Log-normal multiplicative noise over one structure axis.
+
+    Args:
+        num_structures: number of structures (neurons, channels) ``n``.
+        dim: the structure axis of the input (``-1`` for the features of a Linear layer,
+            ``1`` for the channels of an ``N x C x H x W`` conv output).
+        log_low, log_high: the truncation bounds ``A < B`` of ``log theta``.
+        init_loc: initial ``mu`` of every structure.
+        init_log_scale: initial ``log sigma``.
+
+    Attributes:
+        loc, log_scale: variational parameters, shape ``[n]``.
+        kept: boolean buffer ``[n]`` of the structures still in the network (saved in
+            ``state_dict``).
+        site_name: the Pyro sample site, ``"<module path>.theta"``; set by the owning net.
+        producer_name: module path of the layer whose output this noise scales (the
+            structures' incoming weights), or ``None``.
+
+    ``forward`` multiplies its input by ``theta * kept`` broadcast along ``dim``, where theta
+    depends on the :class:`NoiseMode`: a ``pyro.sample`` site of the prior (``SAMPLE``,
+    training), ``E_q[theta]`` (``MEAN``, eval) or a reparameterised draw from ``q`` per
+    example (``REPARAM``, the fast ELBO).
+    """
+
+    def __init__(
+        self,
+        num_structures: int,
+        dim: int = -1,
+        *,
+        log_low: float = -20.0,
+        log_high: float = 0.0,
+        init_loc: float = 0.0,
+        init_log_scale: float = -5.0,
+    ) -> None:
+        super().__init__(num_structures, dim)
+        if not log_low < log_high:
+            raise ValueError(
+                f"log_low must be < log_high, got log_low={log_low}, log_high={log_high}"
+            )
+        if not log_low <= init_loc <= log_high:
+            raise ValueError(f"init_loc={init_loc} must lie in [log_low, log_high]")
+        self.log_low = float(log_low)
+        self.log_high = float(log_high)
+        self.loc = nn.Parameter(torch.full((num_structures,), float(init_loc)))
+        self.log_scale = nn.Parameter(torch.full((num_structures,), float(init_log_scale)))
+        self.site_name = "theta"
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", bounds=[{self.log_low}, {self.log_high}]"
+
+    # ---------------------------------------------------------------- distributions
+    @property
+    def scale(self) -> Tensor:
+        return self.log_scale.exp()
+
+    def prior(self) -> TruncatedLogUniform:
+        """``LogU[A, B]`` expanded over the structures."""
+        low = self.loc.new_tensor(self.log_low)
+        high = self.loc.new_tensor(self.log_high)
+        return TruncatedLogUniform(low, high).expand([self.num_structures])
+
+    def posterior(self) -> TruncatedLogNormal:
+        """``LogN[A, B](loc, scale^2)`` of every structure."""
+        return TruncatedLogNormal(self.loc, self.scale, self.log_low, self.log_high)
+
+    def expected_theta(self) -> Tensor:
+        """``E_q[theta] * kept``: the scale the network uses in eval mode."""
+        e = _expected_theta(self.loc, self.scale, log_low=self.log_low, log_high=self.log_high)
+        return e * self.kept.to(e.dtype)
+
+    def importance(self) -> Tensor:
+        return self.expected_theta()
+
+    def kl_divergence(self) -> Tensor:
+        """``kl_scale * sum_i KL(q_i || p)`` over the kept structures (closed form)."""
+        kl = torch.distributions.kl_divergence(self.posterior(), self.prior())
+        return self.kl_scale * (kl * self.kept.to(kl.dtype)).sum()
+
+    # ---------------------------------------------------------------- sampling
+    def _plate(self) -> pyro.plate:
+        return pyro.plate(f"{self.site_name}_plate", self.num_structures, dim=-1)
+
+    def _masked(self) -> contextlib.AbstractContextManager:
+        if bool(self.kept.all()):
+            return contextlib.nullcontext()
+        return poutine.mask(mask=self.kept)
+
+    def guide_sample(self) -> Tensor:
+        """Draw ``theta ~ q`` as the guide's sample site."""
+        with self._plate(), self._masked(), poutine.scale(scale=self.kl_scale):
+            return pyro.sample(self.site_name, self.posterior())
+
+    def _model_sample(self) -> Tensor:
+        with self._plate(), self._masked(), poutine.scale(scale=self.kl_scale):
+            return pyro.sample(self.site_name, self.prior())
+
+    def forward(self, x: Tensor) -> Tensor:
+        mode = self.mode
+        if mode is NoiseMode.MEAN:
+            return x * self.broadcast(self.expected_theta(), x)
+        if mode is NoiseMode.SAMPLE:
+            theta = self._model_sample()
+        else:  # REPARAM: one draw per example
+            theta = self.posterior().rsample((x.shape[0],))
+        theta = theta * self.kept.to(theta.dtype)
+        return x * self.broadcast(theta, x)

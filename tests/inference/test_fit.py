@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from pyro_prune.data import load_dataset, train_val_split
+from pyro_prune.inference import ContinuousPruning, fit, load_checkpoint
+from pyro_prune.models import MLP
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[TensorDataset, TensorDataset]:
+    train = load_dataset("digits", split="train")
+    test = load_dataset("digits", split="test")
+    return train, test
+
+
+def test_fit_learns_digits_and_records_history(digits) -> None:
+    train, test = digits
+    net = MLP(64, [32], 10)
+    result = fit(net, train, epochs=6, batch_size=64, lr=3e-3, val=test, progress=False, seed=0)
+    assert len(result.history) == 6
+    row = result.history[-1]
+    for key in ("epoch", "loss", "val_loss", "val_accuracy", "kept", "compression", "train_accuracy"):
+        assert key in row
+    assert row["val_accuracy"] > 0.9
+    losses = [r["loss"] for r in result.history]
+    assert losses[-1] < losses[0]
+    assert result.model is net and net.num_data == len(train)
+
+
+def test_fit_is_reproducible_per_seed(digits) -> None:
+    train, _ = digits
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        net = MLP(64, [16], 10)
+        runs.append(fit(net, train, epochs=2, batch_size=128, progress=False, seed=7).history[-1]["loss"])
+    assert runs[0] == runs[1]
+
+
+def test_continuous_pruning_is_monotone_and_finetunes(digits) -> None:
+    train, test = digits
+    torch.manual_seed(0)
+    net = MLP(64, [64, 64], 10)
+    sched = ContinuousPruning("bmrs_n", every=1, finetune_epochs=2)
+    result = fit(net, train, epochs=5, batch_size=32, lr=1e-2, val=test, schedule=sched,
+                 kl_scale="paper", progress=False)
+    hist = result.history
+    assert len(hist) == 7
+    assert [r["phase"] for r in hist[-2:]] == ["finetune", "finetune"]
+    kept = [sum(r["kept"].values()) for r in hist]
+    assert all(a >= b for a, b in zip(kept, kept[1:]))
+    assert kept[-1] < 128  # the paper weighting prunes
+    assert hist[-1]["compression"] > 0
+    assert hist[-1]["val_accuracy"] > 0.8
+
+
+def test_rerunning_a_finished_run_restores_it(digits, tmp_path) -> None:
+    train, _ = digits
+    sched_kwargs = dict(criterion="bmrs_n", every=1, finetune_epochs=1)
+    torch.manual_seed(0)
+    full = fit(MLP(64, [16], 10), train, epochs=3, batch_size=128, seed=1, progress=False,
+               schedule=ContinuousPruning(**sched_kwargs))
+    torch.manual_seed(0)
+    net = MLP(64, [16], 10)
+    first = fit(net, train, epochs=3, batch_size=128, seed=1, progress=False,
+                schedule=ContinuousPruning(**sched_kwargs), checkpoint_dir=tmp_path)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["epoch"] == 4
+    # a second call finds the finished checkpoint: nothing left to train, same model back
+    torch.manual_seed(5)
+    net2 = MLP(64, [16], 10)
+    resumed = fit(net2, train, epochs=3, batch_size=128, seed=1, progress=False,
+                  schedule=ContinuousPruning(**sched_kwargs), checkpoint_dir=tmp_path)
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in first.history]
+    assert [r["loss"] for r in first.history] == pytest.approx([r["loss"] for r in full.history])
+    torch.testing.assert_close(net2.state_dict()["net.fc1.weight"], net.state_dict()["net.fc1.weight"])
+
+
+def test_interrupted_run_resumes_where_it_stopped(digits, tmp_path) -> None:
+    train, _ = digits
+    torch.manual_seed(0)
+    reference = fit(MLP(64, [16], 10), train, epochs=4, batch_size=128, seed=2, progress=False)
+
+    class Stop(Exception):
+        pass
+
+    class StopAfter:
+        extra_epochs = 0
+
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def on_fit_start(self, ctx) -> None: ...
+        def on_step_end(self, ctx) -> None: ...
+        def state_dict(self) -> dict: return {}
+        def load_state_dict(self, s) -> None: ...
+
+        def on_epoch_end(self, ctx, epoch: int) -> dict:
+            return {}
+
+    torch.manual_seed(0)
+    net = MLP(64, [16], 10)
+    calls = {"n": 0}
+    orig_save = __import__("pyro_prune.inference.fit", fromlist=["_save_checkpoint"])._save_checkpoint
+
+    def save_then_stop(*args, **kwargs):
+        orig_save(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Stop
+
+    import pyro_prune.inference.fit as fit_mod
+
+    fit_mod._save_checkpoint = save_then_stop
+    try:
+        with pytest.raises(Stop):
+            fit(net, train, epochs=4, batch_size=128, seed=2, progress=False,
+                checkpoint_dir=tmp_path, schedule=StopAfter(2))
+    finally:
+        fit_mod._save_checkpoint = orig_save
+    torch.manual_seed(99)  # a different initial state: the checkpoint must override it
+    net2 = MLP(64, [16], 10)
+    resumed = fit(net2, train, epochs=4, batch_size=128, seed=2, progress=False,
+                  checkpoint_dir=tmp_path, schedule=StopAfter(2))
+    assert len(resumed.history) == 4
+    assert [r["loss"] for r in resumed.history] == pytest.approx(
+        [r["loss"] for r in reference.history], rel=1e-5)
+
+
+def test_checkpoint_from_elsewhere_is_refused(digits, tmp_path) -> None:
+    train, _ = digits
+    fit(MLP(64, [16], 10), train, epochs=1, batch_size=128, progress=False, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="other settings"):
+        fit(MLP(64, [16], 10), train, epochs=1, batch_size=64, progress=False, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="does not match"):
+        fit(MLP(64, [8], 10), train, epochs=1, batch_size=128, progress=False, checkpoint_dir=tmp_path)
+    torch.save({"something": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a pyro_prune"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_bad_input_is_named(digits) -> None:
+    train, _ = digits
+    net = MLP(64, [8], 10)
+    with pytest.raises(ValueError, match="epochs"):
+        fit(net, train, epochs=-1)
+    with pytest.raises(ValueError, match="batch_size"):
+        fit(net, train, epochs=1, batch_size=0)
+    with pytest.raises(ValueError, match="lr"):
+        fit(net, train, epochs=1, lr=math.nan)
+    x, y = train.tensors
+    bad = TensorDataset(torch.where(torch.rand_like(x) < 0.01, torch.nan, x), y)
+    with pytest.raises(ValueError, match="NaN"):
+        fit(net, bad, epochs=1)
+    with pytest.raises(ValueError, match="class labels"):
+        fit(net, TensorDataset(x, y.float()), epochs=1)
+    with pytest.raises(TypeError, match="TensorDataset"):
+        fit(net, [(x, y)], epochs=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="engine"):
+        fit(net, train, epochs=1, engine="jax")
+
+
+def test_pyro_engine_trains_too(digits) -> None:
+    train, test = digits
+    x, y = train.tensors
+    small = TensorDataset(x[:400], y[:400])
+    torch.manual_seed(0)
+    result = fit(MLP(64, [32], 10), small, epochs=4, batch_size=50, lr=3e-3, engine="pyro",
+                 val=test, progress=False)
+    assert result.history[-1]["val_accuracy"] > 0.6
+    assert train_val_split  # the helper is importable from data

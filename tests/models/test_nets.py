@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from pyro import poutine
+from torch import nn
+
+from pyro_prune.models import LeNet5, MLP, MultiplicativeNoise, PrunableNet, bayesianize
+
+
+def test_mlp_structure_and_sites() -> None:
+    net = MLP(16, [8, 6], 3, num_data=100)
+    assert list(net.noise_layers()) == ["fc1_gate", "fc2_gate"]
+    assert net.net.fc1_gate.producer_name == "fc1"
+    x, y = torch.randn(10, 16), torch.randint(0, 3, (10,))
+    tr = poutine.trace(net).get_trace(x, y)
+    assert {"fc1_gate.theta", "fc2_gate.theta", "obs"} <= set(tr.nodes)
+    # the likelihood of a minibatch is scaled to the data set
+    assert tr.nodes["obs"]["scale"] == pytest.approx(10.0)
+    guide_tr = poutine.trace(net.guide).get_trace(x, y)
+    assert {n for n, s in guide_tr.nodes.items() if s["type"] == "sample"} == {
+        "fc1_gate.theta", "fc2_gate.theta"}
+
+
+@pytest.mark.parametrize("image_size,flat", [(28, 16 * 5 * 5), (8, 16 * 2 * 2), (32, 16 * 6 * 6)])
+def test_lenet5_shapes(image_size: int, flat: int) -> None:
+    net = LeNet5(1, 10, image_size).eval()
+    assert net.net.fc1.in_features == flat
+    out = net.predict(torch.randn(3, 1, image_size, image_size))
+    assert out.shape == (3, 10)
+    assert [m.num_structures for m in net.noise_layers().values()] == [6, 16, 120, 84]
+
+
+def test_bad_constructor_arguments() -> None:
+    with pytest.raises(ValueError, match="hidden"):
+        MLP(4, [], 2)
+    with pytest.raises(ValueError, match="likelihood"):
+        MLP(4, 3, 2, likelihood="poisson")
+    with pytest.raises(ValueError, match="weights"):
+        MLP(4, 3, 2, weights="laplace")
+    with pytest.raises(ValueError, match="image_size"):
+        LeNet5(1, 10, 4)
+
+
+def test_gaussian_likelihood_has_learned_noise() -> None:
+    net = MLP(3, 5, 1, likelihood="gaussian", obs_scale=0.5)
+    x, y = torch.randn(4, 3), torch.randn(4, 1)
+    tr = poutine.trace(net).get_trace(x, y)
+    assert tr.nodes["obs"]["fn"].base_dist.scale.item() == pytest.approx(0.5)
+    nll = net.nll(net.predict(x), y)
+    assert nll.shape == (4,)
+
+
+class _PlainCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 2 * 2, 7)
+        self.head = nn.Linear(7, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = torch.relu(self.fc(x.flatten(1)))
+        return self.head(x)
+
+
+def test_bayesianize_places_gates_after_batchnorm_and_skips_the_output_layer() -> None:
+    plain = _PlainCNN().eval()
+    net = bayesianize(plain)
+    assert isinstance(net, PrunableNet)
+    gates = net.noise_layers()
+    assert set(gates) == {"bn1_gate", "conv2_gate", "fc_gate"}
+    assert gates["bn1_gate"].producer_name == "conv1"
+    assert gates["bn1_gate"].num_structures == 4 and gates["bn1_gate"].dim == 1
+    assert gates["fc_gate"].num_structures == 7 and gates["fc_gate"].dim == -1
+    # the original module is untouched and, with theta -> 1, outputs agree
+    for g in gates.values():
+        with torch.no_grad():
+            g.log_scale.fill_(-20.0)
+    net.eval()
+    x = torch.randn(2, 1, 4, 4)
+    torch.testing.assert_close(net.predict(x), plain(x), rtol=1e-4, atol=1e-4)
+    assert not any(isinstance(m, MultiplicativeNoise) for m in plain.modules())
+
+
+def test_bayesianize_errors() -> None:
+    with pytest.raises(TypeError, match="module"):
+        bayesianize("not a module")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="noise_on"):
+        bayesianize(_PlainCNN(), noise_on=(nn.ReLU,))
+
+    class Untraceable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:
+                return self.fc(x)
+            return x
+
+    with pytest.raises(ValueError, match="traceable"):
+        bayesianize(Untraceable())
+    with pytest.raises(ValueError, match="no layer"):
+        bayesianize(nn.Sequential(nn.Linear(3, 2)))
