@@ -253,7 +253,7 @@ def fit(
             ctx.step += 1
             if schedule is not None:
                 schedule.on_step_end(ctx)
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             seen += len(idx)
             if out is not None and model.likelihood is Likelihood.CATEGORICAL:
                 correct += int((out.detach().argmax(-1) == yb).sum())

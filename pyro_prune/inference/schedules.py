@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from pyro_prune.inference.scoring import global_ranking, structure_removals
+from pyro_prune.inference.scoring import as_criterion, global_ranking, structure_removals
 from pyro_prune.models.base import PrunableNet
 
 __all__ = [
@@ -73,10 +73,8 @@ class ContinuousPruning(Schedule):
 
     def __init__(self, criterion: str = "bmrs_n", every: int = 1, finetune_epochs: int = 10,
                  **criterion_kwargs: Any) -> None:
-        from pyro_prune.reduction import get_criterion
-
-        self.criterion = get_criterion(criterion, **criterion_kwargs)
-        if not self.criterion.decides:
+        self.criterion = as_criterion(criterion, **criterion_kwargs)
+        if not (self.criterion.threshold_free or self.criterion.default_threshold is not None):
             raise ValueError(
                 f"criterion {criterion!r} has no removal rule of its own; use "
                 f"prune_to_compression for it"

@@ -16,8 +16,9 @@ from torch import Tensor, nn
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.models.gate import StructureGate
 from pyro_prune.models.noise import MultiplicativeNoise
+from pyro_prune.reduction import Criterion, get_criterion
 
-__all__ = ["gate_inputs", "global_ranking", "structure_removals", "structure_scores"]
+__all__ = ["as_criterion", "gate_inputs", "global_ranking", "structure_removals", "structure_scores"]
 
 
 def _rows(t: Tensor, gate: StructureGate) -> Tensor:
@@ -55,25 +56,43 @@ def gate_inputs(model: PrunableNet, name: str) -> dict[str, Tensor | float]:
     return inputs
 
 
-def structure_scores(model: PrunableNet, criterion: Any, **criterion_kwargs: Any) -> dict[str, Tensor]:
+def as_criterion(criterion: str | Criterion, **criterion_kwargs: Any) -> Criterion:
+    """A registered criterion by name (with options bound), or ``criterion`` itself."""
+    if isinstance(criterion, Criterion):
+        if criterion_kwargs:
+            raise TypeError("options go with a criterion name, not a Criterion object")
+        return criterion
+    return get_criterion(criterion, **criterion_kwargs)
+
+
+def _inputs_for(crit: Criterion, inputs: dict[str, Tensor | float]) -> dict[str, Tensor | float]:
+    """The gate inputs a criterion takes (``dim=-1``: a structure's row of weights)."""
+    wanted = {f for need in crit.needs for f in need.fields + need.settings} | set(crit.accepts)
+    args = {k: v for k, v in inputs.items() if k in wanted}
+    if "dim" in wanted:
+        args["dim"] = -1
+    missing = [f for f in crit.input_names if f not in args]
+    if missing:
+        raise ValueError(f"criterion {crit.name!r} needs {missing}, which this gate does not have")
+    return args
+
+
+def structure_scores(model: PrunableNet, criterion: str | Criterion, **criterion_kwargs: Any) -> dict[str, Tensor]:
     """Per-gate scores (higher = keep) of a criterion (a name or a ``Criterion``)."""
-    from pyro_prune.reduction import get_criterion
-
-    crit = get_criterion(criterion, **criterion_kwargs) if isinstance(criterion, str) else criterion
-    out = {}
-    for name in model.gates():
-        out[name] = crit.score(**gate_inputs(model, name))
-    return out
+    crit = as_criterion(criterion, **criterion_kwargs)
+    return {name: crit.score(**_inputs_for(crit, gate_inputs(model, name))) for name in model.gates()}
 
 
-def structure_removals(model: PrunableNet, criterion: Any, **criterion_kwargs: Any) -> dict[str, Tensor]:
-    """Per-gate boolean masks of the structures the criterion removes (kept ones only)."""
-    from pyro_prune.reduction import get_criterion
+def structure_removals(model: PrunableNet, criterion: str | Criterion, **criterion_kwargs: Any) -> dict[str, Tensor]:
+    """Per-gate boolean masks of the kept structures the criterion removes.
 
-    crit = get_criterion(criterion, **criterion_kwargs) if isinstance(criterion, str) else criterion
+    Threshold-free criteria remove where dF >= 0; thresholded ones below their default
+    threshold (SNR < 1, E[theta] < 0.1).
+    """
+    crit = as_criterion(criterion, **criterion_kwargs)
     out = {}
     for name, gate in model.gates().items():
-        out[name] = crit.remove(**gate_inputs(model, name)) & gate.kept
+        out[name] = crit.remove(**_inputs_for(crit, gate_inputs(model, name))) & gate.kept
     return out
 
 

@@ -31,6 +31,10 @@ from pyro.nn import PyroModule
 from torch import Tensor, nn
 
 from pyro_prune.models.gate import StructureGate
+from pyro_prune.models.noise_kernels import (
+    kl_truncated_lognormal_loguniform,
+    rsample_log_theta,
+)
 from pyro_prune.distributions import TruncatedLogNormal, TruncatedLogUniform
 from pyro_prune.reduction import expected_theta as _expected_theta
 
@@ -178,9 +182,22 @@ class MultiplicativeNoise(StructureGate, StochasticModule):
         return self.expected_theta()
 
     def kl_divergence(self) -> Tensor:
-        """``kl_scale * sum_i KL(q_i || p)`` over the kept structures (closed form)."""
-        kl = torch.distributions.kl_divergence(self.posterior(), self.prior())
+        """``kl_scale * sum_i KL(q_i || p)`` over the kept structures (closed form).
+
+        Uses the lean kernel of :mod:`pyro_prune.models.noise_kernels` where it is accurate
+        and the exact registered KL otherwise.
+        """
+        kl = kl_truncated_lognormal_loguniform(self.loc, self.scale, self.log_low, self.log_high)
+        if kl is None:
+            kl = torch.distributions.kl_divergence(self.posterior(), self.prior())
         return self.kl_scale * (kl * self.kept.to(kl.dtype)).sum()
+
+    def rsample_per_example(self, batch: int) -> Tensor:
+        """``theta ~ q`` drawn independently for each of ``batch`` examples: ``[batch, n]``."""
+        log_theta = rsample_log_theta(self.loc, self.scale, self.log_low, self.log_high, batch)
+        if log_theta is None:
+            return self.posterior().rsample((batch,))
+        return log_theta.exp()
 
     # ---------------------------------------------------------------- sampling
     def _plate(self) -> pyro.plate:
@@ -207,6 +224,6 @@ class MultiplicativeNoise(StructureGate, StochasticModule):
         if mode is NoiseMode.SAMPLE:
             theta = self._model_sample()
         else:  # REPARAM: one draw per example
-            theta = self.posterior().rsample((x.shape[0],))
+            theta = self.rsample_per_example(x.shape[0])
         theta = theta * self.kept.to(theta.dtype)
         return x * self.broadcast(theta, x)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -46,17 +47,33 @@ def test_continuous_pruning_is_monotone_and_finetunes(digits) -> None:
     train, test = digits
     torch.manual_seed(0)
     net = MLP(64, [64, 64], 10)
-    sched = ContinuousPruning("bmrs_n", every=1, finetune_epochs=2)
-    result = fit(net, train, epochs=5, batch_size=32, lr=1e-2, val=test, schedule=sched,
+    sched = ContinuousPruning("snr", every=1, finetune_epochs=2)
+    result = fit(net, train, epochs=6, batch_size=16, lr=3e-2, val=test, schedule=sched,
                  kl_scale="paper", progress=False)
     hist = result.history
-    assert len(hist) == 7
+    assert len(hist) == 8
     assert [r["phase"] for r in hist[-2:]] == ["finetune", "finetune"]
+    assert all(r["removed"] == 0 for r in hist[-2:])
     kept = [sum(r["kept"].values()) for r in hist]
     assert all(a >= b for a, b in zip(kept, kept[1:]))
-    assert kept[-1] < 128  # the paper weighting prunes
+    assert kept[-1] < 128  # noise-dominated structures (SNR < 1) went
     assert hist[-1]["compression"] > 0
-    assert hist[-1]["val_accuracy"] > 0.8
+    assert hist[-1]["val_accuracy"] > 0.85
+
+
+def test_bmrs_n_removes_exactly_the_structures_with_non_negative_df() -> None:
+    from pyro_prune.inference import structure_removals
+    from pyro_prune.reduction import delta_f_lognormal
+
+    net = MLP(4, [6], 2)
+    gate = net.net.fc1_gate
+    with torch.no_grad():
+        # three structures whose posterior sits on the lower bound, three that matter
+        gate.loc.copy_(torch.tensor([-25.0, -0.1, -22.0, -0.5, -30.0, -1.0]))
+        gate.log_scale.copy_(torch.tensor([-1.0, -4.0, 0.0, -3.0, 0.5, -2.0]))
+    remove = structure_removals(net, "bmrs_n")["fc1_gate"]
+    df = delta_f_lognormal(gate.loc.detach(), gate.scale.detach())
+    assert remove.tolist() == (df >= 0).tolist() == [True, False, True, False, True, False]
 
 
 def test_rerunning_a_finished_run_restores_it(digits, tmp_path) -> None:
@@ -81,7 +98,7 @@ def test_rerunning_a_finished_run_restores_it(digits, tmp_path) -> None:
     torch.testing.assert_close(net2.state_dict()["net.fc1.weight"], net.state_dict()["net.fc1.weight"])
 
 
-def test_interrupted_run_resumes_where_it_stopped(digits, tmp_path) -> None:
+def test_interrupted_run_resumes_where_it_stopped(digits, tmp_path, monkeypatch) -> None:
     train, _ = digits
     torch.manual_seed(0)
     reference = fit(MLP(64, [16], 10), train, epochs=4, batch_size=128, seed=2, progress=False)
@@ -106,7 +123,8 @@ def test_interrupted_run_resumes_where_it_stopped(digits, tmp_path) -> None:
     torch.manual_seed(0)
     net = MLP(64, [16], 10)
     calls = {"n": 0}
-    orig_save = __import__("pyro_prune.inference.fit", fromlist=["_save_checkpoint"])._save_checkpoint
+    fit_mod = importlib.import_module("pyro_prune.inference.fit")
+    orig_save = fit_mod._save_checkpoint
 
     def save_then_stop(*args, **kwargs):
         orig_save(*args, **kwargs)
@@ -114,15 +132,11 @@ def test_interrupted_run_resumes_where_it_stopped(digits, tmp_path) -> None:
         if calls["n"] == 2:
             raise Stop
 
-    import pyro_prune.inference.fit as fit_mod
-
-    fit_mod._save_checkpoint = save_then_stop
-    try:
-        with pytest.raises(Stop):
-            fit(net, train, epochs=4, batch_size=128, seed=2, progress=False,
-                checkpoint_dir=tmp_path, schedule=StopAfter(2))
-    finally:
-        fit_mod._save_checkpoint = orig_save
+    monkeypatch.setattr(fit_mod, "_save_checkpoint", save_then_stop)
+    with pytest.raises(Stop):
+        fit(net, train, epochs=4, batch_size=128, seed=2, progress=False,
+            checkpoint_dir=tmp_path, schedule=StopAfter(2))
+    monkeypatch.setattr(fit_mod, "_save_checkpoint", orig_save)
     torch.manual_seed(99)  # a different initial state: the checkpoint must override it
     net2 = MLP(64, [16], 10)
     resumed = fit(net2, train, epochs=4, batch_size=128, seed=2, progress=False,

@@ -1,0 +1,440 @@
+r"""Bayesian weight layers: Gaussian priors on weights and biases, mean-field Normal posterior.
+
+Model (Blundell et al., "Weight Uncertainty in Neural Networks", ICML 2015; Graves 2011):
+
+    w_ij ~ N(0, s^2),   b_i ~ N(0, s^2)                       (prior, s = ``prior_scale``)
+    q(w_ij) = N(mu_ij, sigma_ij^2),   q(b_i) = N(mu_i, sigma_i^2)   (mean-field guide)
+
+:class:`BayesianLinear` and :class:`BayesianConv2d` are
+:class:`~pyro_prune.models.noise.StochasticModule` s, so they run in the three modes of the
+package:
+
+* ``NoiseMode.SAMPLE`` (the Pyro model): ``pyro.sample("<site>.weight", N(0, s).expand(shape)
+  .to_event(k))`` and ``"<site>.bias"`` under ``pyro.plate("<site>_plate", out_features)``.
+  The plate runs over the **output structures** (rows of the weight, one per neuron or
+  filter) and ``to_event`` covers a structure's incoming weights, so a removed output
+  structure is masked out of the ELBO with :func:`pyro.poutine.mask` over the plate: it
+  contributes neither a prior term nor a KL term. :meth:`BayesianLinear.guide_sample`
+  draws the same sites from the Normal posterior (an ``AutoNormal`` whose parameters live in
+  the layer, reachable per structure as ``weight_loc[i]``, ``weight_log_scale[i]``).
+* ``NoiseMode.MEAN``: the posterior mean weights (what :meth:`as_deterministic` returns).
+* ``NoiseMode.REPARAM``: the local reparameterisation trick (Kingma, Salimans & Welling,
+  "Variational Dropout and the Local Reparameterization Trick", NeurIPS 2015): instead of a
+  weight draw, the pre-activations are drawn per example from their exact Gaussian under
+  the mean-field posterior,
+
+      a = x W_mu^T + b_mu + sqrt(x^2 (W_sigma^2)^T + b_sigma^2) * eps,   eps ~ N(0, I).
+
+  For a Linear layer this is exact per example (different output units have independent
+  rows). For a convolution it is the usual approximation: every output position gets the
+  exact marginal of its pre-activation, but the correlation between positions that share
+  the kernel is dropped (Kingma et al. 2015, Molchanov et al. 2017).
+
+The closed-form KL used by the fast ELBO is
+
+    KL(N(mu, sigma^2) || N(0, s^2)) = log(s / sigma) + (sigma^2 + mu^2) / (2 s^2) - 1/2,
+
+summed over the weights and biases of the kept output structures, times ``kl_scale``.
+
+Initialisation: ``weight_loc`` uses the Kaiming-uniform initialisation of ``nn.Linear`` /
+``nn.Conv2d`` (bound ``1/sqrt(fan_in)``), ``bias_loc`` is uniform in the same bound, and every
+log scale starts at ``-4.6`` (sigma ~= 0.01). A standard deviation two to ten times smaller
+than the Kaiming bound for fan-ins between 100 and 10,000 means the network starts as the
+usual deterministic initialisation with a little noise; the KL term then grows the scales
+where the data allow. Larger initial scales (sigma ~ 0.1) make the first epochs of a
+784-input layer almost pure noise and slow training down considerably.
+
+Which gate masks a layer's rows is linked by :func:`link_output_gates` (a net's gates name
+their producer layer); an unlinked layer counts every row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+from torch import Tensor, nn
+
+from pyro_prune.models.gate import StructureGate
+from pyro_prune.models.noise import NoiseMode, StochasticModule
+
+__all__ = [
+    "BayesianConv2d",
+    "BayesianLayer",
+    "BayesianLinear",
+    "DEFAULT_INIT_LOG_SCALE",
+    "bayesian_weights",
+    "gaussian_kl",
+    "link_output_gates",
+]
+
+#: initial ``log sigma`` of every weight and bias (sigma = exp(-4.6) ~= 0.01)
+DEFAULT_INIT_LOG_SCALE = -4.6
+
+
+def gaussian_kl(loc: Tensor, scale: Tensor, prior_scale: float) -> Tensor:
+    r"""Elementwise ``KL(N(loc, scale^2) || N(0, prior_scale^2))`` in closed form."""
+    var_ratio = (scale / prior_scale) ** 2
+    return 0.5 * (var_ratio + (loc / prior_scale) ** 2 - 1.0 - torch.log(var_ratio))
+
+
+def _check_positive_float(value: object, arg: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{arg} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{arg} must be a positive finite number, got {value}")
+    return value
+
+
+def _check_positive_int(value: object, arg: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{arg} must be a positive int, got {value!r}")
+    return value
+
+
+class BayesianLayer(StochasticModule):
+    """Shared machinery of :class:`BayesianLinear` and :class:`BayesianConv2d`.
+
+    Subclasses set ``weight_loc``/``weight_log_scale`` (dim 0 = output structures),
+    ``bias_loc``/``bias_log_scale`` (``[out]``, or ``None`` without bias) and implement
+    :meth:`_op` (the deterministic op with given weights) and :meth:`as_deterministic`.
+    """
+
+    weight_loc: nn.Parameter
+    weight_log_scale: nn.Parameter
+    bias_loc: nn.Parameter | None
+    bias_log_scale: nn.Parameter | None
+
+    def _init_posterior(self, weight_shape: Sequence[int], bias: bool, prior_scale: float,
+                        init_log_scale: float) -> None:
+        self.prior_scale = _check_positive_float(prior_scale, "prior_scale")
+        if isinstance(init_log_scale, bool) or not isinstance(init_log_scale, (int, float)) \
+                or not math.isfinite(init_log_scale):
+            raise ValueError(f"init_log_scale must be a finite number, got {init_log_scale!r}")
+        self.weight_loc = nn.Parameter(torch.empty(*weight_shape))
+        self.weight_log_scale = nn.Parameter(torch.full(tuple(weight_shape), float(init_log_scale)))
+        if bias:
+            self.bias_loc = nn.Parameter(torch.empty(weight_shape[0]))
+            self.bias_log_scale = nn.Parameter(torch.full((weight_shape[0],), float(init_log_scale)))
+        else:
+            self.register_parameter("bias_loc", None)
+            self.register_parameter("bias_log_scale", None)
+        # gates whose ``kept`` masks the rows of this layer (plain tuple: not submodules)
+        self._output_gates: tuple[StructureGate, ...] = ()
+        self.site_name = type(self).__name__.lower()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-uniform ``weight_loc`` and uniform ``bias_loc`` as in ``nn.Linear``."""
+        nn.init.kaiming_uniform_(self.weight_loc, a=math.sqrt(5))
+        if self.bias_loc is not None:
+            fan_in = self.weight_loc[0].numel()
+            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            nn.init.uniform_(self.bias_loc, -bound, bound)
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def num_structures(self) -> int:
+        """Number of output structures (rows of the weight)."""
+        return int(self.weight_loc.shape[0])
+
+    @property
+    def weight_scale(self) -> Tensor:
+        return self.weight_log_scale.exp()
+
+    @property
+    def bias_scale(self) -> Tensor | None:
+        return None if self.bias_log_scale is None else self.bias_log_scale.exp()
+
+    def link_output_gate(self, gate: StructureGate) -> None:
+        """Let ``gate`` (which selects this layer's output structures) mask its rows."""
+        if not isinstance(gate, StructureGate):
+            raise TypeError(f"gate must be a StructureGate, got {type(gate).__name__}")
+        if gate.num_structures != self.num_structures:
+            raise ValueError(
+                f"gate {gate.site_name!r} has {gate.num_structures} structures, layer "
+                f"{self.site_name!r} has {self.num_structures} outputs"
+            )
+        if not any(g is gate for g in self._output_gates):
+            self._output_gates = (*self._output_gates, gate)
+
+    def output_kept(self) -> Tensor | None:
+        """Bool ``[out]`` of the rows still in the network, or ``None`` when all are."""
+        kept: Tensor | None = None
+        for g in self._output_gates:
+            if g.kept.shape != (self.num_structures,):  # stale link (a layer sliced since)
+                continue
+            kept = g.kept if kept is None else kept & g.kept
+        if kept is None or bool(kept.all()):
+            return None
+        return kept
+
+    def weight_posterior(self) -> tuple[Tensor, Tensor, float]:
+        """``(loc, scale, prior_scale)``: rows ``[out, fan_in + 1]``, the bias as last column.
+
+        Without a bias the rows are ``[out, fan_in]``. This is what Gaussian Bayesian model
+        reduction of a structure reads (:func:`pyro_prune.reduction.delta_f_gaussian`).
+        """
+        loc = self.weight_loc.reshape(self.num_structures, -1)
+        scale = self.weight_scale.reshape(self.num_structures, -1)
+        if self.bias_loc is not None:
+            loc = torch.cat([loc, self.bias_loc[:, None]], dim=1)
+            scale = torch.cat([scale, self.bias_scale[:, None]], dim=1)  # type: ignore[index]
+        return loc, scale, self.prior_scale
+
+    # ------------------------------------------------------------------ distributions
+    def kl_divergence(self) -> Tensor:
+        """``kl_scale * sum KL(q || p)`` over the weights and biases of the kept rows."""
+        loc, scale, prior_scale = self.weight_posterior()
+        kl_rows = gaussian_kl(loc, scale, prior_scale).sum(-1)
+        kept = self.output_kept()
+        if kept is not None:
+            kl_rows = kl_rows * kept.to(kl_rows.dtype)
+        return self.kl_scale * kl_rows.sum()
+
+    def _plate(self) -> pyro.plate:
+        return pyro.plate(f"{self.site_name}_plate", self.num_structures, dim=-1)
+
+    def _masked(self) -> contextlib.AbstractContextManager:
+        kept = self.output_kept()
+        return contextlib.nullcontext() if kept is None else poutine.mask(mask=kept)
+
+    def _event_dims(self) -> int:
+        return self.weight_loc.dim() - 1
+
+    def _sample_sites(self, prior: bool) -> tuple[Tensor, Tensor | None]:
+        k = self._event_dims()
+        with self._plate(), self._masked(), poutine.scale(scale=self.kl_scale):
+            if prior:
+                zero = self.weight_loc.new_zeros(())
+                w_fn = dist.Normal(zero, self.prior_scale).expand(self.weight_loc.shape).to_event(k)
+            else:
+                w_fn = dist.Normal(self.weight_loc, self.weight_scale).to_event(k)
+            weight = pyro.sample(f"{self.site_name}.weight", w_fn)
+            bias = None
+            if self.bias_loc is not None:
+                if prior:
+                    b_fn = dist.Normal(self.bias_loc.new_zeros(()), self.prior_scale).expand(
+                        self.bias_loc.shape)
+                else:
+                    b_fn = dist.Normal(self.bias_loc, self.bias_scale)
+                bias = pyro.sample(f"{self.site_name}.bias", b_fn)
+        return weight, bias
+
+    def guide_sample(self) -> tuple[Tensor, Tensor | None]:
+        """Draw ``(weight, bias) ~ q`` as the guide's sample sites."""
+        return self._sample_sites(prior=False)
+
+    # ------------------------------------------------------------------ forward
+    def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        mode = self.mode
+        if mode is NoiseMode.MEAN:
+            return self._op(x, self.weight_loc, self.bias_loc)
+        if mode is NoiseMode.SAMPLE:
+            weight, bias = self._sample_sites(prior=True)
+            return self._op(x, weight, bias)
+        # REPARAM: local reparameterisation, one draw of the pre-activations per example
+        mean = self._op(x, self.weight_loc, self.bias_loc)
+        var_bias = None if self.bias_log_scale is None else (2.0 * self.bias_log_scale).exp()
+        var = self._op(x * x, (2.0 * self.weight_log_scale).exp(), var_bias)
+        return mean + var.clamp_min(1e-30).sqrt() * torch.randn_like(mean)
+
+    def extra_repr(self) -> str:
+        return f"prior_scale={self.prior_scale}, bias={self.bias_loc is not None}"
+
+
+class BayesianLinear(BayesianLayer):
+    r"""A Linear layer with Gaussian weights and biases (see the module docstring).
+
+    Args:
+        in_features, out_features: sizes as in ``nn.Linear``.
+        bias: whether the layer has a (Bayesian) bias.
+        prior_scale: standard deviation ``s`` of the N(0, s^2) prior of every weight and bias.
+        init_log_scale: initial ``log sigma`` of the posterior (default -4.6, sigma ~= 0.01).
+
+    Attributes:
+        weight_loc, weight_log_scale: ``[out_features, in_features]``.
+        bias_loc, bias_log_scale: ``[out_features]`` (``None`` without bias).
+        site_name: the sites are ``"<site_name>.weight"`` and ``"<site_name>.bias"``; a
+            :class:`~pyro_prune.models.PrunableNet` sets it to the module path.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 prior_scale: float = 1.0, init_log_scale: float = DEFAULT_INIT_LOG_SCALE) -> None:
+        super().__init__()
+        self.in_features = _check_positive_int(in_features, "in_features")
+        self.out_features = _check_positive_int(out_features, "out_features")
+        self._init_posterior((out_features, in_features), bool(bias), prior_scale, init_log_scale)
+
+    def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.linear(x, weight, bias)
+
+    @torch.no_grad()
+    def as_deterministic(self) -> nn.Linear:
+        """An ``nn.Linear`` with the posterior-mean weights and bias."""
+        layer = nn.Linear(self.in_features, self.out_features, bias=self.bias_loc is not None)
+        layer = layer.to(device=self.weight_loc.device, dtype=self.weight_loc.dtype)
+        layer.weight.copy_(self.weight_loc)
+        if self.bias_loc is not None:
+            layer.bias.copy_(self.bias_loc)
+        return layer
+
+    @classmethod
+    def from_linear(cls, layer: nn.Linear, *, prior_scale: float = 1.0,
+                    init_log_scale: float = DEFAULT_INIT_LOG_SCALE) -> BayesianLinear:
+        """A Bayesian layer whose posterior means are ``layer``'s weights."""
+        if not isinstance(layer, nn.Linear):
+            raise TypeError(f"layer must be an nn.Linear, got {type(layer).__name__}")
+        new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                  prior_scale=prior_scale, init_log_scale=init_log_scale)
+        new = new.to(device=layer.weight.device, dtype=layer.weight.dtype)
+        with torch.no_grad():
+            new.weight_loc.copy_(layer.weight)
+            if layer.bias is not None:
+                new.bias_loc.copy_(layer.bias)  # type: ignore[union-attr]
+        return new
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, " + super().extra_repr()
+
+
+def _pair(value: int | Sequence[int], arg: str) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    values = tuple(value)
+    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{arg} must be an int or a pair of ints, got {value!r}")
+    return values  # type: ignore[return-value]
+
+
+class BayesianConv2d(BayesianLayer):
+    r"""A Conv2d layer with Gaussian weights and biases (see the module docstring).
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups: as in
+            ``nn.Conv2d`` (``padding`` may be an int, a pair, ``"same"`` or ``"valid"``;
+            only zero padding).
+        bias, prior_scale, init_log_scale: as in :class:`BayesianLinear`.
+
+    The structures are the output channels: ``weight_loc`` is
+    ``[out_channels, in_channels / groups, kh, kw]``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int],
+                 stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
+                 dilation: int | Sequence[int] = 1, groups: int = 1, bias: bool = True, *,
+                 prior_scale: float = 1.0, init_log_scale: float = DEFAULT_INIT_LOG_SCALE) -> None:
+        super().__init__()
+        self.in_channels = _check_positive_int(in_channels, "in_channels")
+        self.out_channels = _check_positive_int(out_channels, "out_channels")
+        self.groups = _check_positive_int(groups, "groups")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"in_channels and out_channels must be divisible by groups={groups}")
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.dilation = _pair(dilation, "dilation")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding must be 'same', 'valid' or ints, got {padding!r}")
+            self.padding: tuple[int, int] | str = padding
+        else:
+            self.padding = _pair(padding, "padding")
+        shape = (out_channels, in_channels // groups, *self.kernel_size)
+        self._init_posterior(shape, bool(bias), prior_scale, init_log_scale)
+
+    def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    @torch.no_grad()
+    def as_deterministic(self) -> nn.Conv2d:
+        """An ``nn.Conv2d`` with the posterior-mean weights and bias."""
+        layer = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                          self.padding, self.dilation, self.groups, bias=self.bias_loc is not None)
+        layer = layer.to(device=self.weight_loc.device, dtype=self.weight_loc.dtype)
+        layer.weight.copy_(self.weight_loc)
+        if self.bias_loc is not None:
+            layer.bias.copy_(self.bias_loc)
+        return layer
+
+    @classmethod
+    def from_conv2d(cls, layer: nn.Conv2d, *, prior_scale: float = 1.0,
+                    init_log_scale: float = DEFAULT_INIT_LOG_SCALE) -> BayesianConv2d:
+        """A Bayesian convolution whose posterior means are ``layer``'s weights."""
+        if not isinstance(layer, nn.Conv2d):
+            raise TypeError(f"layer must be an nn.Conv2d, got {type(layer).__name__}")
+        if layer.padding_mode != "zeros":
+            raise ValueError(
+                f"only zero padding is supported, got padding_mode={layer.padding_mode!r}")
+        new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                  layer.padding, layer.dilation, layer.groups, bias=layer.bias is not None,
+                  prior_scale=prior_scale, init_log_scale=init_log_scale)
+        new = new.to(device=layer.weight.device, dtype=layer.weight.dtype)
+        with torch.no_grad():
+            new.weight_loc.copy_(layer.weight)
+            if layer.bias is not None:
+                new.bias_loc.copy_(layer.bias)  # type: ignore[union-attr]
+        return new
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, " + super().extra_repr())
+
+
+def bayesian_weights(module: nn.Module, *, prior_scale: float = 1.0,
+                     init_log_scale: float = DEFAULT_INIT_LOG_SCALE) -> nn.Module:
+    """Replace every ``nn.Linear`` / ``nn.Conv2d`` of ``module`` (in place) by its Bayesian version.
+
+    Works on any module, in particular the ``torch.fx.GraphModule`` of
+    :func:`~pyro_prune.models.bayesianize` (its ``call_module`` nodes refer to module paths,
+    which stay the same). The posterior means start at the existing weights, so a trained
+    network becomes the mean of the initial posterior. Returns ``module``.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    _check_positive_float(prior_scale, "prior_scale")
+    targets = [(name, m) for name, m in module.named_modules()
+               if type(m) in (nn.Linear, nn.Conv2d) and name]
+    for name, layer in targets:
+        if isinstance(layer, nn.Linear):
+            new: nn.Module = BayesianLinear.from_linear(layer, prior_scale=prior_scale,
+                                                        init_log_scale=init_log_scale)
+        else:
+            new = BayesianConv2d.from_conv2d(layer, prior_scale=prior_scale,
+                                             init_log_scale=init_log_scale)
+        parent_name, _, child = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, child, new)
+        new.site_name = name
+    return module
+
+
+def link_output_gates(net: nn.Module) -> int:
+    """Link every gate of ``net`` to the Bayesian layer it selects the outputs of.
+
+    ``net`` is a :class:`~pyro_prune.models.PrunableNet`: each gate's ``producer_name`` names
+    the layer whose output structures it selects. After linking, a removed structure's
+    weights leave the layer's KL term and the Pyro sites are masked over it. Idempotent;
+    returns the number of links made.
+    """
+    backbone = getattr(net, "net", None)
+    if not isinstance(backbone, nn.Module):
+        raise TypeError(f"net must be a PrunableNet, got {type(net).__name__}")
+    links = 0
+    for gate in backbone.modules():
+        if not isinstance(gate, StructureGate) or gate.producer_name is None:
+            continue
+        producer = backbone.get_submodule(gate.producer_name)
+        if isinstance(producer, BayesianLayer) and producer.num_structures == gate.num_structures:
+            producer.link_output_gate(gate)
+            links += 1
+    return links
