@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+from pyro_prune.inference.bayes_factor import (
+    BayesFactor,
+    BayesFactorPruning,
+    LogPosterior,
+    PruneMethod,
+    bayes_factor,
+    candidate_masks,
+    log_posterior,
+    plot_learning_curves,
+)
 from pyro_prune.inference.fit import Engine, FitContext, FitResult, evaluate, fit, load_checkpoint
 from pyro_prune.inference.schedules import (
     ContinuousPruning,
@@ -10,8 +20,20 @@ from pyro_prune.inference.schedules import (
     prune_to_compression,
 )
 from pyro_prune.inference.scoring import global_ranking, structure_removals, structure_scores
+from pyro_prune.inference.w2_search import DEFAULT_LAMBDA, W2PruneResult, w2_prune
 
 __all__ = [
+    "DEFAULT_LAMBDA",
+    "W2PruneResult",
+    "w2_prune",
+    "BayesFactor",
+    "BayesFactorPruning",
+    "LogPosterior",
+    "PruneMethod",
+    "bayes_factor",
+    "candidate_masks",
+    "log_posterior",
+    "plot_learning_curves",
     "ContinuousPruning",
     "Engine",
     "FitContext",

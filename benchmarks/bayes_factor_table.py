@@ -1,0 +1,260 @@
+"""Bayes-factor pruning, Table 1 protocol of Mathew & Rowe (arXiv 2308.02451).
+
+Methods: Random and Magnitude (prune every Linear/Conv2d layer to the target sparsity after
+the first epoch, keep the pruned weights at zero) and their Bayesian versions Bayes Random
+and Bayes Magnitude (after every epoch a candidate pruning to the target is applied only if
+its Bayes factor against the unpruned network is >= the threshold, default 1). Networks:
+the paper's FCN (512-256-128) and CNN (conv 32-64, FC 256-128-64), Gaussian prior
+N(0, 1) on every weight, trained to the MAP with Adam (lr 1e-3, batch 64). The log
+likelihood of the Bayes factor is summed over the whole training part. Reported: test
+accuracy (mean and std over seeds) and the sparsity reached; a Bayes run whose gate never
+opened stays dense, which the ``reached`` column shows.
+
+The paper's protocol is 25 epochs, sparsities 25/50/75/90/99 %, 4 methods, FCN and CNN on
+MNIST, Fashion-MNIST and CIFAR-10, several seeds. Every reduction made on the command line
+(epochs, seeds, a stratified subset of the training data, ...) is written into the
+``config`` of ``benchmarks/results/bayes_factor_table.json``. Finished runs are cached in
+``benchmarks/results/bayes_factor_table.runs.json``, so an interrupted benchmark resumes.
+
+    python benchmarks/bayes_factor_table.py --datasets mnist fashion-mnist --models fcn \
+        --seeds 0 1 2 --epochs 5 --train-subset 12000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from typing import Any
+
+import torch
+from _common import RESULTS_DIR, format_table, print_header, set_threads, write_results
+from tqdm.auto import tqdm
+
+from pyro_prune.data import load_dataset, train_val_split
+from pyro_prune.inference import BayesFactorPruning, evaluate, fit, plot_learning_curves
+from pyro_prune.models import CNN, FCN
+
+NAME = "bayes_factor_table"
+RUNS_FILE = RESULTS_DIR / f"{NAME}.runs.json"
+METHODS = {  # CLI name -> (PruneMethod value, gate)
+    "random": ("random", False),
+    "bayes-random": ("random", True),
+    "magnitude": ("magnitude", False),
+    "bayes-magnitude": ("magnitude", True),
+}
+LABELS = {"random": "Random", "bayes-random": "Bayes Random", "magnitude": "Magnitude",
+          "bayes-magnitude": "Bayes Magnitude"}
+#: The paper's Table 1 test accuracies that this benchmark compares with (only the cells
+#: quoted here; other cells print "-"). Key: (dataset, model, sparsity) -> {method: acc}.
+PAPER = {
+    ("mnist", "fcn", 0.9): {"random": 0.9624, "bayes-random": 0.9657, "magnitude": 0.9768,
+                            "bayes-magnitude": 0.9772},
+    ("fashion-mnist", "fcn", 0.9): {"random": 0.8416, "bayes-random": 0.8443,
+                                    "magnitude": 0.8750, "bayes-magnitude": 0.8675},
+    ("mnist", "cnn", 0.99): {"magnitude": 0.9826, "bayes-magnitude": 0.9804},
+}
+PAPER_PROTOCOL = ("paper: 25 epochs, full training set, sparsities 25/50/75/90/99 %, "
+                  "Random / Bayes Random / Magnitude / Bayes Magnitude, FCN and CNN on MNIST, "
+                  "Fashion-MNIST and CIFAR-10")
+
+
+def make_model(name: str, info: Any, prior_scale: float) -> torch.nn.Module:
+    if name == "fcn":
+        return FCN(info.input_dim, info.num_classes, prior_scale=prior_scale)
+    if name == "cnn":
+        c, h, _ = info.input_shape
+        return CNN(c, info.num_classes, h, prior_scale=prior_scale)
+    raise ValueError(f"unknown model {name!r}")
+
+
+def _compact_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keys = ("epoch", "loss", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+            "sparsity", "log_bayes_factor", "pruned", "epoch_time_s")
+    return [{k: r.get(k) for k in keys} for r in history]
+
+
+def run_one(dataset: str, model_name: str, sparsity: float, method: str, seed: int,
+            args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
+    prune_method, gate = METHODS[method]
+    torch.manual_seed(seed)
+    model = make_model(model_name, data["info"], args.prior_scale)
+    sched = BayesFactorPruning(sparsity, prune_method, threshold=args.threshold,
+                               log_threshold=args.log_threshold, gate=gate, seed=seed)
+    t0 = time.perf_counter()
+    res = fit(model, data["train"], epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+              val=data["val"], schedule=sched, seed=seed, progress=False)
+    seconds = time.perf_counter() - t0
+    test = evaluate(model, data["test"])
+    decided = [r["log_bayes_factor"] for r in res.history if r["log_bayes_factor"] is not None]
+    return {
+        "dataset": dataset, "model": model_name, "target_sparsity": sparsity, "method": method,
+        "seed": seed, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+        "sparsity": res.history[-1]["sparsity"], "accepted_epochs": sched.accepted_epochs,
+        "first_log_bf": decided[0] if decided else None,
+        "max_log_bf": max(decided) if decided else None,
+        "time_s": seconds, "epoch_time_s": statistics.median(r["epoch_time_s"] for r in res.history),
+        "history": _compact_history(res.history),
+    }
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
+    for r in runs:
+        groups.setdefault((r["dataset"], r["model"], r["target_sparsity"]), {}).setdefault(
+            r["method"], []).append(r)
+    rows = []
+    for (dataset, model, sparsity), by_method in sorted(groups.items()):
+        paper = PAPER.get((dataset, model, sparsity), {})
+        for method in METHODS:
+            rs = by_method.get(method)
+            if not rs:
+                continue
+            acc = [r["test_accuracy"] for r in rs]
+            reached = sum(r["sparsity"] >= sparsity - 1e-3 for r in rs)
+            rows.append({
+                "dataset": dataset, "model": model, "sparsity": sparsity, "method": LABELS[method],
+                "seeds": len(rs), "accuracy": statistics.mean(acc),
+                "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                "paper_accuracy": paper.get(method),
+                "sparsity_reached": statistics.mean(r["sparsity"] for r in rs),
+                "reached": f"{reached}/{len(rs)}",
+                "max_log_bf": max((r["max_log_bf"] for r in rs if r["max_log_bf"] is not None),
+                                  default=None),
+            })
+    return rows
+
+
+def print_wide(rows: list[dict[str, Any]]) -> None:
+    """One line per (dataset, model, sparsity): ours (reached sparsity) | paper, per method."""
+    cells: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        cells.setdefault((r["dataset"], r["model"], r["sparsity"]), {})[r["method"]] = r
+    head = ["dataset", "model", "sparsity"] + [LABELS[m] for m in METHODS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (dataset, model, sparsity), by in cells.items():
+        out = [dataset, model, f"{100 * sparsity:g}%"]
+        for method in METHODS:
+            r = by.get(LABELS[method])
+            if r is None:
+                out.append("")
+                continue
+            paper = "-" if r["paper_accuracy"] is None else f"{r['paper_accuracy']:.4f}"
+            out.append(f"{r['accuracy']:.4f}±{r['accuracy_std']:.4f} "
+                       f"(sp {r['sparsity_reached']:.2f}) / {paper}")
+        lines.append("| " + " | ".join(out) + " |")
+    print("ours: mean±std test accuracy (sp = sparsity reached) / paper")
+    print("\n".join(lines))
+
+
+def load_data(dataset: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    try:
+        full = load_dataset(dataset, "train")
+        test = load_dataset(dataset, "test")
+    except (FileNotFoundError, ValueError) as err:
+        print(f"NOTE: skipping {dataset}: its files are not available ({err})", flush=True)
+        return None
+    train, val = train_val_split(full, val_fraction=args.val_fraction, seed=0)
+    if args.train_subset is not None and args.train_subset < len(train):
+        _, train = train_val_split(train, val_fraction=args.train_subset / len(train), seed=0)
+    return {"train": train, "val": val, "test": test, "info": full.info}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist", "cifar10"])
+    parser.add_argument("--models", nargs="+", default=["fcn", "cnn"], choices=["fcn", "cnn"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.25, 0.5, 0.75, 0.9, 0.99])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--train-subset", type=int, default=None,
+                        help="train on a stratified subset of this many examples")
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--threshold", type=float, default=1.0, help="beta, as a Bayes factor")
+    parser.add_argument("--log-threshold", type=float, default=None,
+                        help="log beta in nats instead of --threshold")
+    parser.add_argument("--prior-scale", type=float, default=1.0)
+    parser.add_argument("--plot-sparsity", type=float, default=0.9,
+                        help="learning curves (PNG) of the first seed at this sparsity")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    set_threads(args.threads)
+    config = dict(vars(args))
+    config["protocol"] = PAPER_PROTOCOL
+    config["reductions"] = [
+        f"epochs {args.epochs} (paper 25)" if args.epochs != 25 else None,
+        f"train subset {args.train_subset} of the training part" if args.train_subset else None,
+        f"seeds {args.seeds}",
+        f"datasets {args.datasets}", f"models {args.models}", f"sparsities {args.sparsities}",
+        f"methods {args.methods}",
+    ]
+    config["reductions"] = [r for r in config["reductions"] if r]
+    config["evaluation"] = ("test accuracy on the official test set; a validation part "
+                            f"({args.val_fraction:g} of the training set, seed 0) is tracked per epoch; "
+                            "log BF on the full training part (nats), accept when BF >= threshold")
+    print_header(__file__, seeds=args.seeds, config=config)
+    cache: dict[str, dict[str, Any]] = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.exists() else {}
+    runs: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    jobs = [(d, m, s, meth, seed) for d in args.datasets for m in args.models
+            for s in args.sparsities for meth in args.methods for seed in args.seeds]
+    data_cache: dict[str, dict[str, Any] | None] = {}
+    bar = tqdm(jobs, desc=NAME, mininterval=5)
+    for dataset, model_name, sparsity, method, seed in bar:
+        if dataset not in data_cache:
+            data_cache = {dataset: load_data(dataset, args)}  # one data set in memory at a time
+            if data_cache[dataset] is None:
+                skipped.append(dataset)
+        data = data_cache[dataset]
+        if data is None:
+            continue
+        key_parts = [dataset, model_name, sparsity, method, seed, args.epochs, args.train_subset,
+                     args.val_fraction, args.batch_size, args.lr, args.threshold, args.prior_scale]
+        if args.log_threshold is not None:
+            key_parts.append(args.log_threshold)
+        key = json.dumps(key_parts)
+        if key not in cache:
+            cache[key] = run_one(dataset, model_name, sparsity, method, seed, args, data)
+            RUNS_FILE.parent.mkdir(parents=True, exist_ok=True)
+            RUNS_FILE.write_text(json.dumps(cache, indent=1))
+            r = cache[key]
+            bar.write(f"{dataset} {model_name} r={sparsity} {LABELS[method]} seed={seed}: "
+                      f"acc={r['test_accuracy']:.4f} sparsity={r['sparsity']:.3f} "
+                      f"accepted={r['accepted_epochs']} max logBF={r['max_log_bf']} "
+                      f"({r['time_s']:.0f}s, {r['epoch_time_s']:.1f}s/epoch)")
+        runs.append(cache[key])
+    bar.close()
+    rows = summarise(runs)
+    print(format_table(rows, ["dataset", "model", "sparsity", "method", "seeds", "accuracy",
+                              "accuracy_std", "paper_accuracy", "sparsity_reached", "reached",
+                              "max_log_bf"]))
+    print()
+    print_wide(rows)
+    pngs = []
+    for dataset in args.datasets:
+        for model_name in args.models:
+            hist = {LABELS[r["method"]]: r["history"] for r in runs
+                    if r["dataset"] == dataset and r["model"] == model_name
+                    and r["target_sparsity"] == args.plot_sparsity and r["seed"] == args.seeds[0]}
+            if hist:
+                path = RESULTS_DIR / f"{NAME}_{dataset}_{model_name}_r{round(100 * args.plot_sparsity)}.png"
+                log_beta = args.log_threshold if args.log_threshold is not None else math.log(args.threshold)
+                plot_learning_curves(hist, path, log_threshold=log_beta,
+                                     title=f"{dataset} {model_name}, target sparsity "
+                                           f"{args.plot_sparsity:g}, seed {args.seeds[0]}")
+                pngs.append(path.name)
+    if skipped:
+        print(f"NOTE: skipped (files not present): {sorted(set(skipped))}")
+    path = write_results(__file__, config=config, seeds=args.seeds, rows=rows,
+                         extra={"runs": runs, "paper": {f"{k[0]}/{k[1]}/{k[2]}": v for k, v in PAPER.items()},
+                                "skipped": sorted(set(skipped)), "plots": pngs})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1042 @@
+"""The ``pyro-prune`` command (also ``python -m pyro_prune``).
+
+    pyro-prune fit --model mlp --data digits --method bmrs_n --epochs 20 --out runs/mlp
+    pyro-prune report runs/mlp
+    pyro-prune export runs/mlp --format onnx
+    pyro-prune demo
+
+``fit`` trains with continuous pruning (Wright, Igel & Selvan, NeurIPS 2024, Algorithm 1)
+and writes a *run folder*:
+
+=============================  ===============================================================
+``config.json``                every setting, the data set's shapes and library versions
+``history.json``               one row per epoch (loss, accuracy, kept structures, compression)
+``checkpoint.pt``              the resumable training state: running the same command again
+                               continues where it stopped (``--restart`` starts over)
+``model.pt``                   the Pyro model's ``state_dict`` (variational parameters, masks)
+``converted_state_dict.pt``    the smaller deterministic network's ``state_dict``
+``converted_torchscript.pt``   the same network as TorchScript (loads without pyro_prune)
+``posterior.nc``               the ArviZ InferenceData (netCDF; :mod:`pyro_prune.arviz`)
+``metrics.json``               test accuracy, compression, MACs, latency, ELPD, W2 shift
+=============================  ===============================================================
+
+``report`` writes ``report.md`` with tables and PNG figures into the run folder; ``export``
+writes the converted network as TorchScript, a state dict or ONNX.
+
+Every bad argument (unknown model or method, a data set that cannot be found, epochs <= 0,
+a run folder that does not exist, ...) ends with exit code 2 and one line naming the problem.
+Models, methods and export formats are registries (:data:`MODELS`, :data:`METHODS`,
+:data:`EXPORTERS`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import enum
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "EXPORTERS",
+    "METHODS",
+    "MODELS",
+    "DataShape",
+    "ExportFormat",
+    "MethodSpec",
+    "ModelSpec",
+    "RunConfig",
+    "RunResult",
+    "UsageError",
+    "build_parser",
+    "export_run",
+    "load_run",
+    "main",
+    "run_fit",
+    "write_report",
+]
+
+PROG = "pyro-prune"
+EXIT_USAGE = 2
+
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.json"
+METRICS_FILE = "metrics.json"
+MODEL_FILE = "model.pt"
+CONVERTED_STATE_FILE = "converted_state_dict.pt"
+TORCHSCRIPT_FILE = "converted_torchscript.pt"
+IDATA_FILE = "posterior.nc"
+CURVE_FILE = "curve.json"
+REPORT_FILE = "report.md"
+FIGURES_DIR = "figures"
+CHECKPOINT_FILE = "checkpoint.pt"  # written by pyro_prune.inference.fit
+
+
+class UsageError(Exception):
+    """A bad argument or input: reported as one line, exit code 2."""
+
+
+# ============================================================================ registries
+@dataclass(frozen=True)
+class DataShape:
+    """What a model needs to know about the data: shapes and the task."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    output_dim: int
+    task: str  # "classification" | "regression"
+
+    @property
+    def input_dim(self) -> int:
+        return math.prod(self.input_shape)
+
+    @property
+    def likelihood(self) -> str:
+        return "categorical" if self.task == "classification" else "gaussian"
+
+    def image(self, model: str) -> tuple[int, int]:
+        """``(channels, side)`` of square images, or a :class:`UsageError` naming ``model``."""
+        shape = self.input_shape
+        if len(shape) != 3 or shape[1] != shape[2]:
+            raise UsageError(
+                f"model {model!r} needs square images (C, H, H); data set {self.name!r} has "
+                f"inputs of shape {shape}"
+            )
+        if self.task != "classification":
+            raise UsageError(f"model {model!r} is a classifier; {self.name!r} is a regression set")
+        return shape[0], shape[1]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A network the CLI can build for a data set."""
+
+    name: str
+    help: str
+    build: Callable[[DataShape, dict[str, Any]], Any]
+    takes_hidden: bool = False
+
+
+def _build_mlp(data: DataShape, opts: dict[str, Any]) -> Any:
+    from pyro_prune.models import MLP
+
+    return MLP(data.input_dim, list(opts.get("hidden") or [100, 100]), data.output_dim,
+               likelihood=data.likelihood, weights=opts["weights"], gate=opts["gate"])
+
+
+def _build_lenet5(data: DataShape, opts: dict[str, Any]) -> Any:
+    from pyro_prune.models import LeNet5
+
+    channels, side = data.image("lenet5")
+    return LeNet5(channels, data.output_dim, side, weights=opts["weights"], gate=opts["gate"])
+
+
+def _build_resnet(data: DataShape, opts: dict[str, Any]) -> Any:
+    from pyro_prune.models import ResNet
+
+    channels, side = data.image("resnet")
+    return ResNet(channels, data.output_dim, image_size=side, weights=opts["weights"], gate=opts["gate"])
+
+
+def _build_vit(data: DataShape, opts: dict[str, Any]) -> Any:
+    from pyro_prune.models import ViT
+
+    channels, side = data.image("vit")
+    patch = next((p for p in (7, 4, 2, 1) if side % p == 0 and side // p >= 2), 1)
+    return ViT(side, patch, channels, data.output_dim, weights=opts["weights"], gate=opts["gate"])
+
+
+#: ``--model`` names
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("mlp", "MLP with a gate on every hidden neuron (widths: --hidden)", _build_mlp,
+                  takes_hidden=True),
+        ModelSpec("lenet5", "LeNet-5 with gates on conv channels and hidden neurons", _build_lenet5),
+        ModelSpec("resnet", "small ResNet (16-32-64 channels) with gates after every BatchNorm",
+                  _build_resnet),
+        ModelSpec("vit", "small Vision Transformer with gates on heads and MLP units", _build_vit),
+    )
+}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A pruning method: a criterion applied after every epoch (or none)."""
+
+    name: str
+    criterion: str | None
+    help: str
+    weights: str = "point"
+    gate: str = "noise"
+
+
+def _build_methods() -> dict[str, MethodSpec]:
+    """``none`` plus every registered criterion that decides removal on its own."""
+    from pyro_prune.reduction import CRITERIA, CriterionInput
+
+    methods = {"none": MethodSpec("none", None, "no pruning (the unpruned reference)")}
+    for name, crit in CRITERIA.items():
+        if not (crit.threshold_free or crit.default_threshold is not None):
+            continue  # ranks only (l2, grad): needs a target compression
+        if CriterionInput.GAUSSIAN_WEIGHTS in crit.needs:
+            methods[name] = MethodSpec(name, name, crit.description, weights="gaussian", gate="mask")
+        elif CriterionInput.NOISE_POSTERIOR in crit.needs:
+            methods[name] = MethodSpec(name, name, crit.description)
+    return methods
+
+
+#: ``--method`` names
+METHODS: dict[str, MethodSpec] = _build_methods()
+
+
+# ============================================================================ run config
+@dataclass
+class RunConfig:
+    """Every setting of a ``fit`` run (stored in ``config.json``)."""
+
+    model: str = "mlp"
+    data: str = "digits"
+    method: str = "bmrs_n"
+    epochs: int = 20
+    finetune_epochs: int = 5
+    batch_size: int = 64
+    lr: float = 1e-2
+    seed: int = 0
+    kl_scale: str = "paper"
+    hidden: list[int] | None = None
+    val_fraction: float = 0.2
+    num_samples: int = 200
+    curve_points: int = 0
+    train_subset: int | None = None
+    #: test examples for the InferenceData and the W2 check (``None``: the whole test set)
+    eval_examples: int | None = None
+
+    #: settings that define the trained model; a run folder refuses to resume with others
+    RESUME_KEYS = ("model", "data", "method", "epochs", "finetune_epochs", "batch_size", "lr",
+                   "seed", "kl_scale", "hidden", "val_fraction", "train_subset")
+
+    def validate(self) -> None:
+        if self.model not in MODELS:
+            raise UsageError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+        if self.method not in METHODS:
+            raise UsageError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        for key in ("epochs", "batch_size", "num_samples"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"{key} must be a positive integer, got {value!r}")
+        if self.eval_examples is not None and (isinstance(self.eval_examples, bool) or
+                                               not isinstance(self.eval_examples, int) or
+                                               self.eval_examples < 1):
+            raise UsageError(f"eval_examples must be a positive integer, got {self.eval_examples!r}")
+        for key in ("finetune_epochs", "curve_points"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UsageError(f"{key} must be an integer >= 0, got {value!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"lr must be a positive number, got {self.lr!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise UsageError(f"val_fraction must lie in [0, 1), got {self.val_fraction!r}")
+        if self.hidden is not None and not MODELS[self.model].takes_hidden:
+            raise UsageError(f"--hidden applies to --model mlp only, not {self.model!r}")
+        _parse_kl_scale(self.kl_scale)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items()}
+
+
+def _parse_kl_scale(value: str) -> float | str:
+    from pyro_prune.models import KLScale
+
+    if value in {k.value for k in KLScale}:
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        raise UsageError(
+            f"kl-scale must be {', '.join(k.value for k in KLScale)} or a number >= 0, got {value!r}"
+        ) from None
+    if not (number >= 0 and math.isfinite(number)):
+        raise UsageError(f"kl-scale must be a finite number >= 0, got {value!r}")
+    return number
+
+
+def _versions() -> dict[str, str]:
+    import arviz
+    import numpy
+    import pyro
+
+    import pyro_prune
+
+    return {"pyro_prune": pyro_prune.__version__, "torch": torch.__version__,
+            "pyro": pyro.__version__, "arviz": arviz.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no inf/nan: store them as the strings ``"inf"``, ``"-inf"``, ``"nan"``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_finite(payload), indent=2, default=_json_default,
+                              allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path} not found: is {path.parent} a pyro-prune run folder?") from None
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path} is not valid JSON: {err}") from None
+
+
+# ============================================================================ data and models
+def load_data(name: str, *, root: str | None = None, train_subset: int | None = None,
+              seed: int = 0) -> tuple[Any, Any, DataShape]:
+    """``(train, test, shape)`` of a data set, or a :class:`UsageError` naming what is wrong."""
+    from pyro_prune.data import load_dataset
+
+    train: Any
+    try:
+        train = load_dataset(name, "train", root=root)
+        test = load_dataset(name, "test", root=root)
+    except (ValueError, FileNotFoundError, TypeError, OSError) as err:
+        raise UsageError(f"data set {name!r} not available: {_one_line(err)}") from None
+    if train_subset is not None and train_subset < len(train):
+        from pyro_prune.data import train_val_split
+
+        keep = train_subset / len(train)
+        _, train = train_val_split(train, val_fraction=keep, seed=seed)
+    info = train.info
+    shape = DataShape(info.name, tuple(int(s) for s in info.input_shape), int(info.output_dim),
+                      info.task.value)
+    return train, test, shape
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
+def build_model(cfg: RunConfig, data: DataShape) -> Any:
+    """The Pyro model of ``cfg`` for ``data`` (seeded by ``cfg.seed``)."""
+    method = METHODS[cfg.method]
+    torch.manual_seed(cfg.seed)
+    opts = {"hidden": cfg.hidden, "weights": method.weights, "gate": method.gate}
+    try:
+        return MODELS[cfg.model].build(data, opts)
+    except UsageError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"cannot build model {cfg.model!r} for {data.name!r}: {_one_line(err)}") from None
+
+
+@contextlib.contextmanager
+def all_kept(model: Any) -> Iterator[dict[str, Tensor]]:
+    """Temporarily restore every removed structure; yields the kept masks to return to."""
+    gates = model.gates()
+    saved = {name: g.kept.clone() for name, g in gates.items()}
+    try:
+        for g in gates.values():
+            g.kept.fill_(True)
+        yield saved
+    finally:
+        for name, kept in saved.items():
+            gates[name].kept.copy_(kept)
+
+
+def median_latencies(modules: Sequence[nn.Module], x: Tensor, *, repeats: int = 21,
+                     warmup: int = 3) -> list[float]:
+    """Median wall time (seconds) of ``m(x)`` for each module, in eval mode.
+
+    The modules are timed in turns (one call of each per round), so a change in the load of
+    the machine during the measurement affects all of them alike.
+    """
+    for m in modules:
+        m.eval()
+    times: list[list[float]] = [[] for _ in modules]
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for m in modules:
+                m(x)
+        for _ in range(repeats):
+            for i, m in enumerate(modules):
+                t0 = time.perf_counter()
+                m(x)
+                times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the deprecation chatter of torch.jit and the ONNX exporters."""
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, FutureWarning, UserWarning):
+            warnings.simplefilter("ignore", category)
+        yield
+
+
+# ============================================================================ export
+class ExportFormat(enum.Enum):
+    """``--format`` of ``pyro-prune export``."""
+
+    TORCHSCRIPT = "torchscript"
+    STATE_DICT = "state-dict"
+    ONNX = "onnx"
+
+
+def _export_torchscript(module: nn.Module, example: Tensor, path: Path) -> Path:
+    with _quiet():
+        try:
+            scripted = torch.jit.script(module)
+        except Exception:  # scripting is picky about some generated code; tracing is exact here
+            scripted = torch.jit.trace(module, example)
+        scripted.save(str(path))
+    return path
+
+
+def _export_state_dict(module: nn.Module, example: Tensor, path: Path) -> Path:
+    torch.save(module.state_dict(), path)
+    return path
+
+
+def _export_onnx(module: nn.Module, example: Tensor, path: Path) -> Path:
+    import importlib.util
+
+    # the torch.export-based exporter needs onnxscript; the TorchScript-based one nothing more
+    dynamo = importlib.util.find_spec("onnxscript") is not None
+    with _quiet():
+        torch.onnx.export(module, (example,), str(path), dynamo=dynamo,
+                          input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    return path
+
+
+#: format -> (writer, file suffix)
+EXPORTERS: dict[ExportFormat, tuple[Callable[[nn.Module, Tensor, Path], Path], str]] = {
+    ExportFormat.TORCHSCRIPT: (_export_torchscript, ".torchscript.pt"),
+    ExportFormat.STATE_DICT: (_export_state_dict, ".state_dict.pt"),
+    ExportFormat.ONNX: (_export_onnx, ".onnx"),
+}
+
+
+# ============================================================================ fit
+@dataclass
+class RunResult:
+    """What :func:`run_fit` produced (everything is also in the run folder)."""
+
+    out: Path
+    config: RunConfig
+    model: Any
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    idata: Any = None
+    curves: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def _check_existing(out: Path, cfg: RunConfig, restart: bool) -> None:
+    path = out / CONFIG_FILE
+    if restart:
+        for name in (CHECKPOINT_FILE, MODEL_FILE, METRICS_FILE, HISTORY_FILE, CURVE_FILE):
+            (out / name).unlink(missing_ok=True)
+        return
+    if not path.exists():
+        return
+    old = _read_json(path).get("run", {})
+    now = cfg.to_json()
+    diffs = [f"{k}: {old.get(k)!r} there vs {now[k]!r} now" for k in RunConfig.RESUME_KEYS
+             if old.get(k) != now[k]]
+    if diffs:
+        raise UsageError(
+            f"{out} holds a run with other settings ({'; '.join(diffs)}); use another --out "
+            f"or --restart"
+        )
+
+
+def run_fit(cfg: RunConfig, out: str | os.PathLike, *, data_root: str | None = None,
+            progress: bool = True, restart: bool = False, measure: bool = True,
+            log: Callable[[str], None] | None = None) -> RunResult:
+    """Train ``cfg`` with continuous pruning and write the run folder ``out`` (resumable).
+
+    Steps: load the data (``val_fraction`` of the training set for validation), build the
+    model, :func:`~pyro_prune.inference.fit` with
+    :class:`~pyro_prune.inference.ContinuousPruning` (``none``: plain SVI for the same
+    number of epochs), evaluate on the test set, convert to a deterministic network
+    (:func:`~pyro_prune.convert.to_deterministic`), count parameters and MACs of it and of
+    the unpruned network, time both (batch 256), compute the W2 shift of the posterior
+    predictive caused by the removals (:func:`~pyro_prune.predictive.w2_shift`, removed
+    structures restored as the reference), write the InferenceData and, with
+    ``curve_points``, the accuracy-vs-compression curve of the method's criterion.
+    """
+    from pyro_prune import arviz as pa
+    from pyro_prune.convert import compression, count_macs, count_params, to_deterministic
+    from pyro_prune.data import train_val_split
+    from pyro_prune.inference import ContinuousPruning, evaluate, fit
+    from pyro_prune.predictive import w2_shift
+
+    say = log or (lambda msg: None)
+    cfg.validate()
+    out = Path(out)
+    t_start = time.perf_counter()
+    train, test, shape = load_data(cfg.data, root=data_root, train_subset=cfg.train_subset,
+                                   seed=cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_existing(out, cfg, restart)
+    val = None
+    if cfg.val_fraction > 0:
+        train, val = train_val_split(train, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    model = build_model(cfg, shape)
+    method = METHODS[cfg.method]
+    if method.criterion is None:
+        schedule, epochs = None, cfg.epochs + cfg.finetune_epochs
+    else:
+        schedule = ContinuousPruning(method.criterion, every=1, finetune_epochs=cfg.finetune_epochs)
+        epochs = cfg.epochs
+    _write_json(out / CONFIG_FILE, {
+        "run": cfg.to_json(), "data": asdict(shape), "model_config": getattr(model, "config", {}),
+        "model_class": type(model).__name__, "versions": _versions(),
+        "command": " ".join([PROG, *sys.argv[1:]]) if sys.argv and PROG in sys.argv[0] else None,
+    })
+    say(f"fit {cfg.model} on {cfg.data} with {cfg.method} ({epochs} + "
+        f"{cfg.finetune_epochs if schedule else 0} epochs) -> {out}")
+    try:
+        result = fit(model, train, epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, val=val,
+                     schedule=schedule, seed=cfg.seed, checkpoint_dir=out, progress=progress,
+                     kl_scale=_parse_kl_scale(cfg.kl_scale))
+    except ValueError as err:
+        if "checkpoint" in str(err):
+            raise UsageError(f"{_one_line(err)}; use --restart to start over") from None
+        raise
+    fit_time = sum(float(r.get("epoch_time_s", 0.0)) for r in result.history)
+    torch.save(model.state_dict(), out / MODEL_FILE)
+    _write_json(out / HISTORY_FILE, result.history)
+
+    say("evaluate, convert and measure")
+    test_metrics = evaluate(model, test)
+    converted = to_deterministic(model)
+    torch.save(converted.state_dict(), out / CONVERTED_STATE_FILE)
+    example = test.tensors[0][:2]
+    _export_torchscript(converted, example, out / TORCHSCRIPT_FILE)
+    input_shape = tuple(test.tensors[0].shape[1:])
+    with all_kept(model) as kept_masks:
+        full_net = to_deterministic(model)
+    metrics: dict[str, Any] = {
+        "method": cfg.method, "model": cfg.model, "data": cfg.data,
+        **{f"test_{k}": v for k, v in test_metrics.items()},
+        "compression": compression(model),
+        "params_full": count_params(full_net), "params_pruned": count_params(converted),
+        "macs_full": count_macs(full_net, input_shape), "macs_pruned": count_macs(converted, input_shape),
+        "kept": model.kept_counts(),
+        "structures": {n: g.num_structures for n, g in model.gates().items()},
+        "epochs_run": len(result.history), "fit_time_s": fit_time,
+    }
+    if measure:
+        batch = test.tensors[0][:256]
+        if len(batch) < 256:
+            batch = batch.repeat(math.ceil(256 / len(batch)), *([1] * (batch.dim() - 1)))[:256]
+        full_s, pruned_s = median_latencies([full_net, converted], batch)
+        metrics["latency_full_ms"], metrics["latency_pruned_ms"] = 1e3 * full_s, 1e3 * pruned_s
+        metrics["speedup"] = metrics["latency_full_ms"] / metrics["latency_pruned_ms"]
+
+    say("predictive check and InferenceData")
+    if cfg.eval_examples is not None and cfg.eval_examples < len(test):
+        _, held = train_val_split(test, val_fraction=cfg.eval_examples / len(test), seed=cfg.seed)
+    else:
+        held = test
+    with all_kept(model):
+        shift = w2_shift(model, None, kept_masks, held.tensors[0][:512], seed=cfg.seed)
+    metrics.update(w2=shift.w2, w2_empty=shift.w2_empty, w2_normalized=shift.normalized)
+    settings = {"method": cfg.method, "epochs": cfg.epochs, "finetune_epochs": cfg.finetune_epochs,
+                "kl_scale": cfg.kl_scale, "lr": cfg.lr, "batch_size": cfg.batch_size,
+                "data": cfg.data, "compression": metrics["compression"]}
+    idata = pa.to_inference_data(model, data=held, num_samples=cfg.num_samples, seed=cfg.seed,
+                                 progress=progress, settings=settings)
+    pa.save(idata, out / IDATA_FILE)
+    elpd = pa.loo(idata)
+    metrics.update(elpd_loo=elpd.elpd, elpd_loo_se=elpd.se, p_loo=elpd.p,
+                   pareto_k_max=elpd.pareto_k_max)
+
+    curves: dict[str, list[dict[str, Any]]] = {}
+    if cfg.curve_points > 0:
+        curves = accuracy_curves(model, train, test, [method.criterion or "bmrs_n"],
+                                 points=cfg.curve_points, batch_size=cfg.batch_size, lr=cfg.lr,
+                                 seed=cfg.seed, progress=progress)
+        _write_json(out / CURVE_FILE, curves)
+    metrics["total_time_s"] = time.perf_counter() - t_start
+    _write_json(out / METRICS_FILE, metrics)
+    return RunResult(out=out, config=cfg, model=model, history=result.history, metrics=metrics,
+                     idata=idata, curves=curves)
+
+
+def accuracy_curves(model: Any, train: Any, test: Any, criteria: Sequence[str], *, points: int,
+                    batch_size: int, lr: float, seed: int, progress: bool,
+                    max_fraction: float = 0.95) -> dict[str, list[dict[str, Any]]]:
+    """Accuracy vs compression when the kept structures are removed in each criterion's order.
+
+    ``points`` fractions evenly spaced in ``[0, max_fraction]``, plus the threshold-free
+    stopping point (the fraction of structures with BMRS_N ``dF >= 0``) so that it is a
+    point of every curve; one epoch of fine-tuning per point
+    (:func:`~pyro_prune.inference.post_training_curve`).
+    """
+    from pyro_prune.inference import post_training_curve, structure_removals
+
+    total = sum(int(g.kept.sum()) for g in model.gates().values())
+    n_stop = sum(int(m.sum()) for m in structure_removals(model, "bmrs_n").values()) \
+        if model.noise_layers() else 0
+    grid = [max_fraction * i / max(1, points - 1) for i in range(points)] if points > 1 else [0.0]
+    fractions = sorted({round(f, 6) for f in grid} | ({round(n_stop / total, 6)} if total else set()))
+    fractions = [f for f in fractions if 0.0 <= f < 1.0]
+    curves = {}
+    for crit in criteria:
+        curves[crit] = post_training_curve(copy.deepcopy(model), train, test, crit,
+                                           fractions=fractions, finetune_epochs=1,
+                                           batch_size=batch_size, lr=lr, seed=seed,
+                                           progress=progress)
+    return curves
+
+
+# ============================================================================ load / report / export
+@dataclass
+class LoadedRun:
+    """A run folder read back: its settings, the Pyro model and what was measured."""
+
+    out: Path
+    config: RunConfig
+    shape: DataShape
+    model: Any
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+
+
+def load_run(out: str | os.PathLike) -> LoadedRun:
+    """Read a run folder written by :func:`run_fit` (the model with its final weights)."""
+    out = Path(out)
+    if not out.is_dir():
+        raise UsageError(f"run folder {str(out)!r} does not exist")
+    raw = _read_json(out / CONFIG_FILE)
+    try:
+        fields = {k: v for k, v in raw["run"].items() if k in RunConfig.__dataclass_fields__}
+        cfg = RunConfig(**fields)
+        shape = DataShape(**{**raw["data"], "input_shape": tuple(raw["data"]["input_shape"])})
+    except (KeyError, TypeError) as err:
+        raise UsageError(f"{out / CONFIG_FILE} is not a pyro-prune run config: {err}") from None
+    cfg.validate()
+    model = build_model(cfg, shape)
+    path = out / MODEL_FILE
+    if not path.exists():
+        raise UsageError(f"{path} not found: the run in {out} has not finished (run fit again)")
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model.eval()
+    history = _read_json(out / HISTORY_FILE)
+    metrics = _read_json(out / METRICS_FILE) if (out / METRICS_FILE).exists() else {}
+    return LoadedRun(out=out, config=cfg, shape=shape, model=model, history=history, metrics=metrics)
+
+
+def export_run(out: str | os.PathLike, fmt: ExportFormat | str, output: str | os.PathLike | None = None) -> Path:
+    """Convert the run's model and write it in ``fmt``; returns the file written."""
+    from pyro_prune.convert import to_deterministic
+
+    try:
+        fmt = ExportFormat(fmt)
+    except ValueError:
+        raise UsageError(
+            f"unknown format {fmt!r}; choose from {', '.join(f.value for f in ExportFormat)}") from None
+    run = load_run(out)
+    converted = to_deterministic(run.model)
+    example = torch.zeros(2, *run.shape.input_shape)
+    writer, suffix = EXPORTERS[fmt]
+    path = Path(output) if output is not None else run.out / "export" / f"model{suffix}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return writer(converted, example, path)
+
+
+def _fmt(value: Any, spec: str = ".4g") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return format(value, spec)
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    """A Markdown table; ``columns`` are ``(key, header, format spec)``."""
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(k), spec) for k, _, spec in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out: str | os.PathLike, *, idata: Any = None) -> Path:
+    """Write ``report.md`` and its PNG figures (``figures/``) into a run folder."""
+    from pyro_prune import arviz as pa
+    from pyro_prune import plots
+
+    run = load_run(out)
+    out = run.out
+    fig_dir = out / FIGURES_DIR
+    fig_dir.mkdir(exist_ok=True)
+    if idata is None:
+        path = out / IDATA_FILE
+        if not path.exists():
+            raise UsageError(f"{path} not found: the run in {out} has not finished (run fit again)")
+        idata = pa.load(path)
+    cfg, m = run.config, run.metrics
+    figures: list[tuple[str, str]] = []
+
+    def save(fig: Any, name: str, caption: str) -> None:
+        plots.save_figure(fig, fig_dir / name)
+        figures.append((name, caption))
+
+    save(plots.plot_history(run.history, title=f"{cfg.model} / {cfg.method} on {cfg.data}"),
+         "history.png", "Loss, accuracy and kept structures per epoch.")
+    if run.model.noise_layers():
+        save(plots.plot_theta_forest(idata), "theta_forest.png",
+             "Posterior mean and 94% HDI of the multiplicative noise of every structure.")
+        save(plots.plot_delta_f(idata, "bmrs_n"), "delta_f.png",
+             "dF (BMRS_N) per structure; right of the dashed line a structure would be removed.")
+    curves = _read_json(out / CURVE_FILE) if (out / CURVE_FILE).exists() else {}
+    point = {"label": f"{cfg.method} (this run)", "compression": m.get("compression", 0.0),
+             "accuracy": m.get("test_accuracy")}
+    if point["accuracy"] is not None:
+        save(plots.plot_accuracy_vs_compression(curves, [point]), "accuracy_vs_compression.png",
+             "Test accuracy against compression; curves remove structures in the criterion's "
+             "order from the final model (one epoch of fine-tuning per point).")
+
+    kept_rows = [{"gate": g, "kept": m.get("kept", {}).get(g), "total": n}
+                 for g, n in m.get("structures", {}).items()]
+    lines = [
+        f"# pyro-prune run: {cfg.model} / {cfg.method} on {cfg.data}",
+        "",
+        "## Settings",
+        "",
+        markdown_table([cfg.to_json()], [(k, k, "") for k in
+                                          ("model", "data", "method", "epochs", "finetune_epochs",
+                                           "batch_size", "lr", "kl_scale", "seed", "num_samples")]),
+        "",
+        "## Results (test set)",
+        "",
+        markdown_table([m], [("test_accuracy", "accuracy", ".4f"), ("test_loss", "NLL", ".4f"),
+                             ("compression", "compression", ".3f"),
+                             ("params_full", "params (full)", ""), ("params_pruned", "params (pruned)", ""),
+                             ("macs_full", "MACs (full)", ""), ("macs_pruned", "MACs (pruned)", ""),
+                             ("speedup", "speedup (batch 256)", ".2f")]),
+        "",
+        "Posterior predictive check and PSIS-LOO (ArviZ):",
+        "",
+        markdown_table([m], [("w2", "W2(restored, pruned)", ".4g"), ("w2_normalized", "W2 / W2(empty)", ".3g"),
+                             ("elpd_loo", "elpd_loo", ".2f"), ("elpd_loo_se", "SE", ".2f"),
+                             ("p_loo", "p_loo", ".2f"), ("pareto_k_max", "max Pareto k", ".2f")]),
+        "",
+        "## Kept structures",
+        "",
+        markdown_table(kept_rows, [("gate", "gate", ""), ("kept", "kept", ""), ("total", "total", "")]),
+        "",
+        "## Figures",
+        "",
+    ]
+    for name, caption in figures:
+        lines += [f"![{caption}]({FIGURES_DIR}/{name})", "", caption, ""]
+    lines += ["## Files", "", "| file | content |", "|---|---|"]
+    for name, what in ((CONFIG_FILE, "settings"), (HISTORY_FILE, "per-epoch history"),
+                       (MODEL_FILE, "Pyro model state dict"),
+                       (CONVERTED_STATE_FILE, "converted deterministic network (state dict)"),
+                       (TORCHSCRIPT_FILE, "converted network (TorchScript)"),
+                       (IDATA_FILE, "ArviZ InferenceData (netCDF)"), (METRICS_FILE, "metrics")):
+        if (out / name).exists():
+            lines.append(f"| `{name}` | {what} |")
+    path = out / REPORT_FILE
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ============================================================================ argparse
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad argument as one line (``prog: error: message``), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated positive integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _names(registry: dict[str, Any], what: str) -> Callable[[str], list[str]]:
+    """Parser of a comma-separated list of registry names."""
+
+    def parse(text: str) -> list[str]:
+        names = [v for v in text.replace(" ", "").split(",") if v]
+        unknown = [v for v in names if v not in registry]
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {', '.join(map(repr, unknown)) or repr(text)}; "
+                f"choose from {', '.join(registry)}")
+        return names
+
+    return parse
+
+
+def _choices_help(registry: dict[str, Any]) -> str:
+    return "; ".join(f"{name}: {getattr(spec, 'help', '')}" for name, spec in registry.items())
+
+
+def _add_fit_arguments(p: argparse.ArgumentParser) -> None:
+    d = RunConfig()
+    p.add_argument("--model", choices=list(MODELS), default=d.model,
+                   help=f"network (default {d.model}). {_choices_help(MODELS)}")
+    p.add_argument("--data", required=True, metavar="NAME",
+                   help="data set: digits (embedded), mnist, fashion-mnist, cifar10, uci/<name> "
+                        "(files under $PYRO_PRUNE_DATA or --data-root)")
+    p.add_argument("--method", choices=list(METHODS), default=d.method,
+                   help=f"pruning method (default {d.method}). {_choices_help(METHODS)}")
+    p.add_argument("--epochs", type=_positive_int, default=d.epochs,
+                   help=f"training epochs with pruning after each (default {d.epochs})")
+    p.add_argument("--finetune-epochs", type=_nonnegative_int, default=d.finetune_epochs,
+                   help=f"epochs without pruning afterwards (default {d.finetune_epochs})")
+    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
+                   help=f"minibatch size (default {d.batch_size})")
+    p.add_argument("--lr", type=_positive_float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("--kl-scale", default=d.kl_scale,
+                   help="weight of the KL term: 'elbo' (1), 'paper' (num_data / num_structures, "
+                        f"as in the BMRS authors' code) or a number (default {d.kl_scale})")
+    p.add_argument("--hidden", type=_int_list, default=None, metavar="W1,W2,...",
+                   help="hidden widths of --model mlp (default 100,100)")
+    p.add_argument("--val-fraction", type=_fraction, default=d.val_fraction,
+                   help=f"fraction of the training set held out for validation (default {d.val_fraction})")
+    p.add_argument("--num-samples", type=_positive_int, default=d.num_samples,
+                   help=f"posterior draws in the InferenceData (default {d.num_samples})")
+    p.add_argument("--curve-points", type=_nonnegative_int, default=d.curve_points,
+                   help="points of the accuracy-vs-compression curve (0: none; each costs one "
+                        "epoch of fine-tuning)")
+    p.add_argument("--train-subset", type=_positive_int, default=None, metavar="N",
+                   help="train on a stratified subset of N training examples")
+    p.add_argument("--eval-examples", type=_positive_int, default=None, metavar="N",
+                   help="test examples (a stratified subset) for the InferenceData, PSIS-LOO and "
+                        "the W2 check (default: the whole test set; accuracy always uses all)")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="folder of the data sets (default $PYRO_PRUNE_DATA)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _config_from(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(model=args.model, data=args.data, method=args.method, epochs=args.epochs,
+                     finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, lr=args.lr,
+                     seed=args.seed, kl_scale=str(args.kl_scale), hidden=args.hidden,
+                     val_fraction=args.val_fraction, num_samples=args.num_samples,
+                     curve_points=args.curve_points, train_subset=args.train_subset,
+                     eval_examples=args.eval_examples)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    cfg = _config_from(args)
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg.model}-{cfg.data.replace('/', '_')}-{cfg.method}"
+    res = run_fit(cfg, out, data_root=args.data_root, progress=not args.no_progress,
+                  restart=args.restart, log=_log)
+    m = res.metrics
+    print(f"test accuracy {m['test_accuracy']:.4f}  compression {m['compression']:.3f}  "
+          f"MACs {m['macs_pruned']}/{m['macs_full']}  speedup {m.get('speedup', float('nan')):.2f}x  "
+          f"elpd_loo {m['elpd_loo']:.1f}")
+    print(f"run folder: {out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    path = write_report(args.dir)
+    print(f"report: {path}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    path = export_run(args.dir, args.format, args.output)
+    print(f"exported {args.format}: {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pyro_prune.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(data=args.data, out=Path(args.out), epochs=args.epochs,
+                     finetune_epochs=args.finetune_epochs, seed=args.seed,
+                     num_samples=args.num_samples, curve_points=args.curve_points,
+                     train_subset=args.train_subset, models=tuple(args.models),
+                     methods=tuple(args.methods))
+    run_demo(cfg, data_root=args.data_root, progress=not args.no_progress, restart=args.restart)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pyro-prune`` argument parser (subcommands ``fit``, ``report``, ``export``, ``demo``)."""
+    import pyro_prune
+
+    parser = _Parser(prog=PROG, description="Bayesian pruning of neural networks on Pyro.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {pyro_prune.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("fit", help="train with continuous pruning and write a run folder",
+                       description="Train a network with continuous pruning and write a run folder "
+                                   "(resumable: the same command continues an interrupted run).")
+    _add_fit_arguments(p)
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="run folder (default runs/<model>-<data>-<method>)")
+    p.add_argument("--restart", action="store_true", help="discard a checkpoint in --out and start over")
+    p.set_defaults(handler=_cmd_fit)
+
+    p = sub.add_parser("report", help="write report.md with tables and figures for a run folder",
+                       description="Write report.md and PNG figures into a run folder.")
+    p.add_argument("dir", metavar="DIR", help="run folder written by 'pyro-prune fit'")
+    p.set_defaults(handler=_cmd_report)
+
+    p = sub.add_parser("export", help="export the converted network of a run folder",
+                       description="Convert a run's model to a smaller deterministic network and "
+                                   "write it as TorchScript, a state dict or ONNX.")
+    p.add_argument("dir", metavar="DIR", help="run folder written by 'pyro-prune fit'")
+    p.add_argument("--format", choices=[f.value for f in ExportFormat], default=ExportFormat.TORCHSCRIPT.value,
+                   help="output format (default torchscript)")
+    p.add_argument("--output", default=None, metavar="PATH",
+                   help="file to write (default DIR/export/model.<suffix>)")
+    p.set_defaults(handler=_cmd_export)
+
+    from pyro_prune.demo import DATA_DEFAULTS, DemoConfig
+
+    d = DemoConfig()
+    p = sub.add_parser("demo", help="the end-to-end demo (digits by default)",
+                       description="Fit an MLP and LeNet-5 with BMRS_N continuous pruning and the "
+                                   "SNR baseline, check the posterior predictive, convert, and "
+                                   "print a table; writes a report with figures.")
+    p.add_argument("--data", default=d.data, choices=["digits", "mnist"],
+                   help="digits (embedded, default) or mnist (needs $PYRO_PRUNE_DATA)")
+    p.add_argument("--out", default=str(d.out), metavar="DIR", help=f"output folder (default {d.out})")
+    per_data = ", ".join(f"{k}: {v.epochs}+{v.finetune_epochs}" for k, v in DATA_DEFAULTS.items())
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help=f"training epochs (default per data set, training+fine-tuning: {per_data})")
+    p.add_argument("--finetune-epochs", type=_nonnegative_int, default=None,
+                   help="fine-tuning epochs without pruning (default per data set)")
+    p.add_argument("--models", type=_names(MODELS, "model"), default=list(d.models),
+                   metavar="M1,M2", help=f"networks (default {','.join(d.models)})")
+    p.add_argument("--methods", type=_names(METHODS, "method"), default=list(d.methods),
+                   metavar="M1,M2", help=f"methods, 'none' is the reference (default {','.join(d.methods)})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("--num-samples", type=_positive_int, default=d.num_samples,
+                   help=f"posterior draws for ArviZ (default {d.num_samples})")
+    p.add_argument("--curve-points", type=_nonnegative_int, default=None,
+                   help="points of the accuracy-vs-compression curve (default per data set)")
+    p.add_argument("--train-subset", type=_positive_int, default=None, metavar="N",
+                   help="train on N training examples (a stratified subset)")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="folder of the data sets (default $PYRO_PRUNE_DATA)")
+    p.add_argument("--restart", action="store_true", help="retrain instead of resuming runs in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``pyro-prune``; returns the exit code (2 for bad arguments)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a bad argument (message already printed)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
+    try:
+        return int(args.handler(args) or 0)
+    except UsageError as err:
+        print(f"{PROG} {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

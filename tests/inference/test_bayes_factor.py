@@ -1,0 +1,352 @@
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+from torch.utils.data import TensorDataset
+
+from pyro_prune.data import load_dataset
+from pyro_prune.inference import BayesFactorPruning, PruneMethod, fit, plot_learning_curves
+from pyro_prune.inference.bayes_factor import (
+    BayesFactor,
+    LogPosterior,
+    apply_masks,
+    bayes_factor,
+    candidate_masks,
+    layer_sparsity,
+    log_posterior,
+    prune_count,
+    sparsity,
+)
+from pyro_prune.models import CNN, FCN
+from pyro_prune.models.fcn import prunable_layers, weight_masks
+
+SPARSITIES = [0.0, 0.25, 0.5, 0.75, 0.9, 0.99]
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[TensorDataset, TensorDataset]:
+    return load_dataset("digits", split="train"), load_dataset("digits", split="test")
+
+
+def _small_fcn(seed: int = 0, **kw) -> FCN:
+    torch.manual_seed(seed)
+    return FCN(64, 10, hidden=(32, 24, 16), **kw)
+
+
+def _small_cnn(seed: int = 0) -> CNN:
+    torch.manual_seed(seed)
+    return CNN(1, 10, 8, channels=(4, 8), hidden=(16, 16, 12))
+
+
+def _data(n: int = 64, dtype=torch.float32, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 64, generator=g, dtype=dtype)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return TensorDataset(x, y)
+
+
+# ------------------------------------------------------------------------- candidates
+def test_prune_count_rounds_and_never_empties_a_layer() -> None:
+    assert prune_count(100, 0.25) == 25
+    assert prune_count(288, 0.99) == 285  # round(285.12)
+    assert prune_count(7, 0.5) == round(3.5) == 4
+    with pytest.warns(RuntimeWarning, match="empty"):
+        assert prune_count(10, 0.99) == 9
+    with pytest.raises(ValueError, match="target_sparsity"):
+        prune_count(10, 1.0)
+
+
+def _expected(r: float, n: int) -> int:
+    return min(round(r * n), n - 1)  # a layer is never emptied (CNN conv1 has 36 weights here)
+
+
+@pytest.mark.filterwarnings("ignore:sparsity 0.99 of a layer")
+@pytest.mark.parametrize("make", [_small_fcn, _small_cnn], ids=["fcn", "cnn"])
+@pytest.mark.parametrize("method", list(PruneMethod))
+@pytest.mark.parametrize("r", SPARSITIES)
+def test_candidate_has_exactly_the_target_sparsity_in_every_layer(make, method, r) -> None:
+    net = make()
+    before = {n: p.detach().clone() for n, p in net.state_dict().items()}
+    masks = candidate_masks(net, r, method, generator=torch.Generator().manual_seed(0))
+    layers = prunable_layers(net)
+    assert list(masks) == list(layers)
+    for name, mask in masks.items():
+        n = layers[name].weight.numel()
+        assert int((~mask).sum()) == _expected(r, n), name
+    for k, v in net.state_dict().items():  # nothing changed in the model
+        assert torch.equal(v, before[k])
+    apply_masks(net, masks)
+    assert sparsity(net) == pytest.approx(
+        sum(_expected(r, m.weight.numel()) for m in layers.values())
+        / sum(m.weight.numel() for m in layers.values()))
+    for name, value in layer_sparsity(net).items():
+        w = layers[name].weight
+        assert int((w == 0).sum()) == _expected(r, w.numel())
+        assert value == pytest.approx(_expected(r, w.numel()) / w.numel())
+
+
+def test_magnitude_candidate_prunes_the_smallest_weights() -> None:
+    net = _small_fcn()
+    masks = candidate_masks(net, 0.6, "magnitude")
+    for name, layer in prunable_layers(net).items():
+        w = layer.weight.detach().abs()
+        pruned, kept = w[~masks[name]], w[masks[name]]
+        assert pruned.max() <= kept.min()
+        # the same set as sorting all magnitudes
+        k = round(0.6 * w.numel())
+        assert set(w.flatten().argsort()[:k].tolist()) == set((~masks[name]).flatten().nonzero().flatten().tolist())
+
+
+def test_random_candidate_is_seeded_and_ignores_magnitude() -> None:
+    net = FCN(64, 10, hidden=(256,))
+    a = candidate_masks(net, 0.5, "random", generator=torch.Generator().manual_seed(1))
+    b = candidate_masks(net, 0.5, "random", generator=torch.Generator().manual_seed(1))
+    c = candidate_masks(net, 0.5, "random", generator=torch.Generator().manual_seed(2))
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert not torch.equal(a["fc1"], c["fc1"])
+    w = net.net.fc1.weight.detach().abs()
+    # a uniform random half has about the mean magnitude (the magnitude half is far below)
+    assert float(w[~a["fc1"]].mean()) == pytest.approx(float(w.mean()), rel=0.05)
+    magnitude = candidate_masks(net, 0.5, "magnitude")
+    assert w[~magnitude["fc1"]].mean() < 0.6 * w.mean()
+
+
+@pytest.mark.parametrize("method", list(PruneMethod))
+def test_candidates_extend_an_existing_pruning(method) -> None:
+    net = _small_fcn()
+    first = candidate_masks(net, 0.5, "random", generator=torch.Generator().manual_seed(0))
+    apply_masks(net, first)
+    second = candidate_masks(net, 0.8, method, generator=torch.Generator().manual_seed(5))
+    for name, layer in prunable_layers(net).items():
+        assert not bool((second[name] & ~first[name]).any())  # monotone: pruned stay pruned
+        assert int((~second[name]).sum()) == round(0.8 * layer.weight.numel())
+        if method is PruneMethod.MAGNITUDE:  # smallest among the still-kept weights
+            w = layer.weight.detach().abs()
+            newly = ~second[name] & first[name]
+            assert w[newly].max() <= w[second[name]].min()
+    # at (or below) the current sparsity there is nothing left to prune
+    same = candidate_masks(net, 0.3, method)
+    assert all(torch.equal(same[n], first[n]) for n in same)
+
+
+def test_apply_masks_zeroes_weights_and_adam_state_and_is_monotone() -> None:
+    net = _small_fcn()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    x, y = _data().tensors
+    F.cross_entropy(net.net(x), y).backward()
+    opt.step()
+    masks = candidate_masks(net, 0.5, "magnitude")
+    assert apply_masks(net, masks, opt) == sum(int((~m).sum()) for m in masks.values())
+    for name, layer in prunable_layers(net).items():
+        assert bool((layer.weight[~masks[name]] == 0).all())
+        state = opt.state[layer.weight]
+        assert bool((state["exp_avg"][~masks[name]] == 0).all())
+        assert bool((state["exp_avg_sq"][~masks[name]] == 0).all())
+        assert torch.equal(weight_masks(net)[name], masks[name])
+    with pytest.raises(ValueError, match="monotone"):
+        apply_masks(net, {n: torch.ones_like(m) for n, m in masks.items()})
+    with pytest.raises(ValueError, match="does not have"):
+        apply_masks(net, {"nope": masks["fc1"]})
+
+
+# ------------------------------------------------------------------------- Bayes factor
+@pytest.mark.parametrize("method", list(PruneMethod))
+def test_bayes_factor_equals_the_difference_of_the_two_log_posteriors(method) -> None:
+    """log BF = log joint(pruned) - log joint(full), each computed directly (Pyro trace)."""
+    data = _data(n=80, dtype=torch.float64)
+    x, y = data.tensors
+    net = _small_fcn(seed=3, prior_scale=0.3).double()
+    masks = candidate_masks(net, 0.5, method, generator=torch.Generator().manual_seed(0))
+    state = copy.deepcopy(net.state_dict())
+    bf = bayes_factor(net, masks, data, batch_size=32)  # several batches
+    for k, v in net.state_dict().items():  # the model is restored
+        assert torch.equal(v, state[k])
+
+    def log_joint(model):
+        model.num_data = len(x)
+        return float(poutine.trace(model).get_trace(x, y).log_prob_sum().detach())
+
+    pruned = copy.deepcopy(net)
+    apply_masks(pruned, masks)
+    assert bf.log_bayes_factor == pytest.approx(log_joint(pruned) - log_joint(net), rel=1e-10, abs=1e-8)
+    assert bf.full.log_joint == pytest.approx(log_joint(net), rel=1e-12)
+    # the prior ratio of a pruning in the same parameter space: sum w_pruned^2 / (2 sigma^2)
+    removed = sum(float((layer.weight.detach()[~masks[n]] ** 2).sum()) for n, layer in prunable_layers(net).items())
+    assert bf.pruned.log_prior - bf.full.log_prior == pytest.approx(removed / (2 * 0.3**2), rel=1e-9)
+    # and the likelihood part is the plain cross-entropy over every example
+    nll = float(F.cross_entropy(net.net(x), y, reduction="sum").detach())
+    assert bf.full.log_likelihood == pytest.approx(-nll, rel=1e-12)
+    assert bf.full.mean_nll == pytest.approx(nll / len(x))
+
+
+def test_bayes_factor_threshold_is_given_as_a_bayes_factor() -> None:
+    def make(log_bf: float) -> BayesFactor:
+        full = LogPosterior(log_likelihood=-10.0, log_prior=-5.0, num_data=4)
+        pruned = LogPosterior(log_likelihood=-10.0 + log_bf, log_prior=-5.0, num_data=4)
+        return BayesFactor(full=full, pruned=pruned)
+
+    assert make(0.0).accepts(1.0) and not make(-1e-9).accepts(1.0)
+    assert make(math.log(3.0) + 1e-12).accepts(3.0) and not make(math.log(3.0) - 1e-12).accepts(3.0)
+    assert make(-2.0).accepts(math.exp(-2.5))
+    with pytest.raises(ValueError, match="threshold"):
+        make(0.0).accepts(0.0)
+    assert make(-2000.0).accepts(log_threshold=-2000.0) and not make(-2000.0).accepts(log_threshold=-1999.0)
+    with pytest.raises(ValueError, match="not both"):
+        make(0.0).accepts(2.0, log_threshold=-1.0)
+    with pytest.raises(ValueError, match="log_threshold"):
+        make(0.0).accepts(log_threshold=float("nan"))
+
+
+def test_log_posterior_checks_its_arguments() -> None:
+    net = _small_fcn()
+    with pytest.raises(TypeError, match="dataset"):
+        log_posterior(net, [1, 2])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="batch_size"):
+        log_posterior(net, _data(), batch_size=0)
+    with pytest.raises(TypeError, match="model"):
+        log_posterior(torch.nn.Linear(2, 2), _data())  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------- the schedule
+def test_schedule_arguments_are_validated() -> None:
+    with pytest.raises(ValueError, match="target_sparsity"):
+        BayesFactorPruning(1.0)
+    with pytest.raises(ValueError, match="method"):
+        BayesFactorPruning(0.5, "l1")
+    with pytest.raises(ValueError, match="threshold"):
+        BayesFactorPruning(0.5, threshold=-1.0)
+    with pytest.raises(ValueError, match="not both"):
+        BayesFactorPruning(0.5, threshold=2.0, log_threshold=-3.0)
+    assert BayesFactorPruning(0.5, threshold=math.e**2).log_threshold == pytest.approx(2.0)
+    with pytest.raises(TypeError, match="gate"):
+        BayesFactorPruning(0.5, gate="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="seed"):
+        BayesFactorPruning(0.5, seed=1.5)  # type: ignore[arg-type]
+    assert BayesFactorPruning(0.5, "random").label == "Bayes Random"
+    assert BayesFactorPruning(0.5, gate=False).label == "Magnitude"
+
+
+class _CheckZeroBeforeReapply(BayesFactorPruning):
+    """Checks after every optimizer step, before the re-masking, that pruned weights are 0."""
+
+    steps_checked = 0
+
+    def on_step_end(self, ctx) -> None:
+        for name, mask in weight_masks(ctx.model).items():
+            w = prunable_layers(ctx.model)[name].weight
+            assert bool((w[~mask] == 0).all()), f"{name} moved after pruning"
+        self.steps_checked += 1
+        super().on_step_end(ctx)
+
+    def on_epoch_end(self, ctx, epoch):
+        row = super().on_epoch_end(ctx, epoch)
+        self.val_after = getattr(self, "val_after", []) + [ctx.evaluate(ctx.val)["loss"]]
+        return row
+
+
+@pytest.mark.parametrize("make", [_small_fcn, _small_cnn], ids=["fcn", "cnn"])
+def test_baseline_prunes_after_the_first_epoch_and_pruned_weights_stay_zero(make, digits) -> None:
+    train, test = digits
+    net = make()
+    sched = _CheckZeroBeforeReapply(0.75, "magnitude", gate=False)
+    result = fit(net, train, epochs=3, batch_size=64, lr=3e-3, val=test, schedule=sched,
+                 progress=False, seed=0)
+    hist = result.history
+    assert [r["pruned"] for r in hist] == [True, False, False]
+    assert hist[0]["log_bayes_factor"] is not None
+    assert [r["log_bayes_factor"] for r in hist[1:]] == [None, None]  # no candidate left
+    assert sched.steps_checked == 3 * math.ceil(len(train) / 64)
+    for layer in prunable_layers(net).values():
+        k = round(0.75 * layer.weight.numel())
+        assert int((layer.weight == 0).sum()) == k
+    assert all(r["sparsity"] == pytest.approx(hist[0]["sparsity"]) for r in hist)
+    for key in ("epoch", "loss", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                "sparsity", "log_bayes_factor", "pruned", "layer_sparsity"):
+        assert key in hist[-1], key
+    # the val metrics of every epoch, the pruning one too, are those of the pruned network
+    assert [r["val_loss"] for r in hist] == pytest.approx(sched.val_after, rel=1e-6)
+    assert hist[-1]["train_loss"] == pytest.approx(-hist[-1]["log_likelihood"] / len(train))
+
+
+def test_gate_applies_a_pruning_exactly_when_bf_passes_the_threshold(digits) -> None:
+    train, _ = digits
+    decided: list[bool] = []
+    for log_beta in (0.0, math.log(1e-3), -1e4):
+        net = _small_fcn(seed=1)
+        sched = BayesFactorPruning(0.25, "magnitude", log_threshold=log_beta, seed=0)
+        hist = fit(net, train, epochs=3, batch_size=64, lr=3e-3, schedule=sched, progress=False).history
+        for r in hist:
+            if r["log_bayes_factor"] is None:  # nothing left to prune after an acceptance
+                assert any(h["pruned"] for h in hist[: r["epoch"] - 1])
+                continue
+            decided.append(r["pruned"])
+            assert r["pruned"] == (r["log_bayes_factor"] >= log_beta)
+        assert sched.accepted_epochs == [r["epoch"] for r in hist if r["pruned"]]
+    assert True in decided and False in decided  # both branches were exercised
+    # a bad pruning is rejected: random 90 % destroys the fit
+    net = _small_fcn(seed=1)
+    sched = BayesFactorPruning(0.9, "random", threshold=1.0, seed=0)
+    hist = fit(net, train, epochs=2, batch_size=64, lr=3e-3, schedule=sched, progress=False).history
+    assert all(r["log_bayes_factor"] < 0 and not r["pruned"] for r in hist)
+    assert all(r["sparsity"] == 0.0 for r in hist)
+    # the same candidate with gate=False is applied
+    net = _small_fcn(seed=1)
+    sched = BayesFactorPruning(0.9, "random", threshold=1.0, seed=0, gate=False)
+    hist2 = fit(net, train, epochs=2, batch_size=64, lr=3e-3, schedule=sched, progress=False).history
+    assert hist2[0]["pruned"] and hist2[0]["log_bayes_factor"] == pytest.approx(hist[0]["log_bayes_factor"])
+
+
+def test_schedule_resumes_from_a_checkpoint_exactly(digits, tmp_path) -> None:
+    train, _ = digits
+
+    class Crash(BayesFactorPruning):
+        def on_epoch_end(self, ctx, epoch):
+            if epoch == 3:
+                raise KeyboardInterrupt
+            return super().on_epoch_end(ctx, epoch)
+
+    kwargs = dict(epochs=4, batch_size=128, lr=3e-3, seed=2, progress=False)
+    for method, gate in (("random", True), ("magnitude", False)):
+        full = fit(_small_fcn(seed=5), train, schedule=BayesFactorPruning(0.5, method, gate=gate), **kwargs)
+        ckpt = tmp_path / f"{method}-{gate}"
+        with pytest.raises(KeyboardInterrupt):
+            fit(_small_fcn(seed=5), train, schedule=Crash(0.5, method, gate=gate), checkpoint_dir=ckpt, **kwargs)
+        net = _small_fcn(seed=99)  # other initial weights: everything must come from the checkpoint
+        resumed = fit(net, train, schedule=BayesFactorPruning(0.5, method, gate=gate), checkpoint_dir=ckpt, **kwargs)
+        keys = ("loss", "log_bayes_factor", "sparsity", "pruned", "train_loss")
+        assert [[r[k] for k in keys] for r in resumed.history] == [[r[k] for k in keys] for r in full.history]
+        for (k, a), b in zip(full.model.state_dict().items(), net.state_dict().values()):
+            assert torch.equal(a, b), k
+
+
+def test_schedule_state_dict_restores_the_random_stream() -> None:
+    net = _small_fcn()
+    a = BayesFactorPruning(0.5, "random", seed=3)
+    candidate_masks(net, 0.5, "random", generator=a.generator)  # advance the stream
+    b = BayesFactorPruning(0.5, "random", seed=0)
+    b.load_state_dict(a.state_dict())
+    ma = candidate_masks(net, 0.5, "random", generator=a.generator)
+    mb = candidate_masks(net, 0.5, "random", generator=b.generator)
+    assert all(torch.equal(ma[n], mb[n]) for n in ma)
+
+
+def test_plot_learning_curves_writes_pngs(digits, tmp_path) -> None:
+    train, test = digits
+    runs = {}
+    for gate in (False, True):
+        sched = BayesFactorPruning(0.5, "magnitude", gate=gate)
+        runs[sched.label] = fit(_small_fcn(), train, epochs=2, batch_size=128, val=test,
+                                schedule=sched, progress=False).history
+    one = plot_learning_curves(runs["Magnitude"], tmp_path / "one.png", title="one run",
+                               log_threshold=None)
+    many = plot_learning_curves(runs, tmp_path / "sub" / "many.png")
+    for path in (one, many):
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    with pytest.raises(ValueError, match="history"):
+        plot_learning_curves([], tmp_path / "empty.png")

@@ -1,0 +1,226 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_prune import arviz as pa
+from pyro_prune import cli
+from pyro_prune.demo import DemoConfig, run_demo
+
+TINY = ["--data", "digits", "--epochs", "2", "--finetune-epochs", "1", "--num-samples", "8",
+        "--no-progress", "--seed", "3"]
+
+
+def _fit_args(out: Path, *extra: str) -> list[str]:
+    return ["fit", "--model", "mlp", "--hidden", "16", "--method", "snr", *TINY,
+            "--out", str(out), *extra]
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["fit", "--help"], ["report", "--help"],
+                                  ["export", "--help"], ["demo", "--help"], ["--version"]])
+def test_help_everywhere(argv, capsys) -> None:
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "pyro-prune" in out
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["fit", "--model", "alexnet", "--data", "digits"], "invalid choice: 'alexnet'"),
+    (["fit", "--method", "magic", "--data", "digits"], "invalid choice: 'magic'"),
+    (["fit", "--data", "digits", "--epochs", "0"], "--epochs: must be a positive integer, got '0'"),
+    (["fit", "--data", "digits", "--epochs", "-3"], "--epochs: must be a positive integer"),
+    (["fit", "--data", "digits", "--epochs", "many"], "--epochs: must be a positive integer"),
+    (["fit", "--data", "digits", "--lr", "0"], "--lr: must be a positive number"),
+    (["fit", "--data", "digits", "--val-fraction", "1.5"], "--val-fraction"),
+    (["fit", "--data", "digits", "--hidden", "10,x"], "--hidden"),
+    (["fit", "--model", "mlp"], "--data"),
+    (["export", "somewhere", "--format", "pickle"], "invalid choice: 'pickle'"),
+    (["demo", "--data", "cifar100"], "invalid choice: 'cifar100'"),
+    (["train"], "invalid choice: 'train'"),
+    ([], "required: COMMAND"),
+])
+def test_bad_arguments_exit_2_with_one_line(argv, needle, capsys) -> None:
+    assert cli.main(argv) == 2
+    line = _error_line(capsys)
+    assert line.startswith("pyro-prune")
+    assert needle in line
+
+
+def test_unknown_and_missing_datasets(tmp_path, monkeypatch, capsys) -> None:
+    assert cli.main(["fit", "--data", "imagenet", "--out", str(tmp_path / "a")]) == 2
+    assert "data set 'imagenet' not available: unknown data set" in _error_line(capsys)
+    assert not (tmp_path / "a").exists()  # nothing written for a bad argument
+    monkeypatch.delenv("PYRO_PRUNE_DATA", raising=False)
+    assert cli.main(["fit", "--data", "mnist", "--out", str(tmp_path / "b")]) == 2
+    assert "PYRO_PRUNE_DATA" in _error_line(capsys)
+    assert cli.main(["fit", "--data", "mnist", "--data-root", str(tmp_path), "--out", str(tmp_path / "c")]) == 2
+    line = _error_line(capsys)
+    assert "data set 'mnist' not available" in line
+
+
+def test_model_and_data_mismatch(tmp_path, capsys) -> None:
+    assert cli.main(["fit", "--model", "lenet5", "--hidden", "8", *TINY, "--out", str(tmp_path)]) == 2
+    assert "--hidden applies to --model mlp only" in _error_line(capsys)
+    assert cli.main(["report", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in _error_line(capsys)
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["export", str(tmp_path / "empty")]) == 2
+    assert "config.json not found" in _error_line(capsys)
+
+
+def test_registries_drive_the_choices() -> None:
+    from pyro_prune.reduction import CRITERIA
+
+    assert {"mlp", "lenet5"} <= set(cli.MODELS)
+    assert {"none", "bmrs_n", "bmrs_u", "snr"} <= set(cli.METHODS)
+    for spec in cli.METHODS.values():
+        assert spec.criterion is None or spec.criterion in CRITERIA
+    assert "l2" not in cli.METHODS  # needs a target compression, cannot decide on its own
+    assert cli.METHODS["gaussian_bmr"].weights == "gaussian"
+    assert {f.value for f in cli.ExportFormat} == {"torchscript", "state-dict", "onnx"}
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "mlp"
+    assert cli.main(_fit_args(out, "--curve-points", "2", "--eval-examples", "100")) == 0
+    return out
+
+
+def test_fit_writes_a_complete_run_folder(fitted) -> None:
+    for name in (cli.CONFIG_FILE, cli.HISTORY_FILE, cli.METRICS_FILE, cli.MODEL_FILE,
+                 cli.CONVERTED_STATE_FILE, cli.TORCHSCRIPT_FILE, cli.IDATA_FILE, cli.CURVE_FILE,
+                 cli.CHECKPOINT_FILE):
+        assert (fitted / name).is_file(), name
+    config = json.loads((fitted / cli.CONFIG_FILE).read_text())
+    assert config["run"]["method"] == "snr" and config["run"]["epochs"] == 2
+    assert config["data"]["input_shape"] == [1, 8, 8]
+    history = json.loads((fitted / cli.HISTORY_FILE).read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    metrics = json.loads((fitted / cli.METRICS_FILE).read_text())
+    assert 0.0 <= metrics["compression"] < 1.0
+    assert metrics["params_pruned"] <= metrics["params_full"] and metrics["macs_pruned"] <= metrics["macs_full"]
+    assert metrics["speedup"] > 0 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    idata = pa.load(fitted / cli.IDATA_FILE)
+    assert idata.posterior["fc1_theta"].shape == (1, 8, 16)
+    assert idata.log_likelihood["obs"].shape == (1, 8, 100)  # --eval-examples
+    assert metrics["test_accuracy"] * 359 == pytest.approx(round(metrics["test_accuracy"] * 359))
+    assert idata.posterior.attrs["method"] == "snr"
+
+
+def test_torchscript_matches_the_model(fitted) -> None:
+    run = cli.load_run(fitted)
+    scripted = torch.jit.load(str(fitted / cli.TORCHSCRIPT_FILE))
+    x = torch.randn(5, 1, 8, 8)
+    torch.testing.assert_close(scripted(x), run.model.predict(x), rtol=1e-4, atol=1e-4)
+
+
+def test_rerunning_resumes_and_other_settings_are_refused(fitted, capsys) -> None:
+    before = json.loads((fitted / cli.HISTORY_FILE).read_text())
+    assert cli.main(_fit_args(fitted)) == 0
+    after = json.loads((fitted / cli.HISTORY_FILE).read_text())
+    assert after == before  # nothing retrained
+    capsys.readouterr()
+    assert cli.main(_fit_args(fitted, "--epochs", "5")) == 2
+    line = _error_line(capsys)
+    assert "other settings" in line and "epochs: 2 there vs 5 now" in line
+
+
+def test_interrupted_fit_continues_where_it_stopped(tmp_path, monkeypatch) -> None:
+    fit_module = sys.modules["pyro_prune.inference.fit"]
+    original = fit_module._save_checkpoint
+    calls = {"n": 0}
+
+    def crash_after_first(*args, **kwargs):
+        original(*args, **kwargs)
+        calls["n"] += 1
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "_save_checkpoint", crash_after_first)
+    assert cli.main(_fit_args(tmp_path / "a")) == 130
+    assert calls["n"] == 1
+    monkeypatch.setattr(fit_module, "_save_checkpoint", original)
+    assert cli.main(_fit_args(tmp_path / "a")) == 0
+    assert cli.main(_fit_args(tmp_path / "b")) == 0
+    resumed = json.loads((tmp_path / "a" / cli.HISTORY_FILE).read_text())
+    straight = json.loads((tmp_path / "b" / cli.HISTORY_FILE).read_text())
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    for r1, r2 in zip(resumed, straight):
+        assert r1["loss"] == pytest.approx(r2["loss"], rel=1e-6)
+        assert r1["kept"] == r2["kept"]
+
+
+def test_report(fitted) -> None:
+    assert cli.main(["report", str(fitted)]) == 0
+    text = (fitted / cli.REPORT_FILE).read_text()
+    assert text.startswith("# pyro-prune run: mlp / snr on digits")
+    for fig in ("history.png", "theta_forest.png", "delta_f.png", "accuracy_vs_compression.png"):
+        assert f"figures/{fig}" in text
+        assert (fitted / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
+    assert "| accuracy |" in text and "elpd_loo" in text
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "state-dict", "onnx"])
+def test_export(fitted, fmt, tmp_path) -> None:
+    out = tmp_path / f"model.{fmt}"
+    assert cli.main(["export", str(fitted), "--format", fmt, "--output", str(out)]) == 0
+    assert out.is_file() and out.stat().st_size > 0
+    run = cli.load_run(fitted)
+    x = torch.randn(3, 1, 8, 8)
+    if fmt == "torchscript":
+        torch.testing.assert_close(torch.jit.load(str(out))(x), run.model.predict(x), rtol=1e-4, atol=1e-4)
+    elif fmt == "state-dict":
+        from pyro_prune.convert import to_deterministic
+
+        net = to_deterministic(run.model)
+        net.load_state_dict(torch.load(out, weights_only=True))
+        torch.testing.assert_close(net(x), run.model.predict(x), rtol=1e-4, atol=1e-4)
+    else:
+        onnx = pytest.importorskip("onnx")
+        onnx.checker.check_model(onnx.load(str(out)))
+
+
+def test_lenet_with_bmrs_end_to_end(tmp_path) -> None:
+    out = tmp_path / "lenet"
+    assert cli.main(["fit", "--model", "lenet5", "--method", "bmrs_n", *TINY, "--out", str(out)]) == 0
+    idata = pa.load(out / cli.IDATA_FILE)
+    assert idata.posterior["conv2_theta"].dims == ("chain", "draw", "conv2_channel")
+    metrics = json.loads((out / cli.METRICS_FILE).read_text())
+    from pyro_prune.convert import count_macs, to_deterministic
+    from pyro_prune.models import LeNet5
+
+    assert metrics["macs_full"] == count_macs(to_deterministic(LeNet5(1, 10, 8)), (1, 8, 8))
+
+
+def test_python_dash_m(tmp_path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pyro_prune", "fit", "--data", "digits", "--epochs", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "pyro-prune fit: error: argument --epochs: must be a positive integer, got '0'"
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys) -> None:
+    cfg = DemoConfig(out=tmp_path / "demo", epochs=1, finetune_epochs=0, num_samples=6, curve_points=2,
+                     models=("mlp",), methods=("none", "bmrs_n"), hidden=[12])
+    result = run_demo(cfg, progress=False)
+    printed = capsys.readouterr().out
+    assert "| model | method | accuracy |" in printed and "finished in" in printed
+    assert [(r["model"], r["method"]) for r in result.rows] == [("mlp", "none"), ("mlp", "bmrs_n")]
+    assert result.rows[0]["elpd_diff"] == 0.0
+    assert result.report.is_file() and all(p.is_file() for p in result.figures)
+    assert (tmp_path / "demo" / "mlp-bmrs_n" / cli.REPORT_FILE).is_file()
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert len(summary["rows"]) == 2
