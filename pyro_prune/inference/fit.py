@@ -144,9 +144,13 @@ def _parameters(model: nn.Module, guide: Callable) -> list[nn.Parameter]:
 
 
 def _compression(model: PrunableNet) -> float | None:
-    from pyro_prune.convert import compression
+    """Compression of the converted network, or ``None`` when an op cannot be traced."""
+    from pyro_prune.convert import UnsupportedOpError, compression
 
-    return compression(model)
+    try:
+        return compression(model)
+    except UnsupportedOpError:
+        return None
 
 
 def fit(
