@@ -439,6 +439,8 @@ def _export_state_dict(module: nn.Module, example: Tensor, path: Path) -> Path:
 def _export_onnx(module: nn.Module, example: Tensor, path: Path) -> Path:
     import importlib.util
 
+    if importlib.util.find_spec("onnx") is None:
+        raise UsageError("exporting to ONNX needs the 'onnx' package: pip install 'pyro_prune[onnx]'")
     # the torch.export-based exporter needs onnxscript; the TorchScript-based one nothing more
     dynamo = importlib.util.find_spec("onnxscript") is not None
     with _quiet():
