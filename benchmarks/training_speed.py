@@ -2,9 +2,11 @@
 
 For the MNIST MLP (7x100) and LeNet5, same batch (128), same threads, side by side in one
 process: the plain deterministic network (cross-entropy, Adam), the noise model with the
-fast ELBO (``engine="fast"``, the default of ``fit``) and the same model through Pyro's
-``TraceMeanField_ELBO`` (``engine="pyro"``). Median over repeats, interleaved so that
-machine noise hits every variant alike.
+fast ELBO (``engine="fast"``, the default of ``fit``: the noise of all layers drawn in one
+kernel call, one draw per example or, with ``per_example_noise=False``, one per step), the
+same with one kernel call per layer, and the model through Pyro's ``TraceMeanField_ELBO``
+(``engine="pyro"``). Median over repeats, interleaved so that machine noise hits every
+variant alike.
 
     python benchmarks/training_speed.py [--repeats 15] [--steps 50] [--threads 2]
 """
@@ -58,11 +60,14 @@ def _step_fns(make, x, y):
         loss.backward()
         opt_plain.step()
 
-    def fast_step():
-        opt_fast.zero_grad(set_to_none=True)
-        loss, _ = fast_elbo_loss(net, x, y)
-        loss.backward()
-        opt_fast.step()
+    def fast_step(per_example: bool, fused: bool = True):
+        def step():
+            opt_fast.zero_grad(set_to_none=True)
+            loss, _ = fast_elbo_loss(net, x, y, per_example=per_example, fused=fused)
+            loss.backward()
+            opt_fast.step()
+
+        return step
 
     def pyro_step():
         opt_pyro.zero_grad(set_to_none=True)
@@ -70,7 +75,13 @@ def _step_fns(make, x, y):
         loss.backward()
         opt_pyro.step()
 
-    return {"plain torch": plain_step, "fast ELBO": fast_step, "Pyro TraceMeanField_ELBO": pyro_step}
+    return {
+        "plain torch": plain_step,
+        "fast ELBO, one draw per step (per_example_noise=False)": fast_step(False),
+        "fast ELBO, one draw per example (default)": fast_step(True),
+        "fast ELBO, per example, one kernel call per layer": fast_step(True, fused=False),
+        "Pyro TraceMeanField_ELBO": pyro_step,
+    }
 
 
 def main() -> None:

@@ -35,7 +35,8 @@ float32 absolute error below ~5e-6 * max(1, |dF|). Large inputs without gradient
 evaluated in cache-sized blocks (``benchmarks/reduction_speed.py`` measures the throughput:
 about 1.7e7 structures/s for BMRS_N in float32 on one core of a 2-core Xeon).
 
-Criteria (:data:`CRITERIA`): ``bmrs_n``, ``bmrs_u`` (= ``bmrs_u8``), ``bmrs_u4`` and
+Criteria (:data:`CRITERIA`): ``bmrs_n``, ``bmrs_n_code`` (the authors' code: no
+:math:`-\frac12\log 2\pi`), ``bmrs_u`` (= ``bmrs_u8``), ``bmrs_u4`` and
 ``gaussian_bmr`` are threshold-free (remove where dF >= 0, score = -dF); ``snr`` (remove
 below 1) and ``e_theta`` (below 0.1) are the thresholded baselines of Neklyudov et al.
 (2017); ``l2`` and ``grad`` only rank (prune them to a target with ``fraction=``).
@@ -64,6 +65,7 @@ __all__ = [
     "CriterionInput",
     "delta_f_gaussian",
     "delta_f_lognormal",
+    "delta_f_lognormal_released_code",
     "delta_f_loguniform",
     "expected_theta",
     "get_criterion",
@@ -230,6 +232,32 @@ def delta_f_lognormal(
     _check_finite(var_r, "reduced_var", positive=True)
     _check_finite(mu_r, "reduced_loc")
     return _blocked(_bmrs_n_kernel, loc, scale, low, high, mu_r, var_r)
+
+
+
+def delta_f_lognormal_released_code(
+    loc: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    log_low: float | torch.Tensor = -20.0,
+    log_high: float | torch.Tensor = 0.0,
+    reduced_loc: float | torch.Tensor | None = None,
+    reduced_var: float | torch.Tensor = 1e-12,
+) -> torch.Tensor:
+    r"""BMRS\ :sub:`N` as the authors' released code evaluates it: :func:`delta_f_lognormal`
+    without the :math:`-\tfrac12\log 2\pi` term, i.e. :math:`\Delta F + 0.919`.
+
+    Not a different model reduction but a looser decision rule: it removes a structure
+    when the Bayes factor for the reduced model is at least :math:`1/\sqrt{2\pi} = 0.40`
+    instead of 1. It matters for structures whose posterior has gone back to the prior
+    (:math:`\mu \approx -0.8`, :math:`\log\sigma \approx 4`): the truncated log-normal
+    family can only approach the log-uniform prior as :math:`\sigma \to \infty`, so their
+    exact :math:`\Delta F` tends to 0 from below (about :math:`-0.06`) and the exact rule
+    keeps them, while this variant removes them. Offered so that the paper's Table 1 can
+    be reproduced; ``bmrs_n`` stays the exact operator.
+    """
+    return delta_f_lognormal(loc, scale, log_low=log_low, log_high=log_high,
+                             reduced_loc=reduced_loc, reduced_var=reduced_var) + 0.5 * _LOG_2PI
 
 
 def _bmrs_n_kernel(loc, scale, low, high, mu_r, var_r) -> torch.Tensor:
@@ -678,6 +706,15 @@ def _make_registry() -> dict[str, Criterion]:
             noise,
             accepts=frozenset({"reduced_loc", "reduced_var"}),
             description="BMRS_N: dF for reduced prior LogN[A,B](A, 1e-12)",
+        ),
+        Criterion(
+            "bmrs_n_code",
+            True,
+            _neg(delta_f_lognormal_released_code),
+            _nonneg(delta_f_lognormal_released_code),
+            noise,
+            accepts=frozenset({"reduced_loc", "reduced_var"}),
+            description="BMRS_N as in the authors' code (no -0.5 log 2pi): removes at BF >= 0.40",
         ),
         bmrs_u,
         replace(bmrs_u, name="bmrs_u8", description="BMRS_U with p1=8, p2=23"),

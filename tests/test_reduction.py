@@ -28,6 +28,7 @@ from pyro_prune.reduction import (
     CriterionInput,
     delta_f_gaussian,
     delta_f_lognormal,
+    delta_f_lognormal_released_code,
     delta_f_loguniform,
     expected_theta,
     get_criterion,
@@ -404,12 +405,14 @@ class TestCriteria:
         return loc, scale
 
     def test_registry(self) -> None:
-        names = {"bmrs_n", "bmrs_u", "bmrs_u4", "bmrs_u8", "snr", "e_theta", "l2", "grad", "gaussian_bmr"}
+        names = {"bmrs_n", "bmrs_n_code", "bmrs_u", "bmrs_u4", "bmrs_u8", "snr", "e_theta", "l2",
+                 "grad", "gaussian_bmr"}
         assert names <= set(CRITERIA)
         for name in names:
             crit = get_criterion(name)
             assert isinstance(crit, Criterion) and crit.name == name and crit.description
-        assert {n for n in names if CRITERIA[n].threshold_free} == {"bmrs_n", "bmrs_u", "bmrs_u4", "bmrs_u8", "gaussian_bmr"}
+        assert {n for n in names if CRITERIA[n].threshold_free} == {
+            "bmrs_n", "bmrs_n_code", "bmrs_u", "bmrs_u4", "bmrs_u8", "gaussian_bmr"}
         assert get_criterion(" BMRS_N ").name == "bmrs_n"
         with pytest.raises(ValueError, match="known: .*bmrs_n"):
             get_criterion("obd")
@@ -423,6 +426,7 @@ class TestCriteria:
     def test_dF_criteria_score_is_minus_dF_and_remove_is_dF_nonnegative(self) -> None:
         loc, scale = self._noise()
         for name, fn, kw in (("bmrs_n", delta_f_lognormal, {}),
+                             ("bmrs_n_code", delta_f_lognormal_released_code, {}),
                              ("bmrs_u", delta_f_loguniform, {"p1": 8}),
                              ("bmrs_u8", delta_f_loguniform, {"p1": 8}),
                              ("bmrs_u4", delta_f_loguniform, {"p1": 4})):
@@ -508,3 +512,16 @@ class TestCriteria:
                 register_criterion(custom)
         finally:
             reduction._REGISTRY.pop("neg_loc")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_released_code_variant_shifts_by_half_log_2pi_and_frees_prior_like_posteriors(dtype) -> None:
+    loc = torch.tensor([-0.82, -0.5, -0.1, 0.0, -19.0], dtype=dtype)
+    scale = torch.tensor([3.6, 3.5, 3.6, -5.0, 0.5], dtype=dtype).exp()
+    exact = delta_f_lognormal(loc, scale)
+    code = delta_f_lognormal_released_code(loc, scale)
+    torch.testing.assert_close(code, exact + 0.5 * math.log(2 * math.pi))
+    # posteriors gone back to the prior: exact dF just below 0 (kept), the code's above (removed)
+    assert ((exact[:3] < 0) & (exact[:3] > -0.2)).all() and (code[:3] > 0.7).all()
+    # a needed structure stays, an off one goes, under both
+    assert exact[3] < -1e3 and code[3] < -1e3 and exact[4] > 0 and code[4] > 0

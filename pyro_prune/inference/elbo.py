@@ -29,7 +29,8 @@ from pyro.infer import TraceMeanField_ELBO
 from torch import Tensor
 
 from pyro_prune.models.base import PrunableNet
-from pyro_prune.models.noise import NoiseMode, noise_mode
+from pyro_prune.models.noise import MultiplicativeNoise, NoiseMode, noise_mode
+from pyro_prune.models.noise_kernels import log_theta_and_kl
 
 __all__ = ["fast_elbo_loss", "pyro_elbo_loss"]
 
@@ -39,25 +40,77 @@ def _likelihood_scale(model: PrunableNet, batch: int) -> float:
 
 
 def fast_elbo_loss(
-    model: PrunableNet, x: Tensor, y: Tensor, *, per_example: bool = True
+    model: PrunableNet, x: Tensor, y: Tensor, *, per_example: bool = True,
+    fused: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Negative ELBO estimate and the backbone output, without Pyro's tracing.
+
+    Args:
+        per_example: one draw of the noise per example (lower variance) or one per step
+            shared by the batch (the Pyro ELBO's estimator, and about 3x cheaper: the
+            inverse-CDF sampler then runs on ``[n]`` instead of ``[batch, n]``).
+        fused: draw the noise of every :class:`MultiplicativeNoise` and compute its KL in
+            one kernel call over all the network's structures (:func:`_fused_noise`),
+            instead of one call per layer. Same values for the same random state.
 
     Returns:
         ``(loss, out)``: the scalar negative ELBO of the full data set and the backbone's
         output on ``x`` (logits or means) under the drawn latents.
     """
-    if per_example:
+    kl: Tensor | None = None
+    if fused:
+        kl = _fused_noise(model, x.shape[0] if per_example else None)
+    if kl is not None:
+        with noise_mode(model.net, NoiseMode.REPARAM):
+            out = model.net(x)
+        others = [m.kl_divergence() for m in model.stochastic_modules().values()
+                  if not isinstance(m, MultiplicativeNoise)]
+        if others:
+            kl = kl + torch.stack(others).sum()
+    elif per_example:
         with noise_mode(model.net, NoiseMode.REPARAM):
             out = model.net(x)
     else:
         out = _one_draw_forward(model, x)
     nll = model.nll(out, y).sum() * _likelihood_scale(model, x.shape[0])
-    loss = nll + model.kl_divergence()
+    loss = nll + (model.kl_divergence() if kl is None else kl)
     log_prior = model.log_prior()
     if log_prior is not None:
         loss = loss - log_prior
     return loss, out
+
+
+def _fused_noise(model: PrunableNet, batch: int | None) -> Tensor | None:
+    """Draw theta for every noise layer in one kernel call; return their summed KL.
+
+    The layers' parameters are concatenated, the uniforms drawn layer by layer in module
+    order (the same random stream as the per-layer path), and
+    :func:`~pyro_prune.models.noise_kernels.log_theta_and_kl` evaluated once. Each layer
+    receives its slice for its next forward. Returns ``None`` (nothing drawn) when the
+    layers do not share bounds and dtype, or a structure is out of the lean kernel's
+    reach; the caller then takes the per-layer path.
+    """
+    layers = list(model.noise_layers().values())
+    if not layers:
+        return None
+    first = layers[0]
+    bounds = (first.log_low, first.log_high, first.loc.dtype)
+    if any((m.log_low, m.log_high, m.loc.dtype) != bounds for m in layers[1:]):
+        return None
+    loc = torch.cat([m.loc for m in layers])
+    scale = torch.cat([m.log_scale for m in layers]).exp()
+    shape = (batch,) if batch is not None else ()
+    u = torch.cat([torch.rand(*shape, m.num_structures, dtype=loc.dtype, device=loc.device)
+                   for m in layers], dim=-1)
+    drawn = log_theta_and_kl(loc, scale, first.log_low, first.log_high, u)
+    if drawn is None:
+        return None
+    log_theta, kl = drawn
+    weight = torch.cat([m.kept.to(kl.dtype) * m.kl_scale for m in layers])
+    sizes = [m.num_structures for m in layers]
+    for m, theta in zip(layers, log_theta.exp().split(sizes, dim=-1)):
+        object.__setattr__(m, "_drawn_theta", theta)
+    return (kl * weight).sum()
 
 
 def _one_draw_forward(model: PrunableNet, x: Tensor) -> Tensor:

@@ -143,6 +143,21 @@ def _parameters(model: nn.Module, guide: Callable) -> list[nn.Parameter]:
     return [p for p in params if p.requires_grad]
 
 
+def _param_groups(model: nn.Module, guide: Callable, lr: float,
+                  noise_lr: float | None) -> list[dict[str, Any]]:
+    """One Adam group, or two when the noise posteriors get their own learning rate."""
+    params = _parameters(model, guide)
+    if noise_lr is None:
+        return [{"params": params, "lr": lr}]
+    from pyro_prune.models.noise import MultiplicativeNoise
+
+    noise_ids = {id(p) for m in model.modules() if isinstance(m, MultiplicativeNoise)
+                 for p in m.parameters()}
+    groups = [{"params": [p for p in params if id(p) not in noise_ids], "lr": lr},
+              {"params": [p for p in params if id(p) in noise_ids], "lr": noise_lr}]
+    return [g for g in groups if g["params"]]
+
+
 def _compression(model: PrunableNet) -> float | None:
     """Compression of the converted network, or ``None`` when an op cannot be traced."""
     from pyro_prune.convert import UnsupportedOpError, compression
@@ -169,6 +184,8 @@ def fit(
     kl_scale: float | KLScale | str = KLScale.ELBO,
     guide: Callable | None = None,
     weight_decay: float = 0.0,
+    noise_lr: float | None = None,
+    per_example_noise: bool = True,
 ) -> FitResult:
     """Fit ``model`` (and its guide) by SVI; prune along the way if ``schedule`` says so.
 
@@ -188,6 +205,15 @@ def fit(
         kl_scale: weight of the KL term: a number, ``"elbo"`` (1) or ``"paper"``.
         guide: a custom Pyro guide (e.g. ``AutoDelta``); defaults to ``model.guide``.
         weight_decay: Adam weight decay (0: none; the priors already regularise).
+        noise_lr: learning rate of the noise posteriors (loc and log scale of every
+            :class:`~pyro_prune.models.noise.MultiplicativeNoise`); ``None`` uses ``lr``.
+            Adam moves a parameter by about ``lr`` per step, so with ``lr=1e-3`` a log
+            scale needs thousands of steps to travel from its initial -5 to where an
+            unneeded structure's posterior settles; a larger ``noise_lr`` gets there in a
+            few epochs while the weights keep their usual rate.
+        per_example_noise: with the fast engine, draw the noise once per example (lower
+            gradient variance, the default) or once per step for the whole batch (the
+            Pyro ELBO's estimator; cheaper, see ``benchmarks/training_speed.py``).
 
     Returns:
         :class:`FitResult` with the model, the guide and the per-epoch history.
@@ -200,6 +226,9 @@ def fit(
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if noise_lr is not None and not (isinstance(noise_lr, (int, float)) and noise_lr > 0
+                                     and math.isfinite(noise_lr)):
+        raise ValueError(f"noise_lr must be a positive finite number or None, got {noise_lr!r}")
     x_train, y_train = _tensors(train, "train")
     _check_targets(model, y_train, "train")
     if val is not None:
@@ -225,12 +254,13 @@ def fit(
     if custom_guide:  # autoguides create their parameters on the first call
         with torch.no_grad():
             pyro.poutine.trace(guide).get_trace(x_train[:2], y_train[:2])
-    optimizer = torch.optim.Adam(_parameters(model, guide), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.Adam(_param_groups(model, guide, lr, noise_lr), lr=lr,
+                                 weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
 
     def loss_fn(xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor | None]:
         if engine is Engine.FAST:
-            return fast_elbo_loss(model, xb, yb)
+            return fast_elbo_loss(model, xb, yb, per_example=per_example_noise)
         return pyro_elbo_loss(model, xb, yb, guide=guide, elbo=elbo), None
 
     ctx = FitContext(

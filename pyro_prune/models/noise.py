@@ -217,12 +217,18 @@ class MultiplicativeNoise(StructureGate, StochasticModule):
         with self._plate(), self._masked(), poutine.scale(scale=self.kl_scale):
             return pyro.sample(self.site_name, self.prior())
 
+    #: theta drawn for the next REPARAM forward by a network-wide kernel
+    #: (:func:`pyro_prune.inference.elbo.fast_elbo_loss`); consumed by that forward.
+    _drawn_theta: Tensor | None = None
+
     def forward(self, x: Tensor) -> Tensor:
         mode = self.mode
         if mode is NoiseMode.MEAN:
             return x * self.broadcast(self.expected_theta(), x)
         if mode is NoiseMode.SAMPLE:
             theta = self._model_sample()
+        elif self._drawn_theta is not None:
+            theta, self._drawn_theta = self._drawn_theta, None
         else:  # REPARAM: one draw per example
             theta = self.rsample_per_example(x.shape[0])
         theta = theta * self.kept.to(theta.dtype)

@@ -28,7 +28,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["kl_truncated_lognormal_loguniform", "rsample_log_theta"]
+__all__ = ["kl_truncated_lognormal_loguniform", "log_theta_and_kl", "rsample_log_theta"]
 
 _CLIP = 50.0
 _REACH = {torch.float32: 12.0, torch.float64: 37.0}
@@ -93,3 +93,30 @@ def kl_truncated_lognormal_loguniform(loc: Tensor, scale: Tensor, low: float, hi
         - _HALF_LOG_2PI_E
         - (alpha * phi_a - beta * phi_b) / (2.0 * z)
     )
+
+
+def log_theta_and_kl(
+    loc: Tensor, scale: Tensor, low: float, high: float, u: Tensor
+) -> tuple[Tensor, Tensor] | None:
+    """Draws of ``log theta`` for given uniforms ``u`` (``[..., n]``) and the KL per structure.
+
+    The sampler of :func:`rsample_log_theta` and the KL of
+    :func:`kl_truncated_lognormal_loguniform` sharing one evaluation of the standardised
+    bounds and of ``Phi``: what one training step needs for all the structures of a
+    network at once. Same values as the two separate kernels for the same ``u``;
+    ``None`` out of reach.
+    """
+    alpha, beta = _standardised(loc, scale, low, high)
+    a, b, flipped = _turned(alpha, beta)
+    if not _within_reach(b):
+        return None
+    pa = _ndtr(a)
+    width = _ndtr(b) - pa
+    t = torch.special.ndtri((pa + u * width).clamp(min=torch.finfo(loc.dtype).tiny))
+    t = torch.where(flipped, -t, t)
+    log_theta = (loc + scale * t).clamp(low, high)
+    phi_a = torch.exp(-0.5 * alpha.square()) * _INV_SQRT_2PI
+    phi_b = torch.exp(-0.5 * beta.square()) * _INV_SQRT_2PI
+    kl = (math.log(high - low) - torch.log(width) - torch.log(scale) - _HALF_LOG_2PI_E
+          - (alpha * phi_a - beta * phi_b) / (2.0 * width))
+    return log_theta, kl

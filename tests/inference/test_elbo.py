@@ -43,10 +43,38 @@ def test_gradients_agree_between_engines() -> None:
         if engine == "pyro":
             loss = pyro_elbo_loss(net, x, y)
         else:
-            loss, _ = fast_elbo_loss(net, x, y, per_example=False)
+            loss, _ = fast_elbo_loss(net, x, y, per_example=False, fused=False)
         loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("make", [lambda: MLP(6, [5, 4], 3, num_data=50),
+                                  lambda: LeNet5(1, 3, 8, num_data=40)], ids=["mlp", "lenet5"])
+def test_fused_noise_kernel_equals_the_per_layer_path(make) -> None:
+    """One kernel call over all layers: same draws, loss and gradients as layer by layer."""
+    torch.manual_seed(0)
+    net = make()
+    with torch.no_grad():
+        for i, g in enumerate(net.noise_layers().values()):
+            g.loc.uniform_(-3.0, 0.0)
+            g.log_scale.uniform_(-4.0, 1.0 + i)
+        first = next(iter(net.noise_layers().values()))
+        first.prune(torch.arange(first.num_structures) == 0)
+    shape = (7, 6) if isinstance(net, MLP) else (7, 1, 8, 8)
+    x, y = torch.randn(shape), torch.randint(0, 3, (7,))
+    results = []
+    for fused in (False, True):
+        net.zero_grad()
+        torch.manual_seed(5)
+        loss, out = fast_elbo_loss(net, x, y, per_example=True, fused=fused)
+        loss.backward()
+        results.append((loss.detach(), out.detach(),
+                        torch.cat([p.grad.flatten() for p in net.parameters()])))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # every drawn theta was consumed by its layer's forward
+    assert all(g._drawn_theta is None for g in net.noise_layers().values())
 
 
 def test_per_example_draws_estimate_the_same_elbo() -> None:

@@ -177,6 +177,33 @@ def test_bad_input_is_named(digits) -> None:
         fit(net, [(x, y)], epochs=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="engine"):
         fit(net, train, epochs=1, engine="jax")
+    with pytest.raises(ValueError, match="noise_lr"):
+        fit(net, train, epochs=1, noise_lr=-1.0)
+
+
+def test_noise_lr_moves_the_noise_posteriors_faster(digits) -> None:
+    """Adam moves a parameter by about lr per step: the noise posteriors' own rate shows."""
+    train, _ = digits
+    travelled = {}
+    for noise_lr in (None, 3e-2):
+        torch.manual_seed(0)
+        net = MLP(64, [16], 10)
+        result = fit(net, train, epochs=2, batch_size=64, lr=1e-3, noise_lr=noise_lr,
+                     progress=False, kl_scale="paper")
+        gate = next(iter(net.noise_layers().values()))
+        travelled[noise_lr] = float((gate.log_scale.detach() + 5.0).abs().max())
+        assert result.model is net
+    steps = 2 * math.ceil(len(train) / 64)
+    assert travelled[None] <= 1.1 * steps * 1e-3 < travelled[3e-2]
+
+
+def test_one_draw_per_step_trains_too(digits) -> None:
+    train, test = digits
+    torch.manual_seed(0)
+    net = MLP(64, [32], 10)
+    result = fit(net, train, epochs=6, batch_size=64, lr=3e-3, val=test, progress=False,
+                 per_example_noise=False)
+    assert result.history[-1]["val_accuracy"] > 0.9
 
 
 def test_pyro_engine_trains_too(digits) -> None:
