@@ -61,12 +61,14 @@ def fast_elbo_loss(
     if fused:
         kl = _fused_noise(model, x.shape[0] if per_example else None)
     if kl is not None:
-        with noise_mode(model.net, NoiseMode.REPARAM):
-            out = model.net(x)
-        others = [m.kl_divergence() for m in model.stochastic_modules().values()
+        others = [m for m in model.stochastic_modules().values()
                   if not isinstance(m, MultiplicativeNoise)]
-        if others:
-            kl = kl + torch.stack(others).sum()
+        if others:  # e.g. Bayesian weights: their own per-example draws
+            with noise_mode(model.net, NoiseMode.REPARAM):
+                out = model.net(x)
+            kl = kl + torch.stack([m.kl_divergence() for m in others]).sum()
+        else:  # the noise layers use the drawn theta whatever their mode
+            out = model.net(x)
     elif per_example:
         with noise_mode(model.net, NoiseMode.REPARAM):
             out = model.net(x)
@@ -99,17 +101,24 @@ def _fused_noise(model: PrunableNet, batch: int | None) -> Tensor | None:
         return None
     loc = torch.cat([m.loc for m in layers])
     scale = torch.cat([m.log_scale for m in layers]).exp()
-    shape = (batch,) if batch is not None else ()
-    u = torch.cat([torch.rand(*shape, m.num_structures, dtype=loc.dtype, device=loc.device)
-                   for m in layers], dim=-1)
+    if batch is None:  # one draw per step: one call to the generator
+        u = torch.rand(loc.shape[-1], dtype=loc.dtype, device=loc.device)
+    else:  # layer by layer, the random stream of the per-layer path
+        u = torch.cat([torch.rand(batch, m.num_structures, dtype=loc.dtype, device=loc.device)
+                       for m in layers], dim=-1)
     drawn = log_theta_and_kl(loc, scale, first.log_low, first.log_high, u)
     if drawn is None:
         return None
     log_theta, kl = drawn
-    weight = torch.cat([m.kept.to(kl.dtype) * m.kl_scale for m in layers])
+    kept = torch.cat([m.kept for m in layers]).to(kl.dtype)
+    scales = [m.kl_scale for m in layers]
+    if all(k == scales[0] for k in scales):
+        weight = kept * scales[0]
+    else:
+        weight = kept * torch.cat([torch.full_like(m.loc, k) for m, k in zip(layers, scales)])
     sizes = [m.num_structures for m in layers]
-    for m, theta in zip(layers, log_theta.exp().split(sizes, dim=-1)):
-        object.__setattr__(m, "_drawn_theta", theta)
+    for m, theta in zip(layers, (log_theta.exp() * kept).split(sizes, dim=-1)):
+        m.__dict__["_drawn_theta"] = theta
     return (kl * weight).sum()
 
 

@@ -217,18 +217,23 @@ class MultiplicativeNoise(StructureGate, StochasticModule):
         with self._plate(), self._masked(), poutine.scale(scale=self.kl_scale):
             return pyro.sample(self.site_name, self.prior())
 
-    #: theta drawn for the next REPARAM forward by a network-wide kernel
-    #: (:func:`pyro_prune.inference.elbo.fast_elbo_loss`); consumed by that forward.
+    #: theta (times ``kept``) drawn for the next forward by the network-wide kernel of
+    #: :func:`pyro_prune.inference.elbo.fast_elbo_loss`; consumed by that forward.
     _drawn_theta: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        # theta drawn by the network-wide kernel, removed structures already at zero; read
+        # from __dict__ directly (PyroModule's attribute lookup costs microseconds per step)
+        drawn = self.__dict__.get("_drawn_theta")
+        if drawn is not None:
+            self.__dict__["_drawn_theta"] = None
+            trailing = x.dim() - 1 - self.dim % x.dim()
+            return x * (drawn.reshape(drawn.shape + (1,) * trailing) if trailing else drawn)
         mode = self.mode
         if mode is NoiseMode.MEAN:
             return x * self.broadcast(self.expected_theta(), x)
         if mode is NoiseMode.SAMPLE:
             theta = self._model_sample()
-        elif self._drawn_theta is not None:
-            theta, self._drawn_theta = self._drawn_theta, None
         else:  # REPARAM: one draw per example
             theta = self.rsample_per_example(x.shape[0])
         theta = theta * self.kept.to(theta.dtype)
