@@ -5,6 +5,7 @@ from __future__ import annotations
 from pyro_prune.inference.bayes_factor import (
     BayesFactor,
     BayesFactorPruning,
+    LikelihoodData,
     LogPosterior,
     PruneMethod,
     bayes_factor,
@@ -28,6 +29,7 @@ __all__ = [
     "w2_prune",
     "BayesFactor",
     "BayesFactorPruning",
+    "LikelihoodData",
     "LogPosterior",
     "PruneMethod",
     "bayes_factor",

@@ -350,3 +350,35 @@ def test_plot_learning_curves_writes_pngs(digits, tmp_path) -> None:
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     with pytest.raises(ValueError, match="history"):
         plot_learning_curves([], tmp_path / "empty.png")
+
+
+def test_batch_likelihood_gate_is_the_bayes_factor_on_the_drawn_examples(digits) -> None:
+    train, _ = digits
+    net = _small_fcn(seed=2)
+    sched = BayesFactorPruning(0.5, "magnitude", seed=4, likelihood="batch", likelihood_batch=48)
+    fit(net, train, epochs=1, batch_size=64, lr=3e-3, progress=False)  # train the MAP first
+    before = copy.deepcopy(net)
+    # replay the schedule's random stream: the candidate is magnitude (no draws), then B indices
+    g = torch.Generator().manual_seed(4)
+    index = torch.randperm(len(train), generator=g)[:48]
+    sub = TensorDataset(*(t[index] for t in train.tensors))
+    cand = candidate_masks(before, 0.5, "magnitude")
+    expected = bayes_factor(before, cand, sub).log_bayes_factor
+    full = bayes_factor(before, cand, train).log_bayes_factor
+
+    from types import SimpleNamespace
+
+    ctx = SimpleNamespace(model=net, train=train, val=None, epochs=1, batch_size=64, seed=0,
+                          optimizer=torch.optim.Adam(net.parameters()))
+    sched.on_fit_start(ctx)
+    row = sched.on_epoch_end(ctx, 1)
+    assert row["log_bayes_factor"] == pytest.approx(expected, rel=1e-6)
+    # tempered: the likelihood loss counts 48 examples instead of all of them
+    assert row["log_bayes_factor"] > full
+    assert row["pruned"] == (expected >= 0.0)
+    if row["pruned"]:  # the row's training metrics are those of the pruned net on all data
+        assert row["train_loss"] == pytest.approx(log_posterior(net, train).mean_nll, rel=1e-6)
+    with pytest.raises(ValueError, match="likelihood"):
+        BayesFactorPruning(0.5, likelihood="epoch")
+    with pytest.raises(ValueError, match="likelihood_batch"):
+        BayesFactorPruning(0.5, likelihood="batch", likelihood_batch=0)
