@@ -4,10 +4,12 @@ On the embedded 8x8 digits (no files needed) — or on MNIST with ``--data mnist
 whole pipeline for two networks, an MLP and LeNet-5:
 
 1. **define + fit**: SVI with log-normal multiplicative noise on every neuron and channel,
-   three ways with the same seed and number of epochs: no pruning (the reference),
+   four ways with the same seed and number of epochs: no pruning (the reference),
    BMRS_N continuous pruning (threshold-free, ``dF >= 0``; Wright, Igel & Selvan,
-   NeurIPS 2024) and the SNR baseline (remove where ``E[theta] / std[theta] < 1``;
-   Neklyudov et al., NeurIPS 2017);
+   NeurIPS 2024), BMRS_N as the authors' released code evaluates it (``bmrs_n_code``:
+   without the ``-0.5 log 2 pi`` term, so structures whose posterior went back to the
+   prior, where the exact dF sits just below 0, are removed) and the SNR baseline (remove
+   where ``E[theta] / std[theta] < 1``; Neklyudov et al., NeurIPS 2017);
 2. **check**: the W2 shift of the posterior predictive caused by the removals
    (:func:`pyro_prune.predictive.w2_shift`, normalised by the shift of removing
    everything) and the ELPD difference to the unpruned reference on the test set
@@ -88,7 +90,7 @@ class DemoConfig:
     curve_points: int | None = None
     train_subset: int | None = None
     models: tuple[str, ...] = ("mlp", "lenet5")
-    methods: tuple[str, ...] = ("none", "bmrs_n", "snr")
+    methods: tuple[str, ...] = ("none", "bmrs_n", "bmrs_n_code", "snr")
     kl_scale: str = "paper"
     hidden: list[int] = field(default_factory=lambda: [100, 100])
 

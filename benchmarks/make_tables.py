@@ -1,0 +1,240 @@
+"""Build the README's result tables from ``benchmarks/results/*.json``.
+
+Every number in the README's "Results" section comes from a committed JSON file written by
+a benchmark script; this script renders them and replaces the text between the
+``<!-- results:begin -->`` and ``<!-- results:end -->`` markers of ``README.md``.
+
+    python benchmarks/make_tables.py           # rewrite the README section
+    python benchmarks/make_tables.py --check   # exit 1 if the README is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) >= 1e4 or (v != 0 and abs(v) < 1e-2) else f"{v:.{digits}f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _machine(d: dict[str, Any]) -> str:
+    m, v = d.get("machine", {}), d.get("versions", {})
+    return (f"{m.get('cpu_count', '?')}-core CPU, {m.get('torch_threads', '?')} torch thread(s), "
+            f"torch {v.get('torch', '?')}, pyro {v.get('pyro', '?')}, seeds {d.get('seeds')}")
+
+
+def _reproduce(d: dict[str, Any]) -> str:
+    return f"Reproduce: `python benchmarks/{d.get('command', Path(d['script']).name)}` ({_machine(d)})."
+
+
+def _pm(mean: float, std: float, digits: int = 1) -> str:
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+# ------------------------------------------------------------------------------ sections
+def bmrs_table(d: dict[str, Any]) -> str:
+    rows = []
+    for r in d["rows"]:
+        paper = (f"{r['paper_compression_%']:.1f} / {r['paper_accuracy_%']:.2f}"
+                 if r.get("paper_compression_%") is not None else "")
+        rows.append([r["dataset"], r["model"], r["kl_scale"], r["method"], r["seeds"],
+                     _pm(r["compression_%"], r["compression_std"]),
+                     _pm(r["accuracy_%"], r["accuracy_std"], 2), paper])
+    head = ["data", "model", "KL weight", "method", "seeds", "compression %", "test accuracy %",
+            "paper BMRS_N comp / acc"]
+    return "\n\n".join([
+        "### BMRS: continuous pruning (Table 1 protocol)",
+        f"Protocol of this run: {d['config'].get('protocol', '')}.",
+        _table(head, rows),
+        _reproduce(d),
+    ])
+
+
+def training_speed(d: dict[str, Any]) -> str:
+    rows = [[r["model"], r["variant"], r["ms_per_step"], r["ratio_to_plain"]] for r in d["rows"]]
+    return "\n\n".join([
+        "### Training step: SVI on the noise model vs a plain PyTorch step",
+        "Batch 128, same threads, side by side in one process, median over repeats.",
+        _table(["model", "variant", "ms / step", "x plain"], rows),
+        _reproduce(d),
+    ])
+
+
+def inference_speed(d: dict[str, Any]) -> str:
+    rows = [[r["model"], r["variant"], r["latency_ms"], r["speedup"], r["mac_ratio"],
+             r["speedup_per_mac_ratio"], r["compression"]]
+            for r in d["rows"] if r["batch"] == 256]
+    return "\n\n".join([
+        "### Conversion: latency at batch 256",
+        "`masked` is the dense network with zeroed structures (what masking-only code runs); "
+        "`converted` is `to_deterministic(model)`, `converted_x8` rounds widths up to "
+        "multiples of 8. Goal: speed-up at least 0.7x the MAC reduction.",
+        _table(["model", "variant", "ms", "speed-up", "MAC reduction", "speed-up / MAC red.",
+                "compression"], rows),
+        _reproduce(d),
+    ])
+
+
+def reduction_speed(d: dict[str, Any]) -> str:
+    rows = [[r["operator"], r["what"], r["structures_per_s"]] for r in d["rows"]]
+    return "\n\n".join([
+        "### dF operators: throughput",
+        _table(["operator", "what", "structures / s"], rows),
+        _reproduce(d),
+    ])
+
+
+def bayes_factor_table(d: dict[str, Any]) -> str:
+    methods: list[str] = []
+    cells: dict[tuple[str, str, float], dict[str, dict[str, Any]]] = {}
+    for r in d["rows"]:
+        if r["method"] not in methods:
+            methods.append(r["method"])
+        cells.setdefault((r["dataset"], r["model"], r["sparsity"]), {})[r["method"]] = r
+    rows = []
+    for (dataset, model, sparsity), by in cells.items():
+        row: list[Any] = [dataset, model, f"{100 * sparsity:g}%"]
+        for m in methods:
+            r = by.get(m)
+            row.append("" if r is None else
+                       f"{100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f} ({r['reached']})")
+        paper = [by[m]["paper_accuracy"] for m in methods if m in by and "minibatch" not in m]
+        row.append(" / ".join("-" if p is None else f"{100 * p:.2f}" for p in paper)
+                   if any(p is not None for p in paper) else "")
+        rows.append(row)
+    plain = [m for m in methods if "minibatch" not in m]
+    return "\n\n".join([
+        "### Bayes-factor pruning (Table 1 protocol of Mathew & Rowe)",
+        "Test accuracy % (mean ± std over seeds) and, in brackets, the seeds whose network "
+        "reached the target sparsity (a Bayes run whose gate never opens stays dense). "
+        "Reductions of this run: " + "; ".join(d["config"].get("reductions", [])) + ".",
+        _table(["data", "model", "target sparsity", *methods, "paper: " + " / ".join(plain)], rows),
+        _reproduce(d),
+    ])
+
+
+def w2_fashion_mnist(d: dict[str, Any]) -> str:
+    rows = [[r["score"], r["hidden_kept"], r["pruned_%"], r["acc_bma_%"], r["nll_bma"],
+             r["w2_test_rel"]] for r in d["rows"]]
+    lottery = [[r["arm"], r["hidden"], r["acc_final_%"], r["acc_bma_%"]] for r in d.get("lottery", [])]
+    parts = [
+        "### W2 neuron pruning of a Bayesian MLP, Fashion-MNIST",
+        "Reductions: " + "; ".join(d["config"].get("reductions", [])) + ".",
+        _table(["neuron score", "hidden kept", "neurons pruned %", "test accuracy % (BMA)",
+                "test NLL", "W2 shift / W2 to empty"], rows),
+    ]
+    if lottery:
+        parts += ["Lottery ticket: the pruned architecture retrained from the original "
+                  "initialisation vs a fresh one.",
+                  _table(["arm", "hidden", "final accuracy %", "accuracy % (BMA)"], lottery)]
+    parts.append(_reproduce(d))
+    return "\n\n".join(parts)
+
+
+def w2_uci(d: dict[str, Any]) -> str:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in d["rows"]:
+        groups.setdefault((r["dataset"], r["score"]), []).append(r)
+    rows = []
+    for (dataset, score), rs in groups.items():
+        rows.append([dataset, score, len(rs), statistics.mean(r["pruned_%"] for r in rs),
+                     statistics.mean(r["rmse_full"] for r in rs),
+                     statistics.mean(r["rmse_pruned"] for r in rs),
+                     ", ".join(f"{r['rmse_change_%']:+.1f}" for r in rs),
+                     statistics.mean(r["ll_full"] for r in rs),
+                     statistics.mean(r["ll_pruned"] for r in rs)])
+    return "\n\n".join([
+        "### W2 neuron pruning of Bayesian MLPs, UCI regression",
+        "Reductions: " + "; ".join(d["config"].get("reductions", [])) + ".",
+        _table(["data", "neuron score", "splits", "neurons pruned %", "RMSE full", "RMSE pruned",
+                "RMSE change % per split", "test LL full", "test LL pruned"], rows),
+        _reproduce(d),
+    ])
+
+
+def w2_depth_width(d: dict[str, Any]) -> str:
+    rows = [[r["sweep"], r["value"], r["hidden"], r["kept"], r["pruned_%"], r["rmse_change_%"]]
+            for r in d["rows"]]
+    return "\n\n".join([
+        "### W2 pruning vs depth and width",
+        _table(["sweep", "value", "hidden", "kept", "neurons pruned %", "RMSE change %"], rows),
+        _reproduce(d),
+    ])
+
+
+SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "bmrs_table": bmrs_table,
+    "training_speed": training_speed,
+    "inference_speed": inference_speed,
+    "reduction_speed": reduction_speed,
+    "bayes_factor_table": bayes_factor_table,
+    "w2_fashion_mnist": w2_fashion_mnist,
+    "w2_uci": w2_uci,
+    "w2_depth_width": w2_depth_width,
+}
+
+
+def render() -> str:
+    """The Markdown of every section whose JSON exists, in a fixed order."""
+    parts = []
+    for name, section in SECTIONS.items():
+        d = _load(name)
+        if d is not None:
+            parts.append(section(d))
+    return "\n\n".join(parts)
+
+
+def updated_readme(text: str) -> str:
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"README.md lacks the markers {BEGIN} ... {END}")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{render()}\n{END}{tail}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if README.md is out of date")
+    args = parser.parse_args(argv)
+    text = README.read_text()
+    new = updated_readme(text)
+    if args.check:
+        if new != text:
+            print("README.md result tables are out of date: run python benchmarks/make_tables.py")
+            return 1
+        return 0
+    README.write_text(new)
+    print(f"updated {README.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Run every benchmark with the settings of the committed results, then rebuild the README.
+
+``make bench`` calls this. The long protocols cache finished runs
+(``benchmarks/results/*.runs.json``), so an interrupted run resumes; data sets whose
+files are missing are skipped with a note. ``--only NAME ...`` runs a subset.
+
+    python benchmarks/run_all.py [--only reduction_speed training_speed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+#: script -> arguments of the committed results (reduced protocols on a 2-core CPU; the
+#: scripts' docstrings give the full ones)
+BENCHMARKS: dict[str, list[str]] = {
+    "reduction_speed": ["--repeats", "9"],
+    "training_speed": ["--threads", "2"],
+    "inference_speed": [],
+    "bmrs_table": ["--models", "mlp", "--datasets", "mnist", "fashion-mnist", "--kl-scale", "paper",
+                   "--seeds", "0", "1", "2", "--epochs", "10", "--finetune", "3",
+                   "--noise-lr", "3e-2", "--threads", "1", "--quiet"],
+    "bayes_factor_table": ["--datasets", "mnist", "fashion-mnist", "cifar10", "--models", "fcn",
+                           "--seeds", "0", "1", "2", "--epochs", "5", "--train-subset", "10000",
+                           "--threads", "1"],
+    "w2_fashion_mnist": ["--threads", "1", "--quiet"],
+    "w2_uci": ["--threads", "1"],
+    "w2_depth_width": ["--threads", "1"],
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
+    args = parser.parse_args()
+    failed = []
+    for name in args.only:
+        cmd = [sys.executable, str(HERE / f"{name}.py"), *BENCHMARKS[name]]
+        print(f"== {' '.join(cmd[1:])}", flush=True)
+        t0 = time.perf_counter()
+        if subprocess.call(cmd, cwd=HERE) != 0:
+            failed.append(name)
+        print(f"== {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    subprocess.call([sys.executable, str(HERE / "make_tables.py")], cwd=HERE)
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""The README tells the truth: its pipeline runs and its result tables match the JSON files."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+
+
+def _make_tables():
+    spec = importlib.util.spec_from_file_location("make_tables", ROOT / "benchmarks" / "make_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_result_tables_are_built_from_the_committed_json() -> None:
+    mt = _make_tables()
+    text = README.read_text()
+    assert mt.updated_readme(text) == text, "run python benchmarks/make_tables.py"
+    # every committed result file with a section appears in the README
+    for name in mt.SECTIONS:
+        if (ROOT / "benchmarks" / "results" / f"{name}.json").exists():
+            assert f"benchmarks/{name}.py" in text
+
+
+@pytest.mark.slow
+def test_the_ten_line_pipeline_runs(capsys) -> None:
+    block = re.search(r"## The pipeline in ten lines\n\n```python\n(.*?)```", README.read_text(), re.S)
+    assert block is not None
+    namespace: dict = {}
+    exec(compile(block.group(1), "README.md", "exec"), namespace)
+    net = namespace["net"]
+    import torch
+
+    from pyro_prune.convert import count_params
+
+    assert isinstance(net, torch.nn.Module) and count_params(net) < count_params(namespace["model"].net)
+    assert "elpd_loo" in capsys.readouterr().out
