@@ -21,10 +21,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
-
 from _common import RESULTS_DIR, format_table, print_header, set_threads, write_results  # noqa: E402
 from bmrs_table import make_model  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
 from pyro_prune.convert import compression  # noqa: E402
 from pyro_prune.data import load_dataset, train_val_split  # noqa: E402
 from pyro_prune.inference import (  # noqa: E402

@@ -28,8 +28,8 @@ import time
 from typing import Any
 
 import torch
-
 from _common import RESULTS_DIR, format_table, print_header, set_threads, write_results
+
 from pyro_prune.data import load_dataset, train_val_split
 from pyro_prune.inference import ContinuousPruning, evaluate, fit, prune_to_compression
 from pyro_prune.models import MLP, LeNet5

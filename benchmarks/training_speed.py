@@ -19,8 +19,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from _common import format_table, print_header, set_threads, write_results
+
 from pyro_prune.inference.elbo import fast_elbo_loss, pyro_elbo_loss
 from pyro_prune.models import MLP, LeNet5
 

@@ -21,10 +21,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 from _common import RESULTS_DIR, format_table, print_header, set_threads, write_results  # noqa: E402
-from pyro_prune.inference import w2_prune  # noqa: E402
 from w2_uci import metrics, train_uci  # noqa: E402
+
+from pyro_prune.inference import w2_prune  # noqa: E402
 
 SCRIPT = "w2_depth_width"
 

@@ -28,9 +28,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from _common import RESULTS_DIR, format_table, print_header, set_threads, write_results  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from _common import RESULTS_DIR, format_table, print_header, set_threads, write_results  # noqa: E402
 from pyro_prune.data import load_dataset  # noqa: E402
 from pyro_prune.inference import fit, structure_scores, w2_prune  # noqa: E402
 from pyro_prune.models import MLP  # noqa: E402

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from pyro_prune.models.base import KLScale, Likelihood, PrunableNet
-from pyro_prune.models.bayesian import BayesianConv2d, BayesianLinear, bayesian_weights, link_output_gates
+from pyro_prune.models.bayesian import (
+    BayesianConv2d,
+    BayesianLinear,
+    bayesian_weights,
+    link_output_gates,
+)
 from pyro_prune.models.bayesianize import bayesianize
 from pyro_prune.models.fcn import CNN, FCN, MAPNet, autodelta_init, with_sample_priors
 from pyro_prune.models.gate import StructureGate, StructureMask

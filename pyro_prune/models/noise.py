@@ -30,12 +30,12 @@ from pyro import poutine
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
+from pyro_prune.distributions import TruncatedLogNormal, TruncatedLogUniform
 from pyro_prune.models.gate import StructureGate
 from pyro_prune.models.noise_kernels import (
     kl_truncated_lognormal_loguniform,
     rsample_log_theta,
 )
-from pyro_prune.distributions import TruncatedLogNormal, TruncatedLogUniform
 from pyro_prune.reduction import expected_theta as _expected_theta
 
 __all__ = [
@@ -227,8 +227,9 @@ class MultiplicativeNoise(StructureGate, StochasticModule):
         drawn = self.__dict__.get("_drawn_theta")
         if drawn is not None:
             self.__dict__["_drawn_theta"] = None
-            trailing = x.dim() - 1 - self.dim % x.dim()
-            return x * (drawn.reshape(drawn.shape + (1,) * trailing) if trailing else drawn)
+            if x.dim() == 2 and self.dim % 2 == 1 and x.shape[1] == drawn.shape[-1]:  # no reshape
+                return x * drawn
+            return x * self.broadcast(drawn, x)
         mode = self.mode
         if mode is NoiseMode.MEAN:
             return x * self.broadcast(self.expected_theta(), x)

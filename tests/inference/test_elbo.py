@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pyro_prune.inference.elbo import fast_elbo_loss, pyro_elbo_loss
-from pyro_prune.models import MLP, LeNet5
+from pyro_prune.models import MLP, LeNet5, ResNet, ViT
 
 
 def _net(seed: int = 0) -> MLP:
@@ -49,8 +49,12 @@ def test_gradients_agree_between_engines() -> None:
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("make", [lambda: MLP(6, [5, 4], 3, num_data=50),
-                                  lambda: LeNet5(1, 3, 8, num_data=40)], ids=["mlp", "lenet5"])
+@pytest.mark.parametrize("make", [
+    lambda: MLP(6, [5, 4], 3, num_data=50),
+    lambda: LeNet5(1, 3, 8, num_data=40),
+    lambda: ResNet(1, 3, widths=(4, 6), blocks_per_stage=1, image_size=8),
+    lambda: ViT(8, 4, 1, 3, dim=16, depth=1, heads=4, mlp_dim=12),
+], ids=["mlp", "lenet5", "resnet", "vit"])
 def test_fused_noise_kernel_equals_the_per_layer_path(make) -> None:
     """One kernel call over all layers: same draws, loss and gradients as layer by layer."""
     torch.manual_seed(0)
@@ -61,6 +65,7 @@ def test_fused_noise_kernel_equals_the_per_layer_path(make) -> None:
             g.log_scale.uniform_(-4.0, 1.0 + i)
         first = next(iter(net.noise_layers().values()))
         first.prune(torch.arange(first.num_structures) == 0)
+    net.num_data = 40
     shape = (7, 6) if isinstance(net, MLP) else (7, 1, 8, 8)
     x, y = torch.randn(shape), torch.randint(0, 3, (7,))
     results = []

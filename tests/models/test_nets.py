@@ -5,7 +5,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from pyro_prune.models import LeNet5, MLP, MultiplicativeNoise, PrunableNet, bayesianize
+from pyro_prune.models import MLP, LeNet5, MultiplicativeNoise, PrunableNet, bayesianize
 
 
 def test_mlp_structure_and_sites() -> None:
