@@ -97,8 +97,9 @@ def write_results(
     seeds: Sequence[int],
     rows: Sequence[dict[str, Any]],
     extra: dict[str, Any] | None = None,
+    suffix: str = "",
 ) -> Path:
-    """Write ``benchmarks/results/<script>.json`` and return its path."""
+    """Write ``benchmarks/results/<script><suffix>.json`` and return its path."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     name = Path(script).stem
     payload: dict[str, Any] = {
@@ -112,7 +113,7 @@ def write_results(
     }
     if extra:
         payload.update(extra)
-    path = RESULTS_DIR / f"{name}.json"
+    path = RESULTS_DIR / f"{name}{suffix}.json"
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path
 

@@ -193,9 +193,11 @@ def main() -> None:
     parser.add_argument("--plot-sparsity", type=float, default=0.9,
                         help="learning curves (PNG) of the first seed at this sparsity")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--suffix", default="",
+                        help="results go to bayes_factor_table<suffix>.json (e.g. _full for another grid)")
     args = parser.parse_args()
     set_threads(args.threads)
-    config = dict(vars(args))
+    config = {k: v for k, v in vars(args).items() if k != "suffix"}
     config["protocol"] = PAPER_PROTOCOL
     config["reductions"] = [
         f"epochs {args.epochs} (paper 25)" if args.epochs != 25 else None,
@@ -254,7 +256,8 @@ def main() -> None:
                     if r["dataset"] == dataset and r["model"] == model_name
                     and r["target_sparsity"] == args.plot_sparsity and r["seed"] == args.seeds[0]}
             if hist:
-                path = RESULTS_DIR / f"{NAME}_{dataset}_{model_name}_r{round(100 * args.plot_sparsity)}.png"
+                path = RESULTS_DIR / (f"{NAME}{args.suffix}_{dataset}_{model_name}"
+                                      f"_r{round(100 * args.plot_sparsity)}.png")
                 log_beta = args.log_threshold if args.log_threshold is not None else math.log(args.threshold)
                 plot_learning_curves(hist, path, log_threshold=log_beta,
                                      title=f"{dataset} {model_name}, target sparsity "
@@ -262,7 +265,7 @@ def main() -> None:
                 pngs.append(path.name)
     if skipped:
         print(f"NOTE: skipped (files not present): {sorted(set(skipped))}")
-    path = write_results(__file__, config=config, seeds=args.seeds, rows=rows,
+    path = write_results(__file__, config=config, seeds=args.seeds, rows=rows, suffix=args.suffix,
                          extra={"runs": runs, "paper": {f"{k[0]}/{k[1]}/{k[2]}": v for k, v in PAPER.items()},
                                 "skipped": sorted(set(skipped)), "plots": pngs})
     print(f"wrote {path}")

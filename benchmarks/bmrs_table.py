@@ -25,6 +25,7 @@ import copy
 import json
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -124,6 +125,11 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "paper_compression_%": paper[0] if paper else None,
             "paper_accuracy_%": paper[1] if paper else None,
         })
+    reference = {(r["dataset"], r["model"], r["kl_scale"]): r["accuracy_%"] for r in out
+                 if r["method"] == "none"}
+    for r in out:  # the goal: within 1 point of our own unpruned network
+        ref = reference.get((r["dataset"], r["model"], r["kl_scale"]))
+        r["accuracy_change_vs_none"] = None if ref is None else r["accuracy_%"] - ref
     order = {m: i for i, m in enumerate(METHODS)}
     out.sort(key=lambda r: (r["dataset"], r["model"], r["kl_scale"], order.get(r["method"], 99)))
     return out
@@ -144,14 +150,19 @@ def main() -> None:
     parser.add_argument("--kl-scale", nargs="+", default=["elbo", "paper"], choices=["elbo", "paper"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--runs-file", default=str(RUNS_FILE),
+                        help="cache of finished runs (JSON); separate files let runs go in parallel")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="tabulate the cached runs of the given grid, train nothing")
     args = parser.parse_args()
+    runs_file = Path(args.runs_file)
     set_threads(args.threads)
-    config = {k: v for k, v in vars(args).items() if k != "quiet"}
+    config = {k: v for k, v in vars(args).items() if k not in ("quiet", "runs_file", "cached_only")}
     config["protocol"] = ("paper: 50 epochs + 10 fine-tuning, 80/20 split; this run: "
                           f"{args.epochs} + {args.finetune}"
                           + (f", noise posteriors at lr {args.noise_lr}" if args.noise_lr else ""))
     print_header(__file__, seeds=args.seeds, config=config)
-    cache: dict[str, list[dict[str, Any]]] = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.exists() else {}
+    cache: dict[str, list[dict[str, Any]]] = json.loads(runs_file.read_text()) if runs_file.exists() else {}
     all_rows: list[dict[str, Any]] = []
     for dataset in args.datasets:
         try:
@@ -167,9 +178,11 @@ def main() -> None:
                 for kl in args.kl_scale:
                     key = json.dumps([dataset, model_name, seed, kl, args.epochs, args.finetune,
                                       args.batch_size, args.lr, args.noise_lr, sorted(args.methods)])
+                    if key not in cache and args.cached_only:
+                        continue
                     if key not in cache:
                         cache[key] = run_one(dataset, model_name, seed, kl, args, data)
-                        RUNS_FILE.write_text(json.dumps(cache, indent=1))
+                        runs_file.write_text(json.dumps(cache, indent=1))
                     all_rows.extend(cache[key])
     table = summarise(all_rows)
     print(format_table(table, ["dataset", "model", "kl_scale", "method", "seeds", "compression_%",

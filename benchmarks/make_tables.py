@@ -65,11 +65,13 @@ def bmrs_table(d: dict[str, Any]) -> str:
     for r in d["rows"]:
         paper = (f"{r['paper_compression_%']:.1f} / {r['paper_accuracy_%']:.2f}"
                  if r.get("paper_compression_%") is not None else "")
+        change = r.get("accuracy_change_vs_none")
         rows.append([r["dataset"], r["model"], r["kl_scale"], r["method"], r["seeds"],
                      _pm(r["compression_%"], r["compression_std"]),
-                     _pm(r["accuracy_%"], r["accuracy_std"], 2), paper])
+                     _pm(r["accuracy_%"], r["accuracy_std"], 2),
+                     "" if change is None else f"{change:+.2f}", paper])
     head = ["data", "model", "KL weight", "method", "seeds", "compression %", "test accuracy %",
-            "paper BMRS_N comp / acc"]
+            "vs none", "paper BMRS_N comp / acc"]
     return "\n\n".join([
         "### BMRS: continuous pruning (Table 1 protocol)",
         f"Protocol of this run: {d['config'].get('protocol', '')}.",
@@ -112,7 +114,8 @@ def reduction_speed(d: dict[str, Any]) -> str:
     ])
 
 
-def bayes_factor_table(d: dict[str, Any]) -> str:
+def bayes_factor_table(d: dict[str, Any],
+                       title: str = "Bayes-factor pruning (Table 1 protocol of Mathew & Rowe)") -> str:
     methods: list[str] = []
     cells: dict[tuple[str, str, float], dict[str, dict[str, Any]]] = {}
     for r in d["rows"]:
@@ -132,7 +135,7 @@ def bayes_factor_table(d: dict[str, Any]) -> str:
         rows.append(row)
     plain = [m for m in methods if "minibatch" not in m]
     return "\n\n".join([
-        "### Bayes-factor pruning (Table 1 protocol of Mathew & Rowe)",
+        f"### {title}",
         "Test accuracy % (mean ± std over seeds) and, in brackets, the seeds whose network "
         "reached the target sparsity (a Bayes run whose gate never opens stays dense). "
         "Reductions of this run: " + "; ".join(d["config"].get("reductions", [])) + ".",
@@ -143,13 +146,14 @@ def bayes_factor_table(d: dict[str, Any]) -> str:
 
 def w2_fashion_mnist(d: dict[str, Any]) -> str:
     rows = [[r["score"], r["hidden_kept"], r["pruned_%"], r["acc_bma_%"], r["nll_bma"],
-             r["w2_test_rel"]] for r in d["rows"]]
+             r["w2_test_rel"], r.get("spearman_vs_bmr")] for r in d["rows"]]
     lottery = [[r["arm"], r["hidden"], r["acc_final_%"], r["acc_bma_%"]] for r in d.get("lottery", [])]
     parts = [
         "### W2 neuron pruning of a Bayesian MLP, Fashion-MNIST",
         "Reductions: " + "; ".join(d["config"].get("reductions", [])) + ".",
         _table(["neuron score", "hidden kept", "neurons pruned %", "test accuracy % (BMA)",
-                "test NLL", "W2 shift / W2 to empty"], rows),
+                "test NLL", "W2 shift / W2 to empty", "Spearman vs Gaussian BMR dF"], rows),
+        "![cost curve](benchmarks/results/w2_fashion_mnist_cost.png)",
     ]
     if lottery:
         parts += ["Lottery ticket: the pruned architecture retrained from the original "
@@ -170,14 +174,29 @@ def w2_uci(d: dict[str, Any]) -> str:
                      statistics.mean(r["rmse_pruned"] for r in rs),
                      ", ".join(f"{r['rmse_change_%']:+.1f}" for r in rs),
                      statistics.mean(r["ll_full"] for r in rs),
-                     statistics.mean(r["ll_pruned"] for r in rs)])
-    return "\n\n".join([
+                     statistics.mean(r["ll_pruned"] for r in rs),
+                     statistics.mean(r["spearman_vs_bmr"] for r in rs)])
+    parts = [
         "### W2 neuron pruning of Bayesian MLPs, UCI regression",
-        "Reductions: " + "; ".join(d["config"].get("reductions", [])) + ".",
+        "Reductions: " + "; ".join(d["config"].get("reductions", [])) + ". Default lambda = "
+        f"{d['config'].get('lam')}.",
         _table(["data", "neuron score", "splits", "neurons pruned %", "RMSE full", "RMSE pruned",
-                "RMSE change % per split", "test LL full", "test LL pruned"], rows),
-        _reproduce(d),
-    ])
+                "RMSE change % per split", "test LL full", "test LL pruned",
+                "Spearman vs BMR dF"], rows),
+    ]
+    sweep = d.get("lambda_sweep") or {}
+    if sweep:
+        names = list(sweep)
+        lams = [p["lam"] for p in sweep[names[0]]]
+        lam_rows = []
+        for i, lam in enumerate(lams):
+            lam_rows.append([lam] + [f"{100 * sweep[n][i]['prune_ratio']:.0f}% / "
+                                     f"{sweep[n][i]['rmse_change_%']:+.1f}%" for n in names])
+        parts += ["Prune ratio / RMSE change against lambda (split 0):",
+                  _table(["lambda", *names], lam_rows),
+                  "![lambda sweep](benchmarks/results/w2_uci_lambda.png)"]
+    parts.append(_reproduce(d))
+    return "\n\n".join(parts)
 
 
 def w2_depth_width(d: dict[str, Any]) -> str:
@@ -185,7 +204,10 @@ def w2_depth_width(d: dict[str, Any]) -> str:
             for r in d["rows"]]
     return "\n\n".join([
         "### W2 pruning vs depth and width",
+        f"Data: {d['config'].get('dataset')}, split {d['config'].get('split')}; "
+        "reductions: " + "; ".join(d["config"].get("reductions", [])) + ".",
         _table(["sweep", "value", "hidden", "kept", "neurons pruned %", "RMSE change %"], rows),
+        "![depth and width](benchmarks/results/w2_depth_width.png)",
         _reproduce(d),
     ])
 
@@ -196,6 +218,8 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "inference_speed": inference_speed,
     "reduction_speed": reduction_speed,
     "bayes_factor_table": bayes_factor_table,
+    "bayes_factor_table_full": lambda d: bayes_factor_table(
+        d, "Bayes-factor pruning: the paper's epochs and full training set, 90% sparsity"),
     "w2_fashion_mnist": w2_fashion_mnist,
     "w2_uci": w2_uci,
     "w2_depth_width": w2_depth_width,

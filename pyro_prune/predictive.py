@@ -65,6 +65,7 @@ import enum
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -136,7 +137,10 @@ class Output(enum.Enum):
     OBS = "obs"
 
 
-def _enum(kind: type[enum.Enum], value: object, arg: str) -> enum.Enum:
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _enum(kind: type[_E], value: object, arg: str) -> _E:
     try:
         return kind(value)
     except ValueError:
@@ -348,9 +352,9 @@ def _outgoing_second_moments(layer: nn.Module, n: int, rows_kept: Tensor | None 
     """
     loc = getattr(layer, "weight_loc", None)
     if loc is not None:
-        m2 = loc.detach() ** 2 + (2 * layer.weight_log_scale.detach()).exp()
+        m2 = loc.detach() ** 2 + (2 * cast(Tensor, layer.weight_log_scale).detach()).exp()
     else:
-        m2 = layer.weight.detach() ** 2
+        m2 = cast(Tensor, layer.weight).detach() ** 2
     if getattr(layer, "groups", 1) != 1:
         return None
     if rows_kept is not None and rows_kept.shape == m2.shape[:1]:
@@ -490,11 +494,11 @@ def _pyro_draws(model: PrunableNet, guide: Callable, x: Tensor, draws: int, outp
             for i in range(0, x.shape[0], data_chunk):
                 xb = x[i : i + data_chunk]
                 if recording:
-                    values = []
+                    values: list[Tensor] = []
                     for j in range(d):
                         conditioned = poutine.condition(model, {k: v[j] for k, v in latents.items()})
                         trace = poutine.trace(conditioned).get_trace(xb)
-                        values.append(trace.nodes[site]["value"])
+                        values.append(cast(Tensor, trace.nodes[site]["value"]))
                     out = torch.stack(values)
                 elif latents:
                     out = Predictive(model, posterior_samples=latents, return_sites=[site])(xb)[site]
@@ -806,7 +810,7 @@ def w2_shift(
     model = _check_model(model)
     if mask is not None:
         _check_mask(model.gates(), mask)
-    kw = dict(guide=guide, draws=draws, method=method, output=output, seed=seed)
+    kw: dict[str, Any] = dict(guide=guide, draws=draws, method=method, output=output, seed=seed)
     full = predictive_run(model, data, **kw).samples
     pruned = predictive_run(model, data, mask=mask, **kw).samples
     empty = predictive_run(model, data, mask=empty_mask(model), **kw).samples

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyro
 import torch
@@ -291,7 +291,7 @@ def fit(
             seen += len(idx)
             if out is not None and model.likelihood is Likelihood.CATEGORICAL:
                 correct += int((out.detach().argmax(-1) == yb).sum())
-        row = {"loss": total / seen / model.num_data}
+        row = {"loss": total / seen / cast(int, model.num_data)}
         if engine is Engine.FAST and model.likelihood is Likelihood.CATEGORICAL:
             row["train_accuracy_running"] = correct / seen
         return row

@@ -92,7 +92,8 @@ def structure_removals(model: PrunableNet, criterion: str | Criterion, **criteri
     crit = as_criterion(criterion, **criterion_kwargs)
     out = {}
     for name, gate in model.gates().items():
-        out[name] = crit.remove(**_inputs_for(crit, gate_inputs(model, name))) & gate.kept
+        args: dict[str, Any] = _inputs_for(crit, gate_inputs(model, name))
+        out[name] = crit.remove(**args) & gate.kept
     return out
 
 

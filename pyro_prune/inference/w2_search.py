@@ -162,7 +162,7 @@ def _next_removals(kept: dict[str, Tensor], scores: dict[str, Tensor], k: int) -
             entries.append((float(s[idx]), g_i, idx, name))
     entries.sort()
     left = {name: int(mask.sum()) for name, mask in kept.items()}
-    chosen = []
+    chosen: list[tuple[str, int]] = []
     for _, _, idx, name in entries:
         if len(chosen) == k:
             break

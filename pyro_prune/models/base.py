@@ -150,7 +150,7 @@ class PrunableNet(PyroModule):
             raise ValueError(f"num_data={size} is smaller than the batch ({batch})")
         return pyro.plate("data", size=size, subsample=torch.arange(batch))
 
-    def observation(self, out: Tensor) -> dist.Distribution:
+    def observation(self, out: Tensor) -> dist.TorchDistribution:
         """The per-example distribution of ``y`` given the backbone output."""
         if self.likelihood is Likelihood.CATEGORICAL:
             return dist.Categorical(logits=out)

@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import pyro
 import pyro.distributions as dist
@@ -204,7 +205,7 @@ class BayesianLayer(StochasticModule):
 
     def _masked(self) -> contextlib.AbstractContextManager:
         kept = self.output_kept()
-        return contextlib.nullcontext() if kept is None else poutine.mask(mask=kept)
+        return contextlib.nullcontext() if kept is None else poutine.mask(mask=cast(torch.BoolTensor, kept))
 
     def _event_dims(self) -> int:
         return self.weight_loc.dim() - 1
@@ -224,7 +225,7 @@ class BayesianLayer(StochasticModule):
                     b_fn = dist.Normal(self.bias_loc.new_zeros(()), self.prior_scale).expand(
                         self.bias_loc.shape)
                 else:
-                    b_fn = dist.Normal(self.bias_loc, self.bias_scale)
+                    b_fn = dist.Normal(self.bias_loc, cast(Tensor, self.bias_scale))
                 bias = pyro.sample(f"{self.site_name}.bias", b_fn)
         return weight, bias
 
@@ -311,7 +312,7 @@ class BayesianLinear(BayesianLayer):
 def _pair(value: int | Sequence[int], arg: str) -> tuple[int, int]:
     if isinstance(value, int) and not isinstance(value, bool):
         return (value, value)
-    values = tuple(value)
+    values = tuple(cast(Sequence[int], value))
     if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise ValueError(f"{arg} must be an int or a pair of ints, got {value!r}")
     return values  # type: ignore[return-value]
@@ -363,7 +364,7 @@ class BayesianConv2d(BayesianLayer):
         layer = layer.to(device=self.weight_loc.device, dtype=self.weight_loc.dtype)
         layer.weight.copy_(self.weight_loc)
         if self.bias_loc is not None:
-            layer.bias.copy_(self.bias_loc)
+            layer.bias.copy_(self.bias_loc)  # type: ignore[union-attr]
         return layer
 
     @classmethod

@@ -157,7 +157,7 @@ def bayesianize(
         gm.add_submodule(gate_name, make_gate(_num_structures(layer), _dim_of(layer), gate, **noise_kwargs))
         with graph.inserting_after(node):
             gate_node = graph.call_module(gate_name, (node,))
-        node.replace_all_uses_with(gate_node, delete_user_cb=lambda user, g=gate_node: user is not g)
+        node.replace_all_uses_with(gate_node, delete_user_cb=lambda user, g=gate_node: user is not g)  # type: ignore[misc]
         producers[gate_name] = producer
     graph.lint()
     gm.recompile()
@@ -167,7 +167,7 @@ def bayesianize(
         bayesian_weights(gm, prior_scale=prior_scale)
     net = BayesianizedNet(gm, likelihood=likelihood, num_data=num_data)
     for gate_name, producer in producers.items():
-        net.net.get_submodule(gate_name).producer_name = producer
+        net.net.get_submodule(gate_name).producer_name = producer  # type: ignore[assignment]
     net.config = {"source": type(module).__name__, "gate": GateKind(gate).value,
                   "weights": WeightPrior(weights).value, "likelihood": net.likelihood.value}
     return net

@@ -70,7 +70,7 @@ class MLP(PrunableNet):
         layers["out"] = make_linear(prev, out_features, weights, prior_scale=prior_scale)
         super().__init__(nn.Sequential(layers), likelihood=likelihood, num_data=num_data, obs_scale=obs_scale)
         for name, producer in producers.items():
-            self.net.get_submodule(name).producer_name = producer
+            self.net.get_submodule(name).producer_name = producer  # type: ignore[assignment]
         self.config = {
             "in_features": in_features,
             "hidden": widths,

@@ -81,7 +81,7 @@ class StochasticModule(PyroModule):
             return self._forced_mode
         return NoiseMode.SAMPLE if self.training else NoiseMode.MEAN
 
-    def guide_sample(self) -> None:  # pragma: no cover - interface
+    def guide_sample(self) -> object:  # pragma: no cover - interface
         raise NotImplementedError
 
     def kl_divergence(self) -> Tensor:  # pragma: no cover - interface
