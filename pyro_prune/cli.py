@@ -611,18 +611,23 @@ def accuracy_curves(model: Any, train: Any, test: Any, criteria: Sequence[str], 
                     max_fraction: float = 0.95) -> dict[str, list[dict[str, Any]]]:
     """Accuracy vs compression when the kept structures are removed in each criterion's order.
 
-    ``points`` fractions evenly spaced in ``[0, max_fraction]``, plus the threshold-free
-    stopping point (the fraction of structures with BMRS_N ``dF >= 0``) so that it is a
-    point of every curve; one epoch of fine-tuning per point
+    ``points`` fractions evenly spaced in ``[0, max_fraction]``, plus the stopping point of
+    every threshold-free criterion among ``criteria`` (the fraction of structures with
+    ``dF >= 0``) so that it is a point of every curve; one epoch of fine-tuning per point
     (:func:`~pyro_prune.inference.post_training_curve`).
     """
     from pyro_prune.inference import post_training_curve, structure_removals
 
+    from pyro_prune.reduction import get_criterion
+
     total = sum(int(g.kept.sum()) for g in model.gates().values())
-    n_stop = sum(int(m.sum()) for m in structure_removals(model, "bmrs_n").values()) \
-        if model.noise_layers() else 0
+    stops = set()
+    for crit in criteria:  # every threshold-free criterion's own stopping point is a point
+        if total and model.noise_layers() and get_criterion(crit).threshold_free:
+            n_stop = sum(int(m.sum()) for m in structure_removals(model, crit).values())
+            stops.add(round(n_stop / total, 6))
     grid = [max_fraction * i / max(1, points - 1) for i in range(points)] if points > 1 else [0.0]
-    fractions = sorted({round(f, 6) for f in grid} | ({round(n_stop / total, 6)} if total else set()))
+    fractions = sorted({round(f, 6) for f in grid} | stops)
     fractions = [f for f in fractions if 0.0 <= f < 1.0]
     curves = {}
     for crit in criteria:

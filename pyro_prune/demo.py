@@ -66,6 +66,10 @@ class _DataDefaults:
     curve_train_examples: int | None
 
 
+#: criteria whose post-training ranking curves the summary plots (bmrs_n and bmrs_n_code rank
+#: alike, dF differing by a constant, and stop at different points)
+CURVE_CRITERIA = ("bmrs_n", "bmrs_n_code", "snr")
+
 #: per data set: epochs, fine-tuning epochs, batch size, learning rate, posterior draws, points
 #: of the accuracy-vs-compression curves, test examples for ArviZ and the W2 check, training
 #: examples for the one epoch of fine-tuning per curve point
@@ -198,7 +202,7 @@ def run_demo(cfg: DemoConfig | None = None, *, data_root: str | None = None, pro
                 subset = min(subset or rc.train_subset, rc.train_subset)
             train, test, _ = load_data(cfg.data, root=data_root, train_subset=subset, seed=rc.seed)
             curve_sets[model] = accuracy_curves(
-                reference.model, train, test, ["bmrs_n", "snr"], points=cfg.points,
+                reference.model, train, test, CURVE_CRITERIA, points=cfg.points,
                 batch_size=rc.batch_size, lr=rc.lr, seed=rc.seed, progress=progress)
         points = [{"label": f"{r['method']} (continuous)", "compression": r["compression"],
                    "accuracy": r["test_accuracy"]} for r in rows if r["model"] == model]

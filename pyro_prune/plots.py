@@ -221,6 +221,7 @@ def plot_accuracy_vs_compression(
             stop = max(before, key=lambda p: float(p["compression"]))
             sx, sy = 100 * float(stop["compression"]), _metric(stop)[1]
             ax.plot([sx], [sy], "*", markersize=14, color=STOP_COLOR, zorder=5,
+                    markeredgecolor=line.get_color(), markeredgewidth=1.5,
                     label=None if stop_drawn else "threshold-free stop (last dF >= 0)")
             ax.axvline(sx, color=STOP_COLOR, linestyle=":", linewidth=1)
             stop_drawn = True

@@ -164,6 +164,7 @@ def post_training_curve(
     lr: float = 1e-3,
     seed: int = 0,
     progress: bool = True,
+    stop_criterion: str | None = None,
     **criterion_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Accuracy vs compression when a trained model is pruned progressively by a criterion.
@@ -173,9 +174,10 @@ def post_training_curve(
     is fine-tuned for ``finetune_epochs`` epochs, and is evaluated on ``test``.
 
     Each returned point has ``fraction`` (of structures removed), ``removed``,
-    ``compression``, ``accuracy`` (or ``rmse``), ``loss`` and ``before_stop``: True while
-    the removed structures all have dF >= 0 under BMRS_N, i.e. up to the threshold-free
-    stopping point; ``stop_fraction`` repeats where that point lies.
+    ``compression``, ``accuracy`` (or ``rmse``), ``loss`` and ``before_stop``: True up to
+    the threshold-free stopping point, the fraction of structures with dF >= 0 under
+    ``stop_criterion`` (default: ``criterion`` itself when it is threshold-free, else
+    BMRS_N); ``stop_fraction`` repeats where that point lies.
     """
     from pyro_prune.convert import compression
     from pyro_prune.inference.fit import evaluate, fit
@@ -184,7 +186,9 @@ def post_training_curve(
     total = len(order)
     if fractions is None:
         fractions = [i / 20 for i in range(20)]
-    bmrs_remove = structure_removals(model, "bmrs_n") if model.noise_layers() else {}
+    if stop_criterion is None:
+        stop_criterion = criterion if as_criterion(criterion).threshold_free else "bmrs_n"
+    bmrs_remove = structure_removals(model, stop_criterion) if model.noise_layers() else {}
     n_df_positive = sum(int(m.sum()) for m in bmrs_remove.values())
     stop_fraction = n_df_positive / total if total else 0.0
     points = []
