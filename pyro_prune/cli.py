@@ -617,7 +617,6 @@ def accuracy_curves(model: Any, train: Any, test: Any, criteria: Sequence[str], 
     (:func:`~pyro_prune.inference.post_training_curve`).
     """
     from pyro_prune.inference import post_training_curve, structure_removals
-
     from pyro_prune.reduction import get_criterion
 
     total = sum(int(g.kept.sum()) for g in model.gates().values())
