@@ -6,7 +6,9 @@ fast ELBO (``engine="fast"``, the default of ``fit``: the noise of all layers dr
 kernel call, one draw per example or, with ``per_example_noise=False``, one per step), the
 same with one kernel call per layer, and the model through Pyro's ``TraceMeanField_ELBO``
 (``engine="pyro"``). Median over repeats, interleaved so that machine noise hits every
-variant alike.
+variant alike. Each variant runs with Adam's default for-loop implementation and with
+``foreach=True`` (what :func:`pyro_prune.inference.fit` uses); ratios are to the plain step
+with the same Adam.
 
     python benchmarks/training_speed.py [--repeats 15] [--steps 50] [--threads 2]
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,17 +43,17 @@ def _plain_copy(net: torch.nn.Module) -> torch.nn.Module:
     return plain
 
 
-def _step_fns(make, x, y):
+def _step_fns(make, x, y, foreach: bool = False):
     torch.manual_seed(SEED)
     net = make()
     net.num_data = 60000
     plain = _plain_copy(net)
-    opt_plain = torch.optim.Adam(plain.parameters(), lr=1e-3)
-    opt_fast = torch.optim.Adam(net.parameters(), lr=1e-3)
+    opt_plain = torch.optim.Adam(plain.parameters(), lr=1e-3, foreach=foreach)
+    opt_fast = torch.optim.Adam(net.parameters(), lr=1e-3, foreach=foreach)
     torch.manual_seed(SEED)
     pyro_net = make()
     pyro_net.num_data = 60000
-    opt_pyro = torch.optim.Adam(pyro_net.parameters(), lr=1e-3)
+    opt_pyro = torch.optim.Adam(pyro_net.parameters(), lr=1e-3, foreach=foreach)
     net.train()
     pyro_net.train()
 
@@ -103,22 +106,28 @@ def main() -> None:
         g = torch.Generator().manual_seed(SEED)
         x = torch.randn(args.batch, *shape, generator=g)
         y = torch.randint(0, 10, (args.batch,), generator=g)
-        fns = _step_fns(make, x, y)
-        times: dict[str, list[float]] = {k: [] for k in fns}
+        fns: dict[tuple[str, str], Any] = {}
+        for adam, foreach in (("for-loop", False), ("foreach", True)):
+            for name, fn in _step_fns(make, x, y, foreach).items():
+                if foreach and ("Pyro" in name or "per layer" in name):
+                    continue  # the two Adam implementations compared on the main variants only
+                fns[(adam, name)] = fn
+        times: dict[tuple[str, str], list[float]] = {k: [] for k in fns}
         for fn in fns.values():  # warm-up
             for _ in range(5):
                 fn()
         for _ in range(args.repeats):
-            for name, fn in fns.items():
+            for key, fn in fns.items():
                 t0 = time.perf_counter()
                 for _ in range(args.steps):
                     fn()
-                times[name].append((time.perf_counter() - t0) / args.steps)
-        base = statistics.median(times["plain torch"])
-        for name, ts in times.items():
+                times[key].append((time.perf_counter() - t0) / args.steps)
+        for (adam, name), ts in times.items():
             med = statistics.median(ts)
+            base = statistics.median(times[(adam, "plain torch")])
             rows.append({
                 "model": model_name,
+                "adam": adam,
                 "variant": name,
                 "ms_per_step": med * 1e3,
                 "ratio_to_plain": med / base,
