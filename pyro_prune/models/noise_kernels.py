@@ -62,28 +62,27 @@ def _within_reach(b: Tensor) -> bool:
     return bool((b.detach() > -_REACH.get(b.dtype, 12.0)).all())
 
 
-def rsample_log_theta(loc: Tensor, scale: Tensor, low: float, high: float, batch: int) -> Tensor | None:
-    """Reparameterised draws of ``log theta``, shape ``[batch, n]``; ``None`` out of reach."""
+def _prepared(loc: Tensor, scale: Tensor, low: float, high: float) -> tuple[Tensor, ...] | None:
+    """``(alpha, beta, flipped, Phi(a), Phi(b) - Phi(a))`` of the turned interval, or ``None``."""
     alpha, beta = _standardised(loc, scale, low, high)
     a, b, flipped = _turned(alpha, beta)
     if not _within_reach(b):
         return None
     pa = _ndtr(a)
-    width = _ndtr(b) - pa
-    u = torch.rand(batch, loc.shape[-1], dtype=loc.dtype, device=loc.device)
+    return alpha, beta, flipped, pa, _ndtr(b) - pa
+
+
+def _draw(loc: Tensor, scale: Tensor, low: float, high: float, prep: tuple[Tensor, ...],
+          u: Tensor) -> Tensor:
+    _, _, flipped, pa, width = prep
     # a probability that underflows to 0 would give t = -inf and a NaN gradient
     t = torch.special.ndtri((pa + u * width).clamp(min=torch.finfo(loc.dtype).tiny))
     t = torch.where(flipped, -t, t)
     return (loc + scale * t).clamp(low, high)
 
 
-def kl_truncated_lognormal_loguniform(loc: Tensor, scale: Tensor, low: float, high: float) -> Tensor | None:
-    """``KL(LogN[A,B](loc, scale^2) || LogU[A,B])`` per structure; ``None`` out of reach."""
-    alpha, beta = _standardised(loc, scale, low, high)
-    a, b, _ = _turned(alpha, beta)
-    if not _within_reach(b):
-        return None
-    z = _ndtr(b) - _ndtr(a)
+def _kl(scale: Tensor, low: float, high: float, prep: tuple[Tensor, ...]) -> Tensor:
+    alpha, beta, _, _, z = prep
     phi_a = torch.exp(-0.5 * alpha.square()) * _INV_SQRT_2PI
     phi_b = torch.exp(-0.5 * beta.square()) * _INV_SQRT_2PI
     return (
@@ -93,6 +92,21 @@ def kl_truncated_lognormal_loguniform(loc: Tensor, scale: Tensor, low: float, hi
         - _HALF_LOG_2PI_E
         - (alpha * phi_a - beta * phi_b) / (2.0 * z)
     )
+
+
+def rsample_log_theta(loc: Tensor, scale: Tensor, low: float, high: float, batch: int) -> Tensor | None:
+    """Reparameterised draws of ``log theta``, shape ``[batch, n]``; ``None`` out of reach."""
+    prep = _prepared(loc, scale, low, high)
+    if prep is None:
+        return None
+    u = torch.rand(batch, loc.shape[-1], dtype=loc.dtype, device=loc.device)
+    return _draw(loc, scale, low, high, prep, u)
+
+
+def kl_truncated_lognormal_loguniform(loc: Tensor, scale: Tensor, low: float, high: float) -> Tensor | None:
+    """``KL(LogN[A,B](loc, scale^2) || LogU[A,B])`` per structure; ``None`` out of reach."""
+    prep = _prepared(loc, scale, low, high)
+    return None if prep is None else _kl(scale, low, high, prep)
 
 
 def log_theta_and_kl(
@@ -106,17 +120,7 @@ def log_theta_and_kl(
     network at once. Same values as the two separate kernels for the same ``u``;
     ``None`` out of reach.
     """
-    alpha, beta = _standardised(loc, scale, low, high)
-    a, b, flipped = _turned(alpha, beta)
-    if not _within_reach(b):
+    prep = _prepared(loc, scale, low, high)
+    if prep is None:
         return None
-    pa = _ndtr(a)
-    width = _ndtr(b) - pa
-    t = torch.special.ndtri((pa + u * width).clamp(min=torch.finfo(loc.dtype).tiny))
-    t = torch.where(flipped, -t, t)
-    log_theta = (loc + scale * t).clamp(low, high)
-    phi_a = torch.exp(-0.5 * alpha.square()) * _INV_SQRT_2PI
-    phi_b = torch.exp(-0.5 * beta.square()) * _INV_SQRT_2PI
-    kl = (math.log(high - low) - torch.log(width) - torch.log(scale) - _HALF_LOG_2PI_E
-          - (alpha * phi_a - beta * phi_b) / (2.0 * width))
-    return log_theta, kl
+    return _draw(loc, scale, low, high, prep, u), _kl(scale, low, high, prep)
