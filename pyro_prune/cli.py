@@ -216,6 +216,8 @@ class RunConfig:
     finetune_epochs: int = 5
     batch_size: int = 64
     lr: float = 1e-2
+    #: learning rate of the noise posteriors (``None``: ``lr``); see :func:`fit`
+    noise_lr: float | None = None
     seed: int = 0
     kl_scale: str = "paper"
     hidden: list[int] | None = None
@@ -228,7 +230,7 @@ class RunConfig:
 
     #: settings that define the trained model; a run folder refuses to resume with others
     RESUME_KEYS = ("model", "data", "method", "epochs", "finetune_epochs", "batch_size", "lr",
-                   "seed", "kl_scale", "hidden", "val_fraction", "train_subset")
+                   "noise_lr", "seed", "kl_scale", "hidden", "val_fraction", "train_subset")
 
     def validate(self) -> None:
         if self.model not in MODELS:
@@ -239,6 +241,10 @@ class RunConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"{key} must be a positive integer, got {value!r}")
+        if self.noise_lr is not None and (isinstance(self.noise_lr, bool)
+                                          or not isinstance(self.noise_lr, (int, float))
+                                          or not 0 < self.noise_lr < float("inf")):
+            raise UsageError(f"noise_lr must be a positive number, got {self.noise_lr!r}")
         if self.eval_examples is not None and (isinstance(self.eval_examples, bool) or
                                                not isinstance(self.eval_examples, int) or
                                                self.eval_examples < 1):
@@ -540,7 +546,7 @@ def run_fit(cfg: RunConfig, out: str | os.PathLike, *, data_root: str | None = N
     try:
         result = fit(model, train, epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, val=val,
                      schedule=schedule, seed=cfg.seed, checkpoint_dir=out, progress=progress,
-                     kl_scale=_parse_kl_scale(cfg.kl_scale))
+                     kl_scale=_parse_kl_scale(cfg.kl_scale), noise_lr=cfg.noise_lr)
     except ValueError as err:
         if "checkpoint" in str(err):
             raise UsageError(f"{_one_line(err)}; use --restart to start over") from None
@@ -888,6 +894,8 @@ def _add_fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
                    help=f"minibatch size (default {d.batch_size})")
     p.add_argument("--lr", type=_positive_float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
+    p.add_argument("--noise-lr", type=_positive_float, default=None,
+                   help="learning rate of the noise posteriors (default: --lr)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("--kl-scale", default=d.kl_scale,
                    help="weight of the KL term: 'elbo' (1), 'paper' (num_data / num_structures, "
@@ -914,7 +922,7 @@ def _add_fit_arguments(p: argparse.ArgumentParser) -> None:
 def _config_from(args: argparse.Namespace) -> RunConfig:
     return RunConfig(model=args.model, data=args.data, method=args.method, epochs=args.epochs,
                      finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, lr=args.lr,
-                     seed=args.seed, kl_scale=str(args.kl_scale), hidden=args.hidden,
+                     noise_lr=args.noise_lr, seed=args.seed, kl_scale=str(args.kl_scale), hidden=args.hidden,
                      val_fraction=args.val_fraction, num_samples=args.num_samples,
                      curve_points=args.curve_points, train_subset=args.train_subset,
                      eval_examples=args.eval_examples)
@@ -1012,6 +1020,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="M1,M2", help=f"networks (default {','.join(d.models)})")
     p.add_argument("--methods", type=_names(METHODS, "method"), default=list(d.methods),
                    metavar="M1,M2", help=f"methods, 'none' is the reference (default {','.join(d.methods)})")
+    p.add_argument("--noise-lr", type=_positive_float, default=None,
+                   help="learning rate of the noise posteriors (default: --lr)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("--num-samples", type=_positive_int, default=d.num_samples,
                    help=f"posterior draws for ArviZ (default {d.num_samples})")

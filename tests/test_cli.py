@@ -16,6 +16,9 @@ TINY = ["--data", "digits", "--epochs", "2", "--finetune-epochs", "1", "--num-sa
         "--no-progress", "--seed", "3"]
 
 
+FITTED_EXTRA = ("--curve-points", "2", "--eval-examples", "100", "--noise-lr", "0.05")
+
+
 def _fit_args(out: Path, *extra: str) -> list[str]:
     return ["fit", "--model", "mlp", "--hidden", "16", "--method", "snr", *TINY,
             "--out", str(out), *extra]
@@ -44,6 +47,7 @@ def test_help_everywhere(argv, capsys) -> None:
     (["fit", "--data", "digits", "--epochs", "-3"], "--epochs: must be a positive integer"),
     (["fit", "--data", "digits", "--epochs", "many"], "--epochs: must be a positive integer"),
     (["fit", "--data", "digits", "--lr", "0"], "--lr: must be a positive number"),
+    (["fit", "--data", "digits", "--noise-lr", "-1"], "--noise-lr: must be a positive number"),
     (["fit", "--data", "digits", "--val-fraction", "1.5"], "--val-fraction"),
     (["fit", "--data", "digits", "--hidden", "10,x"], "--hidden"),
     (["fit", "--model", "mlp"], "--data"),
@@ -96,7 +100,7 @@ def test_registries_drive_the_choices() -> None:
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "mlp"
-    assert cli.main(_fit_args(out, "--curve-points", "2", "--eval-examples", "100")) == 0
+    assert cli.main(_fit_args(out, *FITTED_EXTRA)) == 0
     return out
 
 
@@ -107,6 +111,7 @@ def test_fit_writes_a_complete_run_folder(fitted) -> None:
         assert (fitted / name).is_file(), name
     config = json.loads((fitted / cli.CONFIG_FILE).read_text())
     assert config["run"]["method"] == "snr" and config["run"]["epochs"] == 2
+    assert config["run"]["noise_lr"] == 0.05
     assert config["data"]["input_shape"] == [1, 8, 8]
     history = json.loads((fitted / cli.HISTORY_FILE).read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3]
@@ -130,13 +135,15 @@ def test_torchscript_matches_the_model(fitted) -> None:
 
 def test_rerunning_resumes_and_other_settings_are_refused(fitted, capsys) -> None:
     before = json.loads((fitted / cli.HISTORY_FILE).read_text())
-    assert cli.main(_fit_args(fitted)) == 0
+    assert cli.main(_fit_args(fitted, *FITTED_EXTRA)) == 0
     after = json.loads((fitted / cli.HISTORY_FILE).read_text())
     assert after == before  # nothing retrained
     capsys.readouterr()
-    assert cli.main(_fit_args(fitted, "--epochs", "5")) == 2
+    assert cli.main(_fit_args(fitted, *FITTED_EXTRA, "--epochs", "5")) == 2
     line = _error_line(capsys)
     assert "other settings" in line and "epochs: 2 there vs 5 now" in line
+    assert cli.main(_fit_args(fitted)) == 2  # --noise-lr left out: another setting too
+    assert "noise_lr" in _error_line(capsys)
 
 
 def test_interrupted_fit_continues_where_it_stopped(tmp_path, monkeypatch) -> None:
