@@ -23,7 +23,8 @@ BENCHMARKS: dict[str, list[str]] = {
     "reduction_speed": ["--repeats", "9"],
     "training_speed": ["--threads", "2"],
     "inference_speed": [],
-    "bmrs_table": ["--models", "mlp", "--datasets", "mnist", "fashion-mnist", "--kl-scale", "paper",
+    "bmrs_table": ["--models", "mlp", "lenet5", "--datasets", "mnist", "fashion-mnist",
+                   "--kl-scale", "paper", "elbo",
                    "--seeds", "0", "1", "2", "--epochs", "10", "--finetune", "3",
                    "--noise-lr", "3e-2", "--threads", "1", "--quiet"],
     "bayes_factor_table": ["--datasets", "mnist", "fashion-mnist", "cifar10", "--models", "fcn",
@@ -32,6 +33,10 @@ BENCHMARKS: dict[str, list[str]] = {
     "w2_fashion_mnist": ["--threads", "1", "--quiet"],
     "w2_uci": ["--threads", "1"],
     "w2_depth_width": ["--threads", "1"],
+    "bayes_factor_table_full": ["--datasets", "mnist", "--models", "fcn", "--sparsities", "0.9",
+                                "--methods", "magnitude", "bayes-magnitude", "bayes-magnitude-batch",
+                                "--seeds", "0", "1", "2", "--epochs", "25", "--threads", "1",
+                                "--suffix", "_full"],
 }
 
 
@@ -41,7 +46,8 @@ def main() -> int:
     args = parser.parse_args()
     failed = []
     for name in args.only:
-        cmd = [sys.executable, str(HERE / f"{name}.py"), *BENCHMARKS[name]]
+        script = name.removesuffix("_full")  # a second grid of the same script
+        cmd = [sys.executable, str(HERE / f"{script}.py"), *BENCHMARKS[name]]
         print(f"== {' '.join(cmd[1:])}", flush=True)
         t0 = time.perf_counter()
         if subprocess.call(cmd, cwd=HERE) != 0:
