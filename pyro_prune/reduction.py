@@ -235,15 +235,7 @@ def delta_f_lognormal(
 
 
 
-def delta_f_lognormal_released_code(
-    loc: torch.Tensor,
-    scale: torch.Tensor,
-    *,
-    log_low: float | torch.Tensor = -20.0,
-    log_high: float | torch.Tensor = 0.0,
-    reduced_loc: float | torch.Tensor | None = None,
-    reduced_var: float | torch.Tensor = 1e-12,
-) -> torch.Tensor:
+def delta_f_lognormal_released_code(loc: torch.Tensor, scale: torch.Tensor, **options: Any) -> torch.Tensor:
     r"""BMRS\ :sub:`N` as the authors' released code evaluates it: :func:`delta_f_lognormal`
     without the :math:`-\tfrac12\log 2\pi` term, i.e. :math:`\Delta F + 0.919`.
 
@@ -254,10 +246,10 @@ def delta_f_lognormal_released_code(
     family can only approach the log-uniform prior as :math:`\sigma \to \infty`, so their
     exact :math:`\Delta F` tends to 0 from below (about :math:`-0.06`) and the exact rule
     keeps them, while this variant removes them. Offered so that the paper's Table 1 can
-    be reproduced; ``bmrs_n`` stays the exact operator.
+    be reproduced; ``bmrs_n`` stays the exact operator. ``options`` are those of
+    :func:`delta_f_lognormal` (``log_low``, ``log_high``, ``reduced_loc``, ``reduced_var``).
     """
-    return delta_f_lognormal(loc, scale, log_low=log_low, log_high=log_high,
-                             reduced_loc=reduced_loc, reduced_var=reduced_var) + 0.5 * _LOG_2PI
+    return delta_f_lognormal(loc, scale, **options) + 0.5 * _LOG_2PI
 
 
 def _bmrs_n_kernel(loc, scale, low, high, mu_r, var_r) -> torch.Tensor:
@@ -697,25 +689,20 @@ def _make_registry() -> dict[str, Criterion]:
         frozenset({"p1", "p2"}),
         description="BMRS_U: dF for reduced prior LogU[-p2 ln2, -p1 ln2] (p1=8, p2=23)",
     )
+    bmrs_n = Criterion(
+        "bmrs_n",
+        True,
+        _neg(delta_f_lognormal),
+        _nonneg(delta_f_lognormal),
+        noise,
+        accepts=frozenset({"reduced_loc", "reduced_var"}),
+        description="BMRS_N: dF for reduced prior LogN[A,B](A, 1e-12)",
+    )
     entries = [
-        Criterion(
-            "bmrs_n",
-            True,
-            _neg(delta_f_lognormal),
-            _nonneg(delta_f_lognormal),
-            noise,
-            accepts=frozenset({"reduced_loc", "reduced_var"}),
-            description="BMRS_N: dF for reduced prior LogN[A,B](A, 1e-12)",
-        ),
-        Criterion(
-            "bmrs_n_code",
-            True,
-            _neg(delta_f_lognormal_released_code),
-            _nonneg(delta_f_lognormal_released_code),
-            noise,
-            accepts=frozenset({"reduced_loc", "reduced_var"}),
-            description="BMRS_N as in the authors' code (no -0.5 log 2pi): removes at BF >= 0.40",
-        ),
+        bmrs_n,
+        replace(bmrs_n, name="bmrs_n_code", score_fn=_neg(delta_f_lognormal_released_code),
+                remove_fn=_nonneg(delta_f_lognormal_released_code),
+                description="BMRS_N as in the authors' code (no -0.5 log 2pi): removes at BF >= 0.40"),
         bmrs_u,
         replace(bmrs_u, name="bmrs_u8", description="BMRS_U with p1=8, p2=23"),
         replace(
