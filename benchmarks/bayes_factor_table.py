@@ -29,6 +29,7 @@ import json
 import math
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -193,11 +194,14 @@ def main() -> None:
     parser.add_argument("--plot-sparsity", type=float, default=0.9,
                         help="learning curves (PNG) of the first seed at this sparsity")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs-file", default=str(RUNS_FILE),
+                        help="cache of finished runs (JSON); separate files let runs go in parallel")
     parser.add_argument("--suffix", default="",
                         help="results go to bayes_factor_table<suffix>.json (e.g. _full for another grid)")
     args = parser.parse_args()
     set_threads(args.threads)
-    config = {k: v for k, v in vars(args).items() if k != "suffix"}
+    config = {k: v for k, v in vars(args).items() if k not in ("suffix", "runs_file")}
+    runs_file = Path(args.runs_file)
     config["protocol"] = PAPER_PROTOCOL
     config["reductions"] = [
         f"epochs {args.epochs} (paper 25)" if args.epochs != 25 else None,
@@ -212,7 +216,7 @@ def main() -> None:
                             "log BF on the full training part (nats; *-batch methods: on 64 "
                             "examples drawn per decision), accept when BF >= threshold")
     print_header(__file__, seeds=args.seeds, config=config)
-    cache: dict[str, dict[str, Any]] = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.exists() else {}
+    cache: dict[str, dict[str, Any]] = json.loads(runs_file.read_text()) if runs_file.exists() else {}
     runs: list[dict[str, Any]] = []
     skipped: list[str] = []
     jobs = [(d, m, s, meth, seed) for d in args.datasets for m in args.models
@@ -234,8 +238,8 @@ def main() -> None:
         key = json.dumps(key_parts)
         if key not in cache:
             cache[key] = run_one(dataset, model_name, sparsity, method, seed, args, data)
-            RUNS_FILE.parent.mkdir(parents=True, exist_ok=True)
-            RUNS_FILE.write_text(json.dumps(cache, indent=1))
+            runs_file.parent.mkdir(parents=True, exist_ok=True)
+            runs_file.write_text(json.dumps(cache, indent=1))
             r = cache[key]
             bar.write(f"{dataset} {model_name} r={sparsity} {LABELS[method]} seed={seed}: "
                       f"acc={r['test_accuracy']:.4f} sparsity={r['sparsity']:.3f} "
