@@ -912,6 +912,17 @@ def _gate_kept(an: _Analysis, model: PrunableNet) -> dict[fx.Node, Tensor]:
     return out
 
 
+
+def _pool_any(x: Tensor, shape: Sequence[int]) -> Tensor:
+    """Boolean map through a pooling op: a channel is set anywhere if it was set anywhere."""
+    per_c = x.reshape(x.shape[0], x.shape[1], -1).any(-1)
+    return per_c.reshape(per_c.shape + (1,) * (len(shape) - 2)).expand(shape)
+
+
+def _reduce_any(x: Tensor, dims: Any, shape: Sequence[int]) -> Tensor:
+    """Boolean map through a reduction over ``dims``."""
+    return (x.any(dim=dims, keepdim=True) if dims else x).reshape(shape)
+
 def _nonzero_pass(an: _Analysis, kept: dict[fx.Node, Tensor]) -> dict[fx.Node, Tensor]:
     """Forward: bool per position, False where the value is exactly zero for every input."""
     nz: dict[fx.Node, Tensor] = {}
@@ -937,12 +948,9 @@ def _nonzero_pass(an: _Analysis, kept: dict[fx.Node, Tensor]) -> dict[fx.Node, T
             else:
                 nz[node] = a.expand(shape)
         elif kind is OpKind.POOL:
-            x = nz[op.inputs[0]]
-            per_c = x.reshape(x.shape[0], x.shape[1], -1).any(-1)
-            nz[node] = per_c.reshape(per_c.shape + (1,) * (len(shape) - 2)).expand(shape)
+            nz[node] = _pool_any(nz[op.inputs[0]], shape)
         elif kind is OpKind.REDUCE:
-            x = nz[op.inputs[0]]
-            nz[node] = (x.any(dim=op.dims, keepdim=True) if op.dims else x).reshape(shape)
+            nz[node] = _reduce_any(nz[op.inputs[0]], op.dims, shape)
         elif kind is OpKind.MATMUL:
             a, b = (nz[n] for n in _binary_operands(op))
             nz[node] = (a.to(torch.float32) @ b.to(torch.float32)) > 0
@@ -1299,12 +1307,9 @@ def _existence_pass(an: _Analysis, removed: Tensor) -> dict[fx.Node, Tensor]:
             a, b = _binary_operands(op)
             ex[node] = (ex[a] & ex[b]).expand(shape)
         elif kind is OpKind.POOL:
-            x = ex[op.inputs[0]]
-            per_c = x.reshape(x.shape[0], x.shape[1], -1).any(-1)
-            ex[node] = per_c.reshape(per_c.shape + (1,) * (len(shape) - 2)).expand(shape)
+            ex[node] = _pool_any(ex[op.inputs[0]], shape)
         elif kind is OpKind.REDUCE:
-            x = ex[op.inputs[0]]
-            ex[node] = (x.any(dim=op.dims, keepdim=True) if op.dims else x).reshape(shape)
+            ex[node] = _reduce_any(ex[op.inputs[0]], op.dims, shape)
         elif kind is OpKind.MATMUL:
             a, b = _binary_operands(op)
             ex[node] = (ex[a].to(torch.float32) @ ex[b].to(torch.float32)) > 0
