@@ -65,7 +65,7 @@ import enum
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -73,6 +73,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
+from pyro_prune._enums import parse_enum
 from pyro_prune.models.base import Likelihood, PrunableNet
 from pyro_prune.models.gate import StructureGate
 from pyro_prune.models.noise import NoiseMode, noise_mode
@@ -137,14 +138,7 @@ class Output(enum.Enum):
     OBS = "obs"
 
 
-_E = TypeVar("_E", bound=enum.Enum)
-
-
-def _enum(kind: type[_E], value: object, arg: str) -> _E:
-    try:
-        return kind(value)
-    except ValueError:
-        raise ValueError(f"{arg} must be one of {[m.value for m in kind]}, got {value!r}") from None
+_enum = parse_enum
 
 
 def _check_int(value: object, arg: str, minimum: int = 1) -> int:

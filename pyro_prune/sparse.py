@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pyro_prune._enums import parse_enum
+
 __all__ = [
     "SparseExport",
     "SparseLayout",
@@ -63,11 +65,7 @@ class SparseLayout(enum.Enum):
 
 
 def _layout(value: object) -> SparseLayout:
-    try:
-        return SparseLayout(value)
-    except ValueError:
-        known = [m.value for m in SparseLayout]
-        raise ValueError(f"layout must be one of {known}, got {value!r}") from None
+    return parse_enum(SparseLayout, value, "layout")
 
 
 def tensor_nbytes(t: Tensor) -> int:

@@ -73,6 +73,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+from pyro_prune._enums import parse_enum
 from pyro_prune.inference.schedules import Schedule
 from pyro_prune.models.base import Likelihood, PrunableNet
 from pyro_prune.models.fcn import MAPNet, ensure_weight_masks, prunable_layers, weight_masks
@@ -122,11 +123,7 @@ class PruneMethod(enum.Enum):
 
 
 def _method(value: object) -> PruneMethod:
-    try:
-        return PruneMethod(value)
-    except ValueError:
-        known = [m.value for m in PruneMethod]
-        raise ValueError(f"method must be one of {known}, got {value!r}") from None
+    return parse_enum(PruneMethod, value, "method")
 
 
 def _check_sparsity(value: object, arg: str = "target_sparsity") -> float:
@@ -476,11 +473,7 @@ class BayesFactorPruning(Schedule):
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        try:
-            self.likelihood = LikelihoodData(likelihood)
-        except ValueError:
-            raise ValueError(f"likelihood must be one of {[e.value for e in LikelihoodData]}, "
-                             f"got {likelihood!r}") from None
+        self.likelihood = parse_enum(LikelihoodData, likelihood, "likelihood")
         if likelihood_batch is not None and (isinstance(likelihood_batch, bool)
                                              or not isinstance(likelihood_batch, int)
                                              or likelihood_batch < 1):

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
+from pyro_prune._enums import parse_enum
 from pyro_prune.inference.elbo import fast_elbo_loss, pyro_elbo_loss
 from pyro_prune.models.base import KLScale, Likelihood, PrunableNet
 
@@ -233,10 +234,7 @@ def fit(
     _check_targets(model, y_train, "train")
     if val is not None:
         _check_targets(model, _tensors(val, "val")[1], "val")
-    try:
-        engine = Engine(engine)
-    except ValueError:
-        raise ValueError(f"engine must be one of {[e.value for e in Engine]}, got {engine!r}") from None
+    engine = parse_enum(Engine, engine, "engine")
     custom_guide = guide is not None and guide != model.guide
     guide = guide if guide is not None else model.guide
     if engine is Engine.AUTO:

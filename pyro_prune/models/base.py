@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
+from pyro_prune._enums import parse_enum
 from pyro_prune.models.gate import StructureGate
 from pyro_prune.models.noise import MultiplicativeNoise, NoiseMode, StochasticModule, noise_mode
 
@@ -75,11 +76,7 @@ class PrunableNet(PyroModule):
         obs_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        try:
-            self.likelihood = Likelihood(likelihood)
-        except ValueError:
-            known = [m.value for m in Likelihood]
-            raise ValueError(f"likelihood must be one of {known}, got {likelihood!r}") from None
+        self.likelihood = parse_enum(Likelihood, likelihood, "likelihood")
         self.net = net
         self.num_data = num_data
         if self.likelihood is Likelihood.GAUSSIAN:

@@ -14,6 +14,7 @@ import enum
 
 from torch import nn
 
+from pyro_prune._enums import parse_enum
 from pyro_prune.models.gate import StructureGate, StructureMask
 from pyro_prune.models.noise import MultiplicativeNoise
 
@@ -38,12 +39,7 @@ class GateKind(enum.Enum):
     MASK = "mask"
 
 
-def _enum(kind: type[enum.Enum], value: object, arg: str) -> enum.Enum:
-    try:
-        return kind(value)
-    except ValueError:
-        known = [m.value for m in kind]
-        raise ValueError(f"{arg} must be one of {known}, got {value!r}") from None
+_enum = parse_enum  # kept for the modules that import it from here
 
 
 def make_linear(
