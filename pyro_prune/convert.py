@@ -645,6 +645,14 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
     def ids_of(t: Tensor) -> Tensor:
         return torch.unique(t[t >= 0])
 
+    def channel_cols(t: Tensor) -> Tensor:
+        """The structure id of each channel of ``t``; a channel mixing ids pins them (-1)."""
+        cols, ok = _channel_cols(t.reshape(t.shape[0], t.shape[1], -1), 1)
+        if not ok:
+            pinned.append(ids_of(t))
+            cols = torch.full_like(cols, -1)
+        return cols
+
     for node in graph.nodes:
         args = fx.node.map_arg(node.args, lambda n: env[n])
         kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
@@ -756,11 +764,7 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
             tags[node] = t_in
         elif kind is OpKind.BATCH_NORM:
             assert t_in is not None
-            cols, ok = _channel_cols(t_in.reshape(t_in.shape[0], t_in.shape[1], -1), 1)
-            if not ok:
-                pinned.append(ids_of(t_in))
-                cols = torch.full_like(cols, -1)
-            op.cols, op.channels = cols, int(shape[1])
+            op.cols, op.channels = channel_cols(t_in), int(shape[1])
             tags[node] = t_in
         elif kind is OpKind.LAYER_NORM:
             assert t_in is not None
@@ -801,10 +805,7 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
             tags[node] = flat[op.posmap]
         elif kind is OpKind.POOL:
             assert t_in is not None
-            cols, ok = _channel_cols(t_in.reshape(t_in.shape[0], t_in.shape[1], -1), 1)
-            if not ok:
-                pinned.append(ids_of(t_in))
-                cols = torch.full_like(cols, -1)
+            cols = channel_cols(t_in)
             op.cols, op.channels = cols, int(shape[1])
             view = [1] * len(shape)
             view[1] = len(cols)
