@@ -100,7 +100,9 @@ def inference_speed(d: dict[str, Any]) -> str:
         "### Conversion: latency at batch 256",
         "`masked` is the dense network with zeroed structures (what masking-only code runs); "
         "`converted` is `to_deterministic(model)`, `converted_x8` rounds widths up to "
-        "multiples of 8. Goal: speed-up at least 0.7x the MAC reduction.",
+        "multiples of 8; `*_cl` store convolution weights channels-last (`channels_last=True`; "
+        "speed-up against the faster unpruned layout). Goal: speed-up at least 0.7x the MAC "
+        "reduction.",
         _table(["model", "variant", "ms", "speed-up", "MAC reduction", "speed-up / MAC red.",
                 "compression"], rows),
         _reproduce(d),
@@ -194,7 +196,8 @@ def w2_uci(d: dict[str, Any]) -> str:
         for i, lam in enumerate(lams):
             lam_rows.append([lam] + [f"{100 * sweep[n][i]['prune_ratio']:.0f}% / "
                                      f"{sweep[n][i]['rmse_change_%']:+.1f}%" for n in names])
-        parts += ["Prune ratio / RMSE change against lambda (split 0):",
+        score = d["config"].get("sweep_score", "contribution")
+        parts += [f"Prune ratio / RMSE change against lambda (split 0, {score} score):",
                   _table(["lambda", *names], lam_rows),
                   "![lambda sweep](benchmarks/results/w2_uci_lambda.png)"]
     parts.append(_reproduce(d))

@@ -3,7 +3,7 @@
 Protocol: one UCI regression set and split (default concrete, split 0), Bayesian MLPs
 (Gaussian weights, mask gates, Gaussian likelihood) fitted for a fixed number of optimiser
 steps as in ``w2_uci.py``; (a) depth 1 to 4 hidden layers of width 32, (b) one hidden layer
-of width 8 to 256. Each network is pruned by the W2 search (lambda = 1, contribution score);
+of width 8 to 256. Each network is pruned by the W2 search (the default lambda, contribution score);
 reported: neurons pruned, test RMSE before/after (original units) and its change.
 
 Reductions against the reference (stated in the output): one data set, one split, one seed.
@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from _common import RESULTS_DIR, format_table, print_header, set_threads, write_results  # noqa: E402
 from w2_uci import metrics, train_uci  # noqa: E402
 
-from pyro_prune.inference import w2_prune  # noqa: E402
+from pyro_prune.inference import DEFAULT_LAMBDA, w2_prune  # noqa: E402
 
 SCRIPT = "w2_depth_width"
 
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--prior-scale", type=float, default=1.0)
-    parser.add_argument("--lam", type=float, default=1.0)
+    parser.add_argument("--lam", type=float, default=DEFAULT_LAMBDA)
     parser.add_argument("--score", default="contribution", choices=["activation", "contribution"])
     parser.add_argument("--draws", type=int, default=32)
     parser.add_argument("--eval-draws", type=int, default=200)

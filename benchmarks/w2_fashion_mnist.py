@@ -3,7 +3,7 @@
 Protocol: an MLP 784-[hidden]-10 with Gaussian weights (prior N(0, 1), mean-field Normal
 posterior) and a deterministic mask gate on every hidden neuron, fitted by SVI (full ELBO,
 fast engine: local reparameterisation); then the iterative W2 search
-(:func:`pyro_prune.inference.w2_prune`, lambda = 1) on training inputs, once per neuron
+(:func:`pyro_prune.inference.w2_prune`, the default lambda) on training inputs, once per neuron
 score (``activation`` = E[z^2], the reference's score, and ``contribution`` =
 E[z^2] sum_k E[w_kj^2]). Reported: fraction of hidden neurons pruned, test accuracy of the
 posterior-mean network and of the Bayesian model average (``draws`` draws), predictive W2
@@ -35,7 +35,7 @@ from _common import RESULTS_DIR, format_table, print_header, set_threads, write_
 from scipy.stats import spearmanr  # noqa: E402
 
 from pyro_prune.data import load_dataset  # noqa: E402
-from pyro_prune.inference import evaluate, fit, structure_scores, w2_prune  # noqa: E402
+from pyro_prune.inference import DEFAULT_LAMBDA, evaluate, fit, structure_scores, w2_prune  # noqa: E402
 from pyro_prune.models import MLP  # noqa: E402
 from pyro_prune.models.bayesian import link_output_gates  # noqa: E402
 from pyro_prune.predictive import apply_mask, evaluate_predictive, neuron_w2, w2_shift  # noqa: E402
@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--prior-scale", type=float, default=1.0)
-    parser.add_argument("--lam", type=float, default=1.0)
+    parser.add_argument("--lam", type=float, default=DEFAULT_LAMBDA)
     parser.add_argument("--draws", type=int, default=32)
     parser.add_argument("--max-inputs", type=int, default=512)
     parser.add_argument("--batch", type=float, default=0.02, help="fraction of neurons removed per step")

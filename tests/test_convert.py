@@ -282,6 +282,24 @@ def test_channel_multiple_rounds_widths_and_keeps_outputs(arch: str) -> None:
         to_deterministic(model, channel_multiple=0)
 
 
+@pytest.mark.parametrize("arch", ["lenet5", "bayesianized_cnn", "resnet"])
+def test_channels_last_keeps_outputs_in_either_input_layout(arch: str) -> None:
+    model = pruned_model(arch, "random", seed=9).double()
+    det = to_deterministic(model, fold_batchnorm=True, channels_last=True)
+    convs = [m for m in det.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    x = torch.randn(3, *INPUT_SHAPES[arch], dtype=torch.float64)
+    with torch.no_grad():
+        expected = model.predict(x)
+        torch.testing.assert_close(det(x), expected, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(det(x.contiguous(memory_format=torch.channels_last)), expected,
+                                   rtol=1e-6, atol=1e-9)
+    restored = to_deterministic(model, fold_batchnorm=True)
+    restored.load_state_dict(det.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(restored(x), expected, rtol=1e-6, atol=1e-9)
+
+
 class _GeluGateAdd(nn.Module):
     """A gate whose E[theta] cannot be folded: after GELU and before a residual add."""
 

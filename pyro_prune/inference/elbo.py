@@ -30,7 +30,7 @@ from torch import Tensor
 
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.models.noise import MultiplicativeNoise, NoiseMode, noise_mode
-from pyro_prune.models.noise_kernels import log_theta_and_kl
+from pyro_prune.models.noise_kernels import network_theta_and_kl
 
 __all__ = ["fast_elbo_loss", "pyro_elbo_loss"]
 
@@ -87,8 +87,8 @@ def _fused_noise(model: PrunableNet, batch: int | None) -> Tensor | None:
 
     The layers' parameters are concatenated, the uniforms drawn layer by layer in module
     order (the same random stream as the per-layer path), and
-    :func:`~pyro_prune.models.noise_kernels.log_theta_and_kl` evaluated once. Each layer
-    receives its slice for its next forward. Returns ``None`` (nothing drawn) when the
+    :func:`~pyro_prune.models.noise_kernels.network_theta_and_kl` evaluated once (one autograd
+    node for all of it). Each layer receives its slice for its next forward. Returns ``None`` (nothing drawn) when the
     layers do not share bounds and dtype, or a structure is out of the lean kernel's
     reach; the caller then takes the per-layer path.
     """
@@ -99,27 +99,27 @@ def _fused_noise(model: PrunableNet, batch: int | None) -> Tensor | None:
     bounds = (first.log_low, first.log_high, first.loc.dtype)
     if any((m.log_low, m.log_high, m.loc.dtype) != bounds for m in layers[1:]):
         return None
-    loc = torch.cat([m.loc for m in layers])
-    scale = torch.cat([m.log_scale for m in layers]).exp()
+    dtype, device = first.loc.dtype, first.loc.device
+    sizes = [m.num_structures for m in layers]
     if batch is None:  # one draw per step: one call to the generator
-        u = torch.rand(loc.shape[-1], dtype=loc.dtype, device=loc.device)
+        u = torch.rand(sum(sizes), dtype=dtype, device=device)
     else:  # layer by layer, the random stream of the per-layer path
-        u = torch.cat([torch.rand(batch, m.num_structures, dtype=loc.dtype, device=loc.device)
-                       for m in layers], dim=-1)
-    drawn = log_theta_and_kl(loc, scale, first.log_low, first.log_high, u)
-    if drawn is None:
-        return None
-    log_theta, kl = drawn
-    kept = torch.cat([m.kept for m in layers]).to(kl.dtype)
+        u = torch.cat([torch.rand(batch, n, dtype=dtype, device=device) for n in sizes], dim=-1)
+    kept = torch.cat([m.kept for m in layers]).to(dtype)
     scales = [m.kl_scale for m in layers]
     if all(k == scales[0] for k in scales):
         weight = kept * scales[0]
     else:
-        weight = kept * torch.cat([torch.full_like(m.loc, k) for m, k in zip(layers, scales)])
-    sizes = [m.num_structures for m in layers]
-    for m, theta in zip(layers, (log_theta.exp() * kept).split(sizes, dim=-1)):
+        weight = kept * torch.cat([torch.full((n,), k, dtype=dtype, device=device)
+                                   for n, k in zip(sizes, scales)])
+    drawn = network_theta_and_kl([m.loc for m in layers], [m.log_scale for m in layers],
+                                 first.log_low, first.log_high, u, kept, weight)
+    if drawn is None:
+        return None
+    thetas, kl = drawn
+    for m, theta in zip(layers, thetas):
         m.__dict__["_drawn_theta"] = theta
-    return (kl * weight).sum()
+    return kl
 
 
 def _one_draw_forward(model: PrunableNet, x: Tensor) -> Tensor:

@@ -24,11 +24,17 @@ finite for ``sigma`` down to ``e^-20`` and below. Tested against the exact distr
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["kl_truncated_lognormal_loguniform", "log_theta_and_kl", "rsample_log_theta"]
+__all__ = [
+    "kl_truncated_lognormal_loguniform",
+    "log_theta_and_kl",
+    "network_theta_and_kl",
+    "rsample_log_theta",
+]
 
 _CLIP = 50.0
 _REACH = {torch.float32: 12.0, torch.float64: 37.0}
@@ -56,6 +62,28 @@ def _ndtr(x: Tensor) -> Tensor:
     """``Phi(x)`` through ``erfc``, accurate far into the lower tail (``torch.special.ndtr``
     cancels and underflows early there)."""
     return 0.5 * torch.special.erfc(x * -_INV_SQRT_2)
+
+
+#: below this probability :func:`_ndtri_no_grad` uses ``ndtri``; above, ``erfinv`` is as exact
+_ERFINV_FLOOR = 0.02
+#: tensors smaller than this take ``ndtri`` throughout (no gain from the split)
+_ERFINV_MIN_NUMEL = 4096
+
+
+def _ndtri_no_grad(p: Tensor) -> Tensor:
+    """``Phi^-1(p)`` for the graph-free kernels, fast on large tensors.
+
+    ``torch.special.ndtri`` is evaluated element by element on the CPU, about 8x slower than
+    the vectorised ``erfinv``. ``sqrt(2) erfinv(2p - 1)`` is as accurate as ``ndtri`` for
+    ``p >= 0.02`` (measured: within 5e-7 in float32, 3e-15 in float64, up to ``p = 1 - eps``);
+    below, where ``2p - 1`` cancels, the few tail elements take ``ndtri``.
+    """
+    if p.numel() < _ERFINV_MIN_NUMEL:
+        return torch.special.ndtri(p)
+    t = torch.erfinv(2.0 * p - 1.0) * math.sqrt(2.0)
+    tail = p < _ERFINV_FLOOR
+    t[tail] = torch.special.ndtri(p[tail])
+    return t
 
 
 def _within_reach(b: Tensor) -> bool:
@@ -109,6 +137,168 @@ def kl_truncated_lognormal_loguniform(loc: Tensor, scale: Tensor, low: float, hi
     return None if prep is None else _kl(scale, low, high, prep)
 
 
+class _DrawAndKL(torch.autograd.Function):
+    r"""``(log theta, KL)`` of the lean kernels with hand-written gradients.
+
+    The same values as :func:`_draw` and :func:`_kl`, but the forward runs without
+    recording a graph and the backward is a dozen operations instead of the thirty-odd
+    nodes autograd records for the composition: on a small network this halves the cost
+    of the noise in a training step. With ``phi`` and ``Phi`` the standard normal density
+    and CDF, ``alpha = (A - mu) / sigma``, ``beta = (B - mu) / sigma``,
+    ``Z = Phi(beta) - Phi(alpha)`` and the draw ``Phi(t) = Phi(alpha) + v Z`` (``v = u``, or
+    ``1 - u`` where the interval was turned),
+
+    .. math::
+
+        \frac{\partial t}{\partial \alpha} = (1 - v) \frac{\phi(\alpha)}{\phi(t)}, \quad
+        \frac{\partial t}{\partial \beta} = v \frac{\phi(\beta)}{\phi(t)}, \quad
+        \frac{\partial\,\mathrm{KL}}{\partial \alpha} = \frac{r_\alpha}{2} (1 + \alpha^2 - G), \quad
+        \frac{\partial\,\mathrm{KL}}{\partial \beta} = -\frac{r_\beta}{2} (1 + \beta^2 - G),
+
+    with ``r_alpha = phi(alpha) / Z``, ``r_beta = phi(beta) / Z`` and
+    ``G = alpha r_alpha - beta r_beta`` (so ``KL = ... - G / 2``); then
+    ``d alpha / d mu = -1 / sigma`` and ``d alpha / d sigma = -alpha / sigma`` (the same for
+    beta), and ``x = mu + sigma t`` clipped to ``[A, B]``. Bounds clipped at +-50 and draws
+    clipped to ``[A, B]`` pass no gradient, as under autograd. Tested against autograd of
+    the composition.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, loc: Tensor, scale: Tensor, u: Tensor, low: float, high: float,
+                prep: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        x, kl, saved = _draw_and_kl_forward(loc, scale, u, low, high, prep)
+        ctx.save_for_backward(*saved)
+        return x, kl
+
+    @staticmethod
+    def backward(ctx: Any, grad_x: Tensor | None, grad_kl: Tensor | None) -> tuple[Tensor | None, ...]:
+        grad_loc, grad_scale = _draw_and_kl_backward(ctx.saved_tensors, grad_x, grad_kl)
+        return grad_loc, grad_scale, None, None, None, None
+
+
+def _draw_and_kl_forward(
+    loc: Tensor, scale: Tensor, u: Tensor, low: float, high: float, prep: tuple[Tensor, ...]
+) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    """``(x, kl, saved)``: the draw, the KL and what :func:`_draw_and_kl_backward` needs."""
+    alpha, beta, flipped, pa, z = prep
+    p = pa + u * z
+    tiny = torch.finfo(loc.dtype).tiny
+    t = _ndtri_no_grad(p.clamp(min=tiny))
+    t = torch.where(flipped, -t, t)
+    x = loc + scale * t
+    phi_a = torch.exp(-0.5 * alpha.square()) * _INV_SQRT_2PI
+    phi_b = torch.exp(-0.5 * beta.square()) * _INV_SQRT_2PI
+    r_a = phi_a / z
+    r_b = phi_b / z
+    g = alpha * r_a - beta * r_b
+    kl = math.log(high - low) - torch.log(z) - torch.log(scale) - _HALF_LOG_2PI_E - 0.5 * g
+    clamped = x.clamp(low, high)
+    passes = clamped == x  # draws clipped to [A, B] (rounding) pass no gradient
+    return clamped, kl, (scale, alpha, beta, flipped, u, t, r_a, r_b, g, passes)
+
+
+def _draw_and_kl_backward(
+    saved: tuple[Tensor, ...], grad_x: Tensor | None, grad_kl: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Gradients of ``(x, kl)`` with respect to ``(loc, scale)`` (see :class:`_DrawAndKL`)."""
+    scale, alpha, beta, flipped, u, t, r_a, r_b, g, passes = saved
+    inside_a = (alpha.abs() <= _CLIP).to(scale.dtype)
+    inside_b = (beta.abs() <= _CLIP).to(scale.dtype)
+    grad_loc = torch.zeros_like(scale)
+    grad_scale = torch.zeros_like(scale)
+    if grad_x is not None:
+        # d x / d loc = 1 - dt/dalpha - dt/dbeta and d x / d sigma = t - alpha dt/dalpha
+        # - beta dt/dbeta, with dt/dalpha = (1 - v) phi(alpha) / phi(t) and dt/dbeta =
+        # v phi(beta) / phi(t). The factors of phi(alpha), phi(beta) are per structure, so the
+        # batch is summed first: S_w = sum_batch g e^(t^2/2 - m), S_wu = sum_batch g u
+        # e^(t^2/2 - m), with m the batch maximum of t^2/2 keeping the exponentials <= 1.
+        gx = torch.where(passes, grad_x, 0.0)
+        batch_dims = tuple(range(gx.dim() - scale.dim()))
+        half_t2 = 0.5 * t.square()
+        if batch_dims:
+            m = half_t2.amax(batch_dims)
+            w = gx * torch.exp(half_t2 - m)
+            s_w, s_wu = w.sum(batch_dims), (w * u).sum(batch_dims)
+            s_g, s_gt = gx.sum(batch_dims), (gx * t).sum(batch_dims)
+        else:  # one draw per structure: m = t^2 / 2
+            m, s_w, s_wu, s_g, s_gt = half_t2, gx, gx * u, gx, gx * t
+        s_v = torch.where(flipped, s_w - s_wu, s_wu)  # sum_batch g v e^(t^2/2 - m)
+        # exponents cut to [-80, 80]: below, exp would underflow through the slow denormal
+        # path for no change in value; above is out of reach (a uniform of at least 2^-53
+        # puts t within sqrt(2 * 37) of the bound that phi is taken at, so the exponent
+        # stays under 40)
+        dt_da = (s_w - s_v) * torch.exp((m - 0.5 * alpha.square()).clamp(-80.0, 80.0)) * inside_a
+        dt_db = s_v * torch.exp((m - 0.5 * beta.square()).clamp(-80.0, 80.0)) * inside_b
+        grad_loc = s_g - dt_da - dt_db
+        grad_scale = s_gt - alpha * dt_da - beta * dt_db
+    if grad_kl is not None:
+        dkl_da = 0.5 * r_a * (1.0 + alpha.square() - g) * inside_a
+        dkl_db = -0.5 * r_b * (1.0 + beta.square() - g) * inside_b
+        inv = scale.reciprocal()
+        grad_loc = grad_loc - grad_kl * (dkl_da + dkl_db) * inv
+        grad_scale = grad_scale - grad_kl * (1.0 + alpha * dkl_da + beta * dkl_db) * inv
+    return grad_loc, grad_scale
+
+
+class _NetworkNoise(torch.autograd.Function):
+    """Every noise layer's ``theta`` and the weighted KL sum of a network, as one graph node.
+
+    Inputs: the layers' ``loc`` and ``log_scale`` parameters (differentiable), their
+    concatenation and its preparation (computed by the caller, which checks the reach), the
+    uniforms, the per-structure ``kept`` mask and KL weights. Outputs: one
+    ``theta = exp(x) * kept`` per layer and ``sum(kl * weight)``. Concatenating,
+    exponentiating, splitting and weighting inside one node keeps the graph of a training
+    step down to this node and the network's own layers.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, cat: tuple[Tensor, Tensor, tuple[Tensor, ...]], u: Tensor, kept: Tensor,
+                weight: Tensor, low: float, high: float, *params: Tensor) -> tuple[Tensor, ...]:
+        loc, scale, prep = cat
+        x, kl, saved = _draw_and_kl_forward(loc, scale, u, low, high, prep)
+        theta = x.exp() * kept
+        ctx.save_for_backward(theta, weight, *saved)
+        ctx.sizes = [q.shape[-1] for q in params[: len(params) // 2]]
+        return (*theta.split(ctx.sizes, dim=-1), (kl * weight).sum())
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        theta, weight, *saved = ctx.saved_tensors
+        grad_thetas, grad_kl_sum = grads[:-1], grads[-1]
+        grad_x = None
+        if any(gt is not None for gt in grad_thetas):
+            grad_x = torch.cat([torch.zeros_like(th) if gt is None else gt
+                                for gt, th in zip(grad_thetas, theta.split(ctx.sizes, dim=-1))],
+                               dim=-1) * theta
+        grad_kl = None if grad_kl_sum is None else grad_kl_sum * weight
+        grad_loc, grad_scale = _draw_and_kl_backward(tuple(saved), grad_x, grad_kl)
+        grad_log_scale = grad_scale * saved[0]
+        return (None, None, None, None, None, None,
+                *grad_loc.split(ctx.sizes), *grad_log_scale.split(ctx.sizes))
+
+
+def network_theta_and_kl(
+    locs: list[Tensor], log_scales: list[Tensor], low: float, high: float, u: Tensor,
+    kept: Tensor, weight: Tensor,
+) -> tuple[list[Tensor], Tensor] | None:
+    """``theta`` of several noise layers (sharing bounds) and ``sum_j weight_j KL_j``, fused.
+
+    ``u``: uniforms ``[..., sum n_i]`` in layer order; ``kept``, ``weight``: per structure
+    ``[sum n_i]``. Returns the per-layer ``theta = exp(log theta) * kept`` (``[..., n_i]``)
+    and the weighted KL sum, with the values of :func:`log_theta_and_kl`, as one autograd
+    node (:class:`_NetworkNoise`); ``None`` when a structure is out of the kernel's reach.
+    """
+    with torch.no_grad():
+        loc = torch.cat(locs)
+        scale = torch.cat(log_scales).exp()
+        prep = _prepared(loc, scale, low, high)
+    if prep is None:
+        return None
+    *thetas, kl_sum = _NetworkNoise.apply((loc, scale, prep), u, kept, weight, low, high,
+                                          *locs, *log_scales)
+    return list(thetas), kl_sum
+
+
 def log_theta_and_kl(
     loc: Tensor, scale: Tensor, low: float, high: float, u: Tensor
 ) -> tuple[Tensor, Tensor] | None:
@@ -116,11 +306,12 @@ def log_theta_and_kl(
 
     The sampler of :func:`rsample_log_theta` and the KL of
     :func:`kl_truncated_lognormal_loguniform` sharing one evaluation of the standardised
-    bounds and of ``Phi``: what one training step needs for all the structures of a
-    network at once. Same values as the two separate kernels for the same ``u``;
-    ``None`` out of reach.
+    bounds and of ``Phi``, with hand-written gradients (:class:`_DrawAndKL`): what one
+    training step needs for all the structures of a network at once. Same values as the two
+    separate kernels for the same ``u``; ``None`` out of reach.
     """
-    prep = _prepared(loc, scale, low, high)
+    with torch.no_grad():
+        prep = _prepared(loc, scale, low, high)
     if prep is None:
         return None
-    return _draw(loc, scale, low, high, prep, u), _kl(scale, low, high, prep)
+    return _DrawAndKL.apply(loc, scale, u, low, high, prep)

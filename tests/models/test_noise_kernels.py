@@ -9,7 +9,15 @@ from scipy import stats
 
 from pyro_prune.distributions import TruncatedLogNormal, TruncatedLogUniform
 from pyro_prune.models import MultiplicativeNoise, NoiseMode, noise_mode
-from pyro_prune.models.noise_kernels import kl_truncated_lognormal_loguniform, rsample_log_theta
+from pyro_prune.models.noise_kernels import (
+    _draw,
+    _kl,
+    _ndtri_no_grad,
+    _prepared,
+    kl_truncated_lognormal_loguniform,
+    log_theta_and_kl,
+    rsample_log_theta,
+)
 
 LOCS = [-30.0, -20.5, -12.0, -3.0, -0.01, 0.0, 0.02, 3.0, 10.0]
 LOG_SCALES = [-20.0, -8.0, -5.0, -1.0, 0.0, 2.0, 5.0]
@@ -81,3 +89,55 @@ def test_out_of_reach_falls_back_to_the_exact_distribution() -> None:
         out = layer(torch.ones(4, 1))
     # all the mass sits at the upper bound: theta = e^0 = 1
     torch.testing.assert_close(out, torch.ones(4, 1), rtol=1e-4, atol=1e-4)
+
+
+def _composed(loc: torch.Tensor, scale: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The draw and KL as a plain autograd composition of the kernel's parts (the oracle)."""
+    prep = _prepared(loc, scale, -20.0, 0.0)
+    assert prep is not None
+    return _draw(loc, scale, -20.0, 0.0, prep, u), _kl(scale, -20.0, 0.0, prep)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-7)])
+@pytest.mark.parametrize("batch", [None, 5])
+def test_hand_written_gradients_equal_autograd_of_the_composition(
+    dtype: torch.dtype, tol: float, batch: int | None
+) -> None:
+    pairs = [(m, s) for m, s in itertools.product(LOCS, LOG_SCALES)
+             if _prepared(torch.tensor([m], dtype=dtype), torch.tensor([s], dtype=dtype).exp(), -20.0, 0.0)]
+    assert len(pairs) > 30  # flipped, clipped and tail intervals are all among them
+    g = torch.Generator().manual_seed(0)
+    shape = (len(pairs),) if batch is None else (batch, len(pairs))
+    u = torch.rand(shape, generator=g, dtype=dtype)
+    w_x, w_kl = torch.randn(shape, generator=g, dtype=dtype), torch.randn(len(pairs), generator=g, dtype=dtype)
+    results = []
+    for fn in (log_theta_and_kl, None):
+        loc = torch.tensor([p[0] for p in pairs], dtype=dtype, requires_grad=True)
+        log_scale = torch.tensor([p[1] for p in pairs], dtype=dtype, requires_grad=True)
+        if fn is None:
+            x, kl = _composed(loc, log_scale.exp(), u)
+        else:
+            out = fn(loc, log_scale.exp(), -20.0, 0.0, u)
+            assert out is not None
+            x, kl = out
+        ((x * w_x).sum() + (kl * w_kl).sum()).backward()
+        results.append((x.detach(), kl.detach(), loc.grad, log_scale.grad))
+    for fast, oracle in zip(*results):
+        assert torch.isfinite(fast).all()
+        torch.testing.assert_close(fast, oracle, rtol=tol, atol=tol)
+
+
+def test_hand_written_gradients_pass_gradcheck() -> None:
+    loc = torch.tensor([-19.0, -3.0, 0.0, 0.4, -10.0], dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor([0.5, 1.0, 0.01, 2.0, 7.0], dtype=torch.float64, requires_grad=True)
+    u = torch.rand(3, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda m, s: log_theta_and_kl(m, s, -20.0, 0.0, u), (loc, scale))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.float64, 1e-13)])
+def test_fast_inverse_normal_cdf_matches_ndtri(dtype: torch.dtype, tol: float) -> None:
+    g = torch.Generator().manual_seed(0)
+    p = torch.cat([torch.rand(50_000, generator=g, dtype=dtype),
+                   torch.logspace(-30, -1, 200, dtype=dtype), 1 - torch.logspace(-7, -1, 200, dtype=dtype)])
+    fast = _ndtri_no_grad(p)
+    torch.testing.assert_close(fast.double(), torch.special.ndtri(p.double()), rtol=tol, atol=tol)
