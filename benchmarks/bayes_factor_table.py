@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -198,9 +199,11 @@ def main() -> None:
                         help="cache of finished runs (JSON); separate files let runs go in parallel")
     parser.add_argument("--suffix", default="",
                         help="results go to bayes_factor_table<suffix>.json (e.g. _full for another grid)")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="tabulate the cached runs of the given grid, train nothing")
     args = parser.parse_args()
     set_threads(args.threads)
-    config = {k: v for k, v in vars(args).items() if k not in ("suffix", "runs_file")}
+    config = {k: v for k, v in vars(args).items() if k not in ("suffix", "runs_file", "cached_only")}
     runs_file = Path(args.runs_file)
     config["protocol"] = PAPER_PROTOCOL
     config["reductions"] = [
@@ -224,6 +227,16 @@ def main() -> None:
     data_cache: dict[str, dict[str, Any] | None] = {}
     bar = tqdm(jobs, desc=NAME, mininterval=5)
     for dataset, model_name, sparsity, method, seed in bar:
+        key_parts = [dataset, model_name, sparsity, method, seed, args.epochs, args.train_subset,
+                     args.val_fraction, args.batch_size, args.lr, args.threshold, args.prior_scale]
+        if args.log_threshold is not None:
+            key_parts.append(args.log_threshold)
+        key = json.dumps(key_parts)
+        if key in cache:
+            runs.append(cache[key])
+            continue
+        if args.cached_only:
+            continue
         if dataset not in data_cache:
             data_cache = {dataset: load_data(dataset, args)}  # one data set in memory at a time
             if data_cache[dataset] is None:
@@ -231,21 +244,14 @@ def main() -> None:
         data = data_cache[dataset]
         if data is None:
             continue
-        key_parts = [dataset, model_name, sparsity, method, seed, args.epochs, args.train_subset,
-                     args.val_fraction, args.batch_size, args.lr, args.threshold, args.prior_scale]
-        if args.log_threshold is not None:
-            key_parts.append(args.log_threshold)
-        key = json.dumps(key_parts)
-        if key not in cache:
-            cache[key] = run_one(dataset, model_name, sparsity, method, seed, args, data)
-            runs_file.parent.mkdir(parents=True, exist_ok=True)
-            runs_file.write_text(json.dumps(cache, indent=1))
-            r = cache[key]
-            bar.write(f"{dataset} {model_name} r={sparsity} {LABELS[method]} seed={seed}: "
-                      f"acc={r['test_accuracy']:.4f} sparsity={r['sparsity']:.3f} "
-                      f"accepted={r['accepted_epochs']} max logBF={r['max_log_bf']} "
-                      f"({r['time_s']:.0f}s, {r['epoch_time_s']:.1f}s/epoch)")
-        runs.append(cache[key])
+        cache[key] = r = run_one(dataset, model_name, sparsity, method, seed, args, data)
+        runs_file.parent.mkdir(parents=True, exist_ok=True)
+        runs_file.write_text(json.dumps(cache, indent=1))
+        bar.write(f"{dataset} {model_name} r={sparsity} {LABELS[method]} seed={seed}: "
+                  f"acc={r['test_accuracy']:.4f} sparsity={r['sparsity']:.3f} "
+                  f"accepted={r['accepted_epochs']} max logBF={r['max_log_bf']} "
+                  f"({r['time_s']:.0f}s, {r['epoch_time_s']:.1f}s/epoch)")
+        runs.append(r)
     bar.close()
     rows = summarise(runs)
     print(format_table(rows, ["dataset", "model", "sparsity", "method", "seeds", "accuracy",
@@ -269,6 +275,8 @@ def main() -> None:
                 pngs.append(path.name)
     if skipped:
         print(f"NOTE: skipped (files not present): {sorted(set(skipped))}")
+    if args.cached_only:  # record the command that trains the runs, not the tabulation
+        sys.argv = [a for a in sys.argv if a != "--cached-only"]
     path = write_results(__file__, config=config, seeds=args.seeds, rows=rows, suffix=args.suffix,
                          extra={"runs": runs, "paper": {f"{k[0]}/{k[1]}/{k[2]}": v for k, v in PAPER.items()},
                                 "skipped": sorted(set(skipped)), "plots": pngs})

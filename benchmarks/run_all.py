@@ -38,7 +38,16 @@ BENCHMARKS: dict[str, list[str]] = {
                                 "--methods", "magnitude", "bayes-magnitude", "bayes-magnitude-batch",
                                 "--seeds", "0", "1", "2", "--epochs", "25", "--threads", "1",
                                 "--suffix", "_full"],
+    "bayes_factor_table_full_cnn": ["--datasets", "mnist", "--models", "cnn", "--sparsities", "0.99",
+                                    "--methods", "magnitude", "bayes-magnitude-batch",
+                                    "--seeds", "0", "1", "2", "--epochs", "25", "--threads", "1",
+                                    "--plot-sparsity", "0.99", "--suffix", "_full_cnn",
+                                    "--runs-file", "results/bayes_factor_table_full_cnn.runs.json"],
 }
+
+#: results that a second grid of another script writes (``--suffix``)
+SCRIPTS = {"bayes_factor_table_full": "bayes_factor_table",
+           "bayes_factor_table_full_cnn": "bayes_factor_table"}
 
 
 def main() -> int:
@@ -47,7 +56,7 @@ def main() -> int:
     args = parser.parse_args()
     failed = []
     for name in args.only:
-        script = name.removesuffix("_full")  # a second grid of the same script
+        script = SCRIPTS.get(name, name)
         cmd = [sys.executable, str(HERE / f"{script}.py"), *BENCHMARKS[name]]
         print(f"== {' '.join(cmd[1:])}", flush=True)
         t0 = time.perf_counter()
