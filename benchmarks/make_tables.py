@@ -204,6 +204,17 @@ def w2_uci(d: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def w2_search_time(d: dict[str, Any]) -> str:
+    rows = [[r["hidden"], r["neurons"], r["steps"], r["search_s"], r["s_per_step"], r["pruned_%"]]
+            for r in d["rows"]]
+    return "\n\n".join([
+        "### W2 search time against network size (Fashion-MNIST BNN MLPs)",
+        f"{d['config'].get('search')}; {d['machine'].get('torch_threads')} threads.",
+        _table(["hidden", "neurons", "steps", "search s", "s / step", "neurons pruned %"], rows),
+        _reproduce(d),
+    ])
+
+
 def w2_depth_width(d: dict[str, Any]) -> str:
     rows = [[r["sweep"], r["value"], r["hidden"], r["kept"], r["pruned_%"], r["rmse_change_%"]]
             for r in d["rows"]]
@@ -230,6 +241,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "w2_fashion_mnist": w2_fashion_mnist,
     "w2_uci": w2_uci,
     "w2_depth_width": w2_depth_width,
+    "w2_search_time": w2_search_time,
 }
 
 

@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "w2_fashion_mnist": ["--threads", "1", "--quiet"],
     "w2_uci": ["--threads", "1"],
     "w2_depth_width": ["--threads", "1"],
+    "w2_search_time": ["--threads", "2"],
     "bayes_factor_table_full": ["--datasets", "mnist", "fashion-mnist", "--models", "fcn",
                                 "--sparsities", "0.9",
                                 "--methods", "magnitude", "bayes-magnitude", "bayes-magnitude-batch",
