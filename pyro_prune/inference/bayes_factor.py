@@ -177,22 +177,25 @@ def candidate_masks(
     method: PruneMethod | str = PruneMethod.MAGNITUDE,
     *,
     generator: torch.Generator | None = None,
+    layers: Sequence[str] | None = None,
 ) -> dict[str, Tensor]:
     """Keep-masks of the candidate pruning of every prunable layer to ``target_sparsity``.
 
     Starts from the layer's current ``weight_mask`` (registered if missing) and prunes
     ``prune_count(numel, r) - (already pruned)`` more of its kept weights: the smallest
     ``|w|`` (ties broken by ``torch.topk``) or a uniform random subset drawn with
-    ``generator``. Layers already at (or past) the target keep their mask. Nothing in the
-    model is changed.
+    ``generator``. Layers already at (or past) the target keep their mask, and so do the
+    layers not named in ``layers`` (default: every prunable layer). Nothing in the model is
+    changed.
     """
     kind = _method(method)
     r = _check_sparsity(target_sparsity)
     out: dict[str, Tensor] = {}
     masks = ensure_weight_masks(model)
+    chosen = _check_layers(model, layers)
     for name, layer in prunable_layers(model).items():
         mask = masks[name]
-        need = prune_count(mask.numel(), r) - int((~mask).sum())
+        need = prune_count(mask.numel(), r) - int((~mask).sum()) if name in chosen else 0
         if need <= 0:
             out[name] = mask.clone()
             continue
@@ -208,6 +211,21 @@ def candidate_masks(
         new[idx] = False
         out[name] = new.reshape(mask.shape)
     return out
+
+
+def _check_layers(model: torch.nn.Module, layers: Sequence[str] | None) -> set[str]:
+    """The names of the layers to prune; every prunable layer for ``None``."""
+    names = list(prunable_layers(model))
+    if layers is None:
+        return set(names)
+    if isinstance(layers, str) or not all(isinstance(n, str) for n in layers):
+        raise TypeError(f"layers must be a sequence of layer names, got {layers!r}")
+    unknown = [n for n in layers if n not in names]
+    if unknown:
+        raise ValueError(f"unknown layers {unknown}; the prunable layers are {names}")
+    if not layers:
+        raise ValueError("layers must name at least one layer (None: every layer)")
+    return set(layers)
 
 
 @torch.no_grad()
@@ -449,6 +467,9 @@ class BayesFactorPruning(Schedule):
         likelihood: ``"full"`` (the whole training set, the default) or ``"batch"``
             (:class:`LikelihoodData`).
         likelihood_batch: ``B`` for ``likelihood="batch"`` (default: ``fit``'s batch size).
+        layers: names of the layers to prune (backbone module paths, e.g.
+            ``["fc1", "fc2"]``); the others keep every weight. Default: every ``nn.Linear``
+            and ``nn.Conv2d``, as in the paper.
     """
 
     def __init__(
@@ -463,8 +484,13 @@ class BayesFactorPruning(Schedule):
         batch_size: int = 4096,
         likelihood: LikelihoodData | str = LikelihoodData.FULL,
         likelihood_batch: int | None = None,
+        layers: Sequence[str] | None = None,
     ) -> None:
         self.target_sparsity = _check_sparsity(target_sparsity)
+        if layers is not None and (isinstance(layers, str)
+                                   or not all(isinstance(n, str) for n in layers) or not layers):
+            raise TypeError(f"layers must be a non-empty sequence of layer names or None, got {layers!r}")
+        self.layers = None if layers is None else list(layers)
         self.method = _method(method)
         self.log_threshold = _log_threshold(threshold, log_threshold)
         if not isinstance(gate, bool):
@@ -500,7 +526,7 @@ class BayesFactorPruning(Schedule):
         return (
             f"BayesFactorPruning(target_sparsity={self.target_sparsity}, "
             f"method={self.method.value!r}, log_threshold={self.log_threshold:.6g}, gate={self.gate}, "
-            f"seed={self.seed}, likelihood={self.likelihood.value!r})"
+            f"seed={self.seed}, likelihood={self.likelihood.value!r}, layers={self.layers!r})"
         )
 
     # ---------------------------------------------------------------- hooks for fit
@@ -514,6 +540,7 @@ class BayesFactorPruning(Schedule):
 
     def on_fit_start(self, ctx: Any) -> None:
         ensure_weight_masks(ctx.model)
+        _check_layers(ctx.model, self.layers)  # unknown names fail before any training
         if self.seed is None:
             self.generator.manual_seed(int(ctx.seed))
         if self._hook is not None:
@@ -546,7 +573,8 @@ class BayesFactorPruning(Schedule):
         applied = False
         if epoch <= ctx.epochs:
             current = weight_masks(model)
-            cand = candidate_masks(model, self.target_sparsity, self.method, generator=self.generator)
+            cand = candidate_masks(model, self.target_sparsity, self.method, generator=self.generator,
+                                   layers=self.layers)
             if any(not torch.equal(cand[n], current[n]) for n in cand):
                 self.candidates += 1
                 data = self._evidence_data(ctx.train, int(ctx.batch_size))

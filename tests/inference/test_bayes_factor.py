@@ -382,3 +382,25 @@ def test_batch_likelihood_gate_is_the_bayes_factor_on_the_drawn_examples(digits)
         BayesFactorPruning(0.5, likelihood="epoch")
     with pytest.raises(ValueError, match="likelihood_batch"):
         BayesFactorPruning(0.5, likelihood="batch", likelihood_batch=0)
+
+
+def test_only_the_named_layers_are_pruned(digits) -> None:
+    train, _ = digits
+    net = _small_cnn()
+    names = list(prunable_layers(net))
+    chosen = [n for n in names if n != "conv1"]
+    cand = candidate_masks(net, 0.9, "magnitude", layers=chosen)
+    assert bool(cand["conv1"].all())
+    for n in chosen:
+        assert int((~cand[n]).sum()) == prune_count(cand[n].numel(), 0.9)
+    sched = BayesFactorPruning(0.9, "magnitude", gate=False, layers=chosen)
+    fit(net, train, epochs=1, batch_size=64, lr=3e-3, schedule=sched, progress=False, seed=0)
+    assert bool(weight_masks(net)["conv1"].all()) and not bool((net.net.conv1.weight == 0).any())
+    assert float((net.net.fc1.weight == 0).float().mean()) == pytest.approx(0.9, abs=1e-3)
+    with pytest.raises(ValueError, match="unknown layers \\['conv9'\\]"):
+        candidate_masks(net, 0.9, layers=["conv9"])
+    with pytest.raises(ValueError, match="unknown layers"):
+        fit(_small_cnn(), train, epochs=1, batch_size=64, schedule=BayesFactorPruning(0.5, layers=["nope"]),
+            progress=False)
+    with pytest.raises(TypeError, match="layers"):
+        BayesFactorPruning(0.5, layers="fc1")
