@@ -1801,11 +1801,11 @@ def to_deterministic(model: PrunableNet, guide: Any = None, *, example_input: An
             Ignored, with a warning, where rounding would split a block that must go
             together (e.g. part of an attention head).
         channels_last: store the 4-d (convolution) weights in ``torch.channels_last``
-            layout. Outputs are the same for inputs in either layout; oneDNN then keeps the
-            activations channels-last, where its convolutions lose far less speed on the odd
-            channel counts exact slicing leaves (see ``benchmarks/inference_speed.py``).
-            Use it for conv nets whose forward uses no ``view`` of an activation (a view
-            of a channels-last tensor fails; the check below then raises).
+            layout; oneDNN then keeps the activations channels-last. Outputs are the same
+            for inputs in either layout. Whether it is faster depends on the CPU, the
+            widths and the load (``benchmarks/inference_speed.py`` times both layouts).
+            For conv nets whose forward uses no ``view`` of an activation (a view of a
+            channels-last tensor fails; the check below then raises).
 
     Raises:
         UnsupportedOpError (a ValueError): an op the converter cannot trace is applied to a
