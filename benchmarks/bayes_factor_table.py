@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from pyro_prune.data import load_dataset, train_val_split
 from pyro_prune.inference import BayesFactorPruning, evaluate, fit, plot_learning_curves
 from pyro_prune.models import CNN, FCN
+from pyro_prune.models.fcn import prunable_layers
 
 NAME = "bayes_factor_table"
 RUNS_FILE = RESULTS_DIR / f"{NAME}.runs.json"
@@ -93,9 +94,10 @@ def run_one(dataset: str, model_name: str, sparsity: float, method: str, seed: i
     prune_method, gate, likelihood = METHODS[method]
     torch.manual_seed(seed)
     model = make_model(model_name, data["info"], args.prior_scale)
+    layers = list(prunable_layers(model))[1:-1] if args.spare_first_last else None
     sched = BayesFactorPruning(sparsity, prune_method, threshold=args.threshold,
                                log_threshold=args.log_threshold, gate=gate, seed=seed,
-                               likelihood=likelihood)
+                               likelihood=likelihood, layers=layers)
     t0 = time.perf_counter()
     res = fit(model, data["train"], epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
               val=data["val"], schedule=sched, seed=seed, progress=False)
@@ -199,6 +201,8 @@ def main() -> None:
                         help="cache of finished runs (JSON); separate files let runs go in parallel")
     parser.add_argument("--suffix", default="",
                         help="results go to bayes_factor_table<suffix>.json (e.g. _full for another grid)")
+    parser.add_argument("--spare-first-last", action="store_true",
+                        help="leave the first and the output layer unpruned (the paper prunes every layer)")
     parser.add_argument("--cached-only", action="store_true",
                         help="tabulate the cached runs of the given grid, train nothing")
     args = parser.parse_args()
@@ -212,6 +216,7 @@ def main() -> None:
         f"seeds {args.seeds}",
         f"datasets {args.datasets}", f"models {args.models}", f"sparsities {args.sparsities}",
         f"methods {args.methods}",
+        "first and output layers left unpruned" if args.spare_first_last else None,
     ]
     config["reductions"] = [r for r in config["reductions"] if r]
     config["evaluation"] = ("test accuracy on the official test set; a validation part "
@@ -231,6 +236,8 @@ def main() -> None:
                      args.val_fraction, args.batch_size, args.lr, args.threshold, args.prior_scale]
         if args.log_threshold is not None:
             key_parts.append(args.log_threshold)
+        if args.spare_first_last:
+            key_parts.append("spare-first-last")
         key = json.dumps(key_parts)
         if key in cache:
             runs.append(cache[key])

@@ -237,7 +237,8 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "bayes_factor_table_full": lambda d: bayes_factor_table(
         d, "Bayes-factor pruning: the paper's epochs and full training set, 90% sparsity"),
     "bayes_factor_table_full_cnn": lambda d: bayes_factor_table(
-        d, "Bayes-factor pruning: the paper's epochs and full training set, MNIST CNN at 99%"),
+        d, "Bayes-factor pruning: the paper's epochs and full training set, MNIST CNN at 99%, "
+           "first and output layers unpruned"),
     "w2_fashion_mnist": w2_fashion_mnist,
     "w2_uci": w2_uci,
     "w2_depth_width": w2_depth_width,
