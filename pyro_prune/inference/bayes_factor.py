@@ -213,19 +213,25 @@ def candidate_masks(
     return out
 
 
+def _layer_list(layers: Sequence[str] | None) -> list[str] | None:
+    """``layers`` as a list of names (``None`` stays ``None``: every layer)."""
+    if layers is None:
+        return None
+    if isinstance(layers, str) or not all(isinstance(n, str) for n in layers) or not layers:
+        raise TypeError(f"layers must be a non-empty sequence of layer names or None, got {layers!r}")
+    return list(layers)
+
+
 def _check_layers(model: torch.nn.Module, layers: Sequence[str] | None) -> set[str]:
     """The names of the layers to prune; every prunable layer for ``None``."""
     names = list(prunable_layers(model))
-    if layers is None:
+    chosen = _layer_list(layers)
+    if chosen is None:
         return set(names)
-    if isinstance(layers, str) or not all(isinstance(n, str) for n in layers):
-        raise TypeError(f"layers must be a sequence of layer names, got {layers!r}")
-    unknown = [n for n in layers if n not in names]
+    unknown = [n for n in chosen if n not in names]
     if unknown:
         raise ValueError(f"unknown layers {unknown}; the prunable layers are {names}")
-    if not layers:
-        raise ValueError("layers must name at least one layer (None: every layer)")
-    return set(layers)
+    return set(chosen)
 
 
 @torch.no_grad()
@@ -487,10 +493,7 @@ class BayesFactorPruning(Schedule):
         layers: Sequence[str] | None = None,
     ) -> None:
         self.target_sparsity = _check_sparsity(target_sparsity)
-        if layers is not None and (isinstance(layers, str)
-                                   or not all(isinstance(n, str) for n in layers) or not layers):
-            raise TypeError(f"layers must be a non-empty sequence of layer names or None, got {layers!r}")
-        self.layers = None if layers is None else list(layers)
+        self.layers = _layer_list(layers)
         self.method = _method(method)
         self.log_threshold = _log_threshold(threshold, log_threshold)
         if not isinstance(gate, bool):

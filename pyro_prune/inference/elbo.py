@@ -88,9 +88,9 @@ def _fused_noise(model: PrunableNet, batch: int | None) -> Tensor | None:
     The layers' parameters are concatenated, the uniforms drawn layer by layer in module
     order (the same random stream as the per-layer path), and
     :func:`~pyro_prune.models.noise_kernels.network_theta_and_kl` evaluated once (one autograd
-    node for all of it). Each layer receives its slice for its next forward. Returns ``None`` (nothing drawn) when the
-    layers do not share bounds and dtype, or a structure is out of the lean kernel's
-    reach; the caller then takes the per-layer path.
+    node for all of it). Each layer receives its slice for its next forward. Returns
+    ``None`` (nothing drawn) when the layers do not share bounds and dtype, or a structure
+    is out of the lean kernel's reach; the caller then takes the per-layer path.
     """
     layers = list(model.noise_layers().values())
     if not layers:
