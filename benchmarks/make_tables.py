@@ -118,6 +118,11 @@ def reduction_speed(d: dict[str, Any]) -> str:
     ])
 
 
+def _gate_free(method: str) -> str:
+    """The paper's name of a method label ("Bayes Magnitude (minibatch BF)" -> "Bayes Magnitude")."""
+    return method.removesuffix(" (minibatch BF)")
+
+
 def bayes_factor_table(d: dict[str, Any],
                        title: str = "Bayes-factor pruning (Table 1 protocol of Mathew & Rowe)") -> str:
     methods: list[str] = []
@@ -126,6 +131,8 @@ def bayes_factor_table(d: dict[str, Any],
         if r["method"] not in methods:
             methods.append(r["method"])
         cells.setdefault((r["dataset"], r["model"], r["sparsity"]), {})[r["method"]] = r
+    # one paper column per method of the paper; a minibatch-gate row compares with its Bayes one
+    plain = list(dict.fromkeys(_gate_free(m) for m in methods))
     rows = []
     for (dataset, model, sparsity), by in cells.items():
         row: list[Any] = [dataset, model, f"{100 * sparsity:g}%"]
@@ -133,11 +140,11 @@ def bayes_factor_table(d: dict[str, Any],
             r = by.get(m)
             row.append("" if r is None else
                        f"{100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f} ({r['reached']})")
-        paper = [by[m]["paper_accuracy"] for m in methods if m in by and "minibatch" not in m]
-        row.append(" / ".join("-" if p is None else f"{100 * p:.2f}" for p in paper)
-                   if any(p is not None for p in paper) else "")
+        paper = {_gate_free(m): by[m]["paper_accuracy"] for m in methods if m in by}
+        row.append(" / ".join("-" if paper.get(m) is None else f"{100 * paper[m]:.2f}"
+                              for m in plain)
+                   if any(p is not None for p in paper.values()) else "")
         rows.append(row)
-    plain = [m for m in methods if "minibatch" not in m]
     return "\n\n".join([
         f"### {title}",
         "Test accuracy % (mean ± std over seeds) and, in brackets, the seeds whose network "
