@@ -6,6 +6,7 @@ Every benchmark prints a table and writes ``benchmarks/results/<script>.json`` w
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -58,6 +59,34 @@ def set_threads(n: int) -> None:
     import torch
 
     torch.set_num_threads(n)
+
+
+def parse_benchmark_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None, *,
+                         threads: int = 2, seed: bool = True) -> argparse.Namespace:
+    """Add the options every benchmark takes, parse ``argv`` and pin torch's threads.
+
+    Adds ``--threads`` (default ``threads``) and, unless the script takes its own list of
+    seeds, ``--seed`` (default 0).
+    """
+    if seed:
+        parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=threads, help="torch.set_num_threads")
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    return args
+
+
+def add_w2_args(parser: argparse.ArgumentParser, *, lr: float, batch_size: int, eval_draws: int) -> None:
+    """The options of the W2 benchmarks' Bayesian-MLP fit and neuron search."""
+    from pyro_prune.inference import DEFAULT_LAMBDA
+
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--prior-scale", type=float, default=1.0, help="the weight prior N(0, s^2)")
+    parser.add_argument("--lam", type=float, default=DEFAULT_LAMBDA, help="lambda of the W2 search")
+    parser.add_argument("--draws", type=int, default=32, help="posterior draws of the W2 search")
+    parser.add_argument("--eval-draws", type=int, default=eval_draws,
+                        help="posterior draws of the test metrics")
 
 
 def median_time(fn: Callable[[], Any], *, repeats: int = 7, warmup: int = 2, number: int = 1) -> float:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import RESULTS_DIR, format_table, print_header, set_threads, write_results
+from _common import RESULTS_DIR, format_table, parse_benchmark_args, print_header, write_results
 from tqdm.auto import tqdm
 
 from pyro_prune.data import load_dataset, train_val_split
@@ -226,7 +226,6 @@ def main() -> None:
     parser.add_argument("--prior-scale", type=float, default=1.0)
     parser.add_argument("--plot-sparsity", type=float, default=0.9,
                         help="learning curves (PNG) of the first seed at this sparsity")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs-file", default=str(RUNS_FILE),
                         help="cache of finished runs (JSON); separate files let runs go in parallel")
     parser.add_argument("--suffix", default="",
@@ -235,8 +234,7 @@ def main() -> None:
                         help="leave the first and the output layer unpruned (the paper prunes every layer)")
     parser.add_argument("--cached-only", action="store_true",
                         help="tabulate the cached runs of the given grid, train nothing")
-    args = parser.parse_args()
-    set_threads(args.threads)
+    args = parse_benchmark_args(parser, threads=1, seed=False)
     config = {k: v for k, v in vars(args).items() if k not in ("suffix", "runs_file", "cached_only")}
     runs_file = Path(args.runs_file)
     config["protocol"] = PAPER_PROTOCOL

@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import RESULTS_DIR, format_table, print_header, set_threads, write_results  # noqa: E402
+from _common import RESULTS_DIR, format_table, parse_benchmark_args, print_header, write_results  # noqa: E402
 from bmrs_table import make_model  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
@@ -44,12 +44,9 @@ def main() -> None:
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--model", default="mlp", choices=["mlp", "lenet5"])
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--points", type=int, default=12)
     parser.add_argument("--kl-scale", default="paper", choices=["elbo", "paper"])
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    set_threads(args.threads)
+    args = parse_benchmark_args(parser)
     config = vars(args)
     print_header(__file__, seeds=[args.seed], config=config)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import RESULTS_DIR, format_table, print_header, set_threads, write_results
+from _common import RESULTS_DIR, format_table, parse_benchmark_args, print_header, write_results
 
 from pyro_prune.data import load_dataset, train_val_split
 from pyro_prune.inference import ContinuousPruning, evaluate, fit, prune_to_compression
@@ -149,15 +149,13 @@ def main() -> None:
     parser.add_argument("--noise-lr", type=float, default=None,
                         help="learning rate of the noise posteriors (default: --lr)")
     parser.add_argument("--kl-scale", nargs="+", default=["elbo", "paper"], choices=["elbo", "paper"])
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--runs-file", default=str(RUNS_FILE),
                         help="cache of finished runs (JSON); separate files let runs go in parallel")
     parser.add_argument("--cached-only", action="store_true",
                         help="tabulate the cached runs of the given grid, train nothing")
-    args = parser.parse_args()
+    args = parse_benchmark_args(parser, seed=False)
     runs_file = Path(args.runs_file)
-    set_threads(args.threads)
     config = {k: v for k, v in vars(args).items() if k not in ("quiet", "runs_file", "cached_only")}
     config["protocol"] = ("paper: 50 epochs + 10 fine-tuning, 80/20 split; this run: "
                           f"{args.epochs} + {args.finetune}"

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _common import format_table, print_header, set_threads, write_results
+from _common import format_table, parse_benchmark_args, print_header, write_results
 
 from pyro_prune.inference.elbo import fast_elbo_loss, pyro_elbo_loss
 from pyro_prune.models import MLP, LeNet5
@@ -93,10 +93,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=128)
-    args = parser.parse_args()
-    set_threads(args.threads)
+    args = parse_benchmark_args(parser, seed=False)
     config = vars(args)
     print_header(__file__, seeds=[SEED], config=config)
     models = {

@@ -21,10 +21,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from _common import RESULTS_DIR, format_table, print_header, set_threads, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS_DIR,
+    add_w2_args,
+    format_table,
+    parse_benchmark_args,
+    print_header,
+    write_results,
+)
 from w2_uci import metrics, train_uci  # noqa: E402
 
-from pyro_prune.inference import DEFAULT_LAMBDA, w2_prune  # noqa: E402
+from pyro_prune.inference import w2_prune  # noqa: E402
 
 SCRIPT = "w2_depth_width"
 
@@ -37,17 +44,9 @@ def main() -> None:
     parser.add_argument("--depth-width", type=int, default=32)
     parser.add_argument("--widths", nargs="+", type=int, default=[8, 16, 32, 64, 128, 256])
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--prior-scale", type=float, default=1.0)
-    parser.add_argument("--lam", type=float, default=DEFAULT_LAMBDA)
     parser.add_argument("--score", default="contribution", choices=["activation", "contribution"])
-    parser.add_argument("--draws", type=int, default=32)
-    parser.add_argument("--eval-draws", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    set_threads(args.threads)
+    add_w2_args(parser, lr=1e-2, batch_size=32, eval_draws=200)
+    args = parse_benchmark_args(parser)
     config = {**vars(args), "reductions": ["one data set", "one split", "one seed",
                                            f"{args.steps} optimiser steps per fit"]}
     print_header(SCRIPT, seeds=[args.seed], config=config)

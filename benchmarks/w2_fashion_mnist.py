@@ -31,11 +31,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from _common import RESULTS_DIR, format_table, print_header, set_threads, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS_DIR,
+    add_w2_args,
+    format_table,
+    parse_benchmark_args,
+    print_header,
+    write_results,
+)
 from scipy.stats import spearmanr  # noqa: E402
 
 from pyro_prune.data import load_dataset  # noqa: E402
-from pyro_prune.inference import DEFAULT_LAMBDA, evaluate, fit, structure_scores, w2_prune  # noqa: E402
+from pyro_prune.inference import evaluate, fit, structure_scores, w2_prune  # noqa: E402
 from pyro_prune.models import MLP  # noqa: E402
 from pyro_prune.models.bayesian import link_output_gates  # noqa: E402
 from pyro_prune.predictive import apply_mask, evaluate_predictive, neuron_w2, w2_shift  # noqa: E402
@@ -73,21 +80,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=400)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--prior-scale", type=float, default=1.0)
-    parser.add_argument("--lam", type=float, default=DEFAULT_LAMBDA)
-    parser.add_argument("--draws", type=int, default=32)
+    add_w2_args(parser, lr=3e-3, batch_size=128, eval_draws=32)
     parser.add_argument("--max-inputs", type=int, default=512)
     parser.add_argument("--batch", type=float, default=0.02, help="fraction of neurons removed per step")
-    parser.add_argument("--eval-draws", type=int, default=32)
     parser.add_argument("--w2-test-inputs", type=int, default=1000)
     parser.add_argument("--lottery-epochs", type=int, default=None, help="default: --epochs")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args()
-    set_threads(args.threads)
+    args = parse_benchmark_args(parser)
     lottery_epochs = args.lottery_epochs or args.epochs
     config = {**vars(args), "lottery_epochs": lottery_epochs, "dataset": "fashion-mnist",
               "architecture": f"784-[{args.hidden}]-10, Gaussian weights, mask gates",

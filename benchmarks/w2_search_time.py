@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 import torch
-from _common import format_table, print_header, set_threads, write_results
+from _common import format_table, parse_benchmark_args, print_header, write_results
 from torch.utils.data import TensorDataset
 
 from pyro_prune.data import load_dataset
@@ -35,10 +35,7 @@ def main() -> None:
                         help="width of each of the three hidden layers")
     parser.add_argument("--train-subset", type=int, default=10000)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    set_threads(args.threads)
+    args = parse_benchmark_args(parser)
     config = {**vars(args), "dataset": "fashion-mnist",
               "search": "w2_prune defaults: batch 0.02, 512 inputs, 32 draws, lambda 0.3"}
     print_header(__file__, seeds=[args.seed], config=config)

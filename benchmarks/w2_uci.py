@@ -29,11 +29,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from _common import RESULTS_DIR, format_table, print_header, set_threads, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS_DIR,
+    add_w2_args,
+    format_table,
+    parse_benchmark_args,
+    print_header,
+    write_results,
+)
 from scipy.stats import spearmanr  # noqa: E402
 
 from pyro_prune.data import load_dataset  # noqa: E402
-from pyro_prune.inference import DEFAULT_LAMBDA, fit, structure_scores, w2_prune  # noqa: E402
+from pyro_prune.inference import fit, structure_scores, w2_prune  # noqa: E402
 from pyro_prune.models import MLP  # noqa: E402
 from pyro_prune.models.bayesian import link_output_gates  # noqa: E402
 from pyro_prune.predictive import evaluate_predictive, neuron_w2  # noqa: E402
@@ -77,16 +84,8 @@ def main() -> None:
     parser.add_argument("--splits", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--hidden", nargs="+", type=int, default=[50, 50])
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--prior-scale", type=float, default=1.0)
-    parser.add_argument("--lam", type=float, default=DEFAULT_LAMBDA)
-    parser.add_argument("--draws", type=int, default=32)
-    parser.add_argument("--eval-draws", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    set_threads(args.threads)
+    add_w2_args(parser, lr=1e-2, batch_size=32, eval_draws=200)
+    args = parse_benchmark_args(parser)
     config = {**vars(args), "lambdas_figure3": LAMBDAS, "sweep_score": SWEEP_SCORE,
               "reductions": [f"splits {args.splits} of 20", "one training seed per split",
                              f"{args.steps} optimiser steps per fit"]}
