@@ -104,19 +104,22 @@ def goal_sparsity(model_name: str, info: Any, sparsity: float, args: argparse.Na
 
 def _compact_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     keys = ("epoch", "loss", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-            "sparsity", "log_bayes_factor", "pruned", "epoch_time_s")
+            "sparsity", "log_bayes_factor", "break_even_examples", "pruned", "epoch_time_s")
     return [{k: r.get(k) for k in keys} for r in history]
 
 
 def run_one(dataset: str, model_name: str, sparsity: float, method: str, seed: int,
-            args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
+            args: argparse.Namespace, data: dict[str, Any], *,
+            likelihood_batch: int | None = None) -> dict[str, Any]:
+    """Train one network with one method; ``likelihood_batch``: ``B`` of the ``*-batch`` gates."""
     prune_method, gate, likelihood = METHODS[method]
     torch.manual_seed(seed)
     model = make_model(model_name, data["info"], args.prior_scale)
     layers = pruned_layers(model, args.spare_first_last)
     sched = BayesFactorPruning(sparsity, prune_method, threshold=args.threshold,
                                log_threshold=args.log_threshold, gate=gate, seed=seed,
-                               likelihood=likelihood, layers=layers)
+                               likelihood=likelihood, layers=layers,
+                               likelihood_batch=likelihood_batch if likelihood == "batch" else None)
     t0 = time.perf_counter()
     res = fit(model, data["train"], epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
               val=data["val"], schedule=sched, seed=seed, progress=False)

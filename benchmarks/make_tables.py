@@ -235,6 +235,30 @@ def w2_depth_width(d: dict[str, Any]) -> str:
     ])
 
 
+def bayes_factor_gate(d: dict[str, Any]) -> str:
+    c = d["config"]
+    be = [[r["dataset"], r["epoch"], r["break_even_median"], f"{r['break_even_min']:.0f}-{r['break_even_max']:.0f}"]
+          for r in d.get("break_even", [])]
+    rows = [[r["dataset"], r["B"], r["opened"], r["first_accepted_epoch"],
+             f"{100 * r['sparsity']:.0f}%", f"{100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f}",
+             r["first_log_bf_median"]] for r in d["rows"]]
+    return "\n\n".join([
+        "### Bayes-factor gate: how many examples its likelihood may see",
+        f"Bayes Magnitude, {c.get('model', '').upper()} at {100 * c.get('sparsity', 0):g}% sparsity, "
+        "beta = 1. Break-even B* (`BayesFactor.break_even_examples`) of the full-data gate's "
+        "decision after each epoch (median and range over seeds): a gate whose likelihood sees "
+        "B examples accepts in expectation iff B <= B*. Reductions: "
+        + "; ".join(c.get("reductions", [])) + ".",
+        _table(["data", "epoch", "B* (median)", "B* (range)"], be),
+        "The gate on B fresh training examples per decision (`likelihood=\"batch\", "
+        "likelihood_batch=B`; `full`: all of them):",
+        _table(["data", "B", "gate opened (seeds)", "first accepted epoch", "sparsity",
+                "test accuracy %", "log BF at epoch 1 (median)"], rows),
+        "![break-even](benchmarks/results/bayes_factor_gate.png)",
+        _reproduce(d),
+    ])
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "bmrs_table": bmrs_table,
     "training_speed": training_speed,
@@ -246,6 +270,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "bayes_factor_table_full_cnn": lambda d: bayes_factor_table(
         d, "Bayes-factor pruning: the paper's epochs and full training set, MNIST CNN at 99%, "
            "first and output layers unpruned"),
+    "bayes_factor_gate": bayes_factor_gate,
     "w2_fashion_mnist": w2_fashion_mnist,
     "w2_uci": w2_uci,
     "w2_depth_width": w2_depth_width,

@@ -30,6 +30,8 @@ BENCHMARKS: dict[str, list[str]] = {
     "bayes_factor_table": ["--datasets", "mnist", "fashion-mnist", "cifar10", "--models", "fcn",
                            "--seeds", "0", "1", "2", "--epochs", "5", "--train-subset", "10000",
                            "--threads", "1"],
+    "bayes_factor_gate": ["--datasets", "mnist", "fashion-mnist", "--seeds", "0", "1", "2",
+                          "--epochs", "5", "--train-subset", "10000", "--threads", "1"],
     "w2_fashion_mnist": ["--threads", "1", "--quiet"],
     "w2_uci": ["--threads", "1"],
     "w2_depth_width": ["--threads", "1"],

@@ -323,6 +323,53 @@ class BayesFactor:
             self.pruned.log_prior - self.full.log_prior
         )
 
+    @property
+    def num_data(self) -> int:
+        """``N``, the number of examples the likelihoods were evaluated on."""
+        return self.full.num_data
+
+    def tempered_log_bayes_factor(self, num_examples: float) -> float:
+        r"""``log BF`` with the likelihood tempered to ``B = num_examples`` examples' worth.
+
+        .. math::
+
+            \log \mathrm{BF}_B = \frac{B}{N} \left[\log p(D|w') - \log p(D|w)\right]
+                + \log p(w') - \log p(w),
+
+        the power-posterior Bayes factor: the expected ``log BF`` of a gate that evaluates
+        the likelihood on ``B`` examples drawn from these ``N`` (``likelihood="batch"``).
+        ``B = N`` gives :attr:`log_bayes_factor`.
+        """
+        if not (isinstance(num_examples, (int, float)) and not isinstance(num_examples, bool)
+                and math.isfinite(num_examples) and num_examples >= 0):
+            raise ValueError(f"num_examples must be a finite number >= 0, got {num_examples!r}")
+        delta_lik = self.pruned.log_likelihood - self.full.log_likelihood
+        delta_prior = self.pruned.log_prior - self.full.log_prior
+        return num_examples / self.num_data * delta_lik + delta_prior
+
+    def break_even_examples(self, threshold: float = 1.0, *,
+                            log_threshold: float | None = None) -> float:
+        r"""The most examples ``B*`` whose tempered Bayes factor still reaches the threshold.
+
+        Pruning usually lowers the likelihood (``Delta l < 0``) and raises the prior
+        (``Delta pi > 0``: zeroed weights are at the prior's mode), so the tempered factor
+        :meth:`tempered_log_bayes_factor` falls linearly in ``B`` and a gate that looks at
+        ``B`` examples accepts (in expectation) exactly when ``B <= B*`` with
+
+        .. math:: B^* = N rac{\logeta - \Delta\pi}{\Delta l}.
+
+        ``0`` when even ``B = 0`` (the prior ratio alone) falls short, ``inf`` when pruning
+        does not lower the likelihood and some ``B`` accepts (then every larger one does).
+        It places the likelihood-batch gate between the full-data extreme (``B = N``) and
+        the prior alone (``B = 0``).
+        """
+        log_beta = _log_threshold(threshold, log_threshold)
+        delta_lik = self.pruned.log_likelihood - self.full.log_likelihood
+        delta_prior = self.pruned.log_prior - self.full.log_prior
+        if delta_lik >= 0:
+            return math.inf if delta_lik > 0 or delta_prior >= log_beta else 0.0
+        return max(0.0, self.num_data * (log_beta - delta_prior) / delta_lik)
+
     def accepts(self, threshold: float = 1.0, *, log_threshold: float | None = None) -> bool:
         """``BF >= threshold`` (a Bayes factor, > 0), i.e. ``log BF >= log threshold``.
 
@@ -453,10 +500,13 @@ class BayesFactorPruning(Schedule):
 
     History entries added to each epoch's row: ``sparsity`` (fraction of prunable weights
     pruned after the decision), ``log_bayes_factor`` (nats; ``None`` when there was no
-    candidate because every layer is at its target), ``pruned`` (a pruning was applied
-    this epoch), ``train_loss`` / ``train_accuracy`` (mean NLL and accuracy on the full
-    training set of the weights kept after the decision), ``log_likelihood``,
-    ``log_prior``, ``log_posterior`` of those weights, ``layer_sparsity``. When a pruning
+    candidate because every layer is at its target), ``break_even_examples`` (the most
+    likelihood examples at which the candidate passes the gate, estimated from the data
+    the factor was evaluated on: :meth:`BayesFactor.break_even_examples`; ``None`` with
+    ``log_bayes_factor``), ``pruned`` (a pruning was applied this epoch), ``train_loss`` /
+    ``train_accuracy`` (mean NLL and accuracy on the full training set of the weights kept
+    after the decision), ``log_likelihood``, ``log_prior``, ``log_posterior`` of those
+    weights, ``layer_sparsity``. When a pruning
     was applied and :func:`fit` has validation data, ``val_loss`` / ``val_accuracy`` are
     re-evaluated for the pruned weights.
 
@@ -573,6 +623,7 @@ class BayesFactorPruning(Schedule):
         full = log_posterior(model, ctx.train, batch_size=self.batch_size)
         kept = full
         log_bf: float | None = None
+        break_even: float | None = None
         applied = False
         if epoch <= ctx.epochs:
             current = weight_masks(model)
@@ -584,6 +635,7 @@ class BayesFactorPruning(Schedule):
                 bf = bayes_factor(model, cand, data, full=full if data is ctx.train else None,
                                   batch_size=self.batch_size)
                 log_bf = bf.log_bayes_factor
+                break_even = bf.break_even_examples(log_threshold=self.log_threshold)
                 if not self.gate or bf.log_bayes_factor >= self.log_threshold:
                     apply_masks(model, cand, ctx.optimizer)
                     self._refresh(model)
@@ -594,6 +646,7 @@ class BayesFactorPruning(Schedule):
         row: dict[str, Any] = {
             "sparsity": sparsity(model),
             "log_bayes_factor": log_bf,
+            "break_even_examples": break_even,
             "pruned": applied,
             "train_loss": kept.mean_nll,
             "log_likelihood": kept.log_likelihood,

@@ -202,6 +202,74 @@ def test_bayes_factor_threshold_is_given_as_a_bayes_factor() -> None:
         make(0.0).accepts(log_threshold=float("nan"))
 
 
+def _factor(delta_lik: float, delta_prior: float, n: int = 1000) -> BayesFactor:
+    full = LogPosterior(log_likelihood=-300.0, log_prior=-50.0, num_data=n)
+    pruned = LogPosterior(log_likelihood=-300.0 + delta_lik, log_prior=-50.0 + delta_prior, num_data=n)
+    return BayesFactor(full=full, pruned=pruned)
+
+
+@pytest.mark.parametrize("delta_lik, delta_prior, log_beta", [
+    (-200.0, 30.0, 0.0), (-5.0, 0.5, 0.0), (-200.0, 30.0, 10.0), (-1e5, 150.0, math.log(3.0)),
+])
+def test_break_even_examples_is_where_the_tempered_factor_meets_the_threshold(
+        delta_lik, delta_prior, log_beta) -> None:
+    bf = _factor(delta_lik, delta_prior)
+    assert bf.tempered_log_bayes_factor(bf.num_data) == pytest.approx(bf.log_bayes_factor)
+    assert bf.tempered_log_bayes_factor(0) == pytest.approx(delta_prior)
+    b_star = bf.break_even_examples(log_threshold=log_beta)
+    assert 0 < b_star < bf.num_data
+    assert bf.tempered_log_bayes_factor(b_star) == pytest.approx(log_beta, abs=1e-9)
+    # fewer examples accept, more reject
+    assert bf.tempered_log_bayes_factor(0.99 * b_star) > log_beta > bf.tempered_log_bayes_factor(1.01 * b_star)
+    assert bf.break_even_examples(math.exp(log_beta)) == pytest.approx(b_star)
+
+
+def test_break_even_examples_edge_cases() -> None:
+    assert _factor(-10.0, -1.0).break_even_examples() == 0.0  # the prior alone falls short
+    assert _factor(0.0, 1.0).break_even_examples() == math.inf  # no likelihood cost
+    assert _factor(0.0, -1.0).break_even_examples() == 0.0  # never accepts
+    assert _factor(2.0, -1.0).break_even_examples() == math.inf  # more data helps
+    with pytest.raises(ValueError, match="num_examples"):
+        _factor(-1.0, 1.0).tempered_log_bayes_factor(-1)
+    with pytest.raises(ValueError, match="num_examples"):
+        _factor(-1.0, 1.0).tempered_log_bayes_factor(float("nan"))
+
+
+def test_batch_gate_log_bf_is_the_tempered_factor_in_expectation(digits) -> None:
+    """The mean over random B-example subsets of the batch Bayes factor is the tempered one."""
+    x32, y = digits[0].tensors
+    train = TensorDataset(x32.double(), y)
+    net = _small_fcn(seed=2).double()
+    fit(net, train, epochs=1, batch_size=64, lr=3e-3, progress=False)
+    cand = candidate_masks(net, 0.5, "magnitude")
+    full = bayes_factor(net, cand, train)
+    g = torch.Generator().manual_seed(0)
+    b, draws = 40, 400
+    x = train.tensors[0]
+    # per-example likelihood differences once, then subsets of them (exact, and fast)
+    per_example = bayes_factor_per_example(net, cand, x, y)
+    assert float(per_example.sum()) == pytest.approx(
+        full.pruned.log_likelihood - full.full.log_likelihood, rel=1e-9)
+    delta_prior = full.pruned.log_prior - full.full.log_prior
+    subsets = torch.stack([torch.randperm(len(x), generator=g)[:b] for _ in range(draws)])
+    batch_log_bf = per_example[subsets].sum(-1) + delta_prior
+    se = float(batch_log_bf.std()) / math.sqrt(draws)
+    assert float(batch_log_bf.mean()) == pytest.approx(full.tempered_log_bayes_factor(b), abs=4 * se)
+    # and one subset through bayes_factor itself agrees with the per-example sum
+    sub = TensorDataset(x[subsets[0]], y[subsets[0]])
+    assert bayes_factor(net, cand, sub).log_bayes_factor == pytest.approx(float(batch_log_bf[0]), rel=1e-9)
+
+
+def bayes_factor_per_example(net, masks, x, y) -> torch.Tensor:
+    """``log p(y_n | x_n, w') - log p(y_n | x_n, w)`` for every example."""
+    with torch.no_grad():
+        before = -F.cross_entropy(net.net(x), y, reduction="none")
+        pruned = copy.deepcopy(net)
+        apply_masks(pruned, masks)
+        after = -F.cross_entropy(pruned.net(x), y, reduction="none")
+    return after - before
+
+
 def test_log_posterior_checks_its_arguments() -> None:
     net = _small_fcn()
     with pytest.raises(TypeError, match="dataset"):
@@ -266,7 +334,7 @@ def test_baseline_prunes_after_the_first_epoch_and_pruned_weights_stay_zero(make
         assert int((layer.weight == 0).sum()) == k
     assert all(r["sparsity"] == pytest.approx(hist[0]["sparsity"]) for r in hist)
     for key in ("epoch", "loss", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                "sparsity", "log_bayes_factor", "pruned", "layer_sparsity"):
+                "sparsity", "log_bayes_factor", "break_even_examples", "pruned", "layer_sparsity"):
         assert key in hist[-1], key
     # the val metrics of every epoch, the pruning one too, are those of the pruned network
     assert [r["val_loss"] for r in hist] == pytest.approx(sched.val_after, rel=1e-6)
@@ -373,6 +441,10 @@ def test_batch_likelihood_gate_is_the_bayes_factor_on_the_drawn_examples(digits)
     sched.on_fit_start(ctx)
     row = sched.on_epoch_end(ctx, 1)
     assert row["log_bayes_factor"] == pytest.approx(expected, rel=1e-6)
+    # the break-even count estimated from the B examples matches their tempered factor
+    assert 0 < row["break_even_examples"] < math.inf
+    bf_b = bayes_factor(before, cand, sub)
+    assert bf_b.tempered_log_bayes_factor(row["break_even_examples"]) == pytest.approx(0.0, abs=1e-4)
     # tempered: the likelihood loss counts 48 examples instead of all of them
     assert row["log_bayes_factor"] > full
     assert row["pruned"] == (expected >= 0.0)
