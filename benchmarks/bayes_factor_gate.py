@@ -37,6 +37,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from _common import RESULTS_DIR, format_table, parse_benchmark_args, print_header, write_results  # noqa: E402
 from bayes_factor_table import load_data, run_one  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 NAME = "bayes_factor_gate"
@@ -101,6 +102,7 @@ def plot(runs: list[dict[str, Any]], batches: list[int], path: Path) -> None:
             ax.axhline(b, color="grey", lw=0.6, ls="--" if opened else ":")
             ax.annotate(f"B={b}{' opens' if opened else ''}", (1, b), fontsize=7, va="bottom")
         ax.set(yscale="log", xlabel="epoch", ylabel="examples", title=f"{dataset}: break-even B*")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

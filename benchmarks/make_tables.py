@@ -237,11 +237,11 @@ def w2_depth_width(d: dict[str, Any]) -> str:
 
 def bayes_factor_gate(d: dict[str, Any]) -> str:
     c = d["config"]
-    be = [[r["dataset"], r["epoch"], r["break_even_median"], f"{r['break_even_min']:.0f}-{r['break_even_max']:.0f}"]
-          for r in d.get("break_even", [])]
+    be = [[r["dataset"], r["epoch"], f"{r['break_even_median']:.0f}",
+           f"{r['break_even_min']:.0f}-{r['break_even_max']:.0f}"] for r in d.get("break_even", [])]
     rows = [[r["dataset"], r["B"], r["opened"], r["first_accepted_epoch"],
              f"{100 * r['sparsity']:.0f}%", f"{100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f}",
-             r["first_log_bf_median"]] for r in d["rows"]]
+             f"{r['first_log_bf_median']:.1f}"] for r in d["rows"]]
     return "\n\n".join([
         "### Bayes-factor gate: how many examples its likelihood may see",
         f"Bayes Magnitude, {c.get('model', '').upper()} at {100 * c.get('sparsity', 0):g}% sparsity, "
