@@ -102,7 +102,8 @@ def inference_speed(d: dict[str, Any]) -> str:
         "`converted` is `to_deterministic(model)`, `converted_x8` rounds widths up to "
         "multiples of 8; `*_cl` store convolution weights channels-last (`channels_last=True`; "
         "speed-up against the faster unpruned layout). Goal: speed-up at least 0.7x the MAC "
-        "reduction.",
+        f"reduction. Medians of {d['config'].get('runs', 1)} runs, each in a fresh process "
+        "(speed-ups taken within a run, variants timed side by side).",
         _table(["model", "variant", "ms", "speed-up", "MAC reduction", "speed-up / MAC red.",
                 "compression"], rows),
         _reproduce(d),

@@ -43,7 +43,7 @@ BENCHMARKS: dict[str, list[str]] = {
                                 "--suffix", "_full"],
     "bayes_factor_table_full_cnn": ["--datasets", "mnist", "--models", "cnn", "--sparsities", "0.99",
                                     "--methods", "magnitude", "bayes-magnitude-batch",
-                                    "--seeds", "0", "--epochs", "25", "--threads", "1",
+                                    "--seeds", "0", "1", "2", "--epochs", "25", "--threads", "1",
                                     "--spare-first-last", "--plot-sparsity", "0.99",
                                     "--suffix", "_full_cnn",
                                     "--runs-file", "results/bayes_factor_table_full_cnn.runs.json"],
