@@ -124,22 +124,24 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--prior-scale", type=float, default=1.0)
-    parser.add_argument("--runs-file", default=str(RESULTS_DIR / f"{NAME}.runs.json"),
-                        help="cache of finished runs (JSON)")
+    parser.add_argument("--runs-file", default=None,
+                        help="cache of finished runs (JSON; default results/<name><suffix>.runs.json)")
+    parser.add_argument("--suffix", default="",
+                        help="results go to bayes_factor_gate<suffix>.json (e.g. _full for another protocol)")
     args = parse_benchmark_args(parser, threads=1, seed=False)
     if any(b < 1 for b in args.batches):
         parser.error(f"--batches must be positive, got {args.batches}")
     args.train_subset = args.train_subset or None
     # what run_one reads besides the above: the gate of bayes_factor_table's defaults
     args.threshold, args.log_threshold, args.spare_first_last = 1.0, None, False
-    config = {k: v for k, v in vars(args).items() if k != "runs_file"}
+    config = {k: v for k, v in vars(args).items() if k not in ("runs_file", "suffix")}
     config["reductions"] = [r for r in (
         f"epochs {args.epochs} (paper 25)" if args.epochs != 25 else None,
         f"train subset {args.train_subset} of the training part" if args.train_subset else None,
         f"seeds {args.seeds}") if r]
     print_header(__file__, seeds=args.seeds, config=config)
 
-    runs_file = Path(args.runs_file)
+    runs_file = Path(args.runs_file or RESULTS_DIR / f"{NAME}{args.suffix}.runs.json")
     cache: dict[str, dict[str, Any]] = json.loads(runs_file.read_text()) if runs_file.exists() else {}
     jobs = [(d, b, s) for d in args.datasets for b in [FULL, *args.batches] for s in args.seeds]
     runs: list[dict[str, Any]] = []
@@ -166,10 +168,10 @@ def main() -> None:
     print(format_table(be_rows))
     print()
     print(format_table(rows))
-    png = RESULTS_DIR / f"{NAME}.png"
+    png = RESULTS_DIR / f"{NAME}{args.suffix}.png"
     if runs:
         plot(runs, args.batches, png)
-    path = write_results(__file__, config=config, seeds=args.seeds, rows=rows,
+    path = write_results(__file__, config=config, seeds=args.seeds, rows=rows, suffix=args.suffix,
                          extra={"break_even": be_rows, "plots": [png.name] if runs else []})
     print(f"wrote {path}")
 

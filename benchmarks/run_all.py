@@ -32,6 +32,9 @@ BENCHMARKS: dict[str, list[str]] = {
                            "--threads", "1"],
     "bayes_factor_gate": ["--datasets", "mnist", "fashion-mnist", "--seeds", "0", "1", "2",
                           "--epochs", "5", "--train-subset", "10000", "--threads", "1"],
+    "bayes_factor_gate_full": ["--datasets", "mnist", "fashion-mnist", "--batches", "128",
+                               "--seeds", "0", "1", "2", "--epochs", "25", "--train-subset", "0",
+                               "--threads", "1", "--suffix", "_full"],
     "w2_fashion_mnist": ["--threads", "1", "--quiet"],
     "w2_uci": ["--threads", "1"],
     "w2_depth_width": ["--threads", "1"],
@@ -50,7 +53,8 @@ BENCHMARKS: dict[str, list[str]] = {
 }
 
 #: results that a second grid of another script writes (``--suffix``)
-SCRIPTS = {"bayes_factor_table_full": "bayes_factor_table",
+SCRIPTS = {"bayes_factor_gate_full": "bayes_factor_gate",
+           "bayes_factor_table_full": "bayes_factor_table",
            "bayes_factor_table_full_cnn": "bayes_factor_table"}
 
 
