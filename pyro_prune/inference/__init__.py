@@ -13,7 +13,15 @@ from pyro_prune.inference.bayes_factor import (
     log_posterior,
     plot_learning_curves,
 )
-from pyro_prune.inference.fit import Engine, FitContext, FitResult, evaluate, fit, load_checkpoint
+from pyro_prune.inference.fit import (
+    Engine,
+    FitContext,
+    FitResult,
+    evaluate,
+    fit,
+    flush_denormals,
+    load_checkpoint,
+)
 from pyro_prune.inference.schedules import (
     ContinuousPruning,
     Schedule,
@@ -43,6 +51,7 @@ __all__ = [
     "Schedule",
     "evaluate",
     "fit",
+    "flush_denormals",
     "global_ranking",
     "load_checkpoint",
     "post_training_curve",

@@ -8,11 +8,12 @@ end of each epoch, a per-epoch history, tqdm progress and resumable checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -28,7 +29,7 @@ from pyro_prune._enums import parse_enum
 from pyro_prune.inference.elbo import fast_elbo_loss, pyro_elbo_loss
 from pyro_prune.models.base import KLScale, Likelihood, PrunableNet
 
-__all__ = ["Engine", "FitContext", "FitResult", "evaluate", "fit", "load_checkpoint"]
+__all__ = ["Engine", "FitContext", "FitResult", "evaluate", "fit", "flush_denormals", "load_checkpoint"]
 
 CHECKPOINT_FORMAT = "pyro_prune.fit/1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -183,6 +184,34 @@ def _adam(groups: list[dict[str, Any]], **options: Any) -> torch.optim.Adam:
         return torch.optim.Adam(groups, foreach=True, **options)
 
 
+def _flush_denormal_enabled() -> bool:
+    """Whether the CPU currently flushes subnormal floats (torch has no getter for it)."""
+    return float(torch.tensor([1e-39], dtype=torch.float32) * 1.0) == 0.0
+
+
+@contextlib.contextmanager
+def flush_denormals(enabled: bool = True) -> Iterator[None]:
+    """Treat subnormal floats as zero on the CPU inside the block; the previous mode after.
+
+    Training a heavily pruned network drives part of the optimizer state (Adam's moments of
+    weights whose gradients vanish) and of the activations into the subnormal range below
+    ``1.2e-38`` (float32), where x86 arithmetic is many times slower: an FCN with 99% of its
+    hidden weights pruned slowed from 3.2 s to 5.7 s per epoch by its sixth epoch, and kept
+    slowing, while with flushing its epochs stayed at 3.2 s. Values change only below that
+    threshold. A no-op where the CPU cannot flush (``torch.set_flush_denormal`` says so).
+    """
+    if not enabled:
+        yield
+        return
+    before = _flush_denormal_enabled()
+    supported = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if supported:
+            torch.set_flush_denormal(before)
+
+
 def fit(
     model: PrunableNet,
     train: TensorDataset,
@@ -201,6 +230,7 @@ def fit(
     weight_decay: float = 0.0,
     noise_lr: float | None = None,
     per_example_noise: bool = True,
+    flush_denormal: bool = True,
 ) -> FitResult:
     """Fit ``model`` (and its guide) by SVI; prune along the way if ``schedule`` says so.
 
@@ -229,6 +259,8 @@ def fit(
         per_example_noise: with the fast engine, draw the noise once per example (lower
             gradient variance, the default) or once per step for the whole batch (the
             Pyro ELBO's estimator; cheaper, see ``benchmarks/training_speed.py``).
+        flush_denormal: treat subnormal floats as zero on the CPU while training
+            (:func:`flush_denormals`; the setting is restored afterwards).
 
     Returns:
         :class:`FitResult` with the model, the guide and the per-epoch history.
@@ -333,28 +365,29 @@ def fit(
 
     bar = tqdm(range(start_epoch, total_epochs), desc=f"fit {type(model).__name__}",
                disable=not progress, initial=start_epoch, total=total_epochs, leave=False)
-    for epoch in bar:
-        ctx.epoch = epoch
-        t0 = time.perf_counter()
-        row: dict[str, Any] = {"epoch": epoch + 1}
-        row.update(train_epoch())
-        row["epoch_time_s"] = time.perf_counter() - t0
-        train_metrics = evaluate(model, train) if val is None or epoch + 1 == total_epochs else None
-        if train_metrics is not None:
-            row.update({f"train_{k}": v for k, v in train_metrics.items()})
-        if val is not None:
-            row.update({f"val_{k}": v for k, v in evaluate(model, val).items()})
-        if schedule is not None:
-            row.update(schedule.on_epoch_end(ctx, epoch + 1))
-        row["kept"] = model.kept_counts()
-        row["compression"] = _compression(model)
-        history.append(row)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
-                         if k in ("loss", "val_accuracy", "compression") and v is not None})
-        if ckpt_path is not None:
-            _save_checkpoint(ckpt_path, model=model, optimizer=optimizer, schedule=schedule,
-                             history=history, epoch=epoch + 1, step=ctx.step, config=config,
-                             generator=generator)
+    with flush_denormals(flush_denormal):
+        for epoch in bar:
+            ctx.epoch = epoch
+            t0 = time.perf_counter()
+            row: dict[str, Any] = {"epoch": epoch + 1}
+            row.update(train_epoch())
+            row["epoch_time_s"] = time.perf_counter() - t0
+            train_metrics = evaluate(model, train) if val is None or epoch + 1 == total_epochs else None
+            if train_metrics is not None:
+                row.update({f"train_{k}": v for k, v in train_metrics.items()})
+            if val is not None:
+                row.update({f"val_{k}": v for k, v in evaluate(model, val).items()})
+            if schedule is not None:
+                row.update(schedule.on_epoch_end(ctx, epoch + 1))
+            row["kept"] = model.kept_counts()
+            row["compression"] = _compression(model)
+            history.append(row)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
+                             if k in ("loss", "val_accuracy", "compression") and v is not None})
+            if ckpt_path is not None:
+                _save_checkpoint(ckpt_path, model=model, optimizer=optimizer, schedule=schedule,
+                                 history=history, epoch=epoch + 1, step=ctx.step, config=config,
+                                 generator=generator)
     bar.close()
     model.eval()
     return FitResult(model=model, guide=guide, history=history, config=config)
