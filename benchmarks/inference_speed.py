@@ -43,9 +43,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -338,10 +341,6 @@ def median_of_runs(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 def timed_in_fresh_processes(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
     """Run :func:`measure` in ``args.runs`` fresh processes (models trained once, then cached)."""
-    import json
-    import subprocess
-    import tempfile
-
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.runs):
@@ -357,8 +356,6 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.run_output is not None:  # one run, for the parent process
-        import json
-
         Path(args.run_output).write_text(json.dumps(measure(args)))
         return
     set_threads(args.threads)

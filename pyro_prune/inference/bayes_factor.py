@@ -319,9 +319,17 @@ class BayesFactor:
     @property
     def log_bayes_factor(self) -> float:
         """``log BF = log p(D|w') + log p(w') - log p(D|w) - log p(w)``."""
-        return (self.pruned.log_likelihood - self.full.log_likelihood) + (
-            self.pruned.log_prior - self.full.log_prior
-        )
+        return self._delta_log_likelihood + self._delta_log_prior
+
+    @property
+    def _delta_log_likelihood(self) -> float:
+        """``Delta l = log p(D|w') - log p(D|w)``."""
+        return self.pruned.log_likelihood - self.full.log_likelihood
+
+    @property
+    def _delta_log_prior(self) -> float:
+        """``Delta pi = log p(w') - log p(w)``."""
+        return self.pruned.log_prior - self.full.log_prior
 
     @property
     def num_data(self) -> int:
@@ -343,9 +351,7 @@ class BayesFactor:
         if not (isinstance(num_examples, (int, float)) and not isinstance(num_examples, bool)
                 and math.isfinite(num_examples) and num_examples >= 0):
             raise ValueError(f"num_examples must be a finite number >= 0, got {num_examples!r}")
-        delta_lik = self.pruned.log_likelihood - self.full.log_likelihood
-        delta_prior = self.pruned.log_prior - self.full.log_prior
-        return num_examples / self.num_data * delta_lik + delta_prior
+        return num_examples / self.num_data * self._delta_log_likelihood + self._delta_log_prior
 
     def break_even_examples(self, threshold: float = 1.0, *,
                             log_threshold: float | None = None) -> float:
@@ -356,7 +362,7 @@ class BayesFactor:
         :meth:`tempered_log_bayes_factor` falls linearly in ``B`` and a gate that looks at
         ``B`` examples accepts (in expectation) exactly when ``B <= B*`` with
 
-        .. math:: B^* = N rac{\logeta - \Delta\pi}{\Delta l}.
+        .. math:: B^* = N \frac{\log\beta - \Delta\pi}{\Delta l}.
 
         ``0`` when even ``B = 0`` (the prior ratio alone) falls short, ``inf`` when pruning
         does not lower the likelihood and some ``B`` accepts (then every larger one does).
@@ -364,8 +370,7 @@ class BayesFactor:
         the prior alone (``B = 0``).
         """
         log_beta = _log_threshold(threshold, log_threshold)
-        delta_lik = self.pruned.log_likelihood - self.full.log_likelihood
-        delta_prior = self.pruned.log_prior - self.full.log_prior
+        delta_lik, delta_prior = self._delta_log_likelihood, self._delta_log_prior
         if delta_lik >= 0:
             return math.inf if delta_lik > 0 or delta_prior >= log_beta else 0.0
         return max(0.0, self.num_data * (log_beta - delta_prior) / delta_lik)
