@@ -80,6 +80,46 @@ def bmrs_table(d: dict[str, Any]) -> str:
     ])
 
 
+def bmrs_curves(d: dict[str, Any]) -> str:
+    """Figures 2-4 of the BMRS paper: curves as ``accuracy (compression)`` per criterion."""
+    parts = ["### BMRS: post-training pruning curves, rank correlation, BMRS_U vs p1",
+             f"Protocol of this run: {d['config'].get('protocol', '')}. Each cell: test accuracy % "
+             "(compression %) after removing that fraction of the structures, ranked by the "
+             "criterion once on the trained model, and one fine-tuning epoch. Threshold-free stops: "
+             "the compression at which each rule stops (every structure with dF >= 0 removed). "
+             "Spearman correlations are over all structures, most of which sit at the prior."]
+    rows = d["rows"]
+    for info in d.get("datasets", []):
+        ds, model = info["dataset"], info["model"]
+        mine = [r for r in rows if r["dataset"] == ds and r["model"] == model]
+        curve = [r for r in mine if r["figure"] == "accuracy_vs_compression"]
+        crits = list(dict.fromkeys(r["criterion"] for r in curve))
+        fractions = sorted({r["fraction"] for r in curve})
+        cell = {(r["criterion"], r["fraction"]): r for r in curve}
+        table = [[f"{100 * f:.0f}%"] + [f"{100 * cell[(c, f)]['accuracy']:.2f} ({100 * cell[(c, f)]['compression']:.0f})"
+                                        if (c, f) in cell else "" for c in crits] for f in fractions]
+        stops = {r["criterion"]: r["compression"] for r in mine if r["figure"] == "stop"}
+        rho = {(r["a"], r["b"]): r["rho"] for r in mine if r["figure"] == "spearman"}
+        names = list(dict.fromkeys([a for a, _ in rho] + [b for _, b in rho]))
+        matrix = [[a] + ["1" if a == b else f"{rho.get((a, b), rho.get((b, a), float('nan'))):.2f}"
+                         for b in names] for a in names]
+        p1 = [[r["p1"], f"{100 * r['compression']:.1f}", f"{100 * r['accuracy']:.2f}"]
+              for r in mine if r["figure"] == "bmrs_u_p1"]
+        parts += [
+            f"**{model} on {ds}** (unpruned: {100 * info['unpruned_accuracy']:.2f}%)",
+            _table(["structures removed"] + [c if c != "bmrs_n" else "bmrs_n / bmrs_n_code" for c in crits],
+                   table),
+            "Threshold-free stops: " + ", ".join(f"{c} {100 * v:.1f}%" for c, v in stops.items())
+            + ". Spearman rank correlation of the criteria's scores:",
+            _table(["", *names], matrix),
+            "BMRS_U with reduced prior LogU[-23 ln 2, -p1 ln 2], threshold-free, one fine-tuning epoch:",
+            _table(["p1", "compression %", "test accuracy %"], p1),
+            *[f"![{png}](benchmarks/results/{png})" for png in info.get("plots", [])[:1]],
+        ]
+    parts.append(_reproduce(d))
+    return "\n\n".join(parts)
+
+
 def training_speed(d: dict[str, Any]) -> str:
     rows = [[r["model"], r.get("adam", "for-loop"), r["variant"], r["ms_per_step"], r["ratio_to_plain"]]
             for r in d["rows"]]
@@ -266,6 +306,7 @@ def bayes_factor_gate(d: dict[str, Any], title: str = "Bayes-factor gate: how ma
 
 SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "bmrs_table": bmrs_table,
+    "bmrs_curves": bmrs_curves,
     "training_speed": training_speed,
     "inference_speed": inference_speed,
     "reduction_speed": reduction_speed,

@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, list[str]] = {
                    "--kl-scale", "paper", "elbo",
                    "--seeds", "0", "1", "2", "--epochs", "10", "--finetune", "3",
                    "--noise-lr", "3e-2", "--threads", "1", "--quiet"],
+    "bmrs_curves": ["--datasets", "mnist", "fashion-mnist", "--epochs", "10", "--seed", "0", "--quiet"],
     "bayes_factor_table": ["--datasets", "mnist", "fashion-mnist", "cifar10", "--models", "fcn",
                            "--seeds", "0", "1", "2", "--epochs", "5", "--train-subset", "10000",
                            "--threads", "1"],

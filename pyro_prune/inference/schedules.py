@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -165,6 +165,7 @@ def post_training_curve(
     seed: int = 0,
     progress: bool = True,
     stop_criterion: str | None = None,
+    fit_kwargs: Mapping[str, Any] | None = None,
     **criterion_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Accuracy vs compression when a trained model is pruned progressively by a criterion.
@@ -178,6 +179,10 @@ def post_training_curve(
     the threshold-free stopping point, the fraction of structures with dF >= 0 under
     ``stop_criterion`` (default: ``criterion`` itself when it is threshold-free, else
     BMRS_N); ``stop_fraction`` repeats where that point lies.
+
+    ``fit_kwargs`` go to the fine-tuning :func:`~pyro_prune.inference.fit` (e.g.
+    ``{"kl_scale": "paper", "noise_lr": 0.03}``: fine-tune with the KL weight the model was
+    trained with; ``fit`` sets the weight on every call, ``"elbo"`` unless told).
     """
     from pyro_prune.convert import compression
     from pyro_prune.inference.fit import evaluate, fit
@@ -200,7 +205,7 @@ def post_training_curve(
         _set_kept(pruned, _removal_masks(pruned, order, k))
         if finetune_epochs > 0 and k > 0:
             fit(pruned, train, epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed,
-                progress=False)
+                progress=False, **dict(fit_kwargs or {}))
         metrics = evaluate(pruned, test)
         points.append({
             "criterion": criterion, "fraction": fraction, "removed": k,

@@ -45,3 +45,25 @@ def test_post_training_curve_rejects_fractions_out_of_range(trained) -> None:
     model, train, test = trained
     with pytest.raises(ValueError, match="fractions"):
         post_training_curve(model, train, test, "snr", fractions=[1.0], progress=False)
+
+
+def test_post_training_curve_fine_tunes_with_the_given_fit_options(trained, monkeypatch) -> None:
+    import importlib
+
+    fit_module = importlib.import_module("pyro_prune.inference.fit")  # the module, not the function
+    model, train, test = trained
+    seen = []
+    real_fit = fit_module.fit
+
+    def spy(m, *args, **kwargs):
+        result = real_fit(m, *args, **kwargs)
+        seen.append((kwargs.get("kl_scale"), {g.kl_scale for g in m.noise_layers().values()}))
+        return result
+
+    monkeypatch.setattr(fit_module, "fit", spy)
+    post_training_curve(model, train, test, "snr", fractions=[0.0, 0.5], batch_size=64,
+                        progress=False, fit_kwargs={"kl_scale": "paper"})
+    paper = len(train) / model.num_structures()
+    # one fine-tuning (none at fraction 0), with the paper's KL weight on every noise layer
+    assert [k for k, _ in seen] == ["paper"]
+    assert sorted(seen[0][1]) == pytest.approx([paper])
