@@ -15,6 +15,10 @@ latency of
 * ``converted_x8``: ``to_deterministic(model, channel_multiple=8)``: widths rounded up to a
   multiple of 8 by keeping some removed structures as zeros (oneDNN's convolutions are much
   faster on such widths),
+* ``unpruned_ofi``, ``converted_ofi``, ``converted_x8_ofi``: the same modules through
+  ``torch.jit.optimize_for_inference(torch.jit.script(m))`` (frozen; oneDNN convolutions
+  with prepacked weights, convolution + ReLU fused), the CPU deployment path; their
+  speed-up is taken against ``unpruned_ofi``,
 * conv nets only, ``unpruned_cl`` and ``converted_cl``: the same two modules with
   ``channels_last=True`` (convolution weights in channels-last layout, inputs unchanged);
   their speed-up is taken against the faster of ``unpruned`` and ``unpruned_cl``,
@@ -192,6 +196,11 @@ def _unpruned_copy(model: PrunableNet) -> PrunableNet:
     return full
 
 
+def optimized_for_inference(module: torch.nn.Module) -> torch.nn.Module:
+    """``torch.jit.optimize_for_inference(torch.jit.script(module))``: frozen, CPU kernels chosen."""
+    return torch.jit.optimize_for_inference(torch.jit.script(copy.deepcopy(module).eval()))
+
+
 def masked_static(model: PrunableNet) -> torch.nn.Module:
     """The pruned backbone, dense, with each gate replaced by a fixed ``E[theta] * kept`` scale."""
     net = copy.deepcopy(model.net).eval()
@@ -248,6 +257,11 @@ def bench(name: str, model: PrunableNet, input_shape: tuple[int, ...], args: arg
     params = {"unpruned": count_params(_unpruned_copy(model)), "converted": count_params(model),
               "converted_x8": count_params(to_deterministic(model, channel_multiple=8))}
     params["masked"] = params["masked_static"] = params["unpruned"]
+    # TorchScript frozen and optimised for inference (oneDNN convolutions with prepacked
+    # weights, fused conv + ReLU): the CPU deployment path, timed against its own unpruned form
+    for v in ("unpruned", "converted", "converted_x8"):
+        variants[f"{v}_ofi"] = optimized_for_inference(variants[v])
+        macs[f"{v}_ofi"], params[f"{v}_ofi"] = macs[v], params[v]
     if any(isinstance(m, torch.nn.Conv2d) for m in converted.modules()):
         variants["unpruned_cl"] = dense_reference(model, channels_last=True)
         variants["converted_cl"] = to_deterministic(model, fold_batchnorm=True, channels_last=True)
@@ -258,6 +272,8 @@ def bench(name: str, model: PrunableNet, input_shape: tuple[int, ...], args: arg
         torch.testing.assert_close(static(x_check), model.predict(x_check), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(converted(x_check), model.predict(x_check), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(converted_x8(x_check), model.predict(x_check), rtol=1e-4, atol=1e-5)
+        for v in ("converted_ofi", "converted_x8_ofi"):
+            torch.testing.assert_close(variants[v](x_check), model.predict(x_check), rtol=1e-4, atol=1e-5)
         if "converted_cl" in variants:
             torch.testing.assert_close(variants["converted_cl"](x_check), model.predict(x_check),
                                        rtol=1e-4, atol=1e-5)
@@ -280,6 +296,8 @@ def bench(name: str, model: PrunableNet, input_shape: tuple[int, ...], args: arg
             base = latency["unpruned"]
             if variant.endswith("_cl"):  # against the faster dense layout
                 base = min(base, latency["unpruned_cl"])
+            elif variant.endswith("_ofi"):  # against the unpruned network deployed alike
+                base = latency["unpruned_ofi"]
             speedup = base / latency[variant]
             mac_ratio = macs["unpruned"] / macs[variant]
             rows.append({

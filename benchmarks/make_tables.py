@@ -140,7 +140,9 @@ def inference_speed(d: dict[str, Any]) -> str:
         "### Conversion: latency at batch 256",
         "`masked` is the dense network with zeroed structures (what masking-only code runs); "
         "`converted` is `to_deterministic(model)`, `converted_x8` rounds widths up to "
-        "multiples of 8; `*_cl` store convolution weights channels-last (`channels_last=True`; "
+        "multiples of 8; `*_ofi` are the same modules through "
+        "`torch.jit.optimize_for_inference(torch.jit.script(m))` (speed-up against "
+        "`unpruned_ofi`); `*_cl` store convolution weights channels-last (`channels_last=True`; "
         "speed-up against the faster unpruned layout). Goal: speed-up at least 0.7x the MAC "
         f"reduction. Medians of {d['config'].get('runs', 1)} runs, each in a fresh process "
         "(speed-ups taken within a run, variants timed side by side).",
@@ -312,7 +314,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "reduction_speed": reduction_speed,
     "bayes_factor_table": bayes_factor_table,
     "bayes_factor_table_full": lambda d: bayes_factor_table(
-        d, "Bayes-factor pruning: the paper's epochs and full training set, 90% sparsity"),
+        d, "Bayes-factor pruning: the paper's epochs and full training set, FCN, 25-99% sparsity"),
     "bayes_factor_table_full_cnn": lambda d: bayes_factor_table(
         d, "Bayes-factor pruning: the paper's epochs and full training set, MNIST CNN at 99%, "
            "first and output layers unpruned"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import time
 import warnings
@@ -456,6 +457,9 @@ def test_converted_module_scripts_exports_and_round_trips(arch: str) -> None:
     with torch.no_grad():
         ref = det(x)
         torch.testing.assert_close(torch.jit.script(det)(x), ref)
+        # the CPU deployment path: frozen, oneDNN kernels with prepacked weights, fusions
+        deployed = torch.jit.optimize_for_inference(torch.jit.script(copy.deepcopy(det).eval()))
+        torch.testing.assert_close(deployed(x), ref, rtol=1e-4, atol=1e-5)
         if arch in ("lenet5", "vit"):  # torch.export is slow to start; two architectures suffice
             torch.testing.assert_close(torch.export.export(det, (x,)).module()(x), ref)
     buf = io.BytesIO()
