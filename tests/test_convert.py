@@ -402,6 +402,46 @@ def test_lenet5_hand_counts() -> None:
     assert count_macs(model, (1, 28, 28)) == kept_macs
 
 
+def test_resnet_hand_counts_with_tied_residual_channels() -> None:
+    model = ResNet(3, 10, widths=(4, 6), blocks_per_stage=1, image_size=8)
+    gates = model.gates()
+
+    def prune(name: str, remove: list[int]) -> None:
+        gates[name].prune(torch.tensor(remove, dtype=torch.bool))
+
+    # the stem and stage 0's second gate meet at an add: only channel 0 is removed by both
+    prune("stem_gate", [1, 1, 0, 0])
+    prune("stages.0.0.bn2_gate", [1, 0, 1, 0])
+    prune("stages.0.0.bn1_gate", [0, 1, 1, 0])  # 2 kept
+    prune("stages.1.0.bn1_gate", [1, 1, 1, 0, 0, 0])  # 3 kept
+    # stage 1's second gate and its shortcut meet at an add: channels 0, 4, 5 removed by both
+    prune("stages.1.0.bn2_gate", [1, 1, 0, 0, 1, 1])
+    prune("stages.1.0.shortcut.bn_gate", [1, 0, 0, 0, 1, 1])
+    a, b1, c1, out = 3, 2, 3, 3  # tied stem/stage-0 group, stage 0 inner, stage 1 inner, tied output group
+
+    def counts(a: int, b1: int, c1: int, out: int) -> tuple[int, int]:
+        """(parameters, MACs at 3x8x8): 3x3 convolutions without bias, BatchNorm 2 per channel."""
+        params = (9 * 3 * a + 2 * a  # stem
+                  + 9 * a * b1 + 2 * b1 + 9 * b1 * a + 2 * a  # stage 0 (identity shortcut)
+                  + 9 * a * c1 + 2 * c1 + 9 * c1 * out + 2 * out  # stage 1, stride 2
+                  + a * out + 2 * out  # 1x1 shortcut
+                  + out * 10 + 10)  # classifier
+        macs = (64 * 27 * a + 64 * 9 * a * b1 + 64 * 9 * b1 * a  # 8x8 positions
+                + 16 * 9 * a * c1 + 16 * 9 * c1 * out + 16 * a * out  # 4x4 positions
+                + out * 10)
+        return params, macs
+
+    full_params, full_macs = counts(4, 4, 6, 6)
+    kept_params, kept_macs = counts(a, b1, c1, out)
+    assert (full_params, full_macs) == (1090, 34428)
+    assert count_params(ResNet(3, 10, widths=(4, 6), image_size=8)) == full_params
+    assert count_macs(ResNet(3, 10, widths=(4, 6), image_size=8), (3, 8, 8)) == full_macs
+    det = to_deterministic(model)
+    assert count_params(model) == count_params(det) == kept_params == 434
+    assert count_macs(model, (3, 8, 8)) == count_macs(det, (3, 8, 8)) == kept_macs == 14862
+    assert compression(model) == pytest.approx(1 - kept_params / full_params)
+
+
 def test_vit_mac_count_includes_attention_matmuls() -> None:
     model = ViT(8, 4, 1, 10, dim=16, depth=1, heads=4, mlp_dim=24)
     model.gates()["blocks.0.attn.head_gate"].prune(torch.tensor([True, False, False, True]))
