@@ -66,10 +66,12 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> tuple[list[dict[str, 
     full = load_dataset(dataset, "train")
     test = load_dataset(dataset, "test")
     train, _ = train_val_split(full, val_fraction=0.2, seed=args.seed)
-    fit_kwargs = {"kl_scale": args.kl_scale, "noise_lr": args.noise_lr, "batch_size": args.batch_size}
+    # training, curve fine-tuning and the p1 sweep share the KL weight and noise learning rate
+    fit_kwargs = {"kl_scale": args.kl_scale, "noise_lr": args.noise_lr}
     torch.manual_seed(args.seed)
     model = make_model(args.model, full.info)
-    fit(model, train, epochs=args.epochs, seed=args.seed, progress=not args.quiet, **fit_kwargs)
+    fit(model, train, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+        progress=not args.quiet, **fit_kwargs)
     base_acc = evaluate(model, test)["accuracy"]
     print(f"{dataset} {args.model}: unpruned test accuracy {base_acc:.4f}")
     tag = f"{dataset}_{args.model}"
@@ -77,10 +79,9 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> tuple[list[dict[str, 
 
     # Figure 2: accuracy vs compression, the threshold-free stops marked
     fractions = [float(f) for f in np.linspace(0.0, args.max_fraction, args.points)]
-    curve_fit = {"kl_scale": args.kl_scale, "noise_lr": args.noise_lr}
     curves = {crit: post_training_curve(model, train, test, crit, fractions=fractions,
                                         finetune_epochs=1, batch_size=args.batch_size,
-                                        seed=args.seed, progress=not args.quiet, fit_kwargs=curve_fit)
+                                        seed=args.seed, progress=not args.quiet, fit_kwargs=fit_kwargs)
               for crit in CURVE_CRITERIA}
     stops = {crit: stop_point(model, crit)[1] for crit in STOP_CRITERIA}
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -135,7 +136,8 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> tuple[list[dict[str, 
     p1_rows = []
     for p1 in P1_VALUES:
         pruned, comp = stop_point(model, "bmrs_u", p1=p1)
-        fit(pruned, train, epochs=1, seed=args.seed, progress=False, **fit_kwargs)
+        fit(pruned, train, epochs=1, batch_size=args.batch_size, seed=args.seed, progress=False,
+            **fit_kwargs)
         p1_rows.append({"figure": "bmrs_u_p1", "dataset": dataset, "model": args.model, "p1": p1,
                         "compression": comp, "accuracy": evaluate(pruned, test)["accuracy"]})
     rows += p1_rows

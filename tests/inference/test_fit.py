@@ -9,6 +9,7 @@ from torch.utils.data import TensorDataset
 
 from pyro_prune.data import load_dataset, train_val_split
 from pyro_prune.inference import ContinuousPruning, fit, load_checkpoint
+from pyro_prune.inference.fit import _flush_denormal_enabled
 from pyro_prune.models import MLP
 
 
@@ -217,10 +218,6 @@ def test_pyro_engine_trains_too(digits) -> None:
     assert train_val_split  # the helper is importable from data
 
 
-def _flushing() -> bool:
-    return float(torch.tensor([1e-39], dtype=torch.float32) * 1.0) == 0.0
-
-
 class _RecordFlush:
     """A schedule that records whether subnormals are flushed while fit trains."""
 
@@ -234,7 +231,7 @@ class _RecordFlush:
         pass
 
     def on_epoch_end(self, ctx, epoch: int) -> dict:
-        self.seen.append(_flushing())
+        self.seen.append(_flush_denormal_enabled())
         return {}
 
 
@@ -243,17 +240,17 @@ def test_fit_flushes_subnormals_while_training_and_restores_the_mode(digits, flu
     train, _ = digits
     if not torch.set_flush_denormal(False):
         pytest.skip("this CPU cannot flush subnormal floats")
-    assert not _flushing()
+    assert not _flush_denormal_enabled()
     # a subnormal survives arithmetic outside fit ...
     assert float(torch.tensor([3e-39]) * 2.0) == pytest.approx(6e-39, rel=1e-6)
     rec = _RecordFlush()
     fit(MLP(64, [16], 10), train, epochs=2, batch_size=64, schedule=rec, progress=False,
         flush_denormal=flush)
     assert rec.seen == [flush, flush]  # ... and is flushed to zero inside, when asked
-    assert not _flushing()  # the caller's mode is back
+    assert not _flush_denormal_enabled()  # the caller's mode is back
     torch.set_flush_denormal(True)
     try:
         fit(MLP(64, [16], 10), train, epochs=1, batch_size=64, progress=False, flush_denormal=flush)
-        assert _flushing()  # a caller who flushes keeps flushing
+        assert _flush_denormal_enabled()  # a caller who flushes keeps flushing
     finally:
         torch.set_flush_denormal(False)
