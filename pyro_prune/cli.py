@@ -15,13 +15,15 @@ and writes a *run folder*:
                                continues where it stopped (``--restart`` starts over)
 ``model.pt``                   the Pyro model's ``state_dict`` (variational parameters, masks)
 ``converted_state_dict.pt``    the smaller deterministic network's ``state_dict``
-``converted_torchscript.pt``   the same network as TorchScript (loads without pyro_prune)
+``converted.pt2``              the same network as a ``torch.export`` program, batch size free
+                               (``torch.export.load(path).module()``; no pyro_prune needed)
 ``posterior.nc``               the ArviZ InferenceData (netCDF; :mod:`pyro_prune.arviz`)
 ``metrics.json``               test accuracy, compression, MACs, latency, ELPD, W2 shift
 =============================  ===============================================================
 
 ``report`` writes ``report.md`` with tables and PNG figures into the run folder; ``export``
-writes the converted network as TorchScript, a state dict or ONNX.
+writes the converted network as a ``torch.export`` program (the default), a state dict,
+ONNX, or TorchScript (deprecated in current torch, kept for older deployments).
 
 Every bad argument (unknown model or method, a data set that cannot be found, epochs <= 0,
 a run folder that does not exist, ...) ends with exit code 2 and one line naming the problem.
@@ -78,7 +80,7 @@ HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.pt"
 CONVERTED_STATE_FILE = "converted_state_dict.pt"
-TORCHSCRIPT_FILE = "converted_torchscript.pt"
+EXPORTED_PROGRAM_FILE = "converted.pt2"
 IDATA_FILE = "posterior.nc"
 CURVE_FILE = "curve.json"
 REPORT_FILE = "report.md"
@@ -422,9 +424,21 @@ def _quiet() -> Iterator[None]:
 class ExportFormat(enum.Enum):
     """``--format`` of ``pyro-prune export``."""
 
-    TORCHSCRIPT = "torchscript"
+    EXPORTED_PROGRAM = "exported-program"
     STATE_DICT = "state-dict"
     ONNX = "onnx"
+    TORCHSCRIPT = "torchscript"
+
+
+def _export_program(module: nn.Module, example: Tensor, path: Path) -> Path:
+    """``torch.export`` with a free batch dimension, saved with ``torch.export.save`` (.pt2)."""
+    batch = torch.export.Dim("batch", min=1)
+    if example.shape[0] < 2:  # a batch of 1 would be specialised into the program
+        example = example[:1].expand(2, *example.shape[1:])
+    with _quiet():
+        program = torch.export.export(module.eval(), (example,), dynamic_shapes=({0: batch},))
+        torch.export.save(program, str(path))
+    return path
 
 
 def _export_torchscript(module: nn.Module, example: Tensor, path: Path) -> Path:
@@ -458,9 +472,10 @@ def _export_onnx(module: nn.Module, example: Tensor, path: Path) -> Path:
 
 #: format -> (writer, file suffix)
 EXPORTERS: dict[ExportFormat, tuple[Callable[[nn.Module, Tensor, Path], Path], str]] = {
-    ExportFormat.TORCHSCRIPT: (_export_torchscript, ".torchscript.pt"),
+    ExportFormat.EXPORTED_PROGRAM: (_export_program, ".pt2"),
     ExportFormat.STATE_DICT: (_export_state_dict, ".state_dict.pt"),
     ExportFormat.ONNX: (_export_onnx, ".onnx"),
+    ExportFormat.TORCHSCRIPT: (_export_torchscript, ".torchscript.pt"),
 }
 
 
@@ -560,7 +575,7 @@ def run_fit(cfg: RunConfig, out: str | os.PathLike, *, data_root: str | None = N
     converted = to_deterministic(model)
     torch.save(converted.state_dict(), out / CONVERTED_STATE_FILE)
     example = test.tensors[0][:2]
-    _export_torchscript(converted, example, out / TORCHSCRIPT_FILE)
+    _export_program(converted, example, out / EXPORTED_PROGRAM_FILE)
     input_shape = tuple(test.tensors[0].shape[1:])
     with all_kept(model) as kept_masks:
         full_net = to_deterministic(model)
@@ -791,7 +806,7 @@ def write_report(out: str | os.PathLike, *, idata: Any = None) -> Path:
     for name, what in ((CONFIG_FILE, "settings"), (HISTORY_FILE, "per-epoch history"),
                        (MODEL_FILE, "Pyro model state dict"),
                        (CONVERTED_STATE_FILE, "converted deterministic network (state dict)"),
-                       (TORCHSCRIPT_FILE, "converted network (TorchScript)"),
+                       (EXPORTED_PROGRAM_FILE, "converted network (torch.export program)"),
                        (IDATA_FILE, "ArviZ InferenceData (netCDF)"), (METRICS_FILE, "metrics")):
         if (out / name).exists():
             lines.append(f"| `{name}` | {what} |")
@@ -978,8 +993,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Convert a run's model to a smaller deterministic network and "
                                    "write it as TorchScript, a state dict or ONNX.")
     p.add_argument("dir", metavar="DIR", help="run folder written by 'pyro-prune fit'")
-    p.add_argument("--format", choices=[f.value for f in ExportFormat], default=ExportFormat.TORCHSCRIPT.value,
-                   help="output format (default torchscript)")
+    p.add_argument("--format", choices=[f.value for f in ExportFormat],
+                   default=ExportFormat.EXPORTED_PROGRAM.value,
+                   help="output format (default exported-program: torch.export, .pt2)")
     p.add_argument("--output", default=None, metavar="PATH",
                    help="file to write (default DIR/export/model.<suffix>)")
     p.set_defaults(handler=_cmd_export)

@@ -38,10 +38,10 @@ from typing import Any
 import torch
 
 from pyro_prune.cli import (
+    EXPORTED_PROGRAM_FILE,
     FIGURES_DIR,
     IDATA_FILE,
     REPORT_FILE,
-    TORCHSCRIPT_FILE,
     RunConfig,
     RunResult,
     accuracy_curves,
@@ -240,7 +240,7 @@ def _print_summary(cfg: DemoConfig, rows: list[dict[str, Any]], report: Path, fi
     print(f"report:   {report}")
     print(f"figures:  {', '.join(str(p) for p in figures)}")
     for name, path in run_dirs.items():
-        print(f"{name:>14}: {path / REPORT_FILE} | model {path / TORCHSCRIPT_FILE} | "
+        print(f"{name:>14}: {path / REPORT_FILE} | model {path / EXPORTED_PROGRAM_FILE} | "
               f"InferenceData {path / IDATA_FILE}")
     print(f"finished in {seconds:.1f} s")
 

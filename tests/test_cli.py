@@ -94,7 +94,7 @@ def test_registries_drive_the_choices() -> None:
         assert spec.criterion is None or spec.criterion in CRITERIA
     assert "l2" not in cli.METHODS  # needs a target compression, cannot decide on its own
     assert cli.METHODS["gaussian_bmr"].weights == "gaussian"
-    assert {f.value for f in cli.ExportFormat} == {"torchscript", "state-dict", "onnx"}
+    assert {f.value for f in cli.ExportFormat} == {"exported-program", "torchscript", "state-dict", "onnx"}
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def fitted(tmp_path_factory):
 
 def test_fit_writes_a_complete_run_folder(fitted) -> None:
     for name in (cli.CONFIG_FILE, cli.HISTORY_FILE, cli.METRICS_FILE, cli.MODEL_FILE,
-                 cli.CONVERTED_STATE_FILE, cli.TORCHSCRIPT_FILE, cli.IDATA_FILE, cli.CURVE_FILE,
+                 cli.CONVERTED_STATE_FILE, cli.EXPORTED_PROGRAM_FILE, cli.IDATA_FILE, cli.CURVE_FILE,
                  cli.CHECKPOINT_FILE):
         assert (fitted / name).is_file(), name
     config = json.loads((fitted / cli.CONFIG_FILE).read_text())
@@ -126,11 +126,12 @@ def test_fit_writes_a_complete_run_folder(fitted) -> None:
     assert idata.posterior.attrs["method"] == "snr"
 
 
-def test_torchscript_matches_the_model(fitted) -> None:
+def test_exported_program_matches_the_model_at_any_batch_size(fitted) -> None:
     run = cli.load_run(fitted)
-    scripted = torch.jit.load(str(fitted / cli.TORCHSCRIPT_FILE))
-    x = torch.randn(5, 1, 8, 8)
-    torch.testing.assert_close(scripted(x), run.model.predict(x), rtol=1e-4, atol=1e-4)
+    program = torch.export.load(str(fitted / cli.EXPORTED_PROGRAM_FILE)).module()
+    for batch in (1, 5):
+        x = torch.randn(batch, 1, 8, 8)
+        torch.testing.assert_close(program(x), run.model.predict(x), rtol=1e-4, atol=1e-4)
 
 
 def test_rerunning_resumes_and_other_settings_are_refused(fitted, capsys) -> None:
@@ -180,7 +181,7 @@ def test_report(fitted) -> None:
     assert "| accuracy |" in text and "elpd_loo" in text
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "state-dict", "onnx"])
+@pytest.mark.parametrize("fmt", ["exported-program", "torchscript", "state-dict", "onnx"])
 def test_export(fitted, fmt, tmp_path) -> None:
     if fmt == "onnx":
         pytest.importorskip("onnx")
@@ -189,7 +190,10 @@ def test_export(fitted, fmt, tmp_path) -> None:
     assert out.is_file() and out.stat().st_size > 0
     run = cli.load_run(fitted)
     x = torch.randn(3, 1, 8, 8)
-    if fmt == "torchscript":
+    if fmt == "exported-program":
+        program = torch.export.load(str(out)).module()
+        torch.testing.assert_close(program(x), run.model.predict(x), rtol=1e-4, atol=1e-4)
+    elif fmt == "torchscript":
         torch.testing.assert_close(torch.jit.load(str(out))(x), run.model.predict(x), rtol=1e-4, atol=1e-4)
     elif fmt == "state-dict":
         from pyro_prune.convert import to_deterministic
