@@ -221,6 +221,13 @@ class MultiplicativeNoise(StructureGate, StochasticModule):
     #: :func:`pyro_prune.inference.elbo.fast_elbo_loss`; consumed by that forward.
     _drawn_theta: Tensor | None = None
 
+    def __call__(self, *args: object, **kwargs: object) -> Tensor:
+        # with theta already drawn the forward runs no Pyro statement: skip PyroModule's
+        # parameter-scope context (about 10 us per layer and step)
+        if self.__dict__.get("_drawn_theta") is not None:
+            return nn.Module.__call__(self, *args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
     def forward(self, x: Tensor) -> Tensor:
         # theta drawn by the network-wide kernel, removed structures already at zero; read
         # from __dict__ directly (PyroModule's attribute lookup costs microseconds per step)
