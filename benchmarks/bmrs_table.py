@@ -152,11 +152,13 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--runs-file", default=str(RUNS_FILE),
                         help="cache of finished runs (JSON); separate files let runs go in parallel")
+    parser.add_argument("--suffix", default="",
+                        help="results go to bmrs_table<suffix>.json (e.g. _full for the 50 + 10 protocol)")
     parser.add_argument("--cached-only", action="store_true",
                         help="tabulate the cached runs of the given grid, train nothing")
     args = parse_benchmark_args(parser, seed=False)
     runs_file = Path(args.runs_file)
-    config = {k: v for k, v in vars(args).items() if k not in ("quiet", "runs_file", "cached_only")}
+    config = {k: v for k, v in vars(args).items() if k not in ("quiet", "runs_file", "cached_only", "suffix")}
     config["protocol"] = ("paper: 50 epochs + 10 fine-tuning, 80/20 split; this run: "
                           f"{args.epochs} + {args.finetune}"
                           + (f", noise posteriors at lr {args.noise_lr}" if args.noise_lr else ""))
@@ -190,7 +192,7 @@ def main() -> None:
     if args.cached_only:  # record the command that trains the runs, not the tabulation
         sys.argv = [a for a in sys.argv if a != "--cached-only"]
     path = write_results(__file__, config=config, seeds=args.seeds, rows=table,
-                         extra={"runs": all_rows})
+                         extra={"runs": all_rows}, suffix=args.suffix)
     print(f"wrote {path}")
 
 

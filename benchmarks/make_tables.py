@@ -60,7 +60,7 @@ def _pm(mean: float, std: float, digits: int = 1) -> str:
 
 
 # ------------------------------------------------------------------------------ sections
-def bmrs_table(d: dict[str, Any]) -> str:
+def bmrs_table(d: dict[str, Any], title: str = "BMRS: continuous pruning (Table 1 protocol)") -> str:
     rows = []
     for r in d["rows"]:
         paper = (f"{r['paper_compression_%']:.1f} / {r['paper_accuracy_%']:.2f}"
@@ -73,7 +73,7 @@ def bmrs_table(d: dict[str, Any]) -> str:
     head = ["data", "model", "KL weight", "method", "seeds", "compression %", "test accuracy %",
             "vs none", "paper BMRS_N comp / acc"]
     return "\n\n".join([
-        "### BMRS: continuous pruning (Table 1 protocol)",
+        f"### {title}",
         f"Protocol of this run: {d['config'].get('protocol', '')}.",
         _table(head, rows),
         _reproduce(d),
@@ -308,11 +308,15 @@ def bayes_factor_gate(d: dict[str, Any], title: str = "Bayes-factor gate: how ma
 
 SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "bmrs_table": bmrs_table,
+    "bmrs_table_full": lambda d: bmrs_table(
+        d, "BMRS: continuous pruning with the paper's 50 + 10 epochs (MLPs)"),
     "bmrs_curves": bmrs_curves,
     "training_speed": training_speed,
     "inference_speed": inference_speed,
     "reduction_speed": reduction_speed,
     "bayes_factor_table": bayes_factor_table,
+    "bayes_factor_table_cnn": lambda d: bayes_factor_table(
+        d, "Bayes-factor pruning: CNN, reduced protocol, first and output layers unpruned"),
     "bayes_factor_table_full": lambda d: bayes_factor_table(
         d, "Bayes-factor pruning: the paper's epochs and full training set, FCN, 25-99% sparsity"),
     "bayes_factor_table_full_cnn": lambda d: bayes_factor_table(

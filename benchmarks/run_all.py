@@ -27,10 +27,20 @@ BENCHMARKS: dict[str, list[str]] = {
                    "--kl-scale", "paper", "elbo",
                    "--seeds", "0", "1", "2", "--epochs", "10", "--finetune", "3",
                    "--noise-lr", "3e-2", "--threads", "1", "--quiet"],
+    "bmrs_table_full": ["--models", "mlp", "--datasets", "mnist", "fashion-mnist",
+                        "--kl-scale", "paper", "--seeds", "0", "1", "2", "--epochs", "50",
+                        "--finetune", "10", "--noise-lr", "3e-2", "--threads", "1", "--quiet",
+                        "--suffix", "_full", "--runs-file", "results/bmrs_table_full.runs.json"],
     "bmrs_curves": ["--datasets", "mnist", "fashion-mnist", "--epochs", "10", "--seed", "0", "--quiet"],
     "bayes_factor_table": ["--datasets", "mnist", "fashion-mnist", "cifar10", "--models", "fcn",
                            "--seeds", "0", "1", "2", "--epochs", "5", "--train-subset", "10000",
                            "--threads", "1"],
+    "bayes_factor_table_cnn": ["--datasets", "mnist", "fashion-mnist", "--models", "cnn",
+                               "--methods", "magnitude", "bayes-magnitude-batch",
+                               "--seeds", "0", "1", "2", "--epochs", "5", "--train-subset", "10000",
+                               "--threads", "1", "--spare-first-last", "--plot-sparsity", "0.9",
+                               "--suffix", "_cnn",
+                               "--runs-file", "results/bayes_factor_table_cnn.runs.json"],
     "bayes_factor_gate": ["--datasets", "mnist", "fashion-mnist", "--seeds", "0", "1", "2",
                           "--epochs", "5", "--train-subset", "10000", "--threads", "1"],
     "bayes_factor_gate_full": ["--datasets", "mnist", "fashion-mnist", "--batches", "128",
@@ -55,7 +65,9 @@ BENCHMARKS: dict[str, list[str]] = {
 }
 
 #: results that a second grid of another script writes (``--suffix``)
-SCRIPTS = {"bayes_factor_gate_full": "bayes_factor_gate",
+SCRIPTS = {"bmrs_table_full": "bmrs_table",
+           "bayes_factor_gate_full": "bayes_factor_gate",
+           "bayes_factor_table_cnn": "bayes_factor_table",
            "bayes_factor_table_full": "bayes_factor_table",
            "bayes_factor_table_full_cnn": "bayes_factor_table"}
 
