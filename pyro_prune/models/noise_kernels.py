@@ -26,9 +26,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
-from scipy import special as scipy_special
 from torch import Tensor
 
 __all__ = [
@@ -39,34 +37,31 @@ __all__ = [
 ]
 
 _CLIP = 50.0
-#: how far below the mean (in standard deviations) the turned interval may lie, by float size
-_REACH_BY_ITEMSIZE = {4: 12.0, 8: 37.0}
+_REACH = {torch.float32: 12.0, torch.float64: 37.0}
 _HALF_LOG_2PI_E = 0.5 * math.log(2.0 * math.pi * math.e)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 
 
-def _standardised(loc: Any, scale: Any, low: float, high: float, ops: Any = None) -> tuple[Any, Any]:
-    ops = ops or _TorchArrays
-    inv = 1.0 / scale
-    alpha = ops.clip((low - loc) * inv, -_CLIP, _CLIP)
-    beta = ops.clip((high - loc) * inv, -_CLIP, _CLIP)
+def _standardised(loc: Tensor, scale: Tensor, low: float, high: float) -> tuple[Tensor, Tensor]:
+    inv = scale.reciprocal()
+    alpha = ((low - loc) * inv).clamp(-_CLIP, _CLIP)
+    beta = ((high - loc) * inv).clamp(-_CLIP, _CLIP)
     return alpha, beta
 
 
-def _turned(alpha: Any, beta: Any, ops: Any = None) -> tuple[Any, Any, Any]:
+def _turned(alpha: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The interval mirrored out of the upper tail: ``(a, b, flipped)`` with ``a <= 0``."""
-    ops = ops or _TorchArrays
     flipped = alpha > 0
-    a = ops.where(flipped, -beta, alpha)
-    b = ops.where(flipped, -alpha, beta)
+    a = torch.where(flipped, -beta, alpha)
+    b = torch.where(flipped, -alpha, beta)
     return a, b, flipped
 
 
-def _ndtr(x: Any, ops: Any = None) -> Any:
+def _ndtr(x: Tensor) -> Tensor:
     """``Phi(x)`` through ``erfc``, accurate far into the lower tail (``torch.special.ndtr``
     cancels and underflows early there)."""
-    return 0.5 * (ops or _TorchArrays).erfc(x * -_INV_SQRT_2)
+    return 0.5 * torch.special.erfc(x * -_INV_SQRT_2)
 
 
 #: below this probability :func:`_ndtri_no_grad` uses ``ndtri``; above, ``erfinv`` is as exact
@@ -91,96 +86,18 @@ def _ndtri_no_grad(p: Tensor) -> Tensor:
     return t
 
 
-class _TorchArrays:
-    """The array operations of the graph-free kernels on torch tensors (any device)."""
-
-    exp = staticmethod(torch.exp)
-    log = staticmethod(torch.log)
-    abs = staticmethod(torch.abs)
-    square = staticmethod(torch.square)
-    where = staticmethod(torch.where)
-    erfc = staticmethod(torch.special.erfc)
-    ndtri = staticmethod(_ndtri_no_grad)
-
-    @staticmethod
-    def clip(x: Any, low: float | None, high: float | None) -> Any:
-        return x.clamp(low, high)
-
-    @staticmethod
-    def sum(x: Any, axes: tuple[int, ...]) -> Any:
-        return x.sum(axes)
-
-    @staticmethod
-    def amax(x: Any, axes: tuple[int, ...]) -> Any:
-        return x.amax(axes)
-
-    @staticmethod
-    def tiny(x: Any) -> float:
-        return torch.finfo(x.dtype).tiny
+def _within_reach(b: Tensor) -> bool:
+    return bool((b.detach() > -_REACH.get(b.dtype, 12.0)).all())
 
 
-class _NumpyArrays:
-    """The same operations on NumPy arrays, with SciPy's ``ndtri`` and ``erfc``.
-
-    On the CPU a NumPy ufunc on a few hundred elements costs about a third of a torch
-    operator's dispatch, and the kernels are some seventy such operations per training
-    step, so small CPU problems run through NumPy (:func:`_arrays_for`; tensors are shared,
-    not copied). Same formulas, same dtype: values agree with the torch path to rounding.
-    """
-
-    exp = staticmethod(np.exp)
-    log = staticmethod(np.log)
-    abs = staticmethod(np.abs)
-    square = staticmethod(np.square)
-    where = staticmethod(np.where)
-    erfc = staticmethod(scipy_special.erfc)
-    ndtri = staticmethod(scipy_special.ndtri)
-
-    @staticmethod
-    def clip(x: Any, low: float | None, high: float | None) -> Any:
-        return np.clip(x, low, high)
-
-    @staticmethod
-    def sum(x: Any, axes: tuple[int, ...]) -> Any:
-        return x.sum(axis=axes)
-
-    @staticmethod
-    def amax(x: Any, axes: tuple[int, ...]) -> Any:
-        return x.max(axis=axes)
-
-    @staticmethod
-    def tiny(x: Any) -> float:
-        return float(np.finfo(x.dtype).tiny)
-
-
-#: CPU problems up to this many draws take the NumPy operations; larger ones run torch's,
-#: which split the work over threads from about this size on (torch's grain size)
-_NUMPY_MAX_NUMEL = 32768
-#: ``False`` runs every kernel through torch (the tests compare the two paths)
-_USE_NUMPY_ON_CPU = True
-
-
-def _arrays_for(u: Tensor) -> type[_TorchArrays] | type[_NumpyArrays]:
-    """The operations for draws ``u``: NumPy for small CPU problems, torch otherwise."""
-    if (_USE_NUMPY_ON_CPU and u.device.type == "cpu" and u.numel() <= _NUMPY_MAX_NUMEL
-            and u.dtype in (torch.float32, torch.float64)):
-        return _NumpyArrays
-    return _TorchArrays
-
-
-def _within_reach(b: Any) -> bool:
-    reach = _REACH_BY_ITEMSIZE.get(b.dtype.itemsize, 12.0)
-    return bool((b > -reach).all())
-
-
-def _prepared(loc: Any, scale: Any, low: float, high: float, ops: Any = None) -> tuple[Any, ...] | None:
+def _prepared(loc: Tensor, scale: Tensor, low: float, high: float) -> tuple[Tensor, ...] | None:
     """``(alpha, beta, flipped, Phi(a), Phi(b) - Phi(a))`` of the turned interval, or ``None``."""
-    alpha, beta = _standardised(loc, scale, low, high, ops)
-    a, b, flipped = _turned(alpha, beta, ops)
+    alpha, beta = _standardised(loc, scale, low, high)
+    a, b, flipped = _turned(alpha, beta)
     if not _within_reach(b):
         return None
-    pa = _ndtr(a, ops)
-    return alpha, beta, flipped, pa, _ndtr(b, ops) - pa
+    pa = _ndtr(a)
+    return alpha, beta, flipped, pa, _ndtr(b) - pa
 
 
 def _draw(loc: Tensor, scale: Tensor, low: float, high: float, prep: tuple[Tensor, ...],
@@ -248,97 +165,76 @@ class _DrawAndKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, loc: Tensor, scale: Tensor, u: Tensor, low: float, high: float,
-                prep: tuple[Any, ...], ops: Any) -> tuple[Tensor, Tensor]:
-        x, kl, ctx.saved = _draw_and_kl_forward(_arrays(loc, ops), _arrays(scale, ops),
-                                                _arrays(u, ops), low, high, prep, ops)
-        ctx.ops, ctx.dtype = ops, loc.dtype
-        return _tensor(x, ops, loc.dtype), _tensor(kl, ops, loc.dtype)
+                prep: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        x, kl, saved = _draw_and_kl_forward(loc, scale, u, low, high, prep)
+        ctx.save_for_backward(*saved)
+        return x, kl
 
     @staticmethod
     def backward(ctx: Any, grad_x: Tensor | None, grad_kl: Tensor | None) -> tuple[Tensor | None, ...]:
-        ops = ctx.ops
-        grad_loc, grad_scale = _draw_and_kl_backward(
-            ctx.saved, None if grad_x is None else _arrays(grad_x, ops),
-            None if grad_kl is None else _arrays(grad_kl, ops), ops)
-        return (_tensor(grad_loc, ops, ctx.dtype), _tensor(grad_scale, ops, ctx.dtype),
-                None, None, None, None, None)
-
-
-def _arrays(t: Tensor, ops: Any) -> Any:
-    """``t`` (detached) in the representation ``ops`` computes on; NumPy shares the memory."""
-    t = t.detach()
-    return t.numpy() if ops is _NumpyArrays else t
-
-
-def _tensor(a: Any, ops: Any, dtype: torch.dtype) -> Tensor:
-    """The inverse of :func:`_arrays` (NumPy scalars and arrays become tensors of ``dtype``)."""
-    if ops is _NumpyArrays:
-        return torch.from_numpy(np.asarray(a, dtype=torch.empty((), dtype=dtype).numpy().dtype))
-    return a
+        grad_loc, grad_scale = _draw_and_kl_backward(ctx.saved_tensors, grad_x, grad_kl)
+        return grad_loc, grad_scale, None, None, None, None
 
 
 def _draw_and_kl_forward(
-    loc: Any, scale: Any, u: Any, low: float, high: float, prep: tuple[Any, ...], ops: Any = None
-) -> tuple[Any, Any, tuple[Any, ...]]:
-    """``(x, kl, saved)``: the draw, the KL and what :func:`_draw_and_kl_backward` needs.
-
-    Arrays of the backend ``ops`` (:class:`_TorchArrays` by default, or :class:`_NumpyArrays`).
-    """
-    ops = ops or _TorchArrays
+    loc: Tensor, scale: Tensor, u: Tensor, low: float, high: float, prep: tuple[Tensor, ...]
+) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    """``(x, kl, saved)``: the draw, the KL and what :func:`_draw_and_kl_backward` needs."""
     alpha, beta, flipped, pa, z = prep
     p = pa + u * z
-    t = ops.ndtri(ops.clip(p, ops.tiny(p), None))
-    t = ops.where(flipped, -t, t)
+    tiny = torch.finfo(loc.dtype).tiny
+    t = _ndtri_no_grad(p.clamp(min=tiny))
+    t = torch.where(flipped, -t, t)
     x = loc + scale * t
-    phi_a = ops.exp(-0.5 * ops.square(alpha)) * _INV_SQRT_2PI
-    phi_b = ops.exp(-0.5 * ops.square(beta)) * _INV_SQRT_2PI
+    phi_a = torch.exp(-0.5 * alpha.square()) * _INV_SQRT_2PI
+    phi_b = torch.exp(-0.5 * beta.square()) * _INV_SQRT_2PI
     r_a = phi_a / z
     r_b = phi_b / z
     g = alpha * r_a - beta * r_b
-    kl = math.log(high - low) - ops.log(z) - ops.log(scale) - _HALF_LOG_2PI_E - 0.5 * g
-    clamped = ops.clip(x, low, high)
+    kl = math.log(high - low) - torch.log(z) - torch.log(scale) - _HALF_LOG_2PI_E - 0.5 * g
+    clamped = x.clamp(low, high)
     passes = clamped == x  # draws clipped to [A, B] (rounding) pass no gradient
     return clamped, kl, (scale, alpha, beta, flipped, u, t, r_a, r_b, g, passes)
 
 
 def _draw_and_kl_backward(
-    saved: tuple[Any, ...], grad_x: Any | None, grad_kl: Any | None, ops: Any = None
-) -> tuple[Any, Any]:
+    saved: tuple[Tensor, ...], grad_x: Tensor | None, grad_kl: Tensor | None
+) -> tuple[Tensor, Tensor]:
     """Gradients of ``(x, kl)`` with respect to ``(loc, scale)`` (see :class:`_DrawAndKL`)."""
-    ops = ops or _TorchArrays
     scale, alpha, beta, flipped, u, t, r_a, r_b, g, passes = saved
-    inside_a = ops.abs(alpha) <= _CLIP
-    inside_b = ops.abs(beta) <= _CLIP
-    grad_loc = grad_scale = 0.0 * scale
+    inside_a = (alpha.abs() <= _CLIP).to(scale.dtype)
+    inside_b = (beta.abs() <= _CLIP).to(scale.dtype)
+    grad_loc = torch.zeros_like(scale)
+    grad_scale = torch.zeros_like(scale)
     if grad_x is not None:
         # d x / d loc = 1 - dt/dalpha - dt/dbeta and d x / d sigma = t - alpha dt/dalpha
         # - beta dt/dbeta, with dt/dalpha = (1 - v) phi(alpha) / phi(t) and dt/dbeta =
         # v phi(beta) / phi(t). The factors of phi(alpha), phi(beta) are per structure, so the
         # batch is summed first: S_w = sum_batch g e^(t^2/2 - m), S_wu = sum_batch g u
         # e^(t^2/2 - m), with m the batch maximum of t^2/2 keeping the exponentials <= 1.
-        gx = ops.where(passes, grad_x, 0.0)
-        batch_dims = tuple(range(gx.ndim - scale.ndim))
-        half_t2 = 0.5 * ops.square(t)
+        gx = torch.where(passes, grad_x, 0.0)
+        batch_dims = tuple(range(gx.dim() - scale.dim()))
+        half_t2 = 0.5 * t.square()
         if batch_dims:
-            m = ops.amax(half_t2, batch_dims)
-            w = gx * ops.exp(half_t2 - m)
-            s_w, s_wu = ops.sum(w, batch_dims), ops.sum(w * u, batch_dims)
-            s_g, s_gt = ops.sum(gx, batch_dims), ops.sum(gx * t, batch_dims)
+            m = half_t2.amax(batch_dims)
+            w = gx * torch.exp(half_t2 - m)
+            s_w, s_wu = w.sum(batch_dims), (w * u).sum(batch_dims)
+            s_g, s_gt = gx.sum(batch_dims), (gx * t).sum(batch_dims)
         else:  # one draw per structure: m = t^2 / 2
             m, s_w, s_wu, s_g, s_gt = half_t2, gx, gx * u, gx, gx * t
-        s_v = ops.where(flipped, s_w - s_wu, s_wu)  # sum_batch g v e^(t^2/2 - m)
+        s_v = torch.where(flipped, s_w - s_wu, s_wu)  # sum_batch g v e^(t^2/2 - m)
         # exponents cut to [-80, 80]: below, exp would underflow through the slow denormal
         # path for no change in value; above is out of reach (a uniform of at least 2^-53
         # puts t within sqrt(2 * 37) of the bound that phi is taken at, so the exponent
         # stays under 40)
-        dt_da = ops.where(inside_a, (s_w - s_v) * ops.exp(ops.clip(m - 0.5 * ops.square(alpha), -80.0, 80.0)), 0.0)
-        dt_db = ops.where(inside_b, s_v * ops.exp(ops.clip(m - 0.5 * ops.square(beta), -80.0, 80.0)), 0.0)
+        dt_da = (s_w - s_v) * torch.exp((m - 0.5 * alpha.square()).clamp(-80.0, 80.0)) * inside_a
+        dt_db = s_v * torch.exp((m - 0.5 * beta.square()).clamp(-80.0, 80.0)) * inside_b
         grad_loc = s_g - dt_da - dt_db
         grad_scale = s_gt - alpha * dt_da - beta * dt_db
     if grad_kl is not None:
-        dkl_da = ops.where(inside_a, 0.5 * r_a * (1.0 + ops.square(alpha) - g), 0.0)
-        dkl_db = ops.where(inside_b, -0.5 * r_b * (1.0 + ops.square(beta) - g), 0.0)
-        inv = 1.0 / scale
+        dkl_da = 0.5 * r_a * (1.0 + alpha.square() - g) * inside_a
+        dkl_db = -0.5 * r_b * (1.0 + beta.square() - g) * inside_b
+        inv = scale.reciprocal()
         grad_loc = grad_loc - grad_kl * (dkl_da + dkl_db) * inv
         grad_scale = grad_scale - grad_kl * (1.0 + alpha * dkl_da + beta * dkl_db) * inv
     return grad_loc, grad_scale
@@ -356,35 +252,29 @@ class _NetworkNoise(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, cat: tuple[Any, Any, tuple[Any, ...]], u: Tensor, kept: Tensor,
-                weight: Tensor, low: float, high: float, ops: Any, *params: Tensor) -> tuple[Tensor, ...]:
+    def forward(ctx: Any, cat: tuple[Tensor, Tensor, tuple[Tensor, ...]], u: Tensor, kept: Tensor,
+                weight: Tensor, low: float, high: float, *params: Tensor) -> tuple[Tensor, ...]:
         loc, scale, prep = cat
-        x, kl, saved = _draw_and_kl_forward(loc, scale, _arrays(u, ops), low, high, prep, ops)
-        weight_arr = _arrays(weight, ops)
-        theta = ops.exp(x) * _arrays(kept, ops)
-        ctx.ops, ctx.saved, ctx.theta, ctx.weight = ops, saved, theta, weight_arr
+        x, kl, saved = _draw_and_kl_forward(loc, scale, u, low, high, prep)
+        theta = x.exp() * kept
+        ctx.save_for_backward(theta, weight, *saved)
         ctx.sizes = [q.shape[-1] for q in params[: len(params) // 2]]
-        ctx.dtype = params[0].dtype
-        theta_t = _tensor(theta, ops, ctx.dtype)
-        kl_sum = _tensor((kl * weight_arr).sum(), ops, ctx.dtype)
-        return (*theta_t.split(ctx.sizes, dim=-1), kl_sum)
+        return (*theta.split(ctx.sizes, dim=-1), (kl * weight).sum())
 
     @staticmethod
     def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
-        ops, theta = ctx.ops, ctx.theta
+        theta, weight, *saved = ctx.saved_tensors
         grad_thetas, grad_kl_sum = grads[:-1], grads[-1]
         grad_x = None
         if any(gt is not None for gt in grad_thetas):
-            shapes = [(*theta.shape[:-1], n) for n in ctx.sizes]
-            grad_x = _arrays(torch.cat([
-                gt if gt is not None else torch.zeros(shape, dtype=ctx.dtype)
-                for gt, shape in zip(grad_thetas, shapes)], dim=-1), ops) * theta
-        grad_kl = None if grad_kl_sum is None else _arrays(grad_kl_sum, ops) * ctx.weight
-        grad_loc, grad_scale = _draw_and_kl_backward(ctx.saved, grad_x, grad_kl, ops)
-        grad_log_scale = grad_scale * ctx.saved[0]
-        return (None, None, None, None, None, None, None,
-                *_tensor(grad_loc, ops, ctx.dtype).split(ctx.sizes),
-                *_tensor(grad_log_scale, ops, ctx.dtype).split(ctx.sizes))
+            grad_x = torch.cat([torch.zeros_like(th) if gt is None else gt
+                                for gt, th in zip(grad_thetas, theta.split(ctx.sizes, dim=-1))],
+                               dim=-1) * theta
+        grad_kl = None if grad_kl_sum is None else grad_kl_sum * weight
+        grad_loc, grad_scale = _draw_and_kl_backward(tuple(saved), grad_x, grad_kl)
+        grad_log_scale = grad_scale * saved[0]
+        return (None, None, None, None, None, None,
+                *grad_loc.split(ctx.sizes), *grad_log_scale.split(ctx.sizes))
 
 
 def network_theta_and_kl(
@@ -398,14 +288,13 @@ def network_theta_and_kl(
     and the weighted KL sum, with the values of :func:`log_theta_and_kl`, as one autograd
     node (:class:`_NetworkNoise`); ``None`` when a structure is out of the kernel's reach.
     """
-    ops = _arrays_for(u)
     with torch.no_grad():
-        loc = _arrays(torch.cat(locs), ops)
-        scale = ops.exp(_arrays(torch.cat(log_scales), ops))
-        prep = _prepared(loc, scale, low, high, ops)
+        loc = torch.cat(locs)
+        scale = torch.cat(log_scales).exp()
+        prep = _prepared(loc, scale, low, high)
     if prep is None:
         return None
-    *thetas, kl_sum = _NetworkNoise.apply((loc, scale, prep), u, kept, weight, low, high, ops,
+    *thetas, kl_sum = _NetworkNoise.apply((loc, scale, prep), u, kept, weight, low, high,
                                           *locs, *log_scales)
     return list(thetas), kl_sum
 
@@ -421,9 +310,8 @@ def log_theta_and_kl(
     training step needs for all the structures of a network at once. Same values as the two
     separate kernels for the same ``u``; ``None`` out of reach.
     """
-    ops = _arrays_for(u)
     with torch.no_grad():
-        prep = _prepared(_arrays(loc, ops), _arrays(scale, ops), low, high, ops)
+        prep = _prepared(loc, scale, low, high)
     if prep is None:
         return None
-    return _DrawAndKL.apply(loc, scale, u, low, high, prep, ops)
+    return _DrawAndKL.apply(loc, scale, u, low, high, prep)

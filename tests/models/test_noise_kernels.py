@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 
 from pyro_prune.distributions import TruncatedLogNormal, TruncatedLogUniform
-from pyro_prune.models import MultiplicativeNoise, NoiseMode, noise_kernels, noise_mode
+from pyro_prune.models import MultiplicativeNoise, NoiseMode, noise_mode
 from pyro_prune.models.noise_kernels import (
     _draw,
     _kl,
@@ -16,7 +16,6 @@ from pyro_prune.models.noise_kernels import (
     _prepared,
     kl_truncated_lognormal_loguniform,
     log_theta_and_kl,
-    network_theta_and_kl,
     rsample_log_theta,
 )
 
@@ -102,9 +101,8 @@ def _composed(loc: torch.Tensor, scale: torch.Tensor, u: torch.Tensor) -> tuple[
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-7)])
 @pytest.mark.parametrize("batch", [None, 5])
 def test_hand_written_gradients_equal_autograd_of_the_composition(
-    dtype: torch.dtype, tol: float, batch: int | None, monkeypatch: pytest.MonkeyPatch
+    dtype: torch.dtype, tol: float, batch: int | None
 ) -> None:
-    monkeypatch.setattr(noise_kernels, "_USE_NUMPY_ON_CPU", False)  # the same torch operations
     pairs = [(m, s) for m, s in itertools.product(LOCS, LOG_SCALES)
              if _prepared(torch.tensor([m], dtype=dtype), torch.tensor([s], dtype=dtype).exp(), -20.0, 0.0)]
     assert len(pairs) > 30  # flipped, clipped and tail intervals are all among them
@@ -143,55 +141,3 @@ def test_fast_inverse_normal_cdf_matches_ndtri(dtype: torch.dtype, tol: float) -
                    torch.logspace(-30, -1, 200, dtype=dtype), 1 - torch.logspace(-7, -1, 200, dtype=dtype)])
     fast = _ndtri_no_grad(p)
     torch.testing.assert_close(fast.double(), torch.special.ndtri(p.double()), rtol=tol, atol=tol)
-
-
-def _kernel_outputs(dtype: torch.dtype, batch: int | None, numpy: bool,
-                    monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
-    """Values and gradients of both kernels over the whole (loc, log_scale) grid."""
-    monkeypatch.setattr(noise_kernels, "_USE_NUMPY_ON_CPU", numpy)
-    pairs = [(m, s) for m, s in itertools.product(LOCS, LOG_SCALES)
-             if _prepared(torch.tensor([m], dtype=dtype), torch.tensor([s], dtype=dtype).exp(), -20.0, 0.0)]
-    g = torch.Generator().manual_seed(3)
-    shape = (len(pairs),) if batch is None else (batch, len(pairs))
-    u = torch.rand(shape, generator=g, dtype=dtype)
-    w_x = torch.randn(shape, generator=g, dtype=dtype)
-    w_kl = torch.randn(len(pairs), generator=g, dtype=dtype)
-    kept = torch.rand(len(pairs), generator=g) < 0.8
-    loc = torch.tensor([p[0] for p in pairs], dtype=dtype, requires_grad=True)
-    log_scale = torch.tensor([p[1] for p in pairs], dtype=dtype, requires_grad=True)
-    out = log_theta_and_kl(loc, log_scale.exp(), -20.0, 0.0, u)
-    assert out is not None
-    x, kl = out
-    ((x * w_x).sum() + (kl * w_kl).sum()).backward()
-    results = [x.detach(), kl.detach(), loc.grad, log_scale.grad]
-    # the network kernel over the same structures split into two layers
-    half = len(pairs) // 2
-    locs = [loc.detach()[:half].clone().requires_grad_(), loc.detach()[half:].clone().requires_grad_()]
-    log_scales = [log_scale.detach()[:half].clone().requires_grad_(),
-                  log_scale.detach()[half:].clone().requires_grad_()]
-    net = network_theta_and_kl(locs, log_scales, -20.0, 0.0, u, kept, w_kl.abs() * kept)
-    assert net is not None
-    thetas, kl_sum = net
-    loss = kl_sum + sum((th * w.abs()).sum() for th, w in zip(thetas, w_x.split([half, len(pairs) - half], -1)))
-    loss.backward()
-    return results + [*thetas, kl_sum.detach(), *(q.grad for q in locs + log_scales)]
-
-
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 5e-3), (torch.float64, 1e-7)])
-@pytest.mark.parametrize("batch", [None, 7])
-def test_numpy_path_equals_the_torch_path(dtype: torch.dtype, tol: float, batch: int | None,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """Small CPU problems run through NumPy/SciPy; same values and gradients as torch's ops."""
-    fast = _kernel_outputs(dtype, batch, True, monkeypatch)
-    reference = _kernel_outputs(dtype, batch, False, monkeypatch)
-    for a, b in zip(fast, reference):
-        assert a.dtype == b.dtype == dtype
-        assert torch.isfinite(a).all()
-        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
-
-
-def test_kernel_path_follows_device_and_size() -> None:
-    small = torch.rand(32, 700)
-    assert noise_kernels._arrays_for(small) is noise_kernels._NumpyArrays
-    assert noise_kernels._arrays_for(torch.rand(512, 700)) is noise_kernels._TorchArrays
-    assert noise_kernels._arrays_for(small.to(torch.bfloat16)) is noise_kernels._TorchArrays
