@@ -310,6 +310,8 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "bmrs_table": bmrs_table,
     "bmrs_table_full": lambda d: bmrs_table(
         d, "BMRS: continuous pruning with the paper's 50 + 10 epochs (MLPs)"),
+    "bmrs_table_full_lenet": lambda d: bmrs_table(
+        d, "BMRS: continuous pruning with the paper's 50 + 10 epochs (LeNet-5, bmrs_n_code)"),
     "bmrs_curves": bmrs_curves,
     "training_speed": training_speed,
     "inference_speed": inference_speed,

@@ -31,6 +31,12 @@ BENCHMARKS: dict[str, list[str]] = {
                         "--kl-scale", "paper", "--seeds", "0", "1", "2", "--epochs", "50",
                         "--finetune", "10", "--noise-lr", "3e-2", "--threads", "1", "--quiet",
                         "--suffix", "_full", "--runs-file", "results/bmrs_table_full.runs.json"],
+    "bmrs_table_full_lenet": ["--models", "lenet5", "--datasets", "mnist", "fashion-mnist",
+                              "--methods", "none", "bmrs_n_code", "--kl-scale", "paper",
+                              "--seeds", "0", "1", "2", "--epochs", "50", "--finetune", "10",
+                              "--noise-lr", "3e-2", "--threads", "1", "--quiet",
+                              "--suffix", "_full_lenet",
+                              "--runs-file", "results/bmrs_table_full_lenet.runs.json"],
     "bmrs_curves": ["--datasets", "mnist", "fashion-mnist", "--epochs", "10", "--seed", "0", "--quiet"],
     "bayes_factor_table": ["--datasets", "mnist", "fashion-mnist", "cifar10", "--models", "fcn",
                            "--seeds", "0", "1", "2", "--epochs", "5", "--train-subset", "10000",
@@ -66,6 +72,7 @@ BENCHMARKS: dict[str, list[str]] = {
 
 #: results that a second grid of another script writes (``--suffix``)
 SCRIPTS = {"bmrs_table_full": "bmrs_table",
+           "bmrs_table_full_lenet": "bmrs_table",
            "bayes_factor_gate_full": "bayes_factor_gate",
            "bayes_factor_table_cnn": "bayes_factor_table",
            "bayes_factor_table_full": "bayes_factor_table",
