@@ -413,7 +413,7 @@ def median_latencies(modules: Sequence[nn.Module], x: Tensor, *, repeats: int = 
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence the deprecation chatter of torch.jit and the ONNX exporters."""
+    """Silence the warnings of torch.export, torch.jit and the ONNX exporters."""
     with warnings.catch_warnings():
         for category in (DeprecationWarning, FutureWarning, UserWarning):
             warnings.simplefilter("ignore", category)
@@ -991,7 +991,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export the converted network of a run folder",
                        description="Convert a run's model to a smaller deterministic network and "
-                                   "write it as TorchScript, a state dict or ONNX.")
+                                   "write it as a torch.export program, a state dict, ONNX or "
+                                   "TorchScript (deprecated in current torch).")
     p.add_argument("dir", metavar="DIR", help="run folder written by 'pyro-prune fit'")
     p.add_argument("--format", choices=[f.value for f in ExportFormat],
                    default=ExportFormat.EXPORTED_PROGRAM.value,
