@@ -311,7 +311,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "bmrs_table_full": lambda d: bmrs_table(
         d, "BMRS: continuous pruning with the paper's 50 + 10 epochs (MLPs)"),
     "bmrs_table_full_lenet": lambda d: bmrs_table(
-        d, "BMRS: continuous pruning with the paper's 50 + 10 epochs (LeNet-5, bmrs_n_code)"),
+        d, "BMRS: continuous pruning with the paper's 50 + 10 epochs (LeNet-5)"),
     "bmrs_curves": bmrs_curves,
     "training_speed": training_speed,
     "inference_speed": inference_speed,
