@@ -27,6 +27,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def make_model(name: str, info: Any) -> torch.nn.Module:
 
 def run_one(dataset: str, model_name: str, seed: int, kl_scale: str, args: argparse.Namespace,
             data: dict[str, Any], methods: list[str],
-            earlier: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+            earlier: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """Train ``methods`` for one (dataset, model, seed, KL weighting).
 
     ``earlier`` holds cached rows of the same configuration; L2 and scratch take their
