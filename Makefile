@@ -21,11 +21,11 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -e .
+	$(BIN)/python -m pip install -e ".[fast]"
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/python -m pip install "$(TORCH_SPEC)" -e ".[dev]"
+	$(BIN)/python -m pip install "$(TORCH_SPEC)" -e ".[dev,fast]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,0 +1,194 @@
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from pyro_prune.models import noise_kernels, noise_kernels_jit
+
+pytest.importorskip("numba")
+
+SIZES = [3, 5, 4]
+LOW, HIGH = -20.0, 0.0
+
+
+@pytest.fixture
+def jit_on() -> Iterator[None]:
+    old = noise_kernels_jit.set_enabled(True)
+    yield
+    noise_kernels_jit.set_enabled(old)
+
+
+def _params(dtype: torch.dtype, seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Posteriors over the kernel's range: near both bounds, wide and narrow, mass piled at A."""
+    g = torch.Generator().manual_seed(seed)
+    locs, log_scales = [], []
+    for n in SIZES:
+        locs.append((-torch.rand(n, generator=g, dtype=dtype) * 19.9 - 0.05).requires_grad_())
+        log_scales.append((torch.rand(n, generator=g, dtype=dtype) * 7.0 - 6.0).requires_grad_())
+    # a structure at the lower bound with a tiny scale, one beyond the upper bound with a
+    # wide scale, one far below A (the interval is turned): the three branches of Phi^-1
+    with torch.no_grad():
+        locs[0][0], log_scales[0][0] = -19.99, -4.0
+        locs[1][0], log_scales[1][0] = 0.5, 1.5
+        locs[2][0], log_scales[2][0] = -25.0, 1.0
+    return locs, log_scales
+
+
+def _run(locs: list[torch.Tensor], log_scales: list[torch.Tensor], u: torch.Tensor, kept: torch.Tensor,
+         weight: torch.Tensor, grads: list[torch.Tensor], jit: bool) -> tuple[torch.Tensor, ...]:
+    old = noise_kernels_jit.set_enabled(jit)
+    try:
+        drawn = noise_kernels.network_theta_and_kl(locs, log_scales, LOW, HIGH, u, kept, weight)
+    finally:
+        noise_kernels_jit.set_enabled(old)
+    assert drawn is not None
+    thetas, kl = drawn
+    loss = sum((t * g).sum() for t, g in zip(thetas, grads)) + 1.7 * kl
+    dparams = torch.autograd.grad(loss, [*locs, *log_scales])
+    return (torch.cat(thetas, -1).detach(), kl.detach(), *(d.detach() for d in dparams))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [None, 1, 16])
+def test_compiled_kernel_equals_the_torch_kernel(jit_on: None, dtype: torch.dtype, batch: int | None) -> None:
+    locs, log_scales = _params(dtype)
+    n = sum(SIZES)
+    g = torch.Generator().manual_seed(1)
+    shape = (n,) if batch is None else (batch, n)
+    u = torch.rand(shape, generator=g, dtype=dtype)
+    u.view(-1)[:2] = torch.tensor([1e-30, 1.0 - 1e-7], dtype=dtype)  # both ends of the draw
+    kept = torch.ones(n, dtype=dtype)
+    kept[4] = 0.0
+    weight = kept * 0.3
+    grads = [torch.randn(shape[:-1] + (k,), generator=g, dtype=dtype) for k in SIZES]
+    compiled = _run(locs, log_scales, u, kept, weight, grads, jit=True)
+    reference = _run(locs, log_scales, u, kept, weight, grads, jit=False)
+    tol = {torch.float32: 2e-4, torch.float64: 1e-10}[dtype]
+    for c, r in zip(compiled, reference):
+        assert c.dtype == dtype and c.shape == r.shape
+        torch.testing.assert_close(c, r, rtol=tol, atol=tol)
+    assert float(compiled[0][..., 4].abs().max()) == 0.0  # the removed structure stays at zero
+
+
+def test_compiled_float32_is_as_exact_as_float32_allows(jit_on: None) -> None:
+    """Computed in float64 inside: float32 values within float32 rounding of the float64 ones."""
+    locs, log_scales = _params(torch.float64)
+    n = sum(SIZES)
+    u = torch.rand(8, n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    kept, grads = torch.ones(n, dtype=torch.float64), [torch.ones(8, k, dtype=torch.float64) for k in SIZES]
+    exact = _run(locs, log_scales, u, kept, kept, grads, jit=True)
+    locs32 = [p.detach().float().requires_grad_() for p in locs]
+    scales32 = [p.detach().float().requires_grad_() for p in log_scales]
+    single = _run(locs32, scales32, u.float(), kept.float(), kept.float(), [g.float() for g in grads], jit=True)
+    for s, e in zip(single, exact):
+        torch.testing.assert_close(s.double(), e, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_gradients_pass_gradcheck(jit_on: None) -> None:
+    locs, log_scales = _params(torch.float64, seed=3)
+    n = sum(SIZES)
+    u = torch.rand(4, n, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    kept = torch.ones(n, dtype=torch.float64)
+
+    def f(*params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        k = len(SIZES)
+        drawn = noise_kernels.network_theta_and_kl(list(params[:k]), list(params[k:]), LOW, HIGH, u, kept, kept)
+        assert drawn is not None
+        return (*drawn[0], drawn[1])
+
+    assert torch.autograd.gradcheck(f, (*locs, *log_scales), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_kernel_returns_none_out_of_reach(jit_on: None, dtype: torch.dtype) -> None:
+    """A posterior far above the upper bound with a tiny scale: the caller takes the exact path."""
+    locs = [torch.tensor([-3.0, 5.0], dtype=dtype, requires_grad=True)]
+    log_scales = [torch.tensor([0.0, -6.0], dtype=dtype, requires_grad=True)]
+    u = torch.rand(2, dtype=dtype)
+    ones = torch.ones(2, dtype=dtype)
+    assert noise_kernels_jit.usable(locs, u, ones, ones)
+    assert noise_kernels.network_theta_and_kl(locs, log_scales, LOW, HIGH, u, ones, ones) is None
+
+
+def test_compiled_kernel_is_skipped_where_it_does_not_apply(jit_on: None) -> None:
+    n = 4
+    locs = [torch.zeros(n, dtype=torch.float16)]
+    ones = torch.ones(n, dtype=torch.float16)
+    assert not noise_kernels_jit.usable(locs, ones, ones, ones)  # no float16 kernel
+    locs64 = [torch.zeros(n, dtype=torch.float64)]
+    ones32 = torch.ones(n)
+    assert not noise_kernels_jit.usable(locs64, ones32, ones32, ones32)  # mixed dtypes
+    many = torch.rand(noise_kernels_jit.MAX_DRAWS // n + 1, n)
+    assert noise_kernels_jit.usable([torch.zeros(n)], many[:-1], ones32, ones32)
+    assert not noise_kernels_jit.usable([torch.zeros(n)], many, ones32, ones32)  # torch is faster
+    old = noise_kernels_jit.set_enabled(False)
+    try:
+        assert not noise_kernels_jit.available()
+        assert not noise_kernels_jit.usable([torch.zeros(n)], ones32, ones32, ones32)
+    finally:
+        noise_kernels_jit.set_enabled(old)
+
+
+def test_training_step_gives_the_same_loss_and_gradients_with_either_kernel(jit_on: None) -> None:
+    from pyro_prune.inference.elbo import fast_elbo_loss
+    from pyro_prune.models import MLP
+
+    x = torch.randn(32, 12, generator=torch.Generator().manual_seed(5))
+    y = torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(6))
+    results = []
+    for jit, per_example in itertools.product((True, False), (True, False)):
+        torch.manual_seed(7)
+        net = MLP(12, [10, 8], 3)
+        net.num_data = 320
+        net.train()
+        noise_kernels_jit.set_enabled(jit)
+        torch.manual_seed(8)
+        loss, _ = fast_elbo_loss(net, x, y, per_example=per_example)
+        loss.backward()
+        results.append((per_example, loss.detach(), [p.grad.clone() for p in net.parameters()]))
+    noise_kernels_jit.set_enabled(True)
+    for per_example in (True, False):
+        (_, l1, g1), (_, l2, g2) = [r for r in results if r[0] == per_example]
+        torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-4)
+        for a, b in zip(g1, g2):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype,smallest", [(torch.float32, 1e-37), (torch.float64, 1e-300)])
+def test_compiled_inverse_cdf_over_the_whole_unit_interval(jit_on: None, dtype: torch.dtype,
+                                                           smallest: float) -> None:
+    """Draws of one wide posterior for uniforms from the deep lower tail to just below 1: the
+    three branches of the rational Phi^-1 (and the Halley step in float64) against torch's."""
+    u = torch.cat([torch.logspace(math.log10(smallest), -1, 40, dtype=torch.float64),
+                   torch.linspace(0.1, 0.9, 17, dtype=torch.float64),
+                   1.0 - torch.logspace(-1, -7 if dtype == torch.float32 else -15, 20, dtype=torch.float64)])
+    u = u.to(dtype).unsqueeze(-1)
+    loc = [torch.tensor([-10.0], dtype=dtype, requires_grad=True)]
+    log_scale = [torch.tensor([0.0], dtype=dtype, requires_grad=True)]
+    ones = torch.ones(1, dtype=dtype)
+    grads = [torch.ones(len(u), 1, dtype=dtype)]
+    compiled = _run(loc, log_scale, u, ones, ones, grads, jit=True)
+    reference = _run(loc, log_scale, u, ones, ones, grads, jit=False)
+    tol = {torch.float32: 1e-5, torch.float64: 1e-12}[dtype]
+    log_c, log_r = compiled[0].log(), reference[0].log()
+    torch.testing.assert_close(log_c, log_r, rtol=tol, atol=tol)
+    assert float(log_r.min()) == LOW and float(log_r.max()) > -5.0  # both tails were reached
+
+
+def test_without_numba_the_torch_kernel_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where Numba cannot be imported the network kernel is the torch one, same values."""
+    locs, log_scales = _params(torch.float64)
+    n = sum(SIZES)
+    u = torch.rand(n, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    ones = torch.ones(n, dtype=torch.float64)
+    grads = [torch.ones(k, dtype=torch.float64) for k in SIZES]
+    compiled = _run(locs, log_scales, u, ones, ones, grads, jit=True)
+    monkeypatch.setattr(noise_kernels_jit, "_load", lambda: None)
+    assert not noise_kernels_jit.available()
+    fallback = _run(locs, log_scales, u, ones, ones, grads, jit=True)
+    for c, f in zip(compiled, fallback):
+        torch.testing.assert_close(c, f, rtol=1e-10, atol=1e-10)
