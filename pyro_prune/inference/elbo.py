@@ -26,13 +26,13 @@ from collections.abc import Callable
 
 import torch
 from pyro.infer import TraceMeanField_ELBO
-from torch import Tensor
+from torch import Tensor, nn
 
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.models.noise import MultiplicativeNoise, NoiseMode, noise_mode
 from pyro_prune.models.noise_kernels import network_theta_and_kl
 
-__all__ = ["fast_elbo_loss", "pyro_elbo_loss"]
+__all__ = ["NoisePlan", "fast_elbo_loss", "pyro_elbo_loss"]
 
 
 def _likelihood_scale(model: PrunableNet, batch: int) -> float:
@@ -41,7 +41,7 @@ def _likelihood_scale(model: PrunableNet, batch: int) -> float:
 
 def fast_elbo_loss(
     model: PrunableNet, x: Tensor, y: Tensor, *, per_example: bool = True,
-    fused: bool = True,
+    fused: bool = True, plan: NoisePlan | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Negative ELBO estimate and the backbone output, without Pyro's tracing.
 
@@ -52,6 +52,8 @@ def fast_elbo_loss(
         fused: draw the noise of every :class:`MultiplicativeNoise` and compute its KL in
             one kernel call over all the network's structures (:func:`_fused_noise`),
             instead of one call per layer. Same values for the same random state.
+        plan: the model's noise layers resolved once (:class:`NoisePlan`); a training loop
+            passes it to skip walking the modules on every step. ``None``: resolved here.
 
     Returns:
         ``(loss, out)``: the scalar negative ELBO of the full data set and the backbone's
@@ -59,14 +61,17 @@ def fast_elbo_loss(
     """
     kl: Tensor | None = None
     if fused:
-        kl = _fused_noise(model, x.shape[0] if per_example else None)
+        if plan is None:
+            plan = NoisePlan(model)
+        elif plan.model is not model:
+            raise ValueError("plan was resolved for another model")
+        kl = _fused_noise(plan, x.shape[0] if per_example else None)
     if kl is not None:
-        others = [m for m in model.stochastic_modules().values()
-                  if not isinstance(m, MultiplicativeNoise)]
-        if others:  # e.g. Bayesian weights: their own per-example draws
+        assert plan is not None
+        if plan.others:  # e.g. Bayesian weights: their own per-example draws
             with noise_mode(model.net, NoiseMode.REPARAM):
                 out = model.net(x)
-            kl = kl + torch.stack([m.kl_divergence() for m in others]).sum()
+            kl = kl + torch.stack([m.kl_divergence() for m in plan.others]).sum()
         else:  # the noise layers use the drawn theta whatever their mode
             out = model.net(x)
     elif per_example:
@@ -82,7 +87,55 @@ def fast_elbo_loss(
     return loss, out
 
 
-def _fused_noise(model: PrunableNet, batch: int | None) -> Tensor | None:
+class NoisePlan:
+    """The network-wide noise draw of one model, resolved once.
+
+    :func:`fast_elbo_loss` finds the model's :class:`MultiplicativeNoise` layers by walking
+    its modules, which costs tens of microseconds per step on a small network. A training
+    loop that does not add or replace modules (structures are pruned in place, through
+    ``kept``) resolves them once and passes the plan; :func:`~pyro_prune.inference.fit`
+    does. The plan reads each layer's parameters and ``kept`` buffer on every step (so
+    parameters updated or reloaded in place stay current) and caches the concatenated
+    ``kept`` mask and per-structure KL weights until a ``kept`` buffer or a ``kl_scale``
+    changes.
+    """
+
+    def __init__(self, model: PrunableNet) -> None:
+        self.model = model
+        self.layers: list[MultiplicativeNoise] = []
+        self.others: list[nn.Module] = []
+        for m in model.stochastic_modules().values():
+            (self.layers if isinstance(m, MultiplicativeNoise) else self.others).append(m)
+        self.sizes = [m.num_structures for m in self.layers]
+        self.bounds = (self.layers[0].log_low, self.layers[0].log_high) if self.layers else (0.0, 0.0)
+        #: whether one kernel call can draw every layer (same bounds)
+        self.shared = bool(self.layers) and all((m.log_low, m.log_high) == self.bounds
+                                                for m in self.layers)
+        self._masks_key: tuple | None = None
+        self._masks: tuple[Tensor, Tensor] | None = None
+
+    def params(self) -> tuple[list[Tensor], list[Tensor]]:
+        """Every layer's ``loc`` and ``log_scale``, in layer order."""
+        return ([m._parameters["loc"] for m in self.layers],  # type: ignore[misc]
+                [m._parameters["log_scale"] for m in self.layers])  # type: ignore[misc]
+
+    def masks(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``(kept, weight)`` over all structures: the kept mask and ``kept * kl_scale``."""
+        kepts = [m._buffers["kept"] for m in self.layers]
+        key = (dtype, *((id(k), k._version) for k in kepts), *(m.kl_scale for m in self.layers))  # type: ignore[union-attr]
+        if key != self._masks_key or self._masks is None:
+            kept = torch.cat(kepts).to(dtype)  # type: ignore[arg-type]
+            scales = [m.kl_scale for m in self.layers]
+            if all(k == scales[0] for k in scales):
+                weight = kept * scales[0]
+            else:
+                weight = kept * torch.cat([torch.full((n,), k, dtype=dtype, device=kept.device)
+                                           for n, k in zip(self.sizes, scales)])
+            self._masks_key, self._masks = key, (kept, weight)
+        return self._masks
+
+
+def _fused_noise(plan: NoisePlan, batch: int | None) -> Tensor | None:
     """Draw theta for every noise layer in one kernel call; return their summed KL.
 
     The layers' parameters are concatenated, the uniforms drawn layer by layer in module
@@ -92,32 +145,22 @@ def _fused_noise(model: PrunableNet, batch: int | None) -> Tensor | None:
     ``None`` (nothing drawn) when the layers do not share bounds and dtype, or a structure
     is out of the lean kernel's reach; the caller then takes the per-layer path.
     """
-    layers = list(model.noise_layers().values())
-    if not layers:
+    if not plan.shared:
         return None
-    first = layers[0]
-    bounds = (first.log_low, first.log_high, first.loc.dtype)
-    if any((m.log_low, m.log_high, m.loc.dtype) != bounds for m in layers[1:]):
+    locs, log_scales = plan.params()
+    dtype, device = locs[0].dtype, locs[0].device
+    if any(q.dtype != dtype for q in locs):
         return None
-    dtype, device = first.loc.dtype, first.loc.device
-    sizes = [m.num_structures for m in layers]
     if batch is None:  # one draw per step: one call to the generator
-        u = torch.rand(sum(sizes), dtype=dtype, device=device)
+        u = torch.rand(sum(plan.sizes), dtype=dtype, device=device)
     else:  # layer by layer, the random stream of the per-layer path
-        u = torch.cat([torch.rand(batch, n, dtype=dtype, device=device) for n in sizes], dim=-1)
-    kept = torch.cat([m.kept for m in layers]).to(dtype)
-    scales = [m.kl_scale for m in layers]
-    if all(k == scales[0] for k in scales):
-        weight = kept * scales[0]
-    else:
-        weight = kept * torch.cat([torch.full((n,), k, dtype=dtype, device=device)
-                                   for n, k in zip(sizes, scales)])
-    drawn = network_theta_and_kl([m.loc for m in layers], [m.log_scale for m in layers],
-                                 first.log_low, first.log_high, u, kept, weight)
+        u = torch.cat([torch.rand(batch, n, dtype=dtype, device=device) for n in plan.sizes], dim=-1)
+    kept, weight = plan.masks(dtype)
+    drawn = network_theta_and_kl(locs, log_scales, *plan.bounds, u, kept, weight)
     if drawn is None:
         return None
     thetas, kl = drawn
-    for m, theta in zip(layers, thetas):
+    for m, theta in zip(plan.layers, thetas):
         m.__dict__["_drawn_theta"] = theta
     return kl
 

@@ -26,7 +26,7 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from pyro_prune._enums import parse_enum
-from pyro_prune.inference.elbo import fast_elbo_loss, pyro_elbo_loss
+from pyro_prune.inference.elbo import NoisePlan, fast_elbo_loss, pyro_elbo_loss
 from pyro_prune.models.base import KLScale, Likelihood, PrunableNet
 
 __all__ = ["Engine", "FitContext", "FitResult", "evaluate", "fit", "flush_denormals", "load_checkpoint"]
@@ -301,9 +301,11 @@ def fit(
     optimizer = _adam(_param_groups(model, guide, lr, noise_lr), lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
 
+    plan = NoisePlan(model)  # fit adds or replaces no modules: resolve the noise layers once
+
     def loss_fn(xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor | None]:
         if engine is Engine.FAST:
-            return fast_elbo_loss(model, xb, yb, per_example=per_example_noise)
+            return fast_elbo_loss(model, xb, yb, per_example=per_example_noise, plan=plan)
         return pyro_elbo_loss(model, xb, yb, guide=guide, elbo=elbo), None
 
     ctx = FitContext(

@@ -107,3 +107,33 @@ def test_removed_structures_leave_the_kl() -> None:
     one = torch.distributions.kl_divergence(layer.posterior(), layer.prior())[0]
     layer.prune(torch.tensor([True, False, False, False]))
     assert float(net.kl_divergence().detach()) == pytest.approx(full - float(one), rel=1e-5)
+
+
+def test_noise_plan_follows_pruning_and_kl_scale() -> None:
+    """A plan resolved once gives the loss of a fresh one after pruning and a new KL weight."""
+    from pyro_prune.inference.elbo import NoisePlan
+
+    net = _net()
+    plan = NoisePlan(net)
+    assert [m for m in plan.layers] == list(net.noise_layers().values()) and not plan.others
+    x, y = torch.randn(10, 6), torch.randint(0, 3, (10,))
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(4)
+        kept, _ = fast_elbo_loss(net, x, y, per_example=False, plan=plan)
+        torch.manual_seed(4)
+        fresh, _ = fast_elbo_loss(net, x, y, per_example=False)
+        return kept, fresh
+
+    before = both()
+    torch.testing.assert_close(*before)
+    net.net.fc2_gate.prune(torch.tensor([True, False, True, False]))
+    after_pruning = both()
+    torch.testing.assert_close(*after_pruning)
+    assert float(plan.masks(torch.float32)[0].sum()) == 5 + 2
+    net.set_kl_scale(3.0)
+    after_scale = both()
+    torch.testing.assert_close(*after_scale)
+    assert not torch.isclose(before[0], after_pruning[0]) and not torch.isclose(after_pruning[0], after_scale[0])
+    with pytest.raises(ValueError, match="another model"):
+        fast_elbo_loss(_net(1), x, y, plan=plan)
