@@ -26,10 +26,10 @@ from collections.abc import Callable
 
 import torch
 from pyro.infer import TraceMeanField_ELBO
-from torch import Tensor, nn
+from torch import Tensor
 
 from pyro_prune.models.base import PrunableNet
-from pyro_prune.models.noise import MultiplicativeNoise, NoiseMode, noise_mode
+from pyro_prune.models.noise import MultiplicativeNoise, NoiseMode, StochasticModule, noise_mode
 from pyro_prune.models.noise_kernels import network_theta_and_kl
 
 __all__ = ["NoisePlan", "fast_elbo_loss", "pyro_elbo_loss"]
@@ -103,9 +103,12 @@ class NoisePlan:
     def __init__(self, model: PrunableNet) -> None:
         self.model = model
         self.layers: list[MultiplicativeNoise] = []
-        self.others: list[nn.Module] = []
+        self.others: list[StochasticModule] = []
         for m in model.stochastic_modules().values():
-            (self.layers if isinstance(m, MultiplicativeNoise) else self.others).append(m)
+            if isinstance(m, MultiplicativeNoise):
+                self.layers.append(m)
+            else:
+                self.others.append(m)
         self.sizes = [m.num_structures for m in self.layers]
         self.bounds = (self.layers[0].log_low, self.layers[0].log_high) if self.layers else (0.0, 0.0)
         #: whether one kernel call can draw every layer (same bounds)
