@@ -38,6 +38,12 @@ def versions() -> dict[str, str]:
         out["pyro_prune"] = pyro_prune.__version__
     except ImportError:  # pragma: no cover - benchmarks run from a checkout
         pass
+    try:  # the compiled noise kernels (the ``fast`` extra)
+        import numba
+
+        out["numba"] = numba.__version__
+    except ImportError:
+        pass
     return out
 
 
@@ -154,3 +160,44 @@ def print_header(script: str, *, seeds: Sequence[int], config: dict[str, Any]) -
     print(f"versions: {versions()}")
     print(f"machine: {machine()}")
     print(f"config: {config}")
+
+
+def median_of_runs(runs: list[list[dict[str, Any]]], keys: Sequence[str],
+                   figures: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per row of the first run: the medians over the runs of the timed ``figures``.
+
+    The runs must list the same rows (same ``keys``) in the same order. Ratios are taken
+    within each run (variants timed side by side) and their median reported; ``<figure>_runs``
+    keeps every run's value.
+    """
+    out = []
+    for i, first in enumerate(runs[0]):
+        same = [run[i] for run in runs]
+        if any(tuple(r[k] for k in keys) != tuple(first[k] for k in keys) for r in same):
+            raise RuntimeError("the runs timed different variants")
+        row = dict(first)
+        for key in figures:
+            row[f"{key}_runs"] = [r[key] for r in same]
+            row[key] = statistics.median(row[f"{key}_runs"])
+        out.append(row)
+    return out
+
+
+def rows_of_fresh_processes(script: str, argv: Sequence[str], runs: int) -> list[list[dict[str, Any]]]:
+    """Run ``script argv --runs 1 --run-output FILE`` in ``runs`` fresh processes; their rows.
+
+    A timing benchmark measures in fresh processes because on a shared machine the spread
+    from one process to the next exceeds the spread within one.
+    """
+    import subprocess
+    import tempfile
+
+    out: list[list[dict[str, Any]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(runs):
+            path = Path(tmp) / f"run{k}.json"
+            cmd = [sys.executable, str(Path(script).resolve()), *argv, "--runs", "1", "--run-output", str(path)]
+            print(f"run {k + 1} of {runs}", flush=True)
+            subprocess.run(cmd, check=True)
+            out.append(json.loads(path.read_text()))
+    return out

@@ -50,9 +50,7 @@ import copy
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -61,7 +59,15 @@ import torch
 from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import format_table, median_time, print_header, set_threads, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    format_table,
+    median_of_runs,
+    median_time,
+    print_header,
+    rows_of_fresh_processes,
+    set_threads,
+    write_results,
+)
 
 from pyro_prune.convert import (  # noqa: E402
     ChannelScale,
@@ -337,39 +343,6 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def median_of_runs(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per (model, batch, variant): the medians over the runs of the timed figures.
-
-    Speed-ups are taken within each run (variants measured side by side) and their median
-    reported; ``*_runs`` keep every run's value.
-    """
-    out = []
-    for i, first in enumerate(runs[0]):
-        same = [run[i] for run in runs]
-        if any((r["model"], r["batch"], r["variant"]) != (first["model"], first["batch"], first["variant"])
-               for r in same):
-            raise RuntimeError("the runs timed different variants")
-        row = dict(first)
-        for key in ("latency_ms", "latency_min_ms", "speedup", "speedup_per_mac_ratio", "load_avg_1min"):
-            row[f"{key}_runs"] = [r[key] for r in same]
-            row[key] = statistics.median(row[f"{key}_runs"])
-        out.append(row)
-    return out
-
-
-def timed_in_fresh_processes(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
-    """Run :func:`measure` in ``args.runs`` fresh processes (models trained once, then cached)."""
-    runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for k in range(args.runs):
-            out = Path(tmp) / f"run{k}.json"
-            cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--runs", "1", "--run-output", str(out)]
-            print(f"run {k + 1} of {args.runs}", flush=True)
-            subprocess.run(cmd, check=True)
-            runs.append(json.loads(out.read_text()))
-    return median_of_runs(runs)
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -383,7 +356,13 @@ def main(argv: list[str] | None = None) -> None:
                         "enough calls to last >= 10 ms; with --runs N the whole timing runs in N fresh "
                         "processes and the medians of their figures are reported")
     print_header(__file__, seeds=[args.seed], config=config)
-    rows = measure(args) if args.runs == 1 else timed_in_fresh_processes(args, argv)
+    if args.runs == 1:
+        rows = measure(args)
+    else:  # models trained once (cached), timed in fresh processes
+        rows = median_of_runs(rows_of_fresh_processes(__file__, argv, args.runs),
+                              ("model", "batch", "variant"),
+                              ("latency_ms", "latency_min_ms", "speedup", "speedup_per_mac_ratio",
+                               "load_avg_1min"))
     columns = ["model", "batch", "variant", "latency_ms", "speedup", "mac_ratio",
                "speedup_per_mac_ratio", "params", "compression", "test_accuracy", "load_avg_1min"]
     print(format_table(rows, columns))

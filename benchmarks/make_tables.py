@@ -121,13 +121,18 @@ def bmrs_curves(d: dict[str, Any]) -> str:
 
 
 def training_speed(d: dict[str, Any]) -> str:
-    rows = [[r["model"], r.get("adam", "for-loop"), r["variant"], r["ms_per_step"], r["ratio_to_plain"]]
+    runs = d["config"].get("runs", 1)
+    rows = [[r["model"], r.get("adam", "for-loop"), r["variant"], r["ms_per_step"], r["ratio_to_plain"],
+             ", ".join(f"{v:.2f}" for v in r.get("ratio_to_plain_runs", [r["ratio_to_plain"]]))]
             for r in d["rows"]]
     return "\n\n".join([
         "### Training step: SVI on the noise model vs a plain PyTorch step",
-        "Batch 128, same threads, side by side in one process, median over repeats; "
-        "`x plain` is the ratio to the plain step with the same Adam implementation.",
-        _table(["model", "Adam", "variant", "ms / step", "x plain"], rows),
+        "Batch 128, same threads, variants timed side by side in one process, median over "
+        f"repeats, in {runs} fresh process(es) (medians of their figures); `x plain` is the ratio "
+        "to the plain step with the same Adam implementation. `compiled kernel`: the noise "
+        "kernel of `pyro_prune.models.noise_kernels_jit` (the default where Numba is installed); "
+        "`torch kernel`: the same kernel as torch operations.",
+        _table(["model", "Adam", "variant", "ms / step", "x plain", "x plain per run"], rows),
         _reproduce(d),
     ])
 
