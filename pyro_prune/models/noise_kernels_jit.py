@@ -7,7 +7,8 @@ CPU their dispatch, not their arithmetic, is what a training step of a small net
 for. This module computes the same values in two compiled loops, one for the forward (draw,
 ``theta = exp(x) * kept``, weighted KL sum) and one for the backward (the hand-written
 gradients of :class:`~pyro_prune.models.noise_kernels._DrawAndKL`), and is used in its
-place when Numba is installed (the ``fast`` extra) and the tensors live on the CPU.
+place when Numba is installed (the ``fast`` extra), the tensors live on the CPU and a step
+draws at most :data:`MAX_DRAWS` numbers (beyond, torch's vectorised operations are faster).
 
 The arithmetic runs in float64 whatever the parameters' dtype, and the results are cast
 back. ``Phi^-1`` is Acklam's rational approximation (relative error below ``1.2e-9``) and,
@@ -32,14 +33,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["available", "network_theta_and_kl", "set_enabled"]
+from pyro_prune.models.noise_kernels import (
+    _CLIP,
+    _HALF_LOG_2PI_E,
+    _INV_SQRT_2,
+    _INV_SQRT_2PI,
+    _REACH,
+)
 
-_CLIP = 50.0
-_HALF_LOG_2PI_E = 0.5 * math.log(2.0 * math.pi * math.e)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+__all__ = ["MAX_DRAWS", "available", "network_theta_and_kl", "set_enabled", "usable"]
+
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
-_REACH = {torch.float32: 12.0, torch.float64: 37.0}
 _TINY = {torch.float32: float(torch.finfo(torch.float32).tiny),
          torch.float64: float(torch.finfo(torch.float64).tiny)}
 
