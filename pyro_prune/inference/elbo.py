@@ -125,10 +125,10 @@ class NoisePlan:
     def masks(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """``(kept, weight)`` over all structures: the kept mask and ``kept * kl_scale``."""
         kepts = [m._buffers["kept"] for m in self.layers]
-        key = (dtype, *((id(k), k._version) for k in kepts), *(m.kl_scale for m in self.layers))  # type: ignore[union-attr]
+        scales = [m.kl_scale for m in self.layers]
+        key = (dtype, *((id(k), k._version) for k in kepts), *scales)  # type: ignore[union-attr]
         if key != self._masks_key or self._masks is None:
             kept = torch.cat(kepts).to(dtype)  # type: ignore[arg-type]
-            scales = [m.kl_scale for m in self.layers]
             if all(k == scales[0] for k in scales):
                 weight = kept * scales[0]
             else:
