@@ -21,11 +21,11 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -e ".[fast]"
+	$(BIN)/python -m pip install -e ".[fast,laplace]"
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/python -m pip install "$(TORCH_SPEC)" -e ".[dev,fast]"
+	$(BIN)/python -m pip install "$(TORCH_SPEC)" -e ".[dev,fast,laplace]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -42,6 +42,7 @@ test-fast: install-dev
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install-dev
+	$(BIN)/python -m pip install "$(TORCH_SPEC)" -e ".[bench]"
 	$(BIN)/python benchmarks/run_all.py
 
 lint: install-dev

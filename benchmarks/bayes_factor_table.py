@@ -45,18 +45,20 @@ from pyro_prune.models.fcn import prunable_layers
 
 NAME = "bayes_factor_table"
 RUNS_FILE = RESULTS_DIR / f"{NAME}.runs.json"
-METHODS = {  # CLI name -> (PruneMethod value, gate, likelihood data of the Bayes factor)
-    "random": ("random", False, "full"),
-    "bayes-random": ("random", True, "full"),
-    "bayes-random-batch": ("random", True, "batch"),
-    "magnitude": ("magnitude", False, "full"),
-    "bayes-magnitude": ("magnitude", True, "full"),
-    "bayes-magnitude-batch": ("magnitude", True, "batch"),
+METHODS = {  # CLI name -> (PruneMethod value, gate, likelihood data of the Bayes factor, evidence)
+    "random": ("random", False, "full", "point"),
+    "bayes-random": ("random", True, "full", "point"),
+    "bayes-random-batch": ("random", True, "batch", "point"),
+    "magnitude": ("magnitude", False, "full", "point"),
+    "bayes-magnitude": ("magnitude", True, "full", "point"),
+    "bayes-magnitude-batch": ("magnitude", True, "batch", "point"),
+    "bayes-magnitude-laplace": ("magnitude", True, "full", "laplace"),
 }
 LABELS = {"random": "Random", "bayes-random": "Bayes Random",
           "bayes-random-batch": "Bayes Random (minibatch BF)", "magnitude": "Magnitude",
           "bayes-magnitude": "Bayes Magnitude",
-          "bayes-magnitude-batch": "Bayes Magnitude (minibatch BF)"}
+          "bayes-magnitude-batch": "Bayes Magnitude (minibatch BF)",
+          "bayes-magnitude-laplace": "Bayes Magnitude (Laplace evidence)"}
 #: The paper's Table 1 test accuracies that this benchmark compares with (only the cells
 #: quoted here; other cells print "-"). Key: (dataset, model, sparsity) -> {method: acc}.
 PAPER = {
@@ -102,24 +104,32 @@ def goal_sparsity(model_name: str, info: Any, sparsity: float, args: argparse.Na
     return sum(prune_count(layers[n].weight.numel(), sparsity) for n in names) / total
 
 
-def _compact_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keys = ("epoch", "loss", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-            "sparsity", "log_bayes_factor", "break_even_examples", "pruned", "epoch_time_s")
+def _compact_history(history: list[dict[str, Any]], keep_terms: bool = False) -> list[dict[str, Any]]:
+    keys: tuple[str, ...] = ("epoch", "loss", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                             "sparsity", "log_bayes_factor", "break_even_examples", "pruned", "epoch_time_s")
+    if keep_terms:
+        keys += ("log_evidence_current", "log_evidence_pruned", "delta_log_likelihood", "delta_log_occam")
     return [{k: r.get(k) for k in keys} for r in history]
 
 
 def run_one(dataset: str, model_name: str, sparsity: float, method: str, seed: int,
             args: argparse.Namespace, data: dict[str, Any], *,
-            likelihood_batch: int | None = None) -> dict[str, Any]:
-    """Train one network with one method; ``likelihood_batch``: ``B`` of the ``*-batch`` gates."""
-    prune_method, gate, likelihood = METHODS[method]
+            likelihood_batch: int | None = None, curvature_subset: int | None = None,
+            keep_terms: bool = False) -> dict[str, Any]:
+    """Train one network with one method; ``likelihood_batch``: ``B`` of the ``*-batch`` gates.
+
+    ``curvature_subset``: examples of the Laplace gate's curvature (``None``: all);
+    ``keep_terms``: keep the evidence terms of every decision in the compact history.
+    """
+    prune_method, gate, likelihood, evidence = METHODS[method]
     torch.manual_seed(seed)
     model = make_model(model_name, data["info"], args.prior_scale)
     layers = pruned_layers(model, args.spare_first_last)
     sched = BayesFactorPruning(sparsity, prune_method, threshold=args.threshold,
                                log_threshold=args.log_threshold, gate=gate, seed=seed,
                                likelihood=likelihood, layers=layers,
-                               likelihood_batch=likelihood_batch if likelihood == "batch" else None)
+                               likelihood_batch=likelihood_batch if likelihood == "batch" else None,
+                               evidence=evidence, curvature_subset=curvature_subset)
     t0 = time.perf_counter()
     res = fit(model, data["train"], epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
               val=data["val"], schedule=sched, seed=seed, progress=False)
@@ -133,7 +143,7 @@ def run_one(dataset: str, model_name: str, sparsity: float, method: str, seed: i
         "first_log_bf": decided[0] if decided else None,
         "max_log_bf": max(decided) if decided else None,
         "time_s": seconds, "epoch_time_s": statistics.median(r["epoch_time_s"] for r in res.history),
-        "history": _compact_history(res.history),
+        "history": _compact_history(res.history, keep_terms),
     }
 
 

@@ -52,6 +52,19 @@ does not reproduce. ``log_threshold`` sets a tolerance in nats (e.g. ``-eps * N`
 training examples drawn at each decision, a likelihood tempered by ``B / N`` against which
 the prior ratio weighs more; that is the gate that reaches the paper's sparsities.
 
+The Laplace gate (``evidence="laplace"``, the default when the curvature backend is
+installed). A ratio of posterior densities at a point is not a Bayes factor: it has no
+Occam factor, so a pruning pays its lost likelihood with nothing but the prior density
+gained at zero. :class:`EvidenceKind` ``LAPLACE`` compares the Laplace marginal
+likelihoods (:mod:`pyro_prune.laplace`) of the pruned and the current network,
+
+    log BF = [log p(D | w') - log p(D | w)] + [log Occam(w') - log Occam(w)],
+
+with ``log Occam = log N(w_kept; 0, s^2 I) + (d/2) log 2 pi - (1/2) log det(H + I/s^2)`` over
+the ``d`` kept weights: each removed weight with curvature ``h`` and value ``w`` adds about
+``(1/2) log(1 + s^2 h) + w^2/(2 s^2)`` to the Occam term, so a pruning passes when the
+removed weights were poorly determined by the data (large ``s^2 h`` bought little fit).
+
 The two non-Bayesian baselines of the paper, *Random* and *Magnitude*, are the same schedule
 with ``gate=False``: the candidate is applied every epoch regardless of the Bayes factor
 (which is still computed and logged), i.e. the network is pruned to ``r`` after the first
@@ -81,12 +94,16 @@ from pyro_prune.models.fcn import MAPNet, ensure_weight_masks, prunable_layers, 
 __all__ = [
     "BayesFactor",
     "BayesFactorPruning",
+    "EvidenceBayesFactor",
+    "EvidenceKind",
     "LikelihoodData",
     "LogPosterior",
     "PruneMethod",
     "apply_masks",
     "bayes_factor",
     "candidate_masks",
+    "default_evidence",
+    "laplace_bayes_factor",
     "layer_sparsity",
     "log_posterior",
     "plot_learning_curves",
@@ -111,6 +128,28 @@ class LikelihoodData(enum.Enum):
 
     FULL = "full"
     BATCH = "batch"
+
+
+class EvidenceKind(enum.Enum):
+    """What the Bayes factor of a candidate pruning compares.
+
+    * ``LAPLACE``: the Laplace log marginal likelihoods of the pruned and the current
+      network (:func:`pyro_prune.laplace.log_evidence`): each model's likelihood at its
+      weights plus its Occam factor, the pruned one re-linearised at the pruned weights with
+      the pruned weights out of the parameter vector. A Bayes factor proper.
+    * ``POINT``: the ratio of the two unnormalised posterior densities at the point weights,
+      ``p(D | w') p(w') / (p(D | w) p(w))``, as the paper writes it.
+    """
+
+    LAPLACE = "laplace"
+    POINT = "point"
+
+
+def default_evidence() -> EvidenceKind:
+    """``LAPLACE`` when the curvature backend is installed, else ``POINT``."""
+    from pyro_prune.laplace import backend_available
+
+    return EvidenceKind.LAPLACE if backend_available() else EvidenceKind.POINT
 
 
 class PruneMethod(enum.Enum):
@@ -486,6 +525,85 @@ def bayes_factor(
     return BayesFactor(full=full, pruned=pruned)
 
 
+@dataclass(frozen=True)
+class EvidenceBayesFactor:
+    """The Bayes factor of a candidate pruning as a ratio of Laplace evidences (nats).
+
+    ``current`` and ``pruned`` are :class:`~pyro_prune.laplace.LaplaceEvidence` of the
+    network as it is (its earlier prunings fixed at 0) and with the candidate applied.
+    """
+
+    current: Any
+    pruned: Any
+
+    @property
+    def log_bayes_factor(self) -> float:
+        """``log p(D | pruned) - log p(D | current)`` (Laplace)."""
+        return self.pruned.log_evidence - self.current.log_evidence
+
+    @property
+    def delta_log_likelihood(self) -> float:
+        """Change of ``log p(D | w*)``: the fit the pruning costs (usually < 0)."""
+        return self.pruned.log_likelihood - self.current.log_likelihood
+
+    @property
+    def delta_log_occam(self) -> float:
+        """Change of the log Occam factor: what dropping the pruned weights' volume gains."""
+        return self.pruned.log_occam - self.current.log_occam
+
+    def accepts(self, threshold: float = 1.0, *, log_threshold: float | None = None) -> bool:
+        """``log BF >= log threshold``."""
+        return self.log_bayes_factor >= _log_threshold(threshold, log_threshold)
+
+
+def _parameter_masks(masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Layer keep-masks (backbone layer names) as parameter masks (``"<layer>.weight"``)."""
+    return {f"{name}.weight": mask for name, mask in masks.items() if not bool(mask.all())}
+
+
+def laplace_bayes_factor(
+    model: MAPNet,
+    masks: Mapping[str, Tensor],
+    dataset: TensorDataset,
+    *,
+    current: Any = None,
+    hessian: str = "diag",
+    batch_size: int = 512,
+    curvature_subset: int | None = None,
+) -> EvidenceBayesFactor:
+    """Laplace-evidence Bayes factor of pruning ``model`` to ``masks`` against its current pruning.
+
+    Both evidences (:func:`pyro_prune.laplace.log_evidence`) use the model's prior
+    ``N(0, prior_scale^2)`` on every backbone parameter (the prior it was trained under; not
+    refitted) and its likelihood (a Gaussian one at the model's ``obs_scale``). The current
+    network's weights pruned earlier are fixed at 0 (its ``weight_mask``); the candidate's
+    evidence is computed at the candidate's weights (re-linearised there). ``current`` may
+    pass the current network's evidence if it was computed already. Nothing in the model
+    changes.
+    """
+    from pyro_prune.laplace import log_evidence
+
+    if not isinstance(model, MAPNet):
+        raise TypeError(f'evidence="laplace" needs a MAPNet (a network with a Gaussian prior), '
+                        f"got {type(model).__name__}")
+    layers = prunable_layers(model)
+    for name, mask in masks.items():
+        if name not in layers:
+            raise ValueError(f"masks name a layer the model does not have: {name!r}")
+        if mask.shape != layers[name].weight.shape or mask.dtype != torch.bool:
+            raise ValueError(f"masks[{name!r}] must be a bool tensor of shape {tuple(layers[name].weight.shape)}")
+    options: dict[str, Any] = dict(prior_scale=model.prior_scale, likelihood=model.likelihood.value,
+                                   hessian=hessian, batch_size=batch_size, curvature_subset=curvature_subset)
+    if model.likelihood is Likelihood.GAUSSIAN:
+        options["obs_scale"] = float(model.obs_scale)
+    data = dataset.tensors
+    if current is None:
+        current = log_evidence(model.net, data, mask=_parameter_masks(weight_masks(model)), **options)
+    merged = {**weight_masks(model), **dict(masks)}
+    pruned = log_evidence(model.net, data, mask=_parameter_masks(merged), **options)
+    return EvidenceBayesFactor(current=current, pruned=pruned)
+
+
 # --------------------------------------------------------------------------------- schedule
 class BayesFactorPruning(Schedule):
     """Prune to a target sparsity after an epoch when the Bayes factor allows it.
@@ -531,6 +649,19 @@ class BayesFactorPruning(Schedule):
         layers: names of the layers to prune (backbone module paths, e.g.
             ``["fc1", "fc2"]``); the others keep every weight. Default: every ``nn.Linear``
             and ``nn.Conv2d``, as in the paper.
+        evidence: ``"laplace"`` (the Bayes factor of the two models' Laplace evidences,
+            :func:`laplace_bayes_factor`; the model must be a :class:`MAPNet`) or
+            ``"point"`` (the paper's ratio of posterior densities at the point weights,
+            :func:`bayes_factor`); :class:`EvidenceKind`. Default: ``"laplace"`` when the
+            curvature backend is installed (the ``laplace`` extra), else ``"point"``. Both
+            use the data chosen by ``likelihood``. With ``"laplace"`` the history also holds
+            ``log_evidence_current``, ``log_evidence_pruned``, ``delta_log_likelihood`` and
+            ``delta_log_occam`` of every decision (``break_even_examples`` is ``None``).
+        hessian: curvature of the Laplace evidence: ``"diag"`` (default; the candidates
+            remove single weights, so a Kronecker factor does not fit them) or ``"full"``
+            for small networks; ``"kron"`` is refused for unstructured candidates.
+        curvature_subset: the Laplace curvature from this many training examples, scaled
+            to the whole data (:func:`pyro_prune.laplace.log_evidence`); ``None``: all.
     """
 
     def __init__(
@@ -546,7 +677,19 @@ class BayesFactorPruning(Schedule):
         likelihood: LikelihoodData | str = LikelihoodData.FULL,
         likelihood_batch: int | None = None,
         layers: Sequence[str] | None = None,
+        evidence: EvidenceKind | str | None = None,
+        hessian: str = "diag",
+        curvature_subset: int | None = None,
     ) -> None:
+        self.evidence = default_evidence() if evidence is None else parse_enum(EvidenceKind, evidence, "evidence")
+        from pyro_prune.laplace import HessianStructure
+
+        self.hessian = parse_enum(HessianStructure, hessian, "hessian").value
+        self.curvature_subset = curvature_subset
+        if self.evidence is EvidenceKind.LAPLACE:
+            from pyro_prune.laplace import _asdl
+
+            _asdl()  # a clear ImportError now rather than after the first epoch
         self.target_sparsity = _check_sparsity(target_sparsity)
         self.layers = _layer_list(layers)
         self.method = _method(method)
@@ -584,7 +727,8 @@ class BayesFactorPruning(Schedule):
         return (
             f"BayesFactorPruning(target_sparsity={self.target_sparsity}, "
             f"method={self.method.value!r}, log_threshold={self.log_threshold:.6g}, gate={self.gate}, "
-            f"seed={self.seed}, likelihood={self.likelihood.value!r}, layers={self.layers!r})"
+            f"seed={self.seed}, likelihood={self.likelihood.value!r}, layers={self.layers!r}, "
+            f"evidence={self.evidence.value!r}, hessian={self.hessian!r})"
         )
 
     # ---------------------------------------------------------------- hooks for fit
@@ -597,6 +741,9 @@ class BayesFactorPruning(Schedule):
         _enforce_masks(self._pairs)
 
     def on_fit_start(self, ctx: Any) -> None:
+        if self.evidence is EvidenceKind.LAPLACE and not isinstance(ctx.model, MAPNet):
+            raise TypeError(f'evidence="laplace" needs a MAPNet (a network with a Gaussian prior), '
+                            f'got {type(ctx.model).__name__}; use evidence="point"')
         ensure_weight_masks(ctx.model)
         _check_layers(ctx.model, self.layers)  # unknown names fail before any training
         if self.seed is None:
@@ -630,6 +777,7 @@ class BayesFactorPruning(Schedule):
         log_bf: float | None = None
         break_even: float | None = None
         applied = False
+        evidence_terms: dict[str, float] = {}
         if epoch <= ctx.epochs:
             current = weight_masks(model)
             cand = candidate_masks(model, self.target_sparsity, self.method, generator=self.generator,
@@ -637,16 +785,30 @@ class BayesFactorPruning(Schedule):
             if any(not torch.equal(cand[n], current[n]) for n in cand):
                 self.candidates += 1
                 data = self._evidence_data(ctx.train, int(ctx.batch_size))
-                bf = bayes_factor(model, cand, data, full=full if data is ctx.train else None,
-                                  batch_size=self.batch_size)
-                log_bf = bf.log_bayes_factor
-                break_even = bf.break_even_examples(log_threshold=self.log_threshold)
-                if not self.gate or bf.log_bayes_factor >= self.log_threshold:
+                pruned_point: LogPosterior | None = None
+                if self.evidence is EvidenceKind.LAPLACE:
+                    ebf = laplace_bayes_factor(model, cand, data, hessian=self.hessian,
+                                               batch_size=min(self.batch_size, 512),
+                                               curvature_subset=self.curvature_subset)
+                    log_bf = ebf.log_bayes_factor
+                    evidence_terms = {
+                        "log_evidence_current": ebf.current.log_evidence,
+                        "log_evidence_pruned": ebf.pruned.log_evidence,
+                        "delta_log_likelihood": ebf.delta_log_likelihood,
+                        "delta_log_occam": ebf.delta_log_occam,
+                    }
+                else:
+                    bf = bayes_factor(model, cand, data, full=full if data is ctx.train else None,
+                                      batch_size=self.batch_size)
+                    log_bf = bf.log_bayes_factor
+                    break_even = bf.break_even_examples(log_threshold=self.log_threshold)
+                    pruned_point = bf.pruned if data is ctx.train else None
+                if not self.gate or log_bf >= self.log_threshold:
                     apply_masks(model, cand, ctx.optimizer)
                     self._refresh(model)
                     self.accepted_epochs.append(epoch)
                     applied = True
-                    kept = (bf.pruned if data is ctx.train
+                    kept = (pruned_point if pruned_point is not None
                             else log_posterior(model, ctx.train, batch_size=self.batch_size))
         row: dict[str, Any] = {
             "sparsity": sparsity(model),
@@ -658,6 +820,7 @@ class BayesFactorPruning(Schedule):
             "log_prior": kept.log_prior,
             "log_posterior": kept.log_joint,
             "layer_sparsity": layer_sparsity(model),
+            **evidence_terms,
         }
         if kept.accuracy is not None:
             row["train_accuracy"] = kept.accuracy

@@ -1,0 +1,270 @@
+"""Laplace evidence: exact for Bayesian linear regression; GGN plumbing; BMR removals; bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+pytest.importorskip("asdl")
+
+from pyro_prune.laplace import (  # noqa: E402
+    SUPPORTED_LAYERS,
+    fit_evidence,
+    laplace_posterior,
+    laplace_prune,
+    laplace_removals,
+    log_evidence,
+)
+from pyro_prune.models import bayesianize  # noqa: E402
+
+
+def _closed_form(x: torch.Tensor, y: torch.Tensor, s: float, sigma: float) -> float:
+    """log p(Y | X) of y_k ~ N(0, sigma^2 I + s^2 X X^T), independently per output k."""
+    n = x.shape[0]
+    cov = sigma**2 * torch.eye(n, dtype=x.dtype) + s**2 * (x @ x.T)
+    mvn = torch.distributions.MultivariateNormal(torch.zeros(n, dtype=x.dtype), covariance_matrix=cov)
+    return float(sum(mvn.log_prob(y[:, k]) for k in range(y.shape[1])))
+
+
+def _map(x: torch.Tensor, y: torch.Tensor, s: float, sigma: float) -> torch.Tensor:
+    precision = x.T @ x / sigma**2 + torch.eye(x.shape[1], dtype=x.dtype) / s**2
+    return torch.linalg.solve(precision, x.T @ y / sigma**2).T
+
+
+def _regression(n: int, d: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    w = torch.randn(d, k, generator=g, dtype=torch.float64)
+    return x, x @ w + 0.3 * torch.randn(n, k, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("hessian", ["full", "kron"])
+@pytest.mark.parametrize(("n", "d", "k", "s", "sigma"), [(40, 5, 1, 0.7, 0.4), (64, 8, 3, 2.0, 0.25)])
+def test_linear_gaussian_evidence_is_exact(hessian: str, n: int, d: int, k: int, s: float, sigma: float) -> None:
+    x, y = _regression(n, d, k)
+    net = nn.Linear(d, k, bias=False).double()
+    with torch.no_grad():
+        net.weight.copy_(_map(x, y, s, sigma))
+    ev = log_evidence(net, (x, y), prior_scale=s, likelihood="gaussian", obs_scale=sigma, hessian=hessian)
+    assert float(ev) == pytest.approx(_closed_form(x, y, s, sigma), rel=1e-6)
+    assert ev.log_evidence == pytest.approx(ev.log_likelihood + ev.log_occam)
+    assert ev.num_params == d * k and ev.num_data == n
+
+
+@pytest.mark.parametrize("hessian", ["full", "kron"])
+def test_pruned_linear_evidence_is_exact(hessian: str) -> None:
+    x, y = _regression(50, 6, 2, seed=1)
+    s, sigma = 1.3, 0.5
+    keep = torch.tensor([True, False, True, True, False, True])
+    net = nn.Linear(6, 2, bias=False).double()
+    with torch.no_grad():  # the MAP of the pruned model; the removed inputs' weights are garbage
+        net.weight.copy_(torch.randn(2, 6, dtype=torch.float64))
+        net.weight[:, keep] = _map(x[:, keep], y, s, sigma)
+    before = net.weight.detach().clone()
+    mask = {"weight": keep.expand(2, 6).clone()}
+    ev = log_evidence(net, (x, y), prior_scale=s, likelihood="gaussian", obs_scale=sigma, hessian=hessian, mask=mask)
+    assert float(ev) == pytest.approx(_closed_form(x[:, keep], y, s, sigma), rel=1e-6)
+    assert ev.num_params == 8
+    assert torch.equal(net.weight, before)  # the weights are restored
+
+
+def test_diagonal_evidence_uses_the_diagonal_of_the_gauss_newton_matrix() -> None:
+    x, y = _regression(30, 4, 1, seed=2)
+    s, sigma = 0.9, 0.6
+    net = nn.Linear(4, 1).double()
+    with torch.no_grad():
+        net.weight.copy_(_map(x, y, s, sigma)[:, :4])
+    ev = log_evidence(net, (x, y), prior_scale=s, likelihood="gaussian", obs_scale=sigma, hessian="diag")
+    ones = torch.cat([x, torch.ones(30, 1, dtype=torch.float64)], 1)
+    h = (ones**2).sum(0) / sigma**2  # diag of J^T J / sigma^2 over [weight, bias]
+    w = torch.cat([net.weight.detach().reshape(-1), net.bias.detach()])
+    resid = y - net(x).detach()
+    ll = -0.5 * float(resid.square().sum()) / sigma**2 - 30 * math.log(sigma) - 15 * math.log(2 * math.pi)
+    occam = (-0.5 * float(w.square().sum()) / s**2 - 5 * math.log(s)
+             - 0.5 * float(torch.log(h + 1 / s**2).sum()))
+    assert float(ev) == pytest.approx(ll + occam, rel=1e-10)
+
+
+def _mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+
+
+def _ggn(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """sum_n J_n^T (diag p_n - p_n p_n^T) J_n by autograd (the categorical GGN)."""
+    params = dict(net.named_parameters())
+    names = list(params)
+
+    def f(*flat: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(net, dict(zip(names, flat)), (x,))
+
+    jac = torch.autograd.functional.jacobian(f, tuple(params.values()))
+    j = torch.cat([t.reshape(x.shape[0], 3, -1) for t in jac], dim=2)  # [n, classes, d]
+    p = F.softmax(net(x), -1).detach()
+    lam = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    return torch.einsum("nci,ncd,ndj->ij", j, lam, j)
+
+
+def test_categorical_curvature_is_the_gauss_newton_matrix() -> None:
+    net = _mlp()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(25, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (25,), generator=g)
+    ggn = _ggn(net, x)
+    s = 0.8
+    d = ggn.shape[0]
+    precision = ggn + torch.eye(d, dtype=torch.float64) / s**2
+    w = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    ll = -float(F.cross_entropy(net(x).detach(), y, reduction="sum"))
+    occam = -0.5 * float(w.square().sum()) / s**2 - d * math.log(s) - 0.5 * float(torch.logdet(precision))
+    assert float(log_evidence(net, (x, y), prior_scale=s, hessian="full")) == pytest.approx(ll + occam, rel=1e-9)
+    diag = torch.log(ggn.diagonal() + 1 / s**2).sum()
+    ev = log_evidence(net, (x, y), prior_scale=s, hessian="diag")
+    assert ev.log_det_precision == pytest.approx(float(diag), rel=1e-9)
+    assert ev.accuracy == pytest.approx(float((net(x).argmax(-1) == y).double().mean()))
+    # a mask drops rows and columns of the full precision
+    keep = torch.rand(7, 5, generator=g) > 0.4
+    kept = torch.cat([keep.reshape(-1), torch.ones(d - 35, dtype=torch.bool)])
+    with torch.no_grad():
+        saved = net[0].weight.detach().clone()
+        net[0].weight.mul_(keep)
+        ggn_p = _ggn(net, x)
+        lp = -float(F.cross_entropy(net(x), y, reduction="sum"))
+        wp = torch.cat([p.detach().reshape(-1) for p in net.parameters()])[kept]
+        net[0].weight.copy_(saved)
+    sub = ggn_p[kept][:, kept] + torch.eye(int(kept.sum()), dtype=torch.float64) / s**2
+    expected = lp - 0.5 * float(wp.square().sum()) / s**2 - int(kept.sum()) * math.log(s) - 0.5 * float(torch.logdet(sub))
+    ev = log_evidence(net, (x, y), prior_scale=s, hessian="full", mask={"0.weight": keep})
+    assert float(ev) == pytest.approx(expected, rel=1e-9)
+
+
+def test_fit_evidence_finds_the_maximum_over_the_scales() -> None:
+    x, y = _regression(60, 4, 1, seed=4)
+    net = nn.Linear(4, 1, bias=False).double()
+    with torch.no_grad():
+        net.weight.copy_(_map(x, y, 1.0, 0.3))
+    best = fit_evidence(net, (x, y), likelihood="gaussian", obs_scale=1.0, hessian="full")
+    for ds, dsig in ((1.2, 1.0), (1 / 1.2, 1.0), (1.0, 1.2), (1.0, 1 / 1.2)):
+        other = log_evidence(net, (x, y), prior_scale=best.prior_scale * ds, likelihood="gaussian",
+                             obs_scale=best.obs_scale * dsig, hessian="full")
+        assert float(other) < float(best)
+    assert 0.2 < best.obs_scale < 0.45  # the data's noise is 0.3
+
+
+def test_curvature_subset_scales_to_the_whole_data() -> None:
+    x, y = _regression(80, 3, 1, seed=5)
+    net = nn.Linear(3, 1, bias=False).double()
+    full = log_evidence(net, (x, y), prior_scale=1.0, likelihood="gaussian", obs_scale=0.5, hessian="full")
+    part = log_evidence(net, (x, y), prior_scale=1.0, likelihood="gaussian", obs_scale=0.5, hessian="full",
+                        curvature_subset=40)
+    assert part.log_likelihood == pytest.approx(full.log_likelihood)
+    assert part.log_det_precision == pytest.approx(full.log_det_precision, rel=0.05)
+
+
+class _ClassicNet(nn.Module):
+    """A LeNet written the way the PyTorch tutorials write it (functional ops in forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 6, 3)
+        self.fc1 = nn.Linear(6 * 2 * 2, 16)
+        self.fc2 = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = torch.flatten(x, 1)
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+def _trained_classic(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    x = torch.randn(120, 1, 14, 14)
+    y = (x[:, 0, :7].mean((1, 2)) > 0).long() + (x[:, 0, 7:].mean((1, 2)) > 0).long()
+    net = _ClassicNet()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-3)
+    for _ in range(60):
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    return net.eval(), x, y
+
+
+@pytest.mark.parametrize("hessian", ["diag", "kron"])
+def test_laplace_prune_removes_dead_neurons_and_makes_a_smaller_plain_module(hessian: str) -> None:
+    net, x, y = _trained_classic()
+    with torch.no_grad():  # four fc1 neurons the network does not use: at the MAP they are 0
+        net.fc1.weight[:4] = 0.0
+        net.fc1.bias[:4] = 0.0
+        net.fc2.weight[:, :4] = 0.0
+    small, removals = laplace_prune(net, (x, y), hessian=hessian)
+    assert set(removals) == {"bn1_gate", "conv2_gate", "fc1_gate"}
+    if hessian == "diag":  # zero curvature and zero weights: dF = 0 exactly, removed
+        assert bool(removals["fc1_gate"][:4].all())
+    assert all(not bool(r.all()) for r in removals.values())
+    n_params = sum(p.numel() for p in small.parameters())
+    assert n_params < sum(p.numel() for p in net.parameters())
+    model = bayesianize(net, gate="mask").eval()
+    for name, gate in model.gates().items():
+        gate.prune(removals[name])
+    with torch.no_grad():
+        assert torch.allclose(small(x), model.predict(x), atol=1e-5)
+
+
+def test_laplace_removals_agree_with_gaussian_bmr_of_the_posterior() -> None:
+    from pyro_prune.reduction import delta_f_gaussian
+
+    net, x, y = _trained_classic(seed=1)
+    model = bayesianize(net, gate="mask")
+    removals = laplace_removals(model, (x, y), prior_scale=0.5)
+    post = laplace_posterior(model.net, (x, y), prior_scale=0.5)
+    df = (delta_f_gaussian(post.mean["fc1.weight"].double(), post.variance["fc1.weight"].sqrt(), prior_scale=0.5)
+          .sum(1) + delta_f_gaussian(post.mean["fc1.bias"].double(), post.variance["fc1.bias"].sqrt(),
+                                     prior_scale=0.5))
+    assert torch.equal(removals["fc1_gate"], df >= 0)
+    weights = laplace_removals(net, (x, y), structure="weight", prior_scale=0.5)
+    assert set(weights) == {"conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"}
+    assert weights["fc1.weight"].shape == (16, 24) and weights["fc1.weight"].dtype == torch.bool
+
+
+class _Scaled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+        self.temperature = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) / self.temperature
+
+
+def test_bad_input_is_named() -> None:
+    x, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
+    with pytest.raises(ValueError, match=r"layer '<root>' \(_Scaled.*supported kinds: Linear, Conv2d"):
+        log_evidence(_Scaled(), (x, y), prior_scale=1.0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.PReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"layer '1' \(PReLU"):
+        log_evidence(net, (x, y), prior_scale=1.0)
+    assert nn.PReLU not in SUPPORTED_LAYERS
+    lin = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="obs_scale"):
+        log_evidence(lin, (x, y.float()[:, None].expand(10, 2)), prior_scale=1.0, likelihood="gaussian")
+    with pytest.raises(ValueError, match="prior_scale"):
+        log_evidence(lin, (x, y), prior_scale=0.0)
+    with pytest.raises(ValueError, match="hessian must be one of"):
+        log_evidence(lin, (x, y), prior_scale=1.0, hessian="block")
+    with pytest.raises(ValueError, match="not a parameter"):
+        log_evidence(lin, (x, y), prior_scale=1.0, mask={"fc.weight": torch.ones(2, 3, dtype=torch.bool)})
+    single = torch.ones(2, 3, dtype=torch.bool)
+    single[0, 1] = False
+    with pytest.raises(ValueError, match="structured masks"):
+        log_evidence(lin, (x, y), prior_scale=1.0, hessian="kron", mask={"weight": single})
+    with torch.no_grad():
+        lin.weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite curvature .* 'weight'"):
+        log_evidence(lin, (x, y), prior_scale=1.0)
