@@ -59,6 +59,7 @@ import xarray as xr
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
+from pyro_prune._checks import check_guide, check_model_data
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.models.gate import StructureGate
 from pyro_prune.models.noise import MultiplicativeNoise, NoiseMode, noise_mode
@@ -544,6 +545,10 @@ def to_inference_data(
     x = y = None
     if data is not None:
         x, y = _check_data(data)
+    if x is not None:
+        check_model_data(model, x, y, "data")
+    if guide is not None and guide != model.guide:
+        check_guide(model, guide, None if x is None else x[:2], None if y is None else y[:2])
     guide = guide if guide is not None else model.guide
     keep = _resolve_mask(model, mask)
     was_training = model.training
@@ -635,13 +640,20 @@ def get_group(idata: Any, name: str) -> xr.Dataset:
 
 
 def save(idata: Any, path: str | os.PathLike) -> Path:
-    """Write ``idata`` to a netCDF file (every group, the custom ``reduction`` one too)."""
+    """Write ``idata`` to a netCDF file (every group, the custom ``reduction`` one too).
+
+    The file is written under a temporary name and renamed: an interrupted write leaves the
+    previous file (or none), never a truncated one.
+    """
+    from pyro_prune._io import atomic_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(idata, xr.DataTree):
-        idata.to_netcdf(path, engine="h5netcdf")
-    else:
-        idata.to_netcdf(str(path), engine="h5netcdf")
+    with atomic_path(path) as tmp:
+        if isinstance(idata, xr.DataTree):
+            idata.to_netcdf(tmp, engine="h5netcdf")
+        else:
+            idata.to_netcdf(str(tmp), engine="h5netcdf")
     return path
 
 

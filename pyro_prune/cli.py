@@ -26,7 +26,11 @@ writes the converted network as a ``torch.export`` program (the default), a stat
 ONNX, or TorchScript (deprecated in current torch, kept for older deployments).
 
 Every bad argument (unknown model or method, a data set that cannot be found, epochs <= 0,
-a run folder that does not exist, ...) ends with exit code 2 and one line naming the problem.
+a run folder that does not exist, a damaged ``model.pt``, a diverging run, ...) ends with exit
+code 2 and one line naming the problem. A run folder is locked while a command works in it
+(a second ``fit`` on it is refused, naming the holder), and every file is written under a
+temporary name and renamed, so a killed run never leaves a truncated file (see
+``docs/reliability.md``).
 Models, methods and export formats are registries (:data:`MODELS`, :data:`METHODS`,
 :data:`EXPORTERS`).
 """
@@ -52,6 +56,18 @@ from typing import Any, NoReturn
 
 import torch
 from torch import Tensor, nn
+
+from pyro_prune._checks import SEED_MAX, check_output_dir, check_output_file
+from pyro_prune._io import (
+    CorruptOutputError,
+    FolderLockedError,
+    RunLock,
+    atomic_path,
+    atomic_write_text,
+    check_zip,
+    remove_stale_temporaries,
+    save_torch,
+)
 
 __all__ = [
     "EXPORTERS",
@@ -255,6 +271,8 @@ class RunConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise UsageError(f"{key} must be an integer >= 0, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
+            raise UsageError(f"seed must be an integer in 0..{SEED_MAX}, got {self.seed!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UsageError(f"lr must be a positive number, got {self.lr!r}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -307,10 +325,8 @@ def _finite(value: Any) -> Any:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_finite(payload), indent=2, default=_json_default,
-                              allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_finite(payload), indent=2, default=_json_default,
+                                       allow_nan=False) + "\n")
 
 
 def _json_default(value: Any) -> Any:
@@ -437,7 +453,8 @@ def _export_program(module: nn.Module, example: Tensor, path: Path) -> Path:
         example = example[:1].expand(2, *example.shape[1:])
     with _quiet():
         program = torch.export.export(module.eval(), (example,), dynamic_shapes=({0: batch},))
-        torch.export.save(program, str(path))
+        with atomic_path(path) as tmp:
+            torch.export.save(program, str(tmp))
     return path
 
 
@@ -447,13 +464,17 @@ def _export_torchscript(module: nn.Module, example: Tensor, path: Path) -> Path:
             scripted = torch.jit.script(module)
         except Exception:  # scripting is picky about some generated code; tracing is exact here
             scripted = torch.jit.trace(module, example)
-        scripted.save(str(path))
+        with atomic_path(path) as tmp:
+            scripted.save(str(tmp))
     return path
 
 
 def _export_state_dict(module: nn.Module, example: Tensor, path: Path) -> Path:
-    torch.save(module.state_dict(), path)
+    save_torch(module.state_dict(), path)
     return path
+
+
+
 
 
 def _export_onnx(module: nn.Module, example: Tensor, path: Path) -> Path:
@@ -463,8 +484,8 @@ def _export_onnx(module: nn.Module, example: Tensor, path: Path) -> Path:
         raise UsageError("exporting to ONNX needs the 'onnx' package: pip install 'pyro_prune[onnx]'")
     # the torch.export-based exporter needs onnxscript; the TorchScript-based one nothing more
     dynamo = importlib.util.find_spec("onnxscript") is not None
-    with _quiet():
-        torch.onnx.export(module, (example,), str(path), dynamo=dynamo,
+    with _quiet(), atomic_path(path) as tmp:
+        torch.onnx.export(module, (example,), str(tmp), dynamo=dynamo,
                           input_names=["input"], output_names=["output"],
                           dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     return path
@@ -493,11 +514,30 @@ class RunResult:
     curves: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
+#: every file and folder a run writes, in the order a restart deletes them: the result that
+#: marks a finished run first, the settings last, so an interrupted restart leaves the old
+#: settings beside part of the old outputs (a rerun deletes the rest), never old outputs
+#: beside new settings
+RUN_OUTPUTS = (METRICS_FILE, CHECKPOINT_FILE, MODEL_FILE, CONVERTED_STATE_FILE,
+               EXPORTED_PROGRAM_FILE, IDATA_FILE, CURVE_FILE, REPORT_FILE, FIGURES_DIR, "export",
+               HISTORY_FILE, CONFIG_FILE)
+
+
+def _clear_run(out: Path) -> None:
+    import shutil
+
+    for name in RUN_OUTPUTS:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def _check_existing(out: Path, cfg: RunConfig, restart: bool) -> None:
     path = out / CONFIG_FILE
     if restart:
-        for name in (CHECKPOINT_FILE, MODEL_FILE, METRICS_FILE, HISTORY_FILE, CURVE_FILE):
-            (out / name).unlink(missing_ok=True)
+        _clear_run(out)
         return
     if not path.exists():
         return
@@ -527,20 +567,36 @@ def run_fit(cfg: RunConfig, out: str | os.PathLike, *, data_root: str | None = N
     structures restored as the reference), write the InferenceData and, with
     ``curve_points``, the accuracy-vs-compression curve of the method's criterion.
     """
-    from pyro_prune import arviz as pa
-    from pyro_prune.convert import compression, count_macs, count_params, to_deterministic
-    from pyro_prune.data import train_val_split
-    from pyro_prune.inference import ContinuousPruning, evaluate, fit
-    from pyro_prune.predictive import w2_shift
-
     say = log or (lambda msg: None)
     cfg.validate()
     out = Path(out)
     t_start = time.perf_counter()
     train, test, shape = load_data(cfg.data, root=data_root, train_subset=cfg.train_subset,
                                    seed=cfg.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_existing(out, cfg, restart)
+    _writable_dir(out, "run folder")
+    with RunLock(out, on_stale=lambda who: say(f"taking over the lock of a dead run ({who})")):
+        remove_stale_temporaries(out)
+        _check_existing(out, cfg, restart)
+        return _run_fit_locked(cfg, out, train, test, shape, progress=progress, measure=measure,
+                               say=say, t_start=t_start)
+
+
+def _writable_dir(path: Path, what: str) -> Path:
+    try:
+        return check_output_dir(path, what)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: DataShape, *,
+                    progress: bool, measure: bool, say: Callable[[str], None],
+                    t_start: float) -> RunResult:
+    from pyro_prune import arviz as pa
+    from pyro_prune.convert import compression, count_macs, count_params, to_deterministic
+    from pyro_prune.data import train_val_split
+    from pyro_prune.inference import ContinuousPruning, evaluate, fit
+    from pyro_prune.predictive import w2_shift
+
     val = None
     if cfg.val_fraction > 0:
         train, val = train_val_split(train, val_fraction=cfg.val_fraction, seed=cfg.seed)
@@ -566,14 +622,16 @@ def run_fit(cfg: RunConfig, out: str | os.PathLike, *, data_root: str | None = N
         if "checkpoint" in str(err):
             raise UsageError(f"{_one_line(err)}; use --restart to start over") from None
         raise
+    except FloatingPointError as err:  # diverged: the message names epoch, step and lr
+        raise UsageError(f"training diverged: {_one_line(err)} (--lr / --noise-lr)") from None
     fit_time = sum(float(r.get("epoch_time_s", 0.0)) for r in result.history)
-    torch.save(model.state_dict(), out / MODEL_FILE)
+    save_torch(model.state_dict(), out / MODEL_FILE)
     _write_json(out / HISTORY_FILE, result.history)
 
     say("evaluate, convert and measure")
     test_metrics = evaluate(model, test)
     converted = to_deterministic(model)
-    torch.save(converted.state_dict(), out / CONVERTED_STATE_FILE)
+    save_torch(converted.state_dict(), out / CONVERTED_STATE_FILE)
     example = test.tensors[0][:2]
     _export_program(converted, example, out / EXPORTED_PROGRAM_FILE)
     input_shape = tuple(test.tensors[0].shape[1:])
@@ -688,11 +746,34 @@ def load_run(out: str | os.PathLike) -> LoadedRun:
     path = out / MODEL_FILE
     if not path.exists():
         raise UsageError(f"{path} not found: the run in {out} has not finished (run fit again)")
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model.load_state_dict(_load_state(path, model))
     model.eval()
     history = _read_json(out / HISTORY_FILE)
     metrics = _read_json(out / METRICS_FILE) if (out / METRICS_FILE).exists() else {}
     return LoadedRun(out=out, config=cfg, shape=shape, model=model, history=history, metrics=metrics)
+
+
+def _load_state(path: Path, model: nn.Module) -> dict[str, Tensor]:
+    """The state dict in ``path``, checked (CRC, safe unpickling, keys and shapes) for ``model``."""
+    import pickle
+
+    try:
+        check_zip(path, "model file")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except CorruptOutputError as err:
+        raise UsageError(f"{err}: run fit again with --restart") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise UsageError(f"refusing to load {path}: not a plain state dict of tensors "
+                         f"({_one_line(err)[:200]})") from None
+    own = model.state_dict()
+    if not isinstance(state, dict) or any(not isinstance(v, Tensor) for v in state.values()):
+        raise UsageError(f"{path} is not a state dict of tensors")
+    bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    missing = [k for k in own if k not in state]
+    if bad or missing:
+        raise UsageError(f"{path} does not match the run's model (unexpected or reshaped "
+                         f"{bad[:3]}, missing {missing[:3]})")
+    return state
 
 
 def export_run(out: str | os.PathLike, fmt: ExportFormat | str, output: str | os.PathLike | None = None) -> Path:
@@ -704,13 +785,32 @@ def export_run(out: str | os.PathLike, fmt: ExportFormat | str, output: str | os
     except ValueError:
         raise UsageError(
             f"unknown format {fmt!r}; choose from {', '.join(f.value for f in ExportFormat)}") from None
-    run = load_run(out)
-    converted = to_deterministic(run.model)
-    example = torch.zeros(2, *run.shape.input_shape)
     writer, suffix = EXPORTERS[fmt]
-    path = Path(output) if output is not None else run.out / "export" / f"model{suffix}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return writer(converted, example, path)
+    if output is not None:
+        try:
+            check_output_file(output, "--output")
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    with _run_folder_lock(out):
+        run = load_run(out)
+        converted = to_deterministic(run.model)
+        example = torch.zeros(2, *run.shape.input_shape)
+        path = Path(output) if output is not None else run.out / "export" / f"model{suffix}"
+        _writable_dir(path.parent, "export folder")
+        return writer(converted, example, path)
+
+
+@contextlib.contextmanager
+def _run_folder_lock(out: str | os.PathLike) -> Iterator[None]:
+    """The run folder's lock, when the folder exists (else :func:`load_run` reports it)."""
+    if not Path(out).is_dir():
+        yield
+        return
+    try:
+        with RunLock(out):
+            yield
+    except PermissionError:  # a read-only folder: nothing can be written there anyway
+        yield
 
 
 def _fmt(value: Any, spec: str = ".4g") -> str:
@@ -734,6 +834,14 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, 
 
 def write_report(out: str | os.PathLike, *, idata: Any = None) -> Path:
     """Write ``report.md`` and its PNG figures (``figures/``) into a run folder."""
+    if not Path(out).is_dir():
+        raise UsageError(f"run folder {str(out)!r} does not exist")
+    _writable_dir(Path(out), "run folder")
+    with RunLock(out):
+        return _write_report_locked(out, idata)
+
+
+def _write_report_locked(out: str | os.PathLike, idata: Any) -> Path:
     from pyro_prune import arviz as pa
     from pyro_prune import plots
 
@@ -745,7 +853,11 @@ def write_report(out: str | os.PathLike, *, idata: Any = None) -> Path:
         path = out / IDATA_FILE
         if not path.exists():
             raise UsageError(f"{path} not found: the run in {out} has not finished (run fit again)")
-        idata = pa.load(path)
+        try:
+            idata = pa.load(path)
+        except Exception as err:  # h5netcdf / HDF5 report damage in many ways
+            raise UsageError(f"{path} is truncated or damaged ({_one_line(err)[:200]}); "
+                             f"run fit again to rebuild it") from None
     cfg, m = run.config, run.metrics
     figures: list[tuple[str, str]] = []
 
@@ -811,7 +923,7 @@ def write_report(out: str | os.PathLike, *, idata: Any = None) -> Path:
         if (out / name).exists():
             lines.append(f"| `{name}` | {what} |")
     path = out / REPORT_FILE
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -843,6 +955,7 @@ _nonnegative_int = _number_arg(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _number_arg(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
 
 
+_seed = _number_arg(int, lambda v: 0 <= v <= SEED_MAX, f"an integer in 0..{SEED_MAX}")
 _fraction = _number_arg(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 
 
@@ -894,7 +1007,7 @@ def _add_fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=_positive_float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
     p.add_argument("--noise-lr", type=_positive_float, default=None,
                    help="learning rate of the noise posteriors (default: --lr)")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("--seed", type=_seed, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("--kl-scale", default=d.kl_scale,
                    help="weight of the KL term: 'elbo' (1), 'paper' (num_data / num_structures, "
                         f"as in the BMRS authors' code) or a number (default {d.kl_scale})")
@@ -936,7 +1049,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     res = run_fit(cfg, out, data_root=args.data_root, progress=not args.no_progress,
                   restart=args.restart, log=_log)
     m = res.metrics
-    print(f"test accuracy {m['test_accuracy']:.4f}  compression {m['compression']:.3f}  "
+    score = (f"test accuracy {m['test_accuracy']:.4f}" if "test_accuracy" in m
+             else f"test RMSE {m.get('test_rmse', float('nan')):.4f} (normalised targets)")
+    print(f"{score}  compression {m['compression']:.3f}  "
           f"MACs {m['macs_pruned']}/{m['macs_full']}  speedup {m.get('speedup', float('nan')):.2f}x  "
           f"elpd_loo {m['elpd_loo']:.1f}")
     print(f"run folder: {out}")
@@ -1022,7 +1137,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="M1,M2", help=f"methods, 'none' is the reference (default {','.join(d.methods)})")
     p.add_argument("--noise-lr", type=_positive_float, default=None,
                    help="learning rate of the noise posteriors (default: --lr)")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("--seed", type=_seed, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("--num-samples", type=_positive_int, default=d.num_samples,
                    help=f"posterior draws for ArviZ (default {d.num_samples})")
     p.add_argument("--curve-points", type=_nonnegative_int, default=None,
@@ -1046,8 +1161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
     try:
         return int(args.handler(args) or 0)
-    except UsageError as err:
+    except (UsageError, FolderLockedError) as err:
         print(f"{PROG} {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:  # the file system refused: read-only, full, not a folder, ...
+        where = f": {err.filename}" if err.filename else ""
+        print(f"{PROG} {args.command}: error: {err.strerror or _one_line(err)}{where}",
+              file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)

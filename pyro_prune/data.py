@@ -643,13 +643,25 @@ class _CifarSource(_Source):
             raise CorruptFileError(f"{path}: 'data' must be a uint8 array of shape [n, 3072]")
         if data.shape[1] != 3 * 32 * 32:
             raise CorruptFileError(f"{path}: 'data' rows have {data.shape[1]} values, not 3072")
-        if labels is None or len(labels) != data.shape[0]:
+        if data.shape[0] == 0:
+            raise CorruptFileError(f"{path}: the batch holds no images")
+        if labels is None or not hasattr(labels, "__len__") or len(labels) != data.shape[0]:
+            count = len(labels) if hasattr(labels, "__len__") else 0
+            raise CorruptFileError(f"{path}: {count} labels for {data.shape[0]} images")
+        try:
+            raw_labels = np.asarray(labels)
+        except (ValueError, TypeError) as exc:
+            raise CorruptFileError(f"{path}: labels are not a list of integers ({exc})") from exc
+        if raw_labels.dtype.kind not in "iu" or raw_labels.ndim != 1:
             raise CorruptFileError(
-                f"{path}: {0 if labels is None else len(labels)} labels for {data.shape[0]} images"
+                f"{path}: labels must be integers 0..9, found {raw_labels.dtype} values of "
+                f"shape {raw_labels.shape}"
             )
-        label_array = np.asarray(labels, dtype=np.int64)
-        if label_array.size and (label_array.min() < 0 or label_array.max() > 9):
-            raise CorruptFileError(f"{path}: labels outside 0..9")
+        label_array = raw_labels.astype(np.int64)
+        if label_array.min() < 0 or label_array.max() > 9:
+            raise CorruptFileError(
+                f"{path}: labels outside 0..9 (from {label_array.min()} to {label_array.max()})"
+            )
         return data, label_array
 
     def load(self, opts: _Options) -> _Loaded:
@@ -667,6 +679,12 @@ class _CifarSource(_Source):
             if opts.verify:
                 _verify_md5(path, f"{self.folder}/{path.name}")
         batches = [self._read_batch(p) for p in paths]
+        sizes = {p.name: b[0].shape[0] for p, b in zip(paths, batches)}
+        if len(set(sizes.values())) > 1:
+            raise CorruptFileError(
+                f"{folder}: the training batches differ in size ({sizes}); one is truncated, "
+                f"{_REDOWNLOAD_HINT}"
+            )
         pixels = np.concatenate([b[0] for b in batches]) if len(batches) > 1 else batches[0][0]
         labels = np.concatenate([b[1] for b in batches])
         del batches
@@ -740,21 +758,34 @@ class _UciSource(_Source):
     features: int | None = None
 
     def _read_table(self, path: Path) -> np.ndarray:
-        """A whitespace-separated numeric file as float64 (at least 1-D)."""
+        """A whitespace-separated table of finite numbers as float64 (at least 1-D)."""
         if not path.is_file():
             raise _missing(path, self.name, False)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")  # numpy only warns about an empty file
-                return np.loadtxt(path, dtype=np.float64, ndmin=1)
+                table = np.loadtxt(path, dtype=np.float64, ndmin=1)
         except (ValueError, UserWarning) as exc:
             raise CorruptFileError(f"{path}: not a numeric table ({exc}); corrupt file") from exc
+        bad = np.argwhere(~np.isfinite(table))
+        if bad.size:  # one nan / inf token would turn a whole standardised column into NaN
+            where = (f"line {bad[0][0] + 1}, column {bad[0][1] + 1}" if table.ndim == 2
+                     else f"line {bad[0][0] + 1}")
+            raise CorruptFileError(
+                f"{path}: {len(bad)} value(s) are NaN or infinite (first at {where}: "
+                f"{table[tuple(bad[0])]}); corrupt file"
+            )
+        return table
 
     def _read_indices(self, path: Path) -> np.ndarray:
-        """One non-negative integer per line."""
+        """One non-negative integer per line, none repeated."""
         values = self._read_table(path)
         if values.ndim != 1 or not np.all(values == np.round(values)):
             raise CorruptFileError(f"{path}: expected one integer per line")
+        if values.size and values.min() < 0:
+            raise CorruptFileError(f"{path}: negative index {int(values.min())}")
+        if np.unique(values).size != values.size:
+            raise CorruptFileError(f"{path}: repeated indices")
         return values.astype(np.int64)
 
     def n_splits(self, folder: Path) -> int:
@@ -789,6 +820,13 @@ class _UciSource(_Source):
             )
         if target.size != 1 or np.any(features >= data.shape[1]) or target[0] >= data.shape[1]:
             raise CorruptFileError(f"{folder}: feature / target column indices do not fit data.txt")
+        if features.size == 0:
+            raise CorruptFileError(f"{folder / 'index_features.txt'}: no feature columns")
+        if target[0] in features:  # the target would leak into the inputs
+            raise CorruptFileError(
+                f"{folder / 'index_features.txt'}: names the target column {int(target[0])} "
+                f"(index_target.txt) as a feature"
+            )
         k = opts.split_index
         train_path, test_path = folder / f"index_train_{k}.txt", folder / f"index_test_{k}.txt"
         train_rows, test_rows = self._read_indices(train_path), self._read_indices(test_path)

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from pyro_prune._io import atomic_write_text
 from pyro_prune.cli import (
     EXPORTED_PROGRAM_FILE,
     FIGURES_DIR,
@@ -256,7 +257,7 @@ def _write_summary(cfg: DemoConfig, out: Path, rows: list[dict[str, Any]], figur
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "torch_threads": torch.get_num_threads()},
     }
-    (out / "summary.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(payload, indent=2, default=str) + "\n")
     lines = [
         f"# pyro-prune demo on {cfg.data}",
         "",
@@ -282,5 +283,5 @@ def _write_summary(cfg: DemoConfig, out: Path, rows: list[dict[str, Any]], figur
         lines.append(f"* [{name}]({(path / REPORT_FILE).relative_to(out).as_posix()})")
     lines += ["", f"Finished in {seconds:.1f} s."]
     path = out / REPORT_FILE
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -43,10 +43,15 @@ STOP_COLOR = "#d62728"
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 110) -> Path:
-    """Write ``fig`` to ``path`` (PNG unless the suffix says otherwise); returns the path."""
+    """Write ``fig`` to ``path`` (PNG unless the suffix says otherwise), atomically: a reader
+    never sees a half-written image; returns the path."""
+    from pyro_prune._io import atomic_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    fmt = path.suffix[1:].lower() or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt)
     return path
 
 

@@ -53,6 +53,7 @@ from typing import Any
 
 import torch
 
+from pyro_prune._checks import check_number
 from pyro_prune.distributions import (
     _log_mass_std,
     _tln_log_moment,
@@ -625,7 +626,7 @@ class Criterion:
                 raise ValueError(f"criterion {self.name!r} is threshold-free (removes where dF >= 0)")
             assert self.remove_fn is not None
             return self.remove_fn(**self._arguments(params))
-        thr = self.default_threshold if threshold is None else threshold
+        thr = self.default_threshold if threshold is None else check_number(threshold, "threshold")
         if thr is None:
             raise ValueError(
                 f"criterion {self.name!r} has no threshold: prune to a target with "
@@ -794,7 +795,7 @@ def get_criterion(name: str, **options: Any) -> Criterion:
         thr = options.pop("threshold")
         if crit.threshold_free or crit.default_threshold is None:
             raise ValueError(f"criterion {crit.name!r} takes no threshold")
-        crit = replace(crit, default_threshold=float(thr))
+        crit = replace(crit, default_threshold=check_number(thr, "threshold"))
     unknown = set(options) - crit.accepts
     if unknown:
         raise TypeError(

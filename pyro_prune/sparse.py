@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_prune._enums import parse_enum
+from pyro_prune._io import save_torch
 
 __all__ = [
     "SparseExport",
@@ -251,7 +252,7 @@ def save_sparse(
     export = export_sparse(source, layout, include_masks=include_masks)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(export.payload(), out)
+    save_torch(export.payload(), out)
     return export
 
 

@@ -25,7 +25,16 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
+from pyro_prune._checks import (
+    check_dataset,
+    check_guide,
+    check_model_data,
+    check_number,
+    check_seed,
+    data_fingerprint,
+)
 from pyro_prune._enums import parse_enum
+from pyro_prune._io import CorruptOutputError, check_zip, save_torch
 from pyro_prune.inference.elbo import NoisePlan, fast_elbo_loss, pyro_elbo_loss
 from pyro_prune.models.base import KLScale, Likelihood, PrunableNet
 
@@ -61,38 +70,18 @@ class FitResult:
 
 
 def _tensors(dataset: Any, arg: str) -> tuple[Tensor, Tensor]:
-    if not isinstance(dataset, TensorDataset) or len(dataset.tensors) != 2:
-        raise TypeError(
-            f"{arg} must be a TensorDataset of (inputs, targets), got {type(dataset).__name__}"
-        )
-    x, y = dataset.tensors
-    if len(x) == 0:
-        raise ValueError(f"{arg} is empty")
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{arg} inputs contain NaN or infinite values")
-    if y.is_floating_point() and not bool(torch.isfinite(y).all()):
-        raise ValueError(f"{arg} targets contain NaN or infinite values")
-    return x, y
+    return check_dataset(dataset, arg)
 
 
-def _check_targets(model: PrunableNet, y: Tensor, arg: str) -> None:
-    if model.likelihood is Likelihood.CATEGORICAL:
-        if y.is_floating_point() or y.dim() != 1:
-            raise ValueError(
-                f"{arg}: a categorical model needs integer class labels of shape [N], "
-                f"got dtype={y.dtype} shape={tuple(y.shape)}"
-            )
-    elif not y.is_floating_point() or y.dim() != 2:
-        raise ValueError(
-            f"{arg}: a gaussian model needs float targets of shape [N, D], "
-            f"got dtype={y.dtype} shape={tuple(y.shape)}"
-        )
+def _check_targets(model: PrunableNet, x: Tensor, y: Tensor, arg: str) -> None:
+    check_model_data(model, x, y, arg)
 
 
 @torch.no_grad()
 def evaluate(model: PrunableNet, dataset: TensorDataset, *, batch_size: int = 2048) -> dict[str, float]:
     """Mean negative log likelihood and accuracy (or RMSE) at the posterior mean."""
     x, y = _tensors(dataset, "dataset")
+    _check_targets(model, x, y, "dataset")
     was_training = model.training
     model.eval()
     total_nll, correct, sq = 0.0, 0, 0.0
@@ -271,17 +260,19 @@ def fit(
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    if noise_lr is not None and not (isinstance(noise_lr, (int, float)) and noise_lr > 0
-                                     and math.isfinite(noise_lr)):
-        raise ValueError(f"noise_lr must be a positive finite number or None, got {noise_lr!r}")
+    check_number(lr, "lr", positive=True)
+    if noise_lr is not None:
+        check_number(noise_lr, "noise_lr", positive=True)
+    check_number(weight_decay, "weight_decay", minimum=0.0)
+    check_seed(seed)
     x_train, y_train = _tensors(train, "train")
-    _check_targets(model, y_train, "train")
+    _check_targets(model, x_train, y_train, "train")
     if val is not None:
-        _check_targets(model, _tensors(val, "val")[1], "val")
+        _check_targets(model, *_tensors(val, "val"), "val")
     engine = parse_enum(Engine, engine, "engine")
     custom_guide = guide is not None and guide != model.guide
+    if custom_guide:
+        check_guide(model, guide, x_train[:2], y_train[:2])
     guide = guide if guide is not None else model.guide
     if engine is Engine.AUTO:
         engine = Engine.PYRO if custom_guide else Engine.FAST
@@ -325,7 +316,7 @@ def fit(
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"the loss became {float(loss)} at epoch {ctx.epoch + 1}, step {ctx.step}; "
-                    f"lower lr (now {lr})"
+                    f"lower lr (now {lr})" + (f" or noise_lr (now {noise_lr})" if noise_lr else "")
                 )
             loss.backward()
             optimizer.step()
@@ -344,14 +335,20 @@ def fit(
     ctx.train_epoch = train_epoch
     total_epochs = epochs + int(getattr(schedule, "extra_epochs", 0) if schedule is not None else 0)
     history: list[dict[str, Any]] = []
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     config = {
         "model": type(model).__name__, "epochs": epochs, "total_epochs": total_epochs,
         "batch_size": batch_size, "lr": lr, "seed": seed, "engine": engine.value,
         "kl_scale": kl_value, "num_data": model.num_data,
-        "schedule": repr(schedule) if schedule is not None else None,
+        "schedule": _schedule_name(schedule),
+        "weight_decay": float(weight_decay), "noise_lr": noise_lr,
+        "per_example_noise": bool(per_example_noise), "flush_denormal": bool(flush_denormal),
+        "guide": _guide_name(guide, custom_guide),
     }
+    if ckpt_path is not None:  # resuming on other data must fail: fingerprint it
+        config["data"] = data_fingerprint(x_train, y_train)
+        config["val_data"] = data_fingerprint(*val.tensors) if val is not None else None
     start_epoch = 0
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if schedule is not None:
         schedule.on_fit_start(ctx)
     if ckpt_path is not None and ckpt_path.exists():
@@ -384,6 +381,7 @@ def fit(
             row["kept"] = model.kept_counts()
             row["compression"] = _compression(model)
             history.append(row)
+            _warn_if_diverging(history, model)
             bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
                              if k in ("loss", "val_accuracy", "compression") and v is not None})
             if ckpt_path is not None:
@@ -402,7 +400,7 @@ def _save_checkpoint(path: Path, *, model: PrunableNet, optimizer: torch.optim.O
     state = {
         "format": CHECKPOINT_FORMAT,
         "model_class": type(model).__name__,
-        "config": {k: v for k, v in config.items() if k != "schedule"},
+        "config": dict(config),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict() if schedule is not None else {},
@@ -411,12 +409,64 @@ def _save_checkpoint(path: Path, *, model: PrunableNet, optimizer: torch.optim.O
         "step": step,
         "rng": {"torch": torch.get_rng_state(), "data": generator.get_state()},
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    save_torch(state, path)
 
 
-_RESUME_KEYS = ("model", "batch_size", "lr", "seed", "engine", "num_data", "total_epochs")
+#: settings a checkpoint must share with the run that resumes it (keys an older checkpoint
+#: lacks are not compared)
+_RESUME_KEYS = ("model", "batch_size", "lr", "seed", "engine", "num_data", "total_epochs",
+                "epochs", "kl_scale", "schedule", "weight_decay", "noise_lr",
+                "per_example_noise", "flush_denormal", "guide", "data", "val_data")
+
+
+def _schedule_name(schedule: Any) -> str | None:
+    """The schedule's settings as text (its ``repr`` when it defines one, else its class)."""
+    if schedule is None:
+        return None
+    if type(schedule).__repr__ is object.__repr__:
+        return type(schedule).__name__
+    return repr(schedule)
+
+
+def _guide_name(guide: Callable, custom: bool) -> str:
+    if not custom:
+        return "model.guide"
+    return type(getattr(guide, "__self__", guide)).__name__
+
+
+class DivergenceWarning(RuntimeWarning):
+    """Training diverged to a huge but finite loss (see :func:`fit`)."""
+
+
+#: an epoch loss this many times above the best epoch so far counts as diverged
+DIVERGENCE_FACTOR = 1e3
+
+
+def _warn_if_diverging(history: list[dict[str, Any]], model: PrunableNet) -> None:
+    """Warn once when the epoch loss blew up: ``DIVERGENCE_FACTOR`` x the best epoch's loss
+    (or, on the first epoch, a per-datum loss above ``1e6``), the usual sign of a too large
+    learning rate that the NaN check does not catch."""
+    if any(row.get("diverged") for row in history[:-1]):
+        return
+    losses = [float(row["loss"]) for row in history if "loss" in row]
+    if not losses:
+        return
+    now, best = losses[-1], min(losses)
+    blown = now > 1e6 if len(losses) == 1 else now > DIVERGENCE_FACTOR * max(best, 1e-3)
+    if not blown:
+        return
+    history[-1]["diverged"] = True
+    chance = ""
+    acc = history[-1].get("val_accuracy", history[-1].get("train_accuracy"))
+    if model.likelihood is Likelihood.CATEGORICAL and acc is not None:
+        chance = f", accuracy {acc:.3f}"
+    import warnings
+
+    warnings.warn(
+        f"training diverged at epoch {history[-1].get('epoch')}: loss {now:.3g} per example "
+        f"(best epoch {best:.3g}){chance}; lower lr or noise_lr",
+        DivergenceWarning, stacklevel=3,
+    )
 
 
 def load_checkpoint(path: str | os.PathLike, *, model: PrunableNet | None = None,
@@ -429,7 +479,10 @@ def load_checkpoint(path: str | os.PathLike, *, model: PrunableNet | None = None
     """
     path = Path(path)
     try:
+        check_zip(path, "checkpoint")
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except CorruptOutputError as err:
+        raise ValueError(f"cannot read checkpoint: {err}") from None
     except Exception as err:
         raise ValueError(f"cannot read checkpoint {path}: {err}") from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
@@ -441,7 +494,8 @@ def load_checkpoint(path: str | os.PathLike, *, model: PrunableNet | None = None
             )
         if config is not None:
             diffs = [f"{k}: checkpoint {state['config'].get(k)!r} vs now {config.get(k)!r}"
-                     for k in _RESUME_KEYS if state["config"].get(k) != config.get(k)]
+                     for k in _RESUME_KEYS
+                     if k in state["config"] and state["config"].get(k) != config.get(k)]
             if diffs:
                 raise ValueError(f"checkpoint {path} was written with other settings: " + "; ".join(diffs))
         own = model.state_dict()

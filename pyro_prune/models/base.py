@@ -121,7 +121,7 @@ class PrunableNet(PyroModule):
     def set_kl_scale(self, kl_scale: float | KLScale | str) -> float:
         """Set the weight of the KL term of every stochastic module; returns the number used."""
         if isinstance(kl_scale, (str, KLScale)):
-            kind = KLScale(kl_scale)
+            kind = parse_enum(KLScale, kl_scale, "kl_scale")
             if kind is KLScale.ELBO:
                 value = 1.0
             else:

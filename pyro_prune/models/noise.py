@@ -30,6 +30,7 @@ from pyro import poutine
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
+from pyro_prune._checks import check_number
 from pyro_prune.distributions import TruncatedLogNormal, TruncatedLogUniform
 from pyro_prune.models.gate import StructureGate
 from pyro_prune.models.noise_kernels import (
@@ -143,6 +144,7 @@ class MultiplicativeNoise(StructureGate, StochasticModule):
         init_log_scale: float = -5.0,
     ) -> None:
         super().__init__(num_structures, dim)
+        init_log_scale = check_number(init_log_scale, "init_log_scale")
         if not log_low < log_high:
             raise ValueError(
                 f"log_low must be < log_high, got log_low={log_low}, log_high={log_high}"

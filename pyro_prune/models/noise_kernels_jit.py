@@ -90,7 +90,7 @@ def _compile() -> tuple[Any, Any]:
     clip, half_log_2pi_e = _CLIP, _HALF_LOG_2PI_E
     inv_sqrt_2pi, inv_sqrt_2, sqrt_2pi = _INV_SQRT_2PI, _INV_SQRT_2, _SQRT_2PI
 
-    @numba.njit(cache=True, inline="always")
+    @numba.njit(cache=True, inline="always", error_model="numpy")
     def ndtri(p: float, refine: bool) -> float:
         if p < p_low:
             q = math.sqrt(-2.0 * math.log(p))
@@ -114,7 +114,7 @@ def _compile() -> tuple[Any, Any]:
             x = x - u / (1.0 + 0.5 * x * u)
         return x
 
-    @numba.njit(cache=True)
+    @numba.njit(cache=True, error_model="numpy")
     def forward(loc, log_scale, u, kept, weight, low, high, reach, tiny, refine, theta, t_out,
                 passes, per):  # pragma: no cover - compiled
         n = loc.shape[0]
@@ -164,7 +164,7 @@ def _compile() -> tuple[Any, Any]:
                     per[9, j] = h
         return kl_sum, True
 
-    @numba.njit(cache=True)
+    @numba.njit(cache=True, error_model="numpy")
     def backward(grad_theta, theta, t_arr, passes, u, per, weight, grad_kl_sum, has_grad_theta,
                  grad_loc, grad_log_scale, sums):  # pragma: no cover - compiled
         n = per.shape[1]

@@ -1,0 +1,245 @@
+"""Argument checks shared by the public entry points, with one style of message for all.
+
+Every check names the argument, what was expected and what was found, and raises
+``TypeError`` (wrong kind of object) or ``ValueError`` (right kind, bad value). The entry
+points (:func:`~pyro_prune.inference.fit`, :func:`~pyro_prune.inference.evaluate`,
+:func:`~pyro_prune.arviz.to_inference_data`, the CLI, ...) call these instead of checking
+inline, so a rule is written once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import TensorDataset
+
+__all__ = [
+    "SEED_MAX",
+    "check_dataset",
+    "check_guide",
+    "check_int",
+    "check_model_data",
+    "check_number",
+    "check_output_dir",
+    "check_output_file",
+    "check_seed",
+    "data_fingerprint",
+]
+
+#: seeds must fit NumPy's ``RandomState`` (and torch's generator): ``0 <= seed <= SEED_MAX``
+SEED_MAX = 2**32 - 1
+
+
+# ============================================================================ scalars
+def check_int(value: object, arg: str, *, minimum: int | None = None,
+              maximum: int | None = None) -> int:
+    """``value`` as an ``int`` in ``[minimum, maximum]`` (``bool`` is not an int here)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{arg} must be an int, got {type(value).__name__} {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        low = "" if minimum is None else f"{minimum} <= "
+        high = "" if maximum is None else f" <= {maximum}"
+        raise ValueError(f"{arg} must be an int with {low}{arg}{high}, got {value!r}")
+    return value
+
+
+def check_seed(value: object, arg: str = "seed") -> int:
+    """A seed usable by torch, Pyro and NumPy: an int in ``[0, 2**32 - 1]``."""
+    return check_int(value, arg, minimum=0, maximum=SEED_MAX)
+
+
+def check_number(value: object, arg: str, *, minimum: float | None = None,
+                 positive: bool = False) -> float:
+    """``value`` as a finite ``float`` (``> 0`` with ``positive``, ``>= minimum`` with it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not (isinstance(value, Tensor) and value.numel() == 1):
+            raise TypeError(f"{arg} must be a number, got {type(value).__name__} {value!r}")
+        value = value.item()
+    number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number):
+        raise ValueError(f"{arg} must be a finite number, got {value!r}")
+    if positive and not number > 0:
+        raise ValueError(f"{arg} must be a positive finite number, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise ValueError(f"{arg} must be a finite number >= {minimum}, got {value!r}")
+    return number
+
+
+# ============================================================================ data
+def check_dataset(dataset: Any, arg: str) -> tuple[Tensor, Tensor]:
+    """``(inputs, targets)`` of a non-empty ``TensorDataset`` with finite real inputs."""
+    if not isinstance(dataset, TensorDataset) or len(dataset.tensors) != 2:
+        raise TypeError(
+            f"{arg} must be a TensorDataset of (inputs, targets), got {type(dataset).__name__}"
+        )
+    x, y = dataset.tensors
+    if len(x) == 0:
+        raise ValueError(f"{arg} is empty")
+    if len(x) != len(y):
+        raise ValueError(f"{arg}: {len(x)} inputs but {len(y)} targets")
+    if not x.is_floating_point():
+        raise ValueError(f"{arg} inputs must be a floating-point tensor, found dtype={x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{arg} inputs contain NaN or infinite values")
+    if y.is_complex() or (y.is_floating_point() and not bool(torch.isfinite(y).all())):
+        raise ValueError(f"{arg} targets contain NaN or infinite values")
+    return x, y
+
+
+def _model_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None
+
+
+def check_model_data(model: Any, x: Tensor, y: Tensor | None, arg: str) -> None:
+    """Check that ``x`` (and ``y``) fit ``model``, by one forward pass on two examples.
+
+    Inputs: the model's floating dtype and a shape its backbone accepts. Targets of a
+    categorical model: int64 labels of shape ``[N]`` in ``0 .. C-1`` (``C`` the number of
+    outputs; ``-100``, cross-entropy's "ignore" label, is refused too). Targets of a gaussian
+    model: float of shape ``[N, D]`` with ``D`` the number of outputs (nothing broadcasts).
+    """
+    from pyro_prune.models.base import Likelihood
+
+    dtype = _model_dtype(model)
+    if dtype is not None and x.dtype != dtype:
+        raise ValueError(f"{arg} inputs must have the model's dtype {dtype}, found {x.dtype}")
+    was_training = model.training
+    model.eval()  # batch norm must not learn from the probe
+    try:
+        out = model.predict(x[:2])
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(
+            f"{arg} inputs of shape {tuple(x.shape)} (one example {tuple(x.shape[1:])}) do not "
+            f"fit the model: {detail}"
+        ) from None
+    finally:
+        model.train(was_training)
+    if y is None:
+        return
+    width = int(out.shape[-1])
+    if model.likelihood is Likelihood.CATEGORICAL:
+        if y.dtype != torch.int64 or y.dim() != 1:
+            raise ValueError(
+                f"{arg}: a categorical model needs integer class labels of dtype torch.int64 and "
+                f"shape [N], found dtype={y.dtype} shape={tuple(y.shape)}"
+            )
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= width:
+            raise ValueError(
+                f"{arg}: class labels must lie in 0..{width - 1} (the model has {width} "
+                f"outputs), found labels from {low} to {high}"
+            )
+    else:
+        if not y.is_floating_point() or y.dim() != 2 or y.shape[1] != width:
+            raise ValueError(
+                f"{arg}: a gaussian model with {width} outputs needs float targets of shape "
+                f"[N, {width}], found dtype={y.dtype} shape={tuple(y.shape)}"
+            )
+
+
+def data_fingerprint(*tensors: Tensor) -> str:
+    """A short hash of the tensors' shapes, dtypes and bytes (resuming checks it)."""
+    h = hashlib.blake2b(digest_size=12)
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# ============================================================================ guides
+def _site_names(fn: Callable, x: Tensor, y: Tensor | None, *, latent_only: bool) -> set[str]:
+    import pyro
+    from pyro.poutine.util import site_is_subsample
+
+    with torch.no_grad():
+        trace = pyro.poutine.trace(fn).get_trace(x, y)
+    return {name for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site_is_subsample(site)
+            and not (latent_only and site["is_observed"])
+            and not (site.get("infer") or {}).get("is_auxiliary", False)}
+
+
+def _wrapped_module(fn: Any, depth: int = 6) -> torch.nn.Module | None:
+    """The module under an autoguide's ``model`` (Pyro wraps it in handlers and partials)."""
+    if isinstance(fn, torch.nn.Module) or fn is None or depth == 0:
+        return fn
+    for inner in (getattr(fn, "func", None), getattr(fn, "fn", None),
+                  getattr(fn, "__wrapped__", None), *getattr(fn, "args", ())):
+        found = _wrapped_module(inner, depth - 1) if inner is not None else None
+        if found is not None:
+            return found
+    return None
+
+
+def check_guide(model: Any, guide: Any, x: Tensor | None, y: Tensor | None,
+                arg: str = "guide") -> None:
+    """Check that ``guide`` is a guide of ``model``: not another network's, same latent sites.
+
+    A bound method of another module (``b.guide`` passed with model ``a``) and an autoguide
+    built on another model are refused; otherwise the guide's sample sites must be exactly
+    the model's latent sites (run once on two examples ``x``, ``y``; skipped without ``x``).
+    """
+    if not callable(guide):
+        raise TypeError(f"{arg} must be callable, got {type(guide).__name__}")
+    owner = getattr(guide, "__self__", None)
+    if isinstance(owner, torch.nn.Module) and owner is not model:
+        raise ValueError(
+            f"{arg} is the guide of another {type(owner).__name__} object, not of this model: "
+            f"pass that model, or this model's own guide"
+        )
+    guided = _wrapped_module(getattr(guide, "model", None))
+    if guided is not None and guided is not model:
+        raise ValueError(f"{arg} is an autoguide built on another {type(guided).__name__} object, "
+                         f"not on this model")
+    if x is None:
+        return
+    model_sites = _site_names(model, x, y, latent_only=True)
+    try:
+        guide_sites = _site_names(guide, x, y, latent_only=False)
+    except Exception as err:  # a guide of another architecture fails in its own way
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f"{arg} cannot run on this model's inputs: {detail}") from None
+    missing, extra = sorted(model_sites - guide_sites), sorted(guide_sites - model_sites)
+    if missing or extra:
+        raise ValueError(
+            f"{arg} does not match the model's latent sites: the model has {missing[:5]} that the "
+            f"guide lacks, the guide has {extra[:5]} that the model lacks"
+        )
+
+
+# ============================================================================ paths
+def check_output_dir(path: str | os.PathLike[str], arg: str) -> Path:
+    """Create the folder ``path`` if needed; an error naming ``arg`` if it cannot be written."""
+    path = Path(path)
+    for parent in (path, *path.parents):
+        if parent.exists() and not parent.is_dir():
+            where = "is" if parent == path else f"lies under {parent}, which is"
+            raise ValueError(f"{arg} {str(path)!r} {where} a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"{arg} {str(path)!r} cannot be created: {err.strerror or err}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{arg} {str(path)!r} is not writable")
+    return path
+
+
+def check_output_file(path: str | os.PathLike[str], arg: str) -> Path:
+    """``path`` as a file to (re)write: not a folder, its folder created and writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{arg} {str(path)!r} is a folder; give a file name")
+    check_output_dir(path.parent, f"the folder of {arg}")
+    return path

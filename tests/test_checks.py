@@ -1,0 +1,178 @@
+"""Argument checks at the entry points (pyro_prune._checks): every bad input names itself."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from pyro.infer.autoguide import AutoDelta
+from torch.utils.data import TensorDataset
+
+from pyro_prune import arviz as pa
+from pyro_prune._checks import (
+    SEED_MAX,
+    check_int,
+    check_number,
+    check_output_dir,
+    check_output_file,
+    check_seed,
+    data_fingerprint,
+)
+from pyro_prune.inference import evaluate, fit
+from pyro_prune.models import MLP, LeNet5
+from pyro_prune.models.noise import MultiplicativeNoise
+from pyro_prune.reduction import get_criterion
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(("value", "ok"), [(0, True), (SEED_MAX, True), (-1, False),
+                                           (SEED_MAX + 1, False), (True, False), (1.0, False)])
+def test_check_seed(value: object, ok: bool) -> None:
+    if ok:
+        assert check_seed(value) == value
+    else:
+        with pytest.raises((TypeError, ValueError), match="seed"):
+            check_seed(value)
+
+
+@pytest.mark.parametrize("value", [NAN, math.inf, -math.inf, "1", None])
+def test_check_number_refuses_non_finite(value: object) -> None:
+    with pytest.raises((TypeError, ValueError), match="lr"):
+        check_number(value, "lr")
+
+
+def test_check_number_and_int_ranges() -> None:
+    assert check_number(2, "x", positive=True) == 2.0
+    with pytest.raises(ValueError, match="positive"):
+        check_number(0.0, "x", positive=True)
+    with pytest.raises(ValueError, match=">= 0"):
+        check_number(-1e-9, "x", minimum=0.0)
+    with pytest.raises(ValueError, match="1 <= n <= 3"):
+        check_int(4, "n", minimum=1, maximum=3)
+
+
+def test_data_fingerprint_sees_every_byte() -> None:
+    x = torch.zeros(50, 4)
+    y = x.clone()
+    y[37, 2] = 1e-30
+    assert data_fingerprint(x) == data_fingerprint(x.clone())
+    assert data_fingerprint(x) != data_fingerprint(y)
+    assert data_fingerprint(x) != data_fingerprint(x.double())
+    assert data_fingerprint(x) != data_fingerprint(x.reshape(100, 2))
+
+
+def test_output_paths(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert check_output_dir(tmp_path / "a" / "b", "--out").is_dir()
+    with pytest.raises(ValueError, match="is a file"):
+        check_output_dir(afile, "--out")
+    with pytest.raises(ValueError, match="lies under .*afile"):
+        check_output_dir(afile / "sub", "--out")
+    with pytest.raises(ValueError, match="is a folder"):
+        check_output_file(tmp_path, "--output")
+    assert check_output_file(tmp_path / "new" / "m.pt2", "--output").parent.is_dir()
+
+
+# ============================================================================ entry points
+X = torch.randn(48, 12, generator=torch.Generator().manual_seed(0))
+Y = torch.arange(48) % 3
+
+
+def _mlp(**kw: Any) -> MLP:
+    torch.manual_seed(0)
+    return MLP(12, [6], 3, **kw)
+
+
+BAD_DATA: dict[str, tuple[Any, str]] = {
+    "label -100": (TensorDataset(X, torch.full((48,), -100)), r"0\.\.2 .*from -100"),
+    "label = classes": (TensorDataset(X, Y + 1), r"0\.\.2 .*to 3"),
+    "int32 labels": (TensorDataset(X, Y.int()), "int64 .*found dtype=torch.int32"),
+    "bool labels": (TensorDataset(X, Y.bool()), "found dtype=torch.bool"),
+    "float labels": (TensorDataset(X, Y.float()), "found dtype=torch.float32"),
+    "2-d labels": (TensorDataset(X, Y[:, None]), r"shape \[N\], found .*\(48, 1\)"),
+    "wrong width": (TensorDataset(X[:, :11], Y), r"shape \(48, 11\)"),
+    "3-d inputs": (TensorDataset(X.repeat(1, 2).reshape(48, 2, 12), Y), "do not fit the model"),
+    "float64 inputs": (TensorDataset(X.double(), Y), "dtype torch.float32, found torch.float64"),
+    "uint8 inputs": (TensorDataset(X.to(torch.uint8), Y), "floating-point"),
+    "nan input": (TensorDataset(torch.where(X > 2, NAN, X), Y), "NaN or infinite"),
+    "inf input": (TensorDataset(torch.where(X > 2, math.inf, X), Y), "NaN or infinite"),
+    "empty": (TensorDataset(X[:0], Y[:0]), "empty"),
+    "length mismatch": (TensorDataset(X, Y[:40]) if False else None, ""),
+}
+BAD_DATA.pop("length mismatch")  # TensorDataset itself refuses tensors of unequal length
+
+
+@pytest.mark.parametrize("case", list(BAD_DATA))
+@pytest.mark.parametrize("entry", ["fit", "evaluate", "to_inference_data"])
+def test_bad_data_is_named_at_every_entry_point(case: str, entry: str) -> None:
+    data, match = BAD_DATA[case]
+    calls: dict[str, Callable[[], Any]] = {
+        "fit": lambda: fit(_mlp(), data, epochs=1, progress=False),
+        "evaluate": lambda: evaluate(_mlp(), data),
+        "to_inference_data": lambda: pa.to_inference_data(_mlp(), data=data, num_samples=2),
+    }
+    if entry == "to_inference_data" and case in ("nan input", "inf input", "uint8 inputs", "empty"):
+        match = "."  # its own data check words these differently; any clear ValueError will do
+    with pytest.raises(ValueError, match=match):
+        calls[entry]()
+
+
+def test_regression_targets_must_match_the_output() -> None:
+    torch.manual_seed(0)
+    net = MLP(12, [6], 1, likelihood="gaussian")
+    with pytest.raises(ValueError, match=r"\[N, 1\], found .*\(48, 3\)"):
+        fit(net, TensorDataset(X, torch.randn(48, 3)), epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"found dtype=torch.float32 shape=\(48,\)"):
+        fit(net, TensorDataset(X, torch.randn(48)), epochs=1, progress=False)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"seed": -1}, "seed"), ({"seed": 2**40}, "seed"), ({"weight_decay": NAN}, "weight_decay"),
+    ({"lr": NAN}, "lr"), ({"noise_lr": math.inf}, "noise_lr"), ({"kl_scale": "foo"}, r"\['elbo', 'paper'\]"),
+    ({"engine": "gpu"}, r"\['auto', 'fast', 'pyro'\]"),
+])
+def test_bad_fit_settings(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=match):
+        fit(_mlp(), TensorDataset(X, Y), epochs=1, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: MultiplicativeNoise(4, init_log_scale=NAN),
+    lambda: get_criterion("snr", threshold=NAN),
+    lambda: get_criterion("e_theta").remove(threshold=math.inf, loc=torch.zeros(2), scale=torch.ones(2)),
+])
+def test_nan_parameters_are_refused(make: Callable[[], Any]) -> None:
+    with pytest.raises(ValueError, match="finite"):
+        make()
+
+
+# ============================================================================ guides
+def test_a_guide_of_another_model_is_refused() -> None:
+    a, b = _mlp(), _mlp()
+    data = TensorDataset(X, Y)
+    for call in (lambda: fit(a, data, epochs=1, guide=b.guide, progress=False),
+                 lambda: pa.to_inference_data(a, guide=b.guide, data=data, num_samples=2),
+                 lambda: pa.to_inference_data(a, guide=b.guide, num_samples=2)):
+        with pytest.raises(ValueError, match="guide of another MLP"):
+            call()
+    other = AutoDelta(_mlp(weights="gaussian", gate="mask"))
+    with pytest.raises(ValueError, match="autoguide built on another"):
+        fit(a, data, epochs=1, guide=other, progress=False)
+
+
+def test_a_guide_of_another_architecture_is_refused() -> None:
+    torch.manual_seed(0)
+    images = TensorDataset(torch.randn(8, 1, 28, 28), torch.arange(8) % 10)
+    lenet, mlp = LeNet5(1, 10, 28), MLP(784, [10], 10)
+
+    def foreign_guide(x: Any = None, y: Any = None) -> None:  # a plain function: sites only
+        mlp.guide(x, y)
+
+    with pytest.raises(ValueError, match="latent sites"):
+        fit(lenet, images, epochs=1, guide=foreign_guide, progress=False)
