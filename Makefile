@@ -13,7 +13,7 @@ export MPLBACKEND ?= Agg
 # Two threads keep timings comparable on small machines; override as needed.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install install-dev demo test test-fast bench lint clean
+.PHONY: install install-dev demo test test-fast docs bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/python -m pip install "$(TORCH_SPEC)" -e ".[dev,fast,laplace]"
+	$(BIN)/python -m pip install "$(TORCH_SPEC)" -e ".[dev,fast,laplace,docs]"
+	touch $@
+
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(BIN)/python -m pip install "$(TORCH_SPEC)" -e ".[docs,fast]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -41,6 +45,11 @@ test: install-dev
 test-fast: install-dev
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The documentation site with every tutorial executed (site/; a few minutes). The tests build
+# the same pages strictly without executing the tutorials (tests/test_docs.py).
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 PYRO_PRUNE_PROGRESS=off $(BIN)/mkdocs build --strict
+
 bench: install-dev
 	$(BIN)/python -m pip install "$(TORCH_SPEC)" -e ".[bench]"
 	$(BIN)/python benchmarks/run_all.py
@@ -50,4 +59,4 @@ lint: install-dev
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache

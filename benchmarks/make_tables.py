@@ -1,17 +1,26 @@
-"""Build the README's result tables from ``benchmarks/results/*.json``.
+"""Build the result pages of the documentation from ``benchmarks/results/*.json``.
 
-Every number in the README's "Results" section comes from a committed JSON file written by
-a benchmark script; this script renders them and replaces the text between the
-``<!-- results:begin -->`` and ``<!-- results:end -->`` markers of ``README.md``.
+Every number of the results pages (``docs/results/*.md``) comes from a committed JSON file
+written by a benchmark script. Each script has a *section* here (:data:`SECTIONS`: JSON name
+-> renderer of its Markdown) and each section a page (:func:`page_of`: by
+:data:`PAGE_OF`, else by the name's prefix, else ``docs/results/other.md``). This script
+renders the sections of every page and replaces the text between the page's
+``<!-- results:begin -->`` and ``<!-- results:end -->`` markers; the prose above the markers
+is written by hand and quotes the tables (a page that does not exist yet is created).
 
-    python benchmarks/make_tables.py           # rewrite the README section
-    python benchmarks/make_tables.py --check   # exit 1 if the README is out of date
+    python benchmarks/make_tables.py           # rewrite the generated part of every page
+    python benchmarks/make_tables.py --check   # exit 1 if a page is out of date
+
+Figures are written by the benchmarks beside their JSON; a section links them as
+``benchmarks/results/<name>.png`` and this script makes the link relative to the page (the
+site serves that folder, see ``docs/_hooks.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -20,8 +29,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+FIGURES = "benchmarks/results/"
 
 
 def _load(name: str) -> dict[str, Any] | None:
@@ -339,37 +349,103 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
 }
 
 
-def render() -> str:
-    """The Markdown of every section whose JSON exists, in a fixed order."""
+#: the page of a section, where its name's prefix does not say it (see :func:`page_of`)
+PAGE_OF: dict[str, str] = {
+    "training_speed": "results/speed.md",
+    "inference_speed": "results/speed.md",
+    "reduction_speed": "results/speed.md",
+}
+
+#: page of a section by the prefix of its name, first match wins
+PAGE_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("bmrs", "results/bmrs.md"),
+    ("bayes_factor", "results/bayes_factor.md"),
+    ("laplace", "results/bayes_factor.md"),
+    ("w2", "results/w2.md"),
+)
+
+OTHER_PAGE = "results/other.md"
+
+
+def page_of(name: str) -> str:
+    """The page (relative to ``docs/``) that shows section ``name``."""
+    if name in PAGE_OF:
+        return PAGE_OF[name]
+    for prefix, page in PAGE_PREFIXES:
+        if name.startswith(prefix):
+            return page
+    if name.endswith("_speed"):
+        return "results/speed.md"
+    return OTHER_PAGE
+
+
+def pages() -> dict[str, list[str]]:
+    """Page -> the names of its sections whose JSON exists, in :data:`SECTIONS` order."""
+    out: dict[str, list[str]] = {}
+    for name in SECTIONS:
+        if (RESULTS / f"{name}.json").exists():
+            out.setdefault(page_of(name), []).append(name)
+    return out
+
+
+def _for_page(markdown: str, page: str) -> str:
+    """A section's Markdown as it reads on ``page``: its headings one level up (each page
+    has one title), its figure links relative to the page (the site serves
+    ``benchmarks/results/`` at its root)."""
+    up = os.path.relpath(DOCS, (DOCS / page).parent).replace(os.sep, "/")
+    lines = []
+    for line in markdown.split("\n"):
+        if line.startswith("### "):
+            line = line[1:]
+        lines.append(line.replace(f"]({FIGURES}", f"]({up}/{FIGURES}"))
+    return "\n".join(lines)
+
+
+def render(page: str) -> str:
+    """The generated Markdown of ``page``: every section of it whose JSON exists."""
     parts = []
-    for name, section in SECTIONS.items():
+    for name in pages().get(page, []):
         d = _load(name)
         if d is not None:
-            parts.append(section(d))
+            parts.append(_for_page(SECTIONS[name](d), page))
     return "\n\n".join(parts)
 
 
-def updated_readme(text: str) -> str:
+def updated_page(text: str, page: str) -> str:
+    """``text`` (the page's Markdown) with its generated part rendered anew."""
     if BEGIN not in text or END not in text:
-        raise SystemExit(f"README.md lacks the markers {BEGIN} ... {END}")
+        raise SystemExit(f"docs/{page} lacks the markers {BEGIN} ... {END}")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{render()}\n{END}{tail}"
+    return f"{head}{BEGIN}\n{render(page)}\n{END}{tail}"
+
+
+def _new_page(page: str) -> str:
+    title = Path(page).stem.replace("_", " ").capitalize()
+    return (f"# Results: {title}\n\nGenerated from `benchmarks/results/*.json` by "
+            f"`python benchmarks/make_tables.py`.\n\n{BEGIN}\n{END}\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if README.md is out of date")
+    parser.add_argument("--check", action="store_true", help="fail if a page is out of date")
     args = parser.parse_args(argv)
-    text = README.read_text()
-    new = updated_readme(text)
-    if args.check:
-        if new != text:
-            print("README.md result tables are out of date: run python benchmarks/make_tables.py")
-            return 1
-        return 0
-    README.write_text(new)
-    print(f"updated {README.name}")
+    stale = []
+    for page in pages():
+        path = DOCS / page
+        text = path.read_text() if path.exists() else _new_page(page)
+        new = updated_page(text, page)
+        if path.exists() and new == text:
+            continue
+        stale.append(page)
+        if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(new)
+            print(f"updated docs/{page}")
+    if args.check and stale:
+        print(f"result pages out of date ({', '.join('docs/' + p for p in stale)}): "
+              "run python benchmarks/make_tables.py")
+        return 1
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Run every benchmark with the settings of the committed results, then rebuild the README.
+"""Run every benchmark with the settings of the committed results, then rebuild the result pages of the docs.
 
 ``make bench`` calls this. The long protocols cache finished runs
 (``benchmarks/results/*.runs.json``), so an interrupted run resumes; data sets whose

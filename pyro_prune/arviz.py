@@ -8,6 +8,9 @@ ArviZ ``InferenceData`` with the groups
                             ``<layer>_theta`` of every noise gate (the value the network
                             uses, ``theta * kept``), and ``<layer>_weight`` / ``<layer>_bias``
                             of Bayesian weight layers
+``prior``                   ``num_samples`` draws of the same latent sites from the model's
+                            priors (given ``data``: the model is run on one input), so a
+                            posterior that went back to its prior can be seen as such
 ``posterior_predictive``    ``obs``: one draw of ``y_n`` per posterior draw (given ``data``)
 ``observed_data``           ``obs``: the targets of ``data``
 ``log_likelihood``          ``obs``: pointwise ``log p(y_n | x_n, z_s)`` for draw ``s``, so
@@ -15,7 +18,17 @@ ArviZ ``InferenceData`` with the groups
 ``reduction``               per structure: ``kept``, ``loc``/``scale`` of the noise
                             posterior, ``E[theta]``, every criterion's ``score`` and
                             ``remove`` decision, and ``dF`` of the threshold-free criteria
+                            (``settings["criterion"]``, the criterion a run pruned with, is
+                            always among them and named in the group's attributes)
 ==========================  ==============================================================
+
+Chains and draws: the draws are *independent* draws of the variational posterior, stored as
+one chain of ``num_samples`` draws. Convergence diagnostics made for MCMC say nothing about
+SVI here: with independent draws the effective sample size is about ``num_samples`` and
+``r_hat`` (which needs two chains or more) would be 1 up to Monte Carlo noise, whether or not
+the optimisation converged (judge that from the loss history). :func:`summary` is
+``az.summary`` without the one-chain warnings and without the removed structures (each a point
+mass at 0, for which every diagnostic is undefined).
 
 Named dimensions come from the layer each gate selects the outputs of (its
 ``producer_name``) and that layer's kind: ``fc1_neuron`` for a Linear layer, ``conv2_channel``
@@ -79,6 +92,7 @@ __all__ = [
     "loo",
     "save",
     "structure_dims",
+    "summary",
     "to_inference_data",
 ]
 
@@ -293,6 +307,25 @@ class _Draws:
     latents: dict[str, list[np.ndarray]]
     log_lik: list[np.ndarray]
     predictive: list[np.ndarray]
+    prior: dict[str, list[np.ndarray]] | None = None
+
+
+def _draw_prior(model: PrunableNet, x0: Tensor, num_samples: int) -> dict[str, list[np.ndarray]]:
+    """``num_samples`` draws of every latent site from the model's priors (the model traced
+    on the single input ``x0``, no guide)."""
+    from pyro import poutine
+    from pyro.poutine.util import site_is_subsample
+
+    out: dict[str, list[np.ndarray]] = {}
+    with noise_mode(model.net, NoiseMode.SAMPLE):
+        for _ in range(num_samples):
+            trace = poutine.trace(model).get_trace(x0, None)
+            for name, site in trace.nodes.items():
+                if (site["type"] != "sample" or site["is_observed"] or name == OBS
+                        or site_is_subsample(site)):
+                    continue
+                out.setdefault(name, []).append(cast(Tensor, site["value"]).detach().cpu().numpy())
+    return out
 
 
 def _draw(
@@ -311,7 +344,8 @@ def _draw(
     """
     from pyro import poutine
     from pyro.poutine.util import site_is_subsample
-    from tqdm.auto import tqdm
+
+    from pyro_prune.progress import progress_bar
 
     gates = {g.site_name: g for g in model.gates().values() if isinstance(g, MultiplicativeNoise)}
     out = _Draws(latents={}, log_lik=[], predictive=[])
@@ -321,7 +355,7 @@ def _draw(
     model.num_data = None  # no num_data / batch scaling of the likelihood here
     try:
         with noise_mode(model.net, NoiseMode.SAMPLE):
-            for _ in tqdm(range(num_samples), desc="posterior draws", disable=not progress, leave=False):
+            for _ in progress_bar(range(num_samples), desc="posterior draws", enabled=progress):
                 guide_trace = poutine.trace(guide).get_trace(x0, y0)
                 for name, site in guide_trace.nodes.items():
                     if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
@@ -342,6 +376,8 @@ def _draw(
                     pps.append(cast(Tensor, obs_site["value"]).detach())
                 out.log_lik.append(torch.cat(lls).cpu().numpy())
                 out.predictive.append(torch.cat(pps).cpu().numpy())
+        if x0 is not None:
+            out.prior = _draw_prior(model, x0, num_samples)
     finally:
         model.num_data = num_data
     return out
@@ -396,11 +432,12 @@ def _dims_for(name: str, shape: tuple[int, ...], layout: dict[str, tuple[str, li
     return var, [f"{var}_dim_{i}" for i in range(len(shape))]
 
 
-def _posterior_dataset(model: PrunableNet, draws: _Draws, num_samples: int) -> xr.Dataset:
+def _posterior_dataset(model: PrunableNet, latents: Mapping[str, list[np.ndarray]],
+                       num_samples: int) -> xr.Dataset:
     layout = _site_layout(model)
     data_vars = {}
     coords: dict[str, np.ndarray] = _chain_draw_coords(num_samples)
-    for site, values in draws.latents.items():
+    for site, values in latents.items():
         stacked = np.stack(values)[None]  # [1, S, ...]
         var, dims = _dims_for(site, stacked.shape[2:], layout)
         data_vars[var] = xr.Variable(["chain", "draw", *dims], stacked, attrs={"site": site})
@@ -512,7 +549,7 @@ def to_inference_data(
     Args:
         model: a fitted :class:`PrunableNet`.
         guide: the guide to draw from (default ``model.guide``).
-        data: ``(inputs, targets)`` (a ``TensorDataset`` or a tuple); adds the
+        data: ``(inputs, targets)`` (a ``TensorDataset`` or a tuple); adds the ``prior``,
             ``posterior_predictive``, ``observed_data`` and pointwise ``log_likelihood``
             groups, evaluated on these examples (use held-out data for ``az.loo``).
         num_samples: number of posterior draws (one chain).
@@ -525,7 +562,9 @@ def to_inference_data(
             weight layers).
         batch_size: examples per forward pass.
         progress: show a progress bar over the draws.
-        settings: extra pruning settings stored in the attributes (method, epochs, ...).
+        settings: extra pruning settings stored in the attributes (method, epochs, ...);
+            ``settings["criterion"]``, the criterion the model was pruned with, is added to
+            ``criteria``.
 
     Returns:
         ``az.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (ArviZ >= 1).
@@ -542,6 +581,9 @@ def to_inference_data(
             criteria = (*criteria, "gaussian_bmr")
     elif isinstance(criteria, str):
         criteria = (criteria,)
+    own = (settings or {}).get("criterion")
+    if own is not None and own not in criteria:
+        criteria = (*criteria, str(own))
     x = y = None
     if data is not None:
         x, y = _check_data(data)
@@ -562,7 +604,9 @@ def to_inference_data(
     finally:
         model.train(was_training)
 
-    groups: dict[str, xr.Dataset] = {"posterior": _posterior_dataset(model, draws, num_samples)}
+    groups: dict[str, xr.Dataset] = {"posterior": _posterior_dataset(model, draws.latents, num_samples)}
+    if draws.prior:
+        groups["prior"] = _posterior_dataset(model, draws.prior, num_samples)
     if y is not None:
         groups.update(_data_datasets(y, draws, num_samples))
     groups["reduction"] = reduction
@@ -585,7 +629,7 @@ def to_inference_data(
         run_attrs.update(settings)
     for name, ds in groups.items():
         attrs: dict[str, Any] = dict(base_attrs)
-        if name in ("posterior", "reduction"):
+        if name in ("posterior", "prior", "reduction"):
             attrs.update(run_attrs)
         ds.attrs.update({k: _attr(v) for k, v in attrs.items()})
     return _make_inference_data(groups, attrs={k: _attr(v) for k, v in {**base_attrs, **run_attrs}.items()})
@@ -786,3 +830,64 @@ def hdi(values: np.ndarray, prob: float = 0.94) -> np.ndarray:
             out = next(iter(out.data_vars.values())).values
         return np.asarray(out).reshape(values.shape[1], 2)
     return _hdi_numpy(values, prob)
+
+
+def _kept_posterior(idata: Any, group: str = "posterior") -> xr.Dataset:
+    """The ``group`` dataset without the removed structures (by the ``reduction`` group)."""
+    ds = get_group(idata, group)
+    if "reduction" not in group_names(idata):
+        return ds
+    red = get_group(idata, "reduction")
+    for var in red.data_vars:
+        if not str(var).endswith("_kept"):
+            continue
+        (dim,) = red[var].dims
+        if dim in ds.dims:
+            ds = ds.isel({dim: np.flatnonzero(red[var].values.astype(bool))})
+    return ds
+
+
+def summary(idata: Any, var_names: Sequence[str] | None = None, *, group: str = "posterior",
+            kept_only: bool = True, hdi_prob: float = 0.94) -> Any:
+    """``az.summary`` of the kept structures, without one warning per removed structure.
+
+    Args:
+        idata: what :func:`to_inference_data` returned (or :func:`load` read).
+        var_names: variables to summarise (default: all of ``group``).
+        group: ``"posterior"`` or ``"prior"``.
+        kept_only: leave out the removed structures (point masses at 0: every diagnostic
+            of them is undefined, and ArviZ warns once for each).
+        hdi_prob: probability of the highest-density interval.
+
+    Returns:
+        a ``pandas.DataFrame`` with ``mean``, ``sd``, the HDI, ``mcse`` and ``ess`` columns.
+        ``r_hat`` is left out with one chain (see the module docstring: the draws are
+        independent draws of the variational posterior).
+    """
+    import logging
+    import warnings
+
+    import arviz
+
+    if group not in group_names(idata):
+        raise ValueError(f"idata has no {group!r} group; have {group_names(idata)}")
+    ds = _kept_posterior(idata, group) if kept_only else get_group(idata, group)
+    if var_names is not None:
+        missing = [v for v in var_names if v not in ds.data_vars]
+        if missing:
+            raise ValueError(f"no variables {missing} in the {group} group; have {list(ds.data_vars)}")
+        ds = ds[list(var_names)]
+    # ArviZ 0.x logs through its own Logger object (not registered with logging.getLogger)
+    logger = getattr(arviz, "_log", None) or logging.getLogger("arviz")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # "Shape validation failed" for one chain
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            table = arviz.summary(ds, hdi_prob=hdi_prob)
+    finally:
+        logger.setLevel(level)
+    if ds.sizes.get("chain", 1) < 2 and "r_hat" in table.columns:
+        table = table.drop(columns="r_hat")
+    return table

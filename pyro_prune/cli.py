@@ -18,7 +18,10 @@ and writes a *run folder*:
 ``converted.pt2``              the same network as a ``torch.export`` program, batch size free
                                (``torch.export.load(path).module()``; no pyro_prune needed)
 ``posterior.nc``               the ArviZ InferenceData (netCDF; :mod:`pyro_prune.arviz`)
-``metrics.json``               test accuracy, compression, MACs, latency, ELPD, W2 shift
+``calibration.json``           reliability bins and ECE, removed structures restored and pruned
+``metrics.json``               test accuracy, compression, MACs, latency, ELPD, W2 shift, ECE;
+                               written last: a run folder that has it is finished, and running
+                               the same command again only reads it back
 =============================  ===============================================================
 
 ``report`` writes ``report.md`` with tables and PNG figures into the run folder; ``export``
@@ -99,6 +102,7 @@ CONVERTED_STATE_FILE = "converted_state_dict.pt"
 EXPORTED_PROGRAM_FILE = "converted.pt2"
 IDATA_FILE = "posterior.nc"
 CURVE_FILE = "curve.json"
+CALIBRATION_FILE = "calibration.json"
 REPORT_FILE = "report.md"
 FIGURES_DIR = "figures"
 CHECKPOINT_FILE = "checkpoint.pt"  # written by pyro_prune.inference.fit
@@ -406,23 +410,28 @@ def all_kept(model: Any) -> Iterator[dict[str, Tensor]]:
 
 
 def median_latencies(modules: Sequence[nn.Module], x: Tensor, *, repeats: int = 21,
-                     warmup: int = 3) -> list[float]:
+                     warmup: int = 5, min_warmup_s: float = 0.2) -> list[float]:
     """Median wall time (seconds) of ``m(x)`` for each module, in eval mode.
 
-    The modules are timed in turns (one call of each per round), so a change in the load of
-    the machine during the measurement affects all of them alike.
+    Each module is warmed up (at least ``warmup`` calls and ``min_warmup_s`` seconds), then
+    the modules are timed interleaved, one call of each per round, the order of the calls
+    reversed every other round: a change in the load of the machine, or a cache warmed by the
+    module before, affects all of them alike. Two equal modules measure a ratio of about 1.
     """
     for m in modules:
         m.eval()
     times: list[list[float]] = [[] for _ in modules]
+    order = list(range(len(modules)))
     with torch.inference_mode():
-        for _ in range(warmup):
-            for m in modules:
+        for m in modules:
+            t0, calls = time.perf_counter(), 0
+            while calls < warmup or time.perf_counter() - t0 < min_warmup_s:
                 m(x)
-        for _ in range(repeats):
-            for i, m in enumerate(modules):
+                calls += 1
+        for r in range(repeats):
+            for i in (order if r % 2 == 0 else order[::-1]):
                 t0 = time.perf_counter()
-                m(x)
+                modules[i](x)
                 times[i].append(time.perf_counter() - t0)
     return [statistics.median(t) for t in times]
 
@@ -519,7 +528,8 @@ class RunResult:
 #: settings beside part of the old outputs (a rerun deletes the rest), never old outputs
 #: beside new settings
 RUN_OUTPUTS = (METRICS_FILE, CHECKPOINT_FILE, MODEL_FILE, CONVERTED_STATE_FILE,
-               EXPORTED_PROGRAM_FILE, IDATA_FILE, CURVE_FILE, REPORT_FILE, FIGURES_DIR, "export",
+               EXPORTED_PROGRAM_FILE, IDATA_FILE, CURVE_FILE, CALIBRATION_FILE, REPORT_FILE,
+               FIGURES_DIR, "export",
                HISTORY_FILE, CONFIG_FILE)
 
 
@@ -602,6 +612,9 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
         train, val = train_val_split(train, val_fraction=cfg.val_fraction, seed=cfg.seed)
     model = build_model(cfg, shape)
     method = METHODS[cfg.method]
+    if all((out / name).exists() for name in (METRICS_FILE, MODEL_FILE, IDATA_FILE, HISTORY_FILE)):
+        say(f"{out} holds this run, finished: reading it back (--restart to run it again)")
+        return _finished_run(cfg, out, model)
     if method.criterion is None:
         schedule, epochs = None, cfg.epochs + cfg.finetune_epochs
     else:
@@ -628,8 +641,22 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
     save_torch(model.state_dict(), out / MODEL_FILE)
     _write_json(out / HISTORY_FILE, result.history)
 
-    say("evaluate, convert and measure")
+    stages = ["evaluate on the test set", "convert and count", "latency (batch 256)",
+              "W2 shift of the predictive", "calibration", "posterior draws for ArviZ", "PSIS-LOO",
+              "accuracy-vs-compression curve"]
+    if not measure:
+        stages.remove("latency (batch 256)")
+    if cfg.curve_points <= 0:
+        stages.remove("accuracy-vs-compression curve")
+    t_eval = time.perf_counter()
+
+    def stage(name: str) -> None:
+        say(f"[{stages.index(name) + 1}/{len(stages)}] {name} "
+            f"({time.perf_counter() - t_eval:.0f} s into the evaluation)")
+
+    stage("evaluate on the test set")
     test_metrics = evaluate(model, test)
+    stage("convert and count")
     converted = to_deterministic(model)
     save_torch(converted.state_dict(), out / CONVERTED_STATE_FILE)
     example = test.tensors[0][:2]
@@ -648,6 +675,7 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
         "epochs_run": len(result.history), "fit_time_s": fit_time,
     }
     if measure:
+        stage("latency (batch 256)")
         batch = test.tensors[0][:256]
         if len(batch) < 256:
             batch = batch.repeat(math.ceil(256 / len(batch)), *([1] * (batch.dim() - 1)))[:256]
@@ -655,7 +683,7 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
         metrics["latency_full_ms"], metrics["latency_pruned_ms"] = 1e3 * full_s, 1e3 * pruned_s
         metrics["speedup"] = metrics["latency_full_ms"] / metrics["latency_pruned_ms"]
 
-    say("predictive check and InferenceData")
+    stage("W2 shift of the predictive")
     if cfg.eval_examples is not None and cfg.eval_examples < len(test):
         _, held = train_val_split(test, val_fraction=cfg.eval_examples / len(test), seed=cfg.seed)
     else:
@@ -663,18 +691,26 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
     with all_kept(model):
         shift = w2_shift(model, None, kept_masks, held.tensors[0][:512], seed=cfg.seed)
     metrics.update(w2=shift.w2, w2_empty=shift.w2_empty, w2_normalized=shift.normalized)
-    settings = {"method": cfg.method, "epochs": cfg.epochs, "finetune_epochs": cfg.finetune_epochs,
+    stage("calibration")
+    calibrations = _calibrations(model, held, seed=cfg.seed)
+    if calibrations:
+        _write_json(out / CALIBRATION_FILE, calibrations)
+        metrics.update({f"ece_{k}": v["ece"] for k, v in calibrations.items()})
+    stage("posterior draws for ArviZ")
+    settings = {"method": cfg.method, "criterion": method.criterion, "epochs": cfg.epochs, "finetune_epochs": cfg.finetune_epochs,
                 "kl_scale": cfg.kl_scale, "lr": cfg.lr, "batch_size": cfg.batch_size,
                 "data": cfg.data, "compression": metrics["compression"]}
     idata = pa.to_inference_data(model, data=held, num_samples=cfg.num_samples, seed=cfg.seed,
                                  progress=progress, settings=settings)
     pa.save(idata, out / IDATA_FILE)
+    stage("PSIS-LOO")
     elpd = pa.loo(idata)
     metrics.update(elpd_loo=elpd.elpd, elpd_loo_se=elpd.se, p_loo=elpd.p,
                    pareto_k_max=elpd.pareto_k_max)
 
     curves: dict[str, list[dict[str, Any]]] = {}
     if cfg.curve_points > 0:
+        stage("accuracy-vs-compression curve")
         curves = accuracy_curves(model, train, test, [method.criterion or "bmrs_n"],
                                  points=cfg.curve_points, batch_size=cfg.batch_size, lr=cfg.lr,
                                  seed=cfg.seed, progress=progress)
@@ -683,6 +719,41 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
     _write_json(out / METRICS_FILE, metrics)
     return RunResult(out=out, config=cfg, model=model, history=result.history, metrics=metrics,
                      idata=idata, curves=curves)
+
+
+#: posterior draws of the calibration check
+CALIBRATION_DRAWS = 32
+
+
+def _calibrations(model: Any, held: Any, *, seed: int) -> dict[str, dict[str, Any]]:
+    """Reliability bins and ECE of the posterior predictive on ``held``, with the removed
+    structures restored (``restored``) and as pruned (``pruned``); empty for regression."""
+    from pyro_prune.calibration import calibration
+    from pyro_prune.models.base import Likelihood
+    from pyro_prune.predictive import posterior_predictive
+
+    if model.likelihood is not Likelihood.CATEGORICAL:
+        return {}
+    x, y = held.tensors
+    out = {}
+    for name, restore in (("restored", True), ("pruned", False)):
+        with all_kept(model) if restore else contextlib.nullcontext():
+            probs = posterior_predictive(model, x, draws=CALIBRATION_DRAWS, method="fast",
+                                         output="probs", seed=seed).mean(0)
+        out[name] = calibration(probs, y).to_json()
+    return out
+
+
+def _finished_run(cfg: RunConfig, out: Path, model: Any) -> RunResult:
+    """The :class:`RunResult` of a finished run folder, read back (nothing recomputed)."""
+    from pyro_prune import arviz as pa
+
+    model.load_state_dict(_load_state(out / MODEL_FILE, model))
+    model.eval()
+    curves = _read_json(out / CURVE_FILE) if (out / CURVE_FILE).exists() else {}
+    return RunResult(out=out, config=cfg, model=model, history=_read_json(out / HISTORY_FILE),
+                     metrics=_read_json(out / METRICS_FILE), idata=pa.load(out / IDATA_FILE),
+                     curves=curves)
 
 
 def accuracy_curves(model: Any, train: Any, test: Any, criteria: Sequence[str], *, points: int,
@@ -844,6 +915,7 @@ def write_report(out: str | os.PathLike, *, idata: Any = None) -> Path:
 def _write_report_locked(out: str | os.PathLike, idata: Any) -> Path:
     from pyro_prune import arviz as pa
     from pyro_prune import plots
+    from pyro_prune.reduction import get_criterion
 
     run = load_run(out)
     out = run.out
@@ -867,11 +939,40 @@ def _write_report_locked(out: str | os.PathLike, idata: Any) -> Path:
 
     save(plots.plot_history(run.history, title=f"{cfg.model} / {cfg.method} on {cfg.data}"),
          "history.png", "Loss, accuracy and kept structures per epoch.")
+    if m.get("structures") and m.get("kept"):
+        save(plots.plot_widths(m["structures"], m["kept"],
+                               title=f"Width per layer: {m.get('compression', 0.0):.1%} of the "
+                                     "parameters removed"),
+             "widths.png", "Structures (neurons, channels, heads) of every layer before and after "
+                           "pruning.")
+    if m.get("params_full"):
+        save(plots.plot_summary(m), "summary.png",
+             "The pruned network against the unpruned one: parameters, MACs per input and "
+             "latency (batch 256, medians of interleaved repeats) as ratios, and the W2 shift "
+             "of the posterior predictive (0: unchanged, 1: as far as removing everything).")
+    calibration_path = out / CALIBRATION_FILE
+    if calibration_path.exists():
+        cal = _read_json(calibration_path)
+        save(plots.plot_reliability({"removed structures restored": cal["restored"],
+                                     "pruned": cal["pruned"]},
+                                    title="Calibration of the posterior predictive (test set)"),
+             "calibration.png",
+             "Reliability diagram: accuracy against confidence in 15 bins, with the expected "
+             "calibration error (ECE); below, the share of test examples per bin.")
     if run.model.noise_layers():
         save(plots.plot_theta_forest(idata), "theta_forest.png",
              "Posterior mean and 94% HDI of the multiplicative noise of every structure.")
-        save(plots.plot_delta_f(idata, "bmrs_n"), "delta_f.png",
-             "dF (BMRS_N) per structure; right of the dashed line a structure would be removed.")
+        criterion = METHODS[cfg.method].criterion
+        shown = criterion or "bmrs_n"
+        red = pa.get_group(idata, "reduction")
+        have = set(map(str, red["criterion"].values)) if "criterion" in red.coords else set()
+        if shown in have:
+            rule = ("removed at dF >= 0" if get_criterion(shown).threshold_free
+                    else f"removed below {get_criterion(shown).default_threshold:g}")
+            save(plots.plot_decision(idata, shown), "delta_f.png",
+                 f"The rule of {shown} per structure ({rule}), at the final posterior; grey: "
+                 "removed during training." if criterion else
+                 f"This run did not prune; what {shown} would decide ({rule}).")
     curves = _read_json(out / CURVE_FILE) if (out / CURVE_FILE).exists() else {}
     point = {"label": f"{cfg.method} (this run)", "compression": m.get("compression", 0.0),
              "accuracy": m.get("test_accuracy")}
@@ -879,7 +980,6 @@ def _write_report_locked(out: str | os.PathLike, idata: Any) -> Path:
         save(plots.plot_accuracy_vs_compression(curves, [point]), "accuracy_vs_compression.png",
              "Test accuracy against compression; curves remove structures in the criterion's "
              "order from the final model (one epoch of fine-tuning per point).")
-
     kept_rows = [{"gate": g, "kept": m.get("kept", {}).get(g), "total": n}
                  for g, n in m.get("structures", {}).items()]
     lines = [
@@ -899,9 +999,10 @@ def _write_report_locked(out: str | os.PathLike, idata: Any) -> Path:
                              ("macs_full", "MACs (full)", ""), ("macs_pruned", "MACs (pruned)", ""),
                              ("speedup", "speedup (batch 256)", ".2f")]),
         "",
-        "Posterior predictive check and PSIS-LOO (ArviZ):",
+        "Posterior predictive check, calibration and PSIS-LOO (ArviZ):",
         "",
         markdown_table([m], [("w2", "W2(restored, pruned)", ".4g"), ("w2_normalized", "W2 / W2(empty)", ".3g"),
+                             ("ece_restored", "ECE (restored)", ".3f"), ("ece_pruned", "ECE (pruned)", ".3f"),
                              ("elpd_loo", "elpd_loo", ".2f"), ("elpd_loo_se", "SE", ".2f"),
                              ("p_loo", "p_loo", ".2f"), ("pareto_k_max", "max Pareto k", ".2f")]),
         "",
@@ -919,7 +1020,8 @@ def _write_report_locked(out: str | os.PathLike, idata: Any) -> Path:
                        (MODEL_FILE, "Pyro model state dict"),
                        (CONVERTED_STATE_FILE, "converted deterministic network (state dict)"),
                        (EXPORTED_PROGRAM_FILE, "converted network (torch.export program)"),
-                       (IDATA_FILE, "ArviZ InferenceData (netCDF)"), (METRICS_FILE, "metrics")):
+                       (IDATA_FILE, "ArviZ InferenceData (netCDF)"),
+                       (CALIBRATION_FILE, "reliability bins and ECE"), (METRICS_FILE, "metrics")):
         if (out / name).exists():
             lines.append(f"| `{name}` | {what} |")
     path = out / REPORT_FILE

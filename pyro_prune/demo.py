@@ -166,9 +166,8 @@ def _row(model: str, method: str, run: RunResult, reference: RunResult | None) -
 def run_demo(cfg: DemoConfig | None = None, *, data_root: str | None = None, progress: bool = True,
              restart: bool = False) -> DemoResult:
     """Run the demo, print its table, write ``<out>/report.md``; see the module docstring."""
-    from tqdm.auto import tqdm
-
     from pyro_prune import plots
+    from pyro_prune.progress import progress_bar
 
     cfg = cfg or DemoConfig()
     out = Path(cfg.out)
@@ -180,16 +179,17 @@ def run_demo(cfg: DemoConfig | None = None, *, data_root: str | None = None, pro
     run_dirs: dict[str, Path] = {}
     curve_sets: dict[str, dict[str, list[dict[str, Any]]]] = {}
     stages = [(m, meth) for m in cfg.models for meth in cfg.methods]
-    bar = tqdm(stages, desc="demo", disable=not progress, leave=False)
+    bar = progress_bar(desc="demo", total=len(stages), enabled=progress, every_s=0.0)
     results: dict[tuple[str, str], RunResult] = {}
-    for model, method in bar:
-        bar.set_postfix_str(f"{model}/{method}")
+    for model, method in stages:
+        bar.set_description(f"demo {model}/{method}")
         rc = cfg.run_config(model, method)
         run = run_fit(rc, out / f"{model}-{method}", data_root=data_root, progress=progress,
                       restart=restart)
         write_report(run.out, idata=run.idata)
         results[(model, method)] = run
         run_dirs[f"{model}-{method}"] = run.out
+        bar.update(1)
     bar.close()
 
     for model in cfg.models:

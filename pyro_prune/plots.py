@@ -10,10 +10,19 @@ nothing depends on a display or a global backend); :func:`save_figure` writes it
 * :func:`plot_delta_f` — histograms of the change in log evidence ``dF`` per structure
   (``reduction`` group) with the line ``dF = 0``: BMRS removes everything at or right of it
   (Wright, Igel & Selvan, NeurIPS 2024).
+* :func:`plot_decision` — the same for any criterion with a removal rule (a thresholded
+  score is shown against its threshold).
 * :func:`plot_accuracy_vs_compression` — accuracy against compression when structures are
   removed in the order of a criterion, with the threshold-free stopping point (the last
   structure with ``dF >= 0``) and the results of continuous pruning as markers.
 * :func:`plot_history` — loss, accuracy and kept structures per epoch of a fit.
+* :func:`plot_widths` — the width (structures) of every layer before and after pruning.
+* :func:`plot_summary` — parameters, MACs, latency and the W2 shift of a pruned network
+  relative to the unpruned one.
+* :func:`plot_reliability` — reliability diagrams (accuracy against confidence) with the
+  expected calibration error, e.g. before and after pruning.
+
+:func:`figure_html` embeds a figure in HTML (a notebook cell, an executed documentation page).
 """
 
 from __future__ import annotations
@@ -31,9 +40,14 @@ from pyro_prune.arviz import get_group, group_names, hdi
 
 __all__ = [
     "plot_accuracy_vs_compression",
+    "plot_decision",
     "plot_delta_f",
     "plot_history",
+    "plot_reliability",
+    "plot_summary",
+    "plot_widths",
     "plot_theta_forest",
+    "figure_html",
     "save_figure",
 ]
 
@@ -53,6 +67,29 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 110) -> Path
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt)
     return path
+
+
+def figure_html(fig: Figure, *, dpi: int = 90, alt: str = "figure") -> str:
+    """An ``<img>`` tag holding ``fig`` as an inline PNG (base64 data URI)."""
+    import base64
+    import html
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}" />'
+
+
+def _figure_legend(fig: Figure, axes: Sequence[Any]) -> None:
+    """One legend for the whole figure, below the panels (never over the data)."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncol=len(seen),
+                   fontsize=8, frameon=False)
 
 
 def _grid(n: int, *, max_cols: int = 4, width: float = 3.6, height: float = 3.2,
@@ -118,7 +155,7 @@ def plot_theta_forest(idata: Any, *, hdi_prob: float = 0.94, floor: float = 1e-9
         ax.set_title(f"{base}: {int(k.sum())}/{len(k)} kept", fontsize=10)
         ax.set_xlabel(r"$E[\theta]$ and " + f"{int(hdi_prob * 100)}% HDI")
         ax.set_ylabel(f"{dim} (sorted)")
-    axes[0].legend(loc="lower right", fontsize=8)
+    _figure_legend(fig, axes)
     fig.suptitle("Posterior of the multiplicative noise per layer")
     return fig
 
@@ -174,8 +211,51 @@ def plot_delta_f(idata: Any, criterion: str = "bmrs_n", *, bins: int = 30) -> Fi
         ax.set_title(f"{base}: {n_pos} kept with dF >= 0", fontsize=10)
         ax.set_xlabel(f"dF ({criterion})")
         ax.set_ylabel("structures")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"Change in log evidence when a structure is removed ({criterion})")
+    _figure_legend(fig, axes)
+    fig.suptitle(f"Change in log evidence when a structure is removed ({criterion}): "
+                 "removed at dF >= 0")
+    return fig
+
+
+def plot_decision(idata: Any, criterion: str, *, bins: int = 30) -> Figure:
+    """Why each structure was kept or removed by ``criterion``, per layer.
+
+    A threshold-free criterion shows its ``dF`` (:func:`plot_delta_f`: removed at
+    ``dF >= 0``); a thresholded one (``snr``, ``e_theta``) the histogram of its score on a
+    log axis with its threshold (removed below it). Structures already removed are grey.
+    """
+    from pyro_prune.reduction import get_criterion
+
+    crit = get_criterion(criterion)
+    if crit.threshold_free:
+        return plot_delta_f(idata, criterion, bins=bins)
+    if crit.default_threshold is None:
+        raise ValueError(f"criterion {criterion!r} only ranks; it has no removal rule to plot")
+    red = get_group(idata, "reduction")
+    if "criterion" not in red.coords or criterion not in list(red["criterion"].values):
+        known = list(red["criterion"].values) if "criterion" in red.coords else []
+        raise ValueError(f"no score for criterion {criterion!r} in the reduction group; have {known}")
+    names = [str(v) for v in red.data_vars if str(v).endswith("_score")]
+    threshold = float(crit.default_threshold)
+    fig, axes = _grid(len(names))
+    for ax, var in zip(axes, names):
+        base = var[: -len("_score")]
+        score = red[var].sel(criterion=criterion).values.astype(float)
+        kept = _kept(idata, base, len(score))
+        ok = np.isfinite(score) & (score > 0)
+        lo = min(score[ok].min(), threshold) / 2 if ok.any() else threshold / 10
+        hi = max(score[ok].max(), threshold) * 2 if ok.any() else threshold * 10
+        edges = np.geomspace(lo, hi, bins + 1)
+        ax.hist([np.clip(score[ok & kept], lo, hi), np.clip(score[ok & ~kept], lo, hi)], bins=edges,
+                stacked=True, color=[KEPT_COLOR, REMOVED_COLOR], label=["kept", "removed"])
+        ax.axvline(threshold, color=STOP_COLOR, linestyle="--", linewidth=1.2,
+                   label=f"threshold {threshold:g}")
+        ax.set_xscale("log")
+        ax.set_title(f"{base}: {int(kept.sum())}/{len(kept)} kept", fontsize=10)
+        ax.set_xlabel(f"{criterion} score")
+        ax.set_ylabel("structures")
+    _figure_legend(fig, axes)
+    fig.suptitle(f"{criterion} per structure: removed below the threshold")
     return fig
 
 
@@ -239,7 +319,8 @@ def plot_accuracy_vs_compression(
     ax.set_xlabel("compression (% of parameters removed)")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8,
+               frameon=False)
     ax.set_title(title)
     return fig
 
@@ -258,7 +339,6 @@ def plot_history(history: Sequence[Mapping[str, Any]], *, title: str = "Training
         if pts:
             axes[1].plot(*zip(*pts), "-", label=label)
     axes[1].set_ylabel("accuracy")
-    axes[1].legend(fontsize=8)
     kept = [sum(r["kept"].values()) if isinstance(r.get("kept"), Mapping) else math.nan for r in history]
     axes[2].plot(epochs, kept, "-", color=KEPT_COLOR, label="kept structures")
     axes[2].set_ylabel("kept structures")
@@ -271,5 +351,112 @@ def plot_history(history: Sequence[Mapping[str, Any]], *, title: str = "Training
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
+    _figure_legend(fig, axes[1:2])
     fig.suptitle(title)
+    return fig
+
+
+def plot_widths(structures: Mapping[str, int], kept: Mapping[str, int], *,
+                title: str = "Width per layer") -> Figure:
+    """Horizontal bars of every layer's structures before (``structures``) and after
+    (``kept``) pruning, in the order given, each annotated ``kept / total``."""
+    if not structures:
+        raise ValueError("structures is empty")
+    missing = sorted(set(structures) - set(kept))
+    if missing:
+        raise ValueError(f"kept has no count for {missing}")
+    names = list(structures)
+    total = np.array([int(structures[n]) for n in names], dtype=float)
+    left = np.array([int(kept[n]) for n in names], dtype=float)
+    fig = Figure(figsize=(6.4, 0.9 + 0.38 * len(names)), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(names))[::-1]
+    ax.barh(y, total, color=REMOVED_COLOR, alpha=0.45, label="before")
+    ax.barh(y, left, color=KEPT_COLOR, height=0.5, label="after")
+    for yi, t, k in zip(y, total, left):
+        ax.text(t, yi, f" {int(k)}/{int(t)}", va="center", fontsize=8)
+    ax.set_yticks(y, [n.removesuffix("_gate") for n in names], fontsize=8)
+    ax.set_xlabel("structures (neurons, channels, heads)")
+    ax.set_xlim(0, total.max() * 1.25)
+    ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, frameon=False)
+    ax.set_title(title, loc="left")
+    return fig
+
+
+def plot_summary(metrics: Mapping[str, Any], *, title: str = "Pruned against unpruned") -> Figure:
+    """Bars of the pruned network's size, MACs and latency as a fraction of the unpruned
+    network's, and its W2 shift of the posterior predictive (``w2_normalized``: 0 = the
+    same predictive, 1 = as far as removing everything).
+
+    ``metrics`` holds ``params_full``/``params_pruned``, ``macs_full``/``macs_pruned``,
+    and optionally ``latency_full_ms``/``latency_pruned_ms`` and ``w2_normalized`` (the
+    keys of a run's ``metrics.json``).
+    """
+    bars: list[tuple[str, float, str]] = []
+    for key, label in (("params", "parameters"), ("macs", "MACs per input"),
+                       ("latency", "latency")):
+        full_key, pruned_key = ((f"{key}_full", f"{key}_pruned") if key != "latency"
+                                else ("latency_full_ms", "latency_pruned_ms"))
+        full, pruned = metrics.get(full_key), metrics.get(pruned_key)
+        if full is not None and pruned is not None and float(full) > 0:
+            ratio = float(pruned) / float(full)
+            bars.append((label, ratio, f"{ratio:.2f}x ({_short(pruned)} / {_short(full)})"))
+    if metrics.get("w2_normalized") is not None:
+        w2 = float(metrics["w2_normalized"])
+        bars.append(("W2 shift / W2(empty)", w2, f"{w2:.3f}"))
+    if not bars:
+        raise ValueError("metrics has none of params, macs, latency or w2_normalized")
+    fig = Figure(figsize=(6.4, 0.9 + 0.45 * len(bars)), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(bars))[::-1]
+    colors = [STOP_COLOR if b[0].startswith("W2") else KEPT_COLOR for b in bars]
+    ax.barh(y, [b[1] for b in bars], color=colors, height=0.55)
+    for yi, (_, v, text) in zip(y, bars):
+        ax.text(v, yi, " " + text, va="center", fontsize=8)
+    ax.axvline(1.0, color="black", linewidth=0.8, linestyle=":")
+    ax.set_yticks(y, [b[0] for b in bars], fontsize=9)
+    ax.set_xlim(0, max(1.0, max(b[1] for b in bars)) * 1.6)
+    ax.set_xlabel("pruned / unpruned (dotted: unchanged)")
+    ax.set_title(title, loc="left")
+    return fig
+
+
+def _short(value: Any) -> str:
+    v = float(value)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g}{unit}"
+    return f"{v:.3g}"
+
+
+def plot_reliability(curves: Mapping[str, Any], *, title: str = "Calibration") -> Figure:
+    """Reliability diagram: accuracy against mean confidence per bin, one line per entry of
+    ``curves`` (name -> :class:`~pyro_prune.calibration.Calibration` or its ``to_json()``),
+    the diagonal of perfect calibration, and each entry's ECE in the legend; a histogram of
+    the confidences below."""
+    if not curves:
+        raise ValueError("curves is empty")
+    fig = Figure(figsize=(5.2, 5.4), layout="constrained")
+    ax, hist = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    ax.plot([0, 1], [0, 1], ":", color="black", linewidth=1, label="perfect calibration")
+    markers = "os^D"
+    for i, (name, cal) in enumerate(curves.items()):
+        get = cal.get if isinstance(cal, Mapping) else lambda k, c=cal: getattr(c, k)
+        conf = np.array([np.nan if v is None else v for v in get("confidence")], dtype=float)
+        acc = np.array([np.nan if v is None else v for v in get("accuracy")], dtype=float)
+        count = np.asarray(get("count"), dtype=float)
+        edges = np.asarray(get("edges"), dtype=float)
+        ok = np.isfinite(conf) & np.isfinite(acc)
+        (line,) = ax.plot(conf[ok], acc[ok], "-" + markers[i % len(markers)], markersize=4,
+                          label=f"{name} (ECE {float(get('ece')):.3f})")
+        hist.stairs(count / max(1.0, count.sum()), edges, color=line.get_color(), alpha=0.8)
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8,
+               frameon=False)
+    ax.set_title(title, loc="left")
+    hist.set_xlabel("confidence (max class probability)")
+    hist.set_ylabel("share")
     return fig

@@ -48,7 +48,7 @@ def test_groups_dims_and_shapes(lenet, digits_small) -> None:
     net, idata = lenet
     assert isinstance(idata, az.InferenceData)
     assert set(pa.group_names(idata)) == {
-        "posterior", "posterior_predictive", "log_likelihood", "observed_data", "reduction"}
+        "posterior", "prior", "posterior_predictive", "log_likelihood", "observed_data", "reduction"}
     post = idata.posterior
     expected = {"conv1_theta": ("conv1_channel", 6), "conv2_theta": ("conv2_channel", 16),
                 "fc1_theta": ("fc1_neuron", 120), "fc2_theta": ("fc2_neuron", 84)}
@@ -76,6 +76,42 @@ def test_removed_structures_are_zero_and_kept_recorded(lenet) -> None:
     red = idata.reduction
     np.testing.assert_array_equal(red["fc1_kept"].values, net.net.fc1_gate.kept.numpy())
     assert red["fc1_kept"].dims == ("fc1_neuron",)
+
+
+def test_prior_group_draws_the_log_uniform_prior(lenet) -> None:
+    net, idata = lenet
+    assert idata.prior["fc1_theta"].dims == idata.posterior["fc1_theta"].dims
+    log_theta = np.log(idata.prior["fc1_theta"].values).ravel()  # removed structures too
+    layer = net.net.fc1_gate
+    lo, hi = layer.log_low, layer.log_high
+    assert lo <= log_theta.min() and log_theta.max() <= hi
+    # LogU[A, B]: log theta uniform, mean (A + B) / 2 and variance (B - A)^2 / 12
+    assert log_theta.mean() == pytest.approx((lo + hi) / 2, abs=4 * (hi - lo) / np.sqrt(12 * log_theta.size))
+    assert log_theta.var() == pytest.approx((hi - lo) ** 2 / 12, rel=0.1)
+    assert set(pa.group_names(pa.to_inference_data(net, num_samples=2))) == {"posterior", "reduction"}
+
+
+def test_own_criterion_joins_the_reduction_group(lenet, digits_small) -> None:
+    net, _ = lenet
+    idata = pa.to_inference_data(net, num_samples=2, criteria=["snr"],
+                                 settings={"criterion": "bmrs_n_code"})
+    assert list(idata.reduction["criterion"].values) == ["snr", "bmrs_n_code"]
+    assert list(idata.reduction["dF_criterion"].values) == ["bmrs_n_code"]
+    assert idata.reduction.attrs["criterion"] == "bmrs_n_code"
+
+
+def test_summary_leaves_out_removed_structures_without_warnings(lenet, recwarn, capfd) -> None:
+    net, idata = lenet
+    table = pa.summary(idata, ["fc1_theta"])
+    kept = int(idata.reduction["fc1_kept"].values.sum())
+    assert len(table) == kept < 120 and "r_hat" not in table.columns
+    assert np.isfinite(table["ess_bulk"].values).all()
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert "Shape validation" not in capfd.readouterr().err
+    assert len(pa.summary(idata, ["fc1_theta"], kept_only=False)) == 120
+    assert len(pa.summary(idata, ["fc1_theta"], group="prior")) == kept
+    with pytest.raises(ValueError, match="no variables"):
+        pa.summary(idata, ["nope"])
 
 
 def test_theta_draws_follow_the_guide(lenet) -> None:

@@ -124,6 +124,12 @@ def test_fit_writes_a_complete_run_folder(fitted) -> None:
     assert idata.log_likelihood["obs"].shape == (1, 8, 100)  # --eval-examples
     assert metrics["test_accuracy"] * 359 == pytest.approx(round(metrics["test_accuracy"] * 359))
     assert idata.posterior.attrs["method"] == "snr"
+    assert "snr" in list(idata.reduction["criterion"].values)
+    assert idata.prior["fc1_theta"].shape == (1, 8, 16)  # the structures' priors
+    calibration = json.loads((fitted / cli.CALIBRATION_FILE).read_text())
+    assert set(calibration) == {"restored", "pruned"}
+    assert sum(calibration["pruned"]["count"]) == 100
+    assert metrics["ece_pruned"] == calibration["pruned"]["ece"] and 0 <= metrics["ece_pruned"] <= 1
 
 
 def test_exported_program_matches_the_model_at_any_batch_size(fitted) -> None:
@@ -136,9 +142,13 @@ def test_exported_program_matches_the_model_at_any_batch_size(fitted) -> None:
 
 def test_rerunning_resumes_and_other_settings_are_refused(fitted, capsys) -> None:
     before = json.loads((fitted / cli.HISTORY_FILE).read_text())
+    written = {n: (fitted / n).stat().st_mtime_ns for n in (cli.METRICS_FILE, cli.IDATA_FILE)}
+    capsys.readouterr()
     assert cli.main(_fit_args(fitted, *FITTED_EXTRA)) == 0
     after = json.loads((fitted / cli.HISTORY_FILE).read_text())
     assert after == before  # nothing retrained
+    assert "finished: reading it back" in capsys.readouterr().err  # nor re-evaluated
+    assert written == {n: (fitted / n).stat().st_mtime_ns for n in written}
     capsys.readouterr()
     assert cli.main(_fit_args(fitted, *FITTED_EXTRA, "--epochs", "5")) == 2
     line = _error_line(capsys)
@@ -175,10 +185,12 @@ def test_report(fitted) -> None:
     assert cli.main(["report", str(fitted)]) == 0
     text = (fitted / cli.REPORT_FILE).read_text()
     assert text.startswith("# pyro-prune run: mlp / snr on digits")
-    for fig in ("history.png", "theta_forest.png", "delta_f.png", "accuracy_vs_compression.png"):
+    for fig in ("history.png", "theta_forest.png", "delta_f.png", "accuracy_vs_compression.png",
+                "widths.png", "summary.png", "calibration.png"):
         assert f"figures/{fig}" in text
         assert (fitted / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
-    assert "| accuracy |" in text and "elpd_loo" in text
+    assert "| accuracy |" in text and "elpd_loo" in text and "ECE (pruned)" in text
+    assert "The rule of snr per structure (removed below 1)" in text  # the run's own criterion
 
 
 @pytest.mark.parametrize("fmt", ["exported-program", "torchscript", "state-dict", "onnx"])

@@ -1,8 +1,7 @@
-"""The README tells the truth: its pipeline runs and its result tables match the JSON files."""
+"""The README tells the truth: its code runs."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -10,28 +9,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-
-
-def _make_tables():
-    spec = importlib.util.spec_from_file_location("make_tables", ROOT / "benchmarks" / "make_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_result_tables_are_built_from_the_committed_json() -> None:
-    mt = _make_tables()
-    text = README.read_text()
-    assert mt.updated_readme(text) == text, "run python benchmarks/make_tables.py"
-    # every committed result file with a section appears in the README
-    for name in mt.SECTIONS:
-        path = ROOT / "benchmarks" / "results" / f"{name}.json"
-        if path.exists():
-            import json
-
-            command = json.loads(path.read_text())["command"]
-            assert f"python benchmarks/{command}" in text
 
 
 @pytest.mark.slow

@@ -23,7 +23,6 @@ import torch
 from pyro.infer import TraceMeanField_ELBO
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
 
 from pyro_prune._checks import (
     check_dataset,
@@ -37,6 +36,7 @@ from pyro_prune._enums import parse_enum
 from pyro_prune._io import CorruptOutputError, check_zip, save_torch
 from pyro_prune.inference.elbo import NoisePlan, fast_elbo_loss, pyro_elbo_loss
 from pyro_prune.models.base import KLScale, Likelihood, PrunableNet
+from pyro_prune.progress import progress_bar
 
 __all__ = ["Engine", "FitContext", "FitResult", "evaluate", "fit", "flush_denormals", "load_checkpoint"]
 
@@ -234,7 +234,8 @@ def fit(
         seed: seeds torch, Pyro and the data order.
         checkpoint_dir: if given, a checkpoint is written there after every epoch and an
             existing one is resumed from (same model class and settings required).
-        progress: show a tqdm progress bar.
+        progress: show progress (:func:`~pyro_prune.progress.progress_bar`: a bar on a
+            terminal, one plain line per epoch in a log file).
         engine: ``"auto"``, ``"fast"`` or ``"pyro"`` (see :class:`Engine`).
         kl_scale: weight of the KL term: a number, ``"elbo"`` (1) or ``"paper"``.
         guide: a custom Pyro guide (e.g. ``AutoDelta``); defaults to ``model.guide``.
@@ -362,10 +363,10 @@ def fit(
         torch.set_rng_state(state["rng"]["torch"])
         generator.set_state(state["rng"]["data"])
 
-    bar = tqdm(range(start_epoch, total_epochs), desc=f"fit {type(model).__name__}",
-               disable=not progress, initial=start_epoch, total=total_epochs, leave=False)
+    bar = progress_bar(desc=f"fit {type(model).__name__}", total=total_epochs, initial=start_epoch,
+                       enabled=progress, every_s=0.0)
     with flush_denormals(flush_denormal):
-        for epoch in bar:
+        for epoch in range(start_epoch, total_epochs):
             ctx.epoch = epoch
             t0 = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch + 1}
@@ -384,6 +385,7 @@ def fit(
             _warn_if_diverging(history, model)
             bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
                              if k in ("loss", "val_accuracy", "compression") and v is not None})
+            bar.update(1)
             if ckpt_path is not None:
                 _save_checkpoint(ckpt_path, model=model, optimizer=optimizer, schedule=schedule,
                                  history=history, epoch=epoch + 1, step=ctx.step, config=config,

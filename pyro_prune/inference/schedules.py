@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
 
 from pyro_prune.inference.scoring import as_criterion, global_ranking, structure_removals
 from pyro_prune.models.base import PrunableNet
+from pyro_prune.progress import progress_bar
 
 __all__ = [
     "ContinuousPruning",
@@ -197,7 +197,7 @@ def post_training_curve(
     n_df_positive = sum(int(m.sum()) for m in bmrs_remove.values())
     stop_fraction = n_df_positive / total if total else 0.0
     points = []
-    for fraction in tqdm(fractions, desc=f"curve {criterion}", disable=not progress, leave=False):
+    for fraction in progress_bar(fractions, desc=f"curve {criterion}", enabled=progress):
         if not 0.0 <= fraction < 1.0:
             raise ValueError(f"fractions must lie in [0, 1), got {fraction}")
         k = int(round(fraction * total))

@@ -57,7 +57,6 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
 
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.predictive import (
@@ -72,6 +71,7 @@ from pyro_prune.predictive import (
     kept_mask,
     predictive_run,
 )
+from pyro_prune.progress import progress_bar
 
 __all__ = ["DEFAULT_LAMBDA", "W2PruneResult", "w2_prune"]
 
@@ -213,7 +213,7 @@ def w2_prune(
         max_inputs: use a seeded random subset of this many inputs (``None``: all).
         seed: seed of the input subset and of every predictive draw (common random numbers).
         prune: also prune ``model``'s gates to the chosen mask.
-        progress: show a tqdm bar.
+        progress: show progress (:func:`~pyro_prune.progress.progress_bar`).
 
     Raises:
         ValueError: the model has no gate, or removing everything does not move the
@@ -258,7 +258,7 @@ def w2_prune(
     scores = full.scores
     assert scores is not None
     removable = sum(max(0, int(m.sum()) - 1) for m in kept.values())
-    bar = tqdm(total=removable, desc="w2 prune", disable=not progress, leave=False)
+    bar = progress_bar(desc="w2 prune", total=removable, enabled=progress)
     while True:
         chosen = _next_removals(kept, scores, step)
         if not chosen:
