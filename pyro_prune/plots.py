@@ -201,6 +201,7 @@ def plot_delta_f(idata: Any, criterion: str = "bmrs_n", *, bins: int = 30) -> Fi
         if t.size:  # the inverse transform may round the outer edges inwards
             edges[0] = min(edges[0], df[finite].min())
             edges[-1] = max(edges[-1], df[finite].max())
+        edges = np.union1d(edges, [0.0])  # dF = 0 is a bin edge: removal starts right of it
         ax.hist([df[finite & kept], df[finite & ~kept]], bins=edges, stacked=True,
                 color=[KEPT_COLOR, REMOVED_COLOR], label=["kept", "removed"])
         ax.axvline(0.0, color=STOP_COLOR, linestyle="--", linewidth=1.2, label="dF = 0")
