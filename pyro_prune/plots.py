@@ -442,14 +442,14 @@ def plot_reliability(curves: Mapping[str, Any], *, title: str = "Calibration") -
     ax.plot([0, 1], [0, 1], ":", color="black", linewidth=1, label="perfect calibration")
     markers = "os^D"
     for i, (name, cal) in enumerate(curves.items()):
-        get = cal.get if isinstance(cal, Mapping) else lambda k, c=cal: getattr(c, k)
-        conf = np.array([np.nan if v is None else v for v in get("confidence")], dtype=float)
-        acc = np.array([np.nan if v is None else v for v in get("accuracy")], dtype=float)
-        count = np.asarray(get("count"), dtype=float)
-        edges = np.asarray(get("edges"), dtype=float)
+        data: dict[str, Any] = dict(cal) if isinstance(cal, Mapping) else cal.to_json()
+        conf = np.array([np.nan if v is None else v for v in data["confidence"]], dtype=float)
+        acc = np.array([np.nan if v is None else v for v in data["accuracy"]], dtype=float)
+        count = np.asarray(data["count"], dtype=float)
+        edges = np.asarray(data["edges"], dtype=float)
         ok = np.isfinite(conf) & np.isfinite(acc)
         (line,) = ax.plot(conf[ok], acc[ok], "-" + markers[i % len(markers)], markersize=4,
-                          label=f"{name} (ECE {float(get('ece')):.3f})")
+                          label=f"{name} (ECE {float(data['ece']):.3f})")
         hist.stairs(count / max(1.0, count.sum()), edges, color=line.get_color(), alpha=0.8)
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
