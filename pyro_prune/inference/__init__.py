@@ -24,7 +24,9 @@ from pyro_prune.inference.fit import (
     fit,
     flush_denormals,
     load_checkpoint,
+    make_optimizer,
 )
+from pyro_prune.inference.loop import ElboLoss, pruning_summary
 from pyro_prune.inference.schedules import (
     ContinuousPruning,
     Schedule,
@@ -51,6 +53,7 @@ __all__ = [
     "log_posterior",
     "plot_learning_curves",
     "ContinuousPruning",
+    "ElboLoss",
     "Engine",
     "FitContext",
     "FitResult",
@@ -60,6 +63,8 @@ __all__ = [
     "flush_denormals",
     "global_ranking",
     "load_checkpoint",
+    "make_optimizer",
+    "pruning_summary",
     "post_training_curve",
     "prune_to_compression",
     "structure_removals",

@@ -116,6 +116,29 @@ class NoisePlan:
                                                 for m in self.layers)
         self._masks_key: tuple | None = None
         self._masks: tuple[Tensor, Tensor] | None = None
+        #: ``(global_batch, rank, world_size)`` in a data-parallel run: the per-example
+        #: noise is drawn for the whole global batch (every rank's generator in step) and
+        #: this rank keeps the rows ``rank::world_size``, the examples it holds. The ranks
+        #: then use exactly the draws one process would use for the same examples.
+        self.rows: tuple[int, int, int] | None = None
+
+    @property
+    def draws_global_batch(self) -> bool:
+        """Whether the per-example noise of every structure is drawn in one call (``rows``
+        can then give every rank its share of one global draw)."""
+        return self.shared and not self.others
+
+    def advance(self) -> None:
+        """Consume the random numbers of a global draw without using them.
+
+        A rank whose share of a global batch is empty calls this instead of the loss, so
+        that its generator stays in step with the other ranks' (see ``rows``).
+        """
+        if self.rows is not None and self.layers:
+            loc = self.layers[0]._parameters["loc"]
+            assert loc is not None
+            for n in self.sizes:
+                torch.rand(self.rows[0], n, dtype=loc.dtype, device=loc.device)
 
     def params(self) -> tuple[list[Tensor], list[Tensor]]:
         """Every layer's ``loc`` and ``log_scale``, in layer order."""
@@ -156,8 +179,14 @@ def _fused_noise(plan: NoisePlan, batch: int | None) -> Tensor | None:
         return None
     if batch is None:  # one draw per step: one call to the generator
         u = torch.rand(sum(plan.sizes), dtype=dtype, device=device)
-    else:  # layer by layer, the random stream of the per-layer path
+    elif plan.rows is None:  # layer by layer, the random stream of the per-layer path
         u = torch.cat([torch.rand(batch, n, dtype=dtype, device=device) for n in plan.sizes], dim=-1)
+    else:  # a rank's share of the draws of the global batch
+        total, rank, world = plan.rows
+        u = torch.cat([torch.rand(total, n, dtype=dtype, device=device) for n in plan.sizes],
+                      dim=-1)[rank::world]
+        if len(u) != batch:
+            raise ValueError(f"plan.rows={plan.rows} gives {len(u)} rows for a batch of {batch}")
     kept, weight = plan.masks(dtype)
     drawn = network_theta_and_kl(locs, log_scales, *plan.bounds, u, kept, weight)
     if drawn is None:

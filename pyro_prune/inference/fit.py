@@ -20,9 +20,8 @@ from typing import Any, cast
 
 import pyro
 import torch
-from pyro.infer import TraceMeanField_ELBO
 from torch import Tensor, nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from pyro_prune._checks import (
     check_dataset,
@@ -34,11 +33,20 @@ from pyro_prune._checks import (
 )
 from pyro_prune._enums import parse_enum
 from pyro_prune._io import CorruptOutputError, check_zip, save_torch
-from pyro_prune.inference.elbo import NoisePlan, fast_elbo_loss, pyro_elbo_loss
+from pyro_prune.inference.batches import batch_source, dataset_length, eval_batches
+from pyro_prune.inference.distributed import (
+    GradientSync,
+    broadcast_module,
+    broadcast_object,
+    broadcast_state,
+    distributed_info,
+)
+from pyro_prune.inference.loop import ElboLoss, pruning_summary
 from pyro_prune.models.base import KLScale, Likelihood, PrunableNet
 from pyro_prune.progress import progress_bar
 
-__all__ = ["Engine", "FitContext", "FitResult", "evaluate", "fit", "flush_denormals", "load_checkpoint"]
+__all__ = ["Engine", "FitContext", "FitResult", "evaluate", "fit", "flush_denormals", "load_checkpoint",
+           "make_optimizer"]
 
 CHECKPOINT_FORMAT = "pyro_prune.fit/1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -78,31 +86,56 @@ def _check_targets(model: PrunableNet, x: Tensor, y: Tensor, arg: str) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: PrunableNet, dataset: TensorDataset, *, batch_size: int = 2048) -> dict[str, float]:
-    """Mean negative log likelihood and accuracy (or RMSE) at the posterior mean."""
-    x, y = _tensors(dataset, "dataset")
-    _check_targets(model, x, y, "dataset")
+def evaluate(model: PrunableNet, dataset: Any, *, batch_size: int = 2048) -> dict[str, float]:
+    """Mean negative log likelihood and accuracy (or RMSE) at the posterior mean.
+
+    ``dataset``: a ``TensorDataset(inputs, targets)``, any map-style or iterable ``Dataset``
+    of ``(input, target)`` pairs, or a ``DataLoader`` (read in order, batch by batch).
+    """
+    if isinstance(dataset, TensorDataset):
+        x, y = _tensors(dataset, "dataset")
+        _check_targets(model, x, y, "dataset")
+    else:
+        _check_targets(model, *_first_batch(dataset, "dataset"), "dataset")
     was_training = model.training
     model.eval()
-    total_nll, correct, sq = 0.0, 0, 0.0
+    device = _device(model)
+    total_nll, correct, sq, n, width = 0.0, 0, 0.0, 0, 1
     try:
-        for i in range(0, len(x), batch_size):
-            xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+        for xb, yb in eval_batches(dataset, batch_size):
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             out = model.predict(xb)
             total_nll += float(model.nll(out, yb).sum())
+            n += len(xb)
             if model.likelihood is Likelihood.CATEGORICAL:
                 correct += int((out.argmax(-1) == yb).sum())
             else:
                 sq += float(((out - yb) ** 2).sum())
+                width = yb.shape[-1]
     finally:
         model.train(was_training)
-    n = len(x)
+    if n == 0:
+        raise ValueError("dataset is empty")
     metrics = {"loss": total_nll / n}
     if model.likelihood is Likelihood.CATEGORICAL:
         metrics["accuracy"] = correct / n
     else:
-        metrics["rmse"] = math.sqrt(sq / (n * y.shape[-1]))
+        metrics["rmse"] = math.sqrt(sq / (n * width))
     return metrics
+
+
+def _first_batch(data: Any, arg: str) -> tuple[Tensor, Tensor]:
+    """Two examples of a data set of any kind (for the checks of inputs and targets)."""
+    try:
+        return next(eval_batches(data, 2))
+    except StopIteration:
+        raise ValueError(f"{arg} is empty") from None
+
+
+def _device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
 
 
 @dataclass
@@ -112,8 +145,8 @@ class FitContext:
     model: PrunableNet
     guide: Callable
     optimizer: torch.optim.Optimizer
-    train: TensorDataset
-    val: TensorDataset | None
+    train: Any
+    val: Any
     batch_size: int
     seed: int
     epochs: int
@@ -149,16 +182,6 @@ def _param_groups(model: nn.Module, guide: Callable, lr: float,
     return [g for g in groups if g["params"]]
 
 
-def _compression(model: PrunableNet) -> float | None:
-    """Compression of the converted network, or ``None`` when an op cannot be traced."""
-    from pyro_prune.convert import UnsupportedOpError, compression
-
-    try:
-        return compression(model)
-    except UnsupportedOpError:
-        return None
-
-
 def _adam(groups: list[dict[str, Any]], **options: Any) -> torch.optim.Adam:
     """Adam with its fused kernel where the parameters' device has one, else ``foreach``.
 
@@ -171,6 +194,18 @@ def _adam(groups: list[dict[str, Any]], **options: Any) -> torch.optim.Adam:
         return torch.optim.Adam(groups, fused=True, **options)
     except (RuntimeError, TypeError):  # no fused kernel for these parameters
         return torch.optim.Adam(groups, foreach=True, **options)
+
+
+def make_optimizer(model: PrunableNet, *, lr: float = 1e-3, noise_lr: float | None = None,
+                   weight_decay: float = 0.0, guide: Callable | None = None) -> torch.optim.Adam:
+    """The Adam optimizer :func:`fit` trains with (for a training loop of your own).
+
+    One parameter group at ``lr``, or two when the noise posteriors get ``noise_lr``; the
+    parameters of a custom ``guide`` module are included; the fused kernel where the device
+    has one (:func:`_adam`).
+    """
+    guide = guide if guide is not None else model.guide
+    return _adam(_param_groups(model, guide, lr, noise_lr), lr=lr, weight_decay=weight_decay)
 
 
 def _flush_denormal_enabled() -> bool:
@@ -203,12 +238,12 @@ def flush_denormals(enabled: bool = True) -> Iterator[None]:
 
 def fit(
     model: PrunableNet,
-    train: TensorDataset,
+    train: Any,
     *,
     epochs: int,
     batch_size: int = 128,
     lr: float = 1e-3,
-    val: TensorDataset | None = None,
+    val: Any = None,
     schedule: Any = None,
     seed: int = 0,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -220,16 +255,24 @@ def fit(
     noise_lr: float | None = None,
     per_example_noise: bool = True,
     flush_denormal: bool = True,
+    num_data: int | None = None,
 ) -> FitResult:
     """Fit ``model`` (and its guide) by SVI; prune along the way if ``schedule`` says so.
 
     Args:
-        model: a :class:`PrunableNet` (its ``num_data`` is set to ``len(train)``).
-        train: ``TensorDataset(inputs, targets)``.
+        model: a :class:`PrunableNet` (its ``num_data`` is set to ``num_data``).
+        train: the training set: a ``TensorDataset(inputs, targets)`` (minibatches by
+            index slicing, the fastest), any map-style ``Dataset`` or ``IterableDataset``
+            of ``(input, target)`` pairs (read through a ``DataLoader``, one batch in
+            memory at a time, so per-example transforms and augmentation work), or a
+            ``DataLoader`` (its own batch size, workers and collate function apply; its
+            ``batch_size`` is the global batch). See :mod:`pyro_prune.inference.batches`.
         epochs: number of training epochs (a schedule may add ``extra_epochs`` of
             fine-tuning).
-        batch_size, lr: minibatch size and Adam learning rate.
-        val: validation data, evaluated at the posterior mean after every epoch.
+        batch_size, lr: minibatch size and Adam learning rate. Under ``torchrun`` the
+            batch is global: each of the N processes takes ``batch_size / N`` of it.
+        val: validation data (like ``train``), evaluated at the posterior mean after
+            every epoch.
         schedule: a :class:`~pyro_prune.inference.schedules.Schedule` (or ``None``).
         seed: seeds torch, Pyro and the data order.
         checkpoint_dir: if given, a checkpoint is written there after every epoch and an
@@ -251,6 +294,15 @@ def fit(
             Pyro ELBO's estimator; cheaper, see ``benchmarks/training_speed.py``).
         flush_denormal: treat subnormal floats as zero on the CPU while training
             (:func:`flush_denormals`; the setting is restored afterwards).
+        num_data: the number of training examples, which scales the likelihood of a
+            minibatch to the whole data set; ``None``: ``len(train)`` (a stream without
+            ``len()`` needs it).
+
+    Under ``torchrun --nproc_per_node=N`` (or any launcher setting ``RANK``,
+    ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) the same call trains data-parallel:
+    see :mod:`pyro_prune.inference.distributed`. Every rank returns the same result;
+    rank 0 alone evaluates, prunes (its decision is broadcast), logs and writes the
+    checkpoint; ``config`` records ``world_size`` and ``backend``.
 
     Returns:
         :class:`FitResult` with the model, the guide and the per-epoch history.
@@ -266,10 +318,26 @@ def fit(
         check_number(noise_lr, "noise_lr", positive=True)
     check_number(weight_decay, "weight_decay", minimum=0.0)
     check_seed(seed)
-    x_train, y_train = _tensors(train, "train")
+    if isinstance(train, TensorDataset):
+        x_train, y_train = _tensors(train, "train")
+    elif isinstance(train, (Dataset, DataLoader)):
+        x_train, y_train = _first_batch(train, "train")
+    else:
+        raise TypeError(f"train must be a torch Dataset, IterableDataset or DataLoader, "
+                        f"got {type(train).__name__}")
     _check_targets(model, x_train, y_train, "train")
     if val is not None:
-        _check_targets(model, *_tensors(val, "val"), "val")
+        _check_targets(model, *(_tensors(val, "val") if isinstance(val, TensorDataset)
+                                else _first_batch(val, "val")), "val")
+    if num_data is None:
+        num_data = dataset_length(train)
+        if num_data is None:
+            raise ValueError("num_data is needed: train has no len() (a stream); pass the "
+                             "number of training examples")
+    elif isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1:
+        raise ValueError(f"num_data must be a positive int or None, got {num_data!r}")
+    if num_data == 0:
+        raise ValueError("train is empty")
     engine = parse_enum(Engine, engine, "engine")
     custom_guide = guide is not None and guide != model.guide
     if custom_guide:
@@ -279,58 +347,82 @@ def fit(
         engine = Engine.PYRO if custom_guide else Engine.FAST
     if engine is Engine.FAST and custom_guide:
         raise ValueError("engine='fast' works with the model's own guide only; use engine='pyro'")
+    device = _device(model)
+    dist_info = distributed_info(device)
+    main = dist_info.is_main
 
     torch.manual_seed(seed)
     pyro.set_rng_seed(seed)
-    model.num_data = len(x_train)
-    kl_value = model.set_kl_scale(kl_scale)
+    loss_fn = ElboLoss(model, num_data=num_data, kl_scale=kl_scale, per_example=per_example_noise,
+                       guide=guide if custom_guide else None, use_pyro=engine is Engine.PYRO)
+    kl_value = loss_fn.kl_scale
     model.train()
 
-    elbo = TraceMeanField_ELBO()
     if custom_guide:  # autoguides create their parameters on the first call
         with torch.no_grad():
-            pyro.poutine.trace(guide).get_trace(x_train[:2], y_train[:2])
-    optimizer = _adam(_param_groups(model, guide, lr, noise_lr), lr=lr, weight_decay=weight_decay)
+            pyro.poutine.trace(guide).get_trace(x_train[:2].to(device), y_train[:2].to(device))
+    if dist_info.active:  # every rank starts from rank 0's weights
+        broadcast_module(model, dist_info)
+        if isinstance(guide, nn.Module) and guide is not model:
+            broadcast_module(guide, dist_info)
+    # Ranks share one noise generator when the whole network's per-example noise comes from
+    # one draw (each rank keeps its rows of the global batch's draw: exactly the draws of one
+    # process), or when one draw serves the whole batch; otherwise each rank draws its own.
+    plan = loss_fn.plan
+    shared_noise = plan is None or not per_example_noise or plan.draws_global_batch
+    if dist_info.active and dist_info.rank and not shared_noise:
+        torch.manual_seed(_rank_seed(seed, dist_info.rank))
+    params = _parameters(model, guide)
+    optimizer = make_optimizer(model, lr=lr, noise_lr=noise_lr, weight_decay=weight_decay, guide=guide)
     generator = torch.Generator().manual_seed(seed)
-
-    plan = NoisePlan(model)  # fit adds or replaces no modules: resolve the noise layers once
-
-    def loss_fn(xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor | None]:
-        if engine is Engine.FAST:
-            return fast_elbo_loss(model, xb, yb, per_example=per_example_noise, plan=plan)
-        return pyro_elbo_loss(model, xb, yb, guide=guide, elbo=elbo), None
+    source = batch_source(train, batch_size, generator=generator, seed=seed, info=dist_info)
+    sync = GradientSync(params, dist_info)
 
     ctx = FitContext(
         model=model, guide=guide, optimizer=optimizer, train=train, val=val,
-        batch_size=batch_size, seed=seed, epochs=epochs, loss_fn=loss_fn,
+        batch_size=source.batch_size, seed=seed, epochs=epochs, loss_fn=loss_fn,
     )
 
     def train_epoch() -> dict[str, float]:
         model.train()
-        order = torch.randperm(len(x_train), generator=generator)
         total, correct, seen = 0.0, 0, 0
-        for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            xb, yb = x_train[idx], y_train[idx]
+        batches = source.epoch(ctx.epoch)
+        while True:
+            batch = next(batches, None)
+            if batch is None and (source.even or not dist_info.active):
+                break
             optimizer.zero_grad(set_to_none=True)
-            loss, out = loss_fn(xb, yb)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"the loss became {float(loss)} at epoch {ctx.epoch + 1}, step {ctx.step}; "
-                    f"lower lr (now {lr})" + (f" or noise_lr (now {noise_lr})" if noise_lr else "")
-                )
-            loss.backward()
+            n_local, loss_value, right = 0, 0.0, 0
+            if dist_info.active and plan is not None and shared_noise and batch is not None:
+                plan.rows = (batch[2], dist_info.rank, dist_info.world_size)
+            if batch is not None and len(batch[0]) == 0:  # an empty share of a small last batch
+                if plan is not None:
+                    plan.advance()
+            elif batch is not None:
+                xb, yb = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+                loss, out = loss_fn(xb, yb)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"the loss became {float(loss)} at epoch {ctx.epoch + 1}, step {ctx.step}; "
+                        f"lower lr (now {lr})" + (f" or noise_lr (now {noise_lr})" if noise_lr else "")
+                    )
+                loss.backward()
+                n_local, loss_value = len(xb), float(loss.detach())
+                if out is not None and model.likelihood is Likelihood.CATEGORICAL:
+                    right = int((out.detach().argmax(-1) == yb).sum())
+            n_step, loss_value, right = sync.reduce(n_local, loss_value, right)
+            if n_step == 0:  # every rank's stream has ended
+                break
             optimizer.step()
             ctx.step += 1
             if schedule is not None:
                 schedule.on_step_end(ctx)
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-            if out is not None and model.likelihood is Likelihood.CATEGORICAL:
-                correct += int((out.detach().argmax(-1) == yb).sum())
-        row = {"loss": total / seen / cast(int, model.num_data)}
+            total += loss_value * n_step
+            seen += n_step
+            correct += right
+        row = {"loss": total / max(seen, 1) / cast(int, model.num_data)}
         if engine is Engine.FAST and model.likelihood is Likelihood.CATEGORICAL:
-            row["train_accuracy_running"] = correct / seen
+            row["train_accuracy_running"] = correct / max(seen, 1)
         return row
 
     ctx.train_epoch = train_epoch
@@ -339,32 +431,40 @@ def fit(
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     config = {
         "model": type(model).__name__, "epochs": epochs, "total_epochs": total_epochs,
-        "batch_size": batch_size, "lr": lr, "seed": seed, "engine": engine.value,
+        "batch_size": source.batch_size, "lr": lr, "seed": seed, "engine": engine.value,
         "kl_scale": kl_value, "num_data": model.num_data,
         "schedule": _schedule_name(schedule),
         "weight_decay": float(weight_decay), "noise_lr": noise_lr,
         "per_example_noise": bool(per_example_noise), "flush_denormal": bool(flush_denormal),
         "guide": _guide_name(guide, custom_guide),
+        "world_size": dist_info.world_size, "backend": dist_info.backend,
     }
     if ckpt_path is not None:  # resuming on other data must fail: fingerprint it
-        config["data"] = data_fingerprint(x_train, y_train)
-        config["val_data"] = data_fingerprint(*val.tensors) if val is not None else None
+        config["data"] = _fingerprint(train)
+        config["val_data"] = _fingerprint(val) if val is not None else None
     start_epoch = 0
     if schedule is not None:
         schedule.on_fit_start(ctx)
-    if ckpt_path is not None and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, model=model, config=config)
+    resume = broadcast_object(bool(ckpt_path is not None and ckpt_path.exists()), dist_info, device)
+    if resume:
+        assert ckpt_path is not None
+        state = load_checkpoint(ckpt_path, model=model, config=config) if main else {}
+        broadcast_module(model, dist_info)
+        state = broadcast_object(
+            {k: state[k] for k in ("optimizer", "schedule", "history", "epoch", "step", "rng")} if main else None,
+            dist_info, device)
         optimizer.load_state_dict(state["optimizer"])
         if schedule is not None:
             schedule.load_state_dict(state.get("schedule", {}))
         history = list(state["history"])
         start_epoch = int(state["epoch"])
         ctx.step = int(state["step"])
-        torch.set_rng_state(state["rng"]["torch"])
+        torch.set_rng_state(state["rng"]["torch"] if main or shared_noise else
+                            torch.Generator().manual_seed(_rank_seed(seed, dist_info.rank, start_epoch)).get_state())
         generator.set_state(state["rng"]["data"])
 
     bar = progress_bar(desc=f"fit {type(model).__name__}", total=total_epochs, initial=start_epoch,
-                       enabled=progress, every_s=0.0)
+                       enabled=progress and main, every_s=0.0)
     with flush_denormals(flush_denormal):
         for epoch in range(start_epoch, total_epochs):
             ctx.epoch = epoch
@@ -372,27 +472,45 @@ def fit(
             row: dict[str, Any] = {"epoch": epoch + 1}
             row.update(train_epoch())
             row["epoch_time_s"] = time.perf_counter() - t0
-            train_metrics = evaluate(model, train) if val is None or epoch + 1 == total_epochs else None
-            if train_metrics is not None:
-                row.update({f"train_{k}": v for k, v in train_metrics.items()})
-            if val is not None:
-                row.update({f"val_{k}": v for k, v in evaluate(model, val).items()})
-            if schedule is not None:
-                row.update(schedule.on_epoch_end(ctx, epoch + 1))
-            row["kept"] = model.kept_counts()
-            row["compression"] = _compression(model)
+            if main:  # rank 0 evaluates, decides and logs; the other ranks take its state
+                train_metrics = evaluate(model, train) if val is None or epoch + 1 == total_epochs else None
+                if train_metrics is not None:
+                    row.update({f"train_{k}": v for k, v in train_metrics.items()})
+                if val is not None:
+                    row.update({f"val_{k}": v for k, v in evaluate(model, val).items()})
+                if schedule is not None:
+                    row.update(schedule.on_epoch_end(ctx, epoch + 1))
+                row.update(pruning_summary(model))
+            if dist_info.active:
+                row = broadcast_state(dist_info, model, optimizer=optimizer, schedule=schedule,
+                                      extra=row if main else None)
+                row["comm_time_s"] = sync.comm_seconds
+                sync.comm_seconds = 0.0
             history.append(row)
             _warn_if_diverging(history, model)
             bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
                              if k in ("loss", "val_accuracy", "compression") and v is not None})
             bar.update(1)
-            if ckpt_path is not None:
+            if ckpt_path is not None and main:
                 _save_checkpoint(ckpt_path, model=model, optimizer=optimizer, schedule=schedule,
                                  history=history, epoch=epoch + 1, step=ctx.step, config=config,
                                  generator=generator)
     bar.close()
     model.eval()
     return FitResult(model=model, guide=guide, history=history, config=config)
+
+
+def _rank_seed(seed: int, rank: int, epoch: int = 0) -> int:
+    """The noise seed of rank ``rank > 0`` when ranks draw their own noise (rank 0 keeps ``seed``)."""
+    return (seed * 1_000_003 + rank * 7919 + epoch * 104_729) % (2**63)
+
+
+def _fingerprint(data: Any) -> str:
+    """What a checkpoint remembers of a data set: the bytes of in-memory tensors, else its
+    type and length (a data set read from files is not read twice to hash it)."""
+    if isinstance(data, TensorDataset):
+        return data_fingerprint(*data.tensors)
+    return f"{type(data).__name__}:{dataset_length(data)}"
 
 
 def _save_checkpoint(path: Path, *, model: PrunableNet, optimizer: torch.optim.Optimizer,

@@ -49,7 +49,12 @@ class Schedule:
         """Called after every optimizer step."""
 
     def on_epoch_end(self, ctx: Any, epoch: int) -> dict[str, Any]:
-        """Called after every epoch (1-based); returns entries for the history row."""
+        """Called after every epoch (1-based); returns entries for the history row.
+
+        :func:`fit` passes its :class:`~pyro_prune.inference.fit.FitContext`; a schedule
+        meant for a user's own loop also accepts the model itself
+        (:meth:`ContinuousPruning.on_epoch_end`).
+        """
         return {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -92,14 +97,30 @@ class ContinuousPruning(Schedule):
         return (f"ContinuousPruning(criterion={self.criterion.name!r}, every={self.every}, "
                 f"finetune_epochs={self.extra_epochs})")
 
-    def on_epoch_end(self, ctx: Any, epoch: int) -> dict[str, Any]:
-        if epoch > ctx.epochs:
+    def on_epoch_end(self, model: Any, epoch: int, *, epochs: int | None = None) -> dict[str, Any]:
+        """Prune ``model`` after training epoch ``epoch`` (1-based) if it is a pruning epoch.
+
+        Args:
+            model: the :class:`~pyro_prune.models.base.PrunableNet` being trained (or the
+                :class:`~pyro_prune.inference.fit.FitContext` that :func:`fit` passes).
+            epoch: the epoch just finished, counting from 1.
+            epochs: the number of training epochs; later epochs are fine-tuning (no
+                pruning). ``None``: the context's ``epochs``, or no fine-tuning phase.
+
+        Returns:
+            the history entries ``{"phase": "train" | "prune" | "finetune", "removed": n}``.
+        """
+        if not isinstance(model, PrunableNet):  # fit's context
+            epochs = model.epochs if epochs is None else epochs
+            model = model.model
+        if epochs is not None and epoch > epochs:
             return {"phase": "finetune", "removed": 0}
         if epoch % self.every:
             return {"phase": "train", "removed": 0}
         removed = 0
-        for name, remove in structure_removals(ctx.model, self.criterion).items():
-            removed += ctx.model.gates()[name].prune(remove)
+        gates = model.gates()
+        for name, remove in structure_removals(model, self.criterion).items():
+            removed += gates[name].prune(remove)
         self.removed_total += removed
         return {"phase": "prune", "removed": removed}
 

@@ -174,7 +174,7 @@ def test_bad_input_is_named(digits) -> None:
         fit(net, bad, epochs=1)
     with pytest.raises(ValueError, match="class labels"):
         fit(net, TensorDataset(x, y.float()), epochs=1)
-    with pytest.raises(TypeError, match="TensorDataset"):
+    with pytest.raises(TypeError, match="Dataset"):
         fit(net, [(x, y)], epochs=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="engine"):
         fit(net, train, epochs=1, engine="jax")
