@@ -577,18 +577,35 @@ def run_fit(cfg: RunConfig, out: str | os.PathLike, *, data_root: str | None = N
     structures restored as the reference), write the InferenceData and, with
     ``curve_points``, the accuracy-vs-compression curve of the method's criterion.
     """
-    say = log or (lambda msg: None)
+    from pyro_prune.inference.distributed import broadcast_object, distributed_info
+
     cfg.validate()
     out = Path(out)
     t_start = time.perf_counter()
+    ranks = distributed_info()  # under torchrun: join its process group (gloo)
+    say = (log or (lambda msg: None)) if ranks.is_main else (lambda msg: None)
     train, test, shape = load_data(cfg.data, root=data_root, train_subset=cfg.train_subset,
                                    seed=cfg.seed)
-    _writable_dir(out, "run folder")
-    with RunLock(out, on_stale=lambda who: say(f"taking over the lock of a dead run ({who})")):
-        remove_stale_temporaries(out)
-        _check_existing(out, cfg, restart)
-        return _run_fit_locked(cfg, out, train, test, shape, progress=progress, measure=measure,
-                               say=say, t_start=t_start)
+    if not ranks.is_main:  # rank 0 owns the run folder; the others train along
+        problem = broadcast_object(None, ranks)
+        if problem is not None:
+            raise UsageError(problem)
+        return _run_fit_locked(cfg, out, train, test, shape, progress=False, measure=measure,
+                               say=say, t_start=t_start, ranks=ranks)
+    told = False  # whether the other ranks were told to go on
+    try:
+        _writable_dir(out, "run folder")
+        with RunLock(out, on_stale=lambda who: say(f"taking over the lock of a dead run ({who})")):
+            remove_stale_temporaries(out)
+            _check_existing(out, cfg, restart)
+            broadcast_object(None, ranks)
+            told = True
+            return _run_fit_locked(cfg, out, train, test, shape, progress=progress, measure=measure,
+                                   say=say, t_start=t_start, ranks=ranks)
+    except UsageError as err:
+        if ranks.active and not told:
+            broadcast_object(str(err), ranks)
+        raise
 
 
 def _writable_dir(path: Path, what: str) -> Path:
@@ -600,7 +617,7 @@ def _writable_dir(path: Path, what: str) -> Path:
 
 def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: DataShape, *,
                     progress: bool, measure: bool, say: Callable[[str], None],
-                    t_start: float) -> RunResult:
+                    t_start: float, ranks: Any = None) -> RunResult:
     from pyro_prune import arviz as pa
     from pyro_prune.convert import compression, count_macs, count_params, to_deterministic
     from pyro_prune.data import train_val_split
@@ -620,11 +637,16 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
     else:
         schedule = ContinuousPruning(method.criterion, every=1, finetune_epochs=cfg.finetune_epochs)
         epochs = cfg.epochs
-    _write_json(out / CONFIG_FILE, {
-        "run": cfg.to_json(), "data": asdict(shape), "model_config": getattr(model, "config", {}),
-        "model_class": type(model).__name__, "versions": _versions(),
-        "command": " ".join([PROG, *sys.argv[1:]]) if sys.argv and PROG in sys.argv[0] else None,
-    })
+    main = ranks is None or ranks.is_main
+    if main:
+        _write_json(out / CONFIG_FILE, {
+            "run": cfg.to_json(), "data": asdict(shape), "model_config": getattr(model, "config", {}),
+            "model_class": type(model).__name__, "versions": _versions(),
+            "command": " ".join([PROG, *sys.argv[1:]]) if sys.argv and PROG in sys.argv[0] else None,
+            # how the run was made: processes (torchrun) and their communication backend
+            "world_size": ranks.world_size if ranks is not None else 1,
+            "backend": ranks.backend if ranks is not None else None,
+        })
     say(f"fit {cfg.model} on {cfg.data} with {cfg.method} ({epochs} + "
         f"{cfg.finetune_epochs if schedule else 0} epochs) -> {out}")
     try:
@@ -637,6 +659,8 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
         raise
     except FloatingPointError as err:  # diverged: the message names epoch, step and lr
         raise UsageError(f"training diverged: {_one_line(err)} (--lr / --noise-lr)") from None
+    if not main:  # rank 0 evaluates, converts and writes the run folder
+        return RunResult(out=out, config=cfg, model=model, history=result.history, metrics={})
     fit_time = sum(float(r.get("epoch_time_s", 0.0)) for r in result.history)
     save_torch(model.state_dict(), out / MODEL_FILE)
     _write_json(out / HISTORY_FILE, result.history)
@@ -1151,6 +1175,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     res = run_fit(cfg, out, data_root=args.data_root, progress=not args.no_progress,
                   restart=args.restart, log=_log)
     m = res.metrics
+    if not m:  # a rank other than 0 of a torchrun run: rank 0 reports
+        return 0
     score = (f"test accuracy {m['test_accuracy']:.4f}" if "test_accuracy" in m
              else f"test RMSE {m.get('test_rmse', float('nan')):.4f} (normalised targets)")
     print(f"{score}  compression {m['compression']:.3f}  "

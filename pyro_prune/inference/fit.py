@@ -448,7 +448,17 @@ def fit(
     resume = broadcast_object(bool(ckpt_path is not None and ckpt_path.exists()), dist_info, device)
     if resume:
         assert ckpt_path is not None
-        state = load_checkpoint(ckpt_path, model=model, config=config) if main else {}
+        state, problem = {}, None
+        if main:
+            try:
+                state = load_checkpoint(ckpt_path, model=model, config=config)
+            except ValueError as err:  # every rank stops with rank 0's message
+                if not dist_info.active:
+                    raise
+                problem = str(err)
+        problem = broadcast_object(problem, dist_info, device)
+        if problem is not None:
+            raise ValueError(problem)
         broadcast_module(model, dist_info)
         state = broadcast_object(
             {k: state[k] for k in ("optimizer", "schedule", "history", "epoch", "step", "rng")} if main else None,
