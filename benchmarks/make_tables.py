@@ -321,6 +321,27 @@ def bayes_factor_gate(d: dict[str, Any], title: str = "Bayes-factor gate: how ma
     ])
 
 
+def distributed_speed(d: dict[str, Any]) -> str:
+    c = d["config"]
+    rows = [[r["processes"], r["backend"], r["device"], r["examples_per_s"], r["comm_ms_per_step"],
+             r["speedup"], ", ".join(f"{v:.2f}" for v in r.get("speedup_runs", [r["speedup"]]))]
+            for r in d["rows"]]
+    load = (f" The machine was shared with other jobs: load average {c['load']:.0f} before and "
+            f"{c['load_after']:.0f} after the measurement." if c.get("load") is not None
+            and c.get("load_after") is not None else "")
+    return "\n\n".join([
+        "### Data-parallel training: 1 and N processes (torchrun)",
+        f"`fit` on {c['model']} with {c['train_examples']} {c['data']} examples, global batch "
+        f"{c['batch_size']}, {c['threads']} thread(s) per process, no pruning; examples per second "
+        f"of the epochs after the first, medians of {c['runs']} runs (speed-ups taken within a "
+        f"run); `all-reduce ms / step`: rank 0's wait in the one gradient all-reduce per step."
+        + load,
+        _table(["processes", "backend", "device", "examples / s", "all-reduce ms / step",
+                "speed-up", "speed-up per run"], rows),
+        _reproduce(d),
+    ])
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "bmrs_table": bmrs_table,
     "bmrs_table_full": lambda d: bmrs_table(
@@ -331,6 +352,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "training_speed": training_speed,
     "inference_speed": inference_speed,
     "reduction_speed": reduction_speed,
+    "distributed_speed": distributed_speed,
     "bayes_factor_table": bayes_factor_table,
     "bayes_factor_table_cnn": lambda d: bayes_factor_table(
         d, "Bayes-factor pruning: CNN, reduced protocol, first and output layers unpruned"),
