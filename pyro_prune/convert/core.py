@@ -107,6 +107,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from pyro_prune.convert.layers import (
+    LayerRole,
+    counted_params,
+    layer_slicer,
+    plain_layer,
+    registered_layers,
+    slice_layer_,
+)
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.models.gate import StructureGate
 from pyro_prune.models.noise import NoiseMode, StochasticModule, noise_mode
@@ -251,9 +259,8 @@ def supported_ops() -> dict[str, list[str]]:
     return {
         "modules": sorted(
             {t.__name__ for t in (*_ELEMENTWISE_MODULES, *_INDEX_MODULES, *_POOL_MODULES,
-                                  *_BATCH_NORMS, *_CONVS, nn.Linear, nn.LayerNorm, nn.Softmax,
-                                  nn.LogSoftmax)}
-            | {"StructureGate", "Bayesian layers with as_deterministic()"}),
+                                  *registered_layers(), nn.LayerNorm, nn.Softmax, nn.LogSoftmax)}
+            | {"StructureGate", "their subclasses"}),
         "functions": sorted({fname(f) for f in (
             *_ELEMENTWISE_FUNCTIONS, *_SCALAR_FUNCTIONS, *_INDEX_FUNCTIONS, *_POOL_FUNCTIONS,
             *_REDUCE_FUNCTIONS, *_SOFTMAX_FUNCTIONS, *_MATMUL_FUNCTIONS, F.layer_norm)}),
@@ -263,29 +270,44 @@ def supported_ops() -> dict[str, list[str]]:
     }
 
 
-def _is_linear(m: nn.Module) -> bool:
-    return isinstance(m, nn.Linear) or (
-        callable(getattr(m, "as_deterministic", None)) and hasattr(m, "in_features")
-        and hasattr(m, "out_features"))
+def _is_producer(m: Any) -> bool:
+    slicer = layer_slicer(m)
+    return slicer is not None and slicer.role is LayerRole.PRODUCER
 
 
-def _is_conv(m: nn.Module) -> bool:
-    return isinstance(m, _CONVS) or (
-        callable(getattr(m, "as_deterministic", None)) and hasattr(m, "in_channels")
-        and hasattr(m, "out_channels") and hasattr(m, "kernel_size"))
+def _is_linear(m: Any) -> bool:
+    """A registered producer whose structures are the last axis (features)."""
+    slicer = layer_slicer(m)
+    return slicer is not None and slicer.role is LayerRole.PRODUCER and slicer.out_axis == -1
 
 
-def _is_bayesian(m: nn.Module) -> bool:
-    return callable(getattr(m, "as_deterministic", None)) and hasattr(m, "weight_loc")
+def _is_conv(m: Any) -> bool:
+    """A registered producer whose structures are axis 1 (channels)."""
+    slicer = layer_slicer(m)
+    return slicer is not None and slicer.role is LayerRole.PRODUCER and slicer.out_axis != -1
+
+
+def _is_per_channel(m: Any) -> bool:
+    slicer = layer_slicer(m)
+    return slicer is not None and slicer.role is LayerRole.PER_CHANNEL
+
+
+def _elementwise_module(m: nn.Module) -> _Elem | None:
+    """The elementwise kind of ``m``'s type or its nearest listed base class."""
+    for cls in type(m).__mro__:
+        elem = _ELEMENTWISE_MODULES.get(cls)
+        if elem is not None:
+            return elem
+    return None
 
 
 class _Tracer(fx.Tracer):
     """fx tracer with gates, stochastic modules and known layers as leaves."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, (StructureGate, StochasticModule)) or _is_linear(m) or _is_conv(m):
+        if isinstance(m, (StructureGate, StochasticModule)) or layer_slicer(m) is not None:
             return True
-        if isinstance(m, (*_BATCH_NORMS, nn.LayerNorm, *_POOL_MODULES, *_INDEX_MODULES)):
+        if isinstance(m, (nn.LayerNorm, *_POOL_MODULES, *_INDEX_MODULES)):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -403,15 +425,17 @@ def _search_input_shape(graph: fx.Graph, net: nn.Module, dtype: torch.dtype,
     for node in graph.nodes:
         if node.op == "call_module":
             m: Any = net.get_submodule(str(node.target))
-            if _is_linear(m) or _is_conv(m):
+            if _is_producer(m):
                 first = m
                 break
     candidates: list[tuple[int, ...]] = []
-    if first is not None and _is_linear(first):
-        candidates.append((int(first.in_features),))
-    elif first is not None and _is_conv(first):
-        ndim = len(first.kernel_size) if isinstance(first.kernel_size, tuple) else 2
-        c = int(first.in_channels)
+    first_slicer = layer_slicer(first)
+    if first_slicer is not None and _is_linear(first):
+        candidates.append((first_slicer.num_in(first),))
+    elif first_slicer is not None and _is_conv(first):
+        ks = getattr(first, "kernel_size", (1, 1))
+        ndim = len(ks) if isinstance(ks, tuple) else 2
+        c = first_slicer.num_in(first)
         candidates += [(c,) + (s,) * ndim for s in (*range(1, 65), 96, 128, 224)]
     with torch.no_grad(), noise_mode(net, NoiseMode.MEAN):
         for shape in candidates:
@@ -504,16 +528,16 @@ def _classify(node: fx.Node, net: nn.Module, args: tuple, kwargs: dict, value: A
         op.module = m
         if isinstance(m, StructureGate):
             op.kind = OpKind.GATE
-        elif _is_linear(m) or _is_conv(m):
+        elif _is_producer(m):
             op.kind = OpKind.PRODUCER
-        elif isinstance(m, _BATCH_NORMS):
+        elif _is_per_channel(m):
             op.kind = OpKind.BATCH_NORM
         elif isinstance(m, nn.LayerNorm):
             op.kind = OpKind.LAYER_NORM
             k = len(m.normalized_shape)
             op.dims = tuple(range(len(op.shape) - k, len(op.shape))) if op.shape else ()
-        elif type(m) in _ELEMENTWISE_MODULES:
-            op.kind, op.elem = OpKind.ELEMENTWISE, _ELEMENTWISE_MODULES[type(m)]
+        elif _elementwise_module(m) is not None:
+            op.kind, op.elem = OpKind.ELEMENTWISE, _elementwise_module(m)  # type: ignore[assignment]
         elif isinstance(m, _INDEX_MODULES):
             op.kind = OpKind.INDEX
         elif isinstance(m, _POOL_MODULES) and is_tensor_out:
@@ -713,12 +737,14 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
             m: Any = op.module
             assert m is not None and t_in is not None
             target = str(node.target)
+            slicer = layer_slicer(m)
+            assert slicer is not None
             linear = _is_linear(m)
-            n_out = int(m.out_features if linear else m.out_channels)
+            n_out = slicer.num_out(m)
             if target not in offsets:
                 offsets[target] = (uf.add(n_out), n_out)
             op.offset, op.channels = offsets[target]
-            axis = t_in.dim() - 1 if linear else 1
+            axis = t_in.dim() - 1 if slicer.in_axis == -1 else slicer.in_axis % t_in.dim()
             cols, ok = _channel_cols(t_in, axis)
             if not ok:
                 pinned.append(ids_of(t_in))
@@ -734,9 +760,9 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
             op.cols = cols
             own = torch.arange(op.offset, op.offset + n_out)
             if not linear:
-                groups = int(getattr(m, "groups", 1))
+                groups = slicer.num_groups(m)
                 if groups > 1:
-                    if groups == m.in_channels == m.out_channels:
+                    if slicer.is_depthwise(m):
                         op.depthwise = True
                         has = cols >= 0
                         uf.union_pairs(own[has], cols[has])
@@ -745,7 +771,7 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
                         pinned.append(own)
                         pinned.append(cols[cols >= 0])
             view = [1] * len(shape)
-            view[-1 if linear else 1] = n_out
+            view[-1 if linear else slicer.out_axis] = n_out
             tags[node] = own.reshape(view).expand(shape)
         elif kind is OpKind.GATE:
             assert t_in is not None
@@ -1132,23 +1158,13 @@ def _count_from_removed(an: _Analysis, model: PrunableNet, removed: Tensor) -> i
             continue
         if op.kind is OpKind.PRODUCER:
             out_kept = int((~removed[op.offset: op.offset + op.channels]).sum())
-            has_bias = (getattr(m, "bias_loc", None) if _is_bayesian(m) else getattr(m, "bias", None)) is not None
-            w = m.weight_loc if _is_bayesian(m) else m.weight
-            if _is_linear(m):
-                in_kept = _kept_count(removed, op.cols, int(m.in_features))
-                total += out_kept * in_kept
-            else:
-                per = int(w[0, 0].numel())
-                if op.depthwise:
-                    total += out_kept * per
-                else:
-                    groups = int(getattr(m, "groups", 1))
-                    in_kept = _kept_count(removed, op.cols, int(m.in_channels))
-                    total += out_kept * (in_kept // groups) * per
-            total += out_kept if has_bias else 0
+            slicer = layer_slicer(m)
+            assert slicer is not None
+            in_kept = _kept_count(removed, op.cols, slicer.num_in(m))
+            total += counted_params(m, out_kept, in_kept)
         elif op.kind is OpKind.BATCH_NORM:
             c = _kept_count(removed, op.cols, op.channels)
-            total += c * sum(1 for p in (m.weight, m.bias) if p is not None)
+            total += counted_params(m, c, c)
         else:
             total += sum(p.numel() for p in m.parameters())
     return total
@@ -1509,141 +1525,16 @@ def _take(t: Tensor | None, dim: int, idx: Tensor | None) -> Tensor | None:
     return t.index_select(dim, idx.to(t.device))
 
 
-def _sliced_linear(m: Any, in_idx: Tensor | None, out_idx: Tensor | None,
-                   row_scale: Tensor | None, col_scale: Tensor | None) -> nn.Linear:
-    w = m.weight.detach()
-    b = m.bias.detach() if m.bias is not None else None
-    if row_scale is not None:
-        w = w * row_scale.to(w)[:, None]
-        b = b * row_scale.to(b) if b is not None else None
-    if col_scale is not None:
-        w = w * col_scale.to(w)[None, :]
-    w = _take(_take(w, 0, out_idx), 1, in_idx)
-    b = _take(b, 0, out_idx)
-    new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
-    with torch.no_grad():
-        new.weight.copy_(w)
-        if b is not None:
-            new.bias.copy_(b)
-    return new
-
-
-def _sliced_conv(m: Any, in_idx: Tensor | None, out_idx: Tensor | None,
-                 row_scale: Tensor | None, col_scale: Tensor | None, depthwise: bool) -> nn.Module:
-    w = m.weight.detach()
-    b = m.bias.detach() if m.bias is not None else None
-    view = (-1,) + (1,) * (w.dim() - 1)
-    if row_scale is not None:
-        w = w * row_scale.to(w).reshape(view)
-        b = b * row_scale.to(b) if b is not None else None
-    if col_scale is not None:
-        if depthwise:
-            w = w * col_scale.to(w).reshape(view)
-        else:
-            w = w * col_scale.to(w).reshape((1, -1) + (1,) * (w.dim() - 2))
-    w = _take(w, 0, out_idx)
-    if not depthwise:
-        w = _take(w, 1, in_idx)
-    b = _take(b, 0, out_idx)
-    out_c = w.shape[0]
-    in_c = out_c if depthwise else w.shape[1] * m.groups
-    groups = out_c if depthwise else m.groups
-    cls = type(m) if type(m) in _CONVS else (nn.Conv1d if w.dim() == 3 else nn.Conv2d)
-    new = cls(in_c, out_c, m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
-              groups=groups, bias=b is not None, padding_mode=m.padding_mode,
-              device=w.device, dtype=w.dtype)
-    with torch.no_grad():
-        new.weight.copy_(w)
-        if b is not None:
-            new.bias.copy_(b)
-    return new
-
-
-def _sliced_batch_norm(m: Any, idx: Tensor | None, scale: Tensor | None) -> nn.Module:
-    new = copy.deepcopy(m)
-    n = m.num_features if idx is None else int(idx.numel())
-    new.num_features = n
-    with torch.no_grad():
-        for name in ("weight", "bias"):
-            p = getattr(m, name)
-            if p is None:
-                continue
-            v = _take(p.detach(), 0, idx)
-            if scale is not None:
-                v = v * _take(scale.to(v), 0, idx)
-            setattr(new, name, nn.Parameter(v.clone()))
-        for name in ("running_mean", "running_var"):
-            buf = getattr(m, name)
-            if buf is not None:
-                setattr(new, name, _take(buf, 0, idx).clone())
-    if scale is not None and (m.weight is None or m.bias is None):
-        raise UnsupportedOpError("cannot fold a gate into a BatchNorm without affine parameters")
-    return new
-
-
-def _slice_bayesian_inplace(m: Any, in_idx: Tensor | None, out_idx: Tensor | None,
-                            depthwise: bool) -> None:
-    """Slice a Bayesian layer's variational parameters (dim 0 = outputs, dim 1 = inputs)."""
-    with torch.no_grad():
-        for name in ("weight_loc", "weight_log_scale"):
-            p = getattr(m, name)
-            v = _take(p.detach(), 0, out_idx)
-            if not depthwise:
-                v = _take(v, 1, in_idx)
-            setattr(m, name, nn.Parameter(v.clone(), requires_grad=p.requires_grad))
-        for name in ("bias_loc", "bias_log_scale"):
-            p = getattr(m, name, None)
-            if p is not None:
-                setattr(m, name, nn.Parameter(_take(p.detach(), 0, out_idx).clone(),
-                                              requires_grad=p.requires_grad))
-    out_n = int(m.weight_loc.shape[0])
-    if _is_linear(m):
-        m.in_features, m.out_features = int(m.weight_loc.shape[1]), out_n
-    else:
-        if depthwise:
-            m.groups = out_n
-            m.in_channels = out_n
-        else:
-            m.in_channels = int(m.weight_loc.shape[1]) * int(getattr(m, "groups", 1))
-        m.out_channels = out_n
-
-
-def _slice_plain_inplace(m: Any, in_idx: Tensor | None, out_idx: Tensor | None,
-                         depthwise: bool) -> None:
-    with torch.no_grad():
-        w = _take(m.weight.detach(), 0, out_idx)
-        if not depthwise:
-            w = _take(w, 1, in_idx)
-        m.weight = nn.Parameter(w.clone(), requires_grad=m.weight.requires_grad)
-        if m.bias is not None:
-            m.bias = nn.Parameter(_take(m.bias.detach(), 0, out_idx).clone(),
-                                  requires_grad=m.bias.requires_grad)
-    if isinstance(m, nn.Linear):
-        m.in_features, m.out_features = int(m.weight.shape[1]), int(m.weight.shape[0])
-    else:
-        out_n = int(m.weight.shape[0])
-        if depthwise:
-            m.groups = out_n
-            m.in_channels = out_n
-        else:
-            m.in_channels = int(m.weight.shape[1]) * m.groups
-        m.out_channels = out_n
-
-
-def _slice_bn_inplace(m: Any, idx: Tensor | None) -> None:
-    if idx is None:
-        return
-    with torch.no_grad():
-        for name in ("weight", "bias"):
-            p = getattr(m, name)
-            if p is not None:
-                setattr(m, name, nn.Parameter(_take(p.detach(), 0, idx).clone(),
-                                              requires_grad=p.requires_grad))
-        for name in ("running_mean", "running_var"):
-            buf = getattr(m, name)
-            if buf is not None:
-                setattr(m, name, _take(buf, 0, idx).clone())
-    m.num_features = int(idx.numel())
+def _producer_indices(an: _Analysis, plan: _Plan, node: fx.Node, op: _Op
+                      ) -> tuple[Tensor | None, Tensor | None]:
+    """Kept input channels and output rows of a producer (``None``: all of them)."""
+    m: Any = op.module
+    slicer = layer_slicer(m)
+    assert slicer is not None
+    out_keep = plan.keep[node][slicer.out_axis % len(op.shape)]
+    in_node = op.inputs[0]
+    in_keep = plan.keep[in_node][slicer.in_axis % len(an.ops[in_node].shape)]
+    return _idx(in_keep, slicer.num_in(m)), _idx(out_keep, op.channels)
 
 
 def _slice_gate_inplace(g: Any, idx: Tensor | None) -> None:
@@ -1860,26 +1751,22 @@ def to_deterministic(model: PrunableNet, guide: Any = None, *, example_input: An
                 root[target] = scale_modules[node]
             continue
         if op.kind is OpKind.PRODUCER:
-            det = m.as_deterministic() if _is_bayesian(m) else m
-            linear = _is_linear(m)
-            axis_out = -1 if linear else 1
-            out_keep = plan.keep[node][axis_out % len(op.shape)]  # type: ignore[arg-type]
-            in_node = op.inputs[0]
-            in_keep = plan.keep[in_node][(-1 if linear else 1) % len(an.ops[in_node].shape)]  # type: ignore[arg-type]
-            n_in = int(m.in_features if linear else m.in_channels)
+            in_idx, out_idx = _producer_indices(an, plan, node, op)
             rs = row_scale.get(target)
             rows: Tensor | None = rs[1] if rs is not None else None
-            cs = col_scale.get(target)
-            if linear:
-                root[target] = _sliced_linear(det, _idx(in_keep, n_in), _idx(out_keep, op.channels), rows, cs)
-            else:
-                root[target] = _sliced_conv(det, _idx(in_keep, n_in), _idx(out_keep, op.channels), rows, cs,
-                                            op.depthwise)
+            try:
+                root[target] = slice_layer_(plain_layer(m), in_idx, out_idx, row_scale=rows,
+                                            col_scale=col_scale.get(target))
+            except ValueError as err:
+                raise UnsupportedOpError(f"{op.name}: {err}") from err
         elif op.kind is OpKind.BATCH_NORM:
             keep = plan.keep[op.inputs[0]][1]
             rs = row_scale.get(target)
-            bn = _sliced_batch_norm(m, _idx(keep, op.channels), rs[1] if rs is not None else None)
-            root[target] = bn
+            try:
+                root[target] = slice_layer_(plain_layer(m), None, _idx(keep, op.channels),
+                                            row_scale=rs[1] if rs is not None else None)
+            except ValueError as err:
+                raise UnsupportedOpError(f"{op.name}: {err}") from err
         elif isinstance(m, nn.Unflatten) and node in plan.arg_rewrites:
             root[target] = nn.Unflatten(m.dim, _new_unflatten_sizes(an, node, m))
         else:
@@ -2011,18 +1898,10 @@ def shrink(model: PrunableNet, guide: Any = None, *, example_input: Any = None,
             d = m.dim % len(op.shape)  # type: ignore[arg-type]
             _slice_gate_inplace(m, _idx(plan.keep[node][d], m.num_structures))
         elif op.kind is OpKind.PRODUCER:
-            linear = _is_linear(m)
-            out_keep = plan.keep[node][(-1 if linear else 1) % len(op.shape)]  # type: ignore[arg-type]
-            in_node = op.inputs[0]
-            in_keep = plan.keep[in_node][(-1 if linear else 1) % len(an.ops[in_node].shape)]  # type: ignore[arg-type]
-            n_in = int(m.in_features if linear else m.in_channels)
-            in_idx, out_idx = _idx(in_keep, n_in), _idx(out_keep, op.channels)
-            if _is_bayesian(m):
-                _slice_bayesian_inplace(m, in_idx, out_idx, op.depthwise)
-            else:
-                _slice_plain_inplace(m, in_idx, out_idx, op.depthwise)
+            in_idx, out_idx = _producer_indices(an, plan, node, op)
+            slice_layer_(m, in_idx, out_idx)
         elif op.kind is OpKind.BATCH_NORM:
-            _slice_bn_inplace(m, _idx(plan.keep[op.inputs[0]][1], op.channels))
+            slice_layer_(m, None, _idx(plan.keep[op.inputs[0]][1], op.channels))
         elif isinstance(m, nn.Unflatten) and node in plan.arg_rewrites:
             m.unflattened_size = _new_unflatten_sizes(an, node, m)
         else:
