@@ -301,18 +301,28 @@ def _elementwise_module(m: nn.Module) -> _Elem | None:
     return None
 
 
-class _Tracer(fx.Tracer):
-    """fx tracer with gates, stochastic modules and known layers as leaves."""
+def _is_leaf(m: nn.Module) -> bool:
+    """Modules the converter keeps as one node: gates, stochastic modules, registered layers."""
+    return isinstance(m, (StructureGate, StochasticModule)) or layer_slicer(m) is not None \
+        or isinstance(m, (nn.LayerNorm, *_POOL_MODULES, *_INDEX_MODULES))
 
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, (StructureGate, StochasticModule)) or layer_slicer(m) is not None:
-            return True
-        if isinstance(m, (nn.LayerNorm, *_POOL_MODULES, *_INDEX_MODULES)):
-            return True
-        return super().is_leaf_module(m, module_qualified_name)
+
+def _is_opaque(m: nn.Module) -> bool:
+    """A module with weights the converter cannot see into (traced with torch.export instead)."""
+    if _is_leaf(m) or _elementwise_module(m) is not None:
+        return False
+    return any(True for _ in m.parameters())
 
 
 def _op_name(node: fx.Node) -> str:
+    if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+        stack = node.meta.get("nn_module_stack") or {}
+        where = ""
+        if stack:
+            path, cls = list(stack.values())[-1]
+            cls_name = cls if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
+            where = f" in {path or 'the top module'} ({cls_name.rsplit('.', 1)[-1]})"
+        return f"torch.ops.{node.target} (ATen op{where})"
     if node.op == "call_function":
         t = node.target
         mod = getattr(t, "__module__", None) or ""
@@ -352,10 +362,13 @@ class _Op:
 @dataclasses.dataclass(eq=False)
 class _Analysis:
     graph: fx.Graph
+    tracer: str  # "fx" | "export"
+    constants: dict[str, Tensor]  # tensors export lifted out of the code
     ops: dict[fx.Node, _Op]
     tags: dict[fx.Node, Tensor]
     values: dict[fx.Node, Any]  # non-tensor values (for rewriting args)
     input_shape: tuple[int, ...]
+    input_dtype: torch.dtype
     dtype: torch.dtype
     device: torch.device
     n_ids: int
@@ -418,16 +431,18 @@ def _resolve_input_shape(model: PrunableNet, example_input: Any) -> tuple[int, .
     return None
 
 
-def _search_input_shape(graph: fx.Graph, net: nn.Module, dtype: torch.dtype,
+def _resolve_input_dtype(model: PrunableNet, example_input: Any) -> torch.dtype | None:
+    """The dtype of integer inputs (token ids), or None for floating inputs."""
+    if isinstance(example_input, Tensor):
+        return None if example_input.is_floating_point() else example_input.dtype
+    dtype = getattr(model, "input_dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) and not dtype.is_floating_point else None
+
+
+def _search_input_shape(net: nn.Module, dtype: torch.dtype,
                         device: torch.device) -> tuple[int, ...]:
     """Find an input shape the backbone accepts from its first Linear / Conv layer."""
-    first = None
-    for node in graph.nodes:
-        if node.op == "call_module":
-            m: Any = net.get_submodule(str(node.target))
-            if _is_producer(m):
-                first = m
-                break
+    first = next((m for m in net.modules() if _is_producer(m)), None)
     candidates: list[tuple[int, ...]] = []
     first_slicer = layer_slicer(first)
     if first_slicer is not None and _is_linear(first):
@@ -546,6 +561,9 @@ def _classify(node: fx.Node, net: nn.Module, args: tuple, kwargs: dict, value: A
             op.kind = OpKind.SOFTMAX
             op.dims = _dims_arg(m.dim if m.dim is not None else -1, len(op.shape))
         return op
+    if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+        _classify_aten(op, node.target, args, kwargs, is_tensor_out, bool(tensor_inputs))
+        return op
     if node.op == "call_function":
         t = node.target
         if t is getattr or (not is_tensor_out and not tensor_inputs):
@@ -602,6 +620,85 @@ def _classify(node: fx.Node, net: nn.Module, args: tuple, kwargs: dict, value: A
     return op
 
 
+_A = torch.ops.aten
+# ATen ops (the torch.export path), by overload packet
+_ATEN_ELEMENTWISE: dict[Any, _Elem] = {
+    _A.relu: _HOMOGENEOUS, _A.leaky_relu: _HOMOGENEOUS, _A.alias: _HOMOGENEOUS,
+    _A.detach: _HOMOGENEOUS, _A.clone: _HOMOGENEOUS, _A.contiguous: _HOMOGENEOUS,
+    _A.abs: _HOMOGENEOUS, _A.neg: _HOMOGENEOUS, _A._to_copy: _HOMOGENEOUS, _A.to: _HOMOGENEOUS,
+    _A.type_as: _HOMOGENEOUS, _A.dropout: _HOMOGENEOUS, _A.feature_dropout: _HOMOGENEOUS,
+    _A.lift_fresh_copy: _HOMOGENEOUS,
+    _A.gelu: _ZERO_PRESERVING, _A.silu: _ZERO_PRESERVING, _A.tanh: _ZERO_PRESERVING,
+    _A.elu: _ZERO_PRESERVING, _A.hardswish: _ZERO_PRESERVING, _A.hardtanh: _ZERO_PRESERVING,
+    _A.mish: _ZERO_PRESERVING, _A.relu6: _ZERO_PRESERVING, _A.erf: _ZERO_PRESERVING,
+    _A.sqrt: _ZERO_PRESERVING, _A.sin: _ZERO_PRESERVING,
+    _A.sigmoid: _GENERAL, _A.softplus: _GENERAL, _A.hardsigmoid: _GENERAL, _A.exp: _GENERAL,
+    _A.pow: _GENERAL, _A.rsqrt: _GENERAL, _A.cos: _GENERAL, _A.log: _GENERAL,
+    _A.reciprocal: _GENERAL, _A.square: _ZERO_PRESERVING,
+}
+_ATEN_ARITH = {_A.add: "add", _A.sub: "sub", _A.mul: "mul", _A.div: "div", _A.rsub: "rsub"}
+_ATEN_INDEX = {
+    _A.view, _A.reshape, _A._unsafe_view, _A.permute, _A.transpose, _A.t, _A.unsqueeze,
+    _A.squeeze, _A.expand, _A.flatten, _A.unflatten, _A.slice, _A.select, _A.cat, _A.concat,
+    _A.stack, _A.movedim, _A.repeat, _A.narrow, _A.swapaxes, _A.expand_as, _A.view_as,
+}
+_ATEN_SIZED = {_A.view.default, _A.reshape.default, _A._unsafe_view.default, _A.expand.default}
+_ATEN_POOL = {_A.max_pool1d, _A.max_pool2d, _A.avg_pool1d, _A.avg_pool2d, _A.adaptive_avg_pool1d,
+              _A.adaptive_avg_pool2d, _A._adaptive_avg_pool2d}
+_ATEN_REDUCE = {_A.mean: "mean", _A.sum: "sum", _A.amax: "amax", _A.amin: "amin"}
+_ATEN_SOFTMAX = {_A.softmax, _A._softmax, _A.log_softmax, _A._log_softmax}
+_ATEN_MATMUL = {_A.matmul, _A.bmm, _A.mm}
+
+
+def _classify_aten(op: _Op, target: Any, args: tuple, kwargs: dict, is_tensor_out: bool,
+                   has_tensor_inputs: bool) -> None:
+    """The kind of an ATen op of a graph traced with torch.export."""
+    packet = target.overloadpacket
+    if not is_tensor_out:
+        if not isinstance(args[0] if args else None, Tensor) or packet is _A.sym_size:
+            op.kind = OpKind.SHAPE
+        return
+    if not has_tensor_inputs:
+        op.kind = OpKind.ELEMENTWISE  # a fresh tensor (arange, zeros, ...): carries nothing
+        op.elem = _GENERAL
+        return
+    if packet in _ATEN_ELEMENTWISE:
+        op.kind, op.elem = OpKind.ELEMENTWISE, _ATEN_ELEMENTWISE[packet]
+        if packet in (_A.dropout, _A.feature_dropout) and bool(
+                args[2] if len(args) > 2 else kwargs.get("train", False)):
+            op.kind = None  # dropout in training mode is random
+        if packet is _A.pow and len(args) > 1 and isinstance(args[1], (int, float)) and args[1] > 0:
+            op.elem = _ZERO_PRESERVING
+    elif packet in _ATEN_ARITH and len(args) >= 2:
+        kind = _ATEN_ARITH[packet]
+        if kind == "rsub":  # rsub(x, s) = s - x
+            _classify_arith(op, "sub", args[1], args[0])
+        else:
+            _classify_arith(op, kind, args[0], args[1])
+    elif packet in _ATEN_INDEX:
+        op.kind = OpKind.INDEX
+    elif packet in _ATEN_POOL:
+        op.kind = OpKind.POOL
+    elif packet in _ATEN_REDUCE:
+        op.kind = OpKind.REDUCE
+        ndim = args[0].dim()
+        dim = args[1] if len(args) > 1 and not isinstance(args[1], torch.dtype) else kwargs.get("dim")
+        op.dims = _dims_arg(dim if dim not in ([], ()) else None, ndim)
+        op.keepdim = bool(args[2] if len(args) > 2 else kwargs.get("keepdim", False))
+    elif packet in _ATEN_SOFTMAX:
+        op.kind = OpKind.SOFTMAX
+        op.dims = _dims_arg(args[1] if len(args) > 1 else kwargs.get("dim", -1), args[0].dim())
+    elif packet is _A.layer_norm:
+        op.kind = OpKind.LAYER_NORM
+        k = len(tuple(args[1]))
+        op.dims = tuple(range(len(op.shape) - k, len(op.shape)))
+    elif packet is _A.group_norm:
+        op.kind = OpKind.LAYER_NORM  # normalises over groups of channels: pins them
+        op.dims = tuple(range(1, len(op.shape)))
+    elif packet in _ATEN_MATMUL and args[0].dim() >= 2 and args[1].dim() >= 2:
+        op.kind = OpKind.MATMUL
+
+
 def _is_scalar(v: Any) -> bool:
     return isinstance(v, (int, float, bool)) or (isinstance(v, Tensor) and v.dim() == 0)
 
@@ -623,34 +720,36 @@ def _classify_arith(op: _Op, kind: str, a: Any, b: Any) -> None:
         op.elem = _GENERAL
 
 
-def _fetch_attr(root: nn.Module, target: str) -> Any:
+def _fetch_attr(root: nn.Module, target: str, constants: dict[str, Tensor] | None = None) -> Any:
+    if constants and target in constants:
+        return constants[target]
     obj: Any = root
     for atom in target.split("."):
         obj = getattr(obj, atom)
     return obj
 
 
-def _build_analysis(model: PrunableNet, input_shape: tuple[int, ...] | None) -> _Analysis:
+def _build_analysis(model: PrunableNet, input_shape: tuple[int, ...] | None,
+                    input_dtype: torch.dtype | None) -> _Analysis:
+    from pyro_prune.graph.trace import modes_restored, module_graph
+
     net = model.net
-    was_training = net.training
-    net.eval()
-    try:
-        try:
-            graph = _Tracer().trace(net)
-        except Exception as err:  # fx raises many kinds; name the cause
-            raise ValueError(
-                f"the backbone {type(net).__name__} cannot be traced by torch.fx: {err}") from err
+    with modes_restored(net):
+        net.eval()
         dtype, device = _net_dtype(net), _net_device(net)
+        input_dtype = input_dtype or dtype
         if input_shape is None:
-            input_shape = _search_input_shape(graph, net, dtype, device)
+            input_shape = _search_input_shape(net, dtype, device)
         with torch.no_grad(), noise_mode(net, NoiseMode.MEAN):
-            return _analyse_graph(model, graph, input_shape, dtype, device)
-    finally:
-        net.train(was_training)
+            example = torch.zeros((2, *input_shape), dtype=input_dtype, device=device)
+            traced = module_graph(net, example, _is_leaf, opaque=_is_opaque)
+            return _analyse_graph(model, traced.graph, input_shape, dtype, device, input_dtype,
+                                  traced.tracer, traced.constants)
 
 
 def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, ...],
-                   dtype: torch.dtype, device: torch.device) -> _Analysis:
+                   dtype: torch.dtype, device: torch.device, input_dtype: torch.dtype,
+                   tracer: str, constants: dict[str, Tensor]) -> _Analysis:
     net = model.net
     env: dict[fx.Node, Any] = {}
     ops: dict[fx.Node, _Op] = {}
@@ -682,7 +781,7 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
         kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
         if node.op == "placeholder":
             if first_placeholder:
-                value: Any = torch.zeros((1, *input_shape), dtype=dtype, device=device)
+                value: Any = torch.zeros((1, *input_shape), dtype=input_dtype, device=device)
                 first_placeholder = False
             elif node.args:
                 value = node.args[0]
@@ -690,7 +789,7 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
                 raise ValueError(f"the backbone takes a second required input {node.target!r}; "
                                  "only single-input backbones can be converted")
         elif node.op == "get_attr":
-            value = _fetch_attr(net, str(node.target))
+            value = _fetch_attr(net, str(node.target), constants)
         elif node.op == "call_function":
             fn: Any = node.target
             value = fn(*args, **kwargs)
@@ -797,8 +896,10 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
             pinned.append(ids_of(t_in))
             tags[node] = t_in
         elif kind is OpKind.ELEMENTWISE:
-            assert t_in is not None
-            tags[node] = t_in.expand(shape) if tuple(t_in.shape) != shape else t_in
+            if t_in is None:  # a fresh tensor (arange, zeros, full, ...)
+                tags[node] = neg.expand(shape)
+            else:
+                tags[node] = t_in.expand(shape) if tuple(t_in.shape) != shape else t_in
         elif kind is OpKind.SOFTMAX or kind is OpKind.REDUCE:
             assert t_in is not None
             if not _const_along(t_in, op.dims):
@@ -888,7 +989,7 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
         if ids.numel():
             pinned_root[root[ids.reshape(-1)]] = True
     values = {n: v for n, v in env.items() if not isinstance(v, Tensor)}
-    an = _Analysis(graph=graph, ops=ops, tags=tags, values=values, input_shape=tuple(input_shape),
+    an = _Analysis(graph=graph, tracer=tracer, constants=constants, input_dtype=input_dtype, ops=ops, tags=tags, values=values, input_shape=tuple(input_shape),
                    dtype=dtype, device=device, n_ids=n_ids, root=root, pinned_root=pinned_root, gates=gates,
                    producers=producers, outputs=outputs)
     an.full_params = _count_from_removed(an, model, torch.zeros(n_ids, dtype=torch.bool))
@@ -918,13 +1019,17 @@ def _analysis(model: PrunableNet, example_input: Any = None) -> _Analysis:
         raise TypeError(f"model must be a PrunableNet, got {type(model).__name__}")
     sig = _signature(model)
     requested = _resolve_input_shape(model, example_input)
+    dtype = _resolve_input_dtype(model, example_input)
     entry = _CACHE.get(model)
-    if entry is not None:
-        if entry.signature == sig and (requested is None or requested == entry.input_shape):
+    if entry is not None and entry.signature[0] == sig[0]:  # same backbone object
+        if dtype is None and not entry.input_dtype.is_floating_point:
+            dtype = entry.input_dtype  # token ids stay token ids
+        if requested is None:
+            requested = entry.input_shape  # its input shape still fits
+        if entry.signature == sig and requested == entry.input_shape \
+                and (dtype or entry.dtype) == entry.input_dtype:
             return entry
-        if requested is None and entry.signature[0] == sig[0]:
-            requested = entry.input_shape  # same backbone object: its input shape still fits
-    an = _build_analysis(model, requested)
+    an = _build_analysis(model, requested, dtype)
     an.signature = sig
     _CACHE[model] = an
     return an
@@ -1141,7 +1246,7 @@ def _count_from_removed(an: _Analysis, model: PrunableNet, removed: Tensor) -> i
     seen_attrs: set[int] = set()
     for node, op in an.ops.items():
         if node.op == "get_attr" and op.is_tensor:
-            t = _fetch_attr(net, str(node.target))
+            t = _fetch_attr(net, str(node.target), an.constants)
             if isinstance(t, nn.Parameter) and id(t) not in seen_attrs:
                 seen_attrs.add(id(t))
                 total += t.numel()
@@ -1415,7 +1520,7 @@ def _plan_from(an: _Analysis, model: PrunableNet, removed: Tensor) -> _Plan:
         if op.kind is not OpKind.INDEX or new_shape[node] == op.shape and all(
                 new_shape[n] == an.ops[n].shape for n in op.inputs):
             continue
-        rewrites[node] = _rewrite_index_args(an, node, op, new_shape)
+        rewrites[node] = _rewrite_index_args(an, node, op, new_shape, keep)
         # check that the op maps the kept positions of its inputs to its kept outputs
         pos = {}
         start = 0
@@ -1456,17 +1561,65 @@ def _call_with(node: fx.Node, net: nn.Module, an: _Analysis, args: tuple, kwargs
     return m(*a, **k)
 
 
+def _fix_sizes(sizes: Sequence[Any], old: Sequence[int], new: Sequence[int], axes: Sequence[int],
+               op: _Op, node: fx.Node) -> list[Any]:
+    out = list(sizes)
+    for i, axis in zip(range(len(out)), axes):
+        s = out[i]
+        if old[axis] == new[axis]:
+            continue
+        if isinstance(s, fx.Node):
+            raise UnsupportedOpError(
+                f"{op.name} (node {node.name!r}): the size of axis {axis} changes from "
+                f"{old[axis]} to {new[axis]} but is computed at run time; use -1 there")
+        if isinstance(s, int) and s != -1:
+            out[i] = new[axis]
+    return out
+
+
 def _new_unflatten_sizes(an: _Analysis, node: fx.Node, m: nn.Unflatten) -> tuple[int, ...]:
     return tuple(an.ops[node].shape[m.dim % len(an.ops[node].shape): m.dim % len(an.ops[node].shape)
                                     + len(m.unflattened_size)])  # type: ignore[index]
 
 
 def _rewrite_index_args(an: _Analysis, node: fx.Node, op: _Op,
-                        new_shape: dict[fx.Node, tuple[int, ...]]) -> tuple[tuple, dict]:
-    """Size arguments of reshape/view/expand/unflatten given as constants -> new sizes."""
+                        new_shape: dict[fx.Node, tuple[int, ...]],
+                        keep: dict[fx.Node, list[Tensor]]) -> tuple[tuple, dict]:
+    """Size arguments of reshape/view/expand/unflatten given as constants -> new sizes;
+    ``slice``/``select`` positions -> their positions among the kept entries."""
     args: Any = node.args
     kwargs: dict[str, Any] = dict(node.kwargs)
     old, new = op.shape, new_shape[node]
+    if node.op == "call_function" and node.target in (_A.slice.Tensor, _A.select.int):
+        src = args[0]
+        ndim = len(an.ops[src].shape)
+        dim = int(args[1] if len(args) > 1 else kwargs.get("dim", 0)) % ndim
+        kept = keep[src][dim]
+        full = an.ops[src].shape[dim]
+
+        def position(i: Any) -> Any:
+            if i is None or isinstance(i, fx.Node):
+                return i
+            i = int(i)
+            i = max(0, min(full, i + full if i < 0 else i))
+            return int((kept < i).sum())
+
+        if node.target is _A.select.int:
+            return (src, dim, position(args[2] if len(args) > 2 else kwargs["index"])), {}
+        rest = list(args[2:]) + [None] * (3 - len(args[2:]))
+        start, end, step = rest[:3]
+        if step not in (None, 1):
+            return args, kwargs  # checked by position below
+        return (src, dim, position(start if start is not None else 0),
+                position(end) if end is not None else None), {}
+    if node.op == "call_function" and node.target in _ATEN_SIZED:
+        sizes = args[1] if len(args) > 1 else kwargs["size"]
+        fixed_sizes = _fix_sizes(sizes, old, new, range(len(old)), op, node)
+        return (args[0], fixed_sizes, *args[2:]), {k: v for k, v in kwargs.items() if k != "size"}
+    if node.op == "call_function" and node.target is _A.unflatten.int:
+        d = int(args[1]) % len(old)
+        sizes = args[2]
+        return (args[0], args[1], _fix_sizes(sizes, old, new, range(d, d + len(sizes)), op, node)), {}
 
     def fix(sizes: Sequence[Any], axes: Sequence[int]) -> list[Any]:
         out = list(sizes)
@@ -1734,7 +1887,7 @@ def to_deterministic(model: PrunableNet, guide: Any = None, *, example_input: An
 
     for node, op in an.ops.items():
         if node.op == "get_attr":
-            t = _fetch_attr(net, str(node.target))
+            t = _fetch_attr(net, str(node.target), an.constants)
             if isinstance(t, Tensor) and not bool(plan.exists[node].all()):
                 raise UnsupportedOpError(f"cannot slice the tensor attribute {node.target!r}")
             root[str(node.target)] = copy.deepcopy(t) if isinstance(t, (Tensor, nn.Module)) else t
@@ -1844,7 +1997,11 @@ def _fold_batch_norms(gm: fx.GraphModule) -> int:
 
 def _check_equal(model: PrunableNet, module: Callable[[Tensor], Tensor], an: _Analysis) -> None:
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn((2, *an.input_shape), generator=gen, dtype=torch.float64).to(an.dtype).to(an.device)
+    if an.input_dtype.is_floating_point:
+        x = torch.randn((2, *an.input_shape), generator=gen, dtype=torch.float64).to(an.input_dtype)
+    else:  # token ids: 0 and 1 exist in every vocabulary
+        x = torch.randint(0, 2, (2, *an.input_shape), generator=gen).to(an.input_dtype)
+    x = x.to(an.device)
     was_training = model.training
     model.eval()
     try:

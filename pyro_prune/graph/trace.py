@@ -1,0 +1,263 @@
+"""The module graph of a network: its leaf layers as modules, everything else as ops.
+
+:func:`module_graph` returns a ``torch.fx.Graph`` in one form whatever the network is:
+
+* ``call_module`` nodes for the *leaves* — registered layers (:mod:`pyro_prune.convert.layers`),
+  structure gates and stochastic modules — with their module path as target, whether the
+  leaf is called from its parent's code or from a forward hook;
+* ``call_function`` nodes for every other op, ``get_attr`` nodes for parameters, buffers
+  and constants, one ``placeholder`` for the input and one ``output``.
+
+Two tracers produce it. ``torch.fx`` symbolic tracing is tried first when the network has no
+forward hooks (it is fast and its result stays scriptable); a network fx cannot trace
+(data-dependent Python, shape asserts: every Hugging Face transformer), one whose gates sit
+in forward hooks, or one that hides structures inside a ``torch.nn`` module fx keeps opaque
+(``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``) is traced with ``torch.export``
+(non-strict mode, ATen ops). In the export path each leaf is traced as one opaque custom op
+(so its weights stay one module and its internals, e.g. Pyro sampling, are not traced) and
+turned back into a ``call_module`` node; ops that return several tensors
+(``split``/``chunk``/``unbind``) are rewritten as the ``slice``/``select`` ops that read each
+part, so every node has one tensor output. Every module's train/eval mode is restored
+exactly afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+__all__ = ["ModuleGraph", "module_graph", "modes_restored"]
+
+_A = torch.ops.aten
+
+
+@dataclasses.dataclass(eq=False)
+class ModuleGraph:
+    """A traced network: the graph, how it was traced and the constants export lifted."""
+
+    graph: fx.Graph
+    tracer: str  # "fx" | "export"
+    constants: dict[str, Tensor]
+
+
+@contextlib.contextmanager
+def modes_restored(net: nn.Module) -> Iterator[None]:
+    """Restore the ``training`` flag of every submodule exactly on exit."""
+    modes = [(m, m.training) for m in net.modules()]
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+# ---------------------------------------------------------------------- the leaf op
+_LEAF_FORWARDS: dict[int, Callable[[Tensor], Tensor]] = {}
+_LEAF_IDS = itertools.count()
+
+
+@torch.library.custom_op("pyro_prune::leaf", mutates_args=())
+def _leaf(x: Tensor, index: int) -> Tensor:
+    return _LEAF_FORWARDS[index](x).clone()
+
+
+#: output (shape[1:], dtype) of each leaf for each input shape[1:], from an eager probe run
+_LEAF_SHAPES: dict[int, dict[tuple[int, ...], tuple[tuple[int, ...], torch.dtype]]] = {}
+
+
+@_leaf.register_fake
+def _leaf_fake(x: Tensor, index: int) -> Tensor:
+    key = tuple(int(s) for s in x.shape[1:])
+    shapes = _LEAF_SHAPES.get(index, {})
+    if key not in shapes:
+        raise RuntimeError(f"leaf {index} was not called with inputs of shape [N, {key}] in the probe run")
+    rest, dtype = shapes[key]
+    return x.new_empty((x.shape[0], *rest), dtype=dtype)
+
+
+def _outermost(net: nn.Module, is_leaf: Callable[[nn.Module], bool]) -> dict[str, nn.Module]:
+    leaves: dict[str, nn.Module] = {}
+    for name, m in net.named_modules():
+        if not name or any(name.startswith(p + ".") for p in leaves):
+            continue
+        if is_leaf(m):
+            leaves[name] = m
+    return leaves
+
+
+def _has_hooks(net: nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
+
+
+# ---------------------------------------------------------------------- fx path
+def _fx_graph(net: nn.Module, is_leaf: Callable[[nn.Module], bool]) -> fx.Graph:
+    class _Tracer(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
+            return is_leaf(m) or super().is_leaf_module(m, qualified_name)
+
+    return _Tracer().trace(net)
+
+
+# ---------------------------------------------------------------------- export path
+def _export_graph(net: nn.Module, example: Tensor, is_leaf: Callable[[nn.Module], bool]
+                  ) -> tuple[fx.Graph, dict[str, Tensor]]:
+    leaves = _outermost(net, is_leaf)
+    index_of: dict[int, str] = {}
+    saved: list[tuple[nn.Module, Any]] = []
+    batch = example if example.shape[0] >= 2 else torch.cat([example, example])
+    handles = []
+    try:
+        for name, m in leaves.items():
+            idx = next(_LEAF_IDS)
+            _LEAF_FORWARDS[idx] = m.forward
+            _LEAF_SHAPES[idx] = {}
+            index_of[idx] = name
+
+            def record(_m: nn.Module, inp: tuple, out: Any, i: int = idx) -> None:
+                if inp and isinstance(inp[0], Tensor) and isinstance(out, Tensor):
+                    _LEAF_SHAPES[i][tuple(inp[0].shape[1:])] = (tuple(out.shape[1:]), out.dtype)
+
+            handles.append(m.register_forward_hook(record, prepend=True))
+        with torch.no_grad():
+            net(batch)
+        for h in handles:
+            h.remove()
+        handles.clear()
+        for idx, name in index_of.items():
+            m = leaves[name]
+            saved.append((m, m.__dict__.get("forward", None)))
+            m.forward = (lambda i: (lambda x, *a, **k: _leaf(x, i)))(idx)  # type: ignore[method-assign]
+        dynamic = ({0: torch.export.Dim.AUTO},)
+        with torch.no_grad():
+            try:
+                ep = torch.export.export(net, (batch,), dynamic_shapes=dynamic, strict=False)
+            except Exception:  # noqa: BLE001 - a static batch is the fallback
+                ep = torch.export.export(net, (batch,), strict=False)
+    finally:
+        for m, prev in saved:
+            if prev is None:
+                m.__dict__.pop("forward", None)
+            else:
+                m.forward = prev  # type: ignore[method-assign]
+        for h in handles:
+            h.remove()
+        for idx in index_of:
+            _LEAF_FORWARDS.pop(idx, None)
+            _LEAF_SHAPES.pop(idx, None)
+    return _to_module_graph(ep, index_of)
+
+
+def _to_module_graph(ep: Any, index_of: dict[int, str]) -> tuple[fx.Graph, dict[str, Tensor]]:
+    sig = ep.graph_signature
+    attrs: dict[str, str] = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
+    lifted: dict[str, str] = dict(getattr(sig, "inputs_to_lifted_tensor_constants", {}))
+    constants: dict[str, Tensor] = {}
+    graph = fx.Graph()
+    env: dict[fx.Node, Any] = {}
+    user_inputs = [n for n in ep.graph.nodes if n.op == "placeholder"
+                   and n.name not in attrs and n.name not in lifted]
+    if len(user_inputs) != 1:
+        raise ValueError(f"only single-input networks are supported, the network takes {len(user_inputs)} inputs")
+    for node in ep.graph.nodes:
+        if node.op == "placeholder":
+            if node.name in attrs:
+                env[node] = graph.get_attr(attrs[node.name])
+            elif node.name in lifted:
+                key = "_constant_" + lifted[node.name].replace(".", "_")
+                constants[key] = ep.constants[lifted[node.name]]
+                env[node] = graph.get_attr(key)
+            else:
+                env[node] = graph.placeholder("x")
+            env[node].meta["val"] = node.meta.get("val")
+            continue
+        if node.op == "output":
+            outs = node.args[0]
+            out = outs[0] if isinstance(outs, (tuple, list)) and len(outs) == 1 else outs
+            graph.output(fx.node.map_arg(out, lambda n: env[n]))
+            continue
+        target = node.target
+        if target is torch.ops.pyro_prune.leaf.default:
+            x, idx = node.args
+            new = graph.call_module(index_of[int(idx)], (env[x],))
+        elif target in _MULTI_OUTPUT:
+            env[node] = _split_parts(graph, node, env)
+            continue
+        elif target is _getitem and isinstance(env.get(node.args[0]), list):  # type: ignore[arg-type]
+            env[node] = env[node.args[0]][node.args[1]]  # type: ignore[index]
+            continue
+        elif getattr(target, "__name__", "").startswith("_assert") or str(target).startswith("aten._assert"):
+            continue
+        else:
+            new = graph.node_copy(node, lambda n: env[n])
+        new.meta = {"val": node.meta.get("val"), "nn_module_stack": node.meta.get("nn_module_stack", {})}
+        env[node] = new
+    for node in reversed(list(graph.nodes)):  # ops whose results nothing uses
+        if node.op in ("call_function", "get_attr", "call_module") and not node.users:
+            graph.erase_node(node)
+    graph.lint()
+    return graph, constants
+
+
+_getitem = __import__("operator").getitem
+_MULTI_OUTPUT = {_A.split.Tensor, _A.split_with_sizes.default, _A.chunk.default, _A.unbind.int,
+                 _A.tensor_split.sections}
+
+
+def _split_parts(graph: fx.Graph, node: fx.Node, env: dict) -> list[fx.Node]:
+    """``split``/``chunk``/``unbind`` as one ``slice``/``select`` per part."""
+    vals = node.meta["val"]
+    x = env[node.args[0]]
+    if node.target is _A.unbind.int:
+        dim = int(node.args[1]) if len(node.args) > 1 else int(node.kwargs.get("dim", 0))
+        return [graph.call_function(_A.select.int, (x, dim, i)) for i in range(len(vals))]
+    default_dim = 0
+    dim = int(node.args[2]) if len(node.args) > 2 else int(node.kwargs.get("dim", default_dim))
+    ndim = vals[0].dim()
+    dim %= ndim
+    parts, start = [], 0
+    for v in vals:
+        size = int(v.shape[dim])
+        parts.append(graph.call_function(_A.slice.Tensor, (x, dim, start, start + size)))
+        start += size
+    return parts
+
+
+# ---------------------------------------------------------------------- entry point
+def module_graph(net: nn.Module, example: Tensor, is_leaf: Callable[[nn.Module], bool], *,
+                 opaque: Callable[[nn.Module], bool] | None = None) -> ModuleGraph:
+    """The module graph of ``net`` for inputs like ``example`` (a batch).
+
+    Args:
+        net: the network.
+        example: a batch of inputs (its values are not used by fx tracing).
+        is_leaf: which modules stay one ``call_module`` node.
+        opaque: modules that hide structure inside (e.g. ``nn.MultiheadAttention``): if
+            fx would keep one as a leaf, the network is traced with ``torch.export``.
+    """
+    if not isinstance(example, Tensor):
+        raise TypeError(f"example must be a tensor batch, got {type(example).__name__}")
+    with modes_restored(net):
+        net.eval()
+        if not _has_hooks(net):
+            try:
+                graph = _fx_graph(net, is_leaf)
+            except Exception:  # noqa: BLE001 - fx raises many kinds; export is the fallback
+                graph = None
+            if graph is not None and not any(
+                    n.op == "call_module" and opaque is not None
+                    and opaque(net.get_submodule(str(n.target))) for n in graph.nodes):
+                return ModuleGraph(graph=graph, tracer="fx", constants={})
+        try:
+            graph, constants = _export_graph(net, example, is_leaf)
+        except Exception as err:
+            raise ValueError(
+                f"the network {type(net).__name__} can be traced neither by torch.fx nor by "
+                f"torch.export: {type(err).__name__}: {err}") from err
+    return ModuleGraph(graph=graph, tracer="export", constants=constants)
