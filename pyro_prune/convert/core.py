@@ -379,6 +379,9 @@ class _Analysis:
     outputs: tuple[fx.Node, ...]
     full_params: int = 0
     signature: tuple = ()
+    # (channel tags, axes): channels combined with a tensor that spans those axes (and has
+    # no structures): removable only while no index along those axes disappears
+    conditional: list[tuple[Tensor, tuple[int, ...]]] = dataclasses.field(default_factory=list)
     last_kept: Tensor | None = None  # memo of the last _removed_ids call
     last_removed: Tensor | None = None
 
@@ -635,12 +638,14 @@ _ATEN_ELEMENTWISE: dict[Any, _Elem] = {
     _A.sigmoid: _GENERAL, _A.softplus: _GENERAL, _A.hardsigmoid: _GENERAL, _A.exp: _GENERAL,
     _A.pow: _GENERAL, _A.rsqrt: _GENERAL, _A.cos: _GENERAL, _A.log: _GENERAL,
     _A.reciprocal: _GENERAL, _A.square: _ZERO_PRESERVING,
+    _A.masked_fill: _GENERAL,  # masked_fill(x, mask, value): per position of x
 }
 _ATEN_ARITH = {_A.add: "add", _A.sub: "sub", _A.mul: "mul", _A.div: "div", _A.rsub: "rsub"}
 _ATEN_INDEX = {
     _A.view, _A.reshape, _A._unsafe_view, _A.permute, _A.transpose, _A.t, _A.unsqueeze,
     _A.squeeze, _A.expand, _A.flatten, _A.unflatten, _A.slice, _A.select, _A.cat, _A.concat,
     _A.stack, _A.movedim, _A.repeat, _A.narrow, _A.swapaxes, _A.expand_as, _A.view_as,
+    _A.repeat_interleave,
 }
 _ATEN_SIZED = {_A.view.default, _A.reshape.default, _A._unsafe_view.default, _A.expand.default}
 _ATEN_POOL = {_A.max_pool1d, _A.max_pool2d, _A.avg_pool1d, _A.avg_pool2d, _A.adaptive_avg_pool1d,
@@ -757,6 +762,7 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
     uf = _UnionFind()
     pinned: list[Tensor] = []
     gated: list[Tensor] = []
+    conditional: list[tuple[Tensor, tuple[int, ...]]] = []
     unsupported: list[tuple[_Op, Tensor]] = []
     offsets: dict[str, tuple[int, int]] = {}
     producers: dict[str, list[fx.Node]] = {}
@@ -917,8 +923,15 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
             tb = tags[b_node].expand(shape)  # type: ignore[index]
             both = (ta >= 0) & (tb >= 0)
             uf.union_pairs(ta[both], tb[both])
-            pinned.append(ta[(ta >= 0) & (tb < 0)])
-            pinned.append(tb[(tb >= 0) & (ta < 0)])
+            for mine, other, other_node in ((ta, tb, b_node), (tb, ta, a_node)):
+                if bool((other < 0).all()) and bool((mine >= 0).any()):
+                    # a tensor without structures (rotary cos/sin, a mask, a positional
+                    # embedding): fine while nothing is removed along the axes it spans
+                    other_shape = (1,) * (len(shape) - tags[other_node].dim()) + tuple(tags[other_node].shape)  # type: ignore[index]
+                    spans = tuple(d for d, s_ in enumerate(other_shape) if s_ > 1)
+                    conditional.append((mine, spans))
+                else:
+                    pinned.append(mine[(mine >= 0) & (other < 0)])
             tags[node] = torch.where(ta >= 0, ta, tb)
         elif kind is OpKind.INDEX:
             numels = [int(env[n].numel()) for n in op.inputs]
@@ -990,7 +1003,7 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
             pinned_root[root[ids.reshape(-1)]] = True
     values = {n: v for n, v in env.items() if not isinstance(v, Tensor)}
     an = _Analysis(graph=graph, tracer=tracer, constants=constants, input_dtype=input_dtype, ops=ops, tags=tags, values=values, input_shape=tuple(input_shape),
-                   dtype=dtype, device=device, n_ids=n_ids, root=root, pinned_root=pinned_root, gates=gates,
+                   dtype=dtype, device=device, n_ids=n_ids, root=root, pinned_root=pinned_root, conditional=conditional, gates=gates,
                    producers=producers, outputs=outputs)
     an.full_params = _count_from_removed(an, model, torch.zeros(n_ids, dtype=torch.bool))
     return an
@@ -1227,7 +1240,24 @@ def _removed_from_kept(an: _Analysis, kept: dict[fx.Node, Tensor]) -> Tensor:
                 needed[c[sel]] = True
     bad = an.pinned_root.clone()
     bad[an.root[needed]] = True
-    return ~bad[an.root]
+    removed = ~bad[an.root]
+    changed = bool(an.conditional)
+    while changed:
+        changed = False
+        for tags, axes in an.conditional:
+            sel = tags >= 0
+            gone = torch.zeros(tags.shape, dtype=torch.bool)
+            gone[sel] = removed[tags[sel]]
+            if not bool(gone.any()):
+                continue
+            for d in axes:
+                stays = (~gone).movedim(d, 0).reshape(tags.shape[d], -1).any(-1)
+                if not bool(stays.all()):
+                    bad[an.root[torch.unique(tags[sel])]] = True
+                    removed = ~bad[an.root]
+                    changed = True
+                    break
+    return removed
 
 
 # ====================================================================== counting
@@ -1596,6 +1626,8 @@ def _rewrite_index_args(an: _Analysis, node: fx.Node, op: _Op,
         dim = int(args[1] if len(args) > 1 else kwargs.get("dim", 0)) % ndim
         kept = keep[src][dim]
         full = an.ops[src].shape[dim]
+        if dim == 0 or kept.numel() == full:
+            return args, kwargs  # nothing removed along this axis (or the batch axis)
 
         def position(i: Any) -> Any:
             if i is None or isinstance(i, fx.Node):
@@ -1617,7 +1649,7 @@ def _rewrite_index_args(an: _Analysis, node: fx.Node, op: _Op,
         fixed_sizes = _fix_sizes(sizes, old, new, range(len(old)), op, node)
         return (args[0], fixed_sizes, *args[2:]), {k: v for k, v in kwargs.items() if k != "size"}
     if node.op == "call_function" and node.target is _A.unflatten.int:
-        d = int(args[1]) % len(old)
+        d = int(args[1]) % len(an.ops[args[0]].shape)
         sizes = args[2]
         return (args[0], args[1], _fix_sizes(sizes, old, new, range(d, d + len(sizes)), op, node)), {}
 
@@ -1949,6 +1981,7 @@ def to_deterministic(model: PrunableNet, guide: Any = None, *, example_input: An
         env[node] = new
     graph.lint()
     gm = fx.GraphModule(root, graph, class_name="PrunedNet")
+    _strip_gate_hooks(gm)
     gm.eval()
     if fold_batchnorm:
         _fold_batch_norms(gm)
@@ -1960,6 +1993,17 @@ def to_deterministic(model: PrunableNet, guide: Any = None, *, example_input: An
     if check:
         _check_equal(model, gm, an)
     return gm
+
+
+def _strip_gate_hooks(module: nn.Module) -> None:
+    """Remove the forward hooks through which bayesianize applies gates."""
+    from pyro_prune.models.bayesianize import gate_hooks
+
+    kinds = gate_hooks()
+    for m in module.modules():
+        for hooks in (m._forward_hooks, m._forward_pre_hooks):
+            for key in [k for k, h in hooks.items() if isinstance(h, kinds)]:
+                del hooks[key]
 
 
 def _fold_batch_norms(gm: fx.GraphModule) -> int:
@@ -2080,6 +2124,8 @@ def shrink(model: PrunableNet, guide: Any = None, *, example_input: Any = None,
             nn_.type = None
             env[node] = nn_
         new.net = fx.GraphModule(net, graph, class_name=type(net).__name__ + "Shrunk")
+        if an.tracer == "export":
+            _strip_gate_hooks(new.net)  # the gates are nodes of the graph now
         new.name_sites()
     if check:
         _check_equal(model, new.predict, an)

@@ -148,6 +148,14 @@ def registered_layers() -> dict[type, LayerSlicer]:
     return dict(_REGISTRY)
 
 
+#: layers of other libraries, registered the first time one is seen (no import needed):
+#: Hugging Face's ``Conv1D`` (GPT-2) is a Linear layer with its weight stored ``[in, out]``
+_KNOWN_ELSEWHERE: dict[str, dict[str, Any]] = {
+    "transformers.pytorch_utils.Conv1D": dict(
+        out_axis=-1, tensors={"weight": (1, 0), "bias": (0, None)}, out_size="nf", in_size="nx"),
+}
+
+
 def layer_slicer(module: Any) -> LayerSlicer | None:
     """The slicer of ``module``'s type or of its nearest registered base class."""
     if not isinstance(module, nn.Module):
@@ -156,6 +164,9 @@ def layer_slicer(module: Any) -> LayerSlicer | None:
         slicer = _REGISTRY.get(cls)
         if slicer is not None:
             return slicer
+        spec = _KNOWN_ELSEWHERE.get(f"{cls.__module__}.{cls.__qualname__}")
+        if spec is not None:
+            return register_layer(cls, **spec)
     return None
 
 

@@ -186,6 +186,8 @@ def _to_module_graph(ep: Any, index_of: dict[int, str]) -> tuple[fx.Graph, dict[
         if target is torch.ops.pyro_prune.leaf.default:
             x, idx = node.args
             new = graph.call_module(index_of[int(idx)], (env[x],))
+        elif target is _A.scaled_dot_product_attention.default:
+            new = _sdpa_as_ops(graph, node, env, constants)
         elif target in _MULTI_OUTPUT:
             env[node] = _split_parts(graph, node, env)
             continue
@@ -208,6 +210,44 @@ def _to_module_graph(ep: Any, index_of: dict[int, str]) -> tuple[fx.Graph, dict[
 _getitem = __import__("operator").getitem
 _MULTI_OUTPUT = {_A.split.Tensor, _A.split_with_sizes.default, _A.chunk.default, _A.unbind.int,
                  _A.tensor_split.sections}
+
+
+def _sdpa_as_ops(graph: fx.Graph, node: fx.Node, env: dict, constants: dict[str, Tensor]) -> fx.Node:
+    """``scaled_dot_product_attention`` written out as ``softmax(q k^T * scale + mask) @ v``.
+
+    The structure analysis then sees the two products (q and k tied by the contraction,
+    heads carried by v); the scale stays the original ``1 / sqrt(head_dim)``.
+    """
+    names = ["query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"]
+    defaults: dict[str, Any] = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False,
+                                "scale": None, "enable_gqa": False}
+    a = {**defaults, **dict(zip(names, node.args)), **node.kwargs}
+    q_val, k_val = a["query"].meta["val"], a["key"].meta["val"]
+    q, k, v = env[a["query"]], env[a["key"]], env[a["value"]]
+    if a["enable_gqa"] and int(q_val.shape[-3]) != int(k_val.shape[-3]):
+        rep = int(q_val.shape[-3]) // int(k_val.shape[-3])
+        k = graph.call_function(_A.repeat_interleave.self_int, (k, rep, -3))
+        v = graph.call_function(_A.repeat_interleave.self_int, (v, rep, -3))
+    scale = a["scale"] if a["scale"] is not None else 1.0 / float(int(q_val.shape[-1])) ** 0.5
+    scores = graph.call_function(_A.matmul.default, (q, graph.call_function(_A.transpose.int, (k, -2, -1))))
+    scores = graph.call_function(_A.mul.Tensor, (scores, scale))
+    mask = a["attn_mask"]
+    if a["is_causal"]:
+        length, source = int(q_val.shape[-2]), int(k_val.shape[-2])
+        key = f"_constant_causal_{length}_{source}"
+        constants[key] = torch.ones(length, source, dtype=torch.bool).tril()
+        causal = graph.get_attr(key)
+        scores = graph.call_function(_A.masked_fill.Scalar,
+                                     (scores, graph.call_function(_A.logical_not.default, (causal,)), float("-inf")))
+    if mask is not None:
+        m = env[mask]
+        if mask.meta["val"].dtype == torch.bool:
+            scores = graph.call_function(_A.masked_fill.Scalar,
+                                         (scores, graph.call_function(_A.logical_not.default, (m,)), float("-inf")))
+        else:
+            scores = graph.call_function(_A.add.Tensor, (scores, m))
+    probs = graph.call_function(_A.softmax.int, (scores, -1))
+    return graph.call_function(_A.matmul.default, (probs, v))
 
 
 def _split_parts(graph: fx.Graph, node: fx.Node, env: dict) -> list[fx.Node]:

@@ -1,57 +1,123 @@
 """Turn an ordinary torch network into a prunable Pyro model.
 
-:func:`bayesianize` traces the network with ``torch.fx`` and inserts a structure gate
-(log-normal multiplicative noise by default) after every chosen layer, reading the
-network's graph rather than a list of known architectures:
+:func:`bayesianize` reads the network's structure graph (:mod:`pyro_prune.graph`) rather
+than a list of known architectures, and puts a structure gate (log-normal multiplicative
+noise by default) on every structure that can actually shrink:
 
-* a gate follows each ``nn.Linear`` (over its output features), ``nn.Conv2d`` (over its
-  output channels) and ``nn.BatchNorm2d`` (over its channels) named in ``noise_on``;
-* a convolution whose only consumer is a BatchNorm goes ungated and the gate follows the
-  BatchNorm instead (a gate before BatchNorm would be normalised away);
-* layers whose output reaches the network's output without passing another gated layer
-  (the output layer) get no gate, since pruning them would remove classes.
+* the output neurons / channels of every registered layer
+  (:func:`~pyro_prune.convert.register_layer`: ``nn.Linear``, ``nn.Conv1d/2d``, their
+  subclasses and Pyro wrappers, ...) whose type is in ``noise_on`` — after the BatchNorm
+  when the layer's only consumer is one (a gate before BatchNorm would be normalised away);
+* the heads of every attention (a ``softmax(q k^T) @ v`` product or
+  ``scaled_dot_product_attention`` whose heads feed an output projection): one gate over
+  the heads on the input of the output projection; q, k and v then get no neuron gates.
+
+Layers whose structures cannot be removed get no gate: the output layer, and the residual
+stream of a transformer (pinned by LayerNorm and the residual adds).
+
+Networks ``torch.fx`` can trace get the gates as nodes of an ``fx.GraphModule``; any other
+network (Hugging Face transformers, ``nn.MultiheadAttention``, data-dependent Python) keeps
+its own code and gets the gates through forward hooks, and is traced with ``torch.export``.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Sequence
+from typing import Any
 
+import torch
 import torch.fx as fx
-from torch import nn
+from torch import Tensor, nn
 
 from pyro_prune.models.base import Likelihood, PrunableNet
+from pyro_prune.models.gate import StructureGate
 from pyro_prune.models.layers import GateKind, WeightPrior, make_gate
 
-__all__ = ["bayesianize", "BayesianizedNet"]
-
-_STRUCTURE_DIM: dict[type[nn.Module], int] = {nn.Linear: -1, nn.Conv2d: 1, nn.BatchNorm2d: 1}
-
-
-def _num_structures(module: nn.Module) -> int:
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    if isinstance(module, nn.Conv2d):
-        return module.out_channels
-    if isinstance(module, nn.BatchNorm2d):
-        return module.num_features
-    raise TypeError(f"cannot gate a {type(module).__name__}")
-
-
-def _dim_of(module: nn.Module) -> int:
-    for kind, dim in _STRUCTURE_DIM.items():
-        if isinstance(module, kind):
-            return dim
-    raise TypeError(f"cannot gate a {type(module).__name__}")
+__all__ = ["bayesianize", "BayesianizedNet", "GatedNetwork"]
 
 
 class BayesianizedNet(PrunableNet):
-    """A :class:`PrunableNet` made by :func:`bayesianize`; ``net`` is an ``fx.GraphModule``."""
+    """A :class:`PrunableNet` made by :func:`bayesianize`.
+
+    ``net`` is an ``fx.GraphModule`` (fx-traceable networks) or a :class:`GatedNetwork`.
+    """
+
+
+class _OutputGate:
+    """Forward hook: the gate applied to a layer's output (deep-copies with the network)."""
+
+    def __init__(self, gate: StructureGate) -> None:
+        self.gate = gate
+
+    def __call__(self, _module: nn.Module, _inputs: tuple, output: Tensor) -> Tensor:
+        return self.gate(output)
+
+
+class _HeadGate:
+    """Forward pre-hook: a gate over ``heads`` blocks of the last axis of a layer's input."""
+
+    def __init__(self, gate: StructureGate, heads: int) -> None:
+        self.gate = gate
+        self.heads = heads
+
+    def __call__(self, _module: nn.Module, inputs: tuple) -> tuple:
+        x = inputs[0]
+        y = self.gate(x.unflatten(-1, (self.heads, -1))).flatten(-2)
+        return (y, *inputs[1:])
+
+
+def gate_hooks() -> tuple[type, ...]:
+    """The hook types :func:`bayesianize` registers (the converter strips them)."""
+    return (_OutputGate, _HeadGate)
+
+
+class GatedNetwork(nn.Module):
+    """A user's network with gates in forward hooks; returns a tensor.
+
+    ``module`` keeps its own code; ``gates`` holds the structure gates its hooks call.
+    When ``module`` returns a Hugging Face ``ModelOutput`` (or a tuple), the tensor the
+    likelihood reads is its ``logits`` (or its first element).
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.gates = nn.ModuleDict()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.module(x)
+        if isinstance(out, Tensor):
+            return out
+        logits = getattr(out, "logits", None)
+        if isinstance(logits, Tensor):
+            return logits
+        if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+            return out[0]
+        raise TypeError(f"the network returned {type(out).__name__}, not a tensor or an output with logits")
+
+
+def _example(module: nn.Module, example_input: Any) -> Tensor:
+    from pyro_prune.convert.core import _net_device, _net_dtype, _search_input_shape
+
+    dtype, device = _net_dtype(module), _net_device(module)
+    if example_input is None:
+        shape = _search_input_shape(module, dtype, device)
+        return torch.zeros((2, *shape), dtype=dtype, device=device)
+    if isinstance(example_input, Tensor):
+        if example_input.dim() < 2:
+            raise ValueError(f"example_input must be a batch [N, ...], got shape {tuple(example_input.shape)}")
+        return example_input[:2].to(device)
+    if isinstance(example_input, (tuple, list, torch.Size)) and all(
+            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in example_input):
+        return torch.zeros((2, *example_input), dtype=dtype, device=device)
+    raise TypeError("example_input must be a batch tensor or the shape of one input (ints), "
+                    f"got {type(example_input).__name__}")
 
 
 def bayesianize(
     module: nn.Module,
-    noise_on: Sequence[type[nn.Module]] = (nn.Linear, nn.Conv2d, nn.BatchNorm2d),
+    noise_on: Sequence[type[nn.Module]] | None = None,
     *,
     likelihood: Likelihood | str = Likelihood.CATEGORICAL,
     gate: GateKind | str = GateKind.NOISE,
@@ -59,115 +125,264 @@ def bayesianize(
     prior_scale: float = 1.0,
     exclude: Iterable[str] = (),
     num_data: int | None = None,
+    heads: bool = True,
+    example_input: Any = None,
     **noise_kwargs: float,
 ) -> BayesianizedNet:
-    """Make a Pyro model with gates after the chosen layers of ``module``.
+    """Make a Pyro model with gates on the structures of ``module`` that can shrink.
 
     The input module is not modified (it is deep-copied first), so its trained weights
     become the initial point estimates of the Pyro model.
 
     Args:
-        module: any ``torch.fx``-traceable network.
-        noise_on: layer types to gate; each must be ``nn.Linear``, ``nn.Conv2d`` or
-            ``nn.BatchNorm2d``.
+        module: any network ``torch.fx`` or ``torch.export`` can trace (one tensor input).
+        noise_on: layer types to gate (registered layer types and their subclasses, see
+            :func:`~pyro_prune.convert.register_layer`; a BatchNorm type here puts the gate
+            of a convolution after its BatchNorm); ``None`` (default): every registered type.
         likelihood: ``"categorical"`` (the module outputs logits) or ``"gaussian"``.
         gate: ``"noise"`` or ``"mask"``.
         weights: ``"point"`` or ``"gaussian"`` (every Linear/Conv2d becomes Bayesian).
         exclude: module paths that get no gate.
         num_data: training-set size for the likelihood scaling.
+        heads: gate attention heads (and leave q/k/v without neuron gates).
+        example_input: a batch (or the shape of one input) the network accepts; needed for
+            integer inputs (token ids); by default searched from the first layer.
 
     Raises:
-        TypeError: ``module`` is not an ``nn.Module`` or ``noise_on`` names another type.
+        TypeError: ``module`` is not an ``nn.Module`` or ``noise_on`` names an unregistered type.
         ValueError: the network cannot be traced (the message names the failing op) or
             no layer is left to gate.
     """
+    from pyro_prune.convert.core import OpKind, _analysis
+    from pyro_prune.convert.layers import layer_slicer, registered_layers
+
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    noise_on = tuple(noise_on)
+    known = tuple(registered_layers())
+    every_layer = noise_on is None
+    noise_on = known if noise_on is None else tuple(noise_on)
     for kind in noise_on:
-        if not (isinstance(kind, type) and issubclass(kind, tuple(_STRUCTURE_DIM))):
+        if not (isinstance(kind, type) and issubclass(kind, known)):
             raise TypeError(
-                f"noise_on may name nn.Linear, nn.Conv2d and nn.BatchNorm2d, got {kind!r}"
-            )
+                f"noise_on may name registered layer types (nn.Linear, nn.Conv2d, nn.BatchNorm2d, "
+                f"... or one given to register_layer), got {kind!r}")
+    kinds: tuple[type, ...] = () if every_layer else noise_on  # (): every registered layer
     exclude = set(exclude)
     module = copy.deepcopy(module)
-    try:
-        gm = fx.symbolic_trace(module)
-    except Exception as err:  # fx raises many kinds; name the cause
-        raise ValueError(
-            f"bayesianize needs a torch.fx-traceable network; tracing "
-            f"{type(module).__name__} failed: {err}"
-        ) from err
-    graph = gm.graph
-    modules = dict(gm.named_modules())
-    layer_types = tuple(_STRUCTURE_DIM)
-
-    def is_layer(node: fx.Node) -> bool:
-        return node.op == "call_module" and isinstance(modules.get(str(node.target)), layer_types)
-
-    def reaches_output(node: fx.Node) -> bool:
-        """True when the output is reachable from ``node`` without passing another layer."""
-        stack, seen = list(node.users), set()
-        while stack:
-            user = stack.pop()
-            if user in seen:
-                continue
-            seen.add(user)
-            if user.op == "output":
-                return True
-            if not is_layer(user):
-                stack.extend(user.users)
-        return False
-
-    targets: list[tuple[fx.Node, str]] = []  # (node to gate, producer path)
-    for node in list(graph.nodes):
-        if node.op != "call_module":
-            continue
-        layer = modules.get(str(node.target))
-        if not isinstance(layer, noise_on) or str(node.target) in exclude:
-            continue
-        users = list(node.users)
-        if (
-            isinstance(layer, nn.Conv2d)
-            and len(users) == 1
-            and users[0].op == "call_module"
-            and isinstance(modules.get(str(users[0].target)), nn.BatchNorm2d)
-            and nn.BatchNorm2d in noise_on
-        ):
-            continue  # the gate goes after the BatchNorm
-        if reaches_output(node):
-            continue
-        producer = str(node.target)
-        if isinstance(layer, nn.BatchNorm2d):
-            arg = node.args[0]
-            if isinstance(arg, fx.Node) and arg.op == "call_module" and isinstance(
-                modules.get(str(arg.target)), nn.Conv2d
-            ):
-                producer = str(arg.target)
-        targets.append((node, producer))
-    if not targets:
-        raise ValueError(
-            f"bayesianize found no layer of types {[k.__name__ for k in noise_on]} to gate "
-            f"(output layers and excluded paths get no gate)"
-        )
-    producers: dict[str, str] = {}
-    for node, producer in targets:
-        layer = modules[str(node.target)]
-        gate_name = f"{str(node.target).replace('.', '_')}_gate"
-        gm.add_submodule(gate_name, make_gate(_num_structures(layer), _dim_of(layer), gate, **noise_kwargs))
-        with graph.inserting_after(node):
-            gate_node = graph.call_module(gate_name, (node,))
-        node.replace_all_uses_with(gate_node, delete_user_cb=lambda user, g=gate_node: user is not g)  # type: ignore[misc]
-        producers[gate_name] = producer
-    graph.lint()
-    gm.recompile()
     if WeightPrior(weights) is WeightPrior.GAUSSIAN:
         from pyro_prune.models.bayesian import bayesian_weights
 
-        bayesian_weights(gm, prior_scale=prior_scale)
-    net = BayesianizedNet(gm, likelihood=likelihood, num_data=num_data)
-    for gate_name, producer in producers.items():
-        net.net.get_submodule(gate_name).producer_name = producer  # type: ignore[assignment]
+        bayesian_weights(module, prior_scale=prior_scale)
+    config = getattr(module, "config", None)
+    if getattr(config, "use_cache", False):
+        config.use_cache = False  # a key/value cache is for generation, not for a forward pass
+    example = _example(module, example_input)
+    with torch.no_grad():
+        was = [(m, m.training) for m in module.modules()]
+        module.eval()
+        try:
+            probe = module(example)
+        except Exception as err:
+            raise ValueError(f"the network does not run on example_input: {type(err).__name__}: {err}") from err
+        finally:
+            for m, mode in was:
+                m.training = mode
+    backbone: nn.Module = module if isinstance(probe, Tensor) else GatedNetwork(module)
+    try:
+        an = _analysis(PrunableNet(backbone), example)
+    except ValueError as err:
+        raise ValueError(f"bayesianize needs a network torch.fx or torch.export can trace "
+                         f"(traceable); {err}") from err
+    if an.tracer == "export" and not isinstance(backbone, GatedNetwork):
+        backbone = GatedNetwork(module)
+        an = _analysis(PrunableNet(backbone), example)
+    prefix = "module." if isinstance(backbone, GatedNetwork) else ""
+
+    # ---------------------------------------------------------------- attention heads
+    head_sites: list[tuple[fx.Node, int, str]] = []  # (output projection node, heads, path)
+    in_attention: set[int] = set()
+    if heads:
+        for node, op in an.ops.items():
+            if op.kind is not OpKind.MATMUL or len(op.shape) < 4 or op.contract_a is not None:
+                continue
+            a, b = node.args[0], node.args[1]
+            ta, tb = an.tags[a], an.tags[b]  # type: ignore[index]
+            if bool((ta >= 0).any()) or not bool((tb >= 0).any()):
+                continue  # not softmax(q k^T) @ v
+            proj = _projection_after(an, node)
+            if proj is None:
+                continue
+            n_heads = _head_groups(tb, int(op.shape[-3]))
+            if n_heads is None:
+                continue
+            proj_op = an.ops[proj]
+            path = str(proj.target)
+            ids = torch.unique(tb[tb >= 0])
+            if bool(an.pinned_root[an.root[ids]].all()) or path in exclude:
+                continue
+            slicer = layer_slicer(proj_op.module)
+            if slicer is None or slicer.num_in(proj_op.module) != int(op.shape[-3]) * int(op.shape[-1]):  # type: ignore[arg-type]
+                continue
+            head_sites.append((proj, n_heads, path))
+            in_attention.update(an.root[ids].tolist())
+        for op in an.ops.values():  # q and k: the contraction of q @ k^T
+            if op.kind is OpKind.MATMUL and op.contract_a is not None and head_sites:
+                for c in (op.contract_a, op.contract_b):
+                    assert c is not None
+                    in_attention.update(an.root[c[c >= 0]].tolist())
+
+    # ---------------------------------------------------------------- neuron / channel gates
+    sites: list[tuple[fx.Node, str, str, int, int]] = []  # (node, path, producer, n, dim)
+    for path, nodes in an.producers.items():
+        if len(nodes) != 1 or path in exclude:
+            continue
+        node = nodes[0]
+        op = an.ops[node]
+        m = op.module
+        slicer = layer_slicer(m)
+        assert slicer is not None
+        ids = torch.arange(op.offset, op.offset + op.channels)
+        roots = an.root[ids]
+        if bool(an.pinned_root[roots].all()):
+            continue  # nothing of it can be removed (output layer, residual stream, ...)
+        if set(roots.tolist()) & in_attention:
+            continue  # q, k, v: covered by the head gate
+        at, at_path = node, path
+        users = list(node.users)
+        if len(users) == 1 and users[0].op == "call_module" and an.ops[users[0]].kind is OpKind.BATCH_NORM \
+                and len(an.ops) and _called_once(an, users[0]):
+            bn = an.ops[users[0]].module
+            if _is_kind(bn, kinds):
+                at, at_path = users[0], str(users[0].target)
+            elif not _is_kind(m, kinds):
+                continue
+        elif not _is_kind(m, kinds):
+            continue
+        if at_path in exclude:
+            continue
+        sites.append((at, at_path, path, op.channels, -1 if slicer.out_axis == -1 else slicer.out_axis))
+    if not sites and not head_sites:
+        raise ValueError(
+            f"bayesianize found no layer of types {[k.__name__ for k in noise_on]} whose "
+            f"structures can be removed (output layers, residual streams and excluded paths get no gate)")
+
+    def gate_name(path: str, suffix: str) -> str:
+        return f"{path[len(prefix):].replace('.', '_')}_{suffix}"
+
+    producers: dict[str, str | None] = {}
+    if an.tracer == "fx":
+        graph, env = _clean_copy(an.graph)
+        gm = fx.GraphModule(backbone, graph)
+        nodes_by_name = {n.name: env[n] for n in an.graph.nodes}
+        for node, path, producer, n, dim in sites:
+            name = gate_name(path, "gate")
+            gm.add_submodule(name, make_gate(n, dim, gate, **noise_kwargs))
+            target = nodes_by_name[node.name]
+            with gm.graph.inserting_after(target):
+                gate_node = gm.graph.call_module(name, (target,))
+            target.replace_all_uses_with(gate_node, delete_user_cb=lambda u, g=gate_node: u is not g)  # type: ignore[misc]
+            producers[name] = producer
+        for proj, n_heads, path in head_sites:
+            name = gate_name(path, "head_gate")
+            gm.add_submodule(name, make_gate(n_heads, -2, gate, **noise_kwargs))
+            target = nodes_by_name[proj.name]
+            x = target.args[0]
+            with gm.graph.inserting_before(target):
+                split = gm.graph.call_method("unflatten", (x, -1, (n_heads, -1)))
+                gated = gm.graph.call_module(name, (split,))
+                merged = gm.graph.call_method("flatten", (gated, -2))
+            target.args = (merged, *target.args[1:])
+            producers[name] = None
+        gm.graph.lint()
+        gm.recompile()
+        net_module: nn.Module = gm
+    else:
+        assert isinstance(backbone, GatedNetwork)
+        for _node, path, producer, n, dim in sites:
+            name = gate_name(path, "gate")
+            g = make_gate(n, dim, gate, **noise_kwargs)
+            backbone.gates[name] = g
+            backbone.get_submodule(path).register_forward_hook(_OutputGate(g))
+            producers[f"gates.{name}"] = producer
+        for _proj, n_heads, path in head_sites:
+            name = gate_name(path, "head_gate")
+            g = make_gate(n_heads, -2, gate, **noise_kwargs)
+            backbone.gates[name] = g
+            backbone.get_submodule(path).register_forward_pre_hook(_HeadGate(g, n_heads))
+            producers[f"gates.{name}"] = None
+        net_module = backbone
+    net = BayesianizedNet(net_module, likelihood=likelihood, num_data=num_data)
+    for name, producer in producers.items():
+        net.net.get_submodule(name).producer_name = producer  # type: ignore[assignment]
+    if not example.is_floating_point():
+        net.input_dtype = example.dtype
+    net.input_shape = tuple(example.shape[1:])
     net.config = {"source": type(module).__name__, "gate": GateKind(gate).value,
                   "weights": WeightPrior(weights).value, "likelihood": net.likelihood.value}
     return net
+
+
+def _is_kind(m: Any, kinds: tuple[type, ...]) -> bool:
+    """``isinstance``, with a Bayesian layer standing for the plain layer it replaced."""
+    from pyro_prune.models.bayesian import BayesianConv2d, BayesianLinear
+
+    if not kinds or isinstance(m, kinds):
+        return True
+    plain = nn.Linear if isinstance(m, BayesianLinear) else nn.Conv2d if isinstance(m, BayesianConv2d) else None
+    return plain is not None and any(issubclass(plain, k) for k in kinds)
+
+
+def _head_groups(v_tags: Tensor, heads: int) -> int | None:
+    """Number of key/value heads behind ``heads`` query heads (grouped-query attention).
+
+    ``v_tags`` are the channel tags of the value operand ``[..., heads, keys, head_dim]``;
+    query heads reading the same value channels form one group (consecutive heads, as
+    ``repeat_interleave`` makes them). A gate over groups keeps every group whole.
+    """
+    per_head = v_tags.select(-2, 0).reshape(-1, heads, v_tags.shape[-1])[0]  # [heads, head_dim]
+    groups = 1
+    for h in range(1, heads):
+        if not torch.equal(per_head[h], per_head[h - 1]):
+            groups += 1
+    if heads % groups:
+        return None
+    size = heads // groups
+    blocks = per_head.reshape(groups, size, -1)
+    if not bool((blocks == blocks[:, :1]).all()):
+        return None  # heads of one value head are not consecutive
+    return groups
+
+
+def _called_once(an: Any, node: fx.Node) -> bool:
+    return sum(1 for n in an.ops if n.op == "call_module" and n.target == node.target) == 1
+
+
+def _projection_after(an: Any, node: fx.Node) -> fx.Node | None:
+    """The producer reading ``node`` through single-use index ops (the output projection)."""
+    from pyro_prune.convert.core import OpKind
+
+    cur = node
+    while True:
+        users = list(cur.users)
+        if len(users) != 1:
+            return None
+        user = users[0]
+        op = an.ops.get(user)
+        if op is None:
+            return None
+        if op.kind is OpKind.PRODUCER:
+            return user if len(an.producers[str(user.target)]) == 1 else None
+        passes = op.kind is OpKind.INDEX or (op.kind is OpKind.ELEMENTWISE and op.elem.homogeneous)
+        if not passes or len(op.inputs) != 1:
+            return None
+        cur = user
+
+
+def _clean_copy(graph: fx.Graph) -> tuple[fx.Graph, dict[fx.Node, fx.Node]]:
+    new = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in graph.nodes:
+        copied = new.node_copy(node, lambda n: env[n])
+        copied.meta = {}
+        env[node] = copied
+    return new, env

@@ -1,0 +1,244 @@
+"""Networks the package did not write, through the whole pipeline.
+
+Each network (Hugging Face transformers built from tiny configs with random weights, and
+plain-torch modules written the way their authors write them) goes: bayesianize -> a few
+SVI steps -> 40% of every gate removed -> to_deterministic and shrink -> outputs equal to
+the masked model -> fewer parameters -> torch.export of the result.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import pytest
+import torch
+from pyro.nn import PyroModule
+from torch import Tensor, nn
+from torch.utils.data import TensorDataset
+
+from pyro_prune.convert import count_params, shrink, to_deterministic
+from pyro_prune.inference import fit
+from pyro_prune.models import bayesianize
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB, SEQ, CLASSES = 40, 8, 3
+
+
+# ---------------------------------------------------------------------- networks
+def _bert() -> nn.Module:
+    cfg = transformers.BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=32,
+                                  max_position_embeddings=16, num_labels=CLASSES)
+    return transformers.BertForSequenceClassification(cfg)
+
+
+def _bert_eager() -> nn.Module:
+    cfg = transformers.BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=4, intermediate_size=24,
+                                  max_position_embeddings=16, num_labels=CLASSES,
+                                  attn_implementation="eager")
+    return transformers.BertForSequenceClassification(cfg)
+
+
+def _gpt2() -> nn.Module:
+    cfg = transformers.GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=4, n_positions=16,
+                                  num_labels=CLASSES, pad_token_id=0)
+    return transformers.GPT2ForSequenceClassification(cfg)
+
+
+def _llama_gqa() -> nn.Module:
+    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2,
+                                   intermediate_size=32, max_position_embeddings=16,
+                                   num_labels=CLASSES, pad_token_id=0)
+    return transformers.LlamaForSequenceClassification(cfg)
+
+
+def _vit() -> nn.Module:
+    cfg = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=16,
+                                 num_hidden_layers=2, num_attention_heads=4, intermediate_size=32,
+                                 num_labels=CLASSES)
+    return transformers.ViTForImageClassification(cfg)
+
+
+class _SequenceMLP(nn.Module):
+    """[N, T, F] inputs: a per-token MLP, mean over tokens, a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 12)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(12, 10)
+        self.norm = nn.LayerNorm(10)
+        self.head = nn.Linear(10, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc2(self.act(self.fc1(x)))
+        return self.head(self.norm(torch.relu(h)).mean(1))
+
+
+class _EmbeddingBag(nn.Module):
+    """int64 token ids into nn.Embedding, SiLU MLP, chunk into two halves, cat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, 8)
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(8, 6)
+        self.fc3 = nn.Linear(8, 6)
+        self.head = nn.Linear(12, CLASSES)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = nn.functional.silu(self.fc1(self.emb(ids)))
+        a, b = h.chunk(2, dim=-1)
+        z = torch.cat([torch.relu(self.fc2(a)), torch.relu(self.fc3(b))], dim=-1)
+        return self.head(z.amax(1))
+
+
+class _MobileBlock(nn.Module):
+    """Inverted residual: 1x1 expand, depthwise 3x3, ReLU6 / Hardswish, 1x1 project."""
+
+    def __init__(self, c: int, expand: int) -> None:
+        super().__init__()
+        h = c * expand
+        self.expand = nn.Conv2d(c, h, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(h)
+        self.dw = nn.Conv2d(h, h, 3, padding=1, groups=h, bias=False)
+        self.bn2 = nn.BatchNorm2d(h)
+        self.project = nn.Conv2d(h, c, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = nn.functional.relu6(self.bn1(self.expand(x)))
+        h = nn.functional.hardswish(self.bn2(self.dw(h)))
+        return x + self.bn3(self.project(h))
+
+
+class _MobileNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU6())
+        self.blocks = nn.Sequential(_MobileBlock(8, 2), _MobileBlock(8, 3))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(8, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.pool(self.blocks(self.stem(x))).flatten(1))
+
+
+class _GroupedResNeXt(nn.Module):
+    """A grouped 3x3 (4 groups) between gated 1x1s, GroupNorm, stochastic depth (eval)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.reduce = nn.Conv2d(8, 16, 1)
+        self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+        self.gn = nn.GroupNorm(4, 16)
+        self.expand = nn.Conv2d(16, 8, 1)
+        self.fc = nn.Linear(8, 12)
+        self.head = nn.Linear(12, CLASSES)
+        self.drop_path = 0.1
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(self.conv1(x))
+        h = self.expand(torch.relu(self.gn(self.grouped(torch.relu(self.reduce(x))))))
+        if self.training and self.drop_path > 0:  # stochastic depth, per example
+            keep = (torch.rand(x.shape[0], 1, 1, 1) > self.drop_path).to(x.dtype)
+            h = h * keep / (1 - self.drop_path)
+        x = x + h
+        return self.head(torch.relu(self.fc(x.mean((2, 3)))))
+
+
+class _EncoderClassifier(nn.Module):
+    """nn.TransformerEncoder (nn.MultiheadAttention inside) on [N, T, F] inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 16)
+        layer = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.fc = nn.Linear(16, 12)
+        self.head = nn.Linear(12, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.encoder(self.inp(x))
+        return self.head(torch.tanh(self.fc(h.mean(1))))
+
+
+def _pyro_linear_bnn() -> nn.Module:
+    """The network of Pyro's BNN tutorial: PyroModule[nn.Linear] layers."""
+    return nn.Sequential(PyroModule[nn.Linear](5, 12), nn.ReLU(), PyroModule[nn.Linear](12, 10),
+                         nn.Tanh(), PyroModule[nn.Linear](10, CLASSES))
+
+
+def _ids() -> Tensor:
+    return torch.randint(1, VOCAB, (48, SEQ), generator=torch.Generator().manual_seed(1))
+
+
+def _images() -> Tensor:
+    return torch.randn(48, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+def _sequences() -> Tensor:
+    return torch.randn(48, SEQ, 6, generator=torch.Generator().manual_seed(1))
+
+
+def _vectors() -> Tensor:
+    return torch.randn(48, 5, generator=torch.Generator().manual_seed(1))
+
+
+CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], Tensor]]] = {
+    "hf_bert": (_bert, _ids),
+    "hf_bert_eager": (_bert_eager, _ids),
+    "hf_gpt2": (_gpt2, _ids),
+    "hf_llama_gqa": (_llama_gqa, _ids),
+    "hf_vit": (_vit, _images),
+    "sequence_mlp_layernorm": (_SequenceMLP, _sequences),
+    "embedding_chunk_cat": (_EmbeddingBag, _ids),
+    "mobilenet_depthwise_relu6": (_MobileNet, _images),
+    "resnext_grouped_groupnorm": (_GroupedResNeXt, _images),
+    "pyro_linear_bnn": (_pyro_linear_bnn, _vectors),
+    "transformer_encoder_mha": (_EncoderClassifier, _sequences),
+}
+SLOW = {"hf_gpt2", "hf_llama_gqa", "hf_vit", "hf_bert_eager"}
+
+
+def _prune_fraction(model: nn.Module, fraction: float, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for gate in model.gates().values():  # type: ignore[operator]
+        n = gate.num_structures
+        k = int(round(fraction * n))
+        remove = torch.zeros(n, dtype=torch.bool)
+        remove[torch.randperm(n, generator=gen)[:k]] = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            gate.prune(remove)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in CASES])
+def test_any_network_through_the_pipeline(name: str) -> None:
+    make, data = CASES[name]
+    torch.manual_seed(0)
+    plain = make().eval()
+    x = data()
+    y = torch.randint(0, CLASSES, (x.shape[0],), generator=torch.Generator().manual_seed(2))
+    model = bayesianize(plain, example_input=x[:2])
+    assert model.gates(), "bayesianize put no gate"
+    fit(model, TensorDataset(x, y), epochs=1, batch_size=16, lr=1e-2, progress=False, seed=0)
+    _prune_fraction(model, 0.4, seed=3)
+    model.eval()
+    det = to_deterministic(model, example_input=x[:2])
+    small, _guide = shrink(model, example_input=x[:2])
+    with torch.no_grad():
+        want = model.predict(x)
+        got = det(x)
+        kept = small.predict(x)
+    assert float((got - want).abs().max()) <= 1e-5
+    assert float((kept - want).abs().max()) <= 1e-5
+    assert count_params(det) < count_params(plain)
+    exported = torch.export.export(det, (x[:4],), strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x[:4]), want[:4], rtol=1e-5, atol=1e-5)
