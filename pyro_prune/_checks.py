@@ -74,7 +74,8 @@ def check_number(value: object, arg: str, *, minimum: float | None = None,
 
 # ============================================================================ data
 def check_dataset(dataset: Any, arg: str) -> tuple[Tensor, Tensor]:
-    """``(inputs, targets)`` of a non-empty ``TensorDataset`` with finite real inputs."""
+    """``(inputs, targets)`` of a non-empty ``TensorDataset`` with finite real inputs
+    (or integer token ids)."""
     if not isinstance(dataset, TensorDataset) or len(dataset.tensors) != 2:
         raise TypeError(
             f"{arg} must be a TensorDataset of (inputs, targets), got {type(dataset).__name__}"
@@ -84,9 +85,10 @@ def check_dataset(dataset: Any, arg: str) -> tuple[Tensor, Tensor]:
         raise ValueError(f"{arg} is empty")
     if len(x) != len(y):
         raise ValueError(f"{arg}: {len(x)} inputs but {len(y)} targets")
-    if not x.is_floating_point():
-        raise ValueError(f"{arg} inputs must be a floating-point tensor, found dtype={x.dtype}")
-    if not bool(torch.isfinite(x).all()):
+    if not x.is_floating_point() and x.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{arg} inputs must be a floating-point tensor (or int64 token ids), "
+                         f"found dtype={x.dtype}")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{arg} inputs contain NaN or infinite values")
     if y.is_complex() or (y.is_floating_point() and not bool(torch.isfinite(y).all())):
         raise ValueError(f"{arg} targets contain NaN or infinite values")
@@ -110,8 +112,14 @@ def check_model_data(model: Any, x: Tensor, y: Tensor | None, arg: str) -> None:
     """
     from pyro_prune.models.base import Likelihood
 
+    ids = getattr(model, "input_dtype", None)  # a model reading token ids (bayesianize sets it)
+    if isinstance(ids, torch.dtype) and not ids.is_floating_point:
+        if x.dtype != ids:
+            raise ValueError(f"{arg} inputs must be token ids of dtype {ids}, found {x.dtype}")
+    elif not x.is_floating_point():
+        raise ValueError(f"{arg} inputs must be a floating-point tensor, found dtype={x.dtype}")
     dtype = _model_dtype(model)
-    if dtype is not None and x.dtype != dtype:
+    if x.is_floating_point() and dtype is not None and x.dtype != dtype:
         raise ValueError(f"{arg} inputs must have the model's dtype {dtype}, found {x.dtype}")
     was_training = model.training
     model.eval()  # batch norm must not learn from the probe

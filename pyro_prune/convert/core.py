@@ -2046,14 +2046,13 @@ def _check_equal(model: PrunableNet, module: Callable[[Tensor], Tensor], an: _An
     else:  # token ids: 0 and 1 exist in every vocabulary
         x = torch.randint(0, 2, (2, *an.input_shape), generator=gen).to(an.input_dtype)
     x = x.to(an.device)
-    was_training = model.training
-    model.eval()
-    try:
+    from pyro_prune.graph.trace import modes_restored
+
+    with modes_restored(model):
+        model.eval()
         with torch.no_grad():
             want = model.predict(x)
             got = module(x)
-    finally:
-        model.train(was_training)
     tol = 1e-4 if an.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
     scale = max(1.0, float(want.abs().max()))
     if got.shape != want.shape or not torch.allclose(got, want, rtol=tol, atol=tol * scale):
@@ -2128,5 +2127,12 @@ def shrink(model: PrunableNet, guide: Any = None, *, example_input: Any = None,
             _strip_gate_hooks(new.net)  # the gates are nodes of the graph now
         new.name_sites()
     if check:
-        _check_equal(model, new.predict, an)
+        from pyro_prune.graph.trace import modes_restored
+
+        def predict(x: Tensor) -> Tensor:
+            with modes_restored(new):
+                new.eval()
+                return new.predict(x)
+
+        _check_equal(model, predict, an)
     return new, new.guide

@@ -150,8 +150,11 @@ def prune_to_compression(model: PrunableNet, criterion: str, target: float, **cr
     """Remove the lowest-ranked structures until ``compression(model) >= target``.
 
     Structures are ranked globally by the criterion's score; the smallest number of
-    removals that reaches the target is found by bisection. Returns the compression
-    reached (which may stay below ``target`` when every layer is down to one structure).
+    removals that reaches the target is found by bisection. Returns the compression reached.
+
+    Raises:
+        ValueError: the target cannot be reached (every gate would be down to one
+            structure, or what is left cannot be sliced out); the masks are restored.
     """
     from pyro_prune.convert import compression
 
@@ -170,7 +173,14 @@ def prune_to_compression(model: PrunableNet, criterion: str, target: float, **cr
         else:
             lo = mid + 1
     _set_kept(model, _removal_masks(model, order, lo))
-    return compression(model)
+    reached = compression(model)
+    if reached < target:
+        _set_kept(model, original)
+        raise ValueError(
+            f"target compression {target:.3g} cannot be reached: removing every structure the "
+            f"gates allow gives {reached:.3g} (at least one structure stays per gate, and tied or "
+            f"pinned structures cannot be sliced out); the masks are unchanged")
+    return reached
 
 
 def post_training_curve(

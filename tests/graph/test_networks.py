@@ -242,3 +242,15 @@ def test_any_network_through_the_pipeline(name: str) -> None:
     exported = torch.export.export(det, (x[:4],), strict=False)
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(x[:4]), want[:4], rtol=1e-5, atol=1e-5)
+
+
+def test_conversion_restores_every_module_mode_exactly() -> None:
+    torch.manual_seed(0)
+    model = bayesianize(_MobileNet().eval(), example_input=_images()[:2])
+    model.train()
+    frozen = model.net.get_submodule("blocks.0.bn1")
+    frozen.eval()  # a frozen BatchNorm inside a training model
+    modes = {name: m.training for name, m in model.named_modules()}
+    to_deterministic(model)
+    shrink(model)
+    assert {name: m.training for name, m in model.named_modules()} == modes

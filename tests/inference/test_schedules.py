@@ -67,3 +67,20 @@ def test_post_training_curve_fine_tunes_with_the_given_fit_options(trained, monk
     # one fine-tuning (none at fraction 0), with the paper's KL weight on every noise layer
     assert [k for k, _ in seen] == ["paper"]
     assert sorted(seen[0][1]) == pytest.approx([paper])
+
+
+@pytest.mark.parametrize("hidden", [(4,), (6, 5)])
+def test_prune_to_compression_raises_and_restores_when_the_target_is_out_of_reach(hidden) -> None:
+    from pyro_prune.convert import compression
+    from pyro_prune.inference import prune_to_compression
+
+    torch.manual_seed(0)
+    model = MLP(10, hidden, 3)
+    model.gates()[next(iter(model.gates()))].prune(torch.arange(hidden[0]) == 0)
+    before = {n: g.kept.clone() for n, g in model.gates().items()}
+    # every hidden layer down to one neuron still leaves the input and output weights
+    with pytest.raises(ValueError, match="cannot be reached"):
+        prune_to_compression(model, "l2", 0.99)
+    assert all(torch.equal(g.kept, before[n]) for n, g in model.gates().items())
+    reached = prune_to_compression(model, "l2", 0.3)
+    assert reached >= 0.3 and compression(model) == reached
