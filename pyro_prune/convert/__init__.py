@@ -25,8 +25,10 @@ from pyro_prune.convert.layers import (
     LayerRole,
     LayerSlicer,
     layer_slicer,
+    layer_widths,
     register_layer,
     registered_layers,
+    resize_layers,
 )
 
 __all__ = [
@@ -39,8 +41,10 @@ __all__ = [
     "count_macs",
     "count_params",
     "layer_slicer",
+    "layer_widths",
     "register_layer",
     "registered_layers",
+    "resize_layers",
     "shrink",
     "supported_ops",
     "to_deterministic",

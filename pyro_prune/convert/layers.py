@@ -37,8 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LayerRole", "LayerSlicer", "layer_slicer", "register_layer", "registered_layers",
-           "slice_layer_", "plain_layer"]
+__all__ = ["LayerRole", "LayerSlicer", "layer_slicer", "layer_widths", "plain_layer",
+           "register_layer", "registered_layers", "resize_layers", "slice_layer_"]
 
 
 class LayerRole(enum.Enum):
@@ -236,6 +236,41 @@ def slice_layer_(module: nn.Module, in_idx: Tensor | None, out_idx: Tensor | Non
                 setattr(module, slicer.groups, n_out)
         elif in_idx is not None:
             setattr(module, slicer.in_size, int(in_idx.numel()) if n_in_before else 0)
+    return module
+
+
+def layer_widths(module: nn.Module) -> dict[str, list[int]]:
+    """``[out, in]`` sizes of every registered layer of ``module``, by module path.
+
+    Stored with a pruned network (e.g. in a Hugging Face ``config.json``), they let
+    :func:`resize_layers` rebuild the smaller architecture before loading its weights.
+    """
+    out: dict[str, list[int]] = {}
+    for name, m in module.named_modules():
+        slicer = layer_slicer(m)
+        if slicer is not None and name:
+            out[name] = [slicer.num_out(m), slicer.num_in(m)]
+    return out
+
+
+def resize_layers(module: nn.Module, widths: Mapping[str, Any]) -> nn.Module:
+    """Shrink the registered layers of a freshly built ``module`` to ``widths`` in place.
+
+    ``widths`` is what :func:`layer_widths` returned for the pruned network; each layer keeps
+    its first ``out`` rows and ``in`` input channels (their values do not matter: the pruned
+    weights are loaded next, e.g. with ``load_state_dict``). Returns ``module``.
+    """
+    for name, size in widths.items():
+        m = module.get_submodule(name)
+        slicer = layer_slicer(m)
+        if slicer is None:
+            raise TypeError(f"{name!r} is a {type(m).__name__}, not a registered layer")
+        n_out, n_in = int(size[0]), int(size[1])
+        if n_out > slicer.num_out(m) or n_in > slicer.num_in(m):
+            raise ValueError(f"{name!r}: cannot grow {slicer.num_out(m)}x{slicer.num_in(m)} to {n_out}x{n_in}")
+        in_idx = None if slicer.is_depthwise(m) or n_in == slicer.num_in(m) else torch.arange(n_in)
+        out_idx = None if n_out == slicer.num_out(m) else torch.arange(n_out)
+        slice_layer_(m, in_idx, out_idx)
     return module
 
 

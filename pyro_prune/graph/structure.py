@@ -1,0 +1,203 @@
+"""What every gate of a model selects, read from its structure graph.
+
+:func:`structure_graph` answers, for every gate of a :class:`~pyro_prune.models.PrunableNet`
+(any network, traced by :mod:`pyro_prune.graph.trace`):
+
+* ``kind`` — ``"neuron"`` (features of a Linear-like layer), ``"channel"`` (channels of a
+  convolution), ``"head"`` (a block of channels per structure: attention heads, key/value
+  groups);
+* ``producer`` — the layer whose output rows the structures are (through BatchNorm, index ops
+  and positively homogeneous activations), or ``None`` (a head gate: its rows are spread over
+  q, k and v);
+* ``consumers`` — the layers reading the gated output (through activations, pooling, index ops);
+* ``activation`` — the elementwise activation applied right after the gate, as a callable;
+* ``can_shrink`` — whether removing all of its structures would physically remove anything
+  (a gate on a residual stream pinned by LayerNorm, or next to a grouped convolution, cannot).
+
+The answers come from the dependency analysis the converter uses (channel tags, union-find
+ties, pinned groups), so "which rows belong to this gate" is answered in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import Tensor
+
+__all__ = ["GateInfo", "StructureGraph", "structure_graph", "warn_cannot_shrink"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GateInfo:
+    """The structures one gate selects (see the module docstring)."""
+
+    name: str
+    kind: str
+    dim: int
+    num_structures: int
+    producer: str | None
+    consumers: tuple[str, ...]
+    activation: Callable[[Tensor], Tensor] | None
+    can_shrink: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class StructureGraph:
+    """Every gate's :class:`GateInfo`, and how the network was traced."""
+
+    gates: dict[str, GateInfo]
+    tracer: str
+
+    def cannot_shrink(self) -> list[str]:
+        """Gates none of whose structures could ever be removed physically."""
+        return [n for n, g in self.gates.items() if not g.can_shrink]
+
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def structure_graph(model: Any, example_input: Any = None) -> StructureGraph:
+    """The :class:`StructureGraph` of ``model`` (cached with its dependency analysis)."""
+    from pyro_prune.convert.core import _analysis
+
+    an = _analysis(model, example_input)
+    entry = _CACHE.get(model)
+    if entry is not None and entry[0] is an:
+        return entry[1]
+    graph = StructureGraph(gates={name: _gate_info(an, model, name, node) for name, node in an.gates.items()},
+                           tracer=an.tracer)
+    _CACHE[model] = (an, graph)
+    return graph
+
+
+def warn_cannot_shrink(model: Any, example_input: Any = None) -> list[str]:
+    """Warn (once per model and set of gates) about gates that cannot shrink anything."""
+    graph = structure_graph(model, example_input)
+    names = graph.cannot_shrink()
+    key = tuple(names)
+    if names and getattr(model, "_warned_cannot_shrink", None) != key:
+        model.__dict__["_warned_cannot_shrink"] = key
+        warnings.warn(
+            f"{len(names)} gate(s) cannot shrink the network whatever they remove (their structures "
+            f"are tied to ones that must stay: a residual stream pinned by LayerNorm, a grouped "
+            f"convolution, the output): {names}", RuntimeWarning, stacklevel=3)
+    return names
+
+
+# ---------------------------------------------------------------------- answers
+def _gate_info(an: Any, model: Any, name: str, node: fx.Node) -> GateInfo:
+    from pyro_prune.convert.core import _is_linear
+
+    gate = model.net.get_submodule(name)
+    producer = _producer(an, node)
+    kind = "head" if _spans_blocks(an, node, gate) else (
+        "neuron" if producer is None or _is_linear(model.net.get_submodule(producer)) else "channel")
+    if producer is None and kind != "head":
+        kind = "neuron" if gate.dim % len(an.ops[node].shape) == len(an.ops[node].shape) - 1 else "channel"
+    return GateInfo(name=name, kind=kind, dim=int(gate.dim), num_structures=int(gate.num_structures),
+                    producer=producer, consumers=_consumers(an, node), activation=_activation(an, model, node),
+                    can_shrink=_can_shrink(an, model, name))
+
+
+def _passes(op: Any) -> bool:
+    from pyro_prune.convert.core import OpKind
+
+    if op.kind is OpKind.ELEMENTWISE:
+        return op.elem.homogeneous and len(op.inputs) == 1
+    if op.kind is OpKind.INDEX:
+        return len(op.inputs) == 1
+    return op.kind in (OpKind.GATE, OpKind.BATCH_NORM)
+
+
+def _producer(an: Any, gate_node: fx.Node) -> str | None:
+    from pyro_prune.convert.core import OpKind
+
+    cur = an.ops[gate_node].inputs[0]
+    while True:
+        op = an.ops[cur]
+        if op.kind is OpKind.PRODUCER:
+            return str(cur.target) if op.channels == int(an.ops[gate_node].module.num_structures) else None
+        if not _passes(op) or not op.inputs:
+            return None
+        cur = op.inputs[0]
+
+
+def _consumers(an: Any, gate_node: fx.Node) -> tuple[str, ...]:
+    from pyro_prune.convert.core import OpKind
+
+    found: list[str] = []
+    stack, seen = list(gate_node.users), set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        op = an.ops.get(node)
+        if op is None:
+            continue
+        if op.kind is OpKind.PRODUCER:
+            if str(node.target) not in found:
+                found.append(str(node.target))
+            continue
+        if op.kind in (OpKind.ELEMENTWISE, OpKind.INDEX, OpKind.POOL, OpKind.REDUCE, OpKind.GATE,
+                       OpKind.BATCH_NORM) \
+                and len(op.inputs) == 1:
+            stack.extend(node.users)
+    return tuple(found)
+
+
+def _activation(an: Any, model: Any, gate_node: fx.Node) -> Callable[[Tensor], Tensor] | None:
+    from pyro_prune.convert.core import OpKind
+
+    users = list(gate_node.users)
+    if len(users) != 1:
+        return None
+    user = users[0]
+    op = an.ops.get(user)
+    if op is None or op.kind is not OpKind.ELEMENTWISE or len(op.inputs) != 1 or user.args[:1] != (gate_node,):
+        return None
+    if any(isinstance(a, fx.Node) for a in user.args[1:]) or any(isinstance(v, fx.Node) for v in user.kwargs.values()):
+        return None
+    if user.op == "call_module":
+        return model.net.get_submodule(str(user.target))  # type: ignore[no-any-return]
+    kwargs = {k: v for k, v in user.kwargs.items() if k != "inplace"}
+    args = tuple(user.args[1:])
+    if user.op == "call_function":
+        fn: Any = user.target
+        if fn in (torch.ops.aten.dropout.default, torch.ops.aten.clone.default):
+            return None
+        return lambda z: fn(z, *args, **kwargs)
+    if user.op == "call_method":
+        method = str(user.target)
+        if method in ("float", "double", "to", "type_as", "contiguous", "clone"):
+            return None
+        return lambda z: getattr(z, method)(*args, **kwargs)
+    return None
+
+
+def _spans_blocks(an: Any, gate_node: fx.Node, gate: Any) -> bool:
+    """True when one structure covers several channels (an attention head)."""
+    tags = an.tags[an.ops[gate_node].inputs[0]]
+    d = gate.dim % tags.dim()
+    moved = tags.movedim(d, 0).reshape(tags.shape[d], -1)
+    for row in moved:
+        ids = torch.unique(row[row >= 0])
+        if ids.numel() > 1:
+            return True
+    return False
+
+
+def _can_shrink(an: Any, model: Any, name: str) -> bool:
+    """Would removing every structure of this gate remove anything physically?"""
+    from pyro_prune.convert.core import _gate_kept, _removed_from_kept
+
+    kept = _gate_kept(an, model)
+    node = an.gates[name]
+    kept = {n: (torch.zeros_like(k) if n is node else torch.ones_like(k)) for n, k in kept.items()}
+    return bool(_removed_from_kept(an, kept).any())

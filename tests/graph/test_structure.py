@@ -1,0 +1,74 @@
+"""The structure graph answers what every gate selects, for any network."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from pyro_prune.graph import structure_graph, warn_cannot_shrink
+from pyro_prune.models import MLP, PrunableNet, ViT, bayesianize
+from pyro_prune.models.noise import MultiplicativeNoise
+
+
+class _ConvBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 6)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.conv(x))).mean((2, 3))
+        return self.out(torch.tanh(self.fc(h)))
+
+
+def test_producers_consumers_activations_and_kinds() -> None:
+    model = bayesianize(_ConvBN(), example_input=torch.randn(2, 1, 6, 6))
+    g = structure_graph(model).gates
+    assert g["bn_gate"].producer == "conv" and g["bn_gate"].kind == "channel"
+    assert g["bn_gate"].consumers == ("fc",)
+    z = torch.tensor([-1.0, 2.0])
+    torch.testing.assert_close(g["bn_gate"].activation(z), torch.relu(z))
+    assert g["fc_gate"].producer == "fc" and g["fc_gate"].kind == "neuron"
+    assert g["fc_gate"].consumers == ("out",)
+    torch.testing.assert_close(g["fc_gate"].activation(z), torch.tanh(z))
+    assert all(info.can_shrink for info in g.values())
+
+
+def test_attention_heads_are_blocks_and_the_mlp_is_neurons() -> None:
+    vit = ViT(8, 4, 1, 10, dim=8, depth=1, heads=2, mlp_dim=8)
+    g = structure_graph(vit).gates
+    assert g["blocks.0.attn.head_gate"].kind == "head"
+    assert g["blocks.0.mlp.fc1_gate"].kind == "neuron" and g["blocks.0.mlp.fc1_gate"].producer == "blocks.0.mlp.fc1"
+
+
+class _ResidualWithLayerNorm(nn.Module):
+    """A hand-gated residual stream pinned by LayerNorm: its gate can never shrink anything."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 6)
+        self.a_gate = MultiplicativeNoise(6)
+        self.b = nn.Linear(6, 6)
+        self.b_gate = MultiplicativeNoise(6)
+        self.norm = nn.LayerNorm(6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a_gate(self.a(x))
+        return self.out(self.norm(h + self.b_gate(self.b(torch.relu(h)))))
+
+
+def test_gates_that_cannot_shrink_are_found_and_warned_about_once() -> None:
+    model = PrunableNet(_ResidualWithLayerNorm())
+    assert structure_graph(model, (4,)).cannot_shrink() == ["a_gate", "b_gate"]
+    with pytest.warns(RuntimeWarning, match="cannot shrink"):
+        warn_cannot_shrink(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_cannot_shrink(model)  # once per model
+    assert not structure_graph(MLP(5, (4,), 2)).cannot_shrink()
