@@ -445,7 +445,7 @@ def _resolve_input_dtype(model: PrunableNet, example_input: Any) -> torch.dtype 
 def _search_input_shape(net: nn.Module, dtype: torch.dtype,
                         device: torch.device) -> tuple[int, ...]:
     """Find an input shape the backbone accepts from its first Linear / Conv layer."""
-    first = next((m for m in net.modules() if _is_producer(m)), None)
+    first: Any = next((m for m in net.modules() if _is_producer(m)), None)
     candidates: list[tuple[int, ...]] = []
     first_slicer = layer_slicer(first)
     if first_slicer is not None and _is_linear(first):
@@ -1654,18 +1654,7 @@ def _rewrite_index_args(an: _Analysis, node: fx.Node, op: _Op,
         return (args[0], args[1], _fix_sizes(sizes, old, new, range(d, d + len(sizes)), op, node)), {}
 
     def fix(sizes: Sequence[Any], axes: Sequence[int]) -> list[Any]:
-        out = list(sizes)
-        for i, axis in zip(range(len(out)), axes):
-            s = out[i]
-            if old[axis] == new[axis]:
-                continue
-            if isinstance(s, fx.Node):
-                raise UnsupportedOpError(
-                    f"{op.name} (node {node.name!r}): the size of axis {axis} changes from "
-                    f"{old[axis]} to {new[axis]} but is computed at run time; use -1 there")
-            if isinstance(s, int) and s != -1:
-                out[i] = new[axis]
-        return out
+        return _fix_sizes(sizes, old, new, axes, op, node)
 
     name = str(node.target)
     if node.op == "call_method" and name in _SIZED_METHODS:
@@ -1806,32 +1795,44 @@ def _scale_rows(target: str, how: str, ids: Tensor, lo: Tensor, ok: Tensor) -> t
 def _fold_forward(an: _Analysis, gate_node: fx.Node, lo: Tensor, ok: Tensor
                   ) -> list[tuple[str, Tensor]] | None:
     """[(consumer path, per-input-column scale)] when the gate folds into later layers."""
+    reached, blocked = _producers_after(an, gate_node, _commutes)
+    if blocked or not reached:
+        return None
     found: list[tuple[str, Tensor]] = []
-    stack = list(gate_node.users)
-    seen: set[fx.Node] = set()
+    for node in reached:
+        op = an.ops[node]
+        target = str(node.target)
+        cols = op.cols
+        if len(an.producers[target]) != 1 or cols is None or op.depthwise or bool((cols < 0).any()):
+            return None
+        if not (bool(torch.isfinite(lo[cols]).all()) and bool(ok[cols].all())):
+            return None
+        found.append((target, lo[cols]))
+    return found
+
+
+def _producers_after(an: _Analysis, node: fx.Node, passes: Callable[[_Op], bool]
+                     ) -> tuple[list[fx.Node], bool]:
+    """The producer nodes that read ``node`` through ops ``passes`` accepts, and whether some
+    path met another op (or the output) first."""
+    found: list[fx.Node] = []
+    blocked = False
+    stack, seen = list(node.users), set()
     while stack:
-        node = stack.pop()
-        if node in seen:
+        user = stack.pop()
+        if user in seen:
             continue
-        seen.add(node)
-        op = an.ops.get(node)
+        seen.add(user)
+        op = an.ops.get(user)
         if op is None:  # the output node
-            return None
-        if op.kind is OpKind.PRODUCER:
-            target = str(node.target)
-            if len(an.producers[target]) != 1 or op.cols is None or op.depthwise:
-                return None
-            cols = op.cols
-            if bool((cols < 0).any()):
-                return None
-            if not (bool(torch.isfinite(lo[cols]).all()) and bool(ok[cols].all())):
-                return None
-            found.append((target, lo[cols]))
-            continue
-        if not _commutes(op):
-            return None
-        stack.extend(node.users)
-    return found or None
+            blocked = True
+        elif op.kind is OpKind.PRODUCER:
+            found.append(user)
+        elif passes(op):
+            stack.extend(user.users)
+        else:
+            blocked = True
+    return found, blocked
 
 
 # ---------------------------------------------------------------------- assembly

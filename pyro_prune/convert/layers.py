@@ -316,7 +316,7 @@ def _fresh_conv(m: Any) -> nn.Module:
     with torch.no_grad():
         new.weight.copy_(w)
         if m.bias is not None:
-            new.bias.copy_(m.bias)
+            new.bias.copy_(m.bias)  # type: ignore[union-attr]
     return new
 
 
@@ -328,9 +328,7 @@ def _fresh_batch_norm(m: Any) -> nn.Module:
     cls = next(c for c in type(m).__mro__ if c in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))
     new = cls(m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
               track_running_stats=m.track_running_stats)
-    ref = next(iter(m.parameters()), None)
-    if ref is None:
-        ref = next(iter(m.buffers()))
+    ref: Tensor = [*m.parameters(), *m.buffers()][0]
     new = new.to(device=ref.device, dtype=ref.dtype)
     new.load_state_dict(m.state_dict())
     new.train(m.training)

@@ -106,13 +106,10 @@ def _gate_info(an: Any, model: Any, name: str, node: fx.Node) -> GateInfo:
 
 
 def _passes(op: Any) -> bool:
-    from pyro_prune.convert.core import OpKind
+    """Ops between a producer and its gate: per-channel scales, index ops, pooling."""
+    from pyro_prune.convert.core import OpKind, _commutes
 
-    if op.kind is OpKind.ELEMENTWISE:
-        return op.elem.homogeneous and len(op.inputs) == 1
-    if op.kind is OpKind.INDEX:
-        return len(op.inputs) == 1
-    return op.kind in (OpKind.GATE, OpKind.BATCH_NORM)
+    return _commutes(op) or op.kind is OpKind.BATCH_NORM
 
 
 def _producer(an: Any, gate_node: fx.Node) -> str | None:
@@ -129,27 +126,11 @@ def _producer(an: Any, gate_node: fx.Node) -> str | None:
 
 
 def _consumers(an: Any, gate_node: fx.Node) -> tuple[str, ...]:
-    from pyro_prune.convert.core import OpKind
+    from pyro_prune.convert.core import OpKind, _producers_after
 
-    found: list[str] = []
-    stack, seen = list(gate_node.users), set()
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        op = an.ops.get(node)
-        if op is None:
-            continue
-        if op.kind is OpKind.PRODUCER:
-            if str(node.target) not in found:
-                found.append(str(node.target))
-            continue
-        if op.kind in (OpKind.ELEMENTWISE, OpKind.INDEX, OpKind.POOL, OpKind.REDUCE, OpKind.GATE,
-                       OpKind.BATCH_NORM) \
-                and len(op.inputs) == 1:
-            stack.extend(node.users)
-    return tuple(found)
+    kinds = (OpKind.ELEMENTWISE, OpKind.INDEX, OpKind.POOL, OpKind.REDUCE, OpKind.GATE, OpKind.BATCH_NORM)
+    nodes, _ = _producers_after(an, gate_node, lambda op: op.kind in kinds and len(op.inputs) == 1)
+    return tuple(dict.fromkeys(str(n.target) for n in nodes))
 
 
 def _activation(an: Any, model: Any, gate_node: fx.Node) -> Callable[[Tensor], Tensor] | None:

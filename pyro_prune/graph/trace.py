@@ -254,11 +254,13 @@ def _split_parts(graph: fx.Graph, node: fx.Node, env: dict) -> list[fx.Node]:
     """``split``/``chunk``/``unbind`` as one ``slice``/``select`` per part."""
     vals = node.meta["val"]
     x = env[node.args[0]]
+    args: Any = node.args
+    kwargs: Any = node.kwargs
     if node.target is _A.unbind.int:
-        dim = int(node.args[1]) if len(node.args) > 1 else int(node.kwargs.get("dim", 0))
+        dim = int(args[1]) if len(args) > 1 else int(kwargs.get("dim", 0))
         return [graph.call_function(_A.select.int, (x, dim, i)) for i in range(len(vals))]
     default_dim = 0
-    dim = int(node.args[2]) if len(node.args) > 2 else int(node.kwargs.get("dim", default_dim))
+    dim = int(args[2]) if len(args) > 2 else int(kwargs.get("dim", default_dim))
     ndim = vals[0].dim()
     dim %= ndim
     parts, start = [], 0

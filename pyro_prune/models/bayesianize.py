@@ -173,20 +173,20 @@ def bayesianize(
         from pyro_prune.models.bayesian import bayesian_weights
 
         bayesian_weights(module, prior_scale=prior_scale)
-    config = getattr(module, "config", None)
+    config: Any = getattr(module, "config", None)
     if getattr(config, "use_cache", False):
         config.use_cache = False  # a key/value cache is for generation, not for a forward pass
     example = _example(module, example_input)
     with torch.no_grad():
-        was = [(m, m.training) for m in module.modules()]
+        was = [(sub, sub.training) for sub in module.modules()]
         module.eval()
         try:
             probe = module(example)
         except Exception as err:
             raise ValueError(f"the network does not run on example_input: {type(err).__name__}: {err}") from err
         finally:
-            for m, mode in was:
-                m.training = mode
+            for sub, mode in was:
+                sub.training = mode
     backbone: nn.Module = module if isinstance(probe, Tensor) else GatedNetwork(module)
     try:
         an = _analysis(PrunableNet(backbone), example)
@@ -238,7 +238,7 @@ def bayesianize(
             continue
         node = nodes[0]
         op = an.ops[node]
-        m = op.module
+        m: Any = op.module
         slicer = layer_slicer(m)
         assert slicer is not None
         ids = torch.arange(op.offset, op.offset + op.channels)
@@ -270,6 +270,7 @@ def bayesianize(
         return f"{path[len(prefix):].replace('.', '_')}_{suffix}"
 
     producers: dict[str, str | None] = {}
+    name: str
     if an.tracer == "fx":
         graph, env = _clean_copy(an.graph)
         gm = fx.GraphModule(backbone, graph)
@@ -312,8 +313,8 @@ def bayesianize(
             producers[f"gates.{name}"] = None
         net_module = backbone
     net = BayesianizedNet(net_module, likelihood=likelihood, num_data=num_data)
-    for name, producer in producers.items():
-        net.net.get_submodule(name).producer_name = producer  # type: ignore[assignment]
+    for name, source in producers.items():
+        net.net.get_submodule(name).producer_name = source  # type: ignore[assignment]
     if not example.is_floating_point():
         net.input_dtype = example.dtype
     net.input_shape = tuple(example.shape[1:])
