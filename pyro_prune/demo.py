@@ -45,6 +45,8 @@ from pyro_prune.cli import (
     REPORT_FILE,
     RunConfig,
     RunResult,
+    _read_json,
+    _write_json,
     accuracy_curves,
     load_data,
     markdown_table,
@@ -201,10 +203,18 @@ def run_demo(cfg: DemoConfig | None = None, *, data_root: str | None = None, pro
             subset = DATA_DEFAULTS[cfg.data].curve_train_examples
             if rc.train_subset is not None:
                 subset = min(subset or rc.train_subset, rc.train_subset)
-            train, test, _ = load_data(cfg.data, root=data_root, train_subset=subset, seed=rc.seed)
-            curve_sets[model] = accuracy_curves(
-                reference.model, train, test, CURVE_CRITERIA, points=cfg.points,
-                batch_size=rc.batch_size, lr=rc.lr, seed=rc.seed, progress=progress)
+            cache = out / f"{model}_curves.json"
+            key = {"criteria": list(CURVE_CRITERIA), "points": cfg.points, "train_subset": subset,
+                   "reference": rc.to_json(), "reference_metrics": reference.metrics.get("total_time_s")}
+            cached = _read_json(cache) if cache.exists() and not restart else None
+            if cached is not None and cached.get("key") == key:
+                curve_sets[model] = cached["curves"]  # a finished demo rerun recomputes nothing
+            else:
+                train, test, _ = load_data(cfg.data, root=data_root, train_subset=subset, seed=rc.seed)
+                curve_sets[model] = accuracy_curves(
+                    reference.model, train, test, CURVE_CRITERIA, points=cfg.points,
+                    batch_size=rc.batch_size, lr=rc.lr, seed=rc.seed, progress=progress)
+                _write_json(cache, {"key": key, "curves": curve_sets[model]})
         points = [{"label": f"{r['method']} (continuous)", "compression": r["compression"],
                    "accuracy": r["test_accuracy"]} for r in rows if r["model"] == model]
         fig = plots.plot_accuracy_vs_compression(curve_sets.get(model, {}), points,

@@ -250,3 +250,10 @@ def test_demo_runs_end_to_end(tmp_path, capsys) -> None:
     assert (tmp_path / "demo" / "mlp-bmrs_n" / cli.REPORT_FILE).is_file()
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert len(summary["rows"]) == 2
+    # a finished demo run again recomputes nothing: every run is read back, the curves too
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "demo").rglob("*.json")
+               if p.name in (cli.METRICS_FILE, "mlp_curves.json")}
+    assert len(written) == 3
+    again = run_demo(cfg, progress=False)
+    assert [r["test_accuracy"] for r in again.rows] == [r["test_accuracy"] for r in result.rows]
+    assert written == {p: p.stat().st_mtime_ns for p in written}
