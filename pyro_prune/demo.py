@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -183,11 +184,16 @@ def run_demo(cfg: DemoConfig | None = None, *, data_root: str | None = None, pro
     stages = [(m, meth) for m in cfg.models for meth in cfg.methods]
     bar = progress_bar(desc="demo", total=len(stages), enabled=progress, every_s=0.0)
     results: dict[tuple[str, str], RunResult] = {}
-    for model, method in stages:
+    def log(msg: str) -> None:
+        if progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    for i, (model, method) in enumerate(stages, 1):
         bar.set_description(f"demo {model}/{method}")
+        log(f"demo [{i}/{len(stages)}] {model} / {method}")
         rc = cfg.run_config(model, method)
         run = run_fit(rc, out / f"{model}-{method}", data_root=data_root, progress=progress,
-                      restart=restart)
+                      restart=restart, log=log)
         write_report(run.out, idata=run.idata)
         results[(model, method)] = run
         run_dirs[f"{model}-{method}"] = run.out
