@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import statistics
 import sys
@@ -62,7 +63,7 @@ def make_model(name: str, info: Any) -> torch.nn.Module:
 
 def run_one(dataset: str, model_name: str, seed: int, kl_scale: str, args: argparse.Namespace,
             data: dict[str, Any], methods: list[str],
-            earlier: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+            earlier: Sequence[dict[str, Any]] = (), noise_draws: str | None = None) -> list[dict[str, Any]]:
     """Train ``methods`` for one (dataset, model, seed, KL weighting).
 
     ``earlier`` holds cached rows of the same configuration; L2 and scratch take their
@@ -72,6 +73,8 @@ def run_one(dataset: str, model_name: str, seed: int, kl_scale: str, args: argpa
     train, val, test = data["train"], data["val"], data["test"]
     kw = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, val=val, seed=seed,
               progress=not args.quiet, kl_scale=kl_scale, noise_lr=args.noise_lr)
+    if noise_draws is not None:  # else fit's default estimator
+        kw["per_example_noise"] = noise_draws == "per_example"
     rows = []
 
     def record(method: str, model, t0: float, history=None, **extra: Any) -> None:
@@ -85,7 +88,9 @@ def run_one(dataset: str, model_name: str, seed: int, kl_scale: str, args: argpa
             "val_accuracy": history[-1].get("val_accuracy") if history else None,
             "time_s": time.perf_counter() - t0, **extra,
         })
-        print(f"  {dataset} {model_name} seed={seed} kl={kl_scale} {method}: "
+        if noise_draws is not None:
+            rows[-1]["noise_draws"] = noise_draws
+        print(f"  {dataset} {model_name} seed={seed} kl={kl_scale} {noise_draws or ''} {method}: "
               f"acc={rows[-1]['test_accuracy']:.4f} comp={rows[-1]['compression']:.3f}", flush=True)
 
     base = None
@@ -138,18 +143,20 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     seen: set[tuple] = set()
     for r in rows:  # a method trained by two cached runs of one seed counts once
-        ident = (r["dataset"], r["model"], r["kl_scale"], r["method"], r["seed"])
+        ident = (r["dataset"], r["model"], r["kl_scale"], r.get("noise_draws"), r["method"], r["seed"])
         if ident in seen:
             continue
         seen.add(ident)
-        groups.setdefault((r["dataset"], r["model"], r["kl_scale"], r["method"]), []).append(r)
+        groups.setdefault(ident[:-1], []).append(r)
     out = []
-    for (dataset, model, kl, method), rs in groups.items():
+    for (dataset, model, kl, draws, method), rs in groups.items():
         acc = [100 * r["test_accuracy"] for r in rs]
         comp = [100 * r["compression"] for r in rs]
         paper = PAPER_BMRS_N.get((model, dataset)) if method == "bmrs_n" else None
         out.append({
-            "dataset": dataset, "model": model, "kl_scale": kl, "method": method, "seeds": len(rs),
+            "dataset": dataset, "model": model, "kl_scale": kl,
+            **({"noise_draws": draws} if draws is not None else {}),
+            "method": method, "seeds": len(rs),
             "compression_%": statistics.mean(comp),
             "compression_std": statistics.stdev(comp) if len(comp) > 1 else 0.0,
             "accuracy_%": statistics.mean(acc),
@@ -157,13 +164,14 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "paper_compression_%": paper[0] if paper else None,
             "paper_accuracy_%": paper[1] if paper else None,
         })
-    reference = {(r["dataset"], r["model"], r["kl_scale"]): r["accuracy_%"] for r in out
-                 if r["method"] == "none"}
+    reference = {(r["dataset"], r["model"], r["kl_scale"], r.get("noise_draws")): r["accuracy_%"]
+                 for r in out if r["method"] == "none"}
     for r in out:  # the goal: within 1 point of our own unpruned network
-        ref = reference.get((r["dataset"], r["model"], r["kl_scale"]))
+        ref = reference.get((r["dataset"], r["model"], r["kl_scale"], r.get("noise_draws")))
         r["accuracy_change_vs_none"] = None if ref is None else r["accuracy_%"] - ref
     order = {m: i for i, m in enumerate(METHODS)}
-    out.sort(key=lambda r: (r["dataset"], r["model"], r["kl_scale"], order.get(r["method"], 99)))
+    out.sort(key=lambda r: (r["dataset"], r["model"], r["kl_scale"], order.get(r["method"], 99),
+                            r.get("noise_draws") or ""))
     return out
 
 
@@ -180,6 +188,9 @@ def main() -> None:
     parser.add_argument("--noise-lr", type=float, default=None,
                         help="learning rate of the noise posteriors (default: --lr)")
     parser.add_argument("--kl-scale", nargs="+", default=["elbo", "paper"], choices=["elbo", "paper"])
+    parser.add_argument("--noise-draws", nargs="+", default=[None], choices=["per_example", "per_step"],
+                        help="the fast ELBO's noise estimator(s) compared side by side "
+                             "(fit's per_example_noise; default: fit's default)")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--runs-file", default=str(RUNS_FILE),
                         help="cache of finished runs (JSON); separate files let runs go in parallel")
@@ -207,9 +218,11 @@ def main() -> None:
             train, val = train_val_split(full, val_fraction=0.2, seed=seed)
             data = {"train": train, "val": val, "test": test, "info": full.info}
             for model_name in args.models:
-                for kl in args.kl_scale:
+                for kl, draws in itertools.product(args.kl_scale, args.noise_draws):
                     config_key = [dataset, model_name, seed, kl, args.epochs, args.finetune,
                                   args.batch_size, args.lr, args.noise_lr]
+                    if draws is not None:  # keys of runs with fit's default estimator unchanged
+                        config_key.append(draws)
                     # runs of this configuration cached under any method set; train only
                     # the methods none of them has
                     same = [k for k in cache if json.loads(k)[:-1] == config_key]
@@ -218,12 +231,12 @@ def main() -> None:
                     if missing and not args.cached_only:
                         key = json.dumps([*config_key, missing])
                         cache[key] = run_one(dataset, model_name, seed, kl, args, data, missing,
-                                             earlier)
+                                             earlier, draws)
                         runs_file.write_text(json.dumps(cache, indent=1))
                         same.append(key)
                     all_rows.extend(r for k in same for r in cache[k] if r["method"] in args.methods)
     table = summarise(all_rows)
-    print(format_table(table, ["dataset", "model", "kl_scale", "method", "seeds", "compression_%",
+    print(format_table(table, ["dataset", "model", "kl_scale", "noise_draws", "method", "seeds", "compression_%",
                                "compression_std", "accuracy_%", "accuracy_std",
                                "paper_compression_%", "paper_accuracy_%"]))
     if args.cached_only:  # record the command that trains the runs, not the tabulation

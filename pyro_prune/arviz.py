@@ -473,7 +473,8 @@ def _criterion_dF(criterion: Any, score: Tensor) -> Tensor | None:
 
 def _reduction_dataset(model: PrunableNet, criteria: Sequence[str]) -> xr.Dataset:
     """Per-structure reduction results of every gate (see the module docstring)."""
-    from pyro_prune.inference.scoring import gate_inputs
+    from pyro_prune.inference.guides import attached_guide
+    from pyro_prune.inference.scoring import gate_criterion
     from pyro_prune.reduction import get_criterion
 
     crits = [get_criterion(c) for c in criteria]
@@ -489,18 +490,23 @@ def _reduction_dataset(model: PrunableNet, criteria: Sequence[str]) -> xr.Datase
         attrs = {"gate": gate_name, "producer": gate.producer_name or "none"}
         kept = gate.kept.detach().cpu().numpy().astype(bool)
         data_vars[f"{base}_kept"] = xr.Variable([d], kept, attrs=attrs)
-        inputs: dict[str, Any] = dict(gate_inputs(model, gate_name))
-        if isinstance(gate, MultiplicativeNoise):
+        external = gate.guide_posterior() if isinstance(gate, MultiplicativeNoise) else None
+        if external is not None:  # the fitted autoguide's posterior, in its own parameters
+            attrs = {**attrs, "posterior": f"{type(attached_guide(model)).__name__}, {external.family}"}
+            for key, value in external.parameters().items():
+                data_vars[f"{base}_{key}"] = xr.Variable([d], value.detach().cpu().numpy(), attrs=attrs)
+        elif isinstance(gate, MultiplicativeNoise):
             data_vars[f"{base}_loc"] = xr.Variable([d], gate.loc.detach().cpu().numpy(), attrs=attrs)
             data_vars[f"{base}_scale"] = xr.Variable([d], gate.scale.detach().cpu().numpy(), attrs=attrs)
+        if isinstance(gate, MultiplicativeNoise):
             data_vars[f"{base}_e_theta"] = xr.Variable(
                 [d], gate.expected_theta().detach().cpu().numpy(), attrs=attrs
             )
         scores, removes, dfs = [], [], {}
         for crit in crits:
             try:
-                score = crit.score(**inputs)
-                remove = crit.remove(**inputs) & gate.kept
+                score, remove = gate_criterion(model, gate_name, crit)
+                assert remove is not None
             except (TypeError, KeyError, ValueError):  # not applicable to this gate
                 score = torch.full((gate.num_structures,), float("nan"))
                 remove = torch.zeros(gate.num_structures, dtype=torch.bool)
@@ -548,7 +554,8 @@ def to_inference_data(
 
     Args:
         model: a fitted :class:`PrunableNet`.
-        guide: the guide to draw from (default ``model.guide``).
+        guide: the guide to draw from (default: the autoguide ``fit`` trained, else
+            ``model.guide``).
         data: ``(inputs, targets)`` (a ``TensorDataset`` or a tuple); adds the ``prior``,
             ``posterior_predictive``, ``observed_data`` and pointwise ``log_likelihood``
             groups, evaluated on these examples (use held-out data for ``az.loo``).
@@ -591,7 +598,7 @@ def to_inference_data(
         check_model_data(model, x, y, "data")
     if guide is not None and guide != model.guide:
         check_guide(model, guide, None if x is None else x[:2], None if y is None else y[:2])
-    guide = guide if guide is not None else model.guide
+    guide = guide if guide is not None else (model.__dict__.get("_fitted_guide") or model.guide)
     keep = _resolve_mask(model, mask)
     was_training = model.training
     model.eval()
@@ -728,6 +735,7 @@ class ElpdSummary:
         n: number of observations.
         pareto_k_max: the largest Pareto ``k`` (> 0.7: the estimate is unreliable).
         warning: ArviZ flagged the estimate.
+        pareto_k_bad: how many observations have ``k > 0.7``.
     """
 
     elpd: float
@@ -736,6 +744,7 @@ class ElpdSummary:
     n: int
     pareto_k_max: float
     warning: bool
+    pareto_k_bad: int = 0
 
 
 def loo(idata: Any) -> ElpdSummary:
@@ -754,7 +763,7 @@ def loo(idata: Any) -> ElpdSummary:
     k = np.asarray(res.pareto_k)
     return ElpdSummary(elpd=elpd, se=float(res.se), p=p, n=int(res.n_data_points),
                        pareto_k_max=float(np.nanmax(k)) if k.size else math.nan,
-                       warning=bool(res.warning))
+                       warning=bool(res.warning), pareto_k_bad=int(np.sum(~(k <= 0.7))))
 
 
 def compare(models: Mapping[str, Any], **kwargs: Any) -> Any:

@@ -17,11 +17,15 @@ and writes a *run folder*:
 ``converted_state_dict.pt``    the smaller deterministic network's ``state_dict``
 ``converted.pt2``              the same network as a ``torch.export`` program, batch size free
                                (``torch.export.load(path).module()``; no pyro_prune needed)
-``posterior.nc``               the ArviZ InferenceData (netCDF; :mod:`pyro_prune.arviz`)
+``posterior.nc``               the ArviZ InferenceData (netCDF; :mod:`pyro_prune.arviz`), with
+                               the log likelihood of training data (for PSIS-LOO)
 ``calibration.json``           reliability bins and ECE, removed structures restored and pruned
-``metrics.json``               test accuracy, compression, MACs, latency, ELPD, W2 shift, ECE;
-                               written last: a run folder that has it is finished, and running
-                               the same command again only reads it back
+``test_lpd.json``              pointwise test-set log predictive density of the pruned network
+``metrics.json``               test accuracy, compression, MACs, latency, test-set log
+                               predictive density (pruned, restored, paired difference and
+                               SE), PSIS-LOO on training data, W2 shift, ECE, the pruning
+                               report; written last: a run folder that has it is finished, and
+                               running the same command again only reads it back
 =============================  ===============================================================
 
 ``report`` writes ``report.md`` with tables and PNG figures into the run folder; ``export``
@@ -103,6 +107,7 @@ EXPORTED_PROGRAM_FILE = "converted.pt2"
 IDATA_FILE = "posterior.nc"
 CURVE_FILE = "curve.json"
 CALIBRATION_FILE = "calibration.json"
+LPD_FILE = "test_lpd.json"  # pointwise test-set log predictive density of the pruned network
 REPORT_FILE = "report.md"
 FIGURES_DIR = "figures"
 CHECKPOINT_FILE = "checkpoint.pt"  # written by pyro_prune.inference.fit
@@ -521,6 +526,9 @@ class RunResult:
     metrics: dict[str, Any]
     idata: Any = None
     curves: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: pointwise test-set log predictive density of the pruned network (same points in
+    #: every run of one configuration and seed: paired comparisons across runs)
+    lpd_pointwise: Any = None
 
 
 #: every file and folder a run writes, in the order a restart deletes them: the result that
@@ -622,7 +630,7 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
     from pyro_prune.convert import compression, count_macs, count_params, to_deterministic
     from pyro_prune.data import train_val_split
     from pyro_prune.inference import ContinuousPruning, evaluate, fit
-    from pyro_prune.predictive import w2_shift
+    from pyro_prune.predictive import compare_lpd, log_predictive_density, w2_shift
 
     val = None
     if cfg.val_fraction > 0:
@@ -661,12 +669,15 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
         raise UsageError(f"training diverged: {_one_line(err)} (--lr / --noise-lr)") from None
     if not main:  # rank 0 evaluates, converts and writes the run folder
         return RunResult(out=out, config=cfg, model=model, history=result.history, metrics={})
+    if result.report is not None:
+        say(str(result.report))
     fit_time = sum(float(r.get("epoch_time_s", 0.0)) for r in result.history)
     save_torch(model.state_dict(), out / MODEL_FILE)
     _write_json(out / HISTORY_FILE, result.history)
 
     stages = ["evaluate on the test set", "convert and count", "latency (batch 256)",
-              "W2 shift of the predictive", "calibration", "posterior draws for ArviZ", "PSIS-LOO",
+              "W2 shift of the predictive", "calibration", "test-set log predictive density",
+              "posterior draws for ArviZ", "PSIS-LOO",
               "accuracy-vs-compression curve"]
     if not measure:
         stages.remove("latency (batch 256)")
@@ -697,6 +708,7 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
         "kept": model.kept_counts(),
         "structures": {n: g.num_structures for n, g in model.gates().items()},
         "epochs_run": len(result.history), "fit_time_s": fit_time,
+        "pruning_report": str(result.report) if result.report is not None else None,
     }
     if measure:
         stage("latency (batch 256)")
@@ -708,10 +720,7 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
         metrics["speedup"] = metrics["latency_full_ms"] / metrics["latency_pruned_ms"]
 
     stage("W2 shift of the predictive")
-    if cfg.eval_examples is not None and cfg.eval_examples < len(test):
-        _, held = train_val_split(test, val_fraction=cfg.eval_examples / len(test), seed=cfg.seed)
-    else:
-        held = test
+    held = _subset(test, cfg.eval_examples, cfg.seed)
     with all_kept(model):
         shift = w2_shift(model, None, kept_masks, held.tensors[0][:512], seed=cfg.seed)
     metrics.update(w2=shift.w2, w2_empty=shift.w2_empty, w2_normalized=shift.normalized)
@@ -720,17 +729,32 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
     if calibrations:
         _write_json(out / CALIBRATION_FILE, calibrations)
         metrics.update({f"ece_{k}": v["ece"] for k, v in calibrations.items()})
+    # the uncertainty cost on new data: test-set log predictive density of the pruned network
+    # and of the same network with every structure restored, paired over the test points
+    stage("test-set log predictive density")
+    lpd = log_predictive_density(model, held, draws=cfg.num_samples, seed=cfg.seed)
+    with all_kept(model):
+        lpd_full = log_predictive_density(model, held, draws=cfg.num_samples, seed=cfg.seed)
+    cmp = compare_lpd(lpd, lpd_full)
+    _write_json(out / LPD_FILE, lpd.tolist())
+    metrics.update(test_lpd=cmp.pruned, test_lpd_mean=cmp.pruned_mean, test_lpd_full=cmp.full,
+                   test_lpd_full_mean=cmp.full_mean, test_lpd_diff=cmp.difference,
+                   test_lpd_diff_se=cmp.se, test_lpd_n=cmp.n)
     stage("posterior draws for ArviZ")
     settings = {"method": cfg.method, "criterion": method.criterion, "epochs": cfg.epochs, "finetune_epochs": cfg.finetune_epochs,
                 "kl_scale": cfg.kl_scale, "lr": cfg.lr, "batch_size": cfg.batch_size,
                 "data": cfg.data, "compression": metrics["compression"]}
-    idata = pa.to_inference_data(model, data=held, num_samples=cfg.num_samples, seed=cfg.seed,
+    # PSIS-LOO estimates the predictive density of new data from the training data: it
+    # belongs on the training set (on test data it answers no question); its Pareto k say
+    # where the importance weights cannot be trusted
+    idata = pa.to_inference_data(model, data=_subset(train, cfg.eval_examples, cfg.seed),
+                                 num_samples=cfg.num_samples, seed=cfg.seed,
                                  progress=progress, settings=settings)
     pa.save(idata, out / IDATA_FILE)
     stage("PSIS-LOO")
     elpd = pa.loo(idata)
     metrics.update(elpd_loo=elpd.elpd, elpd_loo_se=elpd.se, p_loo=elpd.p,
-                   pareto_k_max=elpd.pareto_k_max)
+                   pareto_k_max=elpd.pareto_k_max, pareto_k_bad=elpd.pareto_k_bad, loo_n=elpd.n)
 
     curves: dict[str, list[dict[str, Any]]] = {}
     if cfg.curve_points > 0:
@@ -742,7 +766,16 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
     metrics["total_time_s"] = time.perf_counter() - t_start
     _write_json(out / METRICS_FILE, metrics)
     return RunResult(out=out, config=cfg, model=model, history=result.history, metrics=metrics,
-                     idata=idata, curves=curves)
+                     idata=idata, curves=curves, lpd_pointwise=lpd)
+
+
+def _subset(data: Any, examples: int | None, seed: int) -> Any:
+    """``examples`` points of ``data`` (a stratified, seeded split), or all of it."""
+    from pyro_prune.data import train_val_split
+
+    if examples is not None and examples < len(data):
+        return train_val_split(data, val_fraction=examples / len(data), seed=seed)[1]
+    return data
 
 
 #: posterior draws of the calibration check
@@ -775,9 +808,10 @@ def _finished_run(cfg: RunConfig, out: Path, model: Any) -> RunResult:
     model.load_state_dict(_load_state(out / MODEL_FILE, model))
     model.eval()
     curves = _read_json(out / CURVE_FILE) if (out / CURVE_FILE).exists() else {}
+    lpd = torch.tensor(_read_json(out / LPD_FILE), dtype=torch.float64) if (out / LPD_FILE).exists() else None
     return RunResult(out=out, config=cfg, model=model, history=_read_json(out / HISTORY_FILE),
                      metrics=_read_json(out / METRICS_FILE), idata=pa.load(out / IDATA_FILE),
-                     curves=curves)
+                     curves=curves, lpd_pointwise=lpd)
 
 
 def accuracy_curves(model: Any, train: Any, test: Any, criteria: Sequence[str], *, points: int,
@@ -1023,12 +1057,26 @@ def _write_report_locked(out: str | os.PathLike, idata: Any) -> Path:
                              ("macs_full", "MACs (full)", ""), ("macs_pruned", "MACs (pruned)", ""),
                              ("speedup", "speedup (batch 256)", ".2f")]),
         "",
-        "Posterior predictive check, calibration and PSIS-LOO (ArviZ):",
+        *([f"Pruning: {m['pruning_report']}", ""] if m.get("pruning_report") else []),
+        "Uncertainty cost on the test set: log predictive density (sum over the test points of "
+        "log mean_s p(y | x, z_s)) of the pruned network and of the same network with every "
+        "structure restored; the difference is paired over the test points, with its standard "
+        "error. The posterior predictive shift W2 and the calibration are measured on the same "
+        "points.",
         "",
-        markdown_table([m], [("w2", "W2(restored, pruned)", ".4g"), ("w2_normalized", "W2 / W2(empty)", ".3g"),
-                             ("ece_restored", "ECE (restored)", ".3f"), ("ece_pruned", "ECE (pruned)", ".3f"),
-                             ("elpd_loo", "elpd_loo", ".2f"), ("elpd_loo_se", "SE", ".2f"),
-                             ("p_loo", "p_loo", ".2f"), ("pareto_k_max", "max Pareto k", ".2f")]),
+        markdown_table([m], [("test_lpd", "lpd (pruned)", ".2f"), ("test_lpd_full", "lpd (restored)", ".2f"),
+                             ("test_lpd_diff", "difference", "+.2f"), ("test_lpd_diff_se", "SE", ".2f"),
+                             ("test_lpd_n", "test points", ""),
+                             ("w2", "W2(restored, pruned)", ".4g"), ("w2_normalized", "W2 / W2(empty)", ".3g"),
+                             ("ece_restored", "ECE (restored)", ".3f"), ("ece_pruned", "ECE (pruned)", ".3f")]),
+        "",
+        "PSIS-LOO on training data (ArviZ): the estimate of the predictive density of new data "
+        "from the training data, with its Pareto k diagnostics (k > 0.7: that point's estimate is "
+        "unreliable).",
+        "",
+        markdown_table([m], [("elpd_loo", "elpd_loo", ".2f"), ("elpd_loo_se", "SE", ".2f"),
+                             ("p_loo", "p_loo", ".2f"), ("pareto_k_max", "max Pareto k", ".2f"),
+                             ("pareto_k_bad", "points with k > 0.7", ""), ("loo_n", "points", "")]),
         "",
         "## Kept structures",
         "",
@@ -1181,7 +1229,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
              else f"test RMSE {m.get('test_rmse', float('nan')):.4f} (normalised targets)")
     print(f"{score}  compression {m['compression']:.3f}  "
           f"MACs {m['macs_pruned']}/{m['macs_full']}  speedup {m.get('speedup', float('nan')):.2f}x  "
-          f"elpd_loo {m['elpd_loo']:.1f}")
+          f"test lpd {m['test_lpd']:.1f} (pruned - restored {m['test_lpd_diff']:+.1f} +- "
+          f"{m['test_lpd_diff_se']:.1f})")
+    if m.get("pruning_report"):
+        print(m["pruning_report"])
     print(f"run folder: {out}")
     return 0
 

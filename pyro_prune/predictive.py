@@ -79,6 +79,7 @@ from pyro_prune.models.gate import StructureGate
 from pyro_prune.models.noise import NoiseMode, noise_mode
 
 __all__ = [
+    "LpdComparison",
     "Method",
     "NeuronScore",
     "Output",
@@ -86,9 +87,11 @@ __all__ = [
     "W2Shift",
     "aggregate_w2",
     "apply_mask",
+    "compare_lpd",
     "empty_mask",
     "evaluate_predictive",
     "kept_mask",
+    "log_predictive_density",
     "neuron_w2",
     "posterior_predictive",
     "predictive_run",
@@ -174,9 +177,15 @@ def _resolve_output(model: PrunableNet, output: Output | str) -> Output:
 
 def _resolve_method(model: PrunableNet, method: Method | str, guide: Callable | None) -> Method:
     m = _enum(Method, method, "method")
-    if m is Method.FAST and guide is not None and guide != model.guide:
+    if m is Method.FAST and guide is not None and guide != model.guide and guide is not _fitted_guide(model):
         raise ValueError("method='fast' works with the model's own guide only; use method='pyro'")
     return m  # type: ignore[return-value]
+
+
+def _fitted_guide(model: PrunableNet) -> Callable | None:
+    """The autoguide :func:`~pyro_prune.inference.fit.fit` trained and attached, if any: its
+    posterior is what the fast path's draws (and the default guide) follow."""
+    return model.__dict__.get("_fitted_guide")
 
 
 @contextlib.contextmanager
@@ -539,7 +548,7 @@ def predictive_run(
     m = _resolve_method(model, method, guide)
     out_kind = _resolve_output(model, output)
     score_kind = _enum(NeuronScore, score, "score")
-    guide = guide if guide is not None else model.guide
+    guide = guide if guide is not None else (_fitted_guide(model) or model.guide)
     was_training = model.training
     model.eval()
     recorder = _ScoreRecorder(model) if scores else None
@@ -575,7 +584,8 @@ def posterior_predictive(
     Args:
         model: the :class:`PrunableNet`.
         data: inputs ``[N, ...]`` (or a ``TensorDataset`` whose first tensor they are).
-        guide: the guide (default ``model.guide``); ``method="fast"`` needs the default.
+        guide: the guide (default: the autoguide ``fit`` trained, else ``model.guide``);
+            ``method="fast"`` needs the default.
         draws: number of posterior draws.
         mask: optional dict gate name -> kept bool tensor, applied temporarily.
         method: ``"pyro"`` (:class:`pyro.infer.Predictive`, one weight draw shared by all
@@ -625,12 +635,99 @@ def evaluate_predictive(
         log_p = torch.log_softmax(out, -1).logsumexp(0) - log_s  # [N, C]
         return {"accuracy": float((log_p.argmax(-1) == y).double().mean()),
                 "nll": float(-log_p.gather(-1, y[:, None]).mean())}
-    sigma = model.obs_scale.detach().double()
-    y = y.double()
-    rmse = float(((out.mean(0) - y) ** 2).mean().sqrt()) * target_scale
-    log_lik = torch.distributions.Normal(out, sigma).log_prob(y).sum(-1).logsumexp(0) - log_s
+    rmse = float(((out.mean(0) - y.double()) ** 2).mean().sqrt()) * target_scale
+    log_lik = _log_lik_draws(model, out, y).logsumexp(0) - log_s
     ll = float(log_lik.mean()) - y.shape[-1] * math.log(target_scale)
     return {"rmse": rmse, "ll": ll}
+
+
+# ------------------------------------------------------------- log predictive density
+def _log_lik_draws(model: PrunableNet, out: Tensor, y: Tensor) -> Tensor:
+    """``log p(y_n | x_n, z_s)`` of every draw ``[S, N]`` from the network outputs ``out``."""
+    out = out.double()
+    if model.likelihood is Likelihood.CATEGORICAL:
+        return torch.log_softmax(out, -1).gather(-1, y.expand(out.shape[0], -1)[..., None])[..., 0]
+    sigma = model.obs_scale.detach().double()
+    return torch.distributions.Normal(out, sigma).log_prob(y.double()).sum(-1)
+
+
+@torch.no_grad()
+def log_predictive_density(
+    model: PrunableNet,
+    dataset: TensorDataset,
+    *,
+    guide: Callable | None = None,
+    draws: int = 100,
+    mask: Mask | None = None,
+    method: Method | str = Method.FAST,
+    seed: int = 0,
+) -> Tensor:
+    r"""Pointwise log posterior predictive density of held-out data, ``[N]`` (float64).
+
+    :math:`\mathrm{lpd}_n = \log \frac1S \sum_s p(y_n \mid x_n, z_s)` with ``S = draws``
+    posterior draws, formed with logsumexp. Summed over a test set it is the quantity a
+    Bayesian model is judged by on new data (PSIS-LOO estimates the same thing from the
+    training data, where the test data are not available). ``mask`` removes structures
+    temporarily (:func:`apply_mask`); with the same ``seed`` two calls use the same random
+    numbers, so their difference is paired.
+    """
+    model = _check_model(model)
+    if not isinstance(dataset, TensorDataset) or len(dataset.tensors) != 2:
+        raise TypeError("dataset must be a TensorDataset of (inputs, targets)")
+    x, y = dataset.tensors
+    out = predictive_run(model, x, guide=guide, draws=draws, mask=mask, method=method,
+                         output=Output.LOGITS if model.likelihood is Likelihood.CATEGORICAL else Output.MEAN,
+                         seed=seed).samples
+    ll = _log_lik_draws(model, out, y)
+    return ll.logsumexp(0) - math.log(ll.shape[0])
+
+
+@dataclass(frozen=True)
+class LpdComparison:
+    """Test-set log predictive density of a pruned and a full network, paired over test points.
+
+    Attributes:
+        n: number of test points.
+        pruned, full: ``sum_n lpd_n`` of each network.
+        difference: ``pruned - full`` (positive: the pruned network predicts the test data
+            better).
+        se: standard error of ``difference``: ``sqrt(n * Var_n(lpd_n(pruned) - lpd_n(full)))``
+            (the pointwise differences are paired; this is the SE of the sum).
+    """
+
+    n: int
+    pruned: float
+    full: float
+    difference: float
+    se: float
+
+    @property
+    def pruned_mean(self) -> float:
+        return self.pruned / self.n
+
+    @property
+    def full_mean(self) -> float:
+        return self.full / self.n
+
+    def __str__(self) -> str:
+        return (f"test log predictive density: pruned {self.pruned:.1f} (mean {self.pruned_mean:.4f}), "
+                f"full {self.full:.1f} (mean {self.full_mean:.4f}); difference {self.difference:+.1f} "
+                f"+- {self.se:.1f} over {self.n} test points")
+
+
+def compare_lpd(pruned: Tensor, full: Tensor) -> LpdComparison:
+    """Paired comparison of two pointwise log predictive densities on the same test points."""
+    if not isinstance(pruned, Tensor) or not isinstance(full, Tensor):
+        raise TypeError("pruned and full must be tensors of pointwise log predictive densities")
+    if pruned.shape != full.shape or pruned.dim() != 1 or pruned.numel() < 2:
+        raise ValueError(
+            f"pruned and full must be 1-D, of the same length >= 2 (the same test points), got "
+            f"{tuple(pruned.shape)} and {tuple(full.shape)}"
+        )
+    d = pruned.double() - full.double()
+    n = d.numel()
+    return LpdComparison(n=n, pruned=float(pruned.double().sum()), full=float(full.double().sum()),
+                         difference=float(d.sum()), se=float(math.sqrt(n) * d.std(unbiased=True)))
 
 
 # ---------------------------------------------------------------------------- W2

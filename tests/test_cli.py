@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -245,7 +246,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys) -> None:
     printed = capsys.readouterr().out
     assert "| model | method | accuracy |" in printed and "finished in" in printed
     assert [(r["model"], r["method"]) for r in result.rows] == [("mlp", "none"), ("mlp", "bmrs_n")]
-    assert result.rows[0]["elpd_diff"] == 0.0
+    assert result.rows[0]["lpd_diff"] == 0.0
+    assert result.rows[1]["lpd"].count("+-") == 1 and math.isfinite(result.rows[1]["lpd_diff_se"])
     assert result.report.is_file() and all(p.is_file() for p in result.figures)
     assert (tmp_path / "demo" / "mlp-bmrs_n" / cli.REPORT_FILE).is_file()
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())

@@ -26,7 +26,9 @@ from pyro_prune.inference.fit import (
     load_checkpoint,
     make_optimizer,
 )
+from pyro_prune.inference.guides import SUPPORTED_GUIDES, attach_guide, attached_guide, detach_guide
 from pyro_prune.inference.loop import ElboLoss, pruning_summary
+from pyro_prune.inference.pruning_report import PruningReport, pruning_report
 from pyro_prune.inference.schedules import (
     ContinuousPruning,
     Schedule,
@@ -37,6 +39,12 @@ from pyro_prune.inference.scoring import global_ranking, structure_removals, str
 from pyro_prune.inference.w2_search import DEFAULT_LAMBDA, W2PruneResult, w2_prune
 
 __all__ = [
+    "SUPPORTED_GUIDES",
+    "PruningReport",
+    "attach_guide",
+    "attached_guide",
+    "detach_guide",
+    "pruning_report",
     "DEFAULT_LAMBDA",
     "W2PruneResult",
     "w2_prune",

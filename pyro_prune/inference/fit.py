@@ -12,7 +12,9 @@ import contextlib
 import enum
 import math
 import os
+import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +73,9 @@ class FitResult:
     guide: Callable
     history: list[dict[str, Any]]
     config: dict[str, Any] = field(default_factory=dict)
+    #: the one-line pruning report (:class:`~pyro_prune.inference.pruning_report.PruningReport`)
+    #: of a run whose schedule prunes with a criterion, else ``None``
+    report: Any = None
 
     @property
     def last(self) -> dict[str, Any]:
@@ -177,6 +182,9 @@ def _param_groups(model: nn.Module, guide: Callable, lr: float,
 
     noise_ids = {id(p) for m in model.modules() if isinstance(m, MultiplicativeNoise)
                  for p in m.parameters()}
+    if isinstance(guide, nn.Module) and guide is not model:  # an autoguide's own parameters
+        own = {id(p) for p in model.parameters()}
+        noise_ids |= {id(p) for p in guide.parameters() if id(p) not in own}
     groups = [{"params": [p for p in params if id(p) not in noise_ids], "lr": lr},
               {"params": [p for p in params if id(p) in noise_ids], "lr": noise_lr}]
     return [g for g in groups if g["params"]]
@@ -305,7 +313,14 @@ def fit(
     checkpoint; ``config`` records ``world_size`` and ``backend``.
 
     Returns:
-        :class:`FitResult` with the model, the guide and the per-epoch history.
+        :class:`FitResult` with the model, the guide, the per-epoch history and, with a
+        pruning schedule, the one-line ``report`` (also logged).
+
+    A custom guide (an autoguide such as ``AutoNormal(model)``) is remembered on the model:
+    the criteria, ``ContinuousPruning``, ``model.predict`` and the predictive then read its
+    posterior (:mod:`pyro_prune.inference.guides`: AutoNormal, AutoDiagonalNormal,
+    AutoMultivariateNormal, AutoLowRankMultivariateNormal, AutoDelta), and its own
+    parameters train at ``noise_lr``.
     """
     if not isinstance(model, PrunableNet):
         raise TypeError(f"model must be a PrunableNet, got {type(model).__name__}")
@@ -361,6 +376,8 @@ def fit(
     if custom_guide:  # autoguides create their parameters on the first call
         with torch.no_grad():
             pyro.poutine.trace(guide).get_trace(x_train[:2].to(device), y_train[:2].to(device))
+    # the criteria, the posterior mean and the predictive read the guide that is fitted here
+    _attach_fitted_guide(model, guide if custom_guide else None)
     if dist_info.active:  # every rank starts from rank 0's weights
         broadcast_module(model, dist_info)
         if isinstance(guide, nn.Module) and guide is not model:
@@ -507,7 +524,44 @@ def fit(
                                  generator=generator)
     bar.close()
     model.eval()
-    return FitResult(model=model, guide=guide, history=history, config=config)
+    report = _report(model, schedule, progress)
+    return FitResult(model=model, guide=guide, history=history, config=config, report=report)
+
+
+def _report(model: PrunableNet, schedule: Any, progress: bool) -> Any:
+    """The one-line pruning report of a run whose schedule prunes with a criterion (logged)."""
+    from pyro_prune.inference.pruning_report import logger, pruning_report
+    from pyro_prune.reduction import Criterion
+
+    criterion = getattr(schedule, "criterion", None)
+    if not isinstance(criterion, Criterion):
+        return None
+    report = pruning_report(model, criterion, decision=getattr(schedule, "last_decision", None))
+    logger.info("%s", report)
+    if progress:
+        tqdm.write(str(report), file=sys.stderr)
+    return report
+
+
+def _attach_fitted_guide(model: PrunableNet, guide: Callable | None) -> None:
+    """Remember the fitted guide on ``model`` (see :mod:`pyro_prune.inference.guides`).
+
+    A guide whose noise posterior the reduction cannot read is still trained (its weights
+    may be all the user wants), with a warning that the criteria will refuse it.
+    """
+    from pyro_prune.inference.guides import attach_guide, detach_guide
+
+    if guide is None:
+        detach_guide(model)
+        return
+    try:
+        attach_guide(model, guide)
+    except (TypeError, ValueError) as err:
+        detach_guide(model)
+        model.__dict__["_fitted_guide_error"] = str(err)
+        warnings.warn(f"{err}; the pruning criteria cannot use this fit", RuntimeWarning, stacklevel=3)
+    else:
+        model.__dict__.pop("_fitted_guide_error", None)
 
 
 def _rank_seed(seed: int, rank: int, epoch: int = 0) -> int:

@@ -21,7 +21,12 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-from pyro_prune.inference.scoring import as_criterion, global_ranking, structure_removals
+from pyro_prune.inference.scoring import (
+    as_criterion,
+    global_ranking,
+    structure_decisions,
+    structure_removals,
+)
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.progress import progress_bar
 
@@ -92,6 +97,8 @@ class ContinuousPruning(Schedule):
         self.extra_epochs = finetune_epochs
         self.criterion_kwargs = criterion_kwargs
         self.removed_total = 0
+        #: range of dF (or the score) over the kept structures at the last pruning decision
+        self.last_decision: Any = None
 
     def __repr__(self) -> str:
         return (f"ContinuousPruning(criterion={self.criterion.name!r}, every={self.every}, "
@@ -117,18 +124,32 @@ class ContinuousPruning(Schedule):
             return {"phase": "finetune", "removed": 0}
         if epoch % self.every:
             return {"phase": "train", "removed": 0}
+        from pyro_prune.inference.pruning_report import decision_range
+
         removed = 0
         gates = model.gates()
-        for name, remove in structure_removals(model, self.criterion).items():
+        kept = {name: g.kept.clone() for name, g in gates.items()}
+        decisions = structure_decisions(model, self.criterion)
+        for name, (_, remove) in decisions.items():
             removed += gates[name].prune(remove)
         self.removed_total += removed
+        self.last_decision = decision_range(model, self.criterion,
+                                            {n: s for n, (s, _) in decisions.items()}, kept)
         return {"phase": "prune", "removed": removed}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"removed_total": self.removed_total}
+        state: dict[str, Any] = {"removed_total": self.removed_total}
+        if self.last_decision is not None:
+            state["last_decision"] = [self.last_decision.low, self.last_decision.high,
+                                      self.last_decision.count]
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        from pyro_prune.inference.pruning_report import ScoreRange
+
         self.removed_total = int(state.get("removed_total", 0))
+        last = state.get("last_decision")
+        self.last_decision = None if last is None else ScoreRange(float(last[0]), float(last[1]), int(last[2]))
 
 
 def _set_kept(model: PrunableNet, kept: dict[str, torch.Tensor]) -> None:

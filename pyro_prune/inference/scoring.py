@@ -4,6 +4,10 @@ For every gate this gathers what a criterion needs — the noise posterior (``lo
 ``scale`` and bounds), the structure's incoming weights and their gradients (from the
 gate's ``producer_name`` layer, one row per structure), or the Gaussian posterior of those
 weights — and returns per-structure scores (higher = more important) or removal masks.
+
+When the model was fitted with an autoguide (``fit(model, data, guide=AutoNormal(model))``),
+the noise criteria read that guide's posterior (:mod:`pyro_prune.inference.guides`), which
+``fit`` attached to the model; ``guide=`` passes one explicitly.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from torch import Tensor, nn
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.models.gate import StructureGate
 from pyro_prune.models.noise import MultiplicativeNoise
-from pyro_prune.reduction import Criterion, get_criterion
+from pyro_prune.reduction import Criterion, CriterionInput, get_criterion
 
-__all__ = ["as_criterion", "gate_inputs", "global_ranking", "structure_removals", "structure_scores"]
+__all__ = ["as_criterion", "gate_criterion", "gate_inputs", "global_ranking", "structure_decisions",
+           "structure_removals", "structure_scores"]
 
 
 def _rows(t: Tensor, gate: StructureGate) -> Tensor:
@@ -77,24 +82,105 @@ def _inputs_for(crit: Criterion, inputs: dict[str, Tensor | float]) -> dict[str,
     return args
 
 
-def structure_scores(model: PrunableNet, criterion: str | Criterion, **criterion_kwargs: Any) -> dict[str, Tensor]:
-    """Per-gate scores (higher = keep) of a criterion (a name or a ``Criterion``)."""
+def _guide_reader(model: PrunableNet, guide: Any) -> Any:
+    """``gate -> NoisePosterior or None``: the posterior a criterion reads for each noise gate."""
+    from pyro_prune.inference import guides as _guides
+
+    if guide is None:
+        guide = _guides.attached_guide(model)
+        if guide is None:
+            error = model.__dict__.get("_fitted_guide_error")
+            if error is None:
+                return lambda gate, crit: None
+
+            def refuse(gate: StructureGate, crit: Criterion) -> Any:
+                if isinstance(gate, MultiplicativeNoise) and CriterionInput.NOISE_POSTERIOR in crit.needs:
+                    raise TypeError(error)
+                return None
+
+            return refuse
+    elif guide == model.guide:
+        return lambda gate, crit: None
+    else:
+        _guides._check_guide(model, guide)
+    sites = set(guide.prototype_trace.nodes) if getattr(guide, "prototype_trace", None) else set()
+    noise_sites = {m.site_name for m in model.noise_layers().values()}
+
+    def read(gate: StructureGate, crit: Criterion) -> Any:
+        if CriterionInput.GAUSSIAN_WEIGHTS in crit.needs and sites - noise_sites:
+            raise ValueError(
+                f"criterion {crit.name!r} reads the model's own weight posterior, but the fitted "
+                f"{type(guide).__name__} also holds the weights' posterior; use a noise criterion "
+                f"({', '.join(_guides.GUIDE_CRITERIA)}) or the model's own guide"
+            )
+        if isinstance(gate, MultiplicativeNoise) and CriterionInput.NOISE_POSTERIOR in crit.needs:
+            return _guides.guide_noise_posterior(guide, gate)
+        return None
+
+    return read
+
+
+def gate_criterion(model: PrunableNet, name: str, crit: Criterion, *, guide: Any = None,
+                   remove: bool = True) -> tuple[Tensor, Tensor | None]:
+    """One gate's scores (higher = keep) and, with ``remove``, its removal mask (kept only).
+
+    The noise posterior is the fitted guide's (``guide``, else the one :func:`fit` attached),
+    else the layer's own.
+    """
+    return _gate_criterion(model, name, crit, _guide_reader(model, guide), remove)
+
+
+def _gate_criterion(model: PrunableNet, name: str, crit: Criterion, reader: Any,
+                    remove: bool) -> tuple[Tensor, Tensor | None]:
+    from pyro_prune.inference import guides as _guides
+
+    gate = model.gates()[name]
+    posterior = reader(gate, crit) if reader is not None else None
+    if posterior is not None:
+        extra = {k: v for k, v in _inputs_for(crit, gate_inputs(model, name)).items()
+                 if k in crit.accepts}
+        score = _guides.guide_score(posterior, crit, extra)
+        mask = _guides.guide_removal(posterior, crit, extra) & gate.kept if remove else None
+        return score, mask
+    args: dict[str, Any] = _inputs_for(crit, gate_inputs(model, name))
+    return crit.score(**args), (crit.remove(**args) & gate.kept) if remove else None
+
+
+def structure_scores(model: PrunableNet, criterion: str | Criterion, *, guide: Any = None,
+                     **criterion_kwargs: Any) -> dict[str, Tensor]:
+    """Per-gate scores (higher = keep) of a criterion (a name or a ``Criterion``).
+
+    ``guide``: read the noise posterior of this fitted autoguide (default: the guide
+    :func:`~pyro_prune.inference.fit.fit` trained, else the layers' own posterior).
+    """
     crit = as_criterion(criterion, **criterion_kwargs)
-    return {name: crit.score(**_inputs_for(crit, gate_inputs(model, name))) for name in model.gates()}
+    reader = _guide_reader(model, guide)
+    return {name: _gate_criterion(model, name, crit, reader, remove=False)[0] for name in model.gates()}
 
 
-def structure_removals(model: PrunableNet, criterion: str | Criterion, **criterion_kwargs: Any) -> dict[str, Tensor]:
+def structure_decisions(model: PrunableNet, criterion: str | Criterion, *, guide: Any = None,
+                        **criterion_kwargs: Any) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per gate, the criterion's scores (higher = keep; ``-dF`` for dF criteria) and its
+    removal mask of kept structures, from one evaluation."""
+    crit = as_criterion(criterion, **criterion_kwargs)
+    reader = _guide_reader(model, guide)
+    out = {}
+    for name in model.gates():
+        score, mask = _gate_criterion(model, name, crit, reader, remove=True)
+        assert mask is not None
+        out[name] = (score, mask)
+    return out
+
+
+def structure_removals(model: PrunableNet, criterion: str | Criterion, *, guide: Any = None,
+                       **criterion_kwargs: Any) -> dict[str, Tensor]:
     """Per-gate boolean masks of the kept structures the criterion removes.
 
     Threshold-free criteria remove where dF >= 0; thresholded ones below their default
-    threshold (SNR < 1, E[theta] < 0.1).
+    threshold (SNR < 1, E[theta] < 0.1). ``guide`` as in :func:`structure_scores`.
     """
-    crit = as_criterion(criterion, **criterion_kwargs)
-    out = {}
-    for name, gate in model.gates().items():
-        args: dict[str, Any] = _inputs_for(crit, gate_inputs(model, name))
-        out[name] = crit.remove(**args) & gate.kept
-    return out
+    return {name: mask for name, (_, mask) in
+            structure_decisions(model, criterion, guide=guide, **criterion_kwargs).items()}
 
 
 def global_ranking(model: PrunableNet, criterion: Any, **criterion_kwargs: Any) -> list[tuple[str, int]]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import enum
 from collections.abc import Iterator
+from typing import Any
 
 import pyro
 import torch
@@ -175,9 +176,22 @@ class MultiplicativeNoise(StructureGate, StochasticModule):
         """``LogN[A, B](loc, scale^2)`` of every structure."""
         return TruncatedLogNormal(self.loc, self.scale, self.log_low, self.log_high)
 
+    def guide_posterior(self) -> Any:
+        """The posterior of a fitted autoguide this layer reads instead of its own ``loc`` and
+        ``scale`` (see :func:`pyro_prune.inference.guides.attach_guide`), or ``None``."""
+        reader = self.__dict__.get("_guide_posterior")
+        return None if reader is None else reader()
+
     def expected_theta(self) -> Tensor:
-        """``E_q[theta] * kept``: the scale the network uses in eval mode."""
-        e = _expected_theta(self.loc, self.scale, log_low=self.log_low, log_high=self.log_high)
+        """``E_q[theta] * kept``: the scale the network uses in eval mode.
+
+        ``q`` is the posterior of the fitted guide when one is attached, else the layer's own.
+        """
+        external = self.guide_posterior()
+        if external is not None:
+            e = external.moments()[0].to(self.loc.dtype)
+        else:
+            e = _expected_theta(self.loc, self.scale, log_low=self.log_low, log_high=self.log_high)
         return e * self.kept.to(e.dtype)
 
     def importance(self) -> Tensor:
@@ -196,6 +210,9 @@ class MultiplicativeNoise(StructureGate, StochasticModule):
 
     def rsample_per_example(self, batch: int) -> Tensor:
         """``theta ~ q`` drawn independently for each of ``batch`` examples: ``[batch, n]``."""
+        external = self.guide_posterior()
+        if external is not None:
+            return external.rsample((batch,))
         log_theta = rsample_log_theta(self.loc, self.scale, self.log_low, self.log_high, batch)
         if log_theta is None:
             return self.posterior().rsample((batch,))

@@ -1,0 +1,244 @@
+"""Criteria, schedules and predictions read the posterior of a fitted Pyro autoguide."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from pyro.infer.autoguide import (
+    AutoDelta,
+    AutoDiagonalNormal,
+    AutoLowRankMultivariateNormal,
+    AutoNormal,
+    init_to_feasible,
+)
+from scipy import integrate, stats
+
+from pyro_prune.data import load_dataset
+from pyro_prune.distributions import TruncatedLogNormal
+from pyro_prune.inference import (
+    ContinuousPruning,
+    evaluate,
+    fit,
+    structure_removals,
+    structure_scores,
+)
+from pyro_prune.inference.guides import (
+    LogitNormalNoise,
+    PointNoise,
+    attached_guide,
+    guide_delta_f,
+    guide_noise_posterior,
+    guide_score,
+    monte_carlo_delta_f,
+)
+from pyro_prune.models import MLP
+from pyro_prune.reduction import delta_f_loguniform, get_criterion
+
+A, B = -20.0, 0.0
+GUIDES = {
+    "AutoNormal": lambda m: AutoNormal(m),
+    "AutoDiagonalNormal": lambda m: AutoDiagonalNormal(m, init_loc_fn=init_to_feasible),
+    "AutoLowRankMultivariateNormal": lambda m: AutoLowRankMultivariateNormal(m, init_loc_fn=init_to_feasible),
+}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", split="train"), load_dataset("digits", split="test")
+
+
+def _fitted(guide_name: str, digits, epochs: int = 4, schedule=None):
+    train, _ = digits
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    net = MLP(64, [32, 32], 10)
+    guide = GUIDES[guide_name](net)
+    res = fit(net, train, epochs=epochs, guide=guide, progress=False, kl_scale="paper",
+              noise_lr=3e-2, schedule=schedule, seed=0)
+    return net, guide, res
+
+
+# ------------------------------------------------------------------- the family's numbers
+def _u_of_log_theta(lt: float, d: float | None = None) -> float:
+    """u = log(theta - a) - log(b - theta), with theta - a = a expm1(d), d = log theta - A."""
+    d = lt - A if d is None else d
+    return A + math.log(math.expm1(d)) - math.log(math.exp(B) - math.exp(A + d))
+
+
+def _q_log_theta(lt: float, m: float, s: float, d: float | None = None) -> float:
+    """Density of log theta when theta = a + (b - a) sigmoid(u), u ~ N(m, s^2)."""
+    d = lt - A if d is None else d
+    t = math.exp(A + d)
+    du = 1.0 / -math.expm1(-d) + t / (math.exp(B) - t)  # d u / d log theta
+    return stats.norm.pdf(_u_of_log_theta(lt, d), m, s) * du
+
+
+@pytest.mark.parametrize("m,s", [(0.0, 0.1), (-10.0, 5.0), (-25.0, 3.0), (-31.0, 1.0), (3.0, 0.01)])
+def test_bmrs_u_closed_form_matches_quadrature(m: float, s: float) -> None:
+    post = LogitNormalNoise(torch.tensor([m], dtype=torch.float64), torch.tensor([s], dtype=torch.float64), A, B)
+    for name, p1 in (("bmrs_u8", 8), ("bmrs_u4", 4)):
+        lo, hi = -23 * math.log(2), -p1 * math.log(2)
+        # the interval's mass from scipy's log CDF (upper tail mirrored), and by quadrature
+        za, zb = (_u_of_log_theta(lo) - m) / s, (_u_of_log_theta(hi) - m) / s
+        if za > 0:
+            za, zb = -zb, -za
+        log_mass = stats.norm.logcdf(zb) + math.log1p(-math.exp(stats.norm.logcdf(za) - stats.norm.logcdf(zb)))
+        if log_mass > -600:
+            quad, _ = integrate.quad(_q_log_theta, lo, hi, args=(m, s), points=[min(max(m, lo), hi)],
+                                     limit=200, epsabs=0)
+            assert quad == pytest.approx(math.exp(log_mass), rel=1e-6)
+        expected = math.log(B - A) - math.log(hi - lo) + log_mass
+        got = float(guide_delta_f(post, get_criterion(name)))
+        assert got == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("m,s", [(-10.0, 6.0), (-28.0, 2.0), (-33.0, 1.0), (-20.0, 5.0)])
+@pytest.mark.parametrize("reduced_var", [1e-12, 0.25])
+def test_bmrs_n_quadrature_matches_scipy(m: float, s: float, reduced_var: float) -> None:
+    post = LogitNormalNoise(torch.tensor([m], dtype=torch.float64), torch.tensor([s], dtype=torch.float64), A, B)
+    crit = get_criterion("bmrs_n", reduced_var=reduced_var)
+    sd = math.sqrt(reduced_var)
+    z = 0.5  # the half-normal's normaliser on [A, B] with mu_r = A
+
+    # an independent reference in log theta (the guide integrates in u):
+    # E_{p~}[q(log theta)] with log theta = A + sd x, x half-normal, over y = log x
+    def integrand(y: float) -> float:
+        x = math.exp(y)
+        return x * stats.norm.pdf(x) / z * _q_log_theta(A + sd * x, m, s, d=sd * x)
+
+    # where q puts log theta: u = m, i.e. log theta - A = log1p(e^(m - A) (1 - a)) roughly
+    y_peak = math.log(math.log1p(math.exp(m - A)) / sd)
+    hi = math.log(min(40.0, (B - A) / sd))
+    ref, _ = integrate.quad(integrand, -120.0, hi, points=[min(y_peak, hi - 1e-3)], limit=500,
+                            epsabs=0, epsrel=1e-10)
+    expected = math.log(B - A) + math.log(ref)
+    got = float(guide_delta_f(post, crit))
+    assert got == pytest.approx(expected, abs=1e-3 * max(1.0, abs(expected)))
+    # the released code's variant is the same plus 0.5 log 2 pi
+    code = float(guide_delta_f(post, get_criterion("bmrs_n_code", reduced_var=reduced_var)))
+    assert code - got == pytest.approx(0.5 * math.log(2 * math.pi), abs=1e-9)
+
+
+def test_closed_forms_match_monte_carlo() -> None:
+    loc = torch.tensor([-12.0, -8.0, -6.0], dtype=torch.float64)
+    scale = torch.tensor([4.0, 2.0, 1.5], dtype=torch.float64)
+    post = LogitNormalNoise(loc, scale, A, B)
+    for name in ("bmrs_u8", "bmrs_u4"):
+        crit = get_criterion(name)
+        mc, se = monte_carlo_delta_f(post, crit, draws=200_000)
+        exact = guide_delta_f(post, crit)
+        assert torch.all(se < 0.05)
+        assert torch.all((mc - exact).abs() < 4 * se + 1e-3), (name, mc, exact, se)
+    # moments: E[theta] and SNR against draws
+    theta = post.rsample((200_000,))
+    mean, var = post.moments()
+    torch.testing.assert_close(mean, theta.mean(0), rtol=0.0, atol=4 * float(theta.std(0).max()) / math.sqrt(2e5))
+    torch.testing.assert_close(var.sqrt(), theta.std(0), rtol=0.06, atol=0.0)
+
+
+def test_point_posterior_is_the_density_ratio() -> None:
+    theta = torch.exp(torch.tensor([-12.0, -2.0, -19.5], dtype=torch.float64))
+    post = PointNoise(theta, A, B)
+    df = guide_delta_f(post, get_criterion("bmrs_u8"))
+    inside = math.log(B - A) - math.log(15 * math.log(2))
+    assert float(df[0]) == pytest.approx(inside)
+    assert df[1] == -math.inf and df[2] == -math.inf
+    assert torch.equal(guide_score(post, get_criterion("e_theta")), theta)
+
+
+# ------------------------------------------------------------------ fitted autoguides
+@pytest.mark.parametrize("guide_name", list(GUIDES))
+def test_criteria_read_the_fitted_guide(guide_name: str, digits) -> None:
+    net, guide, _ = _fitted(guide_name, digits)
+    assert attached_guide(net) is guide
+    for name, layer in net.noise_layers().items():
+        post = guide_noise_posterior(guide, layer)
+        assert isinstance(post, LogitNormalNoise)
+        # bmrs_u through the public API is the guide's closed form, not the layer's own
+        ours = structure_scores(net, "bmrs_u8")[name].double()
+        torch.testing.assert_close(ours, -guide_delta_f(post, get_criterion("bmrs_u8")))
+        builtin = structure_scores(net, "bmrs_u8", guide=net.guide)[name]
+        torch.testing.assert_close(builtin, -delta_f_loguniform(layer.loc, layer.scale))
+        assert not torch.allclose(ours.float(), builtin)
+        # against draws of the guide itself (its own sampling path, not ours)
+        draws = torch.stack([pyro.poutine.trace(guide).get_trace(torch.zeros(1, 64)).nodes[layer.site_name]["value"]
+                             for _ in range(300)]).detach().double()
+        mean, _ = post.moments()
+        se = draws.std(0) / math.sqrt(len(draws))
+        assert torch.all((draws.mean(0) - mean).abs() < 5 * se + 1e-6)
+        # the posterior mean the network predicts with is the guide's
+        torch.testing.assert_close(layer.expected_theta().double(), mean * layer.kept.double())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("guide_name", ["AutoDiagonalNormal"])
+def test_continuous_pruning_with_an_autoguide_prunes(guide_name: str, digits) -> None:
+    _, test = digits
+    net, guide, res = _fitted(guide_name, digits, epochs=20,
+                              schedule=ContinuousPruning("bmrs_u8", finetune_epochs=2))
+    assert res.last["compression"] > 0.05
+    assert sum(r["removed"] for r in res.history) > 0
+    assert evaluate(net, test)["accuracy"] > 0.9
+
+
+def test_unsupported_guide_is_refused_by_name(digits) -> None:
+    train, _ = digits
+    net = MLP(64, [16], 10)
+
+    def my_guide(x, y=None):  # a hand-written guide: the reduction cannot read it
+        for layer in net.noise_layers().values():
+            loc = pyro.param(f"{layer.site_name}_m", torch.zeros(layer.num_structures))
+            with pyro.plate(f"{layer.site_name}_plate", layer.num_structures, dim=-1):
+                pyro.sample(layer.site_name, TruncatedLogNormal(loc, torch.ones(()) * 0.1, A, B))
+
+    with pytest.warns(RuntimeWarning, match="AutoNormal"):
+        fit(net, train, epochs=1, guide=my_guide, progress=False)
+    with pytest.raises(TypeError, match="supported guides: .*AutoNormal, AutoDiagonalNormal"):
+        structure_removals(net, "bmrs_n")
+    with pytest.raises(TypeError, match="AutoLowRankMultivariateNormal"):
+        ContinuousPruning("bmrs_u").on_epoch_end(type("C", (), {"model": net, "epochs": 5})(), 1)
+    # weight criteria do not read the noise posterior: still usable
+    assert set(structure_scores(net, "l2")) == set(net.gates())
+
+
+def test_a_guide_of_another_model_is_refused(digits) -> None:
+    net, _, _ = _fitted("AutoNormal", digits, epochs=1)
+    other = MLP(64, [32, 32], 10)
+    foreign = AutoNormal(other)
+    pyro.poutine.trace(foreign).get_trace(torch.zeros(2, 64), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="another model"):
+        structure_scores(net, "bmrs_u", guide=foreign)
+    with pytest.raises(TypeError, match="supported guides"):
+        structure_scores(net, "bmrs_u", guide=lambda x, y=None: None)
+
+
+def test_autodelta_reads_a_point_posterior(digits) -> None:
+    train, _ = digits
+    torch.manual_seed(0)
+    net = MLP(64, [16], 10)
+    guide = AutoDelta(net, init_loc_fn=init_to_feasible)
+    fit(net, train, epochs=1, guide=guide, progress=False)
+    layer = next(iter(net.noise_layers().values()))
+    theta = guide.median()[layer.site_name].detach()
+    torch.testing.assert_close(layer.expected_theta(), theta * layer.kept)
+    scores = structure_scores(net, "e_theta")[next(iter(net.noise_layers()))]
+    torch.testing.assert_close(scores, theta.double())
+
+
+def test_arviz_export_reads_the_fitted_guide(digits) -> None:
+    from pyro_prune import arviz as pa
+
+    net, guide, _ = _fitted("AutoNormal", digits, epochs=1)
+    idata = pa.to_inference_data(net, num_samples=4, criteria=["bmrs_u8", "e_theta"])
+    red = idata["reduction"] if not hasattr(idata, "reduction") else idata.reduction
+    names = list(red.data_vars)
+    assert any(n.endswith("_guide_loc") for n in names) and not any(n.endswith("_loc") and "guide" not in n
+                                                                   for n in names)
+    name, layer = next(iter(net.noise_layers().items()))
+    var = next(n for n in names if n.endswith("_dF"))
+    df = guide_delta_f(guide_noise_posterior(guide, layer), get_criterion("bmrs_u8")).numpy()
+    np.testing.assert_allclose(np.asarray(red[var].values)[0], df, rtol=1e-6)
