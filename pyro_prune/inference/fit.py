@@ -538,7 +538,9 @@ def _report(model: PrunableNet, schedule: Any, progress: bool) -> Any:
         return None
     report = pruning_report(model, criterion, decision=getattr(schedule, "last_decision", None))
     logger.info("%s", report)
-    if progress:
+    if progress:  # below the progress bar, not through it
+        from tqdm.auto import tqdm
+
         tqdm.write(str(report), file=sys.stderr)
     return report
 
