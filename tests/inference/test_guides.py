@@ -133,10 +133,11 @@ def test_closed_forms_match_monte_carlo() -> None:
         exact = guide_delta_f(post, crit)
         assert torch.all(se < 0.05)
         assert torch.all((mc - exact).abs() < 4 * se + 1e-3), (name, mc, exact, se)
-    # moments: E[theta] and SNR against draws
+    # moments: E[theta] and SNR against draws (seeded: the tolerances are a few SE)
+    torch.manual_seed(0)
     theta = post.rsample((200_000,))
     mean, var = post.moments()
-    torch.testing.assert_close(mean, theta.mean(0), rtol=0.0, atol=4 * float(theta.std(0).max()) / math.sqrt(2e5))
+    torch.testing.assert_close(mean, theta.mean(0), rtol=0.0, atol=5 * float(theta.std(0).max()) / math.sqrt(2e5))
     torch.testing.assert_close(var.sqrt(), theta.std(0), rtol=0.06, atol=0.0)
 
 
