@@ -203,7 +203,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], Tensor]]] = {
     "pyro_linear_bnn": (_pyro_linear_bnn, _vectors),
     "transformer_encoder_mha": (_EncoderClassifier, _sequences),
 }
-SLOW = {"hf_gpt2", "hf_llama_gqa", "hf_vit", "hf_bert_eager"}
+SLOW = {"hf_gpt2", "hf_llama_gqa", "hf_vit", "hf_bert_eager", "transformer_encoder_mha"}
 
 
 def _prune_fraction(model: nn.Module, fraction: float, seed: int) -> None:
