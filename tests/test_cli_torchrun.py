@@ -12,20 +12,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
 
 FIT = ["-m", "pyro_prune", "fit", "--data", "digits", "--model", "mlp", "--method", "bmrs_n_code",
        "--epochs", "5", "--finetune-epochs", "1", "--batch-size", "32", "--lr", "1e-2", "--noise-lr", "0.1",
        "--val-fraction", "0", "--num-samples", "10", "--eval-examples", "50", "--no-progress"]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env.setdefault("OMP_NUM_THREADS", "1")
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    return env
 
 
 def _torchrun(out: Path) -> list[str]:
@@ -59,12 +49,12 @@ def _worker(launcher: int, rank: int) -> int | None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers in /proc")
-def test_a_killed_rank_and_a_rerun_resume_the_run(tmp_path) -> None:
+def test_a_killed_rank_and_a_rerun_resume_the_run(tmp_path, subprocess_env) -> None:
     from pyro_prune.inference import load_checkpoint
 
     out = tmp_path / "run"
     command = _torchrun(out)
-    first = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    first = subprocess.Popen(command, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     checkpoint = out / "checkpoint.pt"
     deadline = time.monotonic() + 240
@@ -81,7 +71,7 @@ def test_a_killed_rank_and_a_rerun_resume_the_run(tmp_path) -> None:
     assert 1 <= saved["epoch"] < 6, saved["epoch"]
     assert not (out / "history.json").exists()
 
-    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=400)
+    done = subprocess.run(command, env=subprocess_env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "test accuracy" in done.stdout and done.stdout.count("run folder") == 1  # rank 0 only
     history = json.loads((out / "history.json").read_text())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -28,19 +27,10 @@ def run_block(title: str) -> dict:
     return namespace
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env.setdefault("OMP_NUM_THREADS", "1")
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    return env
-
-
-def torchrun(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+def torchrun(args: list[str], env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                "--master_port=0", "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0", *args]
-    return subprocess.run(command, env=_env(), capture_output=True, text=True, **kwargs)
+    return subprocess.run(command, env=env, capture_output=True, text=True, **kwargs)
 
 
 def test_own_loop_reproduces_fit() -> None:
@@ -74,11 +64,11 @@ def test_augmented_dataset_trains() -> None:
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_reproduce_one(tmp_path) -> None:
+def test_two_gloo_processes_reproduce_one(tmp_path, subprocess_env) -> None:
     """2 processes with global batch 32 against 1 process: same kept structures, same accuracy."""
     script = tmp_path / "train_ddp.py"
     script.write_text(block("train_ddp.py"))
-    done = torchrun([str(script), str(tmp_path / "two")], timeout=240)
+    done = torchrun([str(script), str(tmp_path / "two")], subprocess_env, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
     single = _single_process(tmp_path)  # the same script in this process
@@ -105,12 +95,12 @@ def _single_process(tmp_path: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_lightning_ddp_recipe_prunes_alike_on_two_processes(tmp_path) -> None:
+def test_lightning_ddp_recipe_prunes_alike_on_two_processes(tmp_path, subprocess_env) -> None:
     """Trainer(accelerator="cpu", devices=2, strategy="ddp"): both ranks keep the same structures."""
     pytest.importorskip("lightning")
     script = tmp_path / "lightning_ddp.py"
     script.write_text(block("lightning_ddp.py"))
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "out")], env=_env(),
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "out")], env=subprocess_env,
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
