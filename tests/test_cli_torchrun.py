@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-
 FIT = ["-m", "pyro_prune", "fit", "--data", "digits", "--model", "mlp", "--method", "bmrs_n_code",
        "--epochs", "5", "--finetune-epochs", "1", "--batch-size", "32", "--lr", "1e-2", "--noise-lr", "0.1",
        "--val-fraction", "0", "--num-samples", "10", "--eval-examples", "50", "--no-progress"]
