@@ -759,9 +759,12 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
     curves: dict[str, list[dict[str, Any]]] = {}
     if cfg.curve_points > 0:
         stage("accuracy-vs-compression curve")
-        curves = accuracy_curves(model, train, test, [method.criterion or "bmrs_n"],
-                                 points=cfg.curve_points, batch_size=cfg.batch_size, lr=cfg.lr,
-                                 seed=cfg.seed, progress=progress)
+        from pyro_prune.inference.distributed import single_process
+
+        with single_process():  # rank 0 alone fine-tunes the curves' copies
+            curves = accuracy_curves(model, train, test, [method.criterion or "bmrs_n"],
+                                     points=cfg.curve_points, batch_size=cfg.batch_size, lr=cfg.lr,
+                                     seed=cfg.seed, progress=progress)
         _write_json(out / CURVE_FILE, curves)
     metrics["total_time_s"] = time.perf_counter() - t_start
     _write_json(out / METRICS_FILE, metrics)

@@ -14,7 +14,8 @@ import pytest
 
 FIT = ["-m", "pyro_prune", "fit", "--data", "digits", "--model", "mlp", "--method", "bmrs_n_code",
        "--epochs", "5", "--finetune-epochs", "1", "--batch-size", "32", "--lr", "1e-2", "--noise-lr", "0.1",
-       "--val-fraction", "0", "--num-samples", "10", "--eval-examples", "50", "--no-progress"]
+       "--val-fraction", "0", "--num-samples", "10", "--eval-examples", "50", "--curve-points", "2",
+       "--no-progress"]
 
 
 def _torchrun(out: Path) -> list[str]:
@@ -80,5 +81,8 @@ def test_a_killed_rank_and_a_rerun_resume_the_run(tmp_path, subprocess_env) -> N
         assert before["kept"] == after["kept"]
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2 and config["backend"] == "gloo"
+    from pyro_prune.cli import CURVE_FILE
+
+    assert len(json.loads((out / CURVE_FILE).read_text())["bmrs_n_code"]) >= 2  # rank 0 alone
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_accuracy"] > 0.85 and metrics["compression"] > 0.2

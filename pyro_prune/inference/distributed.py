@@ -28,9 +28,11 @@ pass, which matters little for the small networks trained here (measured in
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +47,27 @@ __all__ = [
     "broadcast_object",
     "broadcast_state",
     "distributed_info",
+    "single_process",
 ]
 
 _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_single_depth = 0
+
+
+@contextlib.contextmanager
+def single_process() -> Iterator[None]:
+    """Inside the block, :func:`distributed_info` says "one process" whatever the launcher.
+
+    For work one rank does alone after a data-parallel fit (rank 0 of ``pyro-prune fit``
+    fine-tunes copies of the model for its accuracy curves): a ``fit`` called there trains
+    in this process only instead of waiting for the other ranks.
+    """
+    global _single_depth
+    _single_depth += 1
+    try:
+        yield
+    finally:
+        _single_depth -= 1
 
 
 @dataclass(frozen=True)
@@ -76,9 +96,11 @@ def distributed_info(device: torch.device | None = None, *, init: bool = True) -
     An initialised default process group is used as it is. Otherwise, when ``torchrun`` (or
     any launcher setting ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``)
     started more than one process and ``init`` is true, the group is initialised here:
-    ``nccl`` when ``device`` is a CUDA device, ``gloo`` otherwise. Without a launcher the
-    result is a single process (``world_size`` 1).
+    ``nccl`` when ``device`` is a CUDA device, ``gloo`` otherwise. Without a launcher, and
+    inside :func:`single_process`, the result is a single process (``world_size`` 1).
     """
+    if _single_depth:
+        return DistributedInfo()
     if dist.is_available() and dist.is_initialized():
         return DistributedInfo(dist.get_rank(), dist.get_world_size(),
                                int(os.environ.get("LOCAL_RANK", dist.get_rank())),
