@@ -414,14 +414,16 @@ def all_kept(model: Any) -> Iterator[dict[str, Tensor]]:
             gates[name].kept.copy_(kept)
 
 
-def median_latencies(modules: Sequence[nn.Module], x: Tensor, *, repeats: int = 21,
-                     warmup: int = 5, min_warmup_s: float = 0.2) -> list[float]:
-    """Median wall time (seconds) of ``m(x)`` for each module, in eval mode.
+def interleaved_timings(modules: Sequence[nn.Module], x: Tensor, *, repeats: int = 21,
+                        min_time_s: float = 1.0, warmup: int = 5,
+                        min_warmup_s: float = 0.2) -> list[list[float]]:
+    """Wall times (seconds) of ``m(x)`` for each module, in eval mode, one list per module.
 
     Each module is warmed up (at least ``warmup`` calls and ``min_warmup_s`` seconds), then
     the modules are timed interleaved, one call of each per round, the order of the calls
-    reversed every other round: a change in the load of the machine, or a cache warmed by the
-    module before, affects all of them alike. Two equal modules measure a ratio of about 1.
+    reversed every other round, for at least ``repeats`` rounds and ``min_time_s`` seconds:
+    a change in the load of the machine, or a cache warmed by the module before, affects all
+    of them alike. Round ``r`` of every list was measured at the same time.
     """
     for m in modules:
         m.eval()
@@ -433,12 +435,27 @@ def median_latencies(modules: Sequence[nn.Module], x: Tensor, *, repeats: int = 
             while calls < warmup or time.perf_counter() - t0 < min_warmup_s:
                 m(x)
                 calls += 1
-        for r in range(repeats):
+        start, r = time.perf_counter(), 0
+        while r < repeats or time.perf_counter() - start < min_time_s:
             for i in (order if r % 2 == 0 else order[::-1]):
                 t0 = time.perf_counter()
                 modules[i](x)
                 times[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
+            r += 1
+    return times
+
+
+def median_latencies(modules: Sequence[nn.Module], x: Tensor, **options: Any) -> list[float]:
+    """Median wall time (seconds) of ``m(x)`` for each module (:func:`interleaved_timings`)."""
+    return [statistics.median(t) for t in interleaved_timings(modules, x, **options)]
+
+
+def paired_speedup(reference: Sequence[float], other: Sequence[float]) -> float:
+    """The median over rounds of ``reference / other`` of times measured side by side: a
+    round slowed down by the machine slows both, so the ratio of equal networks stays ~1."""
+    if len(reference) != len(other) or not reference:
+        raise ValueError("reference and other must be non-empty timings of the same rounds")
+    return statistics.median(r / o for r, o in zip(reference, other))
 
 
 @contextlib.contextmanager
@@ -715,9 +732,11 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
         batch = test.tensors[0][:256]
         if len(batch) < 256:
             batch = batch.repeat(math.ceil(256 / len(batch)), *([1] * (batch.dim() - 1)))[:256]
-        full_s, pruned_s = median_latencies([full_net, converted], batch)
-        metrics["latency_full_ms"], metrics["latency_pruned_ms"] = 1e3 * full_s, 1e3 * pruned_s
-        metrics["speedup"] = metrics["latency_full_ms"] / metrics["latency_pruned_ms"]
+        full_t, pruned_t = interleaved_timings([full_net, converted], batch)
+        metrics["latency_full_ms"] = 1e3 * statistics.median(full_t)
+        metrics["latency_pruned_ms"] = 1e3 * statistics.median(pruned_t)
+        metrics["speedup"] = paired_speedup(full_t, pruned_t)
+        metrics["latency_rounds"] = len(full_t)
 
     stage("W2 shift of the predictive")
     held = _subset(test, cfg.eval_examples, cfg.seed)
