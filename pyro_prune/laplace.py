@@ -365,25 +365,51 @@ def _check_finite_curvature(c: _Curvature) -> None:
         raise FloatingPointError("the log likelihood of the data is not finite")
 
 
-def _kron_split(name: str, keep: Tensor) -> tuple[Tensor, Tensor]:
-    """Row and column keep-masks of a weight whose keep-mask is an outer product; else ``ValueError``."""
+def _kron_split(keep: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Row and column keep-masks of a weight whose keep-mask is an outer product, else ``None``."""
     m = keep.reshape(keep.shape[0], -1)
     rows, cols = m.any(1), m.any(0)
     if not torch.equal(m, rows[:, None] & cols[None, :]):
-        raise ValueError(
-            f'hessian="kron" needs structured masks (whole rows / input columns); mask[{name!r}] '
-            f'removes single weights: use hessian="diag"'
-        )
+        return None
     return rows, cols
 
 
-def _eigenvalues(c: _Curvature, keep: Mapping[str, Tensor]) -> Tensor:
-    """Eigenvalues of the unit-noise curvature restricted to the kept parameters."""
+@dataclass
+class _KronRemoval:
+    """Single weights removed from a Kronecker block: their posterior marginals enter log det.
+
+    With ``Sigma = P^-1``, ``log det P_kept = log det P + log det Sigma_SS`` exactly (Schur
+    complement); the removed set's ``log det Sigma_SS`` is taken mean-field as the sum of
+    the marginal ``log [P^-1]_ii``, an upper bound (Hadamard), so the pruned model's Occam
+    factor is, if anything, understated.
+    """
+
+    eb: Tensor
+    qb2: Tensor
+    ea: Tensor
+    qa2: Tensor
+    n: int
+    removed: Tensor  # bool [out, in]
+
+    def log_variances(self, obs_prec: Tensor, prior_prec: Tensor) -> Tensor:
+        inv = 1.0 / (torch.outer(self.eb, self.ea) * (obs_prec / self.n) + prior_prec)
+        var = self.qb2 @ inv @ self.qa2.T
+        return torch.log(var[self.removed])
+
+
+def _eigenvalues(c: _Curvature, keep: Mapping[str, Tensor]) -> tuple[Tensor, list[_KronRemoval]]:
+    """Eigenvalues of the unit-noise curvature restricted to the kept parameters.
+
+    Kronecker blocks whose mask removes whole rows / columns are sliced exactly; a mask
+    that removes single weights keeps the whole block's eigenvalues and returns a
+    :class:`_KronRemoval` correction.
+    """
     if c.full is not None:
         idx = torch.cat([b.index[keep[b.name].reshape(-1).cpu()] if b.name in keep else b.index
                          for b in c.blocks])
-        return torch.linalg.eigvalsh(c.full[idx][:, idx])
+        return torch.linalg.eigvalsh(c.full[idx][:, idx]), []
     parts = []
+    corrections: list[_KronRemoval] = []
     for b in c.blocks:
         k = keep.get(b.name)
         if b.kind == "diag":
@@ -397,13 +423,20 @@ def _eigenvalues(c: _Curvature, keep: Mapping[str, Tensor]) -> Tensor:
             parts.append(torch.linalg.eigvalsh(m))
         else:
             bmat, amat, n = b.kron_b, b.kron_a, b.kron_n
-            if k is not None:
-                rows, cols = _kron_split(b.name, k)
-                bmat = bmat[rows.to(bmat.device)][:, rows.to(bmat.device)]
-                amat = amat[cols.to(amat.device)][:, cols.to(amat.device)]
-            eb, ea = torch.linalg.eigvalsh(bmat), torch.linalg.eigvalsh(amat)
+            split = None if k is None else _kron_split(k)
+            if split is not None:
+                rows, cols = (t.to(bmat.device) for t in split)
+                bmat, amat = bmat[rows][:, rows], amat[cols][:, cols]
+            if k is not None and split is None:
+                eb, qb = torch.linalg.eigh(bmat)
+                ea, qa = torch.linalg.eigh(amat)
+                removed = ~k.reshape(k.shape[0], -1).to(bmat.device)
+                corrections.append(_KronRemoval(eb, qb.square(), ea, qa.square(), n, removed))
+            else:
+                eb, ea = torch.linalg.eigvalsh(bmat), torch.linalg.eigvalsh(amat)
             parts.append(torch.outer(eb, ea).reshape(-1) / n)
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+    eig = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+    return eig, corrections
 
 
 # --------------------------------------------------------------------------- evidence
@@ -451,7 +484,8 @@ class LaplaceEvidence:
 
 
 def _evaluate(c: _Curvature, eig: Tensor, sq_norm: float, num_params: int, kind: Likelihood,
-              log_s: Tensor, log_sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+              log_s: Tensor, log_sigma: Tensor, corrections: Sequence[_KronRemoval] = ()
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(log evidence, log likelihood, log prior, log det P) as differentiable functions of the scales."""
     prior_prec = torch.exp(-2.0 * log_s)
     if kind is Likelihood.GAUSSIAN:
@@ -462,6 +496,8 @@ def _evaluate(c: _Curvature, eig: Tensor, sq_norm: float, num_params: int, kind:
         ll = torch.tensor(c.log_likelihood, dtype=torch.float64)
     terms = eig * obs_prec + prior_prec
     log_det = torch.log(terms).sum()
+    for corr in corrections:
+        log_det = log_det + corr.log_variances(obs_prec, prior_prec).sum()
     log_prior = -0.5 * sq_norm * prior_prec - num_params * (log_s + 0.5 * _LOG_2PI)
     log_ev = ll + log_prior + 0.5 * num_params * _LOG_2PI - 0.5 * log_det
     return log_ev, ll, log_prior, log_det
@@ -485,6 +521,7 @@ class _Prepared:
     sq_norm: float
     num_params: int
     kind: Likelihood
+    corrections: list[_KronRemoval]
 
 
 @torch.no_grad()
@@ -573,15 +610,16 @@ def _prepare(net: nn.Module, data: Any, kind: Likelihood, structure: HessianStru
         with torch.no_grad():
             for name, value in saved.items():
                 params[name].copy_(value)
-    eig = _eigenvalues(curvature, keep)
-    return _Prepared(curvature, keep, eig, sq, count, kind)
+    eig, corrections = _eigenvalues(curvature, keep)
+    return _Prepared(curvature, keep, eig, sq, count, kind, corrections)
 
 
 def _result(p: _Prepared, s: float, sigma: float, structure: HessianStructure) -> LaplaceEvidence:
     _check_precision(p.curvature, p.eig, s, sigma)
     log_s = torch.tensor(math.log(s), dtype=torch.float64)
     log_sigma = torch.tensor(math.log(sigma), dtype=torch.float64)
-    _, ll, lp, ld = _evaluate(p.curvature, p.eig, p.sq_norm, p.num_params, p.kind, log_s, log_sigma)
+    _, ll, lp, ld = _evaluate(p.curvature, p.eig, p.sq_norm, p.num_params, p.kind, log_s, log_sigma,
+                              p.corrections)
     return LaplaceEvidence(
         log_likelihood=float(ll), log_prior=float(lp), log_det_precision=float(ld),
         num_params=p.num_params, num_data=p.curvature.num_data, prior_scale=s,
@@ -616,7 +654,9 @@ def log_evidence(
         mask: the pruned model: parameter name (as in ``net.named_parameters()``) to a bool
             tensor of its shape, True = kept; the rest are fixed at 0 (the network is
             evaluated with them zeroed and restored afterwards). Parameters not named are
-            kept whole. With ``"kron"`` a weight's mask must remove whole rows / columns.
+            kept whole. With ``"kron"`` a mask that removes whole rows / input columns is
+            exact for the K-FAC precision; one that removes single weights takes the
+            removed weights' posterior mean field (see :class:`_KronRemoval`).
         batch_size: examples per curvature pass.
         curvature_subset: compute the curvature on this many examples (a seeded random
             subset) and scale it by ``N / subset``, an unbiased estimate of the GGN's sum
@@ -649,7 +689,8 @@ def _maximise(p: _Prepared, s0: float, sigma0: float, fit_obs: bool, fit_prior: 
 
     def closure() -> Tensor:
         opt.zero_grad()
-        value = -_evaluate(p.curvature, p.eig, p.sq_norm, p.num_params, p.kind, log_s, log_sigma)[0]
+        value = -_evaluate(p.curvature, p.eig, p.sq_norm, p.num_params, p.kind, log_s, log_sigma,
+                           p.corrections)[0]
         value.backward()
         return value
 

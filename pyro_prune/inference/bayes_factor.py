@@ -567,7 +567,7 @@ def laplace_bayes_factor(
     dataset: TensorDataset,
     *,
     current: Any = None,
-    hessian: str = "diag",
+    hessian: str = "kron",
     batch_size: int = 512,
     curvature_subset: int | None = None,
 ) -> EvidenceBayesFactor:
@@ -657,9 +657,11 @@ class BayesFactorPruning(Schedule):
             use the data chosen by ``likelihood``. With ``"laplace"`` the history also holds
             ``log_evidence_current``, ``log_evidence_pruned``, ``delta_log_likelihood`` and
             ``delta_log_occam`` of every decision (``break_even_examples`` is ``None``).
-        hessian: curvature of the Laplace evidence: ``"diag"`` (default; the candidates
-            remove single weights, so a Kronecker factor does not fit them) or ``"full"``
-            for small networks; ``"kron"`` is refused for unstructured candidates.
+        hessian: curvature of the Laplace evidence (:class:`~pyro_prune.laplace.HessianStructure`):
+            ``"kron"`` (default: K-FAC, the removed single weights entering through their
+            posterior marginals), ``"diag"`` (cheaper, but it overstates every weight's
+            Occam factor and opened at every sparsity in our runs) or ``"full"`` (small
+            networks).
         curvature_subset: the Laplace curvature from this many training examples, scaled
             to the whole data (:func:`pyro_prune.laplace.log_evidence`); ``None``: all.
     """
@@ -678,7 +680,7 @@ class BayesFactorPruning(Schedule):
         likelihood_batch: int | None = None,
         layers: Sequence[str] | None = None,
         evidence: EvidenceKind | str | None = None,
-        hessian: str = "diag",
+        hessian: str = "kron",
         curvature_subset: int | None = None,
     ) -> None:
         self.evidence = default_evidence() if evidence is None else parse_enum(EvidenceKind, evidence, "evidence")

@@ -492,8 +492,8 @@ def test_laplace_gate_is_the_default_and_records_the_evidence_terms(digits) -> N
     fit(net, train, epochs=2, batch_size=64, lr=3e-3, progress=False)  # near the MAP
     cand = candidate_masks(net, 0.5, "magnitude")
     ebf = laplace_bayes_factor(net, cand, train)
-    current = log_evidence(net.net, train.tensors, prior_scale=net.prior_scale)
-    pruned = log_evidence(net.net, train.tensors, prior_scale=net.prior_scale,
+    current = log_evidence(net.net, train.tensors, prior_scale=net.prior_scale, hessian="kron")
+    pruned = log_evidence(net.net, train.tensors, prior_scale=net.prior_scale, hessian="kron",
                           mask={f"{n}.weight": m for n, m in cand.items()})
     assert ebf.current.log_evidence == pytest.approx(current.log_evidence)
     assert ebf.log_bayes_factor == pytest.approx(pruned.log_evidence - current.log_evidence)
@@ -507,25 +507,23 @@ def test_laplace_gate_is_the_default_and_records_the_evidence_terms(digits) -> N
     assert row["pruned"] == (row["log_bayes_factor"] >= 0.0)
 
 
-@pytest.mark.slow
 def test_laplace_gate_decides_differently_across_sparsities(digits) -> None:
-    """With the full GGN the gate accepts a light pruning and refuses a heavy one.
+    """The default (Kronecker) gate accepts a light pruning and refuses a heavy one.
 
-    (The diagonal GGN overstates every weight's Occam factor, det P <= prod P_ii, and
-    on this small network accepts every sparsity: see docs/laplace.md.)
+    (The diagonal GGN overstates every weight's Occam factor, det P <= prod P_ii, and on
+    this network accepts every sparsity: see docs/laplace.md.)
     """
     pytest.importorskip("asdl")
     train, _ = digits
     decisions = {}
-    for r in (0.25, 0.9):
-        torch.manual_seed(1)
-        net = FCN(64, 10, hidden=(16, 12))
+    for r in (0.25, 0.5, 0.9):
+        net = _small_fcn(seed=1)
         fit(net, train, epochs=3, batch_size=64, lr=3e-3, progress=False)
-        sched = BayesFactorPruning(r, "magnitude", evidence="laplace", hessian="full", seed=0)
+        sched = BayesFactorPruning(r, "magnitude", seed=0)
         row = fit(net, train, epochs=1, batch_size=64, lr=3e-3, schedule=sched, progress=False).history[0]
         decisions[r] = row["pruned"]
-        assert row["delta_log_occam"] > 0 > row["delta_log_likelihood"]
-    assert decisions == {0.25: True, 0.9: False}
+        assert row["delta_log_occam"] > 0
+    assert decisions == {0.25: True, 0.5: False, 0.9: False}
 
 
 def test_laplace_gate_refuses_what_it_cannot_do(digits) -> None:
@@ -540,7 +538,3 @@ def test_laplace_gate_refuses_what_it_cannot_do(digits) -> None:
     with pytest.raises(TypeError, match="MAPNet"):
         fit(MLP(64, (8,), 10), train, epochs=1, batch_size=256, schedule=BayesFactorPruning(0.5),
             progress=False)
-    net = _small_fcn()
-    sched = BayesFactorPruning(0.5, hessian="kron")
-    with pytest.raises(ValueError, match="structured masks"):
-        fit(net, train, epochs=1, batch_size=256, schedule=sched, progress=False)
