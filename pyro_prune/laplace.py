@@ -745,6 +745,46 @@ class LaplacePosterior:
     mean: dict[str, Tensor]
     variance: dict[str, Tensor]
     evidence: LaplaceEvidence = field(repr=False)
+    kron: dict[str, tuple[Tensor, Tensor, Tensor, Tensor, int]] = field(default_factory=dict, repr=False)
+
+    def row_delta_f(self, name: str) -> Tensor:
+        r"""Gaussian BMR of setting each row of weight ``name`` to 0, under the joint row posterior.
+
+        For a Kronecker block ``P = B (x) A / n + I/s^2`` (eigenpairs ``(b_k, u_k)``,
+        ``(a_l, v_l)``) the posterior covariance of row ``i`` is ``V diag(c_i) V^T`` with
+        ``c_il = sum_k u_ik^2 / (b_k a_l / (n sigma^2) + 1/s^2)``, and BMR to the reduced
+        prior ``N(0, r^2 I)``, ``r -> 0`` (the Savage-Dickey ratio) is
+
+        .. math:: \Delta F_i = \tfrac12 \sum_l \big[\log s^2 - \log c_{il} - (V^\top m_i)_l^2 / c_{il}\big],
+
+        the sum of :func:`~pyro_prune.reduction.delta_f_gaussian` over the row when ``A``
+        and ``B`` are diagonal. Only for Kronecker blocks (``hessian="kron"``).
+        """
+        if name not in self.kron:
+            raise ValueError(f"{name!r} has no Kronecker factors (use hessian='kron')")
+        eb, qb, ea, qa, n = self.kron[name]
+        s = self.evidence.prior_scale
+        obs = 1.0 if self.evidence.obs_scale is None else self.evidence.obs_scale
+        c = qb.square() @ (1.0 / (torch.outer(eb, ea) / (n * obs**2) + 1.0 / s**2))
+        m = self.mean[name].double().reshape(c.shape[0], -1).to(c.device) @ qa
+        return 0.5 * (2.0 * math.log(s) - torch.log(c) - m.square() / c).sum(1)
+
+    def column_delta_f(self, name: str) -> Tensor:
+        r"""Gaussian BMR of setting each input column of weight ``name`` to 0, jointly over the column.
+
+        The transpose of :meth:`row_delta_f`: the column ``j`` (all outputs' weights from
+        input ``j``; for a convolution, one input channel's kernel position) has covariance
+        ``U diag(c_j) U^T`` with ``c_jk = sum_l v_jl^2 / (b_k a_l / (n sigma^2) + 1/s^2)``.
+        Returns one value per column of the weight flattened to ``[out, -1]``.
+        """
+        if name not in self.kron:
+            raise ValueError(f"{name!r} has no Kronecker factors (use hessian='kron')")
+        eb, qb, ea, qa, n = self.kron[name]
+        s = self.evidence.prior_scale
+        obs = 1.0 if self.evidence.obs_scale is None else self.evidence.obs_scale
+        c = (1.0 / (torch.outer(eb, ea) / (n * obs**2) + 1.0 / s**2)) @ qa.square().T
+        m = qb.T @ self.mean[name].double().reshape(qb.shape[0], -1).to(c.device)
+        return 0.5 * (2.0 * math.log(s) - torch.log(c) - m.square() / c).sum(0)
 
 
 def _marginal_variances(c: _Curvature, s: float, sigma: float) -> dict[str, Tensor]:
@@ -806,8 +846,14 @@ def laplace_posterior(
             _, sigma = _maximise(prepared, s, sigma, True, fit_prior=False)
     evidence = _result(prepared, s, sigma, structure)
     variance = _marginal_variances(prepared.curvature, s, sigma)
+    kron = {}
+    for b in prepared.curvature.blocks:
+        if b.kind == "kron":
+            eb, qb = torch.linalg.eigh(b.kron_b)
+            ea, qa = torch.linalg.eigh(b.kron_a)
+            kron[b.name] = (eb, qb, ea, qa, b.kron_n)
     mean = {b.name: b.param.detach().clone() for b in prepared.curvature.blocks}
-    return LaplacePosterior(mean=mean, variance=variance, evidence=evidence)
+    return LaplacePosterior(mean=mean, variance=variance, evidence=evidence, kron=kron)
 
 
 # --------------------------------------------------------------------------- BMR
@@ -859,6 +905,59 @@ def _structure_parameters(net: nn.Module, gate_name: str, gate: Any) -> list[tup
     return out
 
 
+#: per-weight round-off allowed in a structure's dF before a tie (dF = 0) stops counting as one
+_TIE_TOLERANCE = 1e-9
+
+_PASS_THROUGH = ("relu", "relu_", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "flatten", "dropout",
+                 "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "elu", "hardtanh", "relu6", "identity")
+
+
+def _consumer_columns(net: nn.Module, gate_name: str, n: int) -> list[tuple[str, int]]:
+    """``(weight name, block)`` of the Linear / Conv2d layers that read the gate's structures.
+
+    Followed from the gate through activations, pooling, dropout and flatten (by the fx
+    graph); structure ``i`` owns the input columns ``i*block .. (i+1)*block - 1`` of the
+    weight flattened to ``[out, -1]`` (a flattened channel's ``H*W`` block, a conv input
+    channel's kernel). Anything else on the way (a residual add, a normalisation) ends the
+    search: those structures are judged on their incoming weights only.
+    """
+    graph = getattr(net, "graph", None)
+    if graph is None:
+        return []
+    modules = dict(net.named_modules())
+    start = next((node for node in graph.nodes if node.op == "call_module" and str(node.target) == gate_name), None)
+    if start is None:
+        return []
+    out: list[tuple[str, int]] = []
+    stack, seen = list(start.users), set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.op == "call_module":
+            m = modules.get(str(node.target))
+            if isinstance(m, (nn.Linear, nn.Conv2d)) and m.weight.requires_grad:
+                width = m.weight[0].numel()
+                in_units = m.in_features if isinstance(m, nn.Linear) else m.in_channels
+                if isinstance(m, nn.Conv2d) and m.groups != 1:
+                    return []
+                if in_units % n == 0 and width % n == 0:
+                    out.append((_full_name(str(node.target), "weight"), width // n))
+                continue
+            if isinstance(m, (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout,
+                              nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Identity)):
+                stack.extend(node.users)
+                continue
+            return []
+        target = getattr(node.target, "__name__", str(node.target))
+        if node.op in ("call_function", "call_method") and target in _PASS_THROUGH:
+            stack.extend(node.users)
+            continue
+        return []  # an add, a normalisation, the output: incoming weights only
+    return out
+
+
 def laplace_removals(
     model: nn.Module,
     data: TensorDataset | Sequence[Tensor],
@@ -867,7 +966,7 @@ def laplace_removals(
     prior_scale: float | None = None,
     likelihood: Likelihood | str | None = None,
     obs_scale: float | None = None,
-    hessian: HessianStructure | str = HessianStructure.DIAG,
+    hessian: HessianStructure | str = HessianStructure.KRON,
     reduced_scale: float = 1e-8,
     batch_size: int = 512,
     curvature_subset: int | None = None,
@@ -878,8 +977,17 @@ def laplace_removals(
     every weight a mean and a marginal variance; Gaussian BMR
     (:func:`~pyro_prune.reduction.delta_f_gaussian`, prior :math:`\mathcal N(0, s^2)`,
     reduced prior :math:`\mathcal N(0, r^2)`) gives the change in log evidence of fixing
-    it at 0, and a structure's :math:`\Delta F` is the sum over its weights (mean field).
-    A structure is removed where :math:`\Delta F \ge 0`: no threshold, no target ratio.
+    it at 0. A structure's weights are its incoming weights (the producer's weight row and
+    bias, the entries of a BatchNorm it passes) and its outgoing ones (the input columns of
+    the Linear / Conv2d layers that read it, found through activations, pooling and flatten;
+    :func:`_consumer_columns`), and its :math:`\Delta F` adds up theirs: with
+    ``hessian="kron"`` (default) the weight row and every outgoing column are reduced
+    jointly under their Kronecker posterior covariance (:meth:`LaplacePosterior.row_delta_f`,
+    :meth:`LaplacePosterior.column_delta_f`), biases and BatchNorm entries mean field; with
+    ``"diag"`` every weight mean field (the sum of ``delta_f_gaussian`` over them). A structure is removed where :math:`\Delta F \ge 0`:
+    no threshold, no target ratio (a tie within float64 round-off, ``1e-9`` per weight,
+    counts as ``dF = 0``). Structures are judged one at a time (each with the
+    others kept), as the other BMR criteria.
 
     Args:
         model: for ``structure="neuron"`` a :class:`~pyro_prune.models.PrunableNet` with
@@ -892,8 +1000,9 @@ def laplace_removals(
         prior_scale: ``s``; ``None`` (default) fits it by maximising the evidence.
         likelihood, obs_scale: default: the ``PrunableNet``'s; ``"categorical"`` for a
             plain module. A Gaussian ``obs_scale=None`` is fitted.
-        hessian: curvature structure for the marginal variances.
-        reduced_scale: ``r`` of the reduced prior.
+        hessian: curvature structure of the posterior (``"kron"`` or ``"diag"``).
+        reduced_scale: ``r`` of the reduced prior (mean-field terms; the joint row term is
+            its ``r -> 0`` limit).
         batch_size, curvature_subset: as :func:`log_evidence`.
 
     Returns:
@@ -952,9 +1061,23 @@ def laplace_removals(
     removals: dict[str, Tensor] = {}
     for gate_name, gate in model.gates().items():  # type: ignore[union-attr, operator]
         total = torch.zeros(gate.num_structures, dtype=torch.float64)
+        count = 0  # weights per structure, for the round-off tolerance of a tie
         for name, param in _structure_parameters(net, gate_name, gate):
-            total += delta_f(name).reshape(param.shape[0], -1).sum(1).cpu()
-        removals[gate_name] = (total >= 0).to(gate.kept.device) & gate.kept
+            if name in post.kron:  # the joint posterior of the row
+                total += post.row_delta_f(name).cpu()
+            else:  # mean field
+                total += delta_f(name).reshape(param.shape[0], -1).sum(1).cpu()
+            count += param[0].numel()
+        n = gate.num_structures
+        for name, block in _consumer_columns(net, gate_name, n):
+            if name in post.kron:  # each column jointly, the columns of a block mean field
+                total += post.column_delta_f(name).reshape(n, block).sum(1).cpu()
+            else:
+                df = delta_f(name)
+                total += df.reshape(df.shape[0], n, block).sum((0, 2)).cpu()
+            count += post.mean[name].numel() // n
+        # dF = 0 (the posterior is the prior: a tie, which removes) up to float64 round-off
+        removals[gate_name] = (total >= -_TIE_TOLERANCE * count).to(gate.kept.device) & gate.kept
     return removals
 
 

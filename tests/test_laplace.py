@@ -222,12 +222,18 @@ def test_laplace_removals_agree_with_gaussian_bmr_of_the_posterior() -> None:
 
     net, x, y = _trained_classic(seed=1)
     model = bayesianize(net, gate="mask")
-    removals = laplace_removals(model, (x, y), prior_scale=0.5)
+    removals = laplace_removals(model, (x, y), prior_scale=0.5, hessian="diag")
     post = laplace_posterior(model.net, (x, y), prior_scale=0.5)
-    df = (delta_f_gaussian(post.mean["fc1.weight"].double(), post.variance["fc1.weight"].sqrt(), prior_scale=0.5)
-          .sum(1) + delta_f_gaussian(post.mean["fc1.bias"].double(), post.variance["fc1.bias"].sqrt(),
-                                     prior_scale=0.5))
-    assert torch.equal(removals["fc1_gate"], df >= 0)
+    def mean_field(p: object, name: str) -> torch.Tensor:
+        return delta_f_gaussian(p.mean[name].double(), p.variance[name].sqrt(), prior_scale=0.5)  # type: ignore[attr-defined]
+
+    # an fc1 neuron's weights: its row of fc1.weight, its fc1.bias entry, its column of fc2.weight
+    df = mean_field(post, "fc1.weight").sum(1) + mean_field(post, "fc1.bias") + mean_field(post, "fc2.weight").sum(0)
+    tie = -1e-9 * (24 + 1 + 3)
+    assert torch.equal(removals["fc1_gate"], df >= tie)
+    kron = laplace_posterior(model.net, (x, y), prior_scale=0.5, hessian="kron")
+    df = kron.row_delta_f("fc1.weight") + mean_field(kron, "fc1.bias") + kron.column_delta_f("fc2.weight")
+    assert torch.equal(laplace_removals(model, (x, y), prior_scale=0.5)["fc1_gate"], df >= tie)
     weights = laplace_removals(net, (x, y), structure="weight", prior_scale=0.5)
     assert set(weights) == {"conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"}
     assert weights["fc1.weight"].shape == (16, 24) and weights["fc1.weight"].dtype == torch.bool
@@ -286,3 +292,27 @@ def test_kron_evidence_of_single_removed_weights() -> None:
     full = log_evidence(net, (x, y), hessian="full", mask={"weight": many}, **options)
     assert kron.log_det_precision >= full.log_det_precision - 1e-9  # Hadamard: Occam understated
     assert kron.log_det_precision == pytest.approx(full.log_det_precision, abs=1.0)
+
+
+def test_row_delta_f_is_the_savage_dickey_ratio_of_the_dense_kronecker_posterior() -> None:
+    net, x, y = _trained_classic(seed=2)
+    post = laplace_posterior(net, (x, y), prior_scale=0.7, hessian="kron")
+    eb, qb, ea, qa, n = post.kron["fc1.weight"]
+    b = qb @ torch.diag(eb) @ qb.T
+    a = qa @ torch.diag(ea) @ qa.T
+    precision = torch.kron(b, a) / n + torch.eye(b.shape[0] * a.shape[0], dtype=torch.float64) / 0.7**2
+    cov = torch.linalg.inv(precision)
+    m = post.mean["fc1.weight"].double()
+    rows, cols = m.shape
+    expected = []
+    for i in range(rows):
+        block = cov[i * cols:(i + 1) * cols, i * cols:(i + 1) * cols]
+        q = torch.distributions.MultivariateNormal(m[i], covariance_matrix=block)
+        prior = torch.distributions.Normal(0.0, 0.7)
+        expected.append(float(q.log_prob(torch.zeros(cols, dtype=torch.float64))
+                              - prior.log_prob(torch.zeros(cols, dtype=torch.float64)).sum()))
+    assert post.row_delta_f("fc1.weight").tolist() == pytest.approx(expected, rel=1e-6, abs=1e-6)
+    # the marginal variances are the diagonal of the same covariance
+    assert post.variance["fc1.weight"].reshape(-1).tolist() == pytest.approx(cov.diagonal().tolist(), rel=1e-6)
+    with pytest.raises(ValueError, match="Kronecker"):
+        post.row_delta_f("bn1.weight")

@@ -570,18 +570,21 @@ def laplace_bayes_factor(
     hessian: str = "kron",
     batch_size: int = 512,
     curvature_subset: int | None = None,
+    fit_prior_scale: bool = False,
 ) -> EvidenceBayesFactor:
     """Laplace-evidence Bayes factor of pruning ``model`` to ``masks`` against its current pruning.
 
     Both evidences (:func:`pyro_prune.laplace.log_evidence`) use the model's prior
     ``N(0, prior_scale^2)`` on every backbone parameter (the prior it was trained under; not
-    refitted) and its likelihood (a Gaussian one at the model's ``obs_scale``). The current
+    refitted) and its likelihood (a Gaussian one at the model's ``obs_scale``); with
+    ``fit_prior_scale`` each model's evidence is instead maximised over the prior scale
+    (:func:`pyro_prune.laplace.fit_evidence`, type-II maximum likelihood, weights fixed). The current
     network's weights pruned earlier are fixed at 0 (its ``weight_mask``); the candidate's
     evidence is computed at the candidate's weights (re-linearised there). ``current`` may
     pass the current network's evidence if it was computed already. Nothing in the model
     changes.
     """
-    from pyro_prune.laplace import log_evidence
+    from pyro_prune.laplace import fit_evidence, log_evidence
 
     if not isinstance(model, MAPNet):
         raise TypeError(f'evidence="laplace" needs a MAPNet (a network with a Gaussian prior), '
@@ -597,10 +600,14 @@ def laplace_bayes_factor(
     if model.likelihood is Likelihood.GAUSSIAN:
         options["obs_scale"] = float(model.obs_scale)
     data = dataset.tensors
+    evidence = log_evidence
+    if fit_prior_scale:
+        evidence = fit_evidence  # type: ignore[assignment]
+        options["fit_obs_scale"] = False
     if current is None:
-        current = log_evidence(model.net, data, mask=_parameter_masks(weight_masks(model)), **options)
+        current = evidence(model.net, data, mask=_parameter_masks(weight_masks(model)), **options)
     merged = {**weight_masks(model), **dict(masks)}
-    pruned = log_evidence(model.net, data, mask=_parameter_masks(merged), **options)
+    pruned = evidence(model.net, data, mask=_parameter_masks(merged), **options)
     return EvidenceBayesFactor(current=current, pruned=pruned)
 
 
@@ -664,6 +671,10 @@ class BayesFactorPruning(Schedule):
             networks).
         curvature_subset: the Laplace curvature from this many training examples, scaled
             to the whole data (:func:`pyro_prune.laplace.log_evidence`); ``None``: all.
+        fit_prior_scale: compare the two models' evidences each maximised over the prior
+            scale (type-II ML at the current weights) instead of at the training prior
+            ``prior_scale`` (the default). The history then also records
+            ``prior_scale_current`` / ``prior_scale_pruned``.
     """
 
     def __init__(
@@ -682,12 +693,16 @@ class BayesFactorPruning(Schedule):
         evidence: EvidenceKind | str | None = None,
         hessian: str = "kron",
         curvature_subset: int | None = None,
+        fit_prior_scale: bool = False,
     ) -> None:
         self.evidence = default_evidence() if evidence is None else parse_enum(EvidenceKind, evidence, "evidence")
         from pyro_prune.laplace import HessianStructure
 
         self.hessian = parse_enum(HessianStructure, hessian, "hessian").value
         self.curvature_subset = curvature_subset
+        if not isinstance(fit_prior_scale, bool):
+            raise TypeError(f"fit_prior_scale must be a bool, got {type(fit_prior_scale).__name__}")
+        self.fit_prior_scale = fit_prior_scale
         if self.evidence is EvidenceKind.LAPLACE:
             from pyro_prune.laplace import _asdl
 
@@ -791,7 +806,8 @@ class BayesFactorPruning(Schedule):
                 if self.evidence is EvidenceKind.LAPLACE:
                     ebf = laplace_bayes_factor(model, cand, data, hessian=self.hessian,
                                                batch_size=min(self.batch_size, 512),
-                                               curvature_subset=self.curvature_subset)
+                                               curvature_subset=self.curvature_subset,
+                                               fit_prior_scale=self.fit_prior_scale)
                     log_bf = ebf.log_bayes_factor
                     evidence_terms = {
                         "log_evidence_current": ebf.current.log_evidence,
@@ -799,6 +815,9 @@ class BayesFactorPruning(Schedule):
                         "delta_log_likelihood": ebf.delta_log_likelihood,
                         "delta_log_occam": ebf.delta_log_occam,
                     }
+                    if self.fit_prior_scale:
+                        evidence_terms["prior_scale_current"] = ebf.current.prior_scale
+                        evidence_terms["prior_scale_pruned"] = ebf.pruned.prior_scale
                 else:
                     bf = bayes_factor(model, cand, data, full=full if data is ctx.train else None,
                                       batch_size=self.batch_size)

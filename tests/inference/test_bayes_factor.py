@@ -499,6 +499,12 @@ def test_laplace_gate_is_the_default_and_records_the_evidence_terms(digits) -> N
     assert ebf.log_bayes_factor == pytest.approx(pruned.log_evidence - current.log_evidence)
     assert ebf.log_bayes_factor == pytest.approx(ebf.delta_log_likelihood + ebf.delta_log_occam)
     assert ebf.delta_log_occam > 0 > ebf.delta_log_likelihood  # fewer weights: less fit, more Occam
+    from pyro_prune.laplace import fit_evidence
+
+    fitted = laplace_bayes_factor(net, cand, train, fit_prior_scale=True)
+    best = fit_evidence(net.net, train.tensors, prior_scale=net.prior_scale, hessian="kron")
+    assert fitted.current.prior_scale == pytest.approx(best.prior_scale, rel=1e-6)
+    assert fitted.current.log_evidence >= current.log_evidence
     hist = fit(net, train, epochs=1, batch_size=64, lr=3e-3, schedule=sched, progress=False).history
     row = hist[0]
     for key in ("log_evidence_current", "log_evidence_pruned", "delta_log_likelihood", "delta_log_occam"):
@@ -535,6 +541,8 @@ def test_laplace_gate_refuses_what_it_cannot_do(digits) -> None:
         BayesFactorPruning(0.5, evidence="exact")
     with pytest.raises(ValueError, match="hessian must be one of"):
         BayesFactorPruning(0.5, hessian="block")
+    with pytest.raises(TypeError, match="fit_prior_scale"):
+        BayesFactorPruning(0.5, fit_prior_scale="yes")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="MAPNet"):
         fit(MLP(64, (8,), 10), train, epochs=1, batch_size=256, schedule=BayesFactorPruning(0.5),
             progress=False)
