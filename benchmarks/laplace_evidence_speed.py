@@ -3,15 +3,17 @@
 MLPs ``784 -> w -> w -> 10`` (ReLU) on ``--examples`` MNIST training images, categorical
 likelihood. For each width and curvature structure a fresh process builds the network and
 the data, then calls :func:`pyro_prune.laplace.log_evidence` ``--repeats`` times; reported:
-the median wall time, and the peak resident memory the call adds (``ru_maxrss`` after the
-calls minus the resident set before them). One thread (``--threads``).
+the median wall time, and the peak resident memory the calls add (the kernel's peak
+resident set ``VmHWM``, reset just before the calls, minus the resident set then). One
+thread (``--threads``).
 
-    python benchmarks/laplace_evidence_speed.py --widths 64 256 1024 --examples 2000
+    python benchmarks/laplace_evidence_speed.py --widths 64 256 1024 --examples 1000
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -31,6 +33,24 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _reset_peak() -> bool:
+    """Reset the kernel's peak resident set (``VmHWM``; Linux >= 4.0). False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def child(width: int, hessian: str, examples: int, repeats: int) -> dict[str, Any]:
     import torch
     from torch import nn
@@ -44,14 +64,18 @@ def child(width: int, hessian: str, examples: int, repeats: int) -> dict[str, An
     x, y = x[:examples].contiguous(), y[:examples].contiguous()
     net = nn.Sequential(nn.Linear(784, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10))
     params = sum(p.numel() for p in net.parameters())
+    del data
+    gc.collect()
     before = _rss_bytes()
+    if not _reset_peak():
+        raise SystemExit("cannot reset the peak resident set (/proc/self/clear_refs): Linux >= 4.0 needed")
     times = []
     value = 0.0
     for _ in range(repeats):
         t0 = time.perf_counter()
         value = float(log_evidence(net, (x, y), prior_scale=1.0, hessian=hessian))
         times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_bytes()
     return {"width": width, "params": params, "hessian": hessian, "examples": examples,
             "time_s": statistics.median(times), "times_s": times,
             "peak_extra_mb": max(0, peak - before) / 2**20, "log_evidence": value}

@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
+from pyro_prune._checks import check_dataset, check_number
 from pyro_prune._enums import parse_enum
 from pyro_prune.models.base import Likelihood
 
@@ -124,26 +125,17 @@ def _asdl() -> Any:
 
 # --------------------------------------------------------------------------- arguments
 def _positive(value: object, arg: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{arg} must be a positive number, got {type(value).__name__}")
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{arg} must be a positive finite number, got {value!r}")
-    return float(value)
+    return check_number(value, arg, positive=True)
 
 
 def _tensors(data: Any) -> tuple[Tensor, Tensor]:
-    if isinstance(data, TensorDataset):
-        tensors = data.tensors
-    elif isinstance(data, (tuple, list)):
-        tensors = tuple(data)
-    else:
-        raise TypeError(f"data must be a TensorDataset or an (inputs, targets) pair, got {type(data).__name__}")
-    if len(tensors) != 2 or not all(isinstance(t, Tensor) for t in tensors):
-        raise TypeError("data must hold exactly two tensors: inputs and targets")
-    x, y = tensors
-    if len(x) == 0 or len(x) != len(y):
-        raise ValueError(f"data must hold as many targets as inputs (> 0), got {len(x)} and {len(y)}")
-    return x, y
+    if isinstance(data, (tuple, list)):
+        if len(data) != 2 or not all(isinstance(t, Tensor) for t in data):
+            raise TypeError("data must hold exactly two tensors: inputs and targets")
+        if len(data[0]) != len(data[1]):
+            raise ValueError(f"data: {len(data[0])} inputs but {len(data[1])} targets")
+        data = TensorDataset(*data)
+    return check_dataset(data, "data")
 
 
 def _likelihood(likelihood: object, obs_scale: object) -> tuple[Likelihood, float]:
