@@ -937,6 +937,8 @@ def export_run(out: str | os.PathLike, fmt: ExportFormat | str, output: str | os
         raise UsageError(
             f"unknown format {fmt!r}; choose from {', '.join(f.value for f in ExportFormat)}") from None
     writer, suffix = EXPORTERS[fmt]
+    if output is None and Path(out).is_dir():
+        _writable_dir(Path(out), "run folder")
     if output is not None:
         try:
             check_output_file(output, "--output")
@@ -958,10 +960,16 @@ def _run_folder_lock(out: str | os.PathLike) -> Iterator[None]:
         yield
         return
     try:
-        with RunLock(out):
-            yield
+        lock = RunLock(out)
+        lock.acquire()
     except PermissionError:  # a read-only folder: nothing can be written there anyway
         yield
+        return
+    try:
+        remove_stale_temporaries(out)  # what writers killed earlier left
+        yield
+    finally:
+        lock.release()
 
 
 def _fmt(value: Any, spec: str = ".4g") -> str:
@@ -988,7 +996,7 @@ def write_report(out: str | os.PathLike, *, idata: Any = None) -> Path:
     if not Path(out).is_dir():
         raise UsageError(f"run folder {str(out)!r} does not exist")
     _writable_dir(Path(out), "run folder")
-    with RunLock(out):
+    with _run_folder_lock(out):
         return _write_report_locked(out, idata)
 
 

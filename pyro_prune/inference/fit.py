@@ -420,7 +420,7 @@ def fit(
                 loss, out = loss_fn(xb, yb)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
-                        f"the loss became {float(loss)} at epoch {ctx.epoch + 1}, step {ctx.step}; "
+                        f"the loss became {float(loss.detach())} at epoch {ctx.epoch + 1}, step {ctx.step}; "
                         f"lower lr (now {lr})" + (f" or noise_lr (now {noise_lr})" if noise_lr else "")
                     )
                 loss.backward()
