@@ -674,10 +674,19 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
         })
     say(f"fit {cfg.model} on {cfg.data} with {cfg.method} ({epochs} + "
         f"{cfg.finetune_epochs if schedule else 0} epochs) -> {out}")
+    from pyro_prune.inference.fit import DivergenceWarning
+
     try:
-        result = fit(model, train, epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, val=val,
-                     schedule=schedule, seed=cfg.seed, checkpoint_dir=out, progress=progress,
-                     kl_scale=_parse_kl_scale(cfg.kl_scale), noise_lr=cfg.noise_lr)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DivergenceWarning)
+            result = fit(model, train, epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, val=val,
+                         schedule=schedule, seed=cfg.seed, checkpoint_dir=out, progress=progress,
+                         kl_scale=_parse_kl_scale(cfg.kl_scale), noise_lr=cfg.noise_lr)
+        for w in caught:  # a diverged run is said in one line; other warnings go on as usual
+            if issubclass(w.category, DivergenceWarning):
+                say(f"warning: {w.message}")
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     except ValueError as err:
         if "checkpoint" in str(err):
             raise UsageError(f"{_one_line(err)}; use --restart to start over") from None

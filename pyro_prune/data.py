@@ -631,7 +631,7 @@ class _CifarSource(_Source):
         try:
             with open(path, "rb") as f:
                 batch = _CifarUnpickler(f, encoding="bytes").load()
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        except Exception as exc:  # damaged pickles fail in many ways (frame sizes, opcodes)
             raise CorruptFileError(
                 f"{path}: not a readable CIFAR-10 batch ({exc}); the file is truncated or "
                 f"corrupt, {_REDOWNLOAD_HINT}"

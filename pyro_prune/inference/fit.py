@@ -47,8 +47,8 @@ from pyro_prune.inference.loop import ElboLoss, pruning_summary
 from pyro_prune.models.base import KLScale, Likelihood, PrunableNet
 from pyro_prune.progress import progress_bar
 
-__all__ = ["Engine", "FitContext", "FitResult", "evaluate", "fit", "flush_denormals", "load_checkpoint",
-           "make_optimizer"]
+__all__ = ["DivergenceWarning", "Engine", "FitContext", "FitResult", "evaluate", "fit",
+           "flush_denormals", "load_checkpoint", "make_optimizer"]
 
 CHECKPOINT_FORMAT = "pyro_prune.fit/1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -490,6 +490,11 @@ def fit(
                             torch.Generator().manual_seed(_rank_seed(seed, dist_info.rank, start_epoch)).get_state())
         generator.set_state(state["rng"]["data"])
 
+    chance = None  # (majority-class rate, log of the number of classes): a failed classifier
+    if model.likelihood is Likelihood.CATEGORICAL:  # (judged on 10+ examples per class)
+        counts = torch.bincount(y_train)
+        if int((counts > 0).sum()) > 1 and len(y_train) >= 10 * len(counts):
+            chance = (float(counts.max()) / len(y_train), math.log(len(counts)))
     bar = progress_bar(desc=f"fit {type(model).__name__}", total=total_epochs, initial=start_epoch,
                        enabled=progress and main, every_s=0.0)
     with flush_denormals(flush_denormal):
@@ -514,7 +519,7 @@ def fit(
                 row["comm_time_s"] = sync.comm_seconds
                 sync.comm_seconds = 0.0
             history.append(row)
-            _warn_if_diverging(history, model)
+            _warn_if_diverging(history, chance, final=epoch + 1 == total_epochs)
             bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
                              if k in ("loss", "val_accuracy", "compression") and v is not None})
             bar.update(1)
@@ -628,29 +633,37 @@ class DivergenceWarning(RuntimeWarning):
 DIVERGENCE_FACTOR = 1e3
 
 
-def _warn_if_diverging(history: list[dict[str, Any]], model: PrunableNet) -> None:
-    """Warn once when the epoch loss blew up: ``DIVERGENCE_FACTOR`` x the best epoch's loss
-    (or, on the first epoch, a per-datum loss above ``1e6``), the usual sign of a too large
-    learning rate that the NaN check does not catch."""
+def _warn_if_diverging(history: list[dict[str, Any]], chance: tuple[float, float] | None, *,
+                       final: bool) -> None:
+    """Warn (once) when training diverged without a NaN, the usual sign of a too large lr.
+
+    Diverged: the epoch loss blew up to ``DIVERGENCE_FACTOR`` x the best epoch's (on the
+    first epoch, above ``1e6`` per example); or, at the end, a classifier predicts at chance
+    (accuracy within 0.02 of the majority class's rate) with a loss above 10 x ``log C``,
+    ten times what predicting the uniform distribution costs.
+    """
     if any(row.get("diverged") for row in history[:-1]):
         return
-    losses = [float(row["loss"]) for row in history if "loss" in row]
+    row = history[-1]
+    losses = [float(r["loss"]) for r in history if "loss" in r]
     if not losses:
         return
     now, best = losses[-1], min(losses)
     blown = now > 1e6 if len(losses) == 1 else now > DIVERGENCE_FACTOR * max(best, 1e-3)
-    if not blown:
+    acc = row.get("val_accuracy", row.get("train_accuracy"))
+    at_chance = (final and chance is not None and acc is not None
+                 and acc <= chance[0] + 0.02 and now > 10 * chance[1])
+    if not (blown or at_chance):
         return
-    history[-1]["diverged"] = True
-    chance = ""
-    acc = history[-1].get("val_accuracy", history[-1].get("train_accuracy"))
-    if model.likelihood is Likelihood.CATEGORICAL and acc is not None:
-        chance = f", accuracy {acc:.3f}"
+    row["diverged"] = True
+    detail = f", accuracy {acc:.3f}" if acc is not None else ""
+    if at_chance:
+        detail += f" at chance (majority class {chance[0]:.3f})"  # type: ignore[index]
     import warnings
 
     warnings.warn(
-        f"training diverged at epoch {history[-1].get('epoch')}: loss {now:.3g} per example "
-        f"(best epoch {best:.3g}){chance}; lower lr or noise_lr",
+        f"training diverged at epoch {row.get('epoch')}: loss {now:.3g} per example "
+        f"(best epoch {best:.3g}){detail}; lower lr or noise_lr",
         DivergenceWarning, stacklevel=3,
     )
 
