@@ -654,9 +654,15 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
         train, val = train_val_split(train, val_fraction=cfg.val_fraction, seed=cfg.seed)
     model = build_model(cfg, shape)
     method = METHODS[cfg.method]
-    if all((out / name).exists() for name in (METRICS_FILE, MODEL_FILE, IDATA_FILE, HISTORY_FILE)):
-        say(f"{out} holds this run, finished: reading it back (--restart to run it again)")
-        return _finished_run(cfg, out, model)
+    if all((out / name).exists() for name in FINISHED_RUN_FILES):
+        try:
+            finished = _finished_run(cfg, out, model)
+        except Exception as err:  # damaged since: rebuild the outputs from the checkpoint
+            say(f"{out} holds this run, but {_one_line(err)[:200]}; rebuilding its outputs")
+            model = build_model(cfg, shape)
+        else:
+            say(f"{out} holds this run, finished: reading it back (--restart to run it again)")
+            return finished
     if method.criterion is None:
         schedule, epochs = None, cfg.epochs + cfg.finetune_epochs
     else:
@@ -830,6 +836,11 @@ def _calibrations(model: Any, held: Any, *, seed: int) -> dict[str, dict[str, An
                                          output="probs", seed=seed).mean(0)
         out[name] = calibration(probs, y).to_json()
     return out
+
+
+#: a run folder with all of these is finished (``metrics.json`` is written last)
+FINISHED_RUN_FILES = (METRICS_FILE, MODEL_FILE, IDATA_FILE, HISTORY_FILE, CONVERTED_STATE_FILE,
+                      EXPORTED_PROGRAM_FILE)
 
 
 def _finished_run(cfg: RunConfig, out: Path, model: Any) -> RunResult:

@@ -242,6 +242,8 @@ LATER_OUTPUTS = [REPORT_FILE, "history.png", "model.pt2"]
 def test_a_kill_while_writing_any_output_loses_nothing(name: str, finished_run: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     out = _copy(finished_run, tmp_path)
+    if name in FIT_OUTPUTS:  # an unfinished run (metrics.json is written last)
+        (out / METRICS_FILE).unlink()
     if name == CHECKPOINT_FILE:  # a checkpoint is written after training epochs: retrain one
         (out / CHECKPOINT_FILE).unlink()
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -288,8 +290,17 @@ def test_an_interrupted_restart_is_never_half_old_half_new(finished_run: Path, t
     assert_complete(out)
 
 
+def test_a_damaged_output_of_a_finished_run_is_rebuilt(finished_run: Path, tmp_path: Path) -> None:
+    out = _copy(finished_run, tmp_path)
+    (out / EXPORTED_PROGRAM_FILE).unlink()
+    (out / IDATA_FILE).write_bytes((out / IDATA_FILE).read_bytes()[:1000])
+    run_fit(_tiny(), out, progress=False, measure=False)
+    assert_complete(out)
+
+
 def test_resuming_a_damaged_checkpoint_is_refused(finished_run: Path, tmp_path: Path) -> None:
     out = _copy(finished_run, tmp_path)
+    (out / METRICS_FILE).unlink()  # unfinished: the checkpoint is needed
     data = (out / CHECKPOINT_FILE).read_bytes()
     (out / CHECKPOINT_FILE).write_bytes(data[:-100])
     assert main(["fit", *TINY, "--out", str(out)]) == 2

@@ -933,7 +933,10 @@ def plot_learning_curves(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    from pyro_prune._io import atomic_path
+
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format=out.suffix[1:].lower() or "png")
     return out
