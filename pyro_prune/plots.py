@@ -390,8 +390,9 @@ def plot_summary(metrics: Mapping[str, Any], *, title: str = "Pruned against unp
     same predictive, 1 = as far as removing everything).
 
     ``metrics`` holds ``params_full``/``params_pruned``, ``macs_full``/``macs_pruned``,
-    and optionally ``latency_full_ms``/``latency_pruned_ms`` and ``w2_normalized`` (the
-    keys of a run's ``metrics.json``).
+    and optionally ``latency_full_ms``/``latency_pruned_ms`` (medians, shown as numbers),
+    ``speedup`` (the latency bar is ``1 / speedup`` when given: the median of paired
+    per-round ratios) and ``w2_normalized`` (the keys of a run's ``metrics.json``).
     """
     bars: list[tuple[str, float, str]] = []
     for key, label in (("params", "parameters"), ("macs", "MACs per input"),
@@ -401,6 +402,8 @@ def plot_summary(metrics: Mapping[str, Any], *, title: str = "Pruned against unp
         full, pruned = metrics.get(full_key), metrics.get(pruned_key)
         if full is not None and pruned is not None and float(full) > 0:
             ratio = float(pruned) / float(full)
+            if key == "latency" and metrics.get("speedup"):
+                ratio = 1.0 / float(metrics["speedup"])  # paired per-round ratios, not two medians
             bars.append((label, ratio, f"{ratio:.2f}x ({_short(pruned)} / {_short(full)})"))
     if metrics.get("w2_normalized") is not None:
         w2 = float(metrics["w2_normalized"])

@@ -134,6 +134,8 @@ def test_widths_summary_and_reliability_figures() -> None:
     fig = plots.plot_summary(metrics)
     widths = [p.get_width() for p in fig.axes[0].patches]
     assert widths == pytest.approx([0.25, 0.5, 0.75, 0.05])
+    paired = plots.plot_summary({**metrics, "speedup": 2.0})  # the latency bar is 1 / speedup
+    assert [p.get_width() for p in paired.axes[0].patches][2] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="none of"):
         plots.plot_summary({})
     g = torch.Generator().manual_seed(0)
