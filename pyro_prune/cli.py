@@ -1,6 +1,6 @@
 """The ``pyro-prune`` command (also ``python -m pyro_prune``).
 
-    pyro-prune fit --model mlp --data digits --method bmrs_n --epochs 20 --out runs/mlp
+    pyro-prune fit --model mlp --data digits --epochs 20 --out runs/mlp
     pyro-prune report runs/mlp
     pyro-prune export runs/mlp --format onnx
     pyro-prune demo
@@ -75,6 +75,7 @@ from pyro_prune._io import (
     remove_stale_temporaries,
     save_torch,
 )
+from pyro_prune.inference.fit import DEFAULT_NOISE_LR
 
 __all__ = [
     "EXPORTERS",
@@ -221,7 +222,8 @@ def _build_methods() -> dict[str, MethodSpec]:
         if not (crit.threshold_free or crit.default_threshold is not None):
             continue  # ranks only (l2, grad): needs a target compression
         if CriterionInput.GAUSSIAN_WEIGHTS in crit.needs:
-            methods[name] = MethodSpec(name, name, crit.description, weights="gaussian", gate="mask")
+            gate = "noise" if CriterionInput.NOISE_POSTERIOR in crit.needs else "mask"
+            methods[name] = MethodSpec(name, name, crit.description, weights="gaussian", gate=gate)
         elif CriterionInput.NOISE_POSTERIOR in crit.needs:
             methods[name] = MethodSpec(name, name, crit.description)
     return methods
@@ -238,15 +240,15 @@ class RunConfig:
 
     model: str = "mlp"
     data: str = "digits"
-    method: str = "bmrs_n"
+    method: str = "bmrs"
     epochs: int = 20
     finetune_epochs: int = 5
     batch_size: int = 64
     lr: float = 1e-2
     #: learning rate of the noise posteriors (``None``: ``lr``); see :func:`fit`
-    noise_lr: float | None = None
+    noise_lr: float | None = DEFAULT_NOISE_LR
     seed: int = 0
-    kl_scale: str = "paper"
+    kl_scale: str = "auto"
     hidden: list[int] | None = None
     val_fraction: float = 0.2
     num_samples: int = 200
@@ -1229,12 +1231,13 @@ def _add_fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
                    help=f"minibatch size (default {d.batch_size})")
     p.add_argument("--lr", type=_positive_float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
-    p.add_argument("--noise-lr", type=_positive_float, default=None,
-                   help="learning rate of the noise posteriors (default: --lr)")
+    p.add_argument("--noise-lr", type=_positive_float, default=d.noise_lr,
+                   help=f"learning rate of the noise posteriors (default {d.noise_lr})")
     p.add_argument("--seed", type=_seed, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("--kl-scale", default=d.kl_scale,
-                   help="weight of the KL term: 'elbo' (1), 'paper' (num_data / num_structures, "
-                        f"as in the BMRS authors' code) or a number (default {d.kl_scale})")
+                   help="weight of the KL term, a temperature: 'elbo' (1), 'paper' (num_data / "
+                        "num_structures, as in the BMRS authors' code), 'auto' ('paper' with "
+                        f"noise gates, else 'elbo') or a number (default {d.kl_scale})")
     p.add_argument("--hidden", type=_int_list, default=None, metavar="W1,W2,...",
                    help="hidden widths of --model mlp (default 100,100)")
     p.add_argument("--val-fraction", type=_fraction, default=d.val_fraction,
@@ -1306,7 +1309,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                      finetune_epochs=args.finetune_epochs, seed=args.seed,
                      num_samples=args.num_samples, curve_points=args.curve_points,
                      train_subset=args.train_subset, models=tuple(args.models),
-                     methods=tuple(args.methods))
+                     methods=tuple(args.methods), noise_lr=args.noise_lr)
     run_demo(cfg, data_root=args.data_root, progress=not args.no_progress, restart=args.restart)
     return 0
 
@@ -1364,8 +1367,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="M1,M2", help=f"networks (default {','.join(d.models)})")
     p.add_argument("--methods", type=_names(METHODS, "method"), default=list(d.methods),
                    metavar="M1,M2", help=f"methods, 'none' is the reference (default {','.join(d.methods)})")
-    p.add_argument("--noise-lr", type=_positive_float, default=None,
-                   help="learning rate of the noise posteriors (default: --lr)")
+    p.add_argument("--noise-lr", type=_positive_float, default=d.noise_lr,
+                   help=f"learning rate of the noise posteriors (default {d.noise_lr})")
     p.add_argument("--seed", type=_seed, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("--num-samples", type=_positive_int, default=d.num_samples,
                    help=f"posterior draws for ArviZ (default {d.num_samples})")

@@ -4,12 +4,12 @@ On the embedded 8x8 digits (no files needed) — or on MNIST with ``--data mnist
 whole pipeline for two networks, an MLP and LeNet-5:
 
 1. **define + fit**: SVI with log-normal multiplicative noise on every neuron and channel,
-   four ways with the same seed and number of epochs: no pruning (the reference),
-   BMRS_N continuous pruning (threshold-free, ``dF >= 0``; Wright, Igel & Selvan,
-   NeurIPS 2024), BMRS_N as the authors' released code evaluates it (``bmrs_n_code``:
-   without the ``-0.5 log 2 pi`` term, so structures whose posterior went back to the
-   prior, where the exact dF sits just below 0, are removed) and the SNR baseline (remove
-   where ``E[theta] / std[theta] < 1``; Neklyudov et al., NeurIPS 2017);
+   four ways with the same seed, number of epochs and the library's default recipe
+   (``docs/defaults.md``): no pruning (the reference), the default criterion ``bmrs``
+   (BMRS_N of Wright, Igel & Selvan, NeurIPS 2024, with prior odds sqrt(2 pi):1 for
+   removal, so structures whose posterior went back to the prior, where dF ties at 0, are
+   removed), plain BMRS_N (``bmrs_n``: ``dF >= 0``, which keeps them) and the SNR baseline
+   (remove where ``E[theta] / std[theta] < 1``; Neklyudov et al., NeurIPS 2017);
 2. **check**: the W2 shift of the posterior predictive caused by the removals
    (:func:`pyro_prune.predictive.w2_shift`, normalised by the shift of removing
    everything) and the ELPD difference to the unpruned reference on the test set
@@ -70,9 +70,9 @@ class _DataDefaults:
     curve_train_examples: int | None
 
 
-#: criteria whose post-training ranking curves the summary plots (bmrs_n and bmrs_n_code rank
-#: alike, dF differing by a constant, and stop at different points)
-CURVE_CRITERIA = ("bmrs_n", "bmrs_n_code", "snr")
+#: criteria whose post-training ranking curves the summary plots (bmrs_n and bmrs rank
+#: alike, their scores differing by the constant prior odds, and stop at different points)
+CURVE_CRITERIA = ("bmrs_n", "bmrs", "snr")
 
 #: per data set: epochs, fine-tuning epochs, batch size, learning rate, posterior draws, points
 #: of the accuracy-vs-compression curves, test examples for ArviZ and the W2 check, training
@@ -98,8 +98,9 @@ class DemoConfig:
     curve_points: int | None = None
     train_subset: int | None = None
     models: tuple[str, ...] = ("mlp", "lenet5")
-    methods: tuple[str, ...] = ("none", "bmrs_n", "bmrs_n_code", "snr")
-    kl_scale: str = "paper"
+    methods: tuple[str, ...] = ("none", "bmrs", "bmrs_n", "snr")
+    kl_scale: str = RunConfig.kl_scale
+    noise_lr: float | None = RunConfig.noise_lr
     hidden: list[int] = field(default_factory=lambda: [100, 100])
 
     def run_config(self, model: str, method: str) -> RunConfig:
@@ -110,7 +111,8 @@ class DemoConfig:
             model=model, data=self.data, method=method,
             epochs=self.epochs or d.epochs,
             finetune_epochs=d.finetune_epochs if self.finetune_epochs is None else self.finetune_epochs,
-            batch_size=d.batch_size, lr=d.lr, seed=self.seed, kl_scale=self.kl_scale,
+            batch_size=d.batch_size, lr=d.lr, noise_lr=self.noise_lr, seed=self.seed,
+            kl_scale=self.kl_scale,
             hidden=list(self.hidden) if model == "mlp" else None, val_fraction=0.1,
             num_samples=self.num_samples or d.num_samples, curve_points=0,
             train_subset=self.train_subset, eval_examples=d.eval_examples,
@@ -230,10 +232,10 @@ def run_demo(cfg: DemoConfig | None = None, *, data_root: str | None = None, pro
         fig = plots.plot_accuracy_vs_compression(curve_sets.get(model, {}), points,
                                                  title=f"{model} on {cfg.data}")
         figures.append(plots.save_figure(fig, fig_dir / f"{model}_accuracy_vs_compression.png"))
-        pruned = results.get((model, "bmrs_n"))
+        pruned = results.get((model, "bmrs"))
         if pruned is not None:
             figures.append(plots.save_figure(plots.plot_theta_forest(pruned.idata),
-                                             fig_dir / f"{model}_bmrs_n_theta_forest.png"))
+                                             fig_dir / f"{model}_bmrs_theta_forest.png"))
         if reference is not None:
             figures.append(plots.save_figure(plots.plot_delta_f(reference.idata, "bmrs_n"),
                                              fig_dir / f"{model}_none_delta_f.png"))

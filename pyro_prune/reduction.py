@@ -35,11 +35,18 @@ float32 absolute error below ~5e-6 * max(1, |dF|). Large inputs without gradient
 evaluated in cache-sized blocks (``benchmarks/reduction_speed.py`` measures the throughput:
 about 1.7e7 structures/s for BMRS_N in float32 on one core of a 2-core Xeon).
 
-Criteria (:data:`CRITERIA`): ``bmrs_n``, ``bmrs_n_code`` (the authors' code: no
-:math:`-\frac12\log 2\pi`), ``bmrs_u`` (= ``bmrs_u8``), ``bmrs_u4`` and
-``gaussian_bmr`` are threshold-free (remove where dF >= 0, score = -dF); ``snr`` (remove
-below 1) and ``e_theta`` (below 0.1) are the thresholded baselines of Neklyudov et al.
-(2017); ``l2`` and ``grad`` only rank (prune them to a target with ``fraction=``).
+Criteria (:data:`CRITERIA`): ``bmrs`` (the library's default: BMRS_N with prior odds
+:math:`\sqrt{2\pi}:1` for removal, ``log_prior_odds`` = :data:`BMRS_LOG_PRIOR_ODDS`),
+``bmrs_n`` (plain BMR, ``log_prior_odds = 0``), ``bmrs_n_code`` (the authors' code, which
+drops the :math:`-\frac12\log 2\pi`: the same preset as ``bmrs``), ``bmrs_u`` (= ``bmrs_u8``),
+``bmrs_u4``, ``bmrs_u_off`` (a reduced prior over the whole off range :math:`[A, -8\ln 2]`),
+``bmrs_joint`` (:func:`delta_f_joint`: noise and Gaussian incoming weights together) and
+``gaussian_bmr`` are threshold-free (remove where the log posterior odds
+:math:`\Delta F + \texttt{log\_prior\_odds} \ge 0`, score = minus them; every one takes
+``log_prior_odds``, see :func:`log_posterior_odds`); ``snr`` (remove below 1) and
+``e_theta`` (below 0.1) are the thresholded baselines of Neklyudov et al. (2017); ``l2``
+and ``grad`` only rank (prune them to a target with ``fraction=``). Why ``bmrs`` is the
+default, with measurements: ``docs/defaults.md``.
 """
 
 from __future__ import annotations
@@ -61,10 +68,12 @@ from pyro_prune.distributions import (
 )
 
 __all__ = [
+    "BMRS_LOG_PRIOR_ODDS",
     "CRITERIA",
     "Criterion",
     "CriterionInput",
     "delta_f_gaussian",
+    "delta_f_joint",
     "delta_f_lognormal",
     "delta_f_lognormal_released_code",
     "delta_f_loguniform",
@@ -72,6 +81,7 @@ __all__ = [
     "get_criterion",
     "gradient_score",
     "l2_norm",
+    "log_posterior_odds",
     "register_criterion",
     "snr",
 ]
@@ -303,7 +313,7 @@ def delta_f_loguniform(
     log_low: float | torch.Tensor = -20.0,
     log_high: float | torch.Tensor = 0.0,
     p1: float = 8,
-    p2: float = 23,
+    p2: float | None = 23,
 ) -> torch.Tensor:
     r"""BMRS\ :sub:`U`: :math:`\Delta F` for the reduced prior :math:`\mathrm{LogU}[A', B']`.
 
@@ -318,23 +328,39 @@ def delta_f_loguniform(
     The log-probability is a difference of log-masses taken at the common reference point
     :math:`\mathrm{clamp}(\mu, A', B')`, accurate deep in the tails.
 
+    ``p2=None`` puts :math:`A' = A`: the reduced prior covers the whole "off" range
+    :math:`[A, -p_1\ln 2]` (every noise level below the quantisation step), not only the
+    interval above float32 resolution (criterion ``bmrs_u_off``).
+
     Raises:
         ValueError: unless ``log_low <= A' < B' <= log_high`` (BMR needs the reduced prior's
             support inside the prior's).
     """
     loc, scale, low, high = _noise_params(loc, scale, log_low, log_high)
     for name, p in (("p1", p1), ("p2", p2)):
+        if name == "p2" and p is None:
+            continue
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p):
             raise TypeError(f"{name} must be a finite real number, got {p!r}")
-    r_low_f, r_high_f = -float(p2) * _LN2, -float(p1) * _LN2
-    if not r_low_f < r_high_f:
-        raise ValueError(f"need p2 > p1 (reduced prior [-p2 ln2, -p1 ln2]); got p1={p1}, p2={p2}")
-    r_low = torch.tensor(r_low_f, dtype=loc.dtype, device=loc.device)
+    r_high_f = -float(p1) * _LN2
     r_high = torch.tensor(r_high_f, dtype=loc.dtype, device=loc.device)
-    if not bool(((low <= r_low) & (r_high <= high)).all()):
+    if p2 is None:  # the whole off range [A, -p1 ln 2]
+        r_low = low
+        if not bool((low < r_high).all()):
+            raise ValueError(f"log_low must lie below the reduced prior's upper end -p1 ln2 = {r_high_f:.4g}")
+    else:
+        r_low_f = -float(p2) * _LN2
+        if not r_low_f < r_high_f:
+            raise ValueError(f"need p2 > p1 (reduced prior [-p2 ln2, -p1 ln2]); got p1={p1}, p2={p2}")
+        r_low = torch.tensor(r_low_f, dtype=loc.dtype, device=loc.device)
+        if not bool((low <= r_low).all()):
+            raise ValueError(
+                f"reduced prior [{r_low_f:.4g}, {r_high_f:.4g}] (from p1={p1}, p2={p2}) must lie "
+                "inside [log_low, log_high]"
+            )
+    if not bool((r_high <= high).all()):
         raise ValueError(
-            f"reduced prior [{r_low_f:.4g}, {r_high_f:.4g}] (from p1={p1}, p2={p2}) must lie "
-            "inside [log_low, log_high]"
+            f"reduced prior's upper end {r_high_f:.4g} (from p1={p1}) must lie inside [log_low, log_high]"
         )
     return _blocked(_bmrs_u_kernel, loc, scale, low, high, r_low, r_high)
 
@@ -419,6 +445,58 @@ def _gaussian_bmr_kernel(loc, scale, s2, r2) -> torch.Tensor:
     vk_safe = torch.where(valid, vk, 0.0)
     df = torch.log1p(vk_safe).sub_(log_ratio).add_(loc.square() / v.add_(inv_k)).mul_(-0.5)
     return torch.where(valid, df, math.inf)
+
+
+def delta_f_joint(
+    loc: torch.Tensor,
+    scale: torch.Tensor,
+    weight_loc: torch.Tensor,
+    weight_scale: torch.Tensor,
+    *,
+    log_low: float | torch.Tensor = -20.0,
+    log_high: float | torch.Tensor = 0.0,
+    reduced_var: float | torch.Tensor = 1e-12,
+    prior_scale: float | torch.Tensor = 1.0,
+    reduced_scale: float | torch.Tensor = 1e-8,
+    dim: Dim = -1,
+) -> torch.Tensor:
+    r"""Joint BMR of a structure's noise and its Gaussian incoming weights.
+
+    For a network with Gaussian weight priors and multiplicative noise, the model "structure
+    :math:`i` is off" reduces both the prior of its noise :math:`\theta_i` (to the spike of
+    BMRS\ :sub:`N` at :math:`A`) and the priors of its incoming weights :math:`w_i` (the row of
+    the producing layer that :math:`\theta_i` multiplies, to :math:`\mathcal N(0, r^2)`).
+    Under the mean-field posterior :math:`q(\theta_i)\prod_j q(w_{ij})` the BMR integral
+    factorises, so
+
+    .. math::
+
+        \Delta F_i = \Delta F_\theta(\mu_i, \sigma_i) + \sum_j \Delta F_{\mathcal N}(m_{ij}, v_{ij}),
+
+    with :func:`delta_f_lognormal` and :func:`delta_f_gaussian`: no threshold. The incoming
+    row, not the outgoing column, belongs to the structure: :math:`\theta_i` scales exactly
+    :math:`w_i\cdot h` (the two are one product in the likelihood, so the evidence for
+    "off" is shared between them), while the outgoing column holds the incoming weights of
+    the next layer's structures, whose own :math:`\Delta F` already counts them.
+
+    Args:
+        loc, scale: noise posterior, shape ``[..., n]``.
+        weight_loc, weight_scale: Gaussian posterior of the incoming weights, the structures
+            on the axes of ``loc`` and the weights of a structure on ``dim``.
+        log_low, log_high, reduced_var: as in :func:`delta_f_lognormal`.
+        prior_scale, reduced_scale: as in :func:`delta_f_gaussian`.
+        dim: the axes of ``weight_loc`` summed over (default ``-1``: rows ``[n, fan_in]``).
+    """
+    df_noise = delta_f_lognormal(loc, scale, log_low=log_low, log_high=log_high,
+                                 reduced_var=reduced_var)
+    df_weights = delta_f_gaussian(weight_loc, weight_scale, prior_scale=prior_scale,
+                                  reduced_scale=reduced_scale, dim=dim)
+    if df_weights.shape != df_noise.shape:
+        raise ValueError(
+            f"the weights give {tuple(df_weights.shape)} structures after summing over dim={dim}, "
+            f"the noise {tuple(df_noise.shape)}"
+        )
+    return df_noise + df_weights.to(df_noise.dtype)
 
 
 # --------------------------------------------------------------------------------------
@@ -651,6 +729,40 @@ def _nonneg(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     return remove
 
 
+#: ``log_prior_odds`` of the default criterion ``bmrs`` (and of ``bmrs_n_code``):
+#: prior odds of :math:`\sqrt{2\pi}:1` for removing a structure.
+BMRS_LOG_PRIOR_ODDS = 0.5 * _LOG_2PI
+
+
+def _check_log_prior_odds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"log_prior_odds must be a finite real number, got {value!r}")
+    return float(value)
+
+
+def log_posterior_odds(delta_f: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    r"""``delta_f`` plus a model prior: the log posterior odds of removing a structure.
+
+    BMR gives the change in log evidence :math:`\Delta F = \log p(D\mid m_0) - \log p(D\mid m_1)`
+    of the reduced model :math:`m_0` (structure off) against the full one. With prior odds
+    :math:`p(m_0)/p(m_1)` the posterior odds are
+    :math:`\log\frac{p(m_0\mid D)}{p(m_1\mid D)} = \Delta F + \texttt{log\_prior\_odds}`, and a
+    structure is removed when they are :math:`\ge 0`. ``log_prior_odds = 0`` (the default of
+    every BMR criterion but ``bmrs`` and ``bmrs_n_code``) is plain BMR; a positive value says
+    that, when the data cannot tell the two models apart (:math:`\Delta F \approx 0`, the
+    posterior has returned to the prior), the smaller model wins. Returns a keyword function
+    of ``delta_f``'s arguments and ``log_prior_odds``.
+    """
+
+    def odds(*, log_prior_odds: float = 0.0, **kwargs: Any) -> torch.Tensor:
+        prior = _check_log_prior_odds(log_prior_odds)
+        df = delta_f(**kwargs)
+        return df + prior if prior else df
+
+    odds.__name__ = f"log_posterior_odds_{delta_f.__name__}"
+    return odds
+
+
 def _structure_dims(t: torch.Tensor, dim: Dim) -> Dim:
     """Criterion default for weight inputs: structures on axis 0, reduce all other axes."""
     if dim is not None:
@@ -670,6 +782,14 @@ def _gaussian_bmr(*, weight_loc, weight_scale, dim=None, prior_scale=1.0, reduce
     )
 
 
+def _bmrs_joint(*, loc, scale, weight_loc, weight_scale, dim=None, log_low=-20.0, log_high=0.0,
+                prior_scale=1.0, reduced_var=1e-12, reduced_scale=1e-8):
+    dim = _structure_dims(_float_tensor(weight_loc, "weight_loc"), dim)
+    return delta_f_joint(loc, scale, weight_loc, weight_scale, log_low=log_low, log_high=log_high,
+                         reduced_var=reduced_var, prior_scale=prior_scale,
+                         reduced_scale=reduced_scale, dim=dim)
+
+
 def _l2(*, weight, dim=None):
     return l2_norm(weight, _structure_dims(_float_tensor(weight, "weight"), dim))
 
@@ -680,30 +800,39 @@ def _grad(*, grad, dim=None):
 
 def _make_registry() -> dict[str, Criterion]:
     noise = frozenset({CriterionInput.NOISE_POSTERIOR})
+    odds = frozenset({"log_prior_odds"})
+    u_score, u_remove = _neg(log_posterior_odds(delta_f_loguniform)), _nonneg(log_posterior_odds(delta_f_loguniform))
     bmrs_u = Criterion(
         "bmrs_u",
         True,
-        _neg(delta_f_loguniform),
-        _nonneg(delta_f_loguniform),
+        u_score,
+        u_remove,
         noise,
         MappingProxyType({"p1": 8, "p2": 23}),
-        frozenset({"p1", "p2"}),
+        frozenset({"p1", "p2"}) | odds,
         description="BMRS_U: dF for reduced prior LogU[-p2 ln2, -p1 ln2] (p1=8, p2=23)",
     )
+    n_odds = log_posterior_odds(delta_f_lognormal)
     bmrs_n = Criterion(
         "bmrs_n",
         True,
-        _neg(delta_f_lognormal),
-        _nonneg(delta_f_lognormal),
+        _neg(n_odds),
+        _nonneg(n_odds),
         noise,
-        accepts=frozenset({"reduced_loc", "reduced_var"}),
+        accepts=frozenset({"reduced_loc", "reduced_var"}) | odds,
         description="BMRS_N: dF for reduced prior LogN[A,B](A, 1e-12)",
     )
+    preset = MappingProxyType({"log_prior_odds": BMRS_LOG_PRIOR_ODDS})
+    joint = log_posterior_odds(_bmrs_joint)
+    gaussian = log_posterior_odds(_gaussian_bmr)
     entries = [
+        replace(bmrs_n, name="bmrs", options=preset,
+                description="the default: BMRS_N with prior odds sqrt(2 pi):1 for removal "
+                            "(log_prior_odds = 0.5 log 2pi)"),
         bmrs_n,
-        replace(bmrs_n, name="bmrs_n_code", score_fn=_neg(delta_f_lognormal_released_code),
-                remove_fn=_nonneg(delta_f_lognormal_released_code),
-                description="BMRS_N as in the authors' code (no -0.5 log 2pi): removes at BF >= 0.40"),
+        replace(bmrs_n, name="bmrs_n_code", options=preset,
+                description="BMRS_N as in the authors' code (no -0.5 log 2pi), i.e. "
+                            "log_prior_odds = 0.5 log 2pi: removes at BF >= 0.40"),
         bmrs_u,
         replace(bmrs_u, name="bmrs_u8", description="BMRS_U with p1=8, p2=23"),
         replace(
@@ -711,6 +840,22 @@ def _make_registry() -> dict[str, Criterion]:
             name="bmrs_u4",
             options=MappingProxyType({"p1": 4, "p2": 23}),
             description="BMRS_U with p1=4, p2=23",
+        ),
+        replace(
+            bmrs_u,
+            name="bmrs_u_off",
+            options=MappingProxyType({"p1": 8, "p2": None}),
+            description="reduced prior LogU[A, -p1 ln2] over the whole off range (p1=8)",
+        ),
+        Criterion(
+            "bmrs_joint",
+            True,
+            _neg(joint),
+            _nonneg(joint),
+            frozenset({CriterionInput.NOISE_POSTERIOR, CriterionInput.GAUSSIAN_WEIGHTS}),
+            accepts=frozenset({"reduced_var", "reduced_scale"}) | odds,
+            description="joint BMR of a structure's noise (BMRS_N) and its Gaussian incoming "
+                        "weights (to N(0, 1e-16))",
         ),
         Criterion(
             "snr",
@@ -749,10 +894,10 @@ def _make_registry() -> dict[str, Criterion]:
         Criterion(
             "gaussian_bmr",
             True,
-            _neg(_gaussian_bmr),
-            _nonneg(_gaussian_bmr),
+            _neg(gaussian),
+            _nonneg(gaussian),
             frozenset({CriterionInput.GAUSSIAN_WEIGHTS}),
-            accepts=frozenset({"reduced_scale"}),
+            accepts=frozenset({"reduced_scale"}) | odds,
             description="Gaussian BMR to N(0, 1e-16), dF summed over a structure's weights",
         ),
     ]

@@ -22,11 +22,14 @@ from scipy import integrate
 from torch.autograd import gradcheck
 
 from pyro_prune import reduction
+from pyro_prune.models.noise_kernels import kl_truncated_lognormal_loguniform
 from pyro_prune.reduction import (
+    BMRS_LOG_PRIOR_ODDS,
     CRITERIA,
     Criterion,
     CriterionInput,
     delta_f_gaussian,
+    delta_f_joint,
     delta_f_lognormal,
     delta_f_lognormal_released_code,
     delta_f_loguniform,
@@ -80,7 +83,7 @@ def quad_bmrs_n(loc, scale, reduced_loc=A, reduced_var=0.1, low=A, high=B):
 
 
 def quad_bmrs_u(loc, scale, p1=8, p2=23, low=A, high=B):
-    r_low, r_high = -p2 * LN2, -p1 * LN2
+    r_low, r_high = (low if p2 is None else -p2 * LN2), -p1 * LN2
     log_p = (_log_quad(lambda x: norm_logpdf(x, loc, scale), r_low, r_high, [loc])
              - _log_quad(lambda x: norm_logpdf(x, loc, scale), low, high, [loc]))
     return math.log(high - low) - math.log(r_high - r_low) + log_p
@@ -395,6 +398,120 @@ def test_blocked_evaluation_matches_whole_tensor_evaluation(fn, dtype, monkeypat
     torch.testing.assert_close(fn(loc.reshape(50, -1), scale.reshape(50, -1)).reshape(-1), blocked, rtol=0, atol=0)
 
 
+# ------------------------------------------------------------------------ the whole off range
+
+
+class TestBmrsUOff:
+    """BMRS_U with A' = A: the reduced prior LogU[A, -p1 ln 2] over every level below the step."""
+
+    @pytest.mark.parametrize("loc,scale", QUAD_CASES)
+    @pytest.mark.parametrize("p1", [4, 8])
+    def test_against_quadrature(self, loc, scale, p1) -> None:
+        df = delta_f_loguniform(*f64(loc, scale), p1=p1, p2=None).item()
+        ref = quad_bmrs_u(loc, scale, p1=p1, p2=None)
+        assert abs(df - ref) <= 1e-6 * abs(ref) + 1e-9
+
+    @settings(max_examples=40, deadline=None, derandomize=True)
+    @given(st.floats(-30, 10), st.floats(-20, 5), st.sampled_from(DTYPES))
+    def test_finite_and_bounded_over_the_box(self, loc, log_scale, dtype) -> None:
+        df = delta_f_loguniform(torch.tensor(loc, dtype=dtype), torch.tensor(log_scale, dtype=dtype).exp(),
+                                p2=None)
+        assert torch.isfinite(df) and df.item() <= math.log(20.0) - math.log(20.0 - 8 * LN2) + 1e-6
+
+    def test_criterion_and_bad_input(self) -> None:
+        loc, scale = torch.tensor([-19.0, -1.0, -10.0]), torch.tensor([0.5, 0.2, 50.0])
+        crit = get_criterion("bmrs_u_off")
+        torch.testing.assert_close(crit.score(loc=loc, scale=scale), -delta_f_loguniform(loc, scale, p2=None))
+        assert crit.remove(loc=loc, scale=scale).tolist()[:2] == [True, False]
+        with pytest.raises(ValueError, match="log_low"):
+            delta_f_loguniform(loc, scale, p2=None, log_low=-3.0)
+
+
+# ------------------------------------------------------------------------ joint BMR
+
+
+class TestJoint:
+    """dF of a structure = dF of its noise + the Gaussian dF of its incoming weights."""
+
+    @pytest.mark.parametrize("loc,scale", [(-5.0, 1.0), (-19.5, 0.3), (0.5, 0.3), (-10.0, 8.0)])
+    @pytest.mark.parametrize("weights", [[(0.0, 0.1), (0.3, 0.05)], [(-1.2, 0.5), (2.0, 1.0), (0.01, 0.02)]])
+    def test_against_quadrature(self, loc, scale, weights) -> None:
+        m, sd = (torch.tensor([[w[i] for w in weights]], dtype=torch.float64) for i in (0, 1))
+        df = delta_f_joint(*f64([loc], [scale]), m, sd, reduced_var=0.3, prior_scale=1.0,
+                           reduced_scale=0.1).item()
+        ref = quad_bmrs_n(loc, scale, reduced_var=0.3) + sum(quad_gaussian(mi, si**2, 1.0, 0.1)
+                                                              for mi, si in weights)
+        assert abs(df - ref) <= 1e-6 * abs(ref) + 1e-9
+
+    @settings(max_examples=30, deadline=None, derandomize=True)
+    @given(st.floats(-30, 10), st.floats(-20, 5), st.floats(-3, 3), st.floats(-8, 1), st.sampled_from(DTYPES))
+    def test_finite_over_the_box_at_the_defaults(self, loc, log_scale, m, log_sd, dtype) -> None:
+        t = lambda x: torch.tensor(x, dtype=dtype)  # noqa: E731
+        df = delta_f_joint(t([loc]), t([log_scale]).exp(), t([[m, -m]]), t([[log_sd, log_sd]]).exp())
+        assert torch.isfinite(df).all() and df.shape == (1,)
+
+    def test_criterion_sums_each_structures_row(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        loc, scale = torch.tensor([-19.0, -1.0, -5.0]), torch.tensor([0.5, 0.2, 2.0])
+        wl = torch.randn(3, 4, generator=g) * 0.1
+        ws = torch.rand(3, 4, generator=g) * 0.5 + 0.5
+        crit = get_criterion("bmrs_joint")
+        expected = delta_f_lognormal(loc, scale) + delta_f_gaussian(wl, ws, dim=1)
+        torch.testing.assert_close(-crit.score(loc=loc, scale=scale, weight_loc=wl, weight_scale=ws), expected)
+        assert crit.needs == {CriterionInput.NOISE_POSTERIOR, CriterionInput.GAUSSIAN_WEIGHTS}
+        with pytest.raises(ValueError, match="structures"):
+            delta_f_joint(loc, scale, wl[:2], ws[:2])
+
+
+# ------------------------------------------------------------------------ the tie at the prior
+
+
+class TestTieAtThePrior:
+    """The measured finding of DESIGN.md, and the explicit prior odds that resolve it."""
+
+    def test_a_wide_posterior_barely_moves_its_loc(self) -> None:
+        loc = torch.tensor([0.0], dtype=torch.float64, requires_grad=True)
+        log_scale = torch.tensor([4.0], dtype=torch.float64)
+        kl = kl_truncated_lognormal_loguniform(loc, log_scale.exp(), A, B)
+        if kl is None:
+            kl = torch.distributions.kl_divergence(
+                reduction_posterior(loc, log_scale.exp()), reduction_prior())
+        (grad,) = torch.autograd.grad(kl.sum(), loc)
+        assert 1e-6 < abs(grad.item()) < 1e-4  # about 3e-5: the KL hardly pulls mu anywhere
+
+    def test_plain_bmr_decides_by_where_loc_started(self) -> None:
+        scale = torch.tensor([math.exp(4.0)] * 2, dtype=torch.float64)
+        loc = torch.tensor([0.0, -15.0], dtype=torch.float64)
+        df = delta_f_lognormal(loc, scale)
+        # the asymptote -(266.7 + 20 mu) / (2 sigma^2)
+        approx = -(266.7 + 20 * loc) / (2 * scale**2)
+        torch.testing.assert_close(df, approx, rtol=0.05, atol=1e-3)
+        assert get_criterion("bmrs_n").remove(loc=loc, scale=scale).tolist() == [False, True]
+        # with prior odds for the smaller model both prior-like structures go, whatever loc
+        assert get_criterion("bmrs").remove(loc=loc, scale=scale).tolist() == [True, True]
+        assert get_criterion("bmrs_n", log_prior_odds=0.1).remove(loc=loc, scale=scale).tolist() == [True, True]
+
+    @pytest.mark.parametrize("reduced", [dict(p1=8), dict(p1=4), dict(p1=8, p2=None)])
+    def test_every_reduced_prior_ties_at_the_prior(self, reduced) -> None:
+        # q -> prior as sigma grows: dF -> 0 for every reduced prior
+        for log_scale in (4.0, 6.0, 8.0):
+            df = delta_f_loguniform(*f64(-10.0, math.exp(log_scale)), **reduced).item()
+            assert abs(df) < 30 * math.exp(-2 * log_scale)
+        assert abs(delta_f_lognormal(*f64(-10.0, math.exp(8.0))).item()) < 1e-5
+
+
+def reduction_posterior(loc, scale):
+    from pyro_prune.distributions import TruncatedLogNormal
+
+    return TruncatedLogNormal(loc, scale, A, B)
+
+
+def reduction_prior():
+    from pyro_prune.distributions import TruncatedLogUniform
+
+    return TruncatedLogUniform(torch.tensor(A, dtype=torch.float64), torch.tensor(B, dtype=torch.float64))
+
+
 # ------------------------------------------------------------------------ criteria
 
 
@@ -413,6 +530,7 @@ class TestCriteria:
             assert isinstance(crit, Criterion) and crit.name == name and crit.description
         assert {n for n in names if CRITERIA[n].threshold_free} == {
             "bmrs_n", "bmrs_n_code", "bmrs_u", "bmrs_u4", "bmrs_u8", "gaussian_bmr"}
+        assert {n for n in CRITERIA if CRITERIA[n].threshold_free} >= {"bmrs", "bmrs_u_off", "bmrs_joint"}
         assert get_criterion(" BMRS_N ").name == "bmrs_n"
         with pytest.raises(ValueError, match="known: .*bmrs_n"):
             get_criterion("obd")
@@ -435,6 +553,21 @@ class TestCriteria:
             torch.testing.assert_close(crit.score(loc=loc, scale=scale), -df)
             assert torch.equal(crit.remove(loc=loc, scale=scale), df >= 0)
             assert torch.equal(crit.rank(loc=loc, scale=scale), torch.argsort(-df, stable=True))
+        # the prior odds on removal: bmrs and bmrs_n_code are BMRS_N with log_prior_odds = 0.5 log 2pi
+        assert BMRS_LOG_PRIOR_ODDS == pytest.approx(0.5 * math.log(2 * math.pi))
+        df_n = delta_f_lognormal(loc, scale)
+        for name in ("bmrs", "bmrs_n_code"):
+            torch.testing.assert_close(get_criterion(name).score(loc=loc, scale=scale), -(df_n + BMRS_LOG_PRIOR_ODDS))
+            torch.testing.assert_close(get_criterion(name, log_prior_odds=0.0).score(loc=loc, scale=scale), -df_n)
+        for name, df in (("bmrs_u", delta_f_loguniform(loc, scale)), ("bmrs_n", df_n)):
+            torch.testing.assert_close(get_criterion(name, log_prior_odds=2.0).score(loc=loc, scale=scale), -(df + 2.0))
+            assert torch.equal(get_criterion(name).remove(loc=loc, scale=scale, log_prior_odds=-1.0), df - 1.0 >= 0)
+        with pytest.raises(TypeError, match="log_prior_odds"):
+            get_criterion("bmrs", log_prior_odds="1").score(loc=loc, scale=scale)
+        with pytest.raises(TypeError, match="log_prior_odds"):
+            get_criterion("bmrs_n").remove(loc=loc, scale=scale, log_prior_odds=math.inf)
+        with pytest.raises(TypeError, match="log_prior_odds"):
+            get_criterion("snr", log_prior_odds=1.0)
         u4 = get_criterion("bmrs_u", p1=4)
         torch.testing.assert_close(u4.score(loc=loc, scale=scale), get_criterion("bmrs_u4").score(loc=loc, scale=scale))
         assert get_criterion("bmrs_n").remove(loc=loc, scale=scale).tolist() == [True, False, True, False, False]

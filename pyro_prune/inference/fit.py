@@ -47,8 +47,11 @@ from pyro_prune.inference.loop import ElboLoss, pruning_summary
 from pyro_prune.models.base import KLScale, Likelihood, PrunableNet
 from pyro_prune.progress import progress_bar
 
-__all__ = ["DivergenceWarning", "Engine", "FitContext", "FitResult", "evaluate", "fit",
+__all__ = ["DEFAULT_NOISE_LR", "DivergenceWarning", "Engine", "FitContext", "FitResult", "evaluate", "fit",
            "flush_denormals", "load_checkpoint", "make_optimizer"]
+
+#: default learning rate of the noise posteriors (see ``docs/defaults.md``)
+DEFAULT_NOISE_LR = 0.03
 
 CHECKPOINT_FORMAT = "pyro_prune.fit/1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -257,10 +260,10 @@ def fit(
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool = True,
     engine: Engine | str = Engine.AUTO,
-    kl_scale: float | KLScale | str = KLScale.ELBO,
+    kl_scale: float | KLScale | str = KLScale.AUTO,
     guide: Callable | None = None,
     weight_decay: float = 0.0,
-    noise_lr: float | None = None,
+    noise_lr: float | None = DEFAULT_NOISE_LR,
     per_example_noise: bool = True,
     flush_denormal: bool = True,
     num_data: int | None = None,
@@ -288,15 +291,19 @@ def fit(
         progress: show progress (:func:`~pyro_prune.progress.progress_bar`: a bar on a
             terminal, one plain line per epoch in a log file).
         engine: ``"auto"``, ``"fast"`` or ``"pyro"`` (see :class:`Engine`).
-        kl_scale: weight of the KL term: a number, ``"elbo"`` (1) or ``"paper"``.
+        kl_scale: weight of the KL term, a temperature of the posterior: a number,
+            ``"elbo"`` (1), ``"paper"`` (``num_data / num_structures``) or ``"auto"`` (the
+            default: ``"paper"`` for a network with multiplicative noise, ``"elbo"``
+            otherwise). See :class:`~pyro_prune.models.base.KLScale` and ``docs/defaults.md``.
         guide: a custom Pyro guide (e.g. ``AutoDelta``); defaults to ``model.guide``.
         weight_decay: Adam weight decay (0: none; the priors already regularise).
         noise_lr: learning rate of the noise posteriors (loc and log scale of every
-            :class:`~pyro_prune.models.noise.MultiplicativeNoise`); ``None`` uses ``lr``.
-            Adam moves a parameter by about ``lr`` per step, so with ``lr=1e-3`` a log
-            scale needs thousands of steps to travel from its initial -5 to where an
-            unneeded structure's posterior settles; a larger ``noise_lr`` gets there in a
-            few epochs while the weights keep their usual rate.
+            :class:`~pyro_prune.models.noise.MultiplicativeNoise`), default
+            ``DEFAULT_NOISE_LR`` = 0.03; ``None`` uses ``lr``. Adam moves a parameter by
+            about ``lr`` per step, so with ``lr=1e-3`` a log scale needs thousands of steps
+            to travel from its initial -5 to where an unneeded structure's posterior
+            settles; a larger ``noise_lr`` gets there in a few epochs while the weights
+            keep their usual rate.
         per_example_noise: with the fast engine, draw the noise once per example (lower
             gradient variance, the default) or once per step for the whole batch (the
             Pyro ELBO's estimator; cheaper, see ``benchmarks/training_speed.py``).

@@ -73,15 +73,18 @@ class ContinuousPruning(Schedule):
     """Prune during training with a criterion from :mod:`pyro_prune.reduction`.
 
     Args:
-        criterion: a registered criterion name (``"bmrs_n"``, ``"bmrs_u"``, ``"snr"``,
-            ``"e_theta"``, ``"gaussian_bmr"``) that can decide removal on its own.
+        criterion: a registered criterion name that can decide removal on its own
+            (``"bmrs"``, the default: BMRS_N with prior odds sqrt(2 pi):1 for removal, see
+            ``docs/defaults.md``; ``"bmrs_n"``, ``"bmrs_u"``, ``"bmrs_u_off"``,
+            ``"bmrs_joint"``, ``"snr"``, ``"e_theta"``, ``"gaussian_bmr"``).
         every: prune after every ``every``-th training epoch.
         finetune_epochs: epochs of training without pruning after the ``epochs`` of
             :func:`fit` (so a run lasts ``epochs + finetune_epochs``).
-        criterion_kwargs: passed to the criterion (e.g. ``p1=4`` for BMRS_U).
+        criterion_kwargs: passed to the criterion (e.g. ``p1=4`` for BMRS_U,
+            ``log_prior_odds=0.0`` for plain BMR).
     """
 
-    def __init__(self, criterion: str = "bmrs_n", every: int = 1, finetune_epochs: int = 10,
+    def __init__(self, criterion: str = "bmrs", every: int = 1, finetune_epochs: int = 10,
                  **criterion_kwargs: Any) -> None:
         self.criterion = as_criterion(criterion, **criterion_kwargs)
         if not (self.criterion.threshold_free or self.criterion.default_threshold is not None):

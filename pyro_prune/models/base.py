@@ -41,17 +41,23 @@ class Likelihood(enum.Enum):
 
 
 class KLScale(enum.Enum):
-    """Named weightings of the KL term.
+    """Named weightings of the KL term (a temperature of the posterior, see ``docs/defaults.md``).
 
-    * ``ELBO`` (1.0): the evidence lower bound of the full data set (the default).
+    * ``ELBO`` (1.0): the evidence lower bound of the full data set, the untempered
+      posterior.
     * ``PAPER``: ``num_data / num_structures``, i.e. the per-datum loss becomes
       ``mean cross-entropy + mean KL per structure``, as in the BMRS authors' released
-      code. It weights the KL ``num_data / num_structures`` times more than the ELBO and
+      code. It weights the KL ``num_data / num_structures`` times more than the ELBO
+      (a posterior tempered by the likelihood exponent ``num_structures / num_data``) and
       so prunes far more aggressively.
+    * ``AUTO`` (the default of :func:`~pyro_prune.inference.fit`): ``PAPER`` for a network
+      with multiplicative noise on its structures (the pruning recipe), ``ELBO`` for one
+      without (Bayesian weights alone, whose posterior the W2 and Bayes-factor methods use).
     """
 
     ELBO = "elbo"
     PAPER = "paper"
+    AUTO = "auto"
 
 
 class PrunableNet(PyroModule):
@@ -122,6 +128,8 @@ class PrunableNet(PyroModule):
         """Set the weight of the KL term of every stochastic module; returns the number used."""
         if isinstance(kl_scale, (str, KLScale)):
             kind = parse_enum(KLScale, kl_scale, "kl_scale")
+            if kind is KLScale.AUTO:
+                kind = KLScale.PAPER if self.noise_layers() else KLScale.ELBO
             if kind is KLScale.ELBO:
                 value = 1.0
             else:

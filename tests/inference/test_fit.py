@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from pyro_prune.data import load_dataset, train_val_split
-from pyro_prune.inference import ContinuousPruning, fit, load_checkpoint
+from pyro_prune.inference import ContinuousPruning, evaluate, fit, load_checkpoint
 from pyro_prune.inference.fit import _flush_denormal_enabled
 from pyro_prune.models import MLP
 
@@ -254,3 +254,27 @@ def test_fit_flushes_subnormals_while_training_and_restores_the_mode(digits, flu
         assert _flush_denormal_enabled()  # a caller who flushes keeps flushing
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_kl_scale_auto_tempers_noise_networks_only(digits) -> None:
+    train, _ = digits
+    noisy = MLP(64, [16, 8], 10)
+    assert fit(noisy, train, epochs=0, progress=False).config["kl_scale"] == pytest.approx(len(train) / 24)
+    assert all(g.kl_scale == pytest.approx(len(train) / 24) for g in noisy.noise_layers().values())
+    bayesian = MLP(64, [16], 10, weights="gaussian", gate="mask")  # no structure noise: the ELBO
+    assert fit(bayesian, train, epochs=0, progress=False).config["kl_scale"] == 1.0
+    assert fit(noisy, train, epochs=0, progress=False, kl_scale="elbo").config["kl_scale"] == 1.0
+
+
+@pytest.mark.slow
+def test_the_default_recipe_prunes_what_the_data_does_not_need(digits) -> None:
+    """``fit`` + ``ContinuousPruning()`` with nothing but epochs, lr and batch size."""
+    train, test = digits
+    torch.manual_seed(0)
+    model = MLP(64, [100, 100], 10)
+    schedule = ContinuousPruning()
+    result = fit(model, train, epochs=20, lr=1e-2, batch_size=64, progress=False, schedule=schedule)
+    assert schedule.criterion.name == "bmrs" and schedule.extra_epochs == 10
+    assert result.config["kl_scale"] == pytest.approx(len(train) / 200)  # "auto" -> "paper"
+    assert result.last["compression"] > 0.5
+    assert evaluate(model, test)["accuracy"] > 0.95

@@ -1,0 +1,176 @@
+"""The default pruning recipe, measured: criteria side by side, the init sweep, the KL weight.
+
+Continuous pruning as in ``bmrs_table.py`` (the BMRS Table 1 protocol: MLP and LeNet-5 on
+MNIST / Fashion-MNIST, an 80/20 train/val split, test accuracy on the test set,
+compression counted on the converted network), but every run is made the way a user makes
+it: ``fit(model, train, epochs=..., val=val, seed=seed, schedule=ContinuousPruning(...))``
+with the library's defaults (batch 128, lr 1e-3, ``kl_scale="auto"``, ``noise_lr=0.03``,
+criterion ``bmrs``), changing one thing per experiment:
+
+* ``init``: the initial ``loc`` of every noise posterior (``init_loc`` of
+  :class:`~pyro_prune.models.noise.MultiplicativeNoise`) in {0, -2, -4}, for the default
+  criterion and for the alternatives whose decision at the tie depends on it;
+* ``criteria``: the reduced priors and decision rules not in ``bmrs_table.py``: the whole
+  off range (``bmrs_u_off``) and the joint BMR of a structure's noise and its Gaussian
+  incoming weights (``bmrs_joint``, on the same network with ``weights="gaussian"``, whose
+  unpruned reference is ``none_gaussian``);
+* ``kl``: the KL weight (the temperature) from ``elbo`` (1) to ``paper``
+  (``num_data / num_structures``).
+
+Each finished run is cached in ``benchmarks/results/bmrs_defaults_<experiment>.runs.json``
+(resumable; two experiments may run in parallel). The table of an experiment goes to
+``bmrs_defaults_<experiment>.json``.
+
+    python benchmarks/bmrs_defaults.py --experiment init --epochs 10 --finetune 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any
+
+import torch
+from _common import RESULTS_DIR, format_table, parse_benchmark_args, print_header, write_results
+from bmrs_table import MLP_HIDDEN, PAPER_BMRS_N
+
+from pyro_prune.convert import compression
+from pyro_prune.data import load_dataset, train_val_split
+from pyro_prune.inference import ContinuousPruning, evaluate, fit
+from pyro_prune.models import MLP, LeNet5
+
+CONFIGS = [("fashion-mnist", "mlp"), ("mnist", "mlp"), ("mnist", "lenet5"), ("fashion-mnist", "lenet5")]
+
+#: (method, init_loc, kl_scale) per experiment and configuration; ``None`` = the default.
+#: Rows that ``bmrs_table.py`` already has (every criterion at init_loc 0 with the KL weights
+#: "elbo" and "paper", 3 seeds) are not repeated here.
+PLANS: dict[str, dict[tuple[str, str], list[tuple[str, float, Any]]]] = {
+    "init": {
+        ("mnist", "mlp"): [("bmrs", init, None) for init in (0.0, -2.0, -4.0)],
+        ("mnist", "lenet5"): [("bmrs", init, None) for init in (-4.0, 0.0)],
+        ("fashion-mnist", "mlp"): [("bmrs", init, None) for init in (0.0, -2.0, -4.0)]
+        + [(m, -4.0, None) for m in ("bmrs_n", "bmrs_u8", "bmrs_u_off")],
+    },
+    "criteria": {
+        ("fashion-mnist", "mlp"): [("bmrs_u_off", 0.0, None), ("none_gaussian", 0.0, None),
+                                   ("bmrs_joint", 0.0, None)],
+    },
+    "kl": {
+        ("mnist", "mlp"): [("bmrs", 0.0, kl) for kl in (4.0, 16.0)],
+        ("mnist", "lenet5"): [("bmrs", 0.0, kl) for kl in (8.0, 40.0)],
+    },
+}
+
+
+def make_model(name: str, info: Any, *, weights: str = "point", init_loc: float = 0.0) -> Any:
+    if name == "mlp":
+        return MLP(info.input_dim, MLP_HIDDEN.get(info.name, [100]), info.num_classes,
+                   weights=weights, init_loc=init_loc)
+    c, h, _ = info.input_shape
+    return LeNet5(c, info.num_classes, h, weights=weights, init_loc=init_loc)
+
+
+def run_one(dataset: str, model_name: str, seed: int, method: str, init_loc: float, kl: Any,
+            args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
+    """One training run with the library defaults but for ``method``, ``init_loc`` and ``kl``."""
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    gaussian = method in ("bmrs_joint", "none_gaussian")
+    model = make_model(model_name, data["info"], weights="gaussian" if gaussian else "point",
+                       init_loc=init_loc)
+    kw: dict[str, Any] = {} if kl is None else {"kl_scale": kl}
+    if method.startswith("none"):
+        res = fit(model, data["train"], epochs=args.epochs + args.finetune, val=data["val"],
+                  seed=seed, progress=False, **kw)
+    else:
+        schedule = (ContinuousPruning(finetune_epochs=args.finetune) if method == "bmrs"
+                    else ContinuousPruning(method, finetune_epochs=args.finetune))
+        res = fit(model, data["train"], epochs=args.epochs, val=data["val"], seed=seed,
+                  schedule=schedule, progress=False, **kw)
+    metrics = evaluate(model, data["test"])
+    return {
+        "dataset": dataset, "model": model_name, "method": method, "seed": seed,
+        "init_loc": init_loc, "kl_scale": "auto" if kl is None else kl,
+        "kl_value": res.config["kl_scale"], "test_accuracy": metrics["accuracy"],
+        "compression": compression(model), "kept": model.kept_counts(),
+        "val_accuracy": res.last.get("val_accuracy"), "time_s": time.perf_counter() - t0,
+    }
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in runs:
+        key = (r["dataset"], r["model"], r["method"], r["init_loc"], str(r["kl_scale"]))
+        groups.setdefault(key, []).append(r)
+    out = []
+    for (dataset, model, method, init_loc, kl), rs in groups.items():
+        comp = [100 * r["compression"] for r in rs]
+        acc = [100 * r["test_accuracy"] for r in rs]
+        paper = PAPER_BMRS_N.get((model, dataset))
+        out.append({
+            "dataset": dataset, "model": model, "method": method, "init_loc": init_loc,
+            "kl_scale": kl, "kl_value": rs[0]["kl_value"], "seeds": len(rs),
+            "compression_%": statistics.mean(comp),
+            "compression_std": statistics.stdev(comp) if len(comp) > 1 else 0.0,
+            "accuracy_%": statistics.mean(acc),
+            "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+            "paper_bmrs_n_compression_%": paper[0] if paper else None,
+        })
+    out.sort(key=lambda r: (r["dataset"], r["model"], r["method"], -r["init_loc"], r["kl_value"]))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", required=True, choices=sorted(PLANS))
+    parser.add_argument("--configs", nargs="+", default=None, metavar="DATASET:MODEL",
+                        help="restrict to these configurations (default: the experiment's)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--finetune", type=int, default=3)
+    parser.add_argument("--cached-only", action="store_true", help="tabulate cached runs only")
+    args = parse_benchmark_args(parser, seed=False, threads=1)
+    plan = PLANS[args.experiment]
+    if args.configs:
+        wanted = {tuple(c.split(":")) for c in args.configs}
+        plan = {k: v for k, v in plan.items() if k in wanted}
+    runs_file = RESULTS_DIR / f"bmrs_defaults_{args.experiment}.runs.json"
+    config = {"experiment": args.experiment, "epochs": args.epochs, "finetune": args.finetune,
+              "protocol": ("paper: 50 epochs + 10 fine-tuning, 80/20 split; this run: "
+                           f"{args.epochs} + {args.finetune}, the library defaults otherwise "
+                           "(batch 128, lr 1e-3, kl_scale auto, noise_lr 0.03, criterion bmrs)"),
+              "plan": {f"{d}:{m}": v for (d, m), v in plan.items()}}
+    print_header(__file__, seeds=args.seeds, config=config)
+    cache: dict[str, dict[str, Any]] = json.loads(runs_file.read_text()) if runs_file.exists() else {}
+    runs: list[dict[str, Any]] = []
+    for (dataset, model_name), items in plan.items():
+        full = load_dataset(dataset, "train")
+        test = load_dataset(dataset, "test")
+        for seed in args.seeds:
+            train, val = train_val_split(full, val_fraction=0.2, seed=seed)
+            data = {"train": train, "val": val, "test": test, "info": full.info}
+            for method, init_loc, kl in items:
+                key = json.dumps([dataset, model_name, seed, method, init_loc, kl, args.epochs, args.finetune])
+                if key not in cache and not args.cached_only:
+                    cache[key] = run_one(dataset, model_name, seed, method, init_loc, kl, args, data)
+                    r = cache[key]
+                    print(f"  {dataset} {model_name} seed={seed} {method} init={init_loc} kl={kl}: "
+                          f"acc={r['test_accuracy']:.4f} comp={r['compression']:.3f} "
+                          f"({r['time_s']:.0f} s)", flush=True)
+                    tmp = runs_file.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(cache, indent=1))
+                    tmp.replace(runs_file)
+                if key in cache:
+                    runs.append(cache[key])
+    table = summarise(runs)
+    print(format_table(table, ["dataset", "model", "method", "init_loc", "kl_scale", "kl_value", "seeds",
+                               "compression_%", "compression_std", "accuracy_%", "accuracy_std"]))
+    path = write_results(__file__, config=config, seeds=args.seeds, rows=table, extra={"runs": runs},
+                         suffix=f"_{args.experiment}")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
