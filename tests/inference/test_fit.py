@@ -149,11 +149,13 @@ def test_interrupted_run_resumes_where_it_stopped(digits, tmp_path, monkeypatch)
 
 def test_checkpoint_from_elsewhere_is_refused(digits, tmp_path) -> None:
     train, _ = digits
-    fit(MLP(64, [16], 10), train, epochs=1, batch_size=128, progress=False, checkpoint_dir=tmp_path)
+    # a fixed KL weight: "auto" resolves to num_data / num_structures, which differs by shape
+    kw = dict(epochs=1, progress=False, checkpoint_dir=tmp_path, kl_scale="elbo")
+    fit(MLP(64, [16], 10), train, batch_size=128, **kw)
     with pytest.raises(ValueError, match="other settings"):
-        fit(MLP(64, [16], 10), train, epochs=1, batch_size=64, progress=False, checkpoint_dir=tmp_path)
+        fit(MLP(64, [16], 10), train, batch_size=64, **kw)
     with pytest.raises(ValueError, match="does not match"):
-        fit(MLP(64, [8], 10), train, epochs=1, batch_size=128, progress=False, checkpoint_dir=tmp_path)
+        fit(MLP(64, [8], 10), train, batch_size=128, **kw)
     torch.save({"something": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a pyro_prune"):
         load_checkpoint(tmp_path / "other.pt")
