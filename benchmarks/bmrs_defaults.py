@@ -22,6 +22,7 @@ Each finished run is cached in ``benchmarks/results/bmrs_defaults_<experiment>.r
 ``bmrs_defaults_<experiment>.json``.
 
     python benchmarks/bmrs_defaults.py --experiment init --epochs 10 --finetune 3
+    python benchmarks/bmrs_defaults.py --experiment plot   # results/bmrs_defaults_kl.png
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,10 +51,11 @@ CONFIGS = [("fashion-mnist", "mlp"), ("mnist", "mlp"), ("mnist", "lenet5"), ("fa
 #: "elbo" and "paper", 3 seeds) are not repeated here.
 PLANS: dict[str, dict[tuple[str, str], list[tuple[str, float, Any]]]] = {
     "init": {
-        ("mnist", "mlp"): [("bmrs", init, None) for init in (0.0, -2.0, -4.0)],
-        ("mnist", "lenet5"): [("bmrs", init, None) for init in (-4.0, 0.0)],
+        ("mnist", "mlp"): [("bmrs", init, None) for init in (0.0, -2.0, -4.0)]
+        + [("bmrs_n", 0.0, None), ("none", -4.0, None)],
         ("fashion-mnist", "mlp"): [("bmrs", init, None) for init in (0.0, -2.0, -4.0)]
         + [(m, -4.0, None) for m in ("bmrs_n", "bmrs_u8", "bmrs_u_off")],
+        ("mnist", "lenet5"): [("bmrs", -4.0, None)],
     },
     "criteria": {
         ("fashion-mnist", "mlp"): [("bmrs_u_off", 0.0, None), ("none_gaussian", 0.0, None),
@@ -122,9 +126,44 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def plot_kl_curve(path: Path) -> Path:
+    """Compression and test accuracy against the KL weight, from the result files."""
+    import matplotlib.pyplot as plt
+    from make_tables import kl_curve_points
+
+    points = kl_curve_points()
+    models = sorted({(p["dataset"], p["model"]) for p in points})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for dataset, model in models:
+        pts = [p for p in points if (p["dataset"], p["model"]) == (dataset, model)]
+        x = [p["kl_value"] for p in pts]
+        label = f"{model} / {dataset}"
+        axes[0].plot(x, [100 * p["compression"] for p in pts], "o-", label=label)
+        line = axes[1].plot(x, [100 * p["accuracy"] for p in pts], "o-", label=label)[0]
+        axes[1].axhline(100 * pts[0]["unpruned_elbo_accuracy"], color=line.get_color(), ls=":",
+                        label=f"{label}: unpruned, ELBO weight")
+        for p in pts:
+            if p["kl_scale"].startswith("auto"):
+                for ax, key in ((axes[0], "compression"), (axes[1], "accuracy")):
+                    ax.plot([p["kl_value"]], [100 * p[key]], "*", ms=14, color=line.get_color())
+    for ax, name in ((axes[0], "compression %"), (axes[1], "test accuracy %")):
+        ax.set_xscale("log")
+        ax.set_xlabel("KL weight (kl_scale; 1 = ELBO, star = default 'auto' = 'paper')")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle("Continuous pruning with the default criterion against the KL weight (seed 0)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experiment", required=True, choices=sorted(PLANS))
+    parser.add_argument("--experiment", required=True, choices=[*sorted(PLANS), "plot"],
+                        help="an experiment to run (or tabulate), or 'plot': the KL-weight figure "
+                             "of docs/defaults.md from the result files")
     parser.add_argument("--configs", nargs="+", default=None, metavar="DATASET:MODEL",
                         help="restrict to these configurations (default: the experiment's)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -132,6 +171,9 @@ def main() -> None:
     parser.add_argument("--finetune", type=int, default=3)
     parser.add_argument("--cached-only", action="store_true", help="tabulate cached runs only")
     args = parse_benchmark_args(parser, seed=False, threads=1)
+    if args.experiment == "plot":
+        print(f"wrote {plot_kl_curve(RESULTS_DIR / 'bmrs_defaults_kl.png')}")
+        return
     plan = PLANS[args.experiment]
     if args.configs:
         wanted = {tuple(c.split(":")) for c in args.configs}
@@ -165,6 +207,8 @@ def main() -> None:
                 if key in cache:
                     runs.append(cache[key])
     table = summarise(runs)
+    if args.cached_only:  # record the command that trains the runs, not the tabulation
+        sys.argv = [a for a in sys.argv if a != "--cached-only"]
     print(format_table(table, ["dataset", "model", "method", "init_loc", "kl_scale", "kl_value", "seeds",
                                "compression_%", "compression_std", "accuracy_%", "accuracy_std"]))
     path = write_results(__file__, config=config, seeds=args.seeds, rows=table, extra={"runs": runs},

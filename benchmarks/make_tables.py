@@ -562,11 +562,182 @@ def _new_page(page: str) -> str:
             f"`python benchmarks/make_tables.py`.\n\n{BEGIN}\n{END}\n")
 
 
+# ------------------------------------------------------------------------------ docs/defaults.md
+DEFAULTS_PAGE = ROOT / "docs" / "defaults.md"
+DEFAULTS_BEGIN, DEFAULTS_END = "<!-- defaults:begin -->", "<!-- defaults:end -->"
+#: the Table-1 configurations, in the order of the page
+_CONFIGS = [("mnist", "mlp"), ("fashion-mnist", "mlp"), ("mnist", "lenet5"), ("fashion-mnist", "lenet5")]
+#: bmrs_table.py's name of the default criterion's computation: BMRS_N + 0.5 log 2pi
+_DEFAULT_IN_TABLE = "bmrs_n_code"
+
+
+def _runs(d: dict[str, Any] | None) -> list[dict[str, Any]]:
+    return list(d.get("runs", [])) if d else []
+
+
+def kl_curve_points() -> list[dict[str, Any]]:
+    """Compression and accuracy of the default criterion against the KL weight (seed 0).
+
+    The ends come from ``bmrs_table.json`` ("elbo") and from the default's own run of
+    ``bmrs_defaults_init.json`` ("paper" = "auto", init_loc 0), the middle from
+    ``bmrs_defaults_kl.json``; the reference is the unpruned network with the ELBO's weight.
+    """
+    table = _runs(_load("bmrs_table"))
+    points = []
+    for dataset, model in (("mnist", "mlp"), ("mnist", "lenet5")):
+        ref = [r for r in table if (r["dataset"], r["model"], r["seed"], r["method"], r["kl_scale"])
+               == (dataset, model, 0, "none", "elbo")]
+        ends = [r for r in table if (r["dataset"], r["model"], r["seed"], r["method"], r["kl_scale"])
+                == (dataset, model, 0, _DEFAULT_IN_TABLE, "elbo")]
+        ours = _runs(_load("bmrs_defaults_kl")) + _runs(_load("bmrs_defaults_init"))
+        middle = [r for r in ours if (r["dataset"], r["model"], r["seed"], r["method"], r["init_loc"])
+                  == (dataset, model, 0, "bmrs", 0.0)]
+        if not middle or not ref:
+            continue
+        auto = [r["kl_value"] for r in ours if (r["dataset"], r["model"], r["kl_scale"]) == (dataset, model, "auto")]
+        if auto and not any(r["kl_scale"] == "auto" for r in middle):  # bmrs_table.py's run of the default
+            middle += [{**r, "kl_scale": "auto", "kl_value": auto[0]} for r in table
+                       if (r["dataset"], r["model"], r["seed"], r["method"], r["kl_scale"])
+                       == (dataset, model, 0, _DEFAULT_IN_TABLE, "paper")]
+        for r in ends:
+            points.append({"dataset": dataset, "model": model, "kl_scale": "elbo", "kl_value": 1.0,
+                           "compression": r["compression"], "accuracy": r["test_accuracy"],
+                           "unpruned_elbo_accuracy": ref[0]["test_accuracy"]})
+        for r in middle:
+            kl_name = str(r["kl_scale"])
+            points.append({"dataset": dataset, "model": model,
+                           "kl_scale": "auto = paper (default)" if kl_name == "auto" else kl_name,
+                           "kl_value": r["kl_value"], "compression": r["compression"],
+                           "accuracy": r["test_accuracy"], "unpruned_elbo_accuracy": ref[0]["test_accuracy"]})
+    points.sort(key=lambda p: (p["dataset"], p["model"], p["kl_value"]))
+    return points
+
+
+def _summary(d: dict[str, Any] | None, dataset: str, model: str, kl: str, method: str) -> dict[str, Any] | None:
+    for r in (d or {}).get("rows", []):
+        if (r["dataset"], r["model"], r["kl_scale"], r["method"]) == (dataset, model, kl, method):
+            return r
+    return None
+
+
+def defaults_tables() -> str:
+    """The generated part of ``docs/defaults.md``: the default recipe, criteria, init, KL weight."""
+    table, init = _load("bmrs_table"), _load("bmrs_defaults_init")
+    crit, kl = _load("bmrs_defaults_criteria"), _load("bmrs_defaults_kl")
+    parts = []
+    if table is not None:
+        rows = []
+        for dataset, model in _CONFIGS:
+            r = _summary(table, dataset, model, "paper", _DEFAULT_IN_TABLE)
+            none_t = _summary(table, dataset, model, "paper", "none")
+            none_e = _summary(table, dataset, model, "elbo", "none")
+            if r is None or none_t is None or none_e is None:
+                continue
+            fresh = [x for x in _runs(init) if (x["dataset"], x["model"], x["method"], x["init_loc"])
+                     == (dataset, model, "bmrs", 0.0)]
+            rows.append([
+                dataset, model, r["seeds"], _pm(r["compression_%"], r["compression_std"]),
+                r["paper_compression_%"] if r.get("paper_compression_%") is not None else
+                _summary(table, dataset, model, "paper", "bmrs_n")["paper_compression_%"],
+                _pm(r["accuracy_%"], r["accuracy_std"], 2),
+                f"{r['accuracy_%'] - none_t['accuracy_%']:+.2f}", f"{r['accuracy_%'] - none_e['accuracy_%']:+.2f}",
+                "; ".join(f"{100 * x['compression']:.1f} / {100 * x['test_accuracy']:.2f}" for x in fresh) or "-",
+            ])
+        parts += [
+            "### The default on the Table-1 configurations",
+            _table(["data", "model", "seeds", "compression %", "paper BMRS_N compression %",
+                    "test accuracy %", "vs unpruned (same recipe)", "vs unpruned (ELBO weight)",
+                    "fresh default run, seed 0: comp / acc %"], rows),
+            f"Protocol: {table['config'].get('protocol', '')}. The 3-seed rows are `bmrs_table.py`'s "
+            f"`{_DEFAULT_IN_TABLE}` with the KL weight \"paper\": the same computation as the default "
+            "`bmrs` (BMRS_N + 0.5 log 2pi, kl_scale \"auto\" = \"paper\", noise_lr 0.03); the last column "
+            "is the default run afresh with `fit(..., schedule=ContinuousPruning(finetune_epochs=3))` "
+            "(`bmrs_defaults.py`). " + _reproduce(table),
+        ]
+        methods = ["none", "e_theta", "snr", "bmrs_n", _DEFAULT_IN_TABLE, "bmrs_u8", "bmrs_u4"]
+        for kl_name in ("paper", "elbo"):
+            rows = []
+            for dataset, model in _CONFIGS:
+                cells = []
+                for m in methods:
+                    r = _summary(table, dataset, model, kl_name, m)
+                    cells.append("-" if r is None else f"{r['compression_%']:.1f} / {r['accuracy_%']:.2f}")
+                rows.append([dataset, model, *cells])
+            head = ["data", "model", *[("bmrs (= bmrs_n_code)" if m == _DEFAULT_IN_TABLE else m) for m in methods]]
+            parts += [f"### Criteria side by side, KL weight \"{kl_name}\" (compression % / test accuracy %, 3 seeds)",
+                      _table(head, rows)]
+    extra = list((crit or {}).get("rows", []))
+    if extra:
+        rows = [[r["dataset"], r["model"], r["method"], r["init_loc"], r["seeds"],
+                 f"{r['compression_%']:.1f}", f"{r['accuracy_%']:.2f}"] for r in extra]
+        parts += ["### The new reduced priors (default recipe, seed 0)",
+                  _table(["data", "model", "criterion", "init_loc", "seeds", "compression %", "test accuracy %"], rows),
+                  _reproduce(crit or init)]
+    if init is not None:
+        rows = []
+        table_runs = _runs(table)
+        for dataset, model in _CONFIGS:
+            for method in ("bmrs", "bmrs_n", "bmrs_u8", "bmrs_u_off", "none"):
+                found = {x["init_loc"]: x for x in _runs(init) + _runs(crit)
+                         if (x["dataset"], x["model"], x["method"], x["seed"]) == (dataset, model, method, 0)}
+                if not found or set(found) == {0.0}:
+                    continue
+                if 0.0 not in found:  # bmrs_table.py's run of the same recipe at init_loc 0 (seed 0)
+                    name = _DEFAULT_IN_TABLE if method == "bmrs" else method
+                    same = [x for x in table_runs if (x["dataset"], x["model"], x["method"], x["seed"],
+                                                      x["kl_scale"]) == (dataset, model, name, 0, "paper")]
+                    if same:
+                        found[0.0] = same[0]
+                comps = [100 * found[i]["compression"] for i in (0.0, -2.0, -4.0) if i in found]
+                rows.append([dataset, model, method] + [
+                    f"{100 * found[i]['compression']:.1f} / {100 * found[i]['test_accuracy']:.2f}" if i in found else "-"
+                    for i in (0.0, -2.0, -4.0)] + [f"{max(comps) - min(comps):.1f}" if len(comps) > 1 else "-"])
+        parts += ["### Init sweep: compression % / test accuracy % against `init_loc` (seed 0)",
+                  _table(["data", "model", "criterion", "init_loc 0", "init_loc -2", "init_loc -4",
+                          "spread (points)"], rows),
+                  _reproduce(init)]
+    points = kl_curve_points()
+    if points and kl is not None:
+        rows = [[p["dataset"], p["model"], p["kl_scale"], p["kl_value"], f"{100 * p['compression']:.1f}",
+                 f"{100 * p['accuracy']:.2f}", f"{100 * (p['accuracy'] - p['unpruned_elbo_accuracy']):+.2f}"]
+                for p in points]
+        parts += ["### The KL weight: compression and accuracy against kl_scale (default criterion, seed 0)",
+                  _table(["data", "model", "kl_scale", "KL weight", "compression %", "test accuracy %",
+                          "vs unpruned (ELBO weight)"], rows),
+                  "![compression and accuracy against the KL weight](benchmarks/results/bmrs_defaults_kl.png)",
+                  _reproduce(kl)]
+    return "\n\n".join(parts)
+
+
+def updated_defaults_page(text: str) -> str:
+    """``docs/defaults.md`` with its generated tables replaced."""
+    if DEFAULTS_BEGIN not in text or DEFAULTS_END not in text:
+        raise SystemExit(f"{DEFAULTS_PAGE.name} lacks the markers {DEFAULTS_BEGIN} ... {DEFAULTS_END}")
+    head, rest = text.split(DEFAULTS_BEGIN, 1)
+    _, tail = rest.split(DEFAULTS_END, 1)
+    return f"{head}{DEFAULTS_BEGIN}\n{defaults_tables()}\n{DEFAULTS_END}{tail}"
+
+
+def sync_defaults_page(check: bool) -> bool:
+    """Rewrite (or with ``check``, compare) ``docs/defaults.md``; True when it is up to date."""
+    if not DEFAULTS_PAGE.exists():
+        return True
+    text = DEFAULTS_PAGE.read_text()
+    new = updated_defaults_page(text)
+    if check:
+        if new != text:
+            print(f"{DEFAULTS_PAGE.name} tables are out of date: run python benchmarks/make_tables.py")
+        return new == text
+    DEFAULTS_PAGE.write_text(new)
+    print(f"updated {DEFAULTS_PAGE.name}")
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if a page is out of date")
     args = parser.parse_args(argv)
-    stale = []
+    stale = [] if sync_defaults_page(args.check) else ["defaults.md"]
     for page in pages():
         path = DOCS / page
         text = path.read_text() if path.exists() else _new_page(page)
