@@ -547,13 +547,18 @@ def render(page: str) -> str:
     return "\n\n".join(parts)
 
 
+def _splice(text: str, body: str, where: str, begin: str = BEGIN, end: str = END) -> str:
+    """``text`` with what lies between the markers ``begin`` and ``end`` replaced by ``body``."""
+    if begin not in text or end not in text:
+        raise SystemExit(f"{where} lacks the markers {begin} ... {end}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
+
+
 def updated_page(text: str, page: str) -> str:
     """``text`` (the page's Markdown) with its generated part rendered anew."""
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"docs/{page} lacks the markers {BEGIN} ... {END}")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{render(page)}\n{END}{tail}"
+    return _splice(text, render(page), f"docs/{page}")
 
 
 def _new_page(page: str) -> str:
@@ -711,11 +716,7 @@ def defaults_tables() -> str:
 
 def updated_defaults_page(text: str) -> str:
     """``docs/defaults.md`` with its generated tables replaced."""
-    if DEFAULTS_BEGIN not in text or DEFAULTS_END not in text:
-        raise SystemExit(f"{DEFAULTS_PAGE.name} lacks the markers {DEFAULTS_BEGIN} ... {DEFAULTS_END}")
-    head, rest = text.split(DEFAULTS_BEGIN, 1)
-    _, tail = rest.split(DEFAULTS_END, 1)
-    return f"{head}{DEFAULTS_BEGIN}\n{defaults_tables()}\n{DEFAULTS_END}{tail}"
+    return _splice(text, defaults_tables(), "docs/defaults.md", DEFAULTS_BEGIN, DEFAULTS_END)
 
 
 def sync_defaults_page(check: bool) -> bool:
