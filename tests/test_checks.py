@@ -134,7 +134,7 @@ def test_regression_targets_must_match_the_output() -> None:
 
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"seed": -1}, "seed"), ({"seed": 2**40}, "seed"), ({"weight_decay": NAN}, "weight_decay"),
-    ({"lr": NAN}, "lr"), ({"noise_lr": math.inf}, "noise_lr"), ({"kl_scale": "foo"}, r"\['elbo', 'paper'\]"),
+    ({"lr": NAN}, "lr"), ({"noise_lr": math.inf}, "noise_lr"), ({"kl_scale": "foo"}, r"\['elbo', 'paper', 'auto'\]"),
     ({"engine": "gpu"}, r"\['auto', 'fast', 'pyro'\]"),
 ])
 def test_bad_fit_settings(kwargs: dict[str, Any], match: str) -> None:
