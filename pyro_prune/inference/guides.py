@@ -385,13 +385,13 @@ def _reduced_prior(crit: Criterion, args: dict[str, Any], low: float, high: floa
     """The reduced prior a BMR criterion compares against, and a constant added to its dF."""
     name = crit.name
     if name.startswith("bmrs_u"):
-        p1, p2 = float(args.get("p1", 8)), float(args.get("p2", 23))
-        return _log_uniform(-p2 * _LN2, -p1 * _LN2), 0.0
-    if name in ("bmrs_n", "bmrs_n_code"):
+        p1, p2 = float(args.get("p1", 8)), args.get("p2", 23)
+        r_low = low if p2 is None else -float(p2) * _LN2  # p2=None: the whole off range
+        return _log_uniform(r_low, -p1 * _LN2), 0.0
+    if name in ("bmrs", "bmrs_n", "bmrs_n_code"):  # bmrs, bmrs_n_code: log_prior_odds in args
         mu_r = args.get("reduced_loc")
         mu = low if mu_r is None else float(mu_r)
-        offset = 0.5 * _LOG_2PI if name == "bmrs_n_code" else 0.0
-        return _log_normal(mu, float(args.get("reduced_var", 1e-12)), low, high), offset
+        return _log_normal(mu, float(args.get("reduced_var", 1e-12)), low, high), 0.0
     raise ValueError(
         f"criterion {name!r} cannot read a fitted guide's posterior; with an autoguide use "
         f"one of {', '.join(GUIDE_CRITERIA)}"
@@ -399,7 +399,8 @@ def _reduced_prior(crit: Criterion, args: dict[str, Any], low: float, high: floa
 
 
 #: the noise criteria that read a fitted guide's posterior
-GUIDE_CRITERIA = ("bmrs_n", "bmrs_n_code", "bmrs_u", "bmrs_u8", "bmrs_u4", "snr", "e_theta")
+GUIDE_CRITERIA = ("bmrs", "bmrs_n", "bmrs_n_code", "bmrs_u", "bmrs_u8", "bmrs_u4", "bmrs_u_off", "snr",
+                  "e_theta")
 
 
 def guide_delta_f(posterior: NoisePosterior, crit: Criterion, args: dict[str, Any] | None = None) -> Tensor:
