@@ -144,7 +144,7 @@ def test_fit_with_autodelta_and_the_pyro_engine_matches_the_fast_engine() -> Non
     twin = copy.deepcopy(net)
     pmodel = with_sample_priors(net)
     guide = AutoDelta(pmodel, init_loc_fn=autodelta_init(net))
-    kwargs = dict(epochs=8, batch_size=16, lr=1e-2, progress=False, seed=0)
+    kwargs = dict(epochs=8, batch_size=16, lr=1e-2, progress=False, seed=0, noise_lr=None)
     slow = fit(pmodel, TensorDataset(x, y), guide=guide, engine="pyro", **kwargs)
     fast = fit(twin, TensorDataset(x, y), engine="fast", **kwargs)
     assert slow.config["engine"] == "pyro" and fast.config["engine"] == "fast"
