@@ -36,7 +36,7 @@ def _other_data() -> TensorDataset:
 
 @pytest.mark.parametrize(("change", "key"), [
     ({"data": "other"}, "data"),
-    ({"kl_scale": "paper"}, "kl_scale"),
+    ({"kl_scale": "elbo"}, "kl_scale"),
     ({"weight_decay": 1e-4}, "weight_decay"),
     ({"noise_lr": 0.1}, "noise_lr"),
     ({"schedule": ContinuousPruning("snr")}, "schedule"),
