@@ -68,10 +68,11 @@ def test_two_gloo_processes_reproduce_one(tmp_path, subprocess_env) -> None:
     """2 processes with global batch 32 against 1 process: same kept structures, same accuracy."""
     script = tmp_path / "train_ddp.py"
     script.write_text(block("train_ddp.py"))
+    subprocess_env = {**subprocess_env, "OMP_NUM_THREADS": "1"}  # one thread in every process
     done = torchrun([str(script), str(tmp_path / "two")], subprocess_env, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
-    single = _single_process(tmp_path)  # the same script in this process
+    single = _single_process(script, tmp_path, subprocess_env)  # the same script, one process
     for name in ("mlp", "lenet5"):
         assert ranks[0][name]["kept"] == ranks[1][name]["kept"]
         assert ranks[0][name]["world_size"] == 2 and ranks[0][name]["backend"] == "gloo"
@@ -80,15 +81,12 @@ def test_two_gloo_processes_reproduce_one(tmp_path, subprocess_env) -> None:
         assert ranks[0][name]["compression"] > 0.2
 
 
-def _single_process(tmp_path: Path) -> dict:
+def _single_process(script: Path, tmp_path: Path, env: dict[str, str]) -> dict:
+    # a fresh interpreter with the environment torchrun's workers get, so thread settings match
     out = tmp_path / "one"
-    namespace: dict = {"__name__": "__main__"}
-    argv = sys.argv
-    sys.argv = ["train_ddp.py", str(out)]
-    try:
-        exec(compile(block("train_ddp.py"), "train_ddp.py", "exec"), namespace)
-    finally:
-        sys.argv = argv
+    done = subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True,
+                          text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "rank0.json").read_text())
     assert report["mlp"]["world_size"] == 1
     return report
