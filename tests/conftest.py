@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,3 +22,15 @@ def subprocess_env() -> dict[str, str]:
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     return env
+
+
+@pytest.fixture
+def run_docs_page() -> Callable[[Path], tuple[int, dict]]:
+    """Run a docs page's ```python blocks in order in one namespace: (blocks, namespace)."""
+    def run(page: Path) -> tuple[int, dict]:
+        blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+        namespace: dict = {}
+        for i, block in enumerate(blocks):
+            exec(compile(block, f"{page.name} block {i}", "exec"), namespace)
+        return len(blocks), namespace
+    return run

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -11,12 +10,9 @@ PAGE = Path(__file__).resolve().parent.parent / "docs" / "guides_and_reports.md"
 
 
 @pytest.mark.slow
-def test_the_page_runs_block_by_block(capsys) -> None:
-    blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)
-    assert len(blocks) == 3
-    namespace: dict = {}
-    for i, block in enumerate(blocks):
-        exec(compile(block, f"guides_and_reports.md block {i}", "exec"), namespace)
+def test_the_page_runs_block_by_block(capsys, run_docs_page) -> None:
+    count, namespace = run_docs_page(PAGE)
+    assert count == 3
     out = capsys.readouterr().out
     assert "bmrs_u8: removed" in out and "linear neurons" in out
     assert "bmrs_n: removed 0 of 22 conv channels, 0 of 204 linear neurons" in out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,10 @@ PAGE = ROOT / "docs" / "laplace.md"
 
 
 @pytest.mark.slow
-def test_laplace_page_code_runs(capsys) -> None:
+def test_laplace_page_code_runs(capsys, run_docs_page) -> None:
     pytest.importorskip("asdl")
-    blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)
-    assert len(blocks) == 3
-    namespace: dict = {}
-    for i, block in enumerate(blocks):
-        exec(compile(block, f"docs/laplace.md block {i}", "exec"), namespace)
+    count, namespace = run_docs_page(PAGE)
+    assert count == 3
     out = capsys.readouterr().out
     assert "log BF = " in out and "evidence-maximising prior scale" in out
     assert namespace["small"] is not None and isinstance(namespace["removals"], dict)
