@@ -61,11 +61,8 @@ from typing import Any
 import torch
 
 from pyro_prune._checks import check_number
-from pyro_prune.distributions import (
-    _log_mass_std,
-    _tln_log_moment,
-    _tln_log_variance_ratio,
-)
+from pyro_prune.distributions.special import log_mass_std
+from pyro_prune.distributions.truncated_lognormal import log_moment, log_variance_ratio
 
 __all__ = [
     "BMRS_LOG_PRIOR_ODDS",
@@ -278,7 +275,7 @@ def _bmrs_n_kernel(loc, scale, low, high, mu_r, var_r) -> torch.Tensor:
     low_p, high_p, ref_p, ref_r = low - loc, high - loc, ref - loc, ref - mu_r
     ref_low, high_ref = ref - low, high - ref
     width = high - low
-    m_p = _log_mass_std(
+    m_p = log_mass_std(
         low_p * inv,
         high_p * inv,
         width * inv,
@@ -286,7 +283,7 @@ def _bmrs_n_kernel(loc, scale, low, high, mu_r, var_r) -> torch.Tensor:
         lambda: high_ref * inv,
         lambda: ref_p * inv,
     )
-    m_q = _log_mass_std(
+    m_q = log_mass_std(
         torch.addcmul(a_r * (low - mu_r), a_p, low_p),
         torch.addcmul(a_r * (high - mu_r), a_p, high_p),
         width * inv_q,
@@ -295,7 +292,7 @@ def _bmrs_n_kernel(loc, scale, low, high, mu_r, var_r) -> torch.Tensor:
         lambda: torch.addcmul(a_r * ref_r, a_p, ref_p),
     )
     inv_r = torch.rsqrt(var_r)
-    m_r = _log_mass_std(
+    m_r = log_mass_std(
         (low - mu_r) * inv_r,
         (high - mu_r) * inv_r,
         width * inv_r,
@@ -370,7 +367,7 @@ def _bmrs_u_kernel(loc, scale, low, high, r_low, r_high) -> torch.Tensor:
     inv = scale.reciprocal()
     ref = _clamp_(loc.clone(), r_low, r_high)
     c = (ref - loc).mul_(inv)  # shared, read-only
-    m_reduced = _log_mass_std(
+    m_reduced = log_mass_std(
         (r_low - loc).mul_(inv),
         (r_high - loc).mul_(inv),
         (r_high - r_low) * inv,
@@ -378,7 +375,7 @@ def _bmrs_u_kernel(loc, scale, low, high, r_low, r_high) -> torch.Tensor:
         lambda: torch.rsub(ref, r_high).mul_(inv),
         c,
     )
-    m_full = _log_mass_std(
+    m_full = log_mass_std(
         (low - loc).mul_(inv),
         (high - loc).mul_(inv),
         (high - low) * inv,
@@ -525,7 +522,7 @@ def expected_theta(
 
 
 def _expected_theta_kernel(loc, scale, low, high) -> torch.Tensor:
-    return _tln_log_moment(loc, scale, low, high, 1.0).exp()
+    return log_moment(loc, scale, low, high, 1.0).exp()
 
 
 def snr(
@@ -551,7 +548,7 @@ def snr(
 
 
 def _snr_kernel(loc, scale, low, high) -> torch.Tensor:
-    delta = _tln_log_variance_ratio(loc, scale, low, high)
+    delta = log_variance_ratio(loc, scale, low, high)
     return torch.rsqrt(torch.expm1(delta).clamp(min=torch.finfo(delta.dtype).tiny))
 
 
