@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from pyro_prune import data
+from pyro_prune.data import files
 from pyro_prune.data import (
     ENV_VAR,
     CorruptFileError,
@@ -606,12 +607,12 @@ def _serve_from(folder: Path, calls: list[str]):
 @needs_data
 def test_download_mnist_with_checksums(tmp_path, monkeypatch, mnist_test):
     calls: list[str] = []
-    monkeypatch.setattr(data, "_fetch", _serve_from(_real("mnist"), calls))
+    monkeypatch.setattr(files, "fetch", _serve_from(_real("mnist"), calls))
     ds = load_dataset("mnist", "test", root=tmp_path, download=True)
     assert len(calls) == 4 and all(u.startswith("https://") for u in calls)
     for name in ("train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         got = hashlib.md5((tmp_path / "mnist" / name).read_bytes()).hexdigest()
-        assert got == data._KNOWN_MD5[f"mnist/{name}"]
+        assert got == files.KNOWN_MD5[f"mnist/{name}"]
     assert torch.equal(ds.inputs, mnist_test.inputs)
     assert torch.equal(ds.targets, mnist_test.targets)
     load_dataset("mnist", "test", root=tmp_path, download=True)  # present: nothing fetched
@@ -623,7 +624,7 @@ def test_download_checksum_mismatch(tmp_path, monkeypatch):
     def bad_fetch(url: str, dest: Path, timeout: float = 60.0) -> None:
         dest.write_bytes(b"<html>not the file</html>")
 
-    monkeypatch.setattr(data, "_fetch", bad_fetch)
+    monkeypatch.setattr(files, "fetch", bad_fetch)
     with pytest.raises(CorruptFileError, match="md5.*differs from the published"):
         load_dataset("mnist", "test", root=tmp_path, download=True)
     assert list((tmp_path / "mnist").iterdir()) == []  # nothing half-written is kept
@@ -633,7 +634,7 @@ def test_download_network_failure_lists_every_mirror(tmp_path, monkeypatch):
     def offline(url: str, dest: Path, timeout: float = 60.0) -> None:
         raise urllib.error.URLError("no route to host")
 
-    monkeypatch.setattr(data, "_fetch", offline)
+    monkeypatch.setattr(files, "fetch", offline)
     with pytest.raises(OSError, match="ossci-datasets.*yann.lecun.com") as info:
         data.download_dataset("mnist", root=tmp_path)
     assert not isinstance(info.value, CorruptFileError)
@@ -661,13 +662,13 @@ def test_download_cifar10(tmp_path, monkeypatch):
     archive = _cifar_tarball(tmp_path)
     root = tmp_path / "root"
     calls: list[str] = []
-    monkeypatch.setattr(data, "_fetch", _serve_from(archive.parent, calls))
+    monkeypatch.setattr(files, "fetch", _serve_from(archive.parent, calls))
     with pytest.raises(CorruptFileError, match="cifar-10-python.tar.gz.*md5"):
         load_dataset("cifar10", "test", root=root, download=True)
     assert not (root / "cifar10" / "cifar-10-python.tar.gz").exists()
 
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
-    monkeypatch.setitem(data._KNOWN_MD5, "cifar10/cifar-10-python.tar.gz", md5)
+    monkeypatch.setitem(files.KNOWN_MD5, "cifar10/cifar-10-python.tar.gz", md5)
     ds = load_dataset("cifar10", "train", root=root, download=True)
     assert ds.inputs.shape == (30, 3, 32, 32)
     assert (root / "cifar10" / "cifar-10-batches-py" / "test_batch").is_file()
@@ -676,9 +677,9 @@ def test_download_cifar10(tmp_path, monkeypatch):
 
 def test_download_cifar10_refuses_unsafe_archive(tmp_path, monkeypatch):
     archive = _cifar_tarball(tmp_path, {"../escape.txt": b"outside"})
-    monkeypatch.setattr(data, "_fetch", _serve_from(archive.parent, []))
+    monkeypatch.setattr(files, "fetch", _serve_from(archive.parent, []))
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
-    monkeypatch.setitem(data._KNOWN_MD5, "cifar10/cifar-10-python.tar.gz", md5)
+    monkeypatch.setitem(files.KNOWN_MD5, "cifar10/cifar-10-python.tar.gz", md5)
     with pytest.raises(CorruptFileError, match="unsafe member"):
         data.download_dataset("cifar10", root=tmp_path / "root")
     assert not (tmp_path / "root" / "escape.txt").exists()
