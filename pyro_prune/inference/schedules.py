@@ -28,6 +28,7 @@ from pyro_prune.inference.scoring import (
     structure_removals,
 )
 from pyro_prune.models.base import PrunableNet
+from pyro_prune.models.gate import removals_in_order
 from pyro_prune.progress import progress_bar
 
 __all__ = [
@@ -130,11 +131,9 @@ class ContinuousPruning(Schedule):
         from pyro_prune.inference.pruning_report import decision_range
 
         removed = 0
-        gates = model.gates()
-        kept = {name: g.kept.clone() for name, g in gates.items()}
+        kept = model.kept_mask()
         decisions = structure_decisions(model, self.criterion)
-        for name, (_, remove) in decisions.items():
-            removed += gates[name].prune(remove)
+        removed += model.prune({name: remove for name, (_, remove) in decisions.items()})
         self.removed_total += removed
         self.last_decision = decision_range(model, self.criterion,
                                             {n: s for n, (s, _) in decisions.items()}, kept)
@@ -155,18 +154,11 @@ class ContinuousPruning(Schedule):
         self.last_decision = None if last is None else ScoreRange(float(last[0]), float(last[1]), int(last[2]))
 
 
-def _set_kept(model: PrunableNet, kept: dict[str, torch.Tensor]) -> None:
-    gates = model.gates()
-    for name, mask in kept.items():
-        gates[name].kept.copy_(mask)
-
-
 def _removal_masks(model: PrunableNet, order: Sequence[tuple[str, int]], k: int) -> dict[str, torch.Tensor]:
     """Kept masks after removing the first ``k`` structures of ``order`` (never emptying a gate)."""
-    kept = {n: g.kept.clone() for n, g in model.gates().items()}
-    for name, idx in order[:k]:
-        if int(kept[name].sum()) > 1:
-            kept[name][idx] = False
+    kept = model.kept_mask()
+    for _, name, idx in removals_in_order(kept, order[:k]):
+        kept[name][idx] = False
     return kept
 
 
@@ -185,25 +177,24 @@ def prune_to_compression(model: PrunableNet, criterion: str, target: float, **cr
     if not 0.0 <= target < 1.0:
         raise ValueError(f"target compression must lie in [0, 1), got {target}")
     order = global_ranking(model, criterion, **criterion_kwargs)
-    original = {n: g.kept.clone() for n, g in model.gates().items()}
     lo, hi = 0, len(order)
     while lo < hi:
         mid = (lo + hi) // 2
-        _set_kept(model, _removal_masks(model, order, mid))
-        reached = compression(model)
-        _set_kept(model, original)
+        with model.masked(_removal_masks(model, order, mid)):
+            reached = compression(model)
         if reached >= target:
             hi = mid
         else:
             lo = mid + 1
-    _set_kept(model, _removal_masks(model, order, lo))
-    reached = compression(model)
+    final = _removal_masks(model, order, lo)
+    with model.masked(final):
+        reached = compression(model)
     if reached < target:
-        _set_kept(model, original)
         raise ValueError(
             f"target compression {target:.3g} cannot be reached: removing every structure the "
             f"gates allow gives {reached:.3g} (at least one structure stays per gate, and tied or "
             f"pinned structures cannot be sliced out); the masks are unchanged")
+    model.prune({name: ~mask for name, mask in final.items()})
     return reached
 
 
@@ -257,7 +248,7 @@ def post_training_curve(
             raise ValueError(f"fractions must lie in [0, 1), got {fraction}")
         k = int(round(fraction * total))
         pruned = copy.deepcopy(model)
-        _set_kept(pruned, _removal_masks(pruned, order, k))
+        pruned.prune({name: ~mask for name, mask in _removal_masks(pruned, order, k).items()})
         if finetune_epochs > 0 and k > 0:
             fit(pruned, train, epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed,
                 progress=False, **dict(fit_kwargs or {}))

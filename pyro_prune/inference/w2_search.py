@@ -49,6 +49,7 @@ optimal transport per input (``32 x 32``, or the sorted-sample formula for 1-D o
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ from torch import Tensor
 from torch.utils.data import TensorDataset
 
 from pyro_prune.models.base import PrunableNet
+from pyro_prune.models.gate import rank_structures, removals_in_order
 from pyro_prune.predictive import (
     DEFAULT_DRAWS,
     Method,
@@ -131,11 +133,7 @@ class W2PruneResult:
 
     def apply(self, model: PrunableNet) -> int:
         """Prune ``model``'s gates to :attr:`mask` (monotone); returns how many were removed."""
-        gates = _check_model(model).gates()
-        removed = 0
-        for name, kept in self.mask.items():
-            removed += gates[name].prune(~kept.to(gates[name].kept.device))
-        return removed
+        return _check_model(model).prune({name: ~kept for name, kept in self.mask.items()})
 
 
 def _check_lambda(lam: object) -> float:
@@ -162,21 +160,8 @@ def _step_size(batch: int | float, total: int) -> int:
 
 def _next_removals(kept: dict[str, Tensor], scores: dict[str, Tensor], k: int) -> list[tuple[str, int]]:
     """The ``k`` lowest-scoring kept structures, never taking a gate's last one."""
-    entries: list[tuple[float, int, int, str]] = []
-    for g_i, (name, mask) in enumerate(kept.items()):
-        s = scores[name].detach().double().cpu()
-        for idx in torch.nonzero(mask).flatten().tolist():
-            entries.append((float(s[idx]), g_i, idx, name))
-    entries.sort()
-    left = {name: int(mask.sum()) for name, mask in kept.items()}
-    chosen: list[tuple[str, int]] = []
-    for _, _, idx, name in entries:
-        if len(chosen) == k:
-            break
-        if left[name] > 1:
-            left[name] -= 1
-            chosen.append((name, idx))
-    return chosen
+    order = rank_structures(kept, scores)
+    return [(name, idx) for _, name, idx in itertools.islice(removals_in_order(kept, order), k)]
 
 
 def w2_prune(

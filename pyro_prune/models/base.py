@@ -15,9 +15,10 @@ minibatch is scaled by ``num_data / batch``, so the ELBO is that of the full dat
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import pyro
 import pyro.distributions as dist
@@ -123,6 +124,62 @@ class PrunableNet(PyroModule):
     def num_structures(self) -> int:
         """Total number of structures over all gates."""
         return sum(m.num_structures for m in self.gates().values())
+
+    # ------------------------------------------------------------------ masks
+    def kept_mask(self) -> dict[str, Tensor]:
+        """The ``kept`` buffer of every gate, by module path (copies)."""
+        return {n: g.kept.clone() for n, g in self.gates().items()}
+
+    def _checked_masks(self, masks: Mapping[str, Tensor], what: str) -> dict[str, Tensor]:
+        if not isinstance(masks, Mapping):
+            raise TypeError(f"{what} must be a dict gate name -> bool tensor, got {type(masks).__name__}")
+        gates = self.gates()
+        out = {}
+        for name, m in masks.items():
+            if name not in gates:
+                raise ValueError(f"{what} names an unknown gate {name!r}; gates: {list(gates)}")
+            m = torch.as_tensor(m)
+            if m.dtype != torch.bool or m.shape != gates[name].kept.shape:
+                raise ValueError(
+                    f"{what}[{name!r}] must be a bool tensor of shape {tuple(gates[name].kept.shape)}, "
+                    f"got {m.dtype} of shape {tuple(m.shape)}"
+                )
+            out[name] = m.to(gates[name].kept.device)
+        return out
+
+    @contextlib.contextmanager
+    def masked(self, keep: Mapping[str, Tensor] | None, *, restore: bool = False) -> Iterator[PrunableNet]:
+        """Temporarily keep only ``kept & keep[gate]`` in the named gates (others unchanged).
+
+        Unlike :meth:`prune` this may empty a gate (the fully pruned network of the W2
+        criterion) and it is undone on exit, so a structure comes back exactly to where it
+        was. With ``restore=True`` the masks replace ``kept`` instead (removed structures
+        may return for the duration, e.g. ``keep`` all True to time the unpruned network).
+        ``keep=None`` changes nothing.
+        """
+        if keep is None:
+            yield self
+            return
+        masks = self._checked_masks(keep, "mask")
+        gates = self.gates()
+        saved = {name: gates[name].kept.clone() for name in masks}
+        try:
+            for name, m in masks.items():
+                gates[name].kept.copy_(m if restore else saved[name] & m)
+            yield self
+        finally:
+            for name, kept in saved.items():
+                gates[name].kept.copy_(kept)
+
+    def prune(self, removal: Mapping[str, Tensor]) -> int:
+        """Remove the structures where ``removal[gate]`` is True; returns how many were newly removed.
+
+        Monotone and never empties a gate (see :meth:`StructureGate.prune`); gates not named
+        are unchanged.
+        """
+        masks = self._checked_masks(removal, "removal")
+        gates = self.gates()
+        return sum(gates[name].prune(m) for name, m in masks.items())
 
     def set_kl_scale(self, kl_scale: float | KLScale | str) -> float:
         """Set the weight of the KL term of every stochastic module; returns the number used."""

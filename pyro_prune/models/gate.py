@@ -13,12 +13,13 @@ multiplicative noise, e.g. Bayesian networks pruned neuron by neuron);
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from pyro.nn import PyroModule
 from torch import Tensor
 
-__all__ = ["StructureGate", "StructureMask"]
+__all__ = ["StructureGate", "StructureMask", "rank_structures", "removals_in_order"]
 
 
 class StructureGate(PyroModule):
@@ -98,3 +99,33 @@ class StructureMask(StructureGate):
         if bool(self.kept.all()):
             return x
         return x * self.broadcast(self.kept.to(x.dtype), x)
+
+
+def rank_structures(kept: Mapping[str, Tensor], scores: Mapping[str, Tensor]) -> list[tuple[str, int]]:
+    """Every kept structure as ``(gate, index)`` across all gates, lowest score first.
+
+    Ties go by the order of the gates in ``kept``, then by index.
+    """
+    entries: list[tuple[float, int, int, str]] = []
+    for g_i, (name, mask) in enumerate(kept.items()):
+        s = scores[name].detach().double().cpu()
+        for idx in torch.nonzero(mask).flatten().tolist():
+            entries.append((float(s[idx]), g_i, idx, name))
+    entries.sort()
+    return [(name, idx) for _, _, idx, name in entries]
+
+
+def removals_in_order(
+    kept: Mapping[str, Tensor], order: Iterable[tuple[str, int]]
+) -> Iterator[tuple[int, str, int]]:
+    """Walk ``order`` and yield ``(position, gate, index)`` of each structure that can go.
+
+    A structure can go unless it is the last one its gate keeps, counting the removals
+    yielded before it: the global ranking that never empties a gate. ``kept`` is read once
+    (not changed).
+    """
+    left = {name: int(mask.sum()) for name, mask in kept.items()}
+    for position, (name, idx) in enumerate(order):
+        if left[name] > 1:
+            left[name] -= 1
+            yield position, name, idx
