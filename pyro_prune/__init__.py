@@ -56,7 +56,32 @@ _EXPORTS: dict[str, str] = {
     "to_inference_data": "pyro_prune.arviz",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "__version__",
+    "load_dataset",
+    "train_val_split",
+    "MLP",
+    "LeNet5",
+    "ResNet",
+    "ViT",
+    "PrunableNet",
+    "bayesianize",
+    "fit",
+    "evaluate",
+    "ContinuousPruning",
+    "BayesFactorPruning",
+    "structure_removals",
+    "prune_to_compression",
+    "w2_prune",
+    "get_criterion",
+    "posterior_predictive",
+    "w2_shift",
+    "to_deterministic",
+    "shrink",
+    "compression",
+    "count_params",
+    "to_inference_data",
+]
 
 if TYPE_CHECKING:  # the eager imports, for type checkers and editors
     from pyro_prune.arviz import to_inference_data

@@ -35,3 +35,7 @@ def test_importing_the_package_loads_no_stage() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=120, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_all_lists_every_export() -> None:
+    assert pyro_prune.__all__ == ["__version__", *pyro_prune._EXPORTS]

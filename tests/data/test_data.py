@@ -21,7 +21,6 @@ import torch
 from torch.utils.data import TensorDataset
 
 from pyro_prune import data
-from pyro_prune.data import files
 from pyro_prune.data import (
     ENV_VAR,
     CorruptFileError,
@@ -31,6 +30,7 @@ from pyro_prune.data import (
     Split,
     Task,
     available_datasets,
+    files,
     load_dataset,
     train_val_split,
 )
