@@ -17,12 +17,12 @@ from pyro_prune.data.files import (
     LoadOptions,
     Source,
     download_file,
+    image_dataset_info,
     images_to_float,
     missing_file_error,
-    standardize_channels,
     verify_md5,
 )
-from pyro_prune.data.types import CorruptFileError, DatasetInfo, Normalization, Split, Task
+from pyro_prune.data.types import CorruptFileError, Split
 
 __all__ = ["CIFAR_CLASSES", "CifarSource", "CifarUnpickler", "safe_extract"]
 
@@ -152,22 +152,10 @@ class CifarSource(Source):
         # each row: 1024 red, then 1024 green, then 1024 blue values, each 32x32 row-major
         x = images_to_float(pixels.reshape(-1, 3, 32, 32), 255.0)
         del pixels
-        normalization = None
-        if opts.normalize:
-            standardize_channels(x, self.mean, self.std)
-            normalization = Normalization(
-                self.mean, self.std, input_scale=255.0, statistics="published constants"
-            )
-        info = DatasetInfo(
-            name=self.name,
-            split=opts.split,
-            task=Task.CLASSIFICATION,
-            input_shape=(3, 32, 32),
-            num_classes=10,
-            target_dim=None,
-            normalization=normalization,
-            source_files=tuple(paths),
-            class_names=CIFAR_CLASSES,
+        info = image_dataset_info(
+            x, name=self.name, split=opts.split, class_names=CIFAR_CLASSES,
+            normalize=opts.normalize, mean=self.mean, std=self.std, input_scale=255.0,
+            statistics="published constants", source_files=paths,
         )
         return x, torch.from_numpy(labels), info
 

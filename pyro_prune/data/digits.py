@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pyro_prune.data.files import Loaded, LoadOptions, Source, images_to_float, standardize_channels
+from pyro_prune.data.files import Loaded, LoadOptions, Source, image_dataset_info, images_to_float
 from pyro_prune.data.split import split_indices
-from pyro_prune.data.types import DatasetInfo, Normalization, Split, Task
+from pyro_prune.data.types import Split
 
 DIGIT_NAMES = tuple(str(i) for i in range(10))
 
@@ -31,20 +31,10 @@ class DigitsSource(Source):
         train_idx, test_idx = split_indices(labels, self.test_fraction, self.seed, True)
         idx = train_idx if opts.split is Split.TRAIN else test_idx
         x = images_to_float(pixels[idx], 16.0)
-        normalization = None
-        if opts.normalize:
-            train_pixels = pixels[train_idx].astype(np.float64) / 16.0
-            mean, std = float(train_pixels.mean()), float(train_pixels.std())
-            standardize_channels(x, (mean,), (std,))
-            normalization = Normalization((mean,), (std,), input_scale=16.0)
-        info = DatasetInfo(
-            name=self.name,
-            split=opts.split,
-            task=Task.CLASSIFICATION,
-            input_shape=(1, 8, 8),
-            num_classes=10,
-            target_dim=None,
-            normalization=normalization,
-            class_names=DIGIT_NAMES,
+        train_pixels = pixels[train_idx].astype(np.float64) / 16.0
+        info = image_dataset_info(
+            x, name=self.name, split=opts.split, class_names=DIGIT_NAMES,
+            normalize=opts.normalize, mean=(float(train_pixels.mean()),),
+            std=(float(train_pixels.std()),), input_scale=16.0,
         )
         return x, torch.from_numpy(labels[idx].copy()), info

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyro_prune.data.types import CorruptFileError, DatasetInfo, Split
+from pyro_prune.data.types import CorruptFileError, DatasetInfo, Normalization, Split, Task
 
 logger = logging.getLogger("pyro_prune.data")
 
@@ -41,6 +41,7 @@ __all__ = [
     "Source",
     "download_file",
     "fetch",
+    "image_dataset_info",
     "images_to_float",
     "md5",
     "missing_file_error",
@@ -125,6 +126,39 @@ def standardize_channels(x: Tensor, mean: Sequence[float], std: Sequence[float])
     shape = (1, len(mean)) + (1,) * (x.dim() - 2)
     x.sub_(torch.tensor(mean, dtype=x.dtype).view(shape))
     x.div_(torch.tensor(std, dtype=x.dtype).view(shape))
+
+
+def image_dataset_info(
+    x: Tensor,
+    *,
+    name: str,
+    split: Split,
+    class_names: Sequence[str],
+    normalize: bool,
+    mean: Sequence[float],
+    std: Sequence[float],
+    input_scale: float,
+    statistics: str = "train split",
+    source_files: Sequence[Path] = (),
+) -> DatasetInfo:
+    """Standardise the images ``x`` (``[N, C, H, W]``, in place) when ``normalize``; describe them."""
+    normalization = None
+    if normalize:
+        standardize_channels(x, mean, std)
+        normalization = Normalization(
+            tuple(mean), tuple(std), input_scale=input_scale, statistics=statistics
+        )
+    return DatasetInfo(
+        name=name,
+        split=split,
+        task=Task.CLASSIFICATION,
+        input_shape=tuple(x.shape[1:]),
+        num_classes=len(class_names),
+        target_dim=None,
+        normalization=normalization,
+        source_files=tuple(source_files),
+        class_names=tuple(class_names),
+    )
 
 
 def fetch(url: str, dest: Path, timeout: float = 60.0) -> None:

@@ -16,13 +16,13 @@ from pyro_prune.data.files import (
     LoadOptions,
     Source,
     download_file,
+    image_dataset_info,
     images_to_float,
     missing_file_error,
     read_maybe_gzip,
-    standardize_channels,
     verify_md5,
 )
-from pyro_prune.data.types import CorruptFileError, DatasetInfo, Normalization, Split, Task
+from pyro_prune.data.types import CorruptFileError, Split
 
 __all__ = ["FASHION_CLASSES", "FASHION_MNIST", "MNIST", "IdxSource", "parse_idx_ubyte"]
 
@@ -119,22 +119,10 @@ class IdxSource(Source):
             raise CorruptFileError(f"{image_path}: images are {images.shape[1:]}, expected 28x28")
         x = images_to_float(images, 255.0).unsqueeze_(1)
         del buf, images
-        normalization = None
-        if opts.normalize:
-            standardize_channels(x, (self.mean,), (self.std,))
-            normalization = Normalization(
-                (self.mean,), (self.std,), input_scale=255.0, statistics="published constants"
-            )
-        info = DatasetInfo(
-            name=self.name,
-            split=opts.split,
-            task=Task.CLASSIFICATION,
-            input_shape=(1, 28, 28),
-            num_classes=len(self.class_names),
-            target_dim=None,
-            normalization=normalization,
-            source_files=(image_path, label_path),
-            class_names=self.class_names,
+        info = image_dataset_info(
+            x, name=self.name, split=opts.split, class_names=self.class_names,
+            normalize=opts.normalize, mean=(self.mean,), std=(self.std,), input_scale=255.0,
+            statistics="published constants", source_files=(image_path, label_path),
         )
         return x, torch.from_numpy(labels.astype(np.int64)), info
 

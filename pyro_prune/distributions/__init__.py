@@ -22,7 +22,8 @@ With :math:`\alpha = (A-\mu)/\sigma`, :math:`\beta = (B-\mu)/\sigma` and
 Layout: :mod:`~pyro_prune.distributions.special` holds the special functions and the
 cancellation-free log-mass primitive every closed form is written around (its docstring has
 the numerics); :mod:`~pyro_prune.distributions.truncated_lognormal` and
-:mod:`~pyro_prune.distributions.truncated_loguniform` hold one distribution each, and
+:mod:`~pyro_prune.distributions.truncated_loguniform` hold one distribution each (on the shared
+base :mod:`~pyro_prune.distributions.log_bounded`), and
 :mod:`~pyro_prune.distributions.kl` registers their closed-form KL with
 :func:`torch.distributions.kl.kl_divergence`.
 

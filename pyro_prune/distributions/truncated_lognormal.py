@@ -26,14 +26,13 @@ from __future__ import annotations
 import math
 
 import torch
-from pyro.distributions.torch_distribution import TorchDistribution
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
+from pyro_prune.distributions.log_bounded import LogBoundedDistribution
 from pyro_prune.distributions.special import (
     LOG_HALF,
     LOG_SQRT_2PI,
-    check_log_bounds,
     log_diff_ndtr,
     log_mass,
     ndtri_exp,
@@ -156,7 +155,7 @@ def icdf_log(loc, scale, low, high, u: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class TruncatedLogNormal(TorchDistribution):
+class TruncatedLogNormal(LogBoundedDistribution):
     r"""Noise :math:`\theta` with :math:`\log\theta \sim \mathcal N(\mu, \sigma^2)` truncated to ``[log_low, log_high]``.
 
     The variational posterior :math:`\mathrm{LogN}_{[A,B]}(\mu, \sigma^2)` of Neklyudov et
@@ -184,25 +183,7 @@ class TruncatedLogNormal(TorchDistribution):
     has_rsample = True
 
     def __init__(self, loc, scale, log_low=-20.0, log_high=0.0, validate_args=None):
-        self.loc, self.scale, self.log_low, self.log_high = broadcast_all(loc, scale, log_low, log_high)
-        super().__init__(self.loc.shape, validate_args=validate_args)
-        if self._validate_args:
-            check_log_bounds(self.log_low, self.log_high)
-
-    @constraints.dependent_property(is_discrete=False, event_dim=0)
-    def support(self):
-        return constraints.interval(self.log_low.exp(), self.log_high.exp())
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(TruncatedLogNormal, _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.loc = self.loc.expand(batch_shape)
-        new.scale = self.scale.expand(batch_shape)
-        new.log_low = self.log_low.expand(batch_shape)
-        new.log_high = self.log_high.expand(batch_shape)
-        super(TruncatedLogNormal, new).__init__(batch_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
+        self._set_params(validate_args, loc=loc, scale=scale, log_low=log_low, log_high=log_high)
 
     def _params64(self) -> tuple[torch.Tensor, ...]:
         return to_float64(self.loc, self.scale, self.log_low, self.log_high)

@@ -5,16 +5,14 @@ from __future__ import annotations
 import math
 
 import torch
-from pyro.distributions.torch_distribution import TorchDistribution
 from torch.distributions import constraints
-from torch.distributions.utils import broadcast_all
 
-from pyro_prune.distributions.special import check_log_bounds
+from pyro_prune.distributions.log_bounded import LogBoundedDistribution
 
 __all__ = ["TruncatedLogUniform"]
 
 
-class TruncatedLogUniform(TorchDistribution):
+class TruncatedLogUniform(LogBoundedDistribution):
     r"""Log-uniform prior :math:`\mathrm{LogU}_{[A,B]}`: :math:`\log\theta \sim \mathcal U(A, B)`.
 
     The prior of Neklyudov et al. (2017) and Wright, Igel & Selvan (2024); density
@@ -26,23 +24,7 @@ class TruncatedLogUniform(TorchDistribution):
     has_rsample = True
 
     def __init__(self, log_low=-20.0, log_high=0.0, validate_args=None):
-        self.log_low, self.log_high = broadcast_all(log_low, log_high)
-        super().__init__(self.log_low.shape, validate_args=validate_args)
-        if self._validate_args:
-            check_log_bounds(self.log_low, self.log_high)
-
-    @constraints.dependent_property(is_discrete=False, event_dim=0)
-    def support(self):
-        return constraints.interval(self.log_low.exp(), self.log_high.exp())
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(TruncatedLogUniform, _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.log_low = self.log_low.expand(batch_shape)
-        new.log_high = self.log_high.expand(batch_shape)
-        super(TruncatedLogUniform, new).__init__(batch_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
+        self._set_params(validate_args, log_low=log_low, log_high=log_high)
 
     @property
     def _width(self) -> torch.Tensor:
