@@ -1,6 +1,7 @@
 """The ``pyro-prune`` command (also ``python -m pyro_prune``).
 
     pyro-prune fit --model mlp --data digits --epochs 20 --out runs/mlp
+    pyro-prune fit --model lenet5 --data mypkg.mydata:make_datasets --device auto
     pyro-prune report runs/mlp
     pyro-prune export runs/mlp --format onnx
     pyro-prune demo
@@ -32,6 +33,11 @@ and writes a *run folder*:
 writes the converted network as a ``torch.export`` program (the default), a state dict,
 ONNX, or TorchScript (deprecated in current torch, kept for older deployments).
 
+``--data`` is a named data set or the user's own data: ``module:function`` returning
+``(train, test)`` Datasets or DataLoaders, or a tensor file (:mod:`pyro_prune.user_data`).
+``--device`` chooses where training runs (under ``torchrun`` on CUDA: ``cuda:LOCAL_RANK``
+and NCCL; :func:`~pyro_prune.inference.distributed.select_device`).
+
 Every bad argument (unknown model or method, a data set that cannot be found, epochs <= 0,
 a run folder that does not exist, a damaged ``model.pt``, a diverging run, ...) ends with exit
 code 2 and one line naming the problem. A run folder is locked while a command works in it
@@ -52,6 +58,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -63,6 +70,7 @@ from typing import Any, NoReturn
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from pyro_prune._checks import SEED_MAX, check_output_dir, check_output_file
 from pyro_prune._io import (
@@ -254,8 +262,12 @@ class RunConfig:
     num_samples: int = 200
     curve_points: int = 0
     train_subset: int | None = None
-    #: test examples for the InferenceData and the W2 check (``None``: the whole test set)
+    #: test examples for the InferenceData and the W2 check (``None``: the whole test set;
+    #: for the user's own data sets :data:`USER_EVAL_EXAMPLES`)
     eval_examples: int | None = None
+    #: where training runs: auto (CUDA when available), cpu or cuda (not a resume key: a
+    #: run may continue on another device)
+    device: str = "auto"
 
     #: settings that define the trained model; a run folder refuses to resume with others
     RESUME_KEYS = ("model", "data", "method", "epochs", "finetune_epochs", "batch_size", "lr",
@@ -291,6 +303,11 @@ class RunConfig:
         if self.hidden is not None and not MODELS[self.model].takes_hidden:
             raise UsageError(f"--hidden applies to --model mlp only, not {self.model!r}")
         _parse_kl_scale(self.kl_scale)
+        from pyro_prune.inference.distributed import DeviceChoice
+
+        if self.device not in {d.value for d in DeviceChoice}:
+            raise UsageError(f"device must be one of {', '.join(d.value for d in DeviceChoice)}, "
+                             f"got {self.device!r}")
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items()}
@@ -362,11 +379,59 @@ def _read_json(path: Path) -> Any:
 
 
 # ============================================================================ data and models
+#: examples of a user's data set (not in memory as tensors) that the evaluation after training
+#: collects for the W2 check, calibration, test-set lpd and the InferenceData, when
+#: ``--eval-examples`` is not given (accuracy always uses the whole test set)
+USER_EVAL_EXAMPLES = 1000
+
+
+@dataclass
+class FitData:
+    """The data of a ``fit`` run: training and test sets, their shapes, and for the user's
+    own data an optional validation set and the training set's size."""
+
+    train: Any
+    test: Any
+    shape: DataShape
+    val: Any = None
+    num_data: int | None = None
+    user: bool = False
+
+
 def load_data(name: str, *, root: str | None = None, train_subset: int | None = None,
               seed: int = 0) -> tuple[Any, Any, DataShape]:
     """``(train, test, shape)`` of a data set, or a :class:`UsageError` naming what is wrong."""
-    from pyro_prune.data import load_dataset
+    data = load_fit_data(name, root=root, train_subset=train_subset, seed=seed)
+    return data.train, data.test, data.shape
 
+
+def load_fit_data(name: str, *, root: str | None = None, train_subset: int | None = None,
+                  seed: int = 0) -> FitData:
+    """The :class:`FitData` of ``--data name``: a named data set or the user's own
+    (:mod:`pyro_prune.user_data`), or a :class:`UsageError` naming what is wrong."""
+    from pyro_prune.data import load_dataset
+    from pyro_prune.user_data import UserDataError, is_user_data, load_user_data, random_split_of
+
+    if is_user_data(name):
+        try:
+            user = load_user_data(name)
+        except UserDataError as err:
+            raise UsageError(str(err)) from None
+        shape = DataShape(user.name, user.input_shape, user.output_dim, user.task)
+        subset: Any = user.train
+        if train_subset is not None:
+            from pyro_prune.inference.batches import dataset_length
+
+            n = dataset_length(subset)
+            if n is None or isinstance(subset, (DataLoader, IterableDataset)):
+                raise UsageError(f"--train-subset needs a map-style training Dataset; data "
+                                 f"{name!r} gives a {type(subset).__name__}")
+            if train_subset < n:
+                subset = (_stratified_subset(subset, train_subset, seed)
+                          if isinstance(subset, TensorDataset) else
+                          random_split_of(subset, train_subset / n, seed)[1])
+        return FitData(subset, user.test, shape, val=user.val,
+                       num_data=user.num_data if subset is user.train else None, user=True)
     train: Any
     try:
         train = load_dataset(name, "train", root=root)
@@ -374,14 +439,17 @@ def load_data(name: str, *, root: str | None = None, train_subset: int | None = 
     except (ValueError, FileNotFoundError, TypeError, OSError) as err:
         raise UsageError(f"data set {name!r} not available: {_one_line(err)}") from None
     if train_subset is not None and train_subset < len(train):
-        from pyro_prune.data import train_val_split
-
-        keep = train_subset / len(train)
-        _, train = train_val_split(train, val_fraction=keep, seed=seed)
+        train = _stratified_subset(train, train_subset, seed)
     info = train.info
     shape = DataShape(info.name, tuple(int(s) for s in info.input_shape), int(info.output_dim),
                       info.task.value)
-    return train, test, shape
+    return FitData(train, test, shape)
+
+
+def _stratified_subset(train: Any, examples: int, seed: int) -> Any:
+    from pyro_prune.data import train_val_split
+
+    return train_val_split(train, val_fraction=examples / len(train), seed=seed)[1]
 
 
 def _one_line(err: BaseException) -> str:
@@ -609,30 +677,45 @@ def run_fit(cfg: RunConfig, out: str | os.PathLike, *, data_root: str | None = N
     cfg.validate()
     out = Path(out)
     t_start = time.perf_counter()
-    ranks = distributed_info()  # under torchrun: join its process group (gloo)
+    device = resolve_device(cfg.device)
+    ranks = distributed_info(device)  # under torchrun: join its process group (gloo / nccl)
     say = (log or (lambda msg: None)) if ranks.is_main else (lambda msg: None)
-    train, test, shape = load_data(cfg.data, root=data_root, train_subset=cfg.train_subset,
-                                   seed=cfg.seed)
+    data = load_fit_data(cfg.data, root=data_root, train_subset=cfg.train_subset, seed=cfg.seed)
     if not ranks.is_main:  # rank 0 owns the run folder; the others train along
-        problem = broadcast_object(None, ranks)
+        problem = broadcast_object(None, ranks, device)
         if problem is not None:
             raise UsageError(problem)
-        return _run_fit_locked(cfg, out, train, test, shape, progress=False, measure=measure,
-                               say=say, t_start=t_start, ranks=ranks)
+        return _run_fit_locked(cfg, out, data, progress=False, measure=measure,
+                               say=say, t_start=t_start, ranks=ranks, device=device)
     told = False  # whether the other ranks were told to go on
     try:
         _writable_dir(out, "run folder")
         with RunLock(out, on_stale=lambda who: say(f"taking over the lock of a dead run ({who})")):
             remove_stale_temporaries(out)
             _check_existing(out, cfg, restart)
-            broadcast_object(None, ranks)
+            broadcast_object(None, ranks, device)
             told = True
-            return _run_fit_locked(cfg, out, train, test, shape, progress=progress, measure=measure,
-                                   say=say, t_start=t_start, ranks=ranks)
+            return _run_fit_locked(cfg, out, data, progress=progress, measure=measure,
+                                   say=say, t_start=t_start, ranks=ranks, device=device)
     except UsageError as err:
         if ranks.active and not told:
-            broadcast_object(str(err), ranks)
+            broadcast_object(str(err), ranks, device)
         raise
+
+
+def resolve_device(choice: str) -> torch.device:
+    """The device of this process for ``--device choice`` (under torchrun: ``LOCAL_RANK``'s
+    GPU), by :func:`~pyro_prune.inference.distributed.select_device`."""
+    from pyro_prune.inference.distributed import select_device
+
+    try:
+        device, _ = select_device(choice, cuda_available=torch.cuda.is_available(),
+                                  cuda_count=torch.cuda.device_count(),
+                                  world_size=int(os.environ.get("WORLD_SIZE", "1") or 1),
+                                  local_rank=int(os.environ.get("LOCAL_RANK", "0") or 0))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return device
 
 
 def _writable_dir(path: Path, what: str) -> Path:
@@ -642,18 +725,26 @@ def _writable_dir(path: Path, what: str) -> Path:
         raise UsageError(str(err)) from None
 
 
-def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: DataShape, *,
+def _run_fit_locked(cfg: RunConfig, out: Path, data: FitData, *,
                     progress: bool, measure: bool, say: Callable[[str], None],
-                    t_start: float, ranks: Any = None) -> RunResult:
+                    t_start: float, ranks: Any = None,
+                    device: torch.device | None = None) -> RunResult:
     from pyro_prune import arviz as pa
     from pyro_prune.convert import compression, count_macs, count_params, to_deterministic
     from pyro_prune.data import train_val_split
     from pyro_prune.inference import ContinuousPruning, evaluate, fit
     from pyro_prune.predictive import compare_lpd, log_predictive_density, w2_shift
+    from pyro_prune.user_data import random_split_of, to_tensors
 
-    val = None
-    if cfg.val_fraction > 0:
-        train, val = train_val_split(train, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    train, test, shape, val = data.train, data.test, data.shape, data.val
+    if val is None and cfg.val_fraction > 0:
+        if isinstance(train, TensorDataset):
+            train, val = train_val_split(train, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        elif isinstance(train, (DataLoader, IterableDataset)):
+            say(f"no validation set: a {type(train).__name__} cannot be split (give 'val' with "
+                "the data, or --val-fraction 0)")
+        else:
+            train, val = random_split_of(train, cfg.val_fraction, cfg.seed)
     model = build_model(cfg, shape)
     method = METHODS[cfg.method]
     if all((out / name).exists() for name in FINISHED_RUN_FILES):
@@ -670,6 +761,8 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
     else:
         schedule = ContinuousPruning(method.criterion, every=1, finetune_epochs=cfg.finetune_epochs)
         epochs = cfg.epochs
+    device = device if device is not None else torch.device("cpu")
+    model.to(device)
     main = ranks is None or ranks.is_main
     if main:
         _write_json(out / CONFIG_FILE, {
@@ -679,6 +772,7 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
             # how the run was made: processes (torchrun) and their communication backend
             "world_size": ranks.world_size if ranks is not None else 1,
             "backend": ranks.backend if ranks is not None else None,
+            "device": str(device),
         })
     say(f"fit {cfg.model} on {cfg.data} with {cfg.method} ({epochs} + "
         f"{cfg.finetune_epochs if schedule else 0} epochs) -> {out}")
@@ -689,7 +783,8 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
             warnings.simplefilter("always", DivergenceWarning)
             result = fit(model, train, epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, val=val,
                          schedule=schedule, seed=cfg.seed, checkpoint_dir=out, progress=progress,
-                         kl_scale=_parse_kl_scale(cfg.kl_scale), noise_lr=cfg.noise_lr)
+                         kl_scale=_parse_kl_scale(cfg.kl_scale), noise_lr=cfg.noise_lr,
+                         num_data=data.num_data)
         for w in caught:  # a diverged run is said in one line; other warnings go on as usual
             if issubclass(w.category, DivergenceWarning):
                 say(f"warning: {w.message}")
@@ -703,6 +798,7 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
         raise UsageError(f"training diverged: {_one_line(err)} (--lr / --noise-lr)") from None
     if not main:  # rank 0 evaluates, converts and writes the run folder
         return RunResult(out=out, config=cfg, model=model, history=result.history, metrics={})
+    model.cpu()  # the evaluation after training runs on the CPU
     if result.report is not None:
         say(str(result.report))
     fit_time = sum(float(r.get("epoch_time_s", 0.0)) for r in result.history)
@@ -725,12 +821,17 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
 
     stage("evaluate on the test set")
     test_metrics = evaluate(model, test)
+    # the checks below need tensors: a user's data set gives a sample (USER_EVAL_EXAMPLES)
+    eval_limit = cfg.eval_examples or USER_EVAL_EXAMPLES
+    test_t = test if isinstance(test, TensorDataset) else to_tensors(test, eval_limit, seed=cfg.seed)
+    train_t = (train if isinstance(train, TensorDataset) or not data.user
+               else to_tensors(train, eval_limit, seed=cfg.seed))
     stage("convert and count")
     converted = to_deterministic(model)
     save_torch(converted.state_dict(), out / CONVERTED_STATE_FILE)
-    example = test.tensors[0][:2]
+    example = test_t.tensors[0][:2]
     _export_program(converted, example, out / EXPORTED_PROGRAM_FILE)
-    input_shape = tuple(test.tensors[0].shape[1:])
+    input_shape = tuple(test_t.tensors[0].shape[1:])
     with all_kept(model) as kept_masks:
         full_net = to_deterministic(model)
     metrics: dict[str, Any] = {
@@ -746,7 +847,7 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
     }
     if measure:
         stage("latency (batch 256)")
-        batch = test.tensors[0][:256]
+        batch = test_t.tensors[0][:256]
         if len(batch) < 256:
             batch = batch.repeat(math.ceil(256 / len(batch)), *([1] * (batch.dim() - 1)))[:256]
         full_t, pruned_t = interleaved_timings([full_net, converted], batch)
@@ -756,7 +857,7 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
         metrics["latency_rounds"] = len(full_t)
 
     stage("W2 shift of the predictive")
-    held = _subset(test, cfg.eval_examples, cfg.seed)
+    held = _subset(test_t, cfg.eval_examples, cfg.seed)
     with all_kept(model):
         shift = w2_shift(model, None, kept_masks, held.tensors[0][:512], seed=cfg.seed)
     metrics.update(w2=shift.w2, w2_empty=shift.w2_empty, w2_normalized=shift.normalized)
@@ -783,7 +884,7 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
     # PSIS-LOO estimates the predictive density of new data from the training data: it
     # belongs on the training set (on test data it answers no question); its Pareto k say
     # where the importance weights cannot be trusted
-    idata = pa.to_inference_data(model, data=_subset(train, cfg.eval_examples, cfg.seed),
+    idata = pa.to_inference_data(model, data=_subset(train_t, cfg.eval_examples, cfg.seed),
                                  num_samples=cfg.num_samples, seed=cfg.seed,
                                  progress=progress, settings=settings)
     pa.save(idata, out / IDATA_FILE)
@@ -800,7 +901,7 @@ def _run_fit_locked(cfg: RunConfig, out: Path, train: Any, test: Any, shape: Dat
         with single_process():  # rank 0 alone fine-tunes the curves' copies
             curves = accuracy_curves(model, train, test, [method.criterion or "bmrs_n"],
                                      points=cfg.curve_points, batch_size=cfg.batch_size, lr=cfg.lr,
-                                     seed=cfg.seed, progress=progress)
+                                     seed=cfg.seed, progress=progress, num_data=data.num_data)
         _write_json(out / CURVE_FILE, curves)
     metrics["total_time_s"] = time.perf_counter() - t_start
     _write_json(out / METRICS_FILE, metrics)
@@ -860,7 +961,8 @@ def _finished_run(cfg: RunConfig, out: Path, model: Any) -> RunResult:
 
 def accuracy_curves(model: Any, train: Any, test: Any, criteria: Sequence[str], *, points: int,
                     batch_size: int, lr: float, seed: int, progress: bool,
-                    max_fraction: float = 0.95) -> dict[str, list[dict[str, Any]]]:
+                    max_fraction: float = 0.95,
+                    num_data: int | None = None) -> dict[str, list[dict[str, Any]]]:
     """Accuracy vs compression when the kept structures are removed in each criterion's order.
 
     ``points`` fractions evenly spaced in ``[0, max_fraction]``, plus the stopping point of
@@ -885,7 +987,8 @@ def accuracy_curves(model: Any, train: Any, test: Any, criteria: Sequence[str], 
         curves[crit] = post_training_curve(copy.deepcopy(model), train, test, crit,
                                            fractions=fractions, finetune_epochs=1,
                                            batch_size=batch_size, lr=lr, seed=seed,
-                                           progress=progress)
+                                           progress=progress,
+                                           fit_kwargs={"num_data": num_data} if num_data else None)
     return curves
 
 
@@ -1221,7 +1324,9 @@ def _add_fit_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"network (default {d.model}). {_choices_help(MODELS)}")
     p.add_argument("--data", required=True, metavar="NAME",
                    help="data set: digits (embedded), mnist, fashion-mnist, cifar10, uci/<name> "
-                        "(files under $PYRO_PRUNE_DATA or --data-root)")
+                        "(files under $PYRO_PRUNE_DATA or --data-root); or your own: "
+                        "module:function returning (train, test) Datasets or DataLoaders, or a "
+                        "file.pt saved with torch.save({'train': (x, y), 'test': (x, y)})")
     p.add_argument("--method", choices=list(METHODS), default=d.method,
                    help=f"pruning method (default {d.method}). {_choices_help(METHODS)}")
     p.add_argument("--epochs", type=_positive_int, default=d.epochs,
@@ -1254,6 +1359,12 @@ def _add_fit_arguments(p: argparse.ArgumentParser) -> None:
                         "the W2 check (default: the whole test set; accuracy always uses all)")
     p.add_argument("--data-root", default=None, metavar="DIR",
                    help="folder of the data sets (default $PYRO_PRUNE_DATA)")
+    from pyro_prune.inference.distributed import DeviceChoice
+
+    p.add_argument("--device", choices=[c.value for c in DeviceChoice], default=d.device,
+                   help="where training runs: auto (CUDA when available), cpu or cuda; under "
+                        "torchrun on CUDA each process uses cuda:LOCAL_RANK and NCCL (default "
+                        f"{d.device})")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -1263,7 +1374,7 @@ def _config_from(args: argparse.Namespace) -> RunConfig:
                      noise_lr=args.noise_lr, seed=args.seed, kl_scale=str(args.kl_scale), hidden=args.hidden,
                      val_fraction=args.val_fraction, num_samples=args.num_samples,
                      curve_points=args.curve_points, train_subset=args.train_subset,
-                     eval_examples=args.eval_examples)
+                     eval_examples=args.eval_examples, device=args.device)
 
 
 def _log(msg: str) -> None:
@@ -1272,7 +1383,8 @@ def _log(msg: str) -> None:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     cfg = _config_from(args)
-    out = Path(args.out) if args.out else Path("runs") / f"{cfg.model}-{cfg.data.replace('/', '_')}-{cfg.method}"
+    data_name = re.sub(r"[^\w.-]+", "_", cfg.data).strip("_.")
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg.model}-{data_name}-{cfg.method}"
     res = run_fit(cfg, out, data_root=args.data_root, progress=not args.no_progress,
                   restart=args.restart, log=_log)
     m = res.metrics

@@ -1,4 +1,5 @@
-"""``pyro-prune fit`` under torchrun: unchanged command, rank 0 writes, a killed run resumes."""
+"""``pyro-prune fit`` under torchrun: unchanged command on the user's own Dataset (sharded by
+a DistributedSampler), rank 0 writes, a killed run resumes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-FIT = ["-m", "pyro_prune", "fit", "--data", "digits", "--model", "mlp", "--method", "bmrs_n_code",
+FIT = ["-m", "pyro_prune", "fit", "--data", "my_data:make_datasets", "--model", "mlp", "--method", "bmrs_n_code",
        "--epochs", "3", "--finetune-epochs", "1", "--batch-size", "32", "--lr", "1e-2", "--noise-lr", "0.1",
        "--val-fraction", "0", "--num-samples", "10", "--eval-examples", "50", "--curve-points", "2",
        "--no-progress"]
@@ -49,9 +50,13 @@ def _worker(launcher: int, rank: int) -> int | None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers in /proc")
-def test_a_killed_rank_and_a_rerun_resume_the_run(tmp_path, subprocess_env) -> None:
+def test_a_killed_rank_and_a_rerun_resume_the_run(tmp_path, subprocess_env, user_data_module) -> None:
     from pyro_prune.inference import load_checkpoint
 
+    # docs/scale_out.md's my_data.py: a map-style Dataset of the user, sharded per rank
+    (tmp_path / "my_data.py").write_text((tmp_path / f"{user_data_module}.py").read_text())
+    subprocess_env = {**subprocess_env,
+                      "PYTHONPATH": os.pathsep.join([str(tmp_path), subprocess_env["PYTHONPATH"]])}
     out = tmp_path / "run"
     command = _torchrun(out)
     first = subprocess.Popen(command, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -80,7 +85,8 @@ def test_a_killed_rank_and_a_rerun_resume_the_run(tmp_path, subprocess_env) -> N
         assert before["epoch_time_s"] == after["epoch_time_s"]
         assert before["kept"] == after["kept"]
     config = json.loads((out / "config.json").read_text())
-    assert config["world_size"] == 2 and config["backend"] == "gloo"
+    assert config["world_size"] == 2 and config["backend"] == "gloo" and config["device"] == "cpu"
+    assert config["data"]["input_shape"] == [1, 8, 8] and config["data"]["output_dim"] == 10
     from pyro_prune.cli import CURVE_FILE
 
     assert len(json.loads((out / CURVE_FILE).read_text())["bmrs_n_code"]) >= 2  # rank 0 alone

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import enum
 import os
 import time
 from collections.abc import Iterator
@@ -41,12 +42,14 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = [
+    "DeviceChoice",
     "DistributedInfo",
     "GradientSync",
     "broadcast_module",
     "broadcast_object",
     "broadcast_state",
     "distributed_info",
+    "select_device",
     "single_process",
 ]
 
@@ -121,6 +124,41 @@ def distributed_info(device: torch.device | None = None, *, init: bool = True) -
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
     return DistributedInfo(dist.get_rank(), dist.get_world_size(),
                            int(os.environ.get("LOCAL_RANK", dist.get_rank())), backend)
+
+
+class DeviceChoice(enum.Enum):
+    """Where training runs (``pyro-prune fit --device``)."""
+
+    AUTO = "auto"  #: CUDA when available, else the CPU
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+def select_device(choice: DeviceChoice | str, *, cuda_available: bool, cuda_count: int = 1,
+                  world_size: int = 1, local_rank: int = 0) -> tuple[torch.device, str | None]:
+    """The device of this process and the backend of its process group (a pure function).
+
+    ``auto`` is CUDA when ``cuda_available``, else the CPU. On CUDA each process uses
+    ``cuda:<local_rank>`` (the ``LOCAL_RANK`` torchrun sets: one GPU per process on a node)
+    and, with more than one process, the ``nccl`` backend; on the CPU ``gloo``. The backend
+    is ``None`` for a single process. A ``ValueError`` names what is missing: ``cuda``
+    without CUDA, or more processes on a node than GPUs.
+    """
+    from pyro_prune._enums import parse_enum
+
+    choice = parse_enum(DeviceChoice, choice.value if isinstance(choice, DeviceChoice) else choice,
+                        "device")
+    if choice is DeviceChoice.CUDA and not cuda_available:
+        raise ValueError("device 'cuda' asked for, but this torch build sees no CUDA device "
+                         "(use --device cpu or auto)")
+    use_cuda = choice is DeviceChoice.CUDA or (choice is DeviceChoice.AUTO and cuda_available)
+    multi = world_size > 1
+    if not use_cuda:
+        return torch.device("cpu"), ("gloo" if multi else None)
+    if local_rank >= cuda_count:
+        raise ValueError(f"process with LOCAL_RANK={local_rank} has no GPU of its own ({cuda_count} "
+                         f"CUDA device(s)): start at most {cuda_count} processes per node")
+    return torch.device("cuda", local_rank), ("nccl" if multi else None)
 
 
 def _comm_device(info: DistributedInfo, device: torch.device) -> torch.device:
