@@ -22,6 +22,7 @@ from torch.utils.data import TensorDataset
 
 __all__ = [
     "SEED_MAX",
+    "check_count",
     "check_dataset",
     "check_guide",
     "check_int",
@@ -47,6 +48,19 @@ def check_int(value: object, arg: str, *, minimum: int | None = None,
         low = "" if minimum is None else f"{minimum} <= "
         high = "" if maximum is None else f" <= {maximum}"
         raise ValueError(f"{arg} must be an int with {low}{arg}{high}, got {value!r}")
+    return value
+
+
+def check_count(value: object, arg: str, *, minimum: int = 1, or_none: bool = False) -> int:
+    """``value`` as a count, an ``int >= minimum``, with the one wording of counts in the package.
+
+    Raises ``ValueError`` for anything else (a float or a bool too): ``"<arg> must be a
+    positive int, got ..."`` (``"an int >= <minimum>"`` for another minimum; ``"... or None"``
+    with ``or_none``, for arguments where the caller accepts ``None`` before checking).
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{arg} must be {what}{' or None' if or_none else ''}, got {value!r}")
     return value
 
 

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pyro_prune._checks import check_count
+
 __all__ = ["Calibration", "calibration"]
 
 
@@ -62,8 +64,7 @@ def calibration(probs: Tensor | np.ndarray, labels: Tensor | np.ndarray, *, bins
     """
     p = torch.as_tensor(probs, dtype=torch.float64)
     y = torch.as_tensor(labels)
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins must be a positive int, got {bins!r}")
+    check_count(bins, "bins")
     if p.dim() != 2 or y.dim() != 1 or p.shape[0] != y.shape[0]:
         raise ValueError(f"probs must be [N, C] and labels [N], got {tuple(p.shape)} and {tuple(y.shape)}")
     if p.shape[0] == 0:

@@ -15,6 +15,7 @@ from torch.utils.data import TensorDataset
 from pyro_prune import arviz as pa
 from pyro_prune._checks import (
     SEED_MAX,
+    check_count,
     check_int,
     check_number,
     check_output_dir,
@@ -176,3 +177,23 @@ def test_a_guide_of_another_architecture_is_refused() -> None:
 
     with pytest.raises(ValueError, match="latent sites"):
         fit(lenet, images, epochs=1, guide=foreign_guide, progress=False)
+
+
+@pytest.mark.parametrize("minimum,or_none", [(1, False), (0, False), (1, True), (3, False)])
+def test_check_count_has_one_wording(minimum: int, or_none: bool) -> None:
+    assert check_count(minimum, "n", minimum=minimum, or_none=or_none) == minimum
+    assert check_count(minimum + 5, "n", minimum=minimum) == minimum + 5
+    what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+    tail = " or None" if or_none else ""
+    for bad in (minimum - 1, float(minimum), True, "2", None):
+        with pytest.raises(ValueError, match=f"^n must be {what}{tail}, got {bad!r}$".replace("(", r"\(")):
+            check_count(bad, "n", minimum=minimum, or_none=or_none)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: MLP(4, [0], 2), lambda: LeNet5(1, 10, 0), lambda: MultiplicativeNoise(0),
+    lambda: MLP(4, [3.0], 2),  # type: ignore[list-item]
+])
+def test_models_check_counts_alike(build: Callable[[], Any]) -> None:
+    with pytest.raises(ValueError, match="must be a positive int, got"):
+        build()

@@ -22,6 +22,7 @@ from typing import Any
 from pyro.infer import TraceMeanField_ELBO
 from torch import Tensor
 
+from pyro_prune._checks import check_count
 from pyro_prune.inference.elbo import NoisePlan, fast_elbo_loss, pyro_elbo_loss
 from pyro_prune.models.base import KLScale, PrunableNet
 
@@ -57,8 +58,7 @@ class ElboLoss:
                  per_example: bool = True, guide: Callable | None = None, use_pyro: bool = False) -> None:
         if not isinstance(model, PrunableNet):
             raise TypeError(f"model must be a PrunableNet, got {type(model).__name__}")
-        if isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1:
-            raise ValueError(f"num_data must be a positive int, got {num_data!r}")
+        check_count(num_data, "num_data")
         self.model = model
         model.num_data = num_data
         #: the KL weight in use (a number)

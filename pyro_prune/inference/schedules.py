@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
+from pyro_prune._checks import check_count
 from pyro_prune.inference.scoring import (
     as_criterion,
     global_ranking,
@@ -93,10 +94,8 @@ class ContinuousPruning(Schedule):
                 f"criterion {criterion!r} has no removal rule of its own; use "
                 f"prune_to_compression for it"
             )
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive int, got {every!r}")
-        if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
-            raise ValueError(f"finetune_epochs must be an int >= 0, got {finetune_epochs!r}")
+        check_count(every, "every")
+        check_count(finetune_epochs, "finetune_epochs", minimum=0)
         self.every = every
         self.extra_epochs = finetune_epochs
         self.criterion_kwargs = criterion_kwargs

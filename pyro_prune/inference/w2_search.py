@@ -59,6 +59,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+from pyro_prune._checks import check_count, check_number
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.models.gate import rank_structures, removals_in_order
 from pyro_prune.predictive import (
@@ -137,9 +138,7 @@ class W2PruneResult:
 
 
 def _check_lambda(lam: object) -> float:
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
-        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-    return float(lam)
+    return check_number(lam, "lam", minimum=0.0)
 
 
 def _argmin_cost(path: list[dict[str, Any]]) -> int:
@@ -211,8 +210,7 @@ def w2_prune(
         raise ValueError("model has no structure gates to prune")
     x = _inputs(data)
     if max_inputs is not None:
-        if isinstance(max_inputs, bool) or not isinstance(max_inputs, int) or max_inputs < 1:
-            raise ValueError(f"max_inputs must be a positive int or None, got {max_inputs!r}")
+        check_count(max_inputs, "max_inputs", or_none=True)
         if x.shape[0] > max_inputs:
             gen = torch.Generator().manual_seed(seed)
             x = x[torch.randperm(x.shape[0], generator=gen)[:max_inputs].sort().values]

@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from pyro import poutine
 from torch import Tensor, nn
 
+from pyro_prune._checks import check_count, check_number
 from pyro_prune.models.gate import StructureGate
 from pyro_prune.models.noise import NoiseMode, StochasticModule
 
@@ -85,21 +86,6 @@ def gaussian_kl(loc: Tensor, scale: Tensor, prior_scale: float) -> Tensor:
     return 0.5 * (var_ratio + (loc / prior_scale) ** 2 - 1.0 - torch.log(var_ratio))
 
 
-def _check_positive_float(value: object, arg: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{arg} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{arg} must be a positive finite number, got {value}")
-    return value
-
-
-def _check_positive_int(value: object, arg: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{arg} must be a positive int, got {value!r}")
-    return value
-
-
 class BayesianLayer(StochasticModule):
     """Shared machinery of :class:`BayesianLinear` and :class:`BayesianConv2d`.
 
@@ -115,7 +101,7 @@ class BayesianLayer(StochasticModule):
 
     def _init_posterior(self, weight_shape: Sequence[int], bias: bool, prior_scale: float,
                         init_log_scale: float) -> None:
-        self.prior_scale = _check_positive_float(prior_scale, "prior_scale")
+        self.prior_scale = check_number(prior_scale, "prior_scale", positive=True)
         if isinstance(init_log_scale, bool) or not isinstance(init_log_scale, (int, float)) \
                 or not math.isfinite(init_log_scale):
             raise ValueError(f"init_log_scale must be a finite number, got {init_log_scale!r}")
@@ -273,8 +259,8 @@ class BayesianLinear(BayesianLayer):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  prior_scale: float = 1.0, init_log_scale: float = DEFAULT_INIT_LOG_SCALE) -> None:
         super().__init__()
-        self.in_features = _check_positive_int(in_features, "in_features")
-        self.out_features = _check_positive_int(out_features, "out_features")
+        self.in_features = check_count(in_features, "in_features")
+        self.out_features = check_count(out_features, "out_features")
         self._init_posterior((out_features, in_features), bool(bias), prior_scale, init_log_scale)
 
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -336,9 +322,9 @@ class BayesianConv2d(BayesianLayer):
                  dilation: int | Sequence[int] = 1, groups: int = 1, bias: bool = True, *,
                  prior_scale: float = 1.0, init_log_scale: float = DEFAULT_INIT_LOG_SCALE) -> None:
         super().__init__()
-        self.in_channels = _check_positive_int(in_channels, "in_channels")
-        self.out_channels = _check_positive_int(out_channels, "out_channels")
-        self.groups = _check_positive_int(groups, "groups")
+        self.in_channels = check_count(in_channels, "in_channels")
+        self.out_channels = check_count(out_channels, "out_channels")
+        self.groups = check_count(groups, "groups")
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"in_channels and out_channels must be divisible by groups={groups}")
         self.kernel_size = _pair(kernel_size, "kernel_size")
@@ -402,7 +388,7 @@ def bayesian_weights(module: nn.Module, *, prior_scale: float = 1.0,
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    _check_positive_float(prior_scale, "prior_scale")
+    check_number(prior_scale, "prior_scale", positive=True)
     targets = [(name, m) for name, m in module.named_modules()
                if type(m) in (nn.Linear, nn.Conv2d) and name]
     for name, layer in targets:

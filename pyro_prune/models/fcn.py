@@ -48,6 +48,7 @@ from pyro.nn import PyroSample
 from pyro.nn.module import to_pyro_module_
 from torch import Tensor, nn
 
+from pyro_prune._checks import check_count
 from pyro_prune.models.base import Likelihood, PrunableNet
 
 __all__ = [
@@ -68,17 +69,12 @@ MASK_NAME = "weight_mask"
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-def _positive_int(value: object, arg: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{arg} must be a positive int, got {value!r}")
-    return value
-
 
 def _widths(values: Sequence[int] | int, arg: str) -> list[int]:
     widths = [values] if isinstance(values, int) else list(values)
     if not widths:
         raise ValueError(f"{arg} must name at least one layer")
-    return [_positive_int(w, arg) for w in widths]
+    return [check_count(w, arg) for w in widths]
 
 
 PrunableLayer = nn.Linear | nn.Conv2d
@@ -223,8 +219,8 @@ class FCN(MAPNet):
         prior_scale: float = 1.0,
         num_data: int | None = None,
     ) -> None:
-        _positive_int(in_features, "in_features")
-        _positive_int(num_classes, "num_classes")
+        check_count(in_features, "in_features")
+        check_count(num_classes, "num_classes")
         widths = _widths(hidden, "hidden")
         layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
         prev = in_features
@@ -276,10 +272,10 @@ class CNN(MAPNet):
         prior_scale: float = 1.0,
         num_data: int | None = None,
     ) -> None:
-        _positive_int(in_channels, "in_channels")
-        _positive_int(num_classes, "num_classes")
-        _positive_int(image_size, "image_size")
-        _positive_int(kernel_size, "kernel_size")
+        check_count(in_channels, "in_channels")
+        check_count(num_classes, "num_classes")
+        check_count(image_size, "image_size")
+        check_count(kernel_size, "kernel_size")
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd (same padding), got {kernel_size}")
         conv_widths = _widths(channels, "channels")

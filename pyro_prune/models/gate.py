@@ -19,6 +19,8 @@ import torch
 from pyro.nn import PyroModule
 from torch import Tensor
 
+from pyro_prune._checks import check_count
+
 __all__ = ["StructureGate", "StructureMask", "rank_structures", "removals_in_order"]
 
 
@@ -33,8 +35,7 @@ class StructureGate(PyroModule):
 
     def __init__(self, num_structures: int, dim: int = -1) -> None:
         super().__init__()
-        if isinstance(num_structures, bool) or not isinstance(num_structures, int) or num_structures < 1:
-            raise ValueError(f"num_structures must be a positive int, got {num_structures!r}")
+        check_count(num_structures, "num_structures")
         if not isinstance(dim, int):
             raise TypeError(f"dim must be an int, got {type(dim).__name__}")
         self.num_structures = num_structures

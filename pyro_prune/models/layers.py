@@ -39,14 +39,13 @@ class GateKind(enum.Enum):
     MASK = "mask"
 
 
-_enum = parse_enum  # kept for the modules that import it from here
 
 
 def make_linear(
     in_features: int, out_features: int, weights: WeightPrior | str = WeightPrior.POINT, *, prior_scale: float = 1.0
 ) -> nn.Module:
     """A Linear layer with point or Gaussian weights."""
-    kind = _enum(WeightPrior, weights, "weights")
+    kind = parse_enum(WeightPrior, weights, "weights")
     if kind is WeightPrior.POINT:
         return nn.Linear(in_features, out_features)
     from pyro_prune.models.bayesian import BayesianLinear
@@ -64,7 +63,7 @@ def make_conv2d(
     prior_scale: float = 1.0,
 ) -> nn.Module:
     """A Conv2d layer with point or Gaussian weights."""
-    kind = _enum(WeightPrior, weights, "weights")
+    kind = parse_enum(WeightPrior, weights, "weights")
     if kind is WeightPrior.POINT:
         return nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding)
     from pyro_prune.models.bayesian import BayesianConv2d
@@ -74,7 +73,7 @@ def make_conv2d(
 
 def make_gate(num_structures: int, dim: int, gate: GateKind | str = GateKind.NOISE, **noise_kwargs: float) -> StructureGate:
     """The gate that follows a prunable layer of ``num_structures`` outputs along ``dim``."""
-    kind = _enum(GateKind, gate, "gate")
+    kind = parse_enum(GateKind, gate, "gate")
     if kind is GateKind.NOISE:
         return MultiplicativeNoise(num_structures, dim, **noise_kwargs)
     return StructureMask(num_structures, dim)

@@ -7,9 +7,9 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from pyro_prune._checks import check_count
 from pyro_prune.models.base import Likelihood, PrunableNet
 from pyro_prune.models.layers import GateKind, WeightPrior, make_conv2d, make_gate, make_linear
-from pyro_prune.models.mlp import _check_positive_int
 
 __all__ = ["LeNet5"]
 
@@ -37,9 +37,9 @@ class LeNet5(PrunableNet):
         num_data: int | None = None,
         **noise_kwargs: float,
     ) -> None:
-        _check_positive_int(in_channels, "in_channels")
-        _check_positive_int(num_classes, "num_classes")
-        _check_positive_int(image_size, "image_size")
+        check_count(in_channels, "in_channels")
+        check_count(num_classes, "num_classes")
+        check_count(image_size, "image_size")
         if image_size < 8:
             raise ValueError(f"image_size must be >= 8 for LeNet5, got {image_size}")
         after_pool1 = image_size // 2

@@ -7,16 +7,12 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from pyro_prune._checks import check_count
 from pyro_prune.models.base import Likelihood, PrunableNet
 from pyro_prune.models.layers import GateKind, WeightPrior, make_gate, make_linear
 
 __all__ = ["MLP"]
 
-
-def _check_positive_int(value: object, arg: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{arg} must be a positive int, got {value!r}")
-    return value
 
 
 class MLP(PrunableNet):
@@ -51,13 +47,13 @@ class MLP(PrunableNet):
         obs_scale: float = 1.0,
         **noise_kwargs: float,
     ) -> None:
-        _check_positive_int(in_features, "in_features")
-        _check_positive_int(out_features, "out_features")
+        check_count(in_features, "in_features")
+        check_count(out_features, "out_features")
         widths = [hidden] if isinstance(hidden, int) else list(hidden)
         if not widths:
             raise ValueError("hidden must name at least one hidden layer")
         for w in widths:
-            _check_positive_int(w, "hidden")
+            check_count(w, "hidden")
         layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
         producers: dict[str, str] = {}
         prev = in_features

@@ -22,9 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pyro_prune._checks import check_count
+from pyro_prune._enums import parse_enum
 from pyro_prune.models.base import Likelihood, PrunableNet
-from pyro_prune.models.layers import GateKind, WeightPrior, _enum, make_gate, make_linear
-from pyro_prune.models.mlp import _check_positive_int
+from pyro_prune.models.layers import GateKind, WeightPrior, make_gate, make_linear
 
 __all__ = ["BasicBlock", "ResNet"]
 
@@ -145,15 +146,15 @@ class ResNet(PrunableNet):
         num_data: int | None = None,
         **noise_kwargs: float,
     ) -> None:
-        _check_positive_int(in_channels, "in_channels")
-        _check_positive_int(num_classes, "num_classes")
-        _check_positive_int(blocks_per_stage, "blocks_per_stage")
-        _check_positive_int(image_size, "image_size")
+        check_count(in_channels, "in_channels")
+        check_count(num_classes, "num_classes")
+        check_count(blocks_per_stage, "blocks_per_stage")
+        check_count(image_size, "image_size")
         if isinstance(widths, (int, str)) or len(list(widths)) == 0:
             raise ValueError(f"widths must be a non-empty sequence of positive ints, got {widths!r}")
-        widths = [_check_positive_int(w, "widths") for w in widths]
-        weights_kind = WeightPrior(_enum(WeightPrior, weights, "weights"))
-        gate_kind = GateKind(_enum(GateKind, gate, "gate"))
+        widths = [check_count(w, "widths") for w in widths]
+        weights_kind = WeightPrior(parse_enum(WeightPrior, weights, "weights"))
+        gate_kind = GateKind(parse_enum(GateKind, gate, "gate"))
         backbone = _ResNetBackbone(in_channels, num_classes, widths, blocks_per_stage,
                                    weights=weights_kind, gate=gate_kind, prior_scale=prior_scale,
                                    noise_kwargs=dict(noise_kwargs))

@@ -28,9 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pyro_prune._checks import check_count
+from pyro_prune._enums import parse_enum
 from pyro_prune.models.base import Likelihood, PrunableNet
-from pyro_prune.models.layers import GateKind, WeightPrior, _enum, make_gate, make_linear
-from pyro_prune.models.mlp import _check_positive_int
+from pyro_prune.models.layers import GateKind, WeightPrior, make_gate, make_linear
 
 __all__ = ["Attention", "FeedForward", "HeadRows", "ViT", "ViTBlock"]
 
@@ -215,13 +216,13 @@ class ViT(PrunableNet):
         for value, arg in ((image_size, "image_size"), (patch_size, "patch_size"),
                            (in_channels, "in_channels"), (num_classes, "num_classes"), (dim, "dim"),
                            (depth, "depth"), (heads, "heads"), (mlp_dim, "mlp_dim")):
-            _check_positive_int(value, arg)
+            check_count(value, arg)
         if image_size % patch_size:
             raise ValueError(f"image_size={image_size} must be divisible by patch_size={patch_size}")
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
-        weights_kind = WeightPrior(_enum(WeightPrior, weights, "weights"))
-        gate_kind = GateKind(_enum(GateKind, gate, "gate"))
+        weights_kind = WeightPrior(parse_enum(WeightPrior, weights, "weights"))
+        gate_kind = GateKind(parse_enum(GateKind, gate, "gate"))
         backbone = _ViTBackbone(image_size, patch_size, in_channels, num_classes, dim, depth, heads,
                                 mlp_dim, weights=weights_kind, gate=gate_kind,
                                 prior_scale=prior_scale, noise_kwargs=dict(noise_kwargs))
