@@ -118,3 +118,25 @@ def test_every_module_imports_alone() -> None:
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "FAILED", proc.stderr[-5000:]
+
+
+#: the pipeline's order: a stage may import the stages above it, never one below
+_LOWER_STAGES = {
+    "pyro_prune.distributions": ("pyro_prune.models", "pyro_prune.inference", "pyro_prune.reduction",
+                                 "pyro_prune.predictive", "pyro_prune.convert", "pyro_prune.arviz",
+                                 "pyro_prune.cli", "pyro_prune.data"),
+    "pyro_prune.data": ("pyro_prune.models", "pyro_prune.inference", "pyro_prune.reduction",
+                        "pyro_prune.predictive", "pyro_prune.convert", "pyro_prune.arviz", "pyro_prune.cli"),
+    "pyro_prune.models": ("pyro_prune.inference", "pyro_prune.reduction", "pyro_prune.predictive",
+                          "pyro_prune.arviz", "pyro_prune.cli"),
+}
+
+
+def test_stages_import_only_the_stages_above_them() -> None:
+    modules = _modules()
+    for name, path in modules.items():
+        for stage, below in _LOWER_STAGES.items():
+            if name == stage or name.startswith(stage + "."):
+                imported = _module_level_imports(path, name, set(modules))
+                wrong = sorted(m for m in imported if m.startswith(below))
+                assert not wrong, f"{name} ({stage}) imports a later stage: {wrong}"

@@ -38,7 +38,6 @@ from pyro_prune.models.noise_kernels import (
     kl_truncated_lognormal_loguniform,
     rsample_log_theta,
 )
-from pyro_prune.reduction import expected_theta as _expected_theta
 
 __all__ = [
     "MultiplicativeNoise",
@@ -191,7 +190,9 @@ class MultiplicativeNoise(StructureGate, StochasticModule):
         if external is not None:
             e = external.moments()[0].to(self.loc.dtype)
         else:
-            e = _expected_theta(self.loc, self.scale, log_low=self.log_low, log_high=self.log_high)
+            # the noise posterior's own mean (the closed form the reduction stage uses too)
+            e = TruncatedLogNormal(self.loc, self.scale, self.log_low, self.log_high,
+                                   validate_args=False).mean
         return e * self.kept.to(e.dtype)
 
     def importance(self) -> Tensor:
