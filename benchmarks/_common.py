@@ -153,6 +153,41 @@ def write_results(
     return path
 
 
+class RunCache:
+    """The finished runs of a benchmark, keyed by their settings, in one JSON file.
+
+    A key is the JSON text of the list of settings that define a run (:meth:`key`); every
+    :meth:`put` rewrites the file under a temporary name and renames it, so an interrupted
+    benchmark resumes with every run it finished and never leaves a truncated file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.runs: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    @staticmethod
+    def key(*settings: Any) -> str:
+        return json.dumps(list(settings))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.runs
+
+    def __getitem__(self, key: str) -> Any:
+        return self.runs[key]
+
+    def keys(self) -> list[str]:
+        return list(self.runs)
+
+    def put(self, key: str, run: Any) -> Any:
+        """Store ``run`` under ``key`` and write the file; returns ``run``."""
+        self.runs[key] = run
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.runs, indent=1))
+        tmp.replace(self.path)
+        return run
+
+
 def print_header(script: str, *, seeds: Sequence[int], config: dict[str, Any]) -> None:
     """Print the seed, versions and hardware before a benchmark's table."""
     print(f"# {Path(script).stem}")

@@ -27,7 +27,6 @@ batch 64, prior N(0, 1), beta = 1); every reduction is stated in the output.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 from pathlib import Path
@@ -37,7 +36,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from _common import RESULTS_DIR, format_table, parse_benchmark_args, print_header, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS_DIR,
+    RunCache,
+    format_table,
+    parse_benchmark_args,
+    print_header,
+    write_results,
+)
 from bayes_factor_table import load_data, run_one  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
@@ -144,14 +150,14 @@ def main() -> None:
     print_header(__file__, seeds=args.seeds, config=config)
 
     runs_file = Path(args.runs_file or RESULTS_DIR / f"{NAME}{args.suffix}.runs.json")
-    cache: dict[str, dict[str, Any]] = json.loads(runs_file.read_text()) if runs_file.exists() else {}
+    cache = RunCache(runs_file)
     jobs = [(d, b, s) for d in args.datasets for b in [FULL, *args.batches] for s in args.seeds]
     runs: list[dict[str, Any]] = []
     data: dict[str, Any] | None = None
     loaded = None
     for dataset, b, seed in tqdm(jobs, desc=NAME, mininterval=5):
-        key = json.dumps([dataset, args.model, args.sparsity, b, seed, args.epochs, args.train_subset,
-                          args.val_fraction, args.batch_size, args.lr, args.prior_scale])
+        key = RunCache.key(dataset, args.model, args.sparsity, b, seed, args.epochs, args.train_subset,
+                           args.val_fraction, args.batch_size, args.lr, args.prior_scale)
         if key not in cache:
             if loaded != dataset:
                 data, loaded = load_data(dataset, args), dataset
@@ -160,9 +166,7 @@ def main() -> None:
             method = "bayes-magnitude" if b == FULL else "bayes-magnitude-batch"
             r = run_one(dataset, args.model, args.sparsity, method, seed, args, data,
                         likelihood_batch=None if b == FULL else int(b))
-            cache[key] = {**r, "batch": b}
-            runs_file.parent.mkdir(parents=True, exist_ok=True)
-            runs_file.write_text(json.dumps(cache, indent=1))
+            cache.put(key, {**r, "batch": b})
         runs.append(cache[key])
 
     be_rows = break_even_rows(runs)

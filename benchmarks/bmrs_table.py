@@ -33,7 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import RESULTS_DIR, format_table, parse_benchmark_args, print_header, write_results
+from _common import (
+    RESULTS_DIR,
+    RunCache,
+    format_table,
+    parse_benchmark_args,
+    print_header,
+    write_results,
+)
 
 from pyro_prune.data import load_dataset, train_val_split
 from pyro_prune.inference import ContinuousPruning, evaluate, fit, prune_to_compression
@@ -205,7 +212,7 @@ def main() -> None:
                           f"{args.epochs} + {args.finetune}"
                           + (f", noise posteriors at lr {args.noise_lr}" if args.noise_lr else ""))
     print_header(__file__, seeds=args.seeds, config=config)
-    cache: dict[str, list[dict[str, Any]]] = json.loads(runs_file.read_text()) if runs_file.exists() else {}
+    cache = RunCache(runs_file)
     all_rows: list[dict[str, Any]] = []
     for dataset in args.datasets:
         try:
@@ -225,14 +232,13 @@ def main() -> None:
                         config_key.append(draws)
                     # runs of this configuration cached under any method set; train only
                     # the methods none of them has
-                    same = [k for k in cache if json.loads(k)[:-1] == config_key]
+                    same = [k for k in cache.keys() if json.loads(k)[:-1] == config_key]
                     earlier = [r for k in same for r in cache[k]]
                     missing = sorted(set(args.methods) - {r["method"] for r in earlier})
                     if missing and not args.cached_only:
-                        key = json.dumps([*config_key, missing])
-                        cache[key] = run_one(dataset, model_name, seed, kl, args, data, missing,
-                                             earlier, draws)
-                        runs_file.write_text(json.dumps(cache, indent=1))
+                        key = RunCache.key(*config_key, missing)
+                        cache.put(key, run_one(dataset, model_name, seed, kl, args, data, missing,
+                                               earlier, draws))
                         same.append(key)
                     all_rows.extend(r for k in same for r in cache[k] if r["method"] in args.methods)
     table = summarise(all_rows)

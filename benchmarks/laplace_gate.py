@@ -26,7 +26,14 @@ import json
 import sys
 from typing import Any
 
-from _common import RESULTS_DIR, format_table, parse_benchmark_args, print_header, write_results
+from _common import (
+    RESULTS_DIR,
+    RunCache,
+    format_table,
+    parse_benchmark_args,
+    print_header,
+    write_results,
+)
 from bayes_factor_table import LABELS, PAPER, load_data, run_one
 
 NAME = "laplace_gate"
@@ -69,7 +76,7 @@ def main() -> None:
                             f"gate curvature on {args.curvature_subset} examples of the subset",
                             "CNN: first conv and output layer spared"]
     print_header(__file__, seeds=[args.seed], config=config)
-    cache: dict[str, Any] = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.exists() else {}
+    cache = RunCache(RUNS_FILE)
     rows: list[dict[str, Any]] = []
     for dataset in args.datasets:
         data = None
@@ -79,7 +86,7 @@ def main() -> None:
             for variant, sparsity in [(v, r) for v in args.variants for r in args.sparsities]:
                 parts: list[Any] = [dataset, model, sparsity, args.seed, args.epochs, args.train_subset,
                                     args.curvature_subset]
-                key = json.dumps(parts if variant == "laplace" else parts + [variant])
+                key = RunCache.key(*(parts if variant == "laplace" else parts + [variant]))
                 if key not in cache:
                     if args.cached_only:
                         continue
@@ -87,11 +94,8 @@ def main() -> None:
                         data = load_data(dataset, args)
                     if data is None:
                         break
-                    cache[key] = run_one(dataset, model, sparsity, VARIANTS[variant], args.seed, args, data,
-                                         curvature_subset=args.curvature_subset, keep_terms=True)
-                    tmp = RUNS_FILE.with_suffix(".tmp")
-                    tmp.write_text(json.dumps(cache, indent=1))
-                    tmp.replace(RUNS_FILE)
+                    cache.put(key, run_one(dataset, model, sparsity, VARIANTS[variant], args.seed, args, data,
+                                           curvature_subset=args.curvature_subset, keep_terms=True))
                 run = cache[key]
                 first = next(h for h in run["history"] if h["log_bayes_factor"] is not None)
                 decided = [h for h in run["history"] if h["log_bayes_factor"] is not None]
