@@ -39,21 +39,17 @@ from typing import Any
 import torch
 
 from pyro_prune._io import atomic_write_text
-from pyro_prune.cli import (
+from pyro_prune.evaluation import accuracy_curves
+from pyro_prune.report import markdown_table, write_report
+from pyro_prune.run_folder import (
     EXPORTED_PROGRAM_FILE,
     FIGURES_DIR,
     IDATA_FILE,
     REPORT_FILE,
-    RunConfig,
-    RunResult,
-    _read_json,
-    _write_json,
-    accuracy_curves,
-    load_data,
-    markdown_table,
-    run_fit,
-    write_report,
+    read_json,
+    write_json,
 )
+from pyro_prune.runs import RunConfig, RunResult, load_data, run_fit
 
 __all__ = ["DATA_DEFAULTS", "DemoConfig", "DemoResult", "run_demo"]
 
@@ -218,7 +214,7 @@ def run_demo(cfg: DemoConfig | None = None, *, data_root: str | None = None, pro
             cache = out / f"{model}_curves.json"
             key = {"criteria": list(CURVE_CRITERIA), "points": cfg.points, "train_subset": subset,
                    "reference": rc.to_json(), "reference_metrics": reference.metrics.get("total_time_s")}
-            cached = _read_json(cache) if cache.exists() and not restart else None
+            cached = read_json(cache) if cache.exists() and not restart else None
             if cached is not None and cached.get("key") == key:
                 curve_sets[model] = cached["curves"]  # a finished demo rerun recomputes nothing
             else:
@@ -226,7 +222,7 @@ def run_demo(cfg: DemoConfig | None = None, *, data_root: str | None = None, pro
                 curve_sets[model] = accuracy_curves(
                     reference.model, train, test, CURVE_CRITERIA, points=cfg.points,
                     batch_size=rc.batch_size, lr=rc.lr, seed=rc.seed, progress=progress)
-                _write_json(cache, {"key": key, "curves": curve_sets[model]})
+                write_json(cache, {"key": key, "curves": curve_sets[model]})
         points = [{"label": f"{r['method']} (continuous)", "compression": r["compression"],
                    "accuracy": r["test_accuracy"]} for r in rows if r["model"] == model]
         fig = plots.plot_accuracy_vs_compression(curve_sets.get(model, {}), points,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pyro_prune import arviz as pa
-from pyro_prune import cli
+from pyro_prune import cli, run_folder, runs
 from pyro_prune.demo import DemoConfig, run_demo
 
 TINY = ["--data", "digits", "--epochs", "2", "--finetune-epochs", "1", "--num-samples", "8",
@@ -106,47 +106,47 @@ def fitted(tmp_path_factory):
 
 
 def test_fit_writes_a_complete_run_folder(fitted) -> None:
-    for name in (cli.CONFIG_FILE, cli.HISTORY_FILE, cli.METRICS_FILE, cli.MODEL_FILE,
-                 cli.CONVERTED_STATE_FILE, cli.EXPORTED_PROGRAM_FILE, cli.IDATA_FILE, cli.CURVE_FILE,
-                 cli.CHECKPOINT_FILE):
+    for name in (run_folder.CONFIG_FILE, run_folder.HISTORY_FILE, run_folder.METRICS_FILE, run_folder.MODEL_FILE,
+                 run_folder.CONVERTED_STATE_FILE, run_folder.EXPORTED_PROGRAM_FILE, run_folder.IDATA_FILE, run_folder.CURVE_FILE,
+                 run_folder.CHECKPOINT_FILE):
         assert (fitted / name).is_file(), name
-    config = json.loads((fitted / cli.CONFIG_FILE).read_text())
+    config = json.loads((fitted / run_folder.CONFIG_FILE).read_text())
     assert config["run"]["method"] == "snr" and config["run"]["epochs"] == 2
     assert config["run"]["noise_lr"] == 0.05
     assert config["data"]["input_shape"] == [1, 8, 8]
-    history = json.loads((fitted / cli.HISTORY_FILE).read_text())
+    history = json.loads((fitted / run_folder.HISTORY_FILE).read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3]
-    metrics = json.loads((fitted / cli.METRICS_FILE).read_text())
+    metrics = json.loads((fitted / run_folder.METRICS_FILE).read_text())
     assert 0.0 <= metrics["compression"] < 1.0
     assert metrics["params_pruned"] <= metrics["params_full"] and metrics["macs_pruned"] <= metrics["macs_full"]
     assert metrics["speedup"] > 0 and 0.0 <= metrics["test_accuracy"] <= 1.0
-    idata = pa.load(fitted / cli.IDATA_FILE)
+    idata = pa.load(fitted / run_folder.IDATA_FILE)
     assert idata.posterior["fc1_theta"].shape == (1, 8, 16)
     assert idata.log_likelihood["obs"].shape == (1, 8, 100)  # --eval-examples
     assert metrics["test_accuracy"] * 359 == pytest.approx(round(metrics["test_accuracy"] * 359))
     assert idata.posterior.attrs["method"] == "snr"
     assert "snr" in list(idata.reduction["criterion"].values)
     assert idata.prior["fc1_theta"].shape == (1, 8, 16)  # the structures' priors
-    calibration = json.loads((fitted / cli.CALIBRATION_FILE).read_text())
+    calibration = json.loads((fitted / run_folder.CALIBRATION_FILE).read_text())
     assert set(calibration) == {"restored", "pruned"}
     assert sum(calibration["pruned"]["count"]) == 100
     assert metrics["ece_pruned"] == calibration["pruned"]["ece"] and 0 <= metrics["ece_pruned"] <= 1
 
 
 def test_exported_program_matches_the_model_at_any_batch_size(fitted) -> None:
-    run = cli.load_run(fitted)
-    program = torch.export.load(str(fitted / cli.EXPORTED_PROGRAM_FILE)).module()
+    run = runs.load_run(fitted)
+    program = torch.export.load(str(fitted / run_folder.EXPORTED_PROGRAM_FILE)).module()
     for batch in (1, 5):
         x = torch.randn(batch, 1, 8, 8)
         torch.testing.assert_close(program(x), run.model.predict(x), rtol=1e-4, atol=1e-4)
 
 
 def test_rerunning_resumes_and_other_settings_are_refused(fitted, capsys) -> None:
-    before = json.loads((fitted / cli.HISTORY_FILE).read_text())
-    written = {n: (fitted / n).stat().st_mtime_ns for n in (cli.METRICS_FILE, cli.IDATA_FILE)}
+    before = json.loads((fitted / run_folder.HISTORY_FILE).read_text())
+    written = {n: (fitted / n).stat().st_mtime_ns for n in (run_folder.METRICS_FILE, run_folder.IDATA_FILE)}
     capsys.readouterr()
     assert cli.main(_fit_args(fitted, *FITTED_EXTRA)) == 0
-    after = json.loads((fitted / cli.HISTORY_FILE).read_text())
+    after = json.loads((fitted / run_folder.HISTORY_FILE).read_text())
     assert after == before  # nothing retrained
     assert "finished: reading it back" in capsys.readouterr().err  # nor re-evaluated
     assert written == {n: (fitted / n).stat().st_mtime_ns for n in written}
@@ -174,8 +174,8 @@ def test_interrupted_fit_continues_where_it_stopped(tmp_path, monkeypatch) -> No
     monkeypatch.setattr(fit_module, "_save_checkpoint", original)
     assert cli.main(_fit_args(tmp_path / "a")) == 0
     assert cli.main(_fit_args(tmp_path / "b")) == 0
-    resumed = json.loads((tmp_path / "a" / cli.HISTORY_FILE).read_text())
-    straight = json.loads((tmp_path / "b" / cli.HISTORY_FILE).read_text())
+    resumed = json.loads((tmp_path / "a" / run_folder.HISTORY_FILE).read_text())
+    straight = json.loads((tmp_path / "b" / run_folder.HISTORY_FILE).read_text())
     assert [r["epoch"] for r in resumed] == [1, 2, 3]
     for r1, r2 in zip(resumed, straight):
         assert r1["loss"] == pytest.approx(r2["loss"], rel=1e-6)
@@ -184,7 +184,7 @@ def test_interrupted_fit_continues_where_it_stopped(tmp_path, monkeypatch) -> No
 
 def test_report(fitted) -> None:
     assert cli.main(["report", str(fitted)]) == 0
-    text = (fitted / cli.REPORT_FILE).read_text()
+    text = (fitted / run_folder.REPORT_FILE).read_text()
     assert text.startswith("# pyro-prune run: mlp / snr on digits")
     for fig in ("history.png", "theta_forest.png", "delta_f.png", "accuracy_vs_compression.png",
                 "widths.png", "summary.png", "calibration.png"):
@@ -201,7 +201,7 @@ def test_export(fitted, fmt, tmp_path) -> None:
     out = tmp_path / f"model.{fmt}"
     assert cli.main(["export", str(fitted), "--format", fmt, "--output", str(out)]) == 0
     assert out.is_file() and out.stat().st_size > 0
-    run = cli.load_run(fitted)
+    run = runs.load_run(fitted)
     x = torch.randn(3, 1, 8, 8)
     if fmt == "exported-program":
         program = torch.export.load(str(out)).module()
@@ -223,9 +223,9 @@ def test_export(fitted, fmt, tmp_path) -> None:
 def test_lenet_with_bmrs_end_to_end(tmp_path) -> None:
     out = tmp_path / "lenet"
     assert cli.main(["fit", "--model", "lenet5", "--method", "bmrs_n", *TINY, "--out", str(out)]) == 0
-    idata = pa.load(out / cli.IDATA_FILE)
+    idata = pa.load(out / run_folder.IDATA_FILE)
     assert idata.posterior["conv2_theta"].dims == ("chain", "draw", "conv2_channel")
-    metrics = json.loads((out / cli.METRICS_FILE).read_text())
+    metrics = json.loads((out / run_folder.METRICS_FILE).read_text())
     from pyro_prune.convert import count_macs, to_deterministic
     from pyro_prune.models import LeNet5
 
@@ -249,13 +249,25 @@ def test_demo_runs_end_to_end(tmp_path, capsys) -> None:
     assert result.rows[0]["lpd_diff"] == 0.0
     assert result.rows[1]["lpd"].count("+-") == 1 and math.isfinite(result.rows[1]["lpd_diff_se"])
     assert result.report.is_file() and all(p.is_file() for p in result.figures)
-    assert (tmp_path / "demo" / "mlp-bmrs_n" / cli.REPORT_FILE).is_file()
+    assert (tmp_path / "demo" / "mlp-bmrs_n" / run_folder.REPORT_FILE).is_file()
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert len(summary["rows"]) == 2
     # a finished demo run again recomputes nothing: every run is read back, the curves too
     written = {p: p.stat().st_mtime_ns for p in (tmp_path / "demo").rglob("*.json")
-               if p.name in (cli.METRICS_FILE, "mlp_curves.json")}
+               if p.name in (run_folder.METRICS_FILE, "mlp_curves.json")}
     assert len(written) == 3
     again = run_demo(cfg, progress=False)
     assert [r["test_accuracy"] for r in again.rows] == [r["test_accuracy"] for r in result.rows]
     assert written == {p: p.stat().st_mtime_ns for p in written}
+
+
+def test_names_that_moved_out_of_the_cli_still_import_with_a_warning() -> None:
+    import importlib
+
+    fresh = importlib.reload(cli)  # the warning is given once per name and module object
+    with pytest.warns(DeprecationWarning, match=r"pyro_prune.cli.load_run moved to pyro_prune.runs.load_run"):
+        assert fresh.load_run is runs.load_run
+    with pytest.warns(DeprecationWarning, match="pyro_prune.run_folder"):
+        assert fresh.CONFIG_FILE == run_folder.CONFIG_FILE
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        fresh.nothing_here  # noqa: B018

@@ -22,7 +22,9 @@ import torch
 
 from pyro_prune import _io
 from pyro_prune import arviz as pa
-from pyro_prune.cli import (
+from pyro_prune.cli import main
+from pyro_prune.report import write_report
+from pyro_prune.run_folder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     CONVERTED_STATE_FILE,
@@ -31,13 +33,8 @@ from pyro_prune.cli import (
     METRICS_FILE,
     MODEL_FILE,
     REPORT_FILE,
-    RunConfig,
-    export_run,
-    load_run,
-    main,
-    run_fit,
-    write_report,
 )
+from pyro_prune.runs import RunConfig, export_run, load_run, run_fit
 
 TINY = ["--data", "digits", "--epochs", "1", "--finetune-epochs", "0", "--train-subset", "100",
         "--num-samples", "4", "--eval-examples", "20", "--hidden", "8", "--no-progress"]

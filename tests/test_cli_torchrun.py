@@ -87,7 +87,7 @@ def test_a_killed_rank_and_a_rerun_resume_the_run(tmp_path, subprocess_env, user
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2 and config["backend"] == "gloo" and config["device"] == "cpu"
     assert config["data"]["input_shape"] == [1, 8, 8] and config["data"]["output_dim"] == 10
-    from pyro_prune.cli import CURVE_FILE
+    from pyro_prune.run_folder import CURVE_FILE
 
     assert len(json.loads((out / CURVE_FILE).read_text())["bmrs_n_code"]) >= 2  # rank 0 alone
     metrics = json.loads((out / "metrics.json").read_text())

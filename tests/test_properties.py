@@ -23,10 +23,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from torch.utils.data import TensorDataset
 
-from pyro_prune.cli import UsageError, _load_state, main
+from pyro_prune.cli import main
 from pyro_prune.data import CorruptFileError, load_dataset
 from pyro_prune.inference import evaluate, fit
 from pyro_prune.models import MLP
+from pyro_prune.run_folder import UsageError, load_state
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -239,7 +240,7 @@ def test_a_damaged_model_file_is_refused_or_loads_exactly(tmp_path_factory: pyte
     save_torch(net.state_dict(), path)
     path.write_bytes(_mutate(data.draw, path.read_bytes(), [b"\x00", b"PK"]))
     try:
-        state = _load_state(path, net)
+        state = load_state(path, net)
     except UsageError as err:
         assert "model.pt" in str(err)
         event("refused")

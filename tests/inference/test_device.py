@@ -40,7 +40,7 @@ def test_what_cannot_be_chosen_is_named() -> None:
 
 def test_the_cli_on_this_machine_resolves_as_before() -> None:
     """Without torchrun and without CUDA the command line trains on the CPU, no process group."""
-    from pyro_prune.cli import resolve_device
+    from pyro_prune.runs import resolve_device
 
     if not torch.cuda.is_available():
         assert resolve_device("auto") == torch.device("cpu")
