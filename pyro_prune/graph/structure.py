@@ -64,7 +64,7 @@ _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def structure_graph(model: Any, example_input: Any = None) -> StructureGraph:
     """The :class:`StructureGraph` of ``model`` (cached with its dependency analysis)."""
-    from pyro_prune.convert.core import _analysis
+    from pyro_prune.graph.analysis import _analysis
 
     an = _analysis(model, example_input)
     entry = _CACHE.get(model)
@@ -92,7 +92,7 @@ def warn_cannot_shrink(model: Any, example_input: Any = None) -> list[str]:
 
 # ---------------------------------------------------------------------- answers
 def _gate_info(an: Any, model: Any, name: str, node: fx.Node) -> GateInfo:
-    from pyro_prune.convert.core import _is_linear
+    from pyro_prune.graph.ops import _is_linear
 
     gate = model.net.get_submodule(name)
     producer = _producer(an, node)
@@ -107,13 +107,13 @@ def _gate_info(an: Any, model: Any, name: str, node: fx.Node) -> GateInfo:
 
 def _passes(op: Any) -> bool:
     """Ops between a producer and its gate: per-channel scales, index ops, pooling."""
-    from pyro_prune.convert.core import OpKind, _commutes
+    from pyro_prune.graph.ops import OpKind, _commutes
 
     return _commutes(op) or op.kind is OpKind.BATCH_NORM
 
 
 def _producer(an: Any, gate_node: fx.Node) -> str | None:
-    from pyro_prune.convert.core import OpKind
+    from pyro_prune.graph.ops import OpKind
 
     cur = an.ops[gate_node].inputs[0]
     while True:
@@ -126,7 +126,8 @@ def _producer(an: Any, gate_node: fx.Node) -> str | None:
 
 
 def _consumers(an: Any, gate_node: fx.Node) -> tuple[str, ...]:
-    from pyro_prune.convert.core import OpKind, _producers_after
+    from pyro_prune.graph.ops import OpKind
+    from pyro_prune.graph.paths import _producers_after
 
     kinds = (OpKind.ELEMENTWISE, OpKind.INDEX, OpKind.POOL, OpKind.REDUCE, OpKind.GATE, OpKind.BATCH_NORM)
     nodes, _ = _producers_after(an, gate_node, lambda op: op.kind in kinds and len(op.inputs) == 1)
@@ -134,7 +135,7 @@ def _consumers(an: Any, gate_node: fx.Node) -> tuple[str, ...]:
 
 
 def _activation(an: Any, model: Any, gate_node: fx.Node) -> Callable[[Tensor], Tensor] | None:
-    from pyro_prune.convert.core import OpKind
+    from pyro_prune.graph.ops import OpKind
 
     users = list(gate_node.users)
     if len(users) != 1:
@@ -176,7 +177,7 @@ def _spans_blocks(an: Any, gate_node: fx.Node, gate: Any) -> bool:
 
 def _can_shrink(an: Any, model: Any, name: str) -> bool:
     """Would removing every structure of this gate remove anything physically?"""
-    from pyro_prune.convert.core import _gate_kept, _removed_from_kept
+    from pyro_prune.graph.removal import _gate_kept, _removed_from_kept
 
     kept = _gate_kept(an, model)
     node = an.gates[name]

@@ -98,7 +98,7 @@ class GatedNetwork(nn.Module):
 
 
 def _example(module: nn.Module, example_input: Any) -> Tensor:
-    from pyro_prune.convert.core import _net_device, _net_dtype, _search_input_shape
+    from pyro_prune.graph.inputs import _net_device, _net_dtype, _search_input_shape
 
     dtype, device = _net_dtype(module), _net_device(module)
     if example_input is None:
@@ -153,8 +153,9 @@ def bayesianize(
         ValueError: the network cannot be traced (the message names the failing op) or
             no layer is left to gate.
     """
-    from pyro_prune.convert.core import OpKind, _analysis
-    from pyro_prune.convert.layers import layer_slicer, registered_layers
+    from pyro_prune.graph.analysis import _analysis
+    from pyro_prune.graph.ops import OpKind
+    from pyro_prune.graph.layers import layer_slicer, registered_layers
 
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
@@ -360,7 +361,7 @@ def _called_once(an: Any, node: fx.Node) -> bool:
 
 def _projection_after(an: Any, node: fx.Node) -> fx.Node | None:
     """The producer reading ``node`` through single-use index ops (the output projection)."""
-    from pyro_prune.convert.core import OpKind
+    from pyro_prune.graph.ops import OpKind
 
     cur = node
     while True:

@@ -1,0 +1,230 @@
+"""Which tied channel groups a set of kept masks removes (forward and backward passes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import Tensor
+
+from pyro_prune.graph.analysis import _Analysis
+from pyro_prune.graph.ops import OpKind, _is_linear, _Op
+from pyro_prune.graph.ties import _reduce_to
+from pyro_prune.models.base import PrunableNet
+
+
+# ====================================================================== kept-dependent passes
+def _gate_kept(an: _Analysis, model: PrunableNet) -> dict[fx.Node, Tensor]:
+    out = {}
+    for name, node in an.gates.items():
+        g: Any = model.net.get_submodule(name)
+        out[node] = g.kept.reshape(an.ops[node].gate_view).cpu()
+    return out
+
+
+
+def _pool_any(x: Tensor, shape: Sequence[int]) -> Tensor:
+    """Boolean map through a pooling op: a channel is set anywhere if it was set anywhere."""
+    per_c = x.reshape(x.shape[0], x.shape[1], -1).any(-1)
+    return per_c.reshape(per_c.shape + (1,) * (len(shape) - 2)).expand(shape)
+
+
+def _reduce_any(x: Tensor, dims: Any, shape: Sequence[int]) -> Tensor:
+    """Boolean map through a reduction over ``dims``."""
+    return (x.any(dim=dims, keepdim=True) if dims else x).reshape(shape)
+
+def _nonzero_pass(an: _Analysis, kept: dict[fx.Node, Tensor]) -> dict[fx.Node, Tensor]:
+    """Forward: bool per position, False where the value is exactly zero for every input."""
+    nz: dict[fx.Node, Tensor] = {}
+    true = torch.ones((), dtype=torch.bool)
+    for node, op in an.ops.items():
+        if not op.is_tensor or op.kind is OpKind.SHAPE:
+            continue
+        kind = op.kind
+        shape = op.shape
+        if kind is OpKind.GATE:
+            nz[node] = nz[op.inputs[0]] & kept[node]
+        elif kind is OpKind.ELEMENTWISE and op.elem.zero_preserving and op.inputs:
+            nz[node] = nz[op.inputs[0]].expand(shape)
+        elif kind is OpKind.INDEX:
+            flat = torch.cat([nz[n].expand(an.ops[n].shape).reshape(-1) for n in op.inputs])
+            nz[node] = flat[op.posmap]
+        elif kind is OpKind.BINARY:
+            a, b = (nz[n] for n in _binary_operands(op))
+            if op.binary in ("add", "sub"):
+                nz[node] = (a | b).expand(shape)
+            elif op.binary == "mul":
+                nz[node] = (a & b).expand(shape)
+            else:
+                nz[node] = a.expand(shape)
+        elif kind is OpKind.POOL:
+            nz[node] = _pool_any(nz[op.inputs[0]], shape)
+        elif kind is OpKind.REDUCE:
+            nz[node] = _reduce_any(nz[op.inputs[0]], op.dims, shape)
+        elif kind is OpKind.MATMUL:
+            a, b = (nz[n] for n in _binary_operands(op))
+            nz[node] = (a.to(torch.float32) @ b.to(torch.float32)) > 0
+        else:  # producers, norms, softmax, non-zero-preserving maps, inputs, unsupported
+            nz[node] = true.expand(shape)
+    return nz
+
+
+def _binary_operands(op: _Op) -> tuple[fx.Node, fx.Node]:
+    node = op.node
+    a = node.args[0]
+    b = node.args[1] if len(node.args) > 1 else node.kwargs["other"]
+    return a, b  # type: ignore[return-value]
+
+
+def _live_pass(an: _Analysis, kept: dict[fx.Node, Tensor], nz: dict[fx.Node, Tensor]
+               ) -> tuple[dict[fx.Node, Tensor], dict[fx.Node, list[Tensor]]]:
+    """Backward: bool per position, True where the value can reach the output.
+
+    Also returns, per node, the liveness each of its tensor inputs receives from it.
+    """
+    live: dict[fx.Node, Tensor] = {}
+    contrib: dict[fx.Node, list[Tensor]] = {}
+
+    def add(n: fx.Node, t: Tensor) -> None:
+        prev = live.get(n)
+        live[n] = t if prev is None else (prev | t)
+
+    for n in an.outputs:
+        add(n, torch.ones(an.ops[n].shape, dtype=torch.bool))
+    for node in reversed(list(an.ops)):
+        op = an.ops[node]
+        lo = live.get(node)
+        if lo is None or op.kind is OpKind.SHAPE or not op.inputs:
+            continue
+        kind = op.kind
+        ins = op.inputs
+        in_shapes = [an.ops[n].shape for n in ins]
+        out: list[Tensor]
+        if kind is OpKind.GATE:
+            out = [lo & kept[node]]
+        elif kind in (OpKind.ELEMENTWISE, OpKind.BATCH_NORM):
+            out = [_reduce_to(lo, in_shapes[0])] + [_any_live(lo, s) for s in in_shapes[1:]]
+        elif kind is OpKind.PRODUCER:
+            m = op.module
+            if _is_linear(m):  # type: ignore[arg-type]
+                out = [lo.any(-1, keepdim=True).expand(in_shapes[0])]
+            elif op.depthwise:
+                per_c = lo.reshape(lo.shape[0], lo.shape[1], -1).any(-1)
+                out = [per_c.reshape(per_c.shape + (1,) * (len(in_shapes[0]) - 2)).expand(in_shapes[0])]
+            else:
+                per_b = lo.reshape(lo.shape[0], -1).any(-1)
+                out = [per_b.reshape((-1,) + (1,) * (len(in_shapes[0]) - 1)).expand(in_shapes[0])]
+        elif kind is OpKind.INDEX:
+            buf = torch.zeros(sum(op.in_numels), dtype=torch.bool)
+            assert op.posmap is not None
+            buf[op.posmap[lo]] = True
+            out = [c.reshape(s) for c, s in zip(torch.split(buf, list(op.in_numels)), in_shapes)]
+        elif kind is OpKind.BINARY:
+            a, b = _binary_operands(op)
+            la = lo & nz[b] if op.binary == "mul" else lo
+            lb = lo & nz[a] if op.binary == "mul" else lo
+            per = {a: _reduce_to(la, an.ops[a].shape), b: _reduce_to(lb, an.ops[b].shape)}
+            if a is b:
+                per = {a: per[a] | per[b]}
+            out = [per[n] for n in ins]
+        elif kind is OpKind.POOL:
+            per_c = lo.reshape(lo.shape[0], lo.shape[1], -1).any(-1)
+            out = [per_c.reshape(per_c.shape + (1,) * (len(in_shapes[0]) - 2)).expand(in_shapes[0])]
+        elif kind is OpKind.REDUCE:
+            x = lo
+            if not op.keepdim and op.dims:
+                x = x.reshape([1 if i in op.dims else s for i, s in enumerate(in_shapes[0])])
+            out = [x.expand(in_shapes[0])]
+        elif kind in (OpKind.SOFTMAX, OpKind.LAYER_NORM):
+            out = [lo.any(dim=op.dims, keepdim=True).expand(in_shapes[0])]
+        elif kind is OpKind.MATMUL:
+            a, b = _binary_operands(op)
+            lf = lo.to(torch.float32)
+            la = (lf @ nz[b].to(torch.float32).transpose(-1, -2)) > 0
+            lb = (nz[a].to(torch.float32).transpose(-1, -2) @ lf) > 0
+            per = {a: _reduce_to(la, an.ops[a].shape), b: _reduce_to(lb, an.ops[b].shape)}
+            if a is b:
+                per = {a: per[a] | per[b]}
+            out = [per[n] for n in ins]
+        else:  # unsupported (ungated): everything feeding a live output is live
+            out = [_any_live(lo, s) for s in in_shapes]
+        contrib[node] = out
+        for n, t in zip(ins, out):
+            add(n, t)
+    return live, contrib
+
+
+def _any_live(lo: Tensor, shape: Sequence[int]) -> Tensor:
+    return (lo.any() if lo.numel() else torch.zeros((), dtype=torch.bool)).expand(tuple(shape))
+
+
+def _removed_ids(an: _Analysis, model: PrunableNet) -> Tensor:
+    """Bool ``[n_ids]``: the channel ids whose tied group is physically removed."""
+    if an.n_ids == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    kept = _gate_kept(an, model)
+    key = torch.cat([k.reshape(-1) for k in kept.values()]) if kept else torch.zeros(0, dtype=torch.bool)
+    if an.last_kept is not None and an.last_removed is not None and torch.equal(key, an.last_kept):
+        return an.last_removed.clone()
+    removed = _removed_from_kept(an, kept)
+    an.last_kept, an.last_removed = key.clone(), removed.clone()
+    return removed
+
+
+def _removed_from_kept(an: _Analysis, kept: dict[fx.Node, Tensor]) -> Tensor:
+    if all(bool(k.all()) for k in kept.values()):
+        return torch.zeros(an.n_ids, dtype=torch.bool)
+    nz = _nonzero_pass(an, kept)
+    live, contrib = _live_pass(an, kept, nz)
+    needed = torch.zeros(an.n_ids, dtype=torch.bool)  # live producer rows / needed columns
+    for nodes in an.producers.values():
+        for node in nodes:
+            op = an.ops[node]
+            lo = live.get(node)
+            if lo is not None:
+                axis = lo.dim() - 1 if _is_linear(op.module) else 1  # type: ignore[arg-type]
+                rows = lo.movedim(axis, 0).reshape(op.channels, -1).any(-1)
+                needed[op.offset: op.offset + op.channels] |= rows
+            li = contrib.get(node)
+            if li is not None and op.cols is not None:
+                x = nz[op.inputs[0]] & li[0]
+                axis = x.dim() - 1 if _is_linear(op.module) else 1  # type: ignore[arg-type]
+                cols_needed = x.movedim(axis, 0).reshape(len(op.cols), -1).any(-1)
+                sel = cols_needed & (op.cols >= 0)
+                needed[op.cols[sel]] = True
+    for node, op in an.ops.items():
+        if op.kind is OpKind.MATMUL and op.contract_a is not None and node in contrib:
+            a, b = _binary_operands(op)
+            per = dict(zip(op.inputs, contrib[node]))
+            la, lb = per[a], per[b]
+            xa = (nz[a] & la).any(-2)  # [..., J]
+            xb = (nz[b] & lb).any(-1)  # [..., J]
+            for x, c in ((xa, op.contract_a), (xb, op.contract_b)):
+                assert c is not None
+                sel = x & (c >= 0)
+                needed[c[sel]] = True
+    bad = an.pinned_root.clone()
+    bad[an.root[needed]] = True
+    removed = ~bad[an.root]
+    changed = bool(an.conditional)
+    while changed:
+        changed = False
+        for tags, axes in an.conditional:
+            sel = tags >= 0
+            gone = torch.zeros(tags.shape, dtype=torch.bool)
+            gone[sel] = removed[tags[sel]]
+            if not bool(gone.any()):
+                continue
+            for d in axes:
+                stays = (~gone).movedim(d, 0).reshape(tags.shape[d], -1).any(-1)
+                if not bool(stays.all()):
+                    bad[an.root[torch.unique(tags[sel])]] = True
+                    removed = ~bad[an.root]
+                    changed = True
+                    break
+    return removed
+
+
