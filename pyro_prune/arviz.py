@@ -178,12 +178,27 @@ def dim_name(model: PrunableNet, gate_name: str) -> str:
     ``blocks_0_attn_head``: a plural that repeats the kind is dropped.
     """
     gate = model.gates()[gate_name]
-    producer = model.net.get_submodule(gate.producer_name) if gate.producer_name else None
-    kind = structure_kind(producer, gate.dim).value
+    kind = _gate_kind(model, gate_name, gate).value
     base = _gate_base(gate_name, gate)
     if base.endswith(f"_{kind}s"):
         base = base[: -len(kind) - 2]
+    elif base.endswith(f"_{kind}"):
+        base = base[: -len(kind) - 1]
     return f"{base}_{kind}"
+
+
+def _gate_kind(model: PrunableNet, gate_name: str, gate: StructureGate) -> StructureKind:
+    """The kind of a gate's structures, from the structure graph (by the gate's axis when
+    the network cannot be traced)."""
+    from pyro_prune.graph import structure_graph
+
+    try:
+        info = structure_graph(model).gates.get(gate_name)
+    except (ValueError, TypeError, RuntimeError):
+        info = None
+    if info is None:
+        return structure_kind(None, gate.dim)
+    return StructureKind(info.kind)
 
 
 def _var_base(dim: str) -> str:

@@ -69,7 +69,6 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
@@ -254,97 +253,47 @@ def _no_data_scaling(model: PrunableNet) -> Iterator[None]:
         model.num_data = num_data
 
 
-# ---------------------------------------------------------------------------- activations
-_ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh,
-                       nn.Sigmoid, nn.Softplus, nn.Mish, nn.Hardtanh, nn.Hardswish)
-_ACTIVATION_FUNCTIONS = {torch.relu, F.relu, torch.tanh, torch.sigmoid, F.gelu, F.silu,
-                         F.elu, F.leaky_relu, F.softplus, F.mish, F.relu6, torch.nn.functional.hardtanh}
-_ACTIVATION_METHODS = {"relu", "tanh", "sigmoid"}
+# ---------------------------------------------------------------------------- structure
+def _owner_model(model: PrunableNet | nn.Module) -> PrunableNet | None:
+    """``model``, or the model whose backbone ``model`` is (recorded by its gates)."""
+    if isinstance(model, PrunableNet):
+        return model
+    for m in model.modules():
+        owner = m.__dict__.get("_owner") if isinstance(m, StructureGate) else None
+        if owner is not None and owner[0].net is model:
+            return owner[0]  # type: ignore[no-any-return]
+    return None
 
 
-def _activation_after(net: nn.Module, gate_name: str) -> Callable[[Tensor], Tensor] | None:
+def _gate_info(model: PrunableNet | nn.Module, gate_name: str) -> Any:
+    """Gate ``gate_name``'s entry of the structure graph (None when the network cannot be
+    traced: no activation or consumer is known then)."""
+    from pyro_prune.graph import structure_graph
+
+    owner = _owner_model(model)
+    if owner is None:
+        return None
+    try:
+        return structure_graph(owner).gates.get(gate_name)
+    except (ValueError, TypeError, RuntimeError):
+        return None
+
+
+def _activation_after(model: PrunableNet | nn.Module, gate_name: str) -> Callable[[Tensor], Tensor] | None:
     """The elementwise activation applied right after gate ``gate_name``, if any."""
-    if isinstance(net, nn.Sequential):
-        names = [n for n, _ in net.named_children()]
-        if gate_name in names:
-            i = names.index(gate_name)
-            if i + 1 < len(names):
-                nxt = getattr(net, names[i + 1])
-                if isinstance(nxt, _ACTIVATION_MODULES):
-                    return nxt
+    info = _gate_info(model, gate_name)
+    return info.activation if info is not None else None
+
+
+def _consumer_of(model: PrunableNet | nn.Module, gate_name: str) -> nn.Module | None:
+    """The one weight layer that reads gate ``gate_name``'s output (through activations,
+    pooling and index ops); ``None`` when there is no such single consumer."""
+    info = _gate_info(model, gate_name)
+    if info is None or len(info.consumers) != 1:
         return None
-    graph = getattr(net, "graph", None)
-    if graph is None:
-        return None
-    node = next((n for n in graph.nodes if n.op == "call_module" and n.target == gate_name), None)
-    if node is None or len(node.users) != 1:
-        return None
-    user = next(iter(node.users))
-    if user.op == "call_module":
-        mod = net.get_submodule(str(user.target))
-        return mod if isinstance(mod, _ACTIVATION_MODULES) else None
-    extra_kwargs = {k: v for k, v in user.kwargs.items() if k != "inplace"}
-    if user.op == "call_function" and user.target in _ACTIVATION_FUNCTIONS \
-            and tuple(user.args[:1]) == (node,) and all(not isinstance(a, torch.fx.Node) for a in user.args[1:]):
-        fn, args = user.target, tuple(user.args[1:])
-        return lambda z: fn(z, *args, **extra_kwargs)  # type: ignore[operator]
-    if user.op == "call_method" and user.target in _ACTIVATION_METHODS and tuple(user.args) == (node,):
-        name = str(user.target)
-        return lambda z: getattr(z, name)()
-    return None
-
-
-_PASS_THROUGH_MODULES = (*_ACTIVATION_MODULES, nn.MaxPool2d, nn.AvgPool2d, nn.Dropout, nn.Identity)
-_PASS_THROUGH_FUNCTIONS = {*_ACTIVATION_FUNCTIONS, F.max_pool2d, F.avg_pool2d, F.dropout}
-_WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
-
-
-def _is_weight_layer(module: nn.Module) -> bool:
-    from pyro_prune.models.bayesian import BayesianLayer
-
-    return isinstance(module, (*_WEIGHT_LAYERS, BayesianLayer))
-
-
-def _consumer_of(net: nn.Module, gate_name: str) -> nn.Module | None:
-    """The weight layer that reads gate ``gate_name``'s output, through elementwise ops,
-    pooling and flattening only; ``None`` when there is no such single consumer."""
-    if isinstance(net, nn.Sequential):
-        names = [n for n, _ in net.named_children()]
-        if gate_name not in names:
-            return None
-        for name in names[names.index(gate_name) + 1:]:
-            module = getattr(net, name)
-            if _is_weight_layer(module):
-                return module
-            if not isinstance(module, (*_PASS_THROUGH_MODULES, nn.Flatten)):
-                return None
-        return None
-    graph = getattr(net, "graph", None)
-    if graph is None:
-        return None
-    node = next((n for n in graph.nodes if n.op == "call_module" and n.target == gate_name), None)
-    while node is not None:
-        if len(node.users) != 1:
-            return None
-        user = next(iter(node.users))
-        if tuple(user.args[:1]) != (node,) or any(isinstance(a, torch.fx.Node) for a in user.args[1:]):
-            return None
-        if user.op == "call_module":
-            module = net.get_submodule(str(user.target))
-            if _is_weight_layer(module):
-                return module
-            if not isinstance(module, (*_PASS_THROUGH_MODULES, nn.Flatten)):
-                return None
-        elif user.op == "call_function":
-            if user.target not in _PASS_THROUGH_FUNCTIONS and user.target is not torch.flatten:
-                return None
-        elif user.op == "call_method":
-            if user.target not in (*_ACTIVATION_METHODS, "flatten", "view", "reshape"):
-                return None
-        else:
-            return None
-        node = user
-    return None
+    owner = _owner_model(model)
+    assert owner is not None
+    return owner.net.get_submodule(info.consumers[0])
 
 
 def _outgoing_second_moments(layer: nn.Module, n: int, rows_kept: Tensor | None = None) -> Tensor | None:
@@ -377,7 +326,8 @@ class _ScoreRecorder:
     def __init__(self, model: PrunableNet) -> None:
         self.net = model.net
         self.gates = model.gates()
-        self.activations = {n: _activation_after(model.net, n) for n in self.gates}
+        self.model = model
+        self.activations = {n: _activation_after(model, n) for n in self.gates}
         self.sums: dict[str, Tensor] = {}
         self.counts: dict[str, int] = {}
         self.handles: list = []
@@ -414,8 +364,7 @@ class _ScoreRecorder:
                 kept = gate.kept if kept is None else kept & gate.kept
         return kept
 
-    def scores(self, kind: NeuronScore = NeuronScore.ACTIVATION,
-               net: nn.Module | None = None) -> dict[str, Tensor]:
+    def scores(self, kind: NeuronScore = NeuronScore.ACTIVATION) -> dict[str, Tensor]:
         out = {}
         for name, gate in self.gates.items():
             if name in self.sums:
@@ -423,7 +372,7 @@ class _ScoreRecorder:
             else:
                 s = torch.zeros(gate.num_structures)
             if kind is NeuronScore.CONTRIBUTION:
-                consumer = _consumer_of(net, name) if net is not None else None
+                consumer = _consumer_of(self.model, name)
                 weights = None if consumer is None else _outgoing_second_moments(
                     consumer, gate.num_structures, self._rows_kept(consumer))
                 if weights is None:
@@ -560,7 +509,7 @@ def predictive_run(
             else:
                 samples = _pyro_draws(model, guide, x, draws, out_kind, draw_chunk, data_chunk,
                                       recording=recorder is not None)
-            score_values = recorder.scores(score_kind, model.net) if recorder is not None else None
+            score_values = recorder.scores(score_kind) if recorder is not None else None
     finally:
         model.train(was_training)
     return PredictiveRun(samples=samples, scores=score_values)

@@ -12,8 +12,6 @@ from __future__ import annotations
 from pyro_prune.convert.core import shrink, to_deterministic
 from pyro_prune.convert.counting import compression, count_macs, count_params
 from pyro_prune.convert.folding import ChannelScale
-from pyro_prune.graph.analysis import _CACHE, _analysis
-from pyro_prune.graph.ops import OpKind, UnsupportedOpError, supported_ops
 from pyro_prune.convert.layers import (
     LayerRole,
     LayerSlicer,
@@ -23,6 +21,8 @@ from pyro_prune.convert.layers import (
     registered_layers,
     resize_layers,
 )
+from pyro_prune.graph.analysis import _CACHE, _analysis
+from pyro_prune.graph.ops import OpKind, UnsupportedOpError, supported_ops
 
 __all__ = [
     "ChannelScale",

@@ -167,7 +167,7 @@ def to_deterministic(model: PrunableNet, guide: Any = None, *, example_input: An
         if node.op == "get_attr":
             t = _fetch_attr(net, str(node.target), an.constants)
             if isinstance(t, Tensor) and not bool(plan.exists[node].all()):
-                raise UnsupportedOpError(f"cannot slice the tensor attribute {node.target!r}")
+                t = _sliced_attribute(an, plan, node, t)
             root[str(node.target)] = copy.deepcopy(t) if isinstance(t, (Tensor, nn.Module)) else t
             continue
         if node.op != "call_module":
@@ -239,6 +239,15 @@ def to_deterministic(model: PrunableNet, guide: Any = None, *, example_input: An
     if check:
         _check_equal(model, gm, an)
     return gm
+
+
+def _sliced_attribute(an: _Analysis, plan: Any, node: fx.Node, t: Tensor) -> Tensor:
+    """A tensor attribute keeping its entries that exist after slicing (the per-channel
+    tensors of ``F.batch_norm``); any other attribute cannot be sliced."""
+    if not bool((an.tags[node] >= 0).any()) or t.dim() != 1:
+        raise UnsupportedOpError(f"cannot slice the tensor attribute {node.target!r}")
+    kept = t.detach().index_select(0, plan.keep[node][0].to(t.device)).clone()
+    return nn.Parameter(kept, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else kept
 
 
 def _strip_gate_hooks(module: nn.Module) -> None:
@@ -332,7 +341,14 @@ def shrink(model: PrunableNet, guide: Any = None, *, example_input: Any = None,
     done: set[str] = set()
     for node, op in an.ops.items():
         if node.op == "get_attr" and not bool(plan.exists[node].all()):
-            raise UnsupportedOpError(f"cannot slice the tensor attribute {node.target!r}")
+            owner_path, _, attr = str(node.target).rpartition(".")
+            owner = net.get_submodule(owner_path) if owner_path else net
+            t = _sliced_attribute(an, plan, node, getattr(owner, attr))
+            if isinstance(t, nn.Parameter):
+                setattr(owner, attr, t)
+            else:
+                owner._buffers[attr] = t
+            continue
         if node.op != "call_module":
             continue
         target = str(node.target)
@@ -368,6 +384,9 @@ def shrink(model: PrunableNet, guide: Any = None, *, example_input: Any = None,
             nn_.meta = {}
             nn_.type = None
             env[node] = nn_
+        for key, value in an.constants.items():  # tensors export lifted out of the code
+            if not hasattr(net, key):
+                net.register_buffer(key, value.detach().clone(), persistent=False)
         new.net = fx.GraphModule(net, graph, class_name=type(net).__name__ + "Shrunk")
         if an.tracer == "export":
             _strip_gate_hooks(new.net)  # the gates are nodes of the graph now

@@ -48,7 +48,10 @@ def _existence_pass(an: _Analysis, removed: Tensor) -> dict[fx.Node, Tensor]:
         if not op.is_tensor or op.kind is OpKind.SHAPE:
             continue
         kind, shape = op.kind, op.shape
-        if node.op in ("placeholder", "get_attr") or not op.inputs:
+        if node.op == "get_attr" and bool((an.tags[node] >= 0).any()):
+            t = an.tags[node]  # a per-channel tensor of F.batch_norm
+            ex[node] = (t < 0) | ~removed[t.clamp_min(0)]
+        elif node.op in ("placeholder", "get_attr") or not op.inputs:
             ex[node] = true.expand(shape)
         elif kind is OpKind.PRODUCER:
             x = ex[op.inputs[0]]

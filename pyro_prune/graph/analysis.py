@@ -280,6 +280,13 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
             assert t_in is not None
             op.cols, op.channels = channel_cols(t_in), int(shape[1])
             tags[node] = t_in
+            if op.module is None:  # F.batch_norm: its per-channel tensors go with the channels
+                for n in op.inputs[1:]:
+                    if n.op == "get_attr" and tuple(env[n].shape) == (op.channels,) and len(n.users) == 1:
+                        tags[n] = op.cols
+                    else:
+                        pinned.append(ids_of(tags[n]))
+                        pinned.append(op.cols[op.cols >= 0])
         elif kind is OpKind.LAYER_NORM:
             assert t_in is not None
             pinned.append(ids_of(t_in))

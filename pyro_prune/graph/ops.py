@@ -6,7 +6,8 @@ Supported ops (anything else applied to a tensor that carries gated structures r
 * producers / consumers: ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` (``groups=1`` or
   depthwise), Bayesian layers with ``as_deterministic()`` (``BayesianLinear``,
   ``BayesianConv2d``);
-* per-channel: ``nn.BatchNorm1d/2d`` (eval statistics), structure gates;
+* per-channel: ``nn.BatchNorm1d/2d`` and ``F.batch_norm`` (eval statistics; the functional
+  form's weight, bias and statistics are sliced with the channels), structure gates;
 * elementwise: ReLU, LeakyReLU, GELU, SiLU, Tanh, ELU, Hardswish, ReLU6, Hardtanh, Mish,
   Sigmoid, Softplus (modules, ``torch.*`` / ``F.*`` functions, tensor methods), dropout,
   ``nn.Identity``, ``abs``/``neg``, arithmetic with a Python number, dtype casts;
@@ -145,7 +146,7 @@ def supported_ops() -> dict[str, list[str]]:
             | {"StructureGate", "their subclasses"}),
         "functions": sorted({fname(f) for f in (
             *_ELEMENTWISE_FUNCTIONS, *_SCALAR_FUNCTIONS, *_INDEX_FUNCTIONS, *_POOL_FUNCTIONS,
-            *_REDUCE_FUNCTIONS, *_SOFTMAX_FUNCTIONS, *_MATMUL_FUNCTIONS, F.layer_norm)}),
+            *_REDUCE_FUNCTIONS, *_SOFTMAX_FUNCTIONS, *_MATMUL_FUNCTIONS, F.layer_norm, F.batch_norm)}),
         "methods": sorted(set(_ELEMENTWISE_METHODS) | set(_SCALAR_METHODS) | _INDEX_METHODS
                           | _REDUCE_METHODS | _SOFTMAX_METHODS | _MATMUL_METHODS
                           | _SHAPE_METHODS),
@@ -313,6 +314,9 @@ def _classify(node: fx.Node, net: nn.Module, args: tuple, kwargs: dict, value: A
         elif t in _SOFTMAX_FUNCTIONS and is_tensor_out:
             op.kind = OpKind.SOFTMAX
             op.dims = _dims_arg(_arg(node, args, kwargs, 1, "dim", -1), args[0].dim())
+        elif t is F.batch_norm and is_tensor_out:
+            if not _arg(node, args, kwargs, 5, "training", False):
+                op.kind = OpKind.BATCH_NORM  # eval statistics: a per-channel affine map
         elif t is F.layer_norm and is_tensor_out:
             op.kind = OpKind.LAYER_NORM
             k = len(tuple(_arg(node, args, kwargs, 1, "normalized_shape", ())))
@@ -415,6 +419,9 @@ def _classify_aten(op: _Op, target: Any, args: tuple, kwargs: dict, is_tensor_ou
     elif packet in _ATEN_SOFTMAX:
         op.kind = OpKind.SOFTMAX
         op.dims = _dims_arg(args[1] if len(args) > 1 else kwargs.get("dim", -1), args[0].dim())
+    elif packet is _A.batch_norm:
+        if not (args[5] if len(args) > 5 else kwargs.get("training", False)):
+            op.kind = OpKind.BATCH_NORM
     elif packet is _A.layer_norm:
         op.kind = OpKind.LAYER_NORM
         k = len(tuple(args[1]))

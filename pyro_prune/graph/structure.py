@@ -11,8 +11,15 @@
   q, k and v);
 * ``consumers`` — the layers reading the gated output (through activations, pooling, index ops);
 * ``activation`` — the elementwise activation applied right after the gate, as a callable;
-* ``can_shrink`` — whether removing all of its structures would physically remove anything
-  (a gate on a residual stream pinned by LayerNorm, or next to a grouped convolution, cannot).
+* ``rows`` — the layers whose output rows its structures own (removed with them: the
+  producer; for an attention head the rows of its q, k and v projections);
+* ``can_shrink`` — whether any of its structures can ever be removed physically, i.e. goes
+  when every gate removes everything (a residual stream is removed only with all its members;
+  one pinned by LayerNorm, or next to a grouped convolution, never is).
+
+:func:`producer_module` names the layer (or a rows view such as the ViT's per-head rows, a
+module with ``row_sources``) that holds one row of incoming weights per structure: what
+:attr:`StructureGate.producer_name <pyro_prune.models.StructureGate.producer_name>` reads.
 
 The answers come from the dependency analysis the converter uses (channel tags, union-find
 ties, pinned groups), so "which rows belong to this gate" is answered in one place.
@@ -28,9 +35,15 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["GateInfo", "StructureGraph", "structure_graph", "warn_cannot_shrink"]
+from pyro_prune.graph.analysis import _analysis
+from pyro_prune.graph.ops import OpKind, _commutes, _is_linear
+from pyro_prune.graph.paths import _producers_after
+from pyro_prune.graph.removal import _gate_kept, _removed_from_kept
+
+__all__ = ["GateInfo", "StructureGraph", "producer_module", "shrinkable_gates", "structure_graph",
+           "warn_cannot_shrink"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +57,7 @@ class GateInfo:
     producer: str | None
     consumers: tuple[str, ...]
     activation: Callable[[Tensor], Tensor] | None
+    rows: tuple[str, ...]
     can_shrink: bool
 
 
@@ -64,19 +78,19 @@ _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def structure_graph(model: Any, example_input: Any = None) -> StructureGraph:
     """The :class:`StructureGraph` of ``model`` (cached with its dependency analysis)."""
-    from pyro_prune.graph.analysis import _analysis
 
     an = _analysis(model, example_input)
     entry = _CACHE.get(model)
     if entry is not None and entry[0] is an:
         return entry[1]
-    graph = StructureGraph(gates={name: _gate_info(an, model, name, node) for name, node in an.gates.items()},
-                           tracer=an.tracer)
+    every_gone = _removed_from_kept(an, {n: torch.zeros_like(k) for n, k in _gate_kept(an, model).items()})
+    graph = StructureGraph(gates={name: _gate_info(an, model, name, node, every_gone)
+                                  for name, node in an.gates.items()}, tracer=an.tracer)
     _CACHE[model] = (an, graph)
     return graph
 
 
-def warn_cannot_shrink(model: Any, example_input: Any = None) -> list[str]:
+def warn_cannot_shrink(model: Any, example_input: Any = None, *, stacklevel: int = 3) -> list[str]:
     """Warn (once per model and set of gates) about gates that cannot shrink anything."""
     graph = structure_graph(model, example_input)
     names = graph.cannot_shrink()
@@ -86,34 +100,47 @@ def warn_cannot_shrink(model: Any, example_input: Any = None) -> list[str]:
         warnings.warn(
             f"{len(names)} gate(s) cannot shrink the network whatever they remove (their structures "
             f"are tied to ones that must stay: a residual stream pinned by LayerNorm, a grouped "
-            f"convolution, the output): {names}", RuntimeWarning, stacklevel=3)
+            f"convolution, the output); they are left out of structure counts: {names}",
+            RuntimeWarning, stacklevel=stacklevel)
     return names
 
 
+def shrinkable_gates(model: Any, example_input: Any = None) -> dict[str, Any]:
+    """The gates of ``model`` that can shrink the network, by path: what structure counts
+    count. The others are reported once (:func:`warn_cannot_shrink`); a network that cannot
+    be traced keeps every gate."""
+    gates = model.gates()
+    try:
+        names = set(warn_cannot_shrink(model, example_input, stacklevel=4))
+    except (ValueError, TypeError, RuntimeError):
+        return gates
+    return {n: g for n, g in gates.items() if n not in names}
+
+
 # ---------------------------------------------------------------------- answers
-def _gate_info(an: Any, model: Any, name: str, node: fx.Node) -> GateInfo:
-    from pyro_prune.graph.ops import _is_linear
+def _gate_info(an: Any, model: Any, name: str, node: fx.Node, every_gone: Tensor) -> GateInfo:
 
     gate = model.net.get_submodule(name)
     producer = _producer(an, node)
+    rows = (producer,) if producer is not None else _rows_of(an, _removed_if_all_go(an, model, name))
+    tags = an.tags[an.ops[node].inputs[0]]
+    ids = torch.unique(tags[tags >= 0])
     kind = "head" if _spans_blocks(an, node, gate) else (
         "neuron" if producer is None or _is_linear(model.net.get_submodule(producer)) else "channel")
     if producer is None and kind != "head":
         kind = "neuron" if gate.dim % len(an.ops[node].shape) == len(an.ops[node].shape) - 1 else "channel"
     return GateInfo(name=name, kind=kind, dim=int(gate.dim), num_structures=int(gate.num_structures),
                     producer=producer, consumers=_consumers(an, node), activation=_activation(an, model, node),
-                    can_shrink=_can_shrink(an, model, name))
+                    rows=rows, can_shrink=bool(every_gone[ids].any()))
 
 
 def _passes(op: Any) -> bool:
     """Ops between a producer and its gate: per-channel scales, index ops, pooling."""
-    from pyro_prune.graph.ops import OpKind, _commutes
 
     return _commutes(op) or op.kind is OpKind.BATCH_NORM
 
 
 def _producer(an: Any, gate_node: fx.Node) -> str | None:
-    from pyro_prune.graph.ops import OpKind
 
     cur = an.ops[gate_node].inputs[0]
     while True:
@@ -126,16 +153,17 @@ def _producer(an: Any, gate_node: fx.Node) -> str | None:
 
 
 def _consumers(an: Any, gate_node: fx.Node) -> tuple[str, ...]:
-    from pyro_prune.graph.ops import OpKind
-    from pyro_prune.graph.paths import _producers_after
 
     kinds = (OpKind.ELEMENTWISE, OpKind.INDEX, OpKind.POOL, OpKind.REDUCE, OpKind.GATE, OpKind.BATCH_NORM)
     nodes, _ = _producers_after(an, gate_node, lambda op: op.kind in kinds and len(op.inputs) == 1)
     return tuple(dict.fromkeys(str(n.target) for n in nodes))
 
 
+#: elementwise modules that are no activation (identity in eval mode)
+_NOT_ACTIVATIONS = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
 def _activation(an: Any, model: Any, gate_node: fx.Node) -> Callable[[Tensor], Tensor] | None:
-    from pyro_prune.graph.ops import OpKind
 
     users = list(gate_node.users)
     if len(users) != 1:
@@ -147,7 +175,8 @@ def _activation(an: Any, model: Any, gate_node: fx.Node) -> Callable[[Tensor], T
     if any(isinstance(a, fx.Node) for a in user.args[1:]) or any(isinstance(v, fx.Node) for v in user.kwargs.values()):
         return None
     if user.op == "call_module":
-        return model.net.get_submodule(str(user.target))  # type: ignore[no-any-return]
+        m = model.net.get_submodule(str(user.target))
+        return None if isinstance(m, _NOT_ACTIVATIONS) else m  # type: ignore[no-any-return]
     kwargs = {k: v for k, v in user.kwargs.items() if k != "inplace"}
     args = tuple(user.args[1:])
     if user.op == "call_function":
@@ -175,11 +204,43 @@ def _spans_blocks(an: Any, gate_node: fx.Node, gate: Any) -> bool:
     return False
 
 
-def _can_shrink(an: Any, model: Any, name: str) -> bool:
-    """Would removing every structure of this gate remove anything physically?"""
-    from pyro_prune.graph.removal import _gate_kept, _removed_from_kept
+def _removed_if_all_go(an: Any, model: Any, name: str) -> Tensor:
+    """The channel ids removed when every structure of this gate goes (and nothing else)."""
 
     kept = _gate_kept(an, model)
     node = an.gates[name]
     kept = {n: (torch.zeros_like(k) if n is node else torch.ones_like(k)) for n, k in kept.items()}
-    return bool(_removed_from_kept(an, kept).any())
+    return _removed_from_kept(an, kept)
+
+
+def _rows_of(an: Any, removed: Tensor) -> tuple[str, ...]:
+    """The producers with some output row among the ``removed`` channel ids."""
+    rows = []
+    for path, nodes in an.producers.items():
+        op = an.ops[nodes[0]]
+        if bool(removed[op.offset: op.offset + op.channels].any()):
+            rows.append(path)
+    return tuple(rows)
+
+
+def producer_module(model: Any, name: str) -> str | None:
+    """Module path of the layer holding one row of incoming weights per structure of gate
+    ``name``: its producer, else (attention heads, whose rows are spread over q, k and v) a
+    module of the network with ``row_sources`` naming exactly the gate's row layers.
+    ``None`` when there is neither or the network cannot be traced."""
+    try:
+        info = structure_graph(model).gates.get(name)
+    except (ValueError, TypeError, RuntimeError):
+        return None
+    if info is None:
+        return None
+    if info.producer is not None:
+        return info.producer
+    if not info.rows:
+        return None
+    wanted = {id(model.net.get_submodule(p)) for p in info.rows}
+    for path, m in model.net.named_modules():
+        sources = getattr(m, "row_sources", None)
+        if isinstance(sources, tuple) and {id(s) for s in sources} == wanted:
+            return path
+    return None

@@ -200,11 +200,18 @@ def _to_module_graph(ep: Any, index_of: dict[int, str]) -> tuple[fx.Graph, dict[
             new = graph.node_copy(node, lambda n: env[n])
         new.meta = {"val": node.meta.get("val"), "nn_module_stack": node.meta.get("nn_module_stack", {})}
         env[node] = new
-    for node in reversed(list(graph.nodes)):  # ops whose results nothing uses
-        if node.op in ("call_function", "get_attr", "call_module") and not node.users:
+    for node in reversed(list(graph.nodes)):  # ops whose results nothing uses (but not in-place ones)
+        if node.op in ("call_function", "get_attr", "call_module") and not node.users \
+                and not _mutates(node):
             graph.erase_node(node)
     graph.lint()
     return graph, constants
+
+
+def _mutates(node: fx.Node) -> bool:
+    """An in-place ATen op (``fill_``, ``copy_``, ...): it matters although nothing reads it."""
+    schema = getattr(node.target, "_schema", None)
+    return bool(schema is not None and schema.is_mutable)
 
 
 _getitem = __import__("operator").getitem

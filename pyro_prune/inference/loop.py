@@ -84,12 +84,15 @@ def pruning_summary(model: PrunableNet) -> dict[str, Any]:
 
     The compression is that of the converted deterministic network (parameters removed over
     the unpruned network's, :func:`~pyro_prune.convert.compression`); ``None`` when the
-    network holds an operation the converter cannot trace.
+    network holds an operation the converter cannot trace. Gates that cannot shrink the
+    network whatever they remove (:func:`~pyro_prune.graph.warn_cannot_shrink`, which warns
+    once) are left out of ``kept``.
     """
     from pyro_prune.convert import UnsupportedOpError, compression
+    from pyro_prune.graph import shrinkable_gates
 
     try:
         value: float | None = compression(model)
     except UnsupportedOpError:
         value = None
-    return {"kept": model.kept_counts(), "compression": value}
+    return {"kept": {n: int(g.kept.sum()) for n, g in shrinkable_gates(model).items()}, "compression": value}

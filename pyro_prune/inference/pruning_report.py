@@ -32,20 +32,23 @@ ADVICE = ("try a larger KL weight (kl_scale, a tempered posterior) or a larger n
 
 
 def structure_kind(model: PrunableNet, name: str, gate: StructureGate) -> str:
-    """What the structures of gate ``name`` are: ``"linear neurons"``, ``"conv channels"``, ..."""
-    producer: nn.Module | None = None
-    if gate.producer_name is not None:
-        try:
-            producer = model.net.get_submodule(gate.producer_name)
-        except AttributeError:
-            producer = None
-    cls = type(producer).__name__.lower() if producer is not None else ""
-    leaf = name.rsplit(".", 1)[-1].lower()
-    if "head" in leaf or "head" in (gate.producer_name or "").rsplit(".", 1)[-1]:
+    """What the structures of gate ``name`` are: ``"linear neurons"``, ``"conv channels"``, ...
+    (the gate's kind in the structure graph, and its producer's type)."""
+    from pyro_prune.graph import structure_graph
+
+    try:
+        info = structure_graph(model).gates.get(name)
+    except (ValueError, TypeError, RuntimeError):
+        info = None
+    if info is not None and info.kind == "head":
         return "attention heads"
-    if "conv" in cls:
+    producer: nn.Module | None = None
+    if info is not None and info.producer is not None:
+        producer = model.net.get_submodule(info.producer)
+    cls = type(producer).__name__.lower() if producer is not None else ""
+    if "conv" in cls or (info is not None and info.kind == "channel" and producer is None):
         return "conv channels"
-    if "linear" in cls:
+    if "linear" in cls or (info is not None and info.kind == "neuron" and producer is None):
         return "linear neurons"
     return f"{type(producer).__name__} structures" if producer is not None else "structures"
 
@@ -135,14 +138,19 @@ def pruning_report(model: PrunableNet, criterion: str | Criterion, *,
                     **criterion_kwargs: Any) -> PruningReport:
     """Summarise what ``criterion`` has removed from ``model`` (removed = not kept).
 
+    Gates that cannot shrink the network whatever they remove are not counted (and are
+    reported once, :func:`~pyro_prune.graph.warn_cannot_shrink`).
+
     ``decision``: the dF range of the last pruning decision (what
     :class:`~pyro_prune.inference.schedules.ContinuousPruning` records); without it the
     criterion is evaluated now, over the kept structures (with the fitted ``guide``, as
     :func:`~pyro_prune.inference.scoring.structure_scores`).
     """
+    from pyro_prune.graph import shrinkable_gates
+
     crit = as_criterion(criterion, **criterion_kwargs)
     counts: dict[str, list[int]] = {}
-    for name, gate in model.gates().items():
+    for name, gate in shrinkable_gates(model).items():
         c = counts.setdefault(structure_kind(model, name, gate), [0, 0])
         c[0] += gate.num_structures - int(gate.kept.sum())
         c[1] += gate.num_structures

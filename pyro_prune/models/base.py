@@ -104,6 +104,8 @@ class PrunableNet(PyroModule):
                 m.site_name = f"{name}.theta"
             elif isinstance(m, (StructureGate, StochasticModule)):
                 m.site_name = name
+            if isinstance(m, StructureGate):
+                m._set_owner(self, name)
 
     def gates(self) -> dict[str, StructureGate]:
         """Every structure gate (noise layers and deterministic masks), by module path."""

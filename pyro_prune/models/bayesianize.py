@@ -144,7 +144,10 @@ def bayesianize(
         weights: ``"point"`` or ``"gaussian"`` (every Linear/Conv2d becomes Bayesian).
         exclude: module paths that get no gate.
         num_data: training-set size for the likelihood scaling.
-        heads: gate attention heads (and leave q/k/v without neuron gates).
+        heads: gate attention heads (and leave q/k/v without neuron gates). Every
+            ``nn.MultiheadAttention`` (also inside ``nn.TransformerEncoderLayer``) is replaced
+            by the equivalent :class:`~pyro_prune.models.attention.ProjectedMultiheadAttention`
+            first, whose q/k/v/output projections are layers the gate and the converter see.
         example_input: a batch (or the shape of one input) the network accepts; needed for
             integer inputs (token ids); by default searched from the first layer.
 
@@ -154,8 +157,9 @@ def bayesianize(
             no layer is left to gate.
     """
     from pyro_prune.graph.analysis import _analysis
-    from pyro_prune.graph.ops import OpKind
+    from pyro_prune.graph.attention import attention_heads
     from pyro_prune.graph.layers import layer_slicer, registered_layers
+    from pyro_prune.graph.ops import OpKind
 
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
@@ -170,6 +174,10 @@ def bayesianize(
     kinds: tuple[type, ...] = () if every_layer else noise_on  # (): every registered layer
     exclude = set(exclude)
     module = copy.deepcopy(module)
+    if heads:
+        from pyro_prune.models.attention import project_attention
+
+        project_attention(module)  # nn.MultiheadAttention computes with raw weights: give it layers
     if WeightPrior(weights) is WeightPrior.GAUSSIAN:
         from pyro_prune.models.bayesian import bayesian_weights
 
@@ -200,40 +208,13 @@ def bayesianize(
     prefix = "module." if isinstance(backbone, GatedNetwork) else ""
 
     # ---------------------------------------------------------------- attention heads
-    head_sites: list[tuple[fx.Node, int, str]] = []  # (output projection node, heads, path)
+    head_sites: list[tuple[fx.Node, int, str]] = []
     in_attention: set[int] = set()
     if heads:
-        for node, op in an.ops.items():
-            if op.kind is not OpKind.MATMUL or len(op.shape) < 4 or op.contract_a is not None:
-                continue
-            a, b = node.args[0], node.args[1]
-            ta, tb = an.tags[a], an.tags[b]  # type: ignore[index]
-            if bool((ta >= 0).any()) or not bool((tb >= 0).any()):
-                continue  # not softmax(q k^T) @ v
-            proj = _projection_after(an, node)
-            if proj is None:
-                continue
-            n_heads = _head_groups(tb, int(op.shape[-3]))
-            if n_heads is None:
-                continue
-            proj_op = an.ops[proj]
-            path = str(proj.target)
-            ids = torch.unique(tb[tb >= 0])
-            if bool(an.pinned_root[an.root[ids]].all()) or path in exclude:
-                continue
-            slicer = layer_slicer(proj_op.module)
-            if slicer is None or slicer.num_in(proj_op.module) != int(op.shape[-3]) * int(op.shape[-1]):  # type: ignore[arg-type]
-                continue
-            head_sites.append((proj, n_heads, path))
-            in_attention.update(an.root[ids].tolist())
-        for op in an.ops.values():  # q and k: the contraction of q @ k^T
-            if op.kind is OpKind.MATMUL and op.contract_a is not None and head_sites:
-                for c in (op.contract_a, op.contract_b):
-                    assert c is not None
-                    in_attention.update(an.root[c[c >= 0]].tolist())
+        head_sites, in_attention = attention_heads(an, exclude)
 
     # ---------------------------------------------------------------- neuron / channel gates
-    sites: list[tuple[fx.Node, str, str, int, int]] = []  # (node, path, producer, n, dim)
+    sites: list[tuple[fx.Node, str, int, int]] = []  # (node, path, n, dim)
     for path, nodes in an.producers.items():
         if len(nodes) != 1 or path in exclude:
             continue
@@ -259,9 +240,12 @@ def bayesianize(
                 continue
         elif not _is_kind(m, kinds):
             continue
+        elif len(users) == 1 and users[0].op == "call_function" and an.tracer == "fx" \
+                and an.ops[users[0]].kind is OpKind.BATCH_NORM:
+            at = users[0]  # F.batch_norm: the gate goes after it (named after the producer)
         if at_path in exclude:
             continue
-        sites.append((at, at_path, path, op.channels, -1 if slicer.out_axis == -1 else slicer.out_axis))
+        sites.append((at, at_path, op.channels, -1 if slicer.out_axis == -1 else slicer.out_axis))
     if not sites and not head_sites:
         raise ValueError(
             f"bayesianize found no layer of types {[k.__name__ for k in noise_on]} whose "
@@ -270,20 +254,18 @@ def bayesianize(
     def gate_name(path: str, suffix: str) -> str:
         return f"{path[len(prefix):].replace('.', '_')}_{suffix}"
 
-    producers: dict[str, str | None] = {}
     name: str
     if an.tracer == "fx":
         graph, env = _clean_copy(an.graph)
         gm = fx.GraphModule(backbone, graph)
         nodes_by_name = {n.name: env[n] for n in an.graph.nodes}
-        for node, path, producer, n, dim in sites:
+        for node, path, n, dim in sites:
             name = gate_name(path, "gate")
             gm.add_submodule(name, make_gate(n, dim, gate, **noise_kwargs))
             target = nodes_by_name[node.name]
             with gm.graph.inserting_after(target):
                 gate_node = gm.graph.call_module(name, (target,))
             target.replace_all_uses_with(gate_node, delete_user_cb=lambda u, g=gate_node: u is not g)  # type: ignore[misc]
-            producers[name] = producer
         for proj, n_heads, path in head_sites:
             name = gate_name(path, "head_gate")
             gm.add_submodule(name, make_gate(n_heads, -2, gate, **noise_kwargs))
@@ -294,28 +276,23 @@ def bayesianize(
                 gated = gm.graph.call_module(name, (split,))
                 merged = gm.graph.call_method("flatten", (gated, -2))
             target.args = (merged, *target.args[1:])
-            producers[name] = None
         gm.graph.lint()
         gm.recompile()
         net_module: nn.Module = gm
     else:
         assert isinstance(backbone, GatedNetwork)
-        for _node, path, producer, n, dim in sites:
+        for _node, path, n, dim in sites:
             name = gate_name(path, "gate")
             g = make_gate(n, dim, gate, **noise_kwargs)
             backbone.gates[name] = g
             backbone.get_submodule(path).register_forward_hook(_OutputGate(g))
-            producers[f"gates.{name}"] = producer
         for _proj, n_heads, path in head_sites:
             name = gate_name(path, "head_gate")
             g = make_gate(n_heads, -2, gate, **noise_kwargs)
             backbone.gates[name] = g
             backbone.get_submodule(path).register_forward_pre_hook(_HeadGate(g, n_heads))
-            producers[f"gates.{name}"] = None
         net_module = backbone
     net = BayesianizedNet(net_module, likelihood=likelihood, num_data=num_data)
-    for name, source in producers.items():
-        net.net.get_submodule(name).producer_name = source  # type: ignore[assignment]
     if not example.is_floating_point():
         net.input_dtype = example.dtype
     net.input_shape = tuple(example.shape[1:])
@@ -334,50 +311,8 @@ def _is_kind(m: Any, kinds: tuple[type, ...]) -> bool:
     return plain is not None and any(issubclass(plain, k) for k in kinds)
 
 
-def _head_groups(v_tags: Tensor, heads: int) -> int | None:
-    """Number of key/value heads behind ``heads`` query heads (grouped-query attention).
-
-    ``v_tags`` are the channel tags of the value operand ``[..., heads, keys, head_dim]``;
-    query heads reading the same value channels form one group (consecutive heads, as
-    ``repeat_interleave`` makes them). A gate over groups keeps every group whole.
-    """
-    per_head = v_tags.select(-2, 0).reshape(-1, heads, v_tags.shape[-1])[0]  # [heads, head_dim]
-    groups = 1
-    for h in range(1, heads):
-        if not torch.equal(per_head[h], per_head[h - 1]):
-            groups += 1
-    if heads % groups:
-        return None
-    size = heads // groups
-    blocks = per_head.reshape(groups, size, -1)
-    if not bool((blocks == blocks[:, :1]).all()):
-        return None  # heads of one value head are not consecutive
-    return groups
-
-
 def _called_once(an: Any, node: fx.Node) -> bool:
     return sum(1 for n in an.ops if n.op == "call_module" and n.target == node.target) == 1
-
-
-def _projection_after(an: Any, node: fx.Node) -> fx.Node | None:
-    """The producer reading ``node`` through single-use index ops (the output projection)."""
-    from pyro_prune.graph.ops import OpKind
-
-    cur = node
-    while True:
-        users = list(cur.users)
-        if len(users) != 1:
-            return None
-        user = users[0]
-        op = an.ops.get(user)
-        if op is None:
-            return None
-        if op.kind is OpKind.PRODUCER:
-            return user if len(an.producers[str(user.target)]) == 1 else None
-        passes = op.kind is OpKind.INDEX or (op.kind is OpKind.ELEMENTWISE and op.elem.homogeneous)
-        if not passes or len(op.inputs) != 1:
-            return None
-        cur = user
 
 
 def _clean_copy(graph: fx.Graph) -> tuple[fx.Graph, dict[fx.Node, fx.Node]]:

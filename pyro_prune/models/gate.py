@@ -30,7 +30,8 @@ class StructureGate(PyroModule):
     Attributes:
         kept: boolean buffer ``[n]`` of the structures still in the network.
         producer_name: module path of the layer whose output structures this gate
-            selects (the structures' incoming weights), or ``None``; set by the net.
+            selects (the structures' incoming weights), or ``None``; read from the
+            network's structure graph (:func:`pyro_prune.graph.producer_module`), read-only.
     """
 
     def __init__(self, num_structures: int, dim: int = -1) -> None:
@@ -41,8 +42,28 @@ class StructureGate(PyroModule):
         self.num_structures = num_structures
         self.dim = dim
         self.register_buffer("kept", torch.ones(num_structures, dtype=torch.bool))
-        self.producer_name: str | None = None
         self.site_name = "gate"
+
+    @property
+    def producer_name(self) -> str | None:
+        """Module path (in the owning model's backbone) of the layer whose output rows are
+        this gate's structures, from the structure graph; ``None`` outside a model."""
+        owner = self.__dict__.get("_owner")
+        if owner is None:
+            return None
+        model, path = owner
+        try:
+            if model.net.get_submodule(path) is not self:
+                return None
+        except AttributeError:
+            return None
+        from pyro_prune.graph.structure import producer_module
+
+        return producer_module(model, path)
+
+    def _set_owner(self, model: object, path: str) -> None:
+        """Record the model holding this gate at ``path`` (not a submodule: a plain reference)."""
+        self.__dict__["_owner"] = (model, path)
 
     def importance(self) -> Tensor:
         """Score used to pick the survivor when pruning would empty the layer."""

@@ -68,8 +68,6 @@ class LeNet5(PrunableNet):
             out=make_linear(84, num_classes, weights, **kw),
         )
         super().__init__(nn.Sequential(layers), likelihood=likelihood, num_data=num_data)
-        for gate_name in ("conv1_gate", "conv2_gate", "fc1_gate", "fc2_gate"):
-            self.net.get_submodule(gate_name).producer_name = gate_name[: -len("_gate")]  # type: ignore[assignment]
         self.input_shape = (in_channels, image_size, image_size)
         self.config = {
             "in_channels": in_channels,

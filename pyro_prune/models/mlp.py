@@ -55,18 +55,14 @@ class MLP(PrunableNet):
         for w in widths:
             check_count(w, "hidden")
         layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
-        producers: dict[str, str] = {}
         prev = in_features
         for i, width in enumerate(widths, start=1):
             layers[f"fc{i}"] = make_linear(prev, width, weights, prior_scale=prior_scale)
             layers[f"fc{i}_gate"] = make_gate(width, -1, gate, **noise_kwargs)
             layers[f"relu{i}"] = nn.ReLU()
-            producers[f"fc{i}_gate"] = f"fc{i}"
             prev = width
         layers["out"] = make_linear(prev, out_features, weights, prior_scale=prior_scale)
         super().__init__(nn.Sequential(layers), likelihood=likelihood, num_data=num_data, obs_scale=obs_scale)
-        for name, producer in producers.items():
-            self.net.get_submodule(name).producer_name = producer  # type: ignore[assignment]
         self.config = {
             "in_features": in_features,
             "hidden": widths,

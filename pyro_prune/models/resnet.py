@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -45,10 +44,8 @@ class BasicBlock(nn.Module):
     """``relu(gate2(bn2(conv2(relu(gate1(bn1(conv1(x))))))) + shortcut(x))``.
 
     ``shortcut`` is the identity, or ``gate(bn(conv1x1(x)))`` when the block changes the
-    width or downsamples.
-
-    Attributes:
-        gate_producers: ``{gate attribute path: conv attribute path}`` inside the block.
+    width or downsamples. Each gate's ``producer_name`` (the convolution whose filters it
+    selects) is read from the structure graph.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *,
@@ -63,14 +60,12 @@ class BasicBlock(nn.Module):
         self.conv2 = _conv(out_channels, out_channels, 3, 1, 1, weights, prior_scale)
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.bn2_gate = make_gate(out_channels, 1, gate, **kw)
-        self.gate_producers = {"bn1_gate": "conv1", "bn2_gate": "conv2"}
         if stride != 1 or in_channels != out_channels:
             self.shortcut: nn.Module = nn.Sequential(OrderedDict(
                 conv=_conv(in_channels, out_channels, 1, stride, 0, weights, prior_scale),
                 bn=nn.BatchNorm2d(out_channels),
                 bn_gate=make_gate(out_channels, 1, gate, **kw),
             ))
-            self.gate_producers["shortcut.bn_gate"] = "shortcut.conv"
         else:
             self.shortcut = nn.Identity()
         self.relu2 = nn.ReLU()
@@ -159,18 +154,11 @@ class ResNet(PrunableNet):
                                    weights=weights_kind, gate=gate_kind, prior_scale=prior_scale,
                                    noise_kwargs=dict(noise_kwargs))
         super().__init__(backbone, likelihood=likelihood, num_data=num_data)
-        stem_gate: Any = backbone.stem_gate
-        stem_gate.producer_name = "stem_conv"
-        for name, module in backbone.named_modules():
-            if isinstance(module, BasicBlock):
-                for gate_path, conv_path in module.gate_producers.items():
-                    block_gate: Any = module.get_submodule(gate_path)
-                    block_gate.producer_name = f"{name}.{conv_path}"
+        self.input_shape = (in_channels, image_size, image_size)
         if weights_kind is WeightPrior.GAUSSIAN:
             from pyro_prune.models.bayesian import link_output_gates
 
             link_output_gates(self)
-        self.input_shape = (in_channels, image_size, image_size)
         self.config = {
             "in_channels": in_channels,
             "num_classes": num_classes,

@@ -40,15 +40,21 @@ class HeadRows(nn.Module):
     """The incoming weights of each attention head, one row per head (for pruning criteria).
 
     A view, not part of the forward pass: row ``h`` concatenates the ``head_dim`` rows of
-    head ``h`` in the ``q``, ``k`` and ``v`` projections (a gate's ``producer_name`` names
-    this module, so weight-based criteria such as the L2 norm score whole heads). It holds no
-    parameters of its own.
+    head ``h`` in the ``q``, ``k`` and ``v`` projections. Its ``row_sources`` are those
+    projections, the layers the structure graph finds a head gate's rows in, so the gate's
+    ``producer_name`` names this module and weight-based criteria such as the L2 norm score
+    whole heads. It holds no parameters of its own.
     """
 
     def __init__(self, projections: tuple[nn.Module, nn.Module, nn.Module], head_dim: int) -> None:
         super().__init__()
         self._projections: tuple[Any, ...] = tuple(projections)  # plain tuple: not submodules
         self.head_dim = head_dim
+
+    @property
+    def row_sources(self) -> tuple[nn.Module, ...]:
+        """The layers whose output rows this view groups by head (q, k, v)."""
+        return tuple(self._projections)
 
     def _per_head(self, rows: list[Any]) -> Tensor:
         return torch.cat([r.reshape(r.shape[0] // self.head_dim, -1) for r in rows], dim=1)
@@ -227,15 +233,11 @@ class ViT(PrunableNet):
                                 mlp_dim, weights=weights_kind, gate=gate_kind,
                                 prior_scale=prior_scale, noise_kwargs=dict(noise_kwargs))
         super().__init__(backbone, likelihood=likelihood, num_data=num_data)
-        block: Any
-        for i, block in enumerate(backbone.blocks):
-            block.attn.head_gate.producer_name = f"blocks.{i}.attn.heads"
-            block.mlp.fc1_gate.producer_name = f"blocks.{i}.mlp.fc1"
+        self.input_shape = (in_channels, image_size, image_size)
         if weights_kind is WeightPrior.GAUSSIAN:
             from pyro_prune.models.bayesian import link_output_gates
 
             link_output_gates(self)
-        self.input_shape = (in_channels, image_size, image_size)
         self.config = {
             "image_size": image_size, "patch_size": patch_size, "in_channels": in_channels,
             "num_classes": num_classes, "dim": dim, "depth": depth, "heads": heads,

@@ -168,6 +168,62 @@ class _EncoderClassifier(nn.Module):
         return self.head(torch.tanh(self.fc(h.mean(1))))
 
 
+class _FrozenBatchNorm(nn.Module):
+    """BatchNorm written with F.batch_norm on its own parameters and statistics."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(c) + 0.5)
+        self.bias = nn.Parameter(torch.randn(c) * 0.1)
+        self.register_buffer("running_mean", torch.randn(c) * 0.1)
+        self.register_buffer("running_var", torch.rand(c) + 0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                        False, 0.0, 1e-5)
+
+
+class _FunctionalBatchNormNet(nn.Module):
+    """F.batch_norm after each convolution, SiLU and GELU, stochastic depth (training only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+        self.bn1 = _FrozenBatchNorm(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = _FrozenBatchNorm(8)
+        self.fc = nn.Linear(8, 12)
+        self.head = nn.Linear(12, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = nn.functional.silu(self.bn1(self.conv1(x)))
+        branch = nn.functional.silu(self.bn2(self.conv2(h)))
+        if self.training:  # stochastic depth: drop the branch for some examples
+            branch = branch * (torch.rand(x.shape[0], 1, 1, 1) > 0.2).to(x.dtype) / 0.8
+        h = h + branch
+        return self.head(nn.functional.gelu(self.fc(h.mean((2, 3)))))
+
+
+class _AttentionPool(nn.Module):
+    """nn.MultiheadAttention as its authors use it: sequence-first, a key padding mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 16)
+        self.attn = nn.MultiheadAttention(16, 4)
+        self.norm = nn.LayerNorm(16)
+        self.fc = nn.Linear(16, 12)
+        self.head = nn.Linear(12, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x).transpose(0, 1)  # [T, N, F]
+        pad = torch.zeros(x.shape[0], x.shape[1], dtype=torch.bool, device=x.device)
+        pad[:, -1] = True  # the last step is padding
+        a, _ = self.attn(h, h, h, key_padding_mask=pad, need_weights=False)
+        h = self.norm(h + a)
+        return self.head(torch.relu(self.fc(h.mean(0))))
+
+
 def _pyro_linear_bnn() -> nn.Module:
     """The network of Pyro's BNN tutorial: PyroModule[nn.Linear] layers."""
     return nn.Sequential(PyroModule[nn.Linear](5, 12), nn.ReLU(), PyroModule[nn.Linear](12, 10),
@@ -202,8 +258,12 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], Tensor]]] = {
     "resnext_grouped_groupnorm": (_GroupedResNeXt, _images),
     "pyro_linear_bnn": (_pyro_linear_bnn, _vectors),
     "transformer_encoder_mha": (_EncoderClassifier, _sequences),
+    "functional_batchnorm_silu_gelu": (_FunctionalBatchNormNet, _images),
+    "multihead_attention": (_AttentionPool, _sequences),
 }
-SLOW = {"hf_gpt2", "hf_llama_gqa", "hf_vit", "hf_bert_eager", "transformer_encoder_mha"}
+SLOW = {"hf_gpt2", "hf_llama_gqa", "hf_vit", "hf_bert_eager", "transformer_encoder_mha", "multihead_attention"}
+#: networks with nn.MultiheadAttention: its 4 heads get one gate, 40% of it (2 heads) go
+MHA = {"transformer_encoder_mha", "multihead_attention"}
 
 
 def _prune_fraction(model: nn.Module, fraction: float, seed: int) -> None:
@@ -239,6 +299,11 @@ def test_any_network_through_the_pipeline(name: str) -> None:
     assert float((got - want).abs().max()) <= 1e-5
     assert float((kept - want).abs().max()) <= 1e-5
     assert count_params(det) < count_params(plain)
+    if name in MHA:  # whole heads left q, k, v and the output projection
+        assert [g.num_structures for n, g in model.gates().items() if n.endswith("head_gate")] == [4]
+        shapes = {k.rsplit(".", 2)[-2]: tuple(v.shape) for k, v in det.state_dict().items()
+                  if k.endswith("_proj.weight")}
+        assert shapes == {"q_proj": (8, 16), "k_proj": (8, 16), "v_proj": (8, 16), "out_proj": (16, 8)}
     exported = torch.export.export(det, (x[:4],), strict=False)
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(x[:4]), want[:4], rtol=1e-5, atol=1e-5)
