@@ -2,8 +2,9 @@
 
 For every gate this gathers what a criterion needs — the noise posterior (``loc``,
 ``scale`` and bounds), the structure's incoming weights and their gradients (from the
-gate's ``producer_name`` layer, one row per structure), or the Gaussian posterior of those
-weights — and returns per-structure scores (higher = more important) or removal masks.
+gate's ``producer_name`` layer, which the structure graph names, one row per structure), or
+the Gaussian posterior of those weights — and returns per-structure scores (higher = more
+important) or removal masks.
 
 When the model was fitted with an autoguide (``fit(model, data, guide=AutoNormal(model))``),
 the noise criteria read that guide's posterior (:mod:`pyro_prune.inference.guides`), which

@@ -125,7 +125,7 @@ class MultiplicativeNoise(StructureGate, StochasticModule):
             ``state_dict``).
         site_name: the Pyro sample site, ``"<module path>.theta"``; set by the owning net.
         producer_name: module path of the layer whose output this noise scales (the
-            structures' incoming weights), or ``None``.
+            structures' incoming weights), or ``None``; read from the structure graph.
 
     ``forward`` multiplies its input by ``theta * kept`` broadcast along ``dim``, where theta
     depends on the :class:`NoiseMode`: a ``pyro.sample`` site of the prior (``SAMPLE``,

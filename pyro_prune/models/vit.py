@@ -188,8 +188,9 @@ class ViT(PrunableNet):
 
     Module paths: ``patch_embed``, ``cls_token``, ``pos_embedding``,
     ``blocks.<i>.attn.{q,k,v,head_gate,proj}``, ``blocks.<i>.mlp.{fc1,fc1_gate,fc2}``,
-    ``norm``, ``head``. The head gate's ``producer_name`` is ``blocks.<i>.attn.heads``
-    (:class:`HeadRows`: the q/k/v rows of each head), the MLP gate's is ``...mlp.fc1``.
+    ``norm``, ``head``. The structure graph names the head gate's ``producer_name``
+    ``blocks.<i>.attn.heads`` (:class:`HeadRows`: the q/k/v rows of each head) and the MLP
+    gate's ``...mlp.fc1``.
 
     Args:
         image_size: side of the square input images; ``image_size % patch_size == 0``.
