@@ -64,17 +64,24 @@ def main() -> None:
     parser.add_argument("--curvature-subset", type=int, default=1000)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--cached-only", action="store_true", help="tabulate the cached runs, train nothing")
+    parser.add_argument("--suffix", default="", help="write results/laplace_gate<suffix>.json (another protocol)")
     args = parse_benchmark_args(parser, threads=1, seed=False)
     # what run_one reads: bayes_factor_table's defaults
     args.val_fraction, args.batch_size, args.lr = 0.1, 64, 1e-3
     args.threshold, args.log_threshold, args.prior_scale = 1.0, None, 1.0
-    config = {k: v for k, v in vars(args).items() if k != "cached_only"}
+    config = {k: v for k, v in vars(args).items() if k not in ("cached_only", "suffix")}
     config["gate"] = ('BayesFactorPruning(r, "magnitude", evidence="laplace", hessian="kron"), '
                       "accept when log BF >= 0; variant laplace-fit: fit_prior_scale=True")
     config["reductions"] = [f"epochs {args.epochs} (paper 25)", f"train subset {args.train_subset}",
                             f"seed {args.seed} (baselines: seeds 0-2)",
                             f"gate curvature on {args.curvature_subset} examples of the subset",
                             "CNN: first conv and output layer spared"]
+    for model in args.models:  # say where the baseline columns were trained longer or shorter
+        path = RESULTS_DIR / BASELINES[model]
+        base_epochs = json.loads(path.read_text())["config"]["epochs"] if path.exists() else None
+        if base_epochs is not None and base_epochs != args.epochs:
+            config["reductions"].append(f"{model.upper()} baseline columns (Magnitude, point ratio): "
+                                        f"{base_epochs} epochs")
     print_header(__file__, seeds=[args.seed], config=config)
     cache = RunCache(RUNS_FILE)
     rows: list[dict[str, Any]] = []
@@ -128,7 +135,7 @@ def main() -> None:
                               "first_log_bf", "first_delta_log_likelihood", "first_delta_log_occam"]))
     if args.cached_only:  # record the command that trains the runs, not the tabulation
         sys.argv = [a for a in sys.argv if a != "--cached-only"]
-    out = write_results(__file__, config=config, seeds=[args.seed], rows=rows)
+    out = write_results(__file__, config=config, seeds=[args.seed], rows=rows, suffix=args.suffix)
     print(f"wrote {out}")
 
 

@@ -1,47 +1,65 @@
 """Post-hoc Laplace BMR on trained plain networks, beside Torch-Pruning's criteria.
 
-A plain LeNet-5 (conv 6-16 5x5, FC 120-84, ReLU, max-pool; written as an ordinary
-``nn.Module``) is trained to the MAP under a Gaussian prior ``N(0, s_train^2)`` (Adam,
-``mean CE + |w|^2 / (2 s_train^2 N)``). Then, with no fine-tuning:
+Networks, trained to the MAP under a Gaussian prior ``N(0, s_train^2)`` on every parameter
+(Adam lr 1e-3, batch 128, ``mean CE + |w|^2 / (2 s_train^2 N)``), on the full training set:
+
+* ``lenet5``: LeNet-5 (conv 6-16 5x5, FC 120-84, ReLU, max-pool), written as an ordinary
+  ``nn.Module``;
+* ``resnet``: the package's :class:`~pyro_prune.models.ResNet` (BasicBlocks with BatchNorm,
+  small widths, stated in the JSON) with deterministic mask gates, trained as a plain
+  network and converted to a plain module with nothing removed (``to_deterministic``), so
+  both pruners see the same ordinary module.
+
+Then, with no fine-tuning:
 
 * **Laplace BMR** (:func:`pyro_prune.laplace.laplace_prune`): the Laplace posterior
-  ``N(w*, P^-1)`` (GGN curvature, Kronecker or diagonal), Gaussian BMR of each neuron's /
-  channel's weights (Kronecker: the row jointly; diagonal: mean field), removal where
-  ``dF >= 0``, with the prior scale fitted by maximising the evidence (the default) or set to
-  the training prior ``s_train``. It stops by itself; the table gives the compression and
-  test accuracy there.
+  ``N(w*, P^-1)`` (GGN curvature, Kronecker-factored), the Gaussian BMR of each neuron /
+  channel (its weight row, bias, BatchNorm entries and outgoing columns, jointly under the
+  Kronecker posterior), removal where ``dF >= 0``, the prior scale fitted by maximising the
+  evidence, and the kept weights moved to the *reduced posterior mean* (the conditional mean
+  given the removed weights at 0). It stops by itself; the rows give the compression and test
+  accuracy there. ``laplace-bmr-kron-nomean`` keeps the kept weights at ``w*`` (the same
+  removals), to show what the reduced mean does.
 * **Torch-Pruning** (``torch-pruning``, the ``bench`` extra) on the same trained network, with
   its own importance criteria (``MagnitudeImportance`` p=1 and p=2, ``TaylorImportance``)
   and its ``MetaPruner``, told to remove the same number of channels / neurons per layer as
   Laplace BMR did: same architecture, same compression, each criterion picks which.
 
-Compression = parameters removed / parameters of the unpruned network (biases counted).
-Reduced protocol (CPU): a few epochs on the full training set; the Laplace curvature on a
+Compression = parameters removed / parameters of the unpruned network (biases and BatchNorm
+affine parameters counted). Reduced protocol (CPU): a few epochs; the Laplace curvature on a
 seeded subset of the training set (``--curvature-subset``), scaled to the full set. Trained
-weights are cached in ``benchmarks/.cache`` so reruns resume.
+weights are cached in ``benchmarks/.cache`` and finished runs in
+``benchmarks/results/laplace_posthoc.runs.json``, so reruns only tabulate. The summary rows give
+the median over seeds and the range (min-max).
 
-    python benchmarks/laplace_posthoc.py --datasets mnist fashion-mnist --epochs 3
+    python benchmarks/laplace_posthoc.py --models lenet5 resnet --datasets mnist fashion-mnist --seeds 0 1 2
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _common import format_table, parse_benchmark_args, print_header, write_results
+from _common import RESULTS_DIR, format_table, parse_benchmark_args, print_header, write_results
 from torch import nn
 
-from pyro_prune.convert import count_params
+from pyro_prune.convert import count_params, to_deterministic
 from pyro_prune.data import load_dataset
 from pyro_prune.laplace import laplace_prune
 
 NAME = "laplace_posthoc"
 CACHE = Path(__file__).resolve().parent / ".cache"
+RUNS_FILE = RESULTS_DIR / f"{NAME}.runs.json"
+RESNET_WIDTHS = (8, 16, 32)
+TP_CRITERIA = ("tp-l1", "tp-l2", "tp-taylor")
 
 
 class LeNet5(nn.Module):
@@ -83,6 +101,47 @@ def train(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, prio
     net.eval()
 
 
+def build(model: str, num_classes: int) -> nn.Module:
+    if model == "lenet5":
+        return LeNet5(num_classes)
+    from pyro_prune.models import ResNet
+
+    return ResNet(1, num_classes, widths=RESNET_WIDTHS, blocks_per_stage=1, image_size=28, gate="mask").net
+
+
+def epochs_of(model: str, args: argparse.Namespace) -> int:
+    return args.epochs if model == "lenet5" else args.resnet_epochs
+
+
+def trained(model: str, dataset: str, seed: int, args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor,
+            num_classes: int) -> nn.Module:
+    """The trained plain network (cached)."""
+    torch.manual_seed(seed)
+    net = build(model, num_classes)
+    CACHE.mkdir(exist_ok=True)
+    tag = "" if model == "lenet5" else f"_w{'-'.join(map(str, RESNET_WIDTHS))}"
+    epochs = epochs_of(model, args)
+    path = CACHE / f"{NAME}_{dataset}_{model}{tag}_s{seed}_e{epochs}_p{args.train_prior_scale:g}.pt"
+    if path.exists():
+        net.load_state_dict(torch.load(path, weights_only=True))
+    else:
+        t0 = time.perf_counter()
+        train(net, x, y, epochs=epochs, prior_scale=args.train_prior_scale, seed=seed)
+        print(f"{dataset} {model} seed {seed}: trained in {time.perf_counter() - t0:.0f}s", flush=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(net.state_dict(), tmp)
+        tmp.replace(path)
+    net.eval()
+    if model == "resnet":  # the package's ResNet as a plain module (mask gates folded away)
+        from pyro_prune.models import ResNet
+
+        wrapper = ResNet(1, num_classes, widths=RESNET_WIDTHS, blocks_per_stage=1, image_size=28, gate="mask")
+        wrapper.net.load_state_dict(net.state_dict())
+        wrapper.eval()
+        net = to_deterministic(wrapper, example_input=x[:2])
+    return net
+
+
 @torch.no_grad()
 def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     net.eval()
@@ -118,75 +177,108 @@ def torch_pruning_run(net: nn.Module, removed: dict[str, int], criterion: str, x
     return model
 
 
+def run_one(model: str, dataset: str, seed: int, args: argparse.Namespace, data: dict[str, Any]) -> list[dict]:
+    x, y, xt, yt = data["x"], data["y"], data["xt"], data["yt"]
+    net = trained(model, dataset, seed, args, x, y, data["num_classes"])
+    total = count_params(net)
+    base_widths = widths(net)
+    rows: list[dict[str, Any]] = [{"method": "unpruned", "compression": 0.0, "test_accuracy": accuracy(net, xt, yt),
+                                   "kept": base_widths, "time_s": 0.0}]
+    print(f"{dataset} {model} seed {seed}: unpruned test accuracy {rows[0]['test_accuracy']:.4f}, "
+          f"{total} parameters", flush=True)
+    removed: dict[str, int] = {}
+    for label, reduced_mean in (("laplace-bmr-kron", True), ("laplace-bmr-kron-nomean", False)):
+        t0 = time.perf_counter()
+        small, _ = laplace_prune(net, (x, y), hessian="kron", curvature_subset=args.curvature_subset,
+                                 reduced_mean=reduced_mean)
+        seconds = time.perf_counter() - t0
+        small_widths = widths(small)
+        removed = {n: w - small_widths.get(n, 0) for n, w in base_widths.items()}
+        rows.append({"method": label, "compression": 1 - count_params(small) / total,
+                     "test_accuracy": accuracy(small, xt, yt), "kept": small_widths, "time_s": seconds})
+        print(f"  {label}: compression {rows[-1]['compression']:.3f}, accuracy {rows[-1]['test_accuracy']:.4f}, "
+              f"kept {small_widths} ({seconds:.0f}s)", flush=True)
+    if any(removed.values()):
+        for criterion in TP_CRITERIA:
+            sub = args.taylor_examples
+            pruned = torch_pruning_run(net, removed, criterion, x[:sub], y[:sub])
+            rows.append({"method": criterion, "compression": 1 - count_params(pruned) / total,
+                         "test_accuracy": accuracy(pruned, xt, yt), "kept": widths(pruned), "time_s": None})
+            print(f"  {criterion}: compression {rows[-1]['compression']:.3f}, accuracy "
+                  f"{rows[-1]['test_accuracy']:.4f}", flush=True)
+    return rows
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Median and range over seeds per (model, dataset, method)."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["model"], r["dataset"], r["method"]), []).append(r)
+    out = []
+    for (model, dataset, method), rs in groups.items():
+        acc = [r["test_accuracy"] for r in rs]
+        comp = [r["compression"] for r in rs]
+        out.append({"model": model, "dataset": dataset, "method": method, "seeds": sorted(r["seed"] for r in rs),
+                    "compression": statistics.median(comp), "compression_min": min(comp),
+                    "compression_max": max(comp), "test_accuracy": statistics.median(acc),
+                    "test_accuracy_min": min(acc), "test_accuracy_max": max(acc)})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["lenet5", "resnet"], choices=["lenet5", "resnet"])
     parser.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs of LeNet-5")
+    parser.add_argument("--resnet-epochs", type=int, default=1, help="training epochs of the ResNet")
     parser.add_argument("--train-prior-scale", type=float, default=0.1)
     parser.add_argument("--curvature-subset", type=int, default=2000)
     parser.add_argument("--taylor-examples", type=int, default=2000,
                         help="training examples of the gradient TaylorImportance uses")
-    parser.add_argument("--hessians", nargs="+", default=["kron", "diag"])
+    parser.add_argument("--train-only", action="store_true", help="train and cache the networks, prune nothing")
+    parser.add_argument("--cached-only", action="store_true", help="tabulate the cached runs, compute nothing")
     args = parse_benchmark_args(parser, threads=1, seed=False)
-    config = {k: v for k, v in vars(args).items()}
-    config["network"] = "LeNet-5 (conv 6-16 5x5, FC 120-84), plain nn.Module"
-    config["protocol"] = ("Adam lr 1e-3, batch 128, MAP under N(0, s_train^2) on every parameter; "
-                          "no fine-tuning after pruning; Torch-Pruning told the per-layer counts "
-                          "Laplace BMR removed; test accuracy on the official test set")
-    print_header(__file__, seeds=[args.seed], config=config)
-    rows: list[dict[str, Any]] = []
+    config = {k: v for k, v in vars(args).items() if k not in ("train_only", "cached_only")}
+    config["networks"] = {"lenet5": "LeNet-5 (conv 6-16 5x5, FC 120-84), plain nn.Module",
+                          "resnet": f"pyro_prune ResNet, widths {list(RESNET_WIDTHS)}, one BasicBlock per stage, "
+                                    "BatchNorm, as a plain module"}
+    config["protocol"] = ("Adam lr 1e-3, batch 128, MAP under N(0, s_train^2) on every parameter, full training set; "
+                          "no fine-tuning after pruning; Torch-Pruning told the per-layer counts Laplace BMR removed; "
+                          "test accuracy on the official test set; median and range over the seeds")
+    print_header(__file__, seeds=args.seeds, config=config)
+    cache: dict[str, Any] = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.exists() else {}
+    runs: list[dict[str, Any]] = []
     for dataset in args.datasets:
-        train_set, test_set = load_dataset(dataset, "train"), load_dataset(dataset, "test")
-        x, y = train_set.tensors
-        xt, yt = test_set.tensors
-        torch.manual_seed(args.seed)
-        net = LeNet5(train_set.info.num_classes)
-        CACHE.mkdir(exist_ok=True)
-        path = CACHE / f"{NAME}_{dataset}_lenet5_s{args.seed}_e{args.epochs}_p{args.train_prior_scale:g}.pt"
-        if path.exists():
-            net.load_state_dict(torch.load(path, weights_only=True))
-            net.eval()
-        else:
-            t0 = time.perf_counter()
-            train(net, x, y, epochs=args.epochs, prior_scale=args.train_prior_scale, seed=args.seed)
-            print(f"{dataset}: trained in {time.perf_counter() - t0:.0f}s", flush=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(net.state_dict(), tmp)
-            tmp.replace(path)
-        total = count_params(net)
-        base = accuracy(net, xt, yt)
-        rows.append({"dataset": dataset, "method": "unpruned", "compression": 0.0,
-                     "test_accuracy": base, "kept": widths(net), "time_s": 0.0})
-        print(f"{dataset}: unpruned test accuracy {base:.4f}, {total} parameters", flush=True)
-        variants = [(h, None) for h in args.hessians] + [(args.hessians[0], args.train_prior_scale)]
-        for hessian, prior in variants:
-            t0 = time.perf_counter()
-            small, removals = laplace_prune(net, (x, y), hessian=hessian, prior_scale=prior,
-                                            curvature_subset=args.curvature_subset)
-            seconds = time.perf_counter() - t0
-            label = f"laplace-bmr-{hessian}" + ("" if prior is None else f"-s{prior:g}")
-            model_gates = {name: int(r.sum()) for name, r in removals.items()}
-            removed = {name.removesuffix("_gate"): k for name, k in model_gates.items()}
-            row = {"dataset": dataset, "method": label, "prior_scale": "fitted" if prior is None else prior,
-                   "compression": 1 - count_params(small) / total, "test_accuracy": accuracy(small, xt, yt),
-                   "kept": {n: widths(net)[n] - removed.get(n, 0) for n in widths(net)}, "time_s": seconds}
-            rows.append(row)
-            print(f"  {row['method']}: compression {row['compression']:.3f}, accuracy "
-                  f"{row['test_accuracy']:.4f}, kept {row['kept']} ({seconds:.0f}s)", flush=True)
-            if not any(removed.values()):
-                continue
-            for criterion in ("tp-l1", "tp-l2", "tp-taylor"):
-                sub = args.taylor_examples
-                pruned = torch_pruning_run(net, removed, criterion, x[:sub], y[:sub])
-                tp_row = {"dataset": dataset, "method": f"{criterion} @ {label}",
-                          "compression": 1 - count_params(pruned) / total,
-                          "test_accuracy": accuracy(pruned, xt, yt), "kept": widths(pruned), "time_s": None}
-                rows.append(tp_row)
-                print(f"  {tp_row['method']}: compression {tp_row['compression']:.3f}, accuracy "
-                      f"{tp_row['test_accuracy']:.4f}, kept {tp_row['kept']}", flush=True)
-    print(format_table(rows, ["dataset", "method", "compression", "test_accuracy", "kept", "time_s"]))
-    out = write_results(__file__, config=config, seeds=[args.seed], rows=rows)
+        data: dict[str, Any] | None = None
+        for model in args.models:
+            for seed in args.seeds:
+                key = json.dumps([model, dataset, seed, epochs_of(model, args), args.train_prior_scale,
+                                  args.curvature_subset, args.taylor_examples])
+                if args.cached_only and key not in cache:
+                    continue
+                if key not in cache or args.train_only:
+                    if data is None:
+                        train_set, test_set = load_dataset(dataset, "train"), load_dataset(dataset, "test")
+                        x, y = train_set.tensors
+                        xt, yt = test_set.tensors
+                        data = {"x": x, "y": y, "xt": xt, "yt": yt, "num_classes": train_set.info.num_classes}
+                    if args.train_only:
+                        trained(model, dataset, seed, args, data["x"], data["y"], data["num_classes"])
+                        continue
+                    cache[key] = run_one(model, dataset, seed, args, data)
+                    tmp = RUNS_FILE.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(cache, indent=1))
+                    tmp.replace(RUNS_FILE)
+                runs.extend({"model": model, "dataset": dataset, "seed": seed, **r} for r in cache[key])
+    if args.train_only:
+        return
+    if args.cached_only:  # record the command that computes the runs, not the tabulation
+        sys.argv = [a for a in sys.argv if a != "--cached-only"]
+    rows = summarise(runs)
+    print(format_table(rows, ["model", "dataset", "method", "seeds", "compression", "compression_min",
+                              "compression_max", "test_accuracy", "test_accuracy_min", "test_accuracy_max"]))
+    out = write_results(__file__, config=config, seeds=args.seeds, rows=rows, extra={"runs": runs})
     print(f"wrote {out}")
 
 

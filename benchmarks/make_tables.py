@@ -346,7 +346,7 @@ def _pct(v: Any) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def laplace_gate(d: dict[str, Any]) -> str:
+def laplace_gate(d: dict[str, Any], title: str = "The Bayes-factor gate on Laplace evidence") -> str:
     """The Bayes-factor gate on Laplace evidence beside Magnitude, the point ratio and the paper."""
     rows = []
     for r in d["rows"]:
@@ -364,7 +364,7 @@ def laplace_gate(d: dict[str, Any]) -> str:
               "first log BF = d log-lik + d log Occam"]
     c = d["config"]
     return "\n".join([
-        "### The Bayes-factor gate on Laplace evidence",
+        f"### {title}",
         "",
         f"Magnitude candidates after every epoch, accepted when the Laplace evidence does not fall "
         f"(`laplace`: at the training prior N(0, 1); `laplace-fit`: each model's evidence maximised over "
@@ -379,21 +379,45 @@ def laplace_gate(d: dict[str, Any]) -> str:
 
 
 def laplace_posthoc(d: dict[str, Any]) -> str:
-    """Post-hoc Laplace BMR on trained LeNet-5 beside Torch-Pruning's criteria at the same widths."""
-    rows = [[r["dataset"], r["method"], _pct(r["compression"]), _pct(r["test_accuracy"]),
-             " / ".join(str(v) for v in r["kept"].values())] for r in d["rows"]]
+    """Post-hoc Laplace BMR on trained networks beside Torch-Pruning's criteria at the same widths."""
+    def cell(r: dict[str, Any], key: str) -> str:
+        lo, hi = r[f"{key}_min"], r[f"{key}_max"]
+        return f"{100 * r[key]:.2f} ({100 * lo:.2f}-{100 * hi:.2f})" if len(r["seeds"]) > 1 else f"{100 * r[key]:.2f}"
+
+    rows = [[r["model"], r["dataset"], r["method"], len(r["seeds"]), cell(r, "compression"),
+             cell(r, "test_accuracy")] for r in d["rows"]]
+    paired = []  # per seed: Laplace BMR minus each Torch-Pruning criterion, same network and widths
+    runs = d.get("runs", [])
+    by_key = {(r["model"], r["dataset"], r["seed"], r["method"]): r for r in runs}
+    for (model, dataset, seed, method), r in sorted(by_key.items()):
+        if method != "laplace-bmr-kron":
+            continue
+        diffs = []
+        for tp in ("tp-l1", "tp-l2", "tp-taylor"):
+            other = by_key.get((model, dataset, seed, tp))
+            diffs.append("-" if other is None else f"{100 * (r['test_accuracy'] - other['test_accuracy']):+.2f}")
+        base = by_key.get((model, dataset, seed, "unpruned"))
+        paired.append([model, dataset, seed, f"{100 * r['compression']:.1f}",
+                       "-" if base is None else f"{100 * (r['test_accuracy'] - base['test_accuracy']):+.2f}", *diffs])
     c = d["config"]
+    nets = "; ".join(f"`{k}`: {v}" for k, v in c["networks"].items() if k in c["models"])
     return "\n".join([
-        "### Post-hoc Laplace BMR on a trained LeNet-5, beside Torch-Pruning",
+        "### Post-hoc Laplace BMR on trained networks, beside Torch-Pruning",
         "",
-        f"{c['network']}, trained {c['epochs']} epochs on the full training set, {c['protocol']}; "
-        f"prior N(0, {c['train_prior_scale']}^2) in training; Laplace curvature from {c['curvature_subset']} "
-        f"training examples. `laplace-bmr-<hessian>`: prior scale fitted by the evidence; `-s{c['train_prior_scale']:g}`: "
-        f"the training prior. `tp-*` rows: Torch-Pruning's `MagnitudeImportance` (L1, L2) and "
-        f"`TaylorImportance` with its `MetaPruner`, removing as many structures per layer as the Laplace row "
-        f"named after `@`.",
+        f"{nets}. Trained {c['epochs']} epochs: {c['protocol']}; prior N(0, {c['train_prior_scale']}^2) in "
+        f"training; Laplace curvature (Kronecker-factored GGN) from {c['curvature_subset']} training examples, "
+        f"prior scale fitted by the evidence. `laplace-bmr-kron`: removal where dF >= 0, kept weights moved "
+        f"to the reduced posterior mean; `laplace-bmr-kron-nomean`: the same removals, kept weights at w*. "
+        f"`tp-*`: Torch-Pruning's `MagnitudeImportance` (L1, L2) and `TaylorImportance` "
+        f"({c['taylor_examples']} training examples) with its `MetaPruner`, removing as many structures per "
+        f"layer as Laplace BMR. Median over seeds (range), %.",
         "",
-        _table(["data", "method", "compression %", "test acc %", "kept conv1 / conv2 / fc1 / fc2 / fc3"], rows),
+        _table(["net", "data", "method", "seeds", "compression %", "test acc %"], rows),
+        "",
+        "Per seed, test-accuracy differences in points (same network, same widths):",
+        "",
+        _table(["net", "data", "seed", "compression %", "BMR - unpruned", "BMR - TP L1", "BMR - TP L2",
+                "BMR - TP Taylor"], paired),
         "",
         _reproduce(d),
     ])
@@ -478,6 +502,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "w2_depth_width": w2_depth_width,
     "w2_search_time": w2_search_time,
     "laplace_gate": laplace_gate,
+    "laplace_gate_cnn": lambda d: laplace_gate(d, "The Bayes-factor gate on Laplace evidence: CNN"),
     "laplace_posthoc": laplace_posthoc,
     "laplace_evidence_speed": laplace_evidence_speed,
 }

@@ -203,7 +203,7 @@ def test_laplace_prune_removes_dead_neurons_and_makes_a_smaller_plain_module(hes
         net.fc1.weight[:4] = 0.0
         net.fc1.bias[:4] = 0.0
         net.fc2.weight[:, :4] = 0.0
-    small, removals = laplace_prune(net, (x, y), hessian=hessian)
+    small, removals = laplace_prune(net, (x, y), hessian=hessian, reduced_mean=False)
     assert set(removals) == {"bn1_gate", "conv2_gate", "fc1_gate"}
     if hessian == "diag":  # zero curvature and zero weights: dF = 0 exactly, removed
         assert bool(removals["fc1_gate"][:4].all())
@@ -223,7 +223,7 @@ def test_laplace_removals_agree_with_gaussian_bmr_of_the_posterior() -> None:
     net, x, y = _trained_classic(seed=1)
     model = bayesianize(net, gate="mask")
     removals = laplace_removals(model, (x, y), prior_scale=0.5, hessian="diag")
-    post = laplace_posterior(model.net, (x, y), prior_scale=0.5)
+    post = laplace_posterior(model.net, (x, y), prior_scale=0.5).flat_directions_at_prior()
     def mean_field(p: object, name: str) -> torch.Tensor:
         return delta_f_gaussian(p.mean[name].double(), p.variance[name].sqrt(), prior_scale=0.5)  # type: ignore[attr-defined]
 
@@ -231,7 +231,7 @@ def test_laplace_removals_agree_with_gaussian_bmr_of_the_posterior() -> None:
     df = mean_field(post, "fc1.weight").sum(1) + mean_field(post, "fc1.bias") + mean_field(post, "fc2.weight").sum(0)
     tie = -1e-9 * (24 + 1 + 3)
     assert torch.equal(removals["fc1_gate"], df >= tie)
-    kron = laplace_posterior(model.net, (x, y), prior_scale=0.5, hessian="kron")
+    kron = laplace_posterior(model.net, (x, y), prior_scale=0.5, hessian="kron").flat_directions_at_prior()
     df = kron.row_delta_f("fc1.weight") + mean_field(kron, "fc1.bias") + kron.column_delta_f("fc2.weight")
     assert torch.equal(laplace_removals(model, (x, y), prior_scale=0.5)["fc1_gate"], df >= tie)
     weights = laplace_removals(net, (x, y), structure="weight", prior_scale=0.5)
@@ -316,3 +316,137 @@ def test_row_delta_f_is_the_savage_dickey_ratio_of_the_dense_kronecker_posterior
     assert post.variance["fc1.weight"].reshape(-1).tolist() == pytest.approx(cov.diagonal().tolist(), rel=1e-6)
     with pytest.raises(ValueError, match="Kronecker"):
         post.row_delta_f("bn1.weight")
+
+
+@pytest.mark.parametrize("hessian", ["full", "kron"])
+def test_reduced_mean_of_a_linear_gaussian_model_is_the_map_of_the_pruned_model(hessian: str) -> None:
+    """Exact posterior: the conditional mean given the removed weights at 0 is the pruned model's MAP."""
+    x, y = _regression(60, 6, 3, seed=3)
+    s, sigma = 0.9, 0.4
+    net = nn.Linear(6, 3, bias=False).double()
+    with torch.no_grad():
+        net.weight.copy_(_map(x, y, s, sigma))
+    post = laplace_posterior(net, (x, y), prior_scale=s, likelihood="gaussian", obs_scale=sigma, hessian=hessian)
+    keep = torch.tensor([True, False, True, True, False, True])
+    removed = {"weight": (~keep).expand(3, 6).clone()}
+    reduced = post.reduced_mean(removed)["weight"]
+    assert reduced[:, keep].reshape(-1).tolist() == pytest.approx(
+        _map(x[:, keep], y, s, sigma).reshape(-1).tolist(), rel=1e-8, abs=1e-10)
+    assert bool((reduced[:, ~keep] == 0).all())
+    assert torch.equal(post.reduced_mean({})["weight"], net.weight.detach())
+
+
+def _dense_kron(post: object, name: str, s: float) -> tuple[torch.Tensor, torch.Tensor]:
+    eb, qb, ea, qa, n = post.kron[name]  # type: ignore[attr-defined]
+    b, a = qb @ torch.diag(eb) @ qb.T, qa @ torch.diag(ea) @ qa.T
+    precision = torch.kron(b, a) / n + torch.eye(b.shape[0] * a.shape[0], dtype=torch.float64) / s**2
+    return precision, torch.linalg.inv(precision)
+
+
+def test_reduced_mean_is_the_conditional_mean_of_the_dense_kronecker_posterior() -> None:
+    net, x, y = _trained_classic(seed=3)
+    post = laplace_posterior(net, (x, y), prior_scale=0.7, hessian="kron")
+    _, cov = _dense_kron(post, "fc1.weight", 0.7)
+    m = post.mean["fc1.weight"].double()
+    removed = torch.zeros_like(m, dtype=torch.bool)
+    removed[[1, 5, 9]] = True  # three output rows (neurons) ...
+    removed[:, 4:8] = True  # ... and one input channel's four columns
+    r = removed.reshape(-1)
+    expected = m.reshape(-1).clone()  # m_K - Sigma_KR Sigma_RR^-1 m_R
+    expected[~r] -= cov[~r][:, r] @ torch.linalg.solve(cov[r][:, r], expected[r])
+    expected[r] = 0.0
+    bias_removed = torch.zeros(16, dtype=torch.bool)
+    bias_removed[[1, 5, 9]] = True
+    reduced = post.reduced_mean({"fc1.weight": removed, "fc1.bias": bias_removed})
+    assert reduced["fc1.weight"].reshape(-1).tolist() == pytest.approx(expected.tolist(), rel=1e-6, abs=1e-9)
+    # a dense block (the bias under kron): the same conditional mean from its own precision
+    pb = post.outer["fc1.bias"] + torch.eye(16, dtype=torch.float64) / 0.7**2
+    cb = torch.linalg.inv(pb)
+    mb = post.mean["fc1.bias"].double().clone()
+    mb[~bias_removed] -= cb[~bias_removed][:, bias_removed] @ torch.linalg.solve(
+        cb[bias_removed][:, bias_removed], mb[bias_removed])
+    mb[bias_removed] = 0.0
+    assert reduced["fc1.bias"].tolist() == pytest.approx(mb.tolist(), rel=1e-6, abs=1e-9)
+    # the other layers are independent blocks under K-FAC: unchanged
+    assert torch.equal(reduced["fc2.weight"], post.mean["fc2.weight"].double())
+    single = torch.zeros_like(removed)
+    single[0, 0] = True
+    with pytest.raises(ValueError, match="whole rows and input columns"):
+        post.reduced_mean({"fc1.weight": single})
+    with pytest.raises(ValueError, match="bool tensor of shape"):
+        post.reduced_mean({"fc1.weight": removed[:2]})
+
+
+def test_column_groups_are_removed_jointly_under_the_dense_kronecker_posterior() -> None:
+    net, x, y = _trained_classic(seed=4)
+    post = laplace_posterior(net, (x, y), prior_scale=0.6, hessian="kron")
+    _, cov = _dense_kron(post, "fc1.weight", 0.6)
+    m = post.mean["fc1.weight"].double()
+    rows, cols = m.shape
+    prior = torch.distributions.Normal(torch.zeros((), dtype=torch.float64), 0.6)
+    expected = []
+    for g in range(6):  # conv2's six channels, 2 x 2 columns each after flatten
+        idx = torch.tensor([i * cols + j for i in range(rows) for j in range(4 * g, 4 * g + 4)])
+        q = torch.distributions.MultivariateNormal(m.reshape(-1)[idx], covariance_matrix=cov[idx][:, idx])
+        zero = torch.zeros(len(idx), dtype=torch.float64)
+        expected.append(float(q.log_prob(zero) - prior.log_prob(zero).sum()))
+    assert post.column_delta_f("fc1.weight", 4).tolist() == pytest.approx(expected, rel=1e-6, abs=1e-6)
+    with pytest.raises(ValueError, match="positive divisor"):
+        post.column_delta_f("fc1.weight", 5)
+
+
+def test_laplace_prune_moves_the_kept_weights_to_the_reduced_posterior_mean() -> None:
+    net, x, y = _trained_classic(seed=5)
+    with torch.no_grad():  # four fc1 neurons the network does not need
+        net.fc1.weight[:4] *= 1e-3
+        net.fc1.bias[:4] = 0.0
+    small, removals = laplace_prune(net, (x, y), prior_scale=0.5)
+    plain, same = laplace_prune(net, (x, y), prior_scale=0.5, reduced_mean=False)
+    assert all(torch.equal(removals[k], same[k]) for k in removals)
+    gone = removals["fc1_gate"]
+    assert bool(gone.any())
+    post = laplace_posterior(bayesianize(net, gate="mask").net, (x, y), prior_scale=0.5, hessian="kron")
+    post = post.flat_directions_at_prior()
+    _, cov = _dense_kron(post, "fc2.weight", 0.5)  # fc2 reads fc1's neurons: its columns compensate
+    m = post.mean["fc2.weight"].double()
+    r = gone[None, :].expand_as(m).reshape(-1)
+    expected = m.reshape(-1).clone()
+    expected[~r] -= cov[~r][:, r] @ torch.linalg.solve(cov[r][:, r], expected[r])
+    kept_fc2 = [mod for mod in small.modules() if isinstance(mod, nn.Linear)][-1].weight.double()
+    assert kept_fc2.reshape(-1).tolist() == pytest.approx(expected[~r].tolist(), rel=1e-5, abs=1e-7)
+    unchanged = [mod for mod in plain.modules() if isinstance(mod, nn.Linear)][-1].weight.double()
+    assert torch.equal(unchanged, net.fc2.weight.detach()[:, ~gone].double())
+    with pytest.raises(TypeError, match="reduced_mean"):
+        laplace_prune(net, (x, y), reduced_mean="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("hessian", ["diag", "kron", "full"])
+def test_a_unit_no_example_activates_goes_to_the_prior_mean_and_is_removed(hessian: str) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(200, 4)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    opt = torch.optim.Adam(net.parameters(), lr=0.02)
+    for _ in range(100):  # MAP-like under N(0, 1), not saturated
+        opt.zero_grad()
+        (F.cross_entropy(net(x), y) + sum(p.square().sum() for p in net.parameters()) / 400).backward()
+        opt.step()
+    with torch.no_grad():  # unit 2: small weights left by training, and a bias no input overcomes
+        net[0].weight[2] = 1e-3
+        net[0].bias[2] = -50.0
+        net[2].weight[:, 2] = torch.tensor([2e-3, -1e-3])
+    post = laplace_posterior(net, (x, y), prior_scale=1.0, hessian=hessian)
+    flat = post.flat_directions_at_prior()
+    assert float(flat.mean["0.weight"][2].abs().max()) < 1e-8 and float(flat.mean["2.weight"][:, 2].abs().max()) < 1e-8
+    assert float(flat.mean["0.bias"][2]) == pytest.approx(0.0, abs=1e-8)
+    assert torch.equal(post.mean["0.weight"], net[0].weight.detach())  # the original is unchanged
+    with torch.no_grad():  # no training prediction changes (the logits may shift together: softmax is flat there)
+        ref = net(x).softmax(-1)
+        net[0].weight.copy_(flat.mean["0.weight"])
+        net[0].bias.copy_(flat.mean["0.bias"])
+        net[2].weight.copy_(flat.mean["2.weight"])
+        assert torch.allclose(net(x).softmax(-1), ref, atol=1e-5)
+    model = bayesianize(net, gate="mask")
+    assert bool(laplace_removals(model, (x, y), prior_scale=1.0, hessian=hessian)["0_gate"][2])
+    with pytest.raises(ValueError, match="rtol"):
+        post.flat_directions_at_prior(1.5)
