@@ -37,7 +37,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from pyro_prune.graph.analysis import _analysis
+from pyro_prune.graph.analysis import _analysis, _signature
 from pyro_prune.graph.ops import OpKind, _commutes, _is_linear
 from pyro_prune.graph.paths import _producers_after
 from pyro_prune.graph.removal import _gate_kept, _removed_from_kept
@@ -74,6 +74,8 @@ class StructureGraph:
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: models whose architecture (signature, input shape and dtype) could not be traced
+_UNTRACEABLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def structure_graph(model: Any, example_input: Any = None) -> StructureGraph:
@@ -228,9 +230,13 @@ def producer_module(model: Any, name: str) -> str | None:
     ``name``: its producer, else (attention heads, whose rows are spread over q, k and v) a
     module of the network with ``row_sources`` naming exactly the gate's row layers.
     ``None`` when there is neither or the network cannot be traced."""
+    key = (_signature(model), getattr(model, "input_shape", None), getattr(model, "input_dtype", None))
+    if _UNTRACEABLE.get(model) == key:
+        return None  # this architecture failed to trace: not again for every gate and epoch
     try:
         info = structure_graph(model).gates.get(name)
     except (ValueError, TypeError, RuntimeError):
+        _UNTRACEABLE[model] = key
         return None
     if info is None:
         return None

@@ -133,3 +133,31 @@ def test_producer_names_are_read_from_the_graph() -> None:
     assert StructureMask(3).producer_name is None  # outside a model
     with pytest.raises(AttributeError):
         gates["blocks.0.mlp.fc1_gate"].producer_name = "blocks.0.mlp.fc2"  # type: ignore[misc]
+
+
+class _Untraceable(nn.Module):
+    """A gated layer followed by an op the converter does not know (torch.cumsum)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+        self.fc_gate = MultiplicativeNoise(6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.cumsum(self.fc_gate(self.fc(x)), dim=-1))
+
+
+def test_an_untraceable_network_has_no_producers_and_is_traced_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyro_prune.graph.structure as structure
+
+    model = PrunableNet(_Untraceable())
+    model.input_shape = (4,)
+    calls = []
+    real = structure.structure_graph
+    monkeypatch.setattr(structure, "structure_graph", lambda *a, **k: calls.append(1) or real(*a, **k))
+    gate = model.gates()["fc_gate"]
+    assert gate.producer_name is None and gate.producer_name is None
+    assert len(calls) == 1  # the failure is remembered for this architecture
+    model.input_shape = (4,)  # unchanged: still remembered
+    assert gate.producer_name is None and len(calls) == 1
