@@ -7,7 +7,6 @@ them all. The build takes about 10 s.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,16 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _make_tables():
-    spec = importlib.util.spec_from_file_location("make_tables", ROOT / "benchmarks" / "make_tables.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_result_pages_are_built_from_the_committed_json() -> None:
-    mt = _make_tables()
+def test_result_pages_are_built_from_the_committed_json(benchmark_module) -> None:
+    mt = benchmark_module("make_tables")
     pages = mt.pages()
     assert pages, "no result page"
     for page, sections in pages.items():
@@ -42,8 +33,8 @@ def test_result_pages_are_built_from_the_committed_json() -> None:
     assert mt.main(["--check"]) == 0
 
 
-def test_sections_find_their_page() -> None:
-    mt = _make_tables()
+def test_sections_find_their_page(benchmark_module) -> None:
+    mt = benchmark_module("make_tables")
     assert mt.page_of("bmrs_table_full") == "results/bmrs.md"
     assert mt.page_of("inference_speed") == "results/speed.md"
     assert mt.page_of("w2_uci") == "results/w2.md"

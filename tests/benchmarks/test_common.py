@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _common():
-    spec = importlib.util.spec_from_file_location("_common", ROOT / "benchmarks" / "_common.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_run_cache_resumes_with_every_finished_run(tmp_path: Path) -> None:
-    RunCache = _common().RunCache
+def test_run_cache_resumes_with_every_finished_run(tmp_path: Path, benchmark_module) -> None:
+    RunCache = benchmark_module("_common").RunCache
     path = tmp_path / "results" / "bench.runs.json"
     cache = RunCache(path)
     key = RunCache.key("digits", "mlp", 0, [1.5, None])
