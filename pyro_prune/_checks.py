@@ -25,6 +25,7 @@ __all__ = [
     "check_count",
     "check_dataset",
     "check_guide",
+    "check_inputs",
     "check_int",
     "check_model_data",
     "check_number",
@@ -62,6 +63,17 @@ def check_count(value: object, arg: str, *, minimum: int = 1, or_none: bool = Fa
         what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         raise ValueError(f"{arg} must be {what}{' or None' if or_none else ''}, got {value!r}")
     return value
+
+
+def check_inputs(data: Any, arg: str = "data") -> Tensor:
+    """The input tensor of ``data`` (a Tensor, or the first tensor of a ``TensorDataset``)."""
+    if isinstance(data, TensorDataset):
+        data = data.tensors[0]
+    if not isinstance(data, Tensor):
+        raise TypeError(f"{arg} must be a Tensor of inputs or a TensorDataset, got {type(data).__name__}")
+    if data.dim() < 1 or data.shape[0] == 0:
+        raise ValueError(f"{arg} is empty")
+    return data
 
 
 def check_seed(value: object, arg: str = "seed") -> int:

@@ -53,14 +53,13 @@ at the bottom of this module (:func:`_make_inference_data`, :func:`get_group`,
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import json
 import math
 import os
 import platform
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -72,7 +71,7 @@ import xarray as xr
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from pyro_prune._checks import check_guide, check_model_data
+from pyro_prune._checks import check_count, check_guide, check_model_data
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.models.gate import StructureGate
 from pyro_prune.models.noise import MultiplicativeNoise, NoiseMode, noise_mode
@@ -264,11 +263,6 @@ def _check_data(data: Any) -> tuple[Tensor, Tensor]:
     return x, y
 
 
-def _check_positive_int(value: object, arg: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{arg} must be a positive int, got {value!r}")
-    return value
-
 
 MaskSpec = Mapping[str, Tensor] | str | None
 
@@ -277,7 +271,6 @@ def _resolve_mask(model: PrunableNet, mask: MaskSpec) -> dict[str, Tensor] | Non
     """``mask`` as gate -> keep bool tensor; a criterion name keeps what it does not remove."""
     if mask is None:
         return None
-    gates = model.gates()
     if isinstance(mask, str):
         from pyro_prune.inference.scoring import structure_removals
 
@@ -286,35 +279,7 @@ def _resolve_mask(model: PrunableNet, mask: MaskSpec) -> dict[str, Tensor] | Non
         raise TypeError(
             f"mask must be a criterion name or a dict gate -> bool tensor, got {type(mask).__name__}"
         )
-    out = {}
-    for name, keep in mask.items():
-        if name not in gates:
-            raise ValueError(f"mask names an unknown gate {name!r}; gates: {list(gates)}")
-        keep = torch.as_tensor(keep)
-        if keep.dtype != torch.bool or keep.shape != gates[name].kept.shape:
-            raise ValueError(
-                f"mask[{name!r}] must be a bool tensor of shape {tuple(gates[name].kept.shape)}, "
-                f"got {keep.dtype} of shape {tuple(keep.shape)}"
-            )
-        out[name] = keep
-    return out
-
-
-@contextlib.contextmanager
-def _masked(model: PrunableNet, keep: Mapping[str, Tensor] | None) -> Iterator[None]:
-    """Temporarily keep only ``kept & keep[gate]`` (the model is restored on exit)."""
-    if not keep:
-        yield
-        return
-    gates = model.gates()
-    saved = {name: gates[name].kept.clone() for name in keep}
-    try:
-        for name, k in keep.items():
-            gates[name].kept.copy_(saved[name] & k.to(saved[name].device))
-        yield
-    finally:
-        for name, kept in saved.items():
-            gates[name].kept.copy_(kept)
+    return model.check_masks(mask)
 
 
 @dataclass
@@ -593,8 +558,8 @@ def to_inference_data(
     """
     if not isinstance(model, PrunableNet):
         raise TypeError(f"model must be a PrunableNet, got {type(model).__name__}")
-    num_samples = _check_positive_int(num_samples, "num_samples")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    num_samples = check_count(num_samples, "num_samples")
+    batch_size = check_count(batch_size, "batch_size")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     if criteria is None:
@@ -618,7 +583,7 @@ def to_inference_data(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]), _masked(model, keep):
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), model.masked(keep or None):
             torch.manual_seed(seed)
             draws = _draw(model, guide, x, y, num_samples, batch_size, progress)
             reduction = _reduction_dataset(model, list(criteria))

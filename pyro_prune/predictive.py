@@ -72,8 +72,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
+from pyro_prune._checks import check_inputs
 from pyro_prune._enums import parse_enum
-from pyro_prune.models.base import Likelihood, PrunableNet
+from pyro_prune.models.base import Likelihood, PrunableNet, check_prunable
 from pyro_prune.models.gate import StructureGate
 from pyro_prune.models.noise import NoiseMode, noise_mode
 
@@ -93,6 +94,7 @@ __all__ = [
     "log_predictive_density",
     "neuron_w2",
     "posterior_predictive",
+    "predictive_w2",
     "predictive_run",
     "w2_shift",
     "wasserstein2",
@@ -149,20 +151,10 @@ def _check_int(value: object, arg: str, minimum: int = 1) -> int:
     return value
 
 
-def _inputs(data: Tensor | TensorDataset, arg: str = "data") -> Tensor:
-    if isinstance(data, TensorDataset):
-        data = data.tensors[0]
-    if not isinstance(data, Tensor):
-        raise TypeError(f"{arg} must be a Tensor of inputs or a TensorDataset, got {type(data).__name__}")
-    if data.dim() < 1 or data.shape[0] == 0:
-        raise ValueError(f"{arg} is empty")
-    return data
+_inputs = check_inputs
 
 
-def _check_model(model: object) -> PrunableNet:
-    if not isinstance(model, PrunableNet):
-        raise TypeError(f"model must be a PrunableNet, got {type(model).__name__}")
-    return model
+_check_model = check_prunable
 
 
 def _resolve_output(model: PrunableNet, output: Output | str) -> Output:
@@ -197,49 +189,24 @@ def _seeded(seed: int) -> Iterator[None]:
 
 # ---------------------------------------------------------------------------- masks
 def kept_mask(model: PrunableNet) -> dict[str, Tensor]:
-    """The current ``kept`` of every gate (copies)."""
-    return {name: g.kept.clone() for name, g in _check_model(model).gates().items()}
+    """The current ``kept`` of every gate (copies): :meth:`PrunableNet.kept_mask`."""
+    return _check_model(model).kept_mask()
 
 
 def empty_mask(model: PrunableNet) -> dict[str, Tensor]:
     """Every structure of every gate removed: the fully pruned network ``p_empty``."""
-    return {name: torch.zeros_like(g.kept) for name, g in _check_model(model).gates().items()}
-
-
-def _check_mask(gates: Mapping[str, StructureGate], mask: Mask) -> None:
-    if not isinstance(mask, Mapping):
-        raise TypeError(f"mask must be a dict gate name -> bool tensor, got {type(mask).__name__}")
-    for name, m in mask.items():
-        if name not in gates:
-            raise ValueError(f"mask names an unknown gate {name!r}; gates: {list(gates)}")
-        if not isinstance(m, Tensor) or m.dtype != torch.bool or m.shape != gates[name].kept.shape:
-            shape = tuple(getattr(m, "shape", ()))
-            raise ValueError(
-                f"mask[{name!r}] must be a bool tensor of shape {tuple(gates[name].kept.shape)}, "
-                f"got {getattr(m, 'dtype', type(m).__name__)} of shape {shape}"
-            )
+    return {name: torch.zeros_like(m) for name, m in _check_model(model).kept_mask().items()}
 
 
 @contextlib.contextmanager
 def apply_mask(model: PrunableNet, mask: Mask | None) -> Iterator[PrunableNet]:
-    """Temporarily keep only ``kept & mask[gate]`` in the named gates (others unchanged).
+    """Temporarily keep only ``kept & mask[gate]`` in the named gates: :meth:`PrunableNet.masked`.
 
     Unlike :meth:`StructureGate.prune` this may empty a gate (for ``p_empty``) and it is
     undone on exit, so a removed structure comes back only to where it was before.
     """
-    gates = _check_model(model).gates()
-    if mask is None:
+    with _check_model(model).masked(mask):
         yield model
-        return
-    _check_mask(gates, mask)
-    saved = {name: gates[name].kept.clone() for name in mask}
-    try:
-        for name, m in mask.items():
-            gates[name].kept.copy_(saved[name] & m.to(saved[name].device))
-        yield model
-    finally:
-        for name, kept in saved.items():
-            gates[name].kept.copy_(kept)
 
 
 @contextlib.contextmanager
@@ -793,7 +760,8 @@ def _as_event(samples: Tensor) -> Tensor:
     return samples.reshape(samples.shape[0], samples.shape[1], -1)
 
 
-def _predictive_w2(p: Tensor, q: Tensor) -> float:
+def predictive_w2(p: Tensor, q: Tensor) -> float:
+    """W2 between two sets of predictive draws ``[draws, N, ...]``, aggregated over the inputs."""
     if not p.is_floating_point():
         raise ValueError("W2 needs real-valued draws; output='obs' of a categorical model gives labels")
     return aggregate_w2(wasserstein2(_as_event(p), _as_event(q)))
@@ -849,13 +817,13 @@ def w2_shift(
     """
     model = _check_model(model)
     if mask is not None:
-        _check_mask(model.gates(), mask)
+        model.check_masks(mask)
     kw: dict[str, Any] = dict(guide=guide, draws=draws, method=method, output=output, seed=seed)
     full = predictive_run(model, data, **kw).samples
     pruned = predictive_run(model, data, mask=mask, **kw).samples
     empty = predictive_run(model, data, mask=empty_mask(model), **kw).samples
-    w2 = _predictive_w2(full, pruned)
-    w2_empty = _predictive_w2(full, empty)
+    w2 = predictive_w2(full, pruned)
+    w2_empty = predictive_w2(full, empty)
     normalized = w2 / w2_empty if w2_empty > 0 else (0.0 if w2 == 0 else math.inf)
     return W2Shift(w2=w2, w2_empty=w2_empty, normalized=normalized,
                    kept_fraction=_kept_fraction(model, mask))

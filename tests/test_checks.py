@@ -16,6 +16,7 @@ from pyro_prune import arviz as pa
 from pyro_prune._checks import (
     SEED_MAX,
     check_count,
+    check_inputs,
     check_int,
     check_number,
     check_output_dir,
@@ -197,3 +198,19 @@ def test_check_count_has_one_wording(minimum: int, or_none: bool) -> None:
 def test_models_check_counts_alike(build: Callable[[], Any]) -> None:
     with pytest.raises(ValueError, match="must be a positive int, got"):
         build()
+
+
+def test_check_inputs_and_check_prunable() -> None:
+    from pyro_prune.models.base import check_prunable
+
+    x = torch.randn(5, 3)
+    assert check_inputs(x) is x
+    assert check_inputs(TensorDataset(x, torch.zeros(5))) is x
+    with pytest.raises(ValueError, match="^inputs is empty$"):
+        check_inputs(torch.zeros(0, 3), "inputs")
+    with pytest.raises(TypeError, match="data must be a Tensor of inputs or a TensorDataset, got list"):
+        check_inputs([1.0, 2.0])
+    net = MLP(3, [4], 2)
+    assert check_prunable(net) is net
+    with pytest.raises(TypeError, match="model must be a PrunableNet, got Linear"):
+        check_prunable(torch.nn.Linear(3, 2))

@@ -59,20 +59,18 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from pyro_prune._checks import check_count, check_number
-from pyro_prune.models.base import PrunableNet
+from pyro_prune._checks import check_count, check_inputs, check_number
+from pyro_prune.models.base import PrunableNet, check_prunable
 from pyro_prune.models.gate import rank_structures, removals_in_order
 from pyro_prune.predictive import (
     DEFAULT_DRAWS,
     Method,
     NeuronScore,
     Output,
-    _check_model,
-    _inputs,
-    _predictive_w2,
     empty_mask,
     kept_mask,
     predictive_run,
+    predictive_w2,
 )
 from pyro_prune.progress import progress_bar
 
@@ -134,7 +132,7 @@ class W2PruneResult:
 
     def apply(self, model: PrunableNet) -> int:
         """Prune ``model``'s gates to :attr:`mask` (monotone); returns how many were removed."""
-        return _check_model(model).prune({name: ~kept for name, kept in self.mask.items()})
+        return check_prunable(model).prune({name: ~kept for name, kept in self.mask.items()})
 
 
 def _check_lambda(lam: object) -> float:
@@ -203,12 +201,12 @@ def w2_prune(
         ValueError: the model has no gate, or removing everything does not move the
             predictive (``W2(p_full, p_empty) = 0``), or bad arguments.
     """
-    model = _check_model(model)
+    model = check_prunable(model)
     lam = _check_lambda(lam)
     gates = model.gates()
     if not gates:
         raise ValueError("model has no structure gates to prune")
-    x = _inputs(data)
+    x = check_inputs(data)
     if max_inputs is not None:
         check_count(max_inputs, "max_inputs", or_none=True)
         if x.shape[0] > max_inputs:
@@ -221,7 +219,7 @@ def w2_prune(
     initial = kept_mask(model)
     full = predictive_run(model, x, scores=True, score=score, **kw)
     empty = predictive_run(model, x, mask=empty_mask(model), **kw)
-    w2_empty = _predictive_w2(full.samples, empty.samples)
+    w2_empty = predictive_w2(full.samples, empty.samples)
     if not w2_empty > 0:
         raise ValueError("removing every structure does not change the predictive (W2 = 0)")
 
@@ -252,7 +250,7 @@ def w2_prune(
         run = predictive_run(model, x, mask=kept, scores=True, score=score, **kw)
         assert run.scores is not None
         scores = run.scores
-        path.append(row(len(path), _predictive_w2(full.samples, run.samples)))
+        path.append(row(len(path), predictive_w2(full.samples, run.samples)))
         bar.update(len(chosen))
         bar.set_postfix(cost=f"{path[-1]['cost']:.3f}")
     bar.close()

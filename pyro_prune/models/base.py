@@ -31,7 +31,7 @@ from pyro_prune._enums import parse_enum
 from pyro_prune.models.gate import StructureGate
 from pyro_prune.models.noise import MultiplicativeNoise, NoiseMode, StochasticModule, noise_mode
 
-__all__ = ["Likelihood", "PrunableNet", "KLScale"]
+__all__ = ["KLScale", "Likelihood", "PrunableNet", "check_prunable"]
 
 
 class Likelihood(enum.Enum):
@@ -132,7 +132,12 @@ class PrunableNet(PyroModule):
         """The ``kept`` buffer of every gate, by module path (copies)."""
         return {n: g.kept.clone() for n, g in self.gates().items()}
 
-    def _checked_masks(self, masks: Mapping[str, Tensor], what: str) -> dict[str, Tensor]:
+    def check_masks(self, masks: Mapping[str, Tensor], what: str = "mask") -> dict[str, Tensor]:
+        """``masks`` (gate name -> bool tensor of the gate's shape) checked, on the gates' device.
+
+        Raises ``TypeError`` for a non-mapping and ``ValueError`` naming ``what`` for an
+        unknown gate or a tensor of another dtype or shape.
+        """
         if not isinstance(masks, Mapping):
             raise TypeError(f"{what} must be a dict gate name -> bool tensor, got {type(masks).__name__}")
         gates = self.gates()
@@ -162,7 +167,7 @@ class PrunableNet(PyroModule):
         if keep is None:
             yield self
             return
-        masks = self._checked_masks(keep, "mask")
+        masks = self.check_masks(keep, "mask")
         gates = self.gates()
         saved = {name: gates[name].kept.clone() for name in masks}
         try:
@@ -179,7 +184,7 @@ class PrunableNet(PyroModule):
         Monotone and never empties a gate (see :meth:`StructureGate.prune`); gates not named
         are unchanged.
         """
-        masks = self._checked_masks(removal, "removal")
+        masks = self.check_masks(removal, "removal")
         gates = self.gates()
         return sum(gates[name].prune(m) for name, m in masks.items())
 
@@ -272,3 +277,10 @@ class PrunableNet(PyroModule):
 
     def iter_latents(self) -> Iterator[tuple[str, StochasticModule]]:
         yield from self.stochastic_modules().items()
+
+
+def check_prunable(model: object) -> PrunableNet:
+    """``model`` itself when it is a :class:`PrunableNet`, else a ``TypeError`` naming it."""
+    if not isinstance(model, PrunableNet):
+        raise TypeError(f"model must be a PrunableNet, got {type(model).__name__}")
+    return model
