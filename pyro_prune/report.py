@@ -82,7 +82,12 @@ def _write_report_locked(out: str | os.PathLike, idata: Any) -> Path:
         except Exception as err:  # h5netcdf / HDF5 report damage in many ways
             raise UsageError(f"{path} is truncated or damaged ({one_line(err)[:200]}); "
                              f"run fit again to rebuild it") from None
-    cfg, m = run.config, run.metrics
+    from pyro_prune.older_runs import backfill_metrics, reduction_of
+
+    # a run folder of an older release: what model.pt gives is rebuilt, the rest named
+    backfill = backfill_metrics(run.model, run.shape.input_shape, run.metrics, out,
+                                calibration_file=CALIBRATION_FILE)
+    cfg, m = run.config, backfill.metrics
     figures: list[tuple[str, str]] = []
 
     def save(fig: Any, name: str, caption: str) -> None:
@@ -101,7 +106,8 @@ def _write_report_locked(out: str | os.PathLike, idata: Any) -> Path:
         save(plots.plot_summary(m), "summary.png",
              "The pruned network against the unpruned one: parameters, MACs per input and "
              "latency (batch 256, medians of interleaved repeats) as ratios, and the W2 shift "
-             "of the posterior predictive (0: unchanged, 1: as far as removing everything).")
+             "of the posterior predictive (0: unchanged, 1: as far as removing everything)."
+             + (f" Not in this run folder: {', '.join(backfill.missing)}." if backfill.missing else ""))
     calibration_path = out / CALIBRATION_FILE
     if calibration_path.exists():
         cal = read_json(calibration_path)
@@ -118,13 +124,16 @@ def _write_report_locked(out: str | os.PathLike, idata: Any) -> Path:
         shown = criterion or "bmrs_n"
         red = pa.get_group(idata, "reduction")
         have = set(map(str, red["criterion"].values)) if "criterion" in red.coords else set()
-        if shown in have:
-            rule = ("removed at dF >= 0" if get_criterion(shown).threshold_free
-                    else f"removed below {get_criterion(shown).default_threshold:g}")
-            save(plots.plot_decision(idata, shown), "delta_f.png",
-                 f"The rule of {shown} per structure ({rule}), at the final posterior; grey: "
-                 "removed during training." if criterion else
-                 f"This run did not prune; what {shown} would decide ({rule}).")
+        # an InferenceData saved before the run's criterion was in it: scores from model.pt
+        source = idata if shown in have else reduction_of(run.model, shown)
+        rule = ("removed at dF >= 0" if get_criterion(shown).threshold_free
+                else f"removed below {get_criterion(shown).default_threshold:g}")
+        save(plots.plot_decision(source, shown), "delta_f.png",
+             (f"The rule of {shown} per structure ({rule}), at the final posterior; grey: "
+              "removed during training." if criterion else
+              f"This run did not prune; what {shown} would decide ({rule}).")
+             + ("" if source is idata else " Recomputed from model.pt (the saved InferenceData "
+                                           "predates the run's criterion)."))
     curves = read_json(out / CURVE_FILE) if (out / CURVE_FILE).exists() else {}
     point = {"label": f"{cfg.method} (this run)", "compression": m.get("compression", 0.0),
              "accuracy": m.get("test_accuracy")}
@@ -152,6 +161,7 @@ def _write_report_locked(out: str | os.PathLike, idata: Any) -> Path:
                              ("speedup", "speedup (batch 256)", ".2f")]),
         "",
         *([f"Pruning: {m['pruning_report']}", ""] if m.get("pruning_report") else []),
+        *([f"*{backfill.note()}*", ""] if backfill.note() else []),
         "Uncertainty cost on the test set: log predictive density (sum over the test points of "
         "log mean_s p(y | x, z_s)) of the pruned network and of the same network with every "
         "structure restored; the difference is paired over the test points, with its standard "

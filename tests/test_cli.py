@@ -271,3 +271,44 @@ def test_names_that_moved_out_of_the_cli_still_import_with_a_warning() -> None:
         assert fresh.CONFIG_FILE == run_folder.CONFIG_FILE
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
         fresh.nothing_here  # noqa: B018
+
+
+#: what an older ``fit`` did not write into metrics.json
+LATER_KEYS = ("params_full", "params_pruned", "macs_full", "macs_pruned", "compression", "kept",
+              "structures", "w2", "w2_empty", "w2_normalized", "test_lpd", "test_lpd_mean",
+              "test_lpd_full", "test_lpd_full_mean", "test_lpd_diff", "test_lpd_diff_se",
+              "test_lpd_n", "elpd_loo", "elpd_loo_se", "p_loo", "pareto_k_max", "pareto_k_bad",
+              "loo_n", "ece_restored", "ece_pruned", "latency_rounds")
+
+
+def test_report_of_an_older_run_folder(fitted, tmp_path) -> None:
+    """Rebuilt from model.pt where it can (summary, widths, decision figure); the missing
+    measurements named (pyro_prune.older_runs)."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(fitted, out)
+    complete = json.loads((out / run_folder.METRICS_FILE).read_text())
+    # the folder as an older release left it: fewer metrics, a latency timed in a fixed order,
+    # no calibration, an InferenceData whose reduction group lacks the run's criterion (snr)
+    old = {k: v for k, v in complete.items() if k not in LATER_KEYS}
+    (out / run_folder.METRICS_FILE).write_text(json.dumps(old))
+    (out / run_folder.CALIBRATION_FILE).unlink()
+    model = runs.load_run(out).model
+    pa.save(pa.to_inference_data(model, num_samples=4, criteria=["bmrs"]), out / run_folder.IDATA_FILE)
+
+    assert cli.main(["report", str(out)]) == 0
+    text = (out / run_folder.REPORT_FILE).read_text()
+    for fig in ("summary.png", "widths.png", "delta_f.png"):  # rebuilt from model.pt
+        assert f"figures/{fig}" in text and (out / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
+    assert "figures/calibration.png" not in text
+    assert ("recomputed from `model.pt` (absent from `metrics.json`): params_full, params_pruned, "
+            "macs_full, macs_pruned, compression, kept structures") in text
+    assert ("not rebuilt by the report (they need the test data or timing): the W2 shift of the "
+            "posterior predictive, the test-set log predictive density, PSIS-LOO, calibration") in text
+    assert "timed in a fixed order by an older release" in text
+    assert "Recomputed from model.pt (the saved InferenceData predates the run's criterion)" in text
+    assert "The rule of snr per structure" in text
+    # the recomputed sizes are those fit measured
+    assert (f"| {complete['compression']:.3f} | {complete['params_full']} | {complete['params_pruned']} "
+            f"| {complete['macs_full']} | {complete['macs_pruned']} |") in text
