@@ -45,7 +45,8 @@ test: install-dev
 test-fast: install-dev
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# The documentation site with every tutorial executed (site/; a few minutes). The tests build
+# The documentation site with every tutorial executed (site/; 240 s with OMP_NUM_THREADS=1 on a
+# shared 2-core machine; two threads per process on busy cores can be many times slower). The tests build
 # the same pages strictly without executing the tutorials (tests/test_docs.py).
 docs: $(VENV)/.installed-docs
 	NO_MKDOCS_2_WARNING=1 PYRO_PRUNE_PROGRESS=off $(BIN)/mkdocs build --strict

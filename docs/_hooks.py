@@ -3,6 +3,10 @@
 * The navigation lists only the pages that exist, so a page named there before it is
   written does not break the strict build; a page written but not named there is added
   under "More" (so no page is left out of the site).
+* Without the markdown-exec plugin (the fast build, ``mkdocs.fast.yml``) the executed blocks
+  (```` ```python exec="on" ... ````) are shown as code, as the full build shows their
+  source, instead of being rejected by superfences (which would turn the page's text between
+  two such blocks into code).
 * The figures that the benchmarks write next to their JSON (``benchmarks/results/*.png``)
   are served at ``benchmarks/results/`` so the generated results pages can show them
   without copying them into ``docs/``.
@@ -34,8 +38,37 @@ def _prune(items: list[Any], docs: Path, listed: set[str]) -> list[Any]:
     return kept
 
 
+#: the options of markdown-exec's code blocks (only ``title`` stays, as the full build keeps it)
+_EXEC_OPTIONS = ("exec", "session", "source", "result", "html", "id", "idprefix", "returncode",
+                 "updatetoc", "tabs", "workdir", "width")
+
+
+def _exec_block_validator(language: str, inputs: dict, options: dict, attrs: dict, md: Any) -> bool:
+    if inputs.get("exec", "no").lower() not in ("on", "yes", "true", "1"):
+        return False  # an ordinary code block: superfences formats it as usual
+    options["shown"] = bool(inputs.get("source"))
+    for key in _EXEC_OPTIONS:
+        inputs.pop(key, None)
+    attrs.update(inputs)
+    return True
+
+
+def _exec_block_format(src: str, language: str, class_name: str, options: dict, md: Any,
+                       **kwargs: Any) -> str:
+    from pymdownx.superfences import fence_code_format
+
+    if not options.get("shown"):
+        return ""  # a block whose source the full build hides (it shows only its output)
+    return fence_code_format(src, language, class_name, options, md, **kwargs)
+
+
 def on_config(config: Any, **_: Any) -> Any:
     docs = Path(config["docs_dir"])
+    plugins = config.get("plugins")
+    if plugins is not None and "markdown-exec" not in plugins:
+        fences = config["mdx_configs"].setdefault("pymdownx.superfences", {}).setdefault("custom_fences", [])
+        fences.append({"name": "python", "class": "python", "validator": _exec_block_validator,
+                       "format": _exec_block_format})
     if config["nav"]:
         listed: set[str] = set()
         nav = _prune(config["nav"], docs, listed)

@@ -55,7 +55,7 @@ def user_data_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """The ``my_data.py`` of docs/scale_out.md (the user's data for ``fit --data``) as a module
     in ``tmp_path``, on ``sys.path``; returns its name (fresh for every test)."""
     page = (ROOT / "docs" / "scale_out.md").read_text()
-    found = re.search(r'```python title="my_data.py"\n(.*?)```', page, re.S)
+    found = re.search(r'```python[^\n]*title="my_data.py"[^\n]*\n(.*?)```', page, re.S)
     assert found is not None, "docs/scale_out.md has no my_data.py block"
     name = f"my_data_{re.sub(r'[^0-9A-Za-z_]', '_', tmp_path.name)}"
     (tmp_path / f"{name}.py").write_text(found.group(1))

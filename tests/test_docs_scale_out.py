@@ -16,7 +16,7 @@ PAGE = ROOT / "docs" / "scale_out.md"
 
 
 def block(title: str) -> str:
-    found = re.search(rf'```python title="{re.escape(title)}"\n(.*?)```', PAGE.read_text(), re.S)
+    found = re.search(rf'```python[^\n]*title="{re.escape(title)}"[^\n]*\n(.*?)```', PAGE.read_text(), re.S)
     assert found is not None, f"no block {title} in {PAGE}"
     return found.group(1)
 

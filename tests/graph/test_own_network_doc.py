@@ -12,7 +12,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "own_network.md"
 
 @pytest.mark.slow
 def test_the_own_network_page_runs() -> None:
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
+    blocks = re.findall(r"```python[^\n]*\n(.*?)```", DOC.read_text(), re.S)
     assert len(blocks) >= 3
     namespace: dict = {"__name__": "own_network_doc"}
     for block in blocks:
