@@ -8,8 +8,11 @@ with the library's defaults (batch 128, lr 1e-3, ``kl_scale="auto"``, ``noise_lr
 criterion ``bmrs``), changing one thing per experiment:
 
 * ``init``: the initial ``loc`` of every noise posterior (``init_loc`` of
-  :class:`~pyro_prune.models.noise.MultiplicativeNoise`) in {0, -2, -4}, for the default
-  criterion and for the alternatives whose decision at the tie depends on it;
+  :class:`~pyro_prune.models.noise.MultiplicativeNoise`, whose signal reference
+  ``theta_ref`` follows it) in {0, -2, -4}, for the default criterion on every seed and, on
+  the first seed only, for the alternatives whose decision at the tie depends on it; a
+  method named ``<method>_ref0`` runs ``<method>`` with ``reference_loc=0`` (the noise
+  multiplies by ``theta`` itself, so a start below 0 also shrinks the initial signal);
 * ``criteria``: the reduced priors and decision rules not in ``bmrs_table.py``: the whole
   off range (``bmrs_u_off``) and the joint BMR of a structure's noise and its Gaussian
   incoming weights (``bmrs_joint``, on the same network with ``weights="gaussian"``, whose
@@ -52,10 +55,13 @@ CONFIGS = [("fashion-mnist", "mlp"), ("mnist", "mlp"), ("mnist", "lenet5"), ("fa
 PLANS: dict[str, dict[tuple[str, str], list[tuple[str, float, Any]]]] = {
     "init": {
         ("mnist", "mlp"): [("bmrs", init, None) for init in (0.0, -2.0, -4.0)]
-        + [("bmrs_n", 0.0, None), ("none", -4.0, None)],
+        + [("bmrs_n", 0.0, None), ("none", -4.0, None)]
+        + [("bmrs_ref0", init, None) for init in (-2.0, -4.0)] + [("none_ref0", -4.0, None)],
+        ("mnist", "lenet5"): [("bmrs", init, None) for init in (-2.0, -4.0)]  # 0: bmrs_table.py's
+        + [("bmrs_ref0", -4.0, None)],
         ("fashion-mnist", "mlp"): [("bmrs", init, None) for init in (0.0, -2.0, -4.0)]
-        + [(m, -4.0, None) for m in ("bmrs_n", "bmrs_u8", "bmrs_u_off")],
-        ("mnist", "lenet5"): [("bmrs", -4.0, None)],
+        + [("bmrs_ref0", init, None) for init in (-2.0, -4.0)]
+        + [(m, -4.0, None) for m in ("bmrs_n_ref0", "bmrs_u8_ref0", "bmrs_u_off_ref0")],
     },
     "criteria": {
         ("fashion-mnist", "mlp"): [("bmrs_u_off", 0.0, None), ("none_gaussian", 0.0, None),
@@ -68,12 +74,14 @@ PLANS: dict[str, dict[tuple[str, str], list[tuple[str, float, Any]]]] = {
 }
 
 
-def make_model(name: str, info: Any, *, weights: str = "point", init_loc: float = 0.0) -> Any:
+def make_model(name: str, info: Any, *, weights: str = "point", init_loc: float = 0.0,
+               reference_loc: float | None = None) -> Any:
     if name == "mlp":
         return MLP(info.input_dim, MLP_HIDDEN.get(info.name, [100]), info.num_classes,
-                   weights=weights, init_loc=init_loc)
+                   weights=weights, init_loc=init_loc, reference_loc=reference_loc)
     c, h, _ = info.input_shape
-    return LeNet5(c, info.num_classes, h, weights=weights, init_loc=init_loc)
+    return LeNet5(c, info.num_classes, h, weights=weights, init_loc=init_loc,
+                  reference_loc=reference_loc)
 
 
 def run_one(dataset: str, model_name: str, seed: int, method: str, init_loc: float, kl: Any,
@@ -81,9 +89,11 @@ def run_one(dataset: str, model_name: str, seed: int, method: str, init_loc: flo
     """One training run with the library defaults but for ``method``, ``init_loc`` and ``kl``."""
     torch.manual_seed(seed)
     t0 = time.perf_counter()
+    name = method
+    method = method.removesuffix("_ref0")
     gaussian = method in ("bmrs_joint", "none_gaussian")
     model = make_model(model_name, data["info"], weights="gaussian" if gaussian else "point",
-                       init_loc=init_loc)
+                       init_loc=init_loc, reference_loc=0.0 if name != method else None)
     kw: dict[str, Any] = {} if kl is None else {"kl_scale": kl}
     if method.startswith("none"):
         res = fit(model, data["train"], epochs=args.epochs + args.finetune, val=data["val"],
@@ -95,7 +105,7 @@ def run_one(dataset: str, model_name: str, seed: int, method: str, init_loc: flo
                   schedule=schedule, progress=False, **kw)
     metrics = evaluate(model, data["test"])
     return {
-        "dataset": dataset, "model": model_name, "method": method, "seed": seed,
+        "dataset": dataset, "model": model_name, "method": name, "seed": seed,
         "init_loc": init_loc, "kl_scale": "auto" if kl is None else kl,
         "kl_value": res.config["kl_scale"], "test_accuracy": metrics["accuracy"],
         "compression": compression(model), "kept": model.kept_counts(),
@@ -182,7 +192,9 @@ def main() -> None:
     config = {"experiment": args.experiment, "epochs": args.epochs, "finetune": args.finetune,
               "protocol": ("paper: 50 epochs + 10 fine-tuning, 80/20 split; this run: "
                            f"{args.epochs} + {args.finetune}, the library defaults otherwise "
-                           "(batch 128, lr 1e-3, kl_scale auto, noise_lr 0.03, criterion bmrs)"),
+                           "(batch 128, lr 1e-3, kl_scale auto, noise_lr 0.03, criterion bmrs)"
+                           + ("; the noise layers' signal reference theta_ref = exp(init_loc)"
+                              if args.experiment == "init" else "")),
               "plan": {f"{d}:{m}": v for (d, m), v in plan.items()}}
     print_header(__file__, seeds=args.seeds, config=config)
     cache: dict[str, dict[str, Any]] = json.loads(runs_file.read_text()) if runs_file.exists() else {}
@@ -194,6 +206,8 @@ def main() -> None:
             train, val = train_val_split(full, val_fraction=0.2, seed=seed)
             data = {"train": train, "val": val, "test": test, "info": full.info}
             for method, init_loc, kl in items:
+                if args.experiment == "init" and method != "bmrs" and seed != args.seeds[0]:
+                    continue  # the comparison rows of the init sweep: first seed only
                 key = json.dumps([dataset, model_name, seed, method, init_loc, kl, args.epochs, args.finetune])
                 if key not in cache and not args.cached_only:
                     cache[key] = run_one(dataset, model_name, seed, method, init_loc, kl, args, data)

@@ -707,25 +707,42 @@ def defaults_tables() -> str:
         rows = []
         table_runs = _runs(table)
         for dataset, model in _CONFIGS:
-            for method in ("bmrs", "bmrs_n", "bmrs_u8", "bmrs_u_off", "none"):
-                found = {x["init_loc"]: x for x in _runs(init) + _runs(crit)
-                         if (x["dataset"], x["model"], x["method"], x["seed"]) == (dataset, model, method, 0)}
+            for method in ("bmrs", "none", "bmrs_ref0", "none_ref0", "bmrs_n_ref0", "bmrs_u8_ref0",
+                           "bmrs_u_off_ref0"):
+                found: dict[float, list[dict[str, Any]]] = {}
+                for x in _runs(init) + _runs(crit):
+                    if (x["dataset"], x["model"], x["method"]) == (dataset, model, method):
+                        found.setdefault(x["init_loc"], []).append(x)
                 if not found or set(found) == {0.0}:
                     continue
-                if 0.0 not in found:  # bmrs_table.py's run of the same recipe at init_loc 0 (seed 0)
-                    name = _DEFAULT_IN_TABLE if method == "bmrs" else method
-                    same = [x for x in table_runs if (x["dataset"], x["model"], x["method"], x["seed"],
-                                                      x["kl_scale"]) == (dataset, model, name, 0, "paper")]
+                if 0.0 not in found:  # bmrs_table.py's run of the same recipe at init_loc 0
+                    # (where theta_ref = 1 whatever reference_loc says)
+                    base = method.removesuffix("_ref0")
+                    name = _DEFAULT_IN_TABLE if base == "bmrs" else base
+                    seeds = {x["seed"] for xs in found.values() for x in xs}
+                    same = [x for x in table_runs if (x["dataset"], x["model"], x["method"], x["kl_scale"])
+                            == (dataset, model, name, "paper") and x["seed"] in seeds]
                     if same:
-                        found[0.0] = same[0]
-                comps = [100 * found[i]["compression"] for i in (0.0, -2.0, -4.0) if i in found]
-                rows.append([dataset, model, method] + [
-                    f"{100 * found[i]['compression']:.1f} / {100 * found[i]['test_accuracy']:.2f}" if i in found else "-"
-                    for i in (0.0, -2.0, -4.0)] + [f"{max(comps) - min(comps):.1f}" if len(comps) > 1 else "-"])
-        parts += ["### Init sweep: compression % / test accuracy % against `init_loc` (seed 0)",
+                        found[0.0] = same
+                comps = {i: statistics.mean(100 * x["compression"] for x in found[i])
+                         for i in (0.0, -2.0, -4.0) if i in found}
+
+                def cell(i: float) -> str:
+                    if i not in found:
+                        return "-"
+                    acc = statistics.mean(100 * x["test_accuracy"] for x in found[i])
+                    return f"{comps[i]:.1f} / {acc:.2f} ({len(found[i])})"
+
+                rows.append([dataset, model, method, *(cell(i) for i in (0.0, -2.0, -4.0)),
+                             f"{max(comps.values()) - min(comps.values()):.1f}" if len(comps) > 1 else "-"])
+        parts += ["### Init sweep: compression % / test accuracy % against `init_loc` "
+                  "(mean over seeds, their number in brackets)",
+                  "`<criterion>_ref0`: the same with `reference_loc=0` (the noise multiplies by "
+                  "`theta` itself, so a start below 0 also shrinks the initial signal: the "
+                  "behaviour before the signal reference).",
                   _table(["data", "model", "criterion", "init_loc 0", "init_loc -2", "init_loc -4",
                           "spread (points)"], rows),
-                  _reproduce(init)]
+                  f"Protocol: {init['config'].get('protocol', '')}. " + _reproduce(init)]
     points = kl_curve_points()
     if points and kl is not None:
         rows = [[p["dataset"], p["model"], p["kl_scale"], p["kl_value"], f"{100 * p['compression']:.1f}",

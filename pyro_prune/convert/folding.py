@@ -42,8 +42,9 @@ class ChannelScale(nn.Module):
 
 # ---------------------------------------------------------------------- folding
 def _gate_scale(g: Any) -> Tensor:
-    """What the gate multiplies its structures by in eval mode: ``E[theta] * kept``."""
-    fn = getattr(g, "expected_theta", None)
+    """What the gate multiplies its structures by in eval mode: ``E[theta] * kept`` (times
+    the noise layer's constant ``1 / theta_ref``: ``output_scale``)."""
+    fn = getattr(g, "output_scale", None) or getattr(g, "expected_theta", None)
     with torch.no_grad():
         if callable(fn):
             return fn().detach()

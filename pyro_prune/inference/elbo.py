@@ -146,19 +146,26 @@ class NoisePlan:
                 [m._parameters["log_scale"] for m in self.layers])  # type: ignore[misc]
 
     def masks(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """``(kept, weight)`` over all structures: the kept mask and ``kept * kl_scale``."""
+        """``(multiplier, weight)`` over all structures: ``kept / theta_ref`` (what the drawn
+        ``theta`` is multiplied by) and ``kept * kl_scale``."""
         kepts = [m._buffers["kept"] for m in self.layers]
         scales = [m.kl_scale for m in self.layers]
-        key = (dtype, *((id(k), k._version) for k in kepts), *scales)  # type: ignore[union-attr]
+        signal = [m.signal_scale for m in self.layers]
+        key = (dtype, *((id(k), k._version) for k in kepts), *scales, *signal)  # type: ignore[union-attr]
         if key != self._masks_key or self._masks is None:
             kept = torch.cat(kepts).to(dtype)  # type: ignore[arg-type]
-            if all(k == scales[0] for k in scales):
-                weight = kept * scales[0]
-            else:
-                weight = kept * torch.cat([torch.full((n,), k, dtype=dtype, device=kept.device)
-                                           for n, k in zip(self.sizes, scales)])
-            self._masks_key, self._masks = key, (kept, weight)
+            weight = kept * self._per_structure(scales, dtype, kept.device)
+            multiplier = kept * self._per_structure(signal, dtype, kept.device)
+            self._masks_key, self._masks = key, (multiplier, weight)
         return self._masks
+
+    def _per_structure(self, values: list[float], dtype: torch.dtype,
+                       device: torch.device) -> Tensor | float:
+        """One value per layer spread over its structures (the value itself if all agree)."""
+        if all(v == values[0] for v in values):
+            return values[0]
+        return torch.cat([torch.full((n,), v, dtype=dtype, device=device)
+                          for n, v in zip(self.sizes, values)])
 
 
 def _fused_noise(plan: NoisePlan, batch: int | None) -> Tensor | None:
@@ -179,8 +186,13 @@ def _fused_noise(plan: NoisePlan, batch: int | None) -> Tensor | None:
         return None
     if batch is None:  # one draw per step: one call to the generator
         u = torch.rand(sum(plan.sizes), dtype=dtype, device=device)
-    elif plan.rows is None:  # layer by layer, the random stream of the per-layer path
-        u = torch.cat([torch.rand(batch, n, dtype=dtype, device=device) for n in plan.sizes], dim=-1)
+    elif plan.rows is None:  # layer by layer, the random stream of the per-layer path, drawn
+        # into each layer's columns in place (the same numbers as torch.rand(batch, n), no cat)
+        u = torch.empty(batch, sum(plan.sizes), dtype=dtype, device=device)
+        start = 0
+        for n in plan.sizes:
+            u[:, start:start + n].uniform_()
+            start += n
     else:  # a rank's share of the draws of the global batch
         total, rank, world = plan.rows
         u = torch.cat([torch.rand(total, n, dtype=dtype, device=device) for n in plan.sizes],

@@ -4,11 +4,18 @@ r"""The network-wide noise kernel compiled for the CPU with Numba.
 multiplicative-noise layer of a network and computes its KL in one autograd node. In torch
 that node is about a hundred tensor operations on a few hundred numbers per step, and on a
 CPU their dispatch, not their arithmetic, is what a training step of a small network pays
-for. This module computes the same values in two compiled loops, one for the forward (draw,
-``theta = exp(x) * kept``, weighted KL sum) and one for the backward (the hand-written
-gradients of :class:`~pyro_prune.models.noise_kernels._DrawAndKL`), and is used in its
-place when Numba is installed (the ``fast`` extra), the tensors live on the CPU and a step
-draws at most :data:`MAX_DRAWS` numbers (beyond, torch's vectorised operations are faster).
+for. This module computes the same values in two compiled functions, one for the forward
+(draw, ``theta = exp(x) * kept``, weighted KL sum) and one for the backward (the
+hand-written gradients of :class:`~pyro_prune.models.noise_kernels._DrawAndKL`), and is used
+in its place when Numba is installed (the ``fast`` extra), the tensors live on the CPU and a
+step draws at most :data:`MAX_DRAWS` numbers.
+
+Both run over one example's structures at a time in loops that compile to vector
+instructions: Acklam's central rational function for every draw, then the few draws in its
+tails (a list built without branches), then the clip, ``theta`` and the batch statistics.
+The exponentials of the per-draw loops are, in float32, ``(e^(x/256))^256`` with a
+degree-11 Taylor polynomial (relative error below ``1e-12``, tested; the library ``exp`` does
+not vectorise), and the library ``exp`` in float64.
 
 The arithmetic runs in float64 whatever the parameters' dtype, and the results are cast
 back. ``Phi^-1`` is Acklam's rational approximation (relative error below ``1.2e-9``) and,
@@ -48,7 +55,7 @@ _TINY = {torch.float32: float(torch.finfo(torch.float32).tiny),
          torch.float64: float(torch.finfo(torch.float64).tiny)}
 
 _enabled = os.environ.get("PYRO_PRUNE_NUMBA", "1").strip().lower() not in ("0", "false", "no", "off")
-_kernels: tuple[Any, Any] | None = None
+_kernels: tuple[Any, Any, Any] | None = None
 _import_failed = False
 
 
@@ -64,7 +71,7 @@ def available() -> bool:
     return _enabled and _load() is not None
 
 
-def _load() -> tuple[Any, Any] | None:
+def _load() -> tuple[Any, Any, Any] | None:
     global _kernels, _import_failed
     if _kernels is None and not _import_failed:
         try:
@@ -74,7 +81,8 @@ def _load() -> tuple[Any, Any] | None:
     return _kernels
 
 
-def _compile() -> tuple[Any, Any]:
+def _compile() -> tuple[Any, Any, Any]:
+    """``(forward, backward, exp_vector)``, compiled on first use."""
     import numba
 
     # Acklam's coefficients: central region |p - 1/2| <= 1/2 - P_LOW, and the tails
@@ -114,6 +122,20 @@ def _compile() -> tuple[Any, Any]:
             x = x - u / (1.0 + 0.5 * x * u)
         return x
 
+    @numba.njit(cache=True, inline="always", error_model="numpy")
+    def exp_vector(x: float) -> float:
+        # e^x = (e^(x / 256))^256: a degree-11 Taylor polynomial on |x / 256| <= 0.32 (for
+        # |x| <= 80; the kernels' arguments are clipped to that) and eight squarings,
+        # relative error below 1e-12; multiplications only, so the loops that call it
+        # compile to vector instructions (the library exp does not vectorise)
+        r = x * (1.0 / 256.0)
+        y = 1.0 + r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120 + r * (
+            1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (1.0 / 362880 + r * (
+                1.0 / 3628800 + r * (1.0 / 39916800)))))))))))
+        for _ in range(8):
+            y = y * y
+        return y
+
     @numba.njit(cache=True, error_model="numpy")
     def forward(loc, log_scale, u, kept, weight, low, high, reach, tiny, refine, theta, t_out,
                 passes, per):  # pragma: no cover - compiled
@@ -148,38 +170,78 @@ def _compile() -> tuple[Any, Any]:
             per[7, j] = pa
             per[8, j] = z
             per[9, j] = -np.inf  # batch maximum of t^2 / 2, for the backward
-        for i in range(u.shape[0]):  # row-major: the per-example draws stream through memory
+        # the draws, row by row (one example's structures at a time), in three passes so that
+        # the two arithmetic ones compile to vector instructions: Acklam's central rational
+        # function for every draw, then the tails (about 5% of draws: a log and a square root
+        # each) and the Halley step of float64, then x, the clip, theta and the batch maximum
+        # of t^2 / 2
+        pa, z, flip, s, m = per[7], per[8], per[3], per[0], per[9]
+        row = np.empty(n)
+        tail = np.empty(n, dtype=np.int64)
+        for i in range(u.shape[0]):
+            ui = u[i]
             for j in range(n):
-                p = max(per[7, j] + u[i, j] * per[8, j], tiny)
-                t = ndtri(p, refine)
-                if per[3, j] > 0.5:
-                    t = -t
-                x = loc[j] + per[0, j] * t
-                c = min(max(x, low), high)
-                passes[i, j] = c == x
-                t_out[i, j] = t
-                theta[i, j] = math.exp(c) * kept[j]
-                h = 0.5 * t * t
-                if h > per[9, j]:
-                    per[9, j] = h
+                q = max(pa[j] + ui[j] * z[j], tiny) - 0.5
+                r = q * q
+                row[j] = ((((((a0 * r + a1) * r + a2) * r + a3) * r + a4) * r + a5) * q
+                          / (((((b0 * r + b1) * r + b2) * r + b3) * r + b4) * r + 1.0))
+            # the draws that need more than the central rational, listed without a branch
+            # (a branch around the call lets the compiler evaluate it for every draw)
+            k = 0
+            for j in range(n):
+                p = max(pa[j] + ui[j] * z[j], tiny)
+                tail[k] = j
+                k += 1 if (p < p_low) | (p > 1.0 - p_low) | refine else 0
+            for j in tail[:k]:
+                row[j] = ndtri(max(pa[j] + ui[j] * z[j], tiny), refine)
+            ti, ci, pi = t_out[i], theta[i], passes[i]
+            if refine or low < -80.0 or high > 80.0:  # float64: the library exp, exact to rounding
+                for j in range(n):
+                    t = row[j] * (1.0 - 2.0 * flip[j])
+                    x = loc[j] + s[j] * t
+                    c = min(max(x, low), high)
+                    pi[j] = c == x
+                    ti[j] = t
+                    ci[j] = math.exp(c) * kept[j]
+                    m[j] = max(m[j], 0.5 * t * t)
+            else:  # float32: the vectorised exp, exact far below float32's rounding
+                for j in range(n):
+                    t = row[j] * (1.0 - 2.0 * flip[j])
+                    x = loc[j] + s[j] * t
+                    c = min(max(x, low), high)
+                    pi[j] = c == x
+                    ti[j] = t
+                    ci[j] = exp_vector(c) * kept[j]
+                    m[j] = max(m[j], 0.5 * t * t)
         return kl_sum, True
 
     @numba.njit(cache=True, error_model="numpy")
     def backward(grad_theta, theta, t_arr, passes, u, per, weight, grad_kl_sum, has_grad_theta,
-                 grad_loc, grad_log_scale, sums):  # pragma: no cover - compiled
+                 exact, grad_loc, grad_log_scale, sums):  # pragma: no cover - compiled
         n = per.shape[1]
         sums[:] = 0.0  # per structure: S_w, S_wu, S_g, S_gt over the batch
-        if has_grad_theta:
+        if has_grad_theta:  # vectorised over the structures of one example at a time
+            s_w, s_wu, s_g, s_gt, m = sums[0], sums[1], sums[2], sums[3], per[9]
             for i in range(t_arr.shape[0]):
-                for j in range(n):
-                    if passes[i, j]:
-                        gx = grad_theta[i, j] * theta[i, j]
-                        t = t_arr[i, j]
-                        w = gx * math.exp(0.5 * t * t - per[9, j])
-                        sums[0, j] += w
-                        sums[1, j] += w * u[i, j]
-                        sums[2, j] += gx
-                        sums[3, j] += gx * t
+                gi, thi, ti, pi, ui = grad_theta[i], theta[i], t_arr[i], passes[i], u[i]
+                if exact:  # float64: the library exp
+                    for j in range(n):
+                        gx = gi[j] * thi[j] if pi[j] else 0.0
+                        t = ti[j]
+                        w = gx * math.exp(0.5 * t * t - m[j])
+                        s_w[j] += w
+                        s_wu[j] += w * ui[j]
+                        s_g[j] += gx
+                        s_gt[j] += gx * t
+                else:  # the vectorised exp; the exponent is <= 0, and below -80 negligible
+                    for j in range(n):
+                        gx = gi[j] * thi[j] if pi[j] else 0.0
+                        t = ti[j]
+                        w = gx * exp_vector(max(0.5 * t * t - m[j], -80.0))
+                        s_w[j] += w
+                        s_wu[j] += w * ui[j]
+                        s_g[j] += gx
+                        s_gt[j] += gx * t
         for j in range(n):
             s, al, be = per[0, j], per[1, j], per[2, j]
             ra, rb, g, m = per[4, j], per[5, j], per[6, j], per[9, j]
@@ -199,7 +261,7 @@ def _compile() -> tuple[Any, Any]:
             grad_loc[j] = gl
             grad_log_scale[j] = gs * s  # d / d log sigma = sigma d / d sigma
 
-    return forward, backward
+    return forward, backward, exp_vector
 
 
 class _CompiledNetworkNoise(torch.autograd.Function):
@@ -222,7 +284,7 @@ class _CompiledNetworkNoise(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_theta: Tensor | None, grad_kl: Tensor | None) -> tuple[Tensor | None, ...]:
         d = ctx.drawn
-        _, backward = _kernels  # type: ignore[misc]
+        backward = _kernels[1]  # type: ignore[index]
         theta = d["theta"]
         rows, n = theta.shape
         has_grad_theta = grad_theta is not None
@@ -230,7 +292,8 @@ class _CompiledNetworkNoise(torch.autograd.Function):
         grad_loc = np.empty(n, dtype=theta.dtype)
         grad_log_scale = np.empty(n, dtype=theta.dtype)
         backward(g, theta, d["t"], d["passes"], d["u"], d["per"], d["weight"],
-                 0.0 if grad_kl is None else float(grad_kl), has_grad_theta, grad_loc,
+                 0.0 if grad_kl is None else float(grad_kl), has_grad_theta,
+                 theta.dtype == np.float64, grad_loc,
                  grad_log_scale, np.empty((4, n)))
         return None, torch.from_numpy(grad_loc), torch.from_numpy(grad_log_scale)
 
@@ -244,7 +307,7 @@ def network_theta_and_kl(
     Same arguments and values. Returns ``None`` when a structure is out of the kernel's reach.
     The caller checks :func:`usable` first.
     """
-    forward, _ = _kernels  # type: ignore[misc]
+    forward = _kernels[0]  # type: ignore[index]
     dtype = locs[0].dtype
     loc, log_scale = torch.cat(locs), torch.cat(log_scales)
     one_draw = u.dim() == 1
@@ -266,10 +329,12 @@ def network_theta_and_kl(
     return list(thetas.split([q.shape[-1] for q in locs], dim=-1)), kl
 
 
-#: draws per call above which torch's vectorised, multi-threaded kernels are faster than
-#: the compiled serial loop (measured: 128 x 226 draws of LeNet-5 faster compiled, 128 x 700
-#: of the 7x100 MLP faster in torch, on 2 threads)
-MAX_DRAWS = 1 << 15
+#: draws per call up to which the compiled kernel is used. Its loops run on one thread but in
+#: vector instructions; measured on a 2-core CPU, the 128 x 700 draws of a step of the 7x100
+#: MLP take 0.6 ms forward and 0.2 ms backward compiled against about 4 ms in torch's kernel
+#: (``benchmarks/training_speed.py`` has the whole step). Beyond, a machine with many cores
+#: may be better served by torch's multi-threaded operations.
+MAX_DRAWS = 1 << 20
 
 
 def usable(locs: list[Tensor], u: Tensor, kept: Tensor, weight: Tensor) -> bool:

@@ -8,9 +8,9 @@ from pyro_prune.inference.elbo import fast_elbo_loss, pyro_elbo_loss
 from pyro_prune.models import MLP, LeNet5, ResNet, ViT
 
 
-def _net(seed: int = 0) -> MLP:
+def _net(seed: int = 0, init_loc: float = 0.0) -> MLP:
     torch.manual_seed(seed)
-    net = MLP(6, [5, 4], 3, num_data=50)
+    net = MLP(6, [5, 4], 3, num_data=50, init_loc=init_loc)
     with torch.no_grad():
         for g in net.noise_layers().values():
             g.loc.uniform_(-2.0, 0.0)
@@ -137,3 +137,18 @@ def test_noise_plan_follows_pruning_and_kl_scale() -> None:
     assert not torch.isclose(before[0], after_pruning[0]) and not torch.isclose(after_pruning[0], after_scale[0])
     with pytest.raises(ValueError, match="another model"):
         fast_elbo_loss(_net(1), x, y, plan=plan)
+
+
+def test_fused_noise_kernel_follows_the_signal_reference() -> None:
+    """Per-example draws with init_loc = -3: the fused kernel equals the per-layer path."""
+    net = _net(init_loc=-3.0)
+    x, y = torch.randn(9, 6), torch.randint(0, 3, (9,))
+    results = []
+    for fused in (False, True):
+        net.zero_grad()
+        torch.manual_seed(2)
+        loss, out = fast_elbo_loss(net, x, y, per_example=True, fused=fused)
+        loss.backward()
+        results.append((loss.detach(), out.detach(), net.net.fc1.weight.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

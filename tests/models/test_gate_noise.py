@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pyro
 import pytest
 import torch
@@ -102,3 +104,61 @@ def test_structure_mask_is_deterministic() -> None:
     assert torch.all(out[:, 1] == 0)
     torch.testing.assert_close(out[:, [0, 2]], x[:, [0, 2]])
     pyro.clear_param_store()
+
+
+@pytest.mark.parametrize("init_loc", [0.0, -2.0, -4.0])
+def test_initial_signal_does_not_depend_on_init_loc(init_loc: float) -> None:
+    """The layer multiplies by theta / theta_ref with log theta_ref = init_loc: scale ~1 at the start."""
+    layer = MultiplicativeNoise(50, init_loc=init_loc)
+    assert layer.reference_loc == init_loc and layer.signal_scale == pytest.approx(math.exp(-init_loc))
+    x = torch.ones(400, 50)
+    expected = 1.0 if init_loc < 0 else float(layer.expected_theta()[0])  # init 0: truncated at B = 0
+    for mode in (NoiseMode.MEAN, NoiseMode.REPARAM):  # SAMPLE outside SVI draws from the prior
+        with noise_mode(layer, mode), torch.no_grad():
+            out = layer(x)
+        assert float(out.mean()) == pytest.approx(expected, rel=0.02)
+    # the posterior, the prior and the criteria see theta itself
+    assert float(layer.expected_theta()[0].detach()) == pytest.approx(math.exp(init_loc), rel=0.02)
+    torch.testing.assert_close(layer.output_scale(), layer.expected_theta() * layer.signal_scale)
+
+
+def test_reference_loc_zero_multiplies_by_theta_itself() -> None:
+    layer = MultiplicativeNoise(4, init_loc=-4.0, reference_loc=0.0).eval()
+    assert layer.signal_scale == 1.0
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(layer(x), x * layer.expected_theta())
+    with pytest.raises(ValueError, match="reference_loc"):
+        MultiplicativeNoise(4, reference_loc=float("nan"))
+
+
+def test_a_deep_network_starts_alive_at_any_init_loc() -> None:
+    """Without the reference, init_loc = -4 scales the 7-layer MLP's output by about e^-28."""
+    from pyro_prune.models import MLP
+
+    x = torch.randn(16, 20, generator=torch.Generator().manual_seed(0))
+    outs = {}
+    for init_loc, ref in ((0.0, None), (-4.0, None), (-4.0, 0.0)):
+        torch.manual_seed(1)
+        net = MLP(20, [30] * 7, 3, init_loc=init_loc, reference_loc=ref).eval()
+        with torch.no_grad():  # how much of the input reaches the output
+            outs[(init_loc, ref)] = float(net.net(x).std(0).mean())
+    assert outs[(-4.0, None)] / outs[(0.0, None)] == pytest.approx(1.0, rel=0.1)
+    assert outs[(-4.0, 0.0)] / outs[(0.0, None)] < 1e-6
+
+
+def test_conversion_folds_the_signal_reference() -> None:
+    """The converted network multiplies by E[theta] * kept / theta_ref, like the eval net."""
+    from pyro_prune.convert import to_deterministic
+    from pyro_prune.models import LeNet5
+
+    torch.manual_seed(0)
+    net = LeNet5(1, 3, 12, init_loc=-3.0).double()
+    with torch.no_grad():
+        for g in net.noise_layers().values():
+            g.loc.uniform_(-5.0, -1.0)
+            g.log_scale.uniform_(-3.0, 0.0)
+            g.prune(torch.rand(g.num_structures) < 0.3)
+    net.eval()
+    x = torch.randn(4, 1, 12, 12, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(to_deterministic(net)(x), net.predict(x), rtol=1e-6, atol=1e-9)

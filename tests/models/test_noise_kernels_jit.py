@@ -192,3 +192,31 @@ def test_without_numba_the_torch_kernel_runs(monkeypatch: pytest.MonkeyPatch) ->
     fallback = _run(locs, log_scales, u, ones, ones, grads, jit=True)
     for c, f in zip(compiled, fallback):
         torch.testing.assert_close(c, f, rtol=1e-10, atol=1e-10)
+
+
+def test_vectorised_exp_is_exact_to_1e_12(jit_on: None) -> None:
+    """The float32 kernels' exp, ``(e^(x/256))^256``, over the range its callers use."""
+    assert noise_kernels_jit.available()
+    exp_vector = noise_kernels_jit._load()[2]  # type: ignore[index]
+    for x in [i / 64.0 for i in range(-80 * 64, 80 * 64 + 1, 37)] + [-80.0, 0.0, 80.0, -1e-9]:
+        assert exp_vector(x) == pytest.approx(math.exp(x), rel=1e-12, abs=0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_kernel_equals_the_torch_kernel_on_wide_layers(jit_on: None, dtype: torch.dtype) -> None:
+    """Layers wide enough that the vector loops run their full width (and the tails list fills)."""
+    g = torch.Generator().manual_seed(11)
+    sizes = [130, 67]
+    locs = [(-torch.rand(n, generator=g, dtype=dtype) * 6.0).requires_grad_() for n in sizes]
+    log_scales = [(torch.rand(n, generator=g, dtype=dtype) * 6.0 - 5.0).requires_grad_() for n in sizes]
+    with torch.no_grad():  # a few below A: the turned interval
+        locs[1][:5], log_scales[1][:5] = -22.0, 0.5
+    n = sum(sizes)
+    u = torch.rand(33, n, generator=g, dtype=dtype)
+    kept = (torch.rand(n, generator=g) > 0.1).to(dtype)
+    grads = [torch.randn(33, k, generator=g, dtype=dtype) for k in sizes]
+    compiled = _run(locs, log_scales, u, kept, kept * 2.0, grads, jit=True)
+    reference = _run(locs, log_scales, u, kept, kept * 2.0, grads, jit=False)
+    tol = {torch.float32: 2e-4, torch.float64: 1e-10}[dtype]
+    for c, r in zip(compiled, reference):
+        torch.testing.assert_close(c, r, rtol=tol, atol=tol)
