@@ -726,14 +726,9 @@ def defaults_tables() -> str:
                         found[0.0] = same
                 comps = {i: statistics.mean(100 * x["compression"] for x in found[i])
                          for i in (0.0, -2.0, -4.0) if i in found}
-
-                def cell(i: float) -> str:
-                    if i not in found:
-                        return "-"
-                    acc = statistics.mean(100 * x["test_accuracy"] for x in found[i])
-                    return f"{comps[i]:.1f} / {acc:.2f} ({len(found[i])})"
-
-                rows.append([dataset, model, method, *(cell(i) for i in (0.0, -2.0, -4.0)),
+                cells = [f"{comps[i]:.1f} / {statistics.mean(100 * x['test_accuracy'] for x in found[i]):.2f}"
+                         f" ({len(found[i])})" if i in found else "-" for i in (0.0, -2.0, -4.0)]
+                rows.append([dataset, model, method, *cells,
                              f"{max(comps.values()) - min(comps.values()):.1f}" if len(comps) > 1 else "-"])
         parts += ["### Init sweep: compression % / test accuracy % against `init_loc` "
                   "(mean over seeds, their number in brackets)",

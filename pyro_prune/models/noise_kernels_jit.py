@@ -136,6 +136,15 @@ def _compile() -> tuple[Any, Any, Any]:
             y = y * y
         return y
 
+    @numba.njit(cache=True, inline="always", error_model="numpy")
+    def exp_row(x, exact):  # x <- e^x, in place
+        if exact:
+            for j in range(x.shape[0]):
+                x[j] = math.exp(x[j])
+        else:
+            for j in range(x.shape[0]):
+                x[j] = exp_vector(x[j])
+
     @numba.njit(cache=True, error_model="numpy")
     def forward(loc, log_scale, u, kept, weight, low, high, reach, tiny, refine, theta, t_out,
                 passes, per):  # pragma: no cover - compiled
@@ -178,6 +187,9 @@ def _compile() -> tuple[Any, Any, Any]:
         pa, z, flip, s, m = per[7], per[8], per[3], per[0], per[9]
         row = np.empty(n)
         tail = np.empty(n, dtype=np.int64)
+        # float64: the library exp, exact to rounding; float32: the vectorised exp, exact
+        # far below float32's rounding, over the range it is accurate on
+        exact_exp = refine or low < -80.0 or high > 80.0
         for i in range(u.shape[0]):
             ui = u[i]
             for j in range(n):
@@ -195,24 +207,17 @@ def _compile() -> tuple[Any, Any, Any]:
             for j in tail[:k]:
                 row[j] = ndtri(max(pa[j] + ui[j] * z[j], tiny), refine)
             ti, ci, pi = t_out[i], theta[i], passes[i]
-            if refine or low < -80.0 or high > 80.0:  # float64: the library exp, exact to rounding
-                for j in range(n):
-                    t = row[j] * (1.0 - 2.0 * flip[j])
-                    x = loc[j] + s[j] * t
-                    c = min(max(x, low), high)
-                    pi[j] = c == x
-                    ti[j] = t
-                    ci[j] = math.exp(c) * kept[j]
-                    m[j] = max(m[j], 0.5 * t * t)
-            else:  # float32: the vectorised exp, exact far below float32's rounding
-                for j in range(n):
-                    t = row[j] * (1.0 - 2.0 * flip[j])
-                    x = loc[j] + s[j] * t
-                    c = min(max(x, low), high)
-                    pi[j] = c == x
-                    ti[j] = t
-                    ci[j] = exp_vector(c) * kept[j]
-                    m[j] = max(m[j], 0.5 * t * t)
+            for j in range(n):
+                t = row[j] * (1.0 - 2.0 * flip[j])
+                x = loc[j] + s[j] * t
+                c = min(max(x, low), high)
+                pi[j] = c == x
+                ti[j] = t
+                m[j] = max(m[j], 0.5 * t * t)
+                row[j] = c
+            exp_row(row, exact_exp)
+            for j in range(n):
+                ci[j] = row[j] * kept[j]
         return kl_sum, True
 
     @numba.njit(cache=True, error_model="numpy")
@@ -222,26 +227,20 @@ def _compile() -> tuple[Any, Any, Any]:
         sums[:] = 0.0  # per structure: S_w, S_wu, S_g, S_gt over the batch
         if has_grad_theta:  # vectorised over the structures of one example at a time
             s_w, s_wu, s_g, s_gt, m = sums[0], sums[1], sums[2], sums[3], per[9]
+            e = np.empty(n)
             for i in range(t_arr.shape[0]):
                 gi, thi, ti, pi, ui = grad_theta[i], theta[i], t_arr[i], passes[i], u[i]
-                if exact:  # float64: the library exp
-                    for j in range(n):
-                        gx = gi[j] * thi[j] if pi[j] else 0.0
-                        t = ti[j]
-                        w = gx * math.exp(0.5 * t * t - m[j])
-                        s_w[j] += w
-                        s_wu[j] += w * ui[j]
-                        s_g[j] += gx
-                        s_gt[j] += gx * t
-                else:  # the vectorised exp; the exponent is <= 0, and below -80 negligible
-                    for j in range(n):
-                        gx = gi[j] * thi[j] if pi[j] else 0.0
-                        t = ti[j]
-                        w = gx * exp_vector(max(0.5 * t * t - m[j], -80.0))
-                        s_w[j] += w
-                        s_wu[j] += w * ui[j]
-                        s_g[j] += gx
-                        s_gt[j] += gx * t
+                for j in range(n):
+                    t = ti[j]
+                    e[j] = max(0.5 * t * t - m[j], -80.0)  # <= 0; below e^-80 negligible
+                exp_row(e, exact)
+                for j in range(n):
+                    gx = gi[j] * thi[j] if pi[j] else 0.0
+                    w = gx * e[j]
+                    s_w[j] += w
+                    s_wu[j] += w * ui[j]
+                    s_g[j] += gx
+                    s_gt[j] += gx * ti[j]
         for j in range(n):
             s, al, be = per[0, j], per[1, j], per[2, j]
             ra, rb, g, m = per[4, j], per[5, j], per[6, j], per[9, j]
