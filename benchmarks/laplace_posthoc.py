@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -48,7 +47,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _common import RESULTS_DIR, format_table, parse_benchmark_args, print_header, write_results
+from _common import (
+    RESULTS_DIR,
+    RunCache,
+    format_table,
+    parse_benchmark_args,
+    print_header,
+    write_results,
+)
 from torch import nn
 
 from pyro_prune.convert import count_params, to_deterministic
@@ -247,14 +253,14 @@ def main() -> None:
                           "no fine-tuning after pruning; Torch-Pruning told the per-layer counts Laplace BMR removed; "
                           "test accuracy on the official test set; median and range over the seeds")
     print_header(__file__, seeds=args.seeds, config=config)
-    cache: dict[str, Any] = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.exists() else {}
+    cache = RunCache(RUNS_FILE)
     runs: list[dict[str, Any]] = []
     for dataset in args.datasets:
         data: dict[str, Any] | None = None
         for model in args.models:
             for seed in args.seeds:
-                key = json.dumps([model, dataset, seed, epochs_of(model, args), args.train_prior_scale,
-                                  args.curvature_subset, args.taylor_examples])
+                key = RunCache.key(model, dataset, seed, epochs_of(model, args), args.train_prior_scale,
+                                   args.curvature_subset, args.taylor_examples)
                 if args.cached_only and key not in cache:
                     continue
                 if key not in cache or args.train_only:
@@ -266,10 +272,7 @@ def main() -> None:
                     if args.train_only:
                         trained(model, dataset, seed, args, data["x"], data["y"], data["num_classes"])
                         continue
-                    cache[key] = run_one(model, dataset, seed, args, data)
-                    tmp = RUNS_FILE.with_suffix(".tmp")
-                    tmp.write_text(json.dumps(cache, indent=1))
-                    tmp.replace(RUNS_FILE)
+                    cache.put(key, run_one(model, dataset, seed, args, data))
                 runs.extend({"model": model, "dataset": dataset, "seed": seed, **r} for r in cache[key])
     if args.train_only:
         return
