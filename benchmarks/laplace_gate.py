@@ -16,7 +16,9 @@ training subset, one seed, the gate's curvature from a seeded 1,000-example subs
 and output layer spared (as in ``bayes_factor_table_cnn.json``). Finished runs are cached in
 ``benchmarks/results/laplace_gate.runs.json``.
 
-    python benchmarks/laplace_gate.py --datasets mnist fashion-mnist --models fcn cnn
+    python benchmarks/laplace_gate.py --datasets mnist fashion-mnist --models fcn
+    python benchmarks/laplace_gate.py --models cnn --epochs 3 --curvature-subset 500 \
+        --variants laplace-fit --suffix _cnn   # the CNN rows, reduced further
 """
 
 from __future__ import annotations

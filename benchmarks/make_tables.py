@@ -369,7 +369,7 @@ def laplace_gate(d: dict[str, Any], title: str = "The Bayes-factor gate on Lapla
         f"Magnitude candidates after every epoch, accepted when the Laplace evidence does not fall "
         f"(`laplace`: at the training prior N(0, 1); `laplace-fit`: each model's evidence maximised over "
         f"the prior scale). Reduced protocol: {'; '.join(c['reductions'])}. The Magnitude and point-ratio "
-        f"columns are `bayes_factor_table.py`'s (same protocol, mean of seeds 0-2); the paper's are its "
+        f"columns are `bayes_factor_table.py`'s (mean of seeds 0-2, same protocol unless the reductions say otherwise); the paper's are its "
         f"Table 1 (25 epochs, full data). Accuracies: test set, %.",
         "",
         _table(header, rows),
