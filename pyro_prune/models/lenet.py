@@ -78,6 +78,9 @@ class LeNet5(PrunableNet):
             "gate": GateKind(gate).value,
             "prior_scale": prior_scale,
         }
+        # the noise settings (init_loc, init_log_scale, reference_loc, ...), so that
+        # ``type(net)(**net.config)`` rebuilds the same model
+        self.config.update(noise_kwargs)
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
         return torch.zeros(batch, *self.input_shape)

@@ -72,3 +72,6 @@ class MLP(PrunableNet):
             "gate": GateKind(gate).value,
             "prior_scale": prior_scale,
         }
+        # the noise settings (init_loc, init_log_scale, reference_loc, ...), so that
+        # ``type(net)(**net.config)`` rebuilds the same model
+        self.config.update(noise_kwargs)

@@ -170,6 +170,9 @@ class ResNet(PrunableNet):
             "gate": gate_kind.value,
             "prior_scale": prior_scale,
         }
+        # the noise settings (init_loc, init_log_scale, reference_loc, ...), so that
+        # ``type(net)(**net.config)`` rebuilds the same model
+        self.config.update(noise_kwargs)
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
         return torch.zeros(batch, *self.input_shape)

@@ -245,6 +245,9 @@ class ViT(PrunableNet):
             "mlp_dim": mlp_dim, "likelihood": self.likelihood.value,
             "weights": weights_kind.value, "gate": gate_kind.value, "prior_scale": prior_scale,
         }
+        # the noise settings (init_loc, init_log_scale, reference_loc, ...), so that
+        # ``type(net)(**net.config)`` rebuilds the same model
+        self.config.update(noise_kwargs)
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
         return torch.zeros(batch, *self.input_shape)

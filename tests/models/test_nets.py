@@ -5,7 +5,15 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from pyro_prune.models import MLP, LeNet5, MultiplicativeNoise, PrunableNet, bayesianize
+from pyro_prune.models import (
+    MLP,
+    LeNet5,
+    MultiplicativeNoise,
+    PrunableNet,
+    ResNet,
+    ViT,
+    bayesianize,
+)
 
 
 def test_mlp_structure_and_sites() -> None:
@@ -107,3 +115,22 @@ def test_bayesianize_errors() -> None:
         bayesianize(Untraceable())
     with pytest.raises(ValueError, match="no layer"):
         bayesianize(nn.Sequential(nn.Linear(3, 2)))
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: MLP(12, [6, 5], 3, **kw),
+    lambda **kw: LeNet5(1, 4, 8, **kw),
+    lambda **kw: ResNet(1, 3, widths=(4, 8), blocks_per_stage=1, image_size=8, **kw),
+    lambda **kw: ViT(image_size=8, patch_size=4, num_classes=3, dim=8, heads=2, depth=1, mlp_dim=6, **kw),
+], ids=["mlp", "lenet5", "resnet", "vit"])
+def test_config_records_the_noise_settings_and_rebuilds_the_model(make) -> None:
+    net = make(init_loc=-3.0, init_log_scale=-2.0)
+    assert net.config["init_loc"] == -3.0 and net.config["init_log_scale"] == -2.0
+    rebuilt = type(net)(**net.config)
+    assert rebuilt.config == net.config
+    for name, gate in net.noise_layers().items():
+        other = rebuilt.noise_layers()[name]
+        for (pname, p), (_, q) in zip(gate.named_parameters(), other.named_parameters(), strict=True):
+            assert torch.equal(p, q), f"{name}.{pname}"
+        for (bname, b), (_, c) in zip(gate.named_buffers(), other.named_buffers(), strict=True):
+            assert torch.equal(b, c), f"{name}.{bname}"
