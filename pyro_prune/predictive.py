@@ -516,6 +516,20 @@ def posterior_predictive(
                           data_chunk=data_chunk).samples
 
 
+def _draws_on_labelled(model: PrunableNet, dataset: TensorDataset, *, guide: Callable | None,
+                       draws: int, mask: Mask | None, method: Method | str, seed: int
+                       ) -> tuple[Tensor, Tensor]:
+    """The network outputs ``[S, N, ...]`` (logits for a classifier, the mean otherwise) of
+    ``draws`` posterior draws on a labelled data set, and its targets."""
+    if not isinstance(dataset, TensorDataset) or len(dataset.tensors) != 2:
+        raise TypeError("dataset must be a TensorDataset of (inputs, targets)")
+    x, y = dataset.tensors
+    output = Output.LOGITS if model.likelihood is Likelihood.CATEGORICAL else Output.MEAN
+    out = predictive_run(model, x, guide=guide, draws=draws, mask=mask, method=method,
+                         output=output, seed=seed).samples
+    return out, y
+
+
 @torch.no_grad()
 def evaluate_predictive(
     model: PrunableNet,
@@ -538,14 +552,11 @@ def evaluate_predictive(
     ``log target_scale``).
     """
     model = _check_model(model)
-    if not isinstance(dataset, TensorDataset) or len(dataset.tensors) != 2:
-        raise TypeError("dataset must be a TensorDataset of (inputs, targets)")
     if not (isinstance(target_scale, (int, float)) and target_scale > 0):
         raise ValueError(f"target_scale must be a positive number, got {target_scale!r}")
-    x, y = dataset.tensors
-    out = predictive_run(model, x, guide=guide, draws=draws, mask=mask, method=method,
-                         output=Output.LOGITS if model.likelihood is Likelihood.CATEGORICAL else Output.MEAN,
-                         seed=seed).samples.double()
+    out, y = _draws_on_labelled(model, dataset, guide=guide, draws=draws, mask=mask, method=method,
+                                seed=seed)
+    out = out.double()
     log_s = math.log(out.shape[0])
     if model.likelihood is Likelihood.CATEGORICAL:
         log_p = torch.log_softmax(out, -1).logsumexp(0) - log_s  # [N, C]
@@ -588,12 +599,8 @@ def log_predictive_density(
     numbers, so their difference is paired.
     """
     model = _check_model(model)
-    if not isinstance(dataset, TensorDataset) or len(dataset.tensors) != 2:
-        raise TypeError("dataset must be a TensorDataset of (inputs, targets)")
-    x, y = dataset.tensors
-    out = predictive_run(model, x, guide=guide, draws=draws, mask=mask, method=method,
-                         output=Output.LOGITS if model.likelihood is Likelihood.CATEGORICAL else Output.MEAN,
-                         seed=seed).samples
+    out, y = _draws_on_labelled(model, dataset, guide=guide, draws=draws, mask=mask, method=method,
+                                seed=seed)
     ll = _log_lik_draws(model, out, y)
     return ll.logsumexp(0) - math.log(ll.shape[0])
 
