@@ -1,13 +1,32 @@
-"""Turning user arguments into the package's enums, with one error message for all."""
+"""The package's enums shared across stages, and turning user arguments into enums with one
+error message for all."""
 
 from __future__ import annotations
 
 import enum
 from typing import TypeVar
 
-__all__ = ["parse_enum"]
+__all__ = ["Engine", "parse_enum"]
 
 E = TypeVar("E", bound=enum.Enum)
+
+
+class Engine(enum.Enum):
+    """Plain torch or Pyro: how :func:`~pyro_prune.inference.fit` computes the negative ELBO
+    and how :mod:`pyro_prune.predictive` draws from the posterior predictive.
+
+    The same switch in both stages (the predictive called it ``Method`` before; that name
+    still imports, with a ``DeprecationWarning``, for one release).
+    """
+
+    #: ``FAST`` with the model's own (or its fitted) guide, ``PYRO`` with any other guide
+    AUTO = "auto"
+    #: plain torch: per-example reparameterised draws of the noise (fit), local
+    #: reparameterisation with one draw per input (predictive)
+    FAST = "fast"
+    #: Pyro: ``TraceMeanField_ELBO`` on the model and guide (fit),
+    #: :class:`pyro.infer.Predictive` with one weight draw for all inputs (predictive)
+    PYRO = "pyro"
 
 
 def parse_enum(kind: type[E], value: object, arg: str) -> E:

@@ -159,8 +159,8 @@ def test_rerunning_resumes_and_other_settings_are_refused(fitted, capsys) -> Non
 
 
 def test_interrupted_fit_continues_where_it_stopped(tmp_path, monkeypatch) -> None:
-    fit_module = sys.modules["pyro_prune.inference.fit"]
-    original = fit_module._save_checkpoint
+    checkpoint_module = sys.modules["pyro_prune.inference.checkpoint"]
+    original = checkpoint_module.save_checkpoint
     calls = {"n": 0}
 
     def crash_after_first(*args, **kwargs):
@@ -168,10 +168,10 @@ def test_interrupted_fit_continues_where_it_stopped(tmp_path, monkeypatch) -> No
         calls["n"] += 1
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fit_module, "_save_checkpoint", crash_after_first)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", crash_after_first)
     assert cli.main(_fit_args(tmp_path / "a")) == 130
     assert calls["n"] == 1
-    monkeypatch.setattr(fit_module, "_save_checkpoint", original)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", original)
     assert cli.main(_fit_args(tmp_path / "a")) == 0
     assert cli.main(_fit_args(tmp_path / "b")) == 0
     resumed = json.loads((tmp_path / "a" / run_folder.HISTORY_FILE).read_text())

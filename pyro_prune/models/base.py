@@ -188,22 +188,35 @@ class PrunableNet(PyroModule):
         gates = self.gates()
         return sum(gates[name].prune(m) for name, m in masks.items())
 
-    def set_kl_scale(self, kl_scale: float | KLScale | str) -> float:
-        """Set the weight of the KL term of every stochastic module; returns the number used."""
+    def resolve_kl_scale(self, kl_scale: float | KLScale | str, *, num_data: int | None = None) -> float:
+        """The weight of the KL term ``kl_scale`` names, as a number (the one check of it).
+
+        ``"auto"`` is ``"paper"`` for a network with noise gates, else ``"elbo"``; ``"paper"``
+        is ``num_data / num_structures`` (``num_data``: this model's own unless given).
+        """
         if isinstance(kl_scale, (str, KLScale)):
             kind = parse_enum(KLScale, kl_scale, "kl_scale")
             if kind is KLScale.AUTO:
                 kind = KLScale.PAPER if self.noise_layers() else KLScale.ELBO
             if kind is KLScale.ELBO:
-                value = 1.0
-            else:
-                if not self.num_data:
-                    raise ValueError("kl_scale='paper' needs num_data to be set")
-                value = self.num_data / max(1, self.num_structures())
-        else:
+                return 1.0
+            size = num_data if num_data is not None else self.num_data
+            if not size:
+                raise ValueError("kl_scale='paper' needs num_data to be set")
+            return size / max(1, self.num_structures())
+        try:
             value = float(kl_scale)
-            if not value >= 0 or not math.isfinite(value):
-                raise ValueError(f"kl_scale must be a finite number >= 0, got {kl_scale!r}")
+        except (TypeError, ValueError):
+            raise ValueError(f"kl_scale must be a finite number >= 0 or one of "
+                             f"{[k.value for k in KLScale]}, got {kl_scale!r}") from None
+        if not value >= 0 or not math.isfinite(value):
+            raise ValueError(f"kl_scale must be a finite number >= 0, got {kl_scale!r}")
+        return value
+
+    def set_kl_scale(self, kl_scale: float | KLScale | str) -> float:
+        """Set the weight of the KL term of every stochastic module; returns the number used
+        (:meth:`resolve_kl_scale`)."""
+        value = self.resolve_kl_scale(kl_scale)
         for m in self.stochastic_modules().values():
             m.kl_scale = value
         return value

@@ -1,23 +1,14 @@
 from __future__ import annotations
 
-import importlib
 import math
 
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from pyro_prune.data import load_dataset, train_val_split
-from pyro_prune.inference import ContinuousPruning, evaluate, fit, load_checkpoint
-from pyro_prune.inference.fit import _flush_denormal_enabled
+from pyro_prune.data import train_val_split
+from pyro_prune.inference import ContinuousPruning, evaluate, fit
 from pyro_prune.models import MLP
-
-
-@pytest.fixture(scope="module")
-def digits() -> tuple[TensorDataset, TensorDataset]:
-    train = load_dataset("digits", split="train")
-    test = load_dataset("digits", split="test")
-    return train, test
 
 
 def test_fit_learns_digits_and_records_history(digits) -> None:
@@ -77,90 +68,6 @@ def test_bmrs_n_removes_exactly_the_structures_with_non_negative_df() -> None:
     assert remove.tolist() == (df >= 0).tolist() == [True, False, True, False, True, False]
 
 
-def test_rerunning_a_finished_run_restores_it(digits, tmp_path) -> None:
-    train, _ = digits
-    sched_kwargs = dict(criterion="bmrs_n", every=1, finetune_epochs=1)
-    torch.manual_seed(0)
-    full = fit(MLP(64, [16], 10), train, epochs=3, batch_size=128, seed=1, progress=False,
-               schedule=ContinuousPruning(**sched_kwargs))
-    torch.manual_seed(0)
-    net = MLP(64, [16], 10)
-    first = fit(net, train, epochs=3, batch_size=128, seed=1, progress=False,
-                schedule=ContinuousPruning(**sched_kwargs), checkpoint_dir=tmp_path)
-    state = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert state["epoch"] == 4
-    # a second call finds the finished checkpoint: nothing left to train, same model back
-    torch.manual_seed(5)
-    net2 = MLP(64, [16], 10)
-    resumed = fit(net2, train, epochs=3, batch_size=128, seed=1, progress=False,
-                  schedule=ContinuousPruning(**sched_kwargs), checkpoint_dir=tmp_path)
-    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in first.history]
-    assert [r["loss"] for r in first.history] == pytest.approx([r["loss"] for r in full.history])
-    torch.testing.assert_close(net2.state_dict()["net.fc1.weight"], net.state_dict()["net.fc1.weight"])
-
-
-def test_interrupted_run_resumes_where_it_stopped(digits, tmp_path, monkeypatch) -> None:
-    train, _ = digits
-    torch.manual_seed(0)
-    reference = fit(MLP(64, [16], 10), train, epochs=4, batch_size=128, seed=2, progress=False)
-
-    class Stop(Exception):
-        pass
-
-    class StopAfter:
-        extra_epochs = 0
-
-        def __init__(self, n: int) -> None:
-            self.n = n
-
-        def on_fit_start(self, ctx) -> None: ...
-        def on_step_end(self, ctx) -> None: ...
-        def state_dict(self) -> dict: return {}
-        def load_state_dict(self, s) -> None: ...
-
-        def on_epoch_end(self, ctx, epoch: int) -> dict:
-            return {}
-
-    torch.manual_seed(0)
-    net = MLP(64, [16], 10)
-    calls = {"n": 0}
-    fit_mod = importlib.import_module("pyro_prune.inference.fit")
-    orig_save = fit_mod._save_checkpoint
-
-    def save_then_stop(*args, **kwargs):
-        orig_save(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise Stop
-
-    monkeypatch.setattr(fit_mod, "_save_checkpoint", save_then_stop)
-    with pytest.raises(Stop):
-        fit(net, train, epochs=4, batch_size=128, seed=2, progress=False,
-            checkpoint_dir=tmp_path, schedule=StopAfter(2))
-    monkeypatch.setattr(fit_mod, "_save_checkpoint", orig_save)
-    torch.manual_seed(99)  # a different initial state: the checkpoint must override it
-    net2 = MLP(64, [16], 10)
-    resumed = fit(net2, train, epochs=4, batch_size=128, seed=2, progress=False,
-                  checkpoint_dir=tmp_path, schedule=StopAfter(2))
-    assert len(resumed.history) == 4
-    assert [r["loss"] for r in resumed.history] == pytest.approx(
-        [r["loss"] for r in reference.history], rel=1e-5)
-
-
-def test_checkpoint_from_elsewhere_is_refused(digits, tmp_path) -> None:
-    train, _ = digits
-    # a fixed KL weight: "auto" resolves to num_data / num_structures, which differs by shape
-    kw = dict(epochs=1, progress=False, checkpoint_dir=tmp_path, kl_scale="elbo")
-    fit(MLP(64, [16], 10), train, batch_size=128, **kw)
-    with pytest.raises(ValueError, match="other settings"):
-        fit(MLP(64, [16], 10), train, batch_size=64, **kw)
-    with pytest.raises(ValueError, match="does not match"):
-        fit(MLP(64, [8], 10), train, batch_size=128, **kw)
-    torch.save({"something": torch.zeros(2)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a pyro_prune"):
-        load_checkpoint(tmp_path / "other.pt")
-
-
 def test_bad_input_is_named(digits) -> None:
     train, _ = digits
     net = MLP(64, [8], 10)
@@ -218,44 +125,6 @@ def test_pyro_engine_trains_too(digits) -> None:
                  val=test, progress=False)
     assert result.history[-1]["val_accuracy"] > 0.6
     assert train_val_split  # the helper is importable from data
-
-
-class _RecordFlush:
-    """A schedule that records whether subnormals are flushed while fit trains."""
-
-    def __init__(self) -> None:
-        self.seen: list[bool] = []
-
-    def on_fit_start(self, ctx) -> None:
-        pass
-
-    def on_step_end(self, ctx) -> None:
-        pass
-
-    def on_epoch_end(self, ctx, epoch: int) -> dict:
-        self.seen.append(_flush_denormal_enabled())
-        return {}
-
-
-@pytest.mark.parametrize("flush", [True, False])
-def test_fit_flushes_subnormals_while_training_and_restores_the_mode(digits, flush) -> None:
-    train, _ = digits
-    if not torch.set_flush_denormal(False):
-        pytest.skip("this CPU cannot flush subnormal floats")
-    assert not _flush_denormal_enabled()
-    # a subnormal survives arithmetic outside fit ...
-    assert float(torch.tensor([3e-39]) * 2.0) == pytest.approx(6e-39, rel=1e-6)
-    rec = _RecordFlush()
-    fit(MLP(64, [16], 10), train, epochs=2, batch_size=64, schedule=rec, progress=False,
-        flush_denormal=flush)
-    assert rec.seen == [flush, flush]  # ... and is flushed to zero inside, when asked
-    assert not _flush_denormal_enabled()  # the caller's mode is back
-    torch.set_flush_denormal(True)
-    try:
-        fit(MLP(64, [16], 10), train, epochs=1, batch_size=64, progress=False, flush_denormal=flush)
-        assert _flush_denormal_enabled()  # a caller who flushes keeps flushing
-    finally:
-        torch.set_flush_denormal(False)
 
 
 def test_kl_scale_auto_tempers_noise_networks_only(digits) -> None:
