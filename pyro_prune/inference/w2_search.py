@@ -64,7 +64,7 @@ from pyro_prune.models.base import PrunableNet, check_prunable
 from pyro_prune.models.gate import rank_structures, removals_in_order
 from pyro_prune.predictive import (
     DEFAULT_DRAWS,
-    Method,
+    Engine,
     NeuronScore,
     Output,
     empty_mask,
@@ -169,7 +169,7 @@ def w2_prune(
     batch: int | float = 0.02,
     draws: int = DEFAULT_DRAWS,
     guide: Callable | None = None,
-    method: Method | str = Method.FAST,
+    method: Engine | str = Engine.FAST,
     output: Output | str = Output.AUTO,
     score: NeuronScore | str = NeuronScore.ACTIVATION,
     max_inputs: int | None = 512,

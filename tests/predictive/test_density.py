@@ -12,6 +12,7 @@ from torch.utils.data import TensorDataset
 from pyro_prune.models import MLP, bayesianize
 from pyro_prune.predictive import (
     compare_lpd,
+    evaluate_predictive,
     log_predictive_density,
     posterior_predictive,
 )
@@ -87,3 +88,21 @@ def test_paired_difference_and_its_standard_error() -> None:
     assert same.difference == 0.0 and same.se == 0.0
     with pytest.raises(ValueError, match="same length"):
         compare_lpd(pruned, full[:10])
+
+
+def test_evaluate_predictive_matches_a_hand_computation(bnn) -> None:
+    net = bnn("gaussian", out=1, seed=7)
+    x, y = torch.randn(12, 4), torch.randn(12, 1)
+    draws = posterior_predictive(net, x, draws=20, method="fast", seed=3).double()
+    sigma = float(net.obs_scale)
+    m = evaluate_predictive(net, torch.utils.data.TensorDataset(x, y), draws=20, seed=3, target_scale=2.0)
+    rmse = float(((draws.mean(0) - y) ** 2).mean().sqrt()) * 2.0
+    dens = torch.exp(-0.5 * (y.double() - draws) ** 2 / sigma**2) / math.sqrt(2 * math.pi * sigma**2)
+    ll = float(dens.mean(0).log().mean()) - math.log(2.0)
+    assert m["rmse"] == pytest.approx(rmse) and m["ll"] == pytest.approx(ll)
+    cls = bnn()
+    labels = torch.randint(0, 3, (12,))
+    probs = posterior_predictive(cls, x, draws=20, seed=3, method="fast").double().mean(0)
+    mc = evaluate_predictive(cls, torch.utils.data.TensorDataset(x, labels), draws=20, seed=3)
+    assert mc["accuracy"] == pytest.approx(float((probs.argmax(-1) == labels).double().mean()))
+    assert mc["nll"] == pytest.approx(float(-probs[torch.arange(12), labels].log().mean()))
