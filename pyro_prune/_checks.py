@@ -23,6 +23,7 @@ from torch.utils.data import TensorDataset
 __all__ = [
     "SEED_MAX",
     "check_count",
+    "check_counts",
     "check_dataset",
     "check_guide",
     "check_inputs",
@@ -63,6 +64,12 @@ def check_count(value: object, arg: str, *, minimum: int = 1, or_none: bool = Fa
         what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         raise ValueError(f"{arg} must be {what}{' or None' if or_none else ''}, got {value!r}")
     return value
+
+
+def check_counts(**values: object) -> None:
+    """:func:`check_count` of every keyword argument, named by its keyword, in order."""
+    for arg, value in values.items():
+        check_count(value, arg)
 
 
 def check_inputs(data: Any, arg: str = "data") -> Tensor:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -74,6 +74,9 @@ class PrunableNet(PyroModule):
         obs_scale: initial observation noise of the Gaussian likelihood.
     """
 
+    #: shape of one input without the batch axis (the ready networks record it), or ``None``
+    input_shape: tuple[int, ...] | None = None
+
     def __init__(
         self,
         net: nn.Module,
@@ -91,6 +94,21 @@ class PrunableNet(PyroModule):
                 raise ValueError(f"obs_scale must be > 0, got {obs_scale}")
             self.log_obs_scale = nn.Parameter(torch.tensor(math.log(obs_scale)))
         self.name_sites()
+
+    def record_config(self, input_shape: Sequence[int], **config: object) -> None:
+        """Record the shape of one input and the constructor's arguments (enums by value).
+
+        ``input_shape`` serves :meth:`example_input` and the structure graph; ``config`` is
+        what ``type(net)(**net.config)`` rebuilds the same network from.
+        """
+        self.input_shape = tuple(input_shape)
+        self.config = {k: v.value if isinstance(v, enum.Enum) else v for k, v in config.items()}
+
+    def example_input(self, batch: int = 2) -> Tensor:
+        """A batch of ``batch`` zero inputs of shape ``input_shape``."""
+        if self.input_shape is None:
+            raise ValueError(f"{type(self).__name__} has no input_shape to build an example input from")
+        return torch.zeros(batch, *self.input_shape)
 
     # ------------------------------------------------------------------ structure
     def name_sites(self) -> None:

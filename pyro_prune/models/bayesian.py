@@ -53,7 +53,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Sequence
-from typing import cast
+from typing import TypeVar, cast
 
 import pyro
 import pyro.distributions as dist
@@ -84,6 +84,10 @@ def gaussian_kl(loc: Tensor, scale: Tensor, prior_scale: float) -> Tensor:
     r"""Elementwise ``KL(N(loc, scale^2) || N(0, prior_scale^2))`` in closed form."""
     var_ratio = (scale / prior_scale) ** 2
     return 0.5 * (var_ratio + (loc / prior_scale) ** 2 - 1.0 - torch.log(var_ratio))
+
+
+_PlainLayer = TypeVar("_PlainLayer", nn.Linear, nn.Conv2d)
+_Bayesian = TypeVar("_Bayesian", bound="BayesianLayer")
 
 
 class BayesianLayer(StochasticModule):
@@ -175,6 +179,26 @@ class BayesianLayer(StochasticModule):
             loc = torch.cat([loc, self.bias_loc[:, None]], dim=1)
             scale = torch.cat([scale, self.bias_scale[:, None]], dim=1)  # type: ignore[index]
         return loc, scale, self.prior_scale
+
+    @torch.no_grad()
+    def _means_into(self, layer: _PlainLayer) -> _PlainLayer:
+        """``layer`` (its plain counterpart) moved to this layer's device and dtype, holding
+        the posterior means as its weight and bias."""
+        layer = layer.to(device=self.weight_loc.device, dtype=self.weight_loc.dtype)
+        layer.weight.copy_(self.weight_loc)
+        if self.bias_loc is not None:
+            cast(Tensor, layer.bias).copy_(self.bias_loc)
+        return layer
+
+    @torch.no_grad()
+    def _means_from(self: _Bayesian, layer: nn.Linear | nn.Conv2d) -> _Bayesian:
+        """This layer moved to ``layer``'s device and dtype, its posterior means set to
+        ``layer``'s weight and bias."""
+        new = self.to(device=layer.weight.device, dtype=layer.weight.dtype)
+        new.weight_loc.copy_(layer.weight)
+        if layer.bias is not None:
+            cast(nn.Parameter, new.bias_loc).copy_(layer.bias)
+        return new
 
     # ------------------------------------------------------------------ distributions
     def kl_divergence(self) -> Tensor:
@@ -269,12 +293,8 @@ class BayesianLinear(BayesianLayer):
     @torch.no_grad()
     def as_deterministic(self) -> nn.Linear:
         """An ``nn.Linear`` with the posterior-mean weights and bias."""
-        layer = nn.Linear(self.in_features, self.out_features, bias=self.bias_loc is not None)
-        layer = layer.to(device=self.weight_loc.device, dtype=self.weight_loc.dtype)
-        layer.weight.copy_(self.weight_loc)
-        if self.bias_loc is not None:
-            layer.bias.copy_(self.bias_loc)
-        return layer
+        return self._means_into(nn.Linear(self.in_features, self.out_features,
+                                          bias=self.bias_loc is not None))
 
     @classmethod
     def from_linear(cls, layer: nn.Linear, *, prior_scale: float = 1.0,
@@ -284,12 +304,7 @@ class BayesianLinear(BayesianLayer):
             raise TypeError(f"layer must be an nn.Linear, got {type(layer).__name__}")
         new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None,
                   prior_scale=prior_scale, init_log_scale=init_log_scale)
-        new = new.to(device=layer.weight.device, dtype=layer.weight.dtype)
-        with torch.no_grad():
-            new.weight_loc.copy_(layer.weight)
-            if layer.bias is not None:
-                new.bias_loc.copy_(layer.bias)  # type: ignore[union-attr]
-        return new
+        return new._means_from(layer)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, " + super().extra_repr()
@@ -345,13 +360,9 @@ class BayesianConv2d(BayesianLayer):
     @torch.no_grad()
     def as_deterministic(self) -> nn.Conv2d:
         """An ``nn.Conv2d`` with the posterior-mean weights and bias."""
-        layer = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
-                          self.padding, self.dilation, self.groups, bias=self.bias_loc is not None)
-        layer = layer.to(device=self.weight_loc.device, dtype=self.weight_loc.dtype)
-        layer.weight.copy_(self.weight_loc)
-        if self.bias_loc is not None:
-            layer.bias.copy_(self.bias_loc)  # type: ignore[union-attr]
-        return layer
+        return self._means_into(nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size,
+                                          self.stride, self.padding, self.dilation, self.groups,
+                                          bias=self.bias_loc is not None))
 
     @classmethod
     def from_conv2d(cls, layer: nn.Conv2d, *, prior_scale: float = 1.0,
@@ -365,12 +376,7 @@ class BayesianConv2d(BayesianLayer):
         new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
                   layer.padding, layer.dilation, layer.groups, bias=layer.bias is not None,
                   prior_scale=prior_scale, init_log_scale=init_log_scale)
-        new = new.to(device=layer.weight.device, dtype=layer.weight.dtype)
-        with torch.no_grad():
-            new.weight_loc.copy_(layer.weight)
-            if layer.bias is not None:
-                new.bias_loc.copy_(layer.bias)  # type: ignore[union-attr]
-        return new
+        return new._means_from(layer)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -48,7 +48,7 @@ from pyro.nn import PyroSample
 from pyro.nn.module import to_pyro_module_
 from torch import Tensor, nn
 
-from pyro_prune._checks import check_count
+from pyro_prune._checks import check_count, check_counts
 from pyro_prune.models.base import Likelihood, PrunableNet
 
 __all__ = [
@@ -69,12 +69,22 @@ MASK_NAME = "weight_mask"
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-
 def _widths(values: Sequence[int] | int, arg: str) -> list[int]:
     widths = [values] if isinstance(values, int) else list(values)
     if not widths:
         raise ValueError(f"{arg} must name at least one layer")
     return [check_count(w, arg) for w in widths]
+
+
+def _add_dense_layers(layers: OrderedDict[str, nn.Module], in_features: int, widths: list[int],
+                      out_features: int, *, first_relu: int = 1) -> None:
+    """Append ``fc<i> -> relu<first_relu + i - 1>`` for every hidden width, then ``out``."""
+    prev = in_features
+    for i, width in enumerate(widths, start=1):
+        layers[f"fc{i}"] = nn.Linear(prev, width)
+        layers[f"relu{first_relu + i - 1}"] = nn.ReLU()
+        prev = width
+    layers["out"] = nn.Linear(prev, out_features)
 
 
 PrunableLayer = nn.Linear | nn.Conv2d
@@ -219,27 +229,13 @@ class FCN(MAPNet):
         prior_scale: float = 1.0,
         num_data: int | None = None,
     ) -> None:
-        check_count(in_features, "in_features")
-        check_count(num_classes, "num_classes")
+        check_counts(in_features=in_features, num_classes=num_classes)
         widths = _widths(hidden, "hidden")
         layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
-        prev = in_features
-        for i, width in enumerate(widths, start=1):
-            layers[f"fc{i}"] = nn.Linear(prev, width)
-            layers[f"relu{i}"] = nn.ReLU()
-            prev = width
-        layers["out"] = nn.Linear(prev, num_classes)
+        _add_dense_layers(layers, in_features, widths, num_classes)
         super().__init__(nn.Sequential(layers), prior_scale=prior_scale, num_data=num_data)
-        self.input_shape: tuple[int, ...] = (in_features,)
-        self.config = {
-            "in_features": in_features,
-            "num_classes": num_classes,
-            "hidden": widths,
-            "prior_scale": self.prior_scale,
-        }
-
-    def example_input(self, batch: int = 2) -> Tensor:
-        return torch.zeros(batch, *self.input_shape)
+        self.record_config((in_features,), in_features=in_features, num_classes=num_classes,
+                           hidden=widths, prior_scale=self.prior_scale)
 
 
 class CNN(MAPNet):
@@ -272,10 +268,8 @@ class CNN(MAPNet):
         prior_scale: float = 1.0,
         num_data: int | None = None,
     ) -> None:
-        check_count(in_channels, "in_channels")
-        check_count(num_classes, "num_classes")
-        check_count(image_size, "image_size")
-        check_count(kernel_size, "kernel_size")
+        check_counts(in_channels=in_channels, num_classes=num_classes, image_size=image_size,
+                     kernel_size=kernel_size)
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd (same padding), got {kernel_size}")
         conv_widths = _widths(channels, "channels")
@@ -293,26 +287,11 @@ class CNN(MAPNet):
             layers[f"pool{i}"] = nn.MaxPool2d(2)
             prev = filters
         layers["flatten"] = nn.Flatten()
-        prev = prev * side * side
-        for i, width in enumerate(widths, start=1):
-            layers[f"fc{i}"] = nn.Linear(prev, width)
-            layers[f"relu{i + 2}"] = nn.ReLU()
-            prev = width
-        layers["out"] = nn.Linear(prev, num_classes)
+        _add_dense_layers(layers, prev * side * side, widths, num_classes, first_relu=len(conv_widths) + 1)
         super().__init__(nn.Sequential(layers), prior_scale=prior_scale, num_data=num_data)
-        self.input_shape = (in_channels, image_size, image_size)
-        self.config = {
-            "in_channels": in_channels,
-            "num_classes": num_classes,
-            "image_size": image_size,
-            "channels": conv_widths,
-            "hidden": widths,
-            "kernel_size": kernel_size,
-            "prior_scale": self.prior_scale,
-        }
-
-    def example_input(self, batch: int = 2) -> Tensor:
-        return torch.zeros(batch, *self.input_shape)
+        self.record_config((in_channels, image_size, image_size), in_channels=in_channels,
+                           num_classes=num_classes, image_size=image_size, channels=conv_widths,
+                           hidden=widths, kernel_size=kernel_size, prior_scale=self.prior_scale)
 
 
 def with_sample_priors(model: MAPNet) -> PrunableNet:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 from torch import nn
 
-from pyro_prune._checks import check_count
+from pyro_prune._checks import check_counts
 from pyro_prune.models.base import Likelihood, PrunableNet
 from pyro_prune.models.layers import GateKind, WeightPrior, make_conv2d, make_gate, make_linear
 
@@ -37,9 +36,7 @@ class LeNet5(PrunableNet):
         num_data: int | None = None,
         **noise_kwargs: float,
     ) -> None:
-        check_count(in_channels, "in_channels")
-        check_count(num_classes, "num_classes")
-        check_count(image_size, "image_size")
+        check_counts(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
         if image_size < 8:
             raise ValueError(f"image_size must be >= 8 for LeNet5, got {image_size}")
         after_pool1 = image_size // 2
@@ -68,19 +65,7 @@ class LeNet5(PrunableNet):
             out=make_linear(84, num_classes, weights, **kw),
         )
         super().__init__(nn.Sequential(layers), likelihood=likelihood, num_data=num_data)
-        self.input_shape = (in_channels, image_size, image_size)
-        self.config = {
-            "in_channels": in_channels,
-            "num_classes": num_classes,
-            "image_size": image_size,
-            "likelihood": self.likelihood.value,
-            "weights": WeightPrior(weights).value,
-            "gate": GateKind(gate).value,
-            "prior_scale": prior_scale,
-        }
-        # the noise settings (init_loc, init_log_scale, reference_loc, ...), so that
-        # ``type(net)(**net.config)`` rebuilds the same model
-        self.config.update(noise_kwargs)
-
-    def example_input(self, batch: int = 2) -> torch.Tensor:
-        return torch.zeros(batch, *self.input_shape)
+        self.record_config((in_channels, image_size, image_size), in_channels=in_channels,
+                           num_classes=num_classes, image_size=image_size, likelihood=self.likelihood,
+                           weights=WeightPrior(weights), gate=GateKind(gate), prior_scale=prior_scale,
+                           **noise_kwargs)

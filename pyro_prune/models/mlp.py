@@ -7,12 +7,11 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from pyro_prune._checks import check_count
+from pyro_prune._checks import check_count, check_counts
 from pyro_prune.models.base import Likelihood, PrunableNet
 from pyro_prune.models.layers import GateKind, WeightPrior, make_gate, make_linear
 
 __all__ = ["MLP"]
-
 
 
 class MLP(PrunableNet):
@@ -47,8 +46,7 @@ class MLP(PrunableNet):
         obs_scale: float = 1.0,
         **noise_kwargs: float,
     ) -> None:
-        check_count(in_features, "in_features")
-        check_count(out_features, "out_features")
+        check_counts(in_features=in_features, out_features=out_features)
         widths = [hidden] if isinstance(hidden, int) else list(hidden)
         if not widths:
             raise ValueError("hidden must name at least one hidden layer")
@@ -63,15 +61,7 @@ class MLP(PrunableNet):
             prev = width
         layers["out"] = make_linear(prev, out_features, weights, prior_scale=prior_scale)
         super().__init__(nn.Sequential(layers), likelihood=likelihood, num_data=num_data, obs_scale=obs_scale)
-        self.config = {
-            "in_features": in_features,
-            "hidden": widths,
-            "out_features": out_features,
-            "likelihood": self.likelihood.value,
-            "weights": WeightPrior(weights).value,
-            "gate": GateKind(gate).value,
-            "prior_scale": prior_scale,
-        }
-        # the noise settings (init_loc, init_log_scale, reference_loc, ...), so that
-        # ``type(net)(**net.config)`` rebuilds the same model
-        self.config.update(noise_kwargs)
+        self.record_config((in_features,), in_features=in_features, hidden=widths,
+                           out_features=out_features, likelihood=self.likelihood,
+                           weights=WeightPrior(weights), gate=GateKind(gate), prior_scale=prior_scale,
+                           **noise_kwargs)

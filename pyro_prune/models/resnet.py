@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
-from pyro_prune._checks import check_count
+from pyro_prune._checks import check_count, check_counts
 from pyro_prune._enums import parse_enum
 from pyro_prune.models.base import Likelihood, PrunableNet
+from pyro_prune.models.bayesian import link_output_gates
 from pyro_prune.models.layers import GateKind, WeightPrior, make_gate, make_linear
 
 __all__ = ["BasicBlock", "ResNet"]
@@ -141,38 +141,20 @@ class ResNet(PrunableNet):
         num_data: int | None = None,
         **noise_kwargs: float,
     ) -> None:
-        check_count(in_channels, "in_channels")
-        check_count(num_classes, "num_classes")
-        check_count(blocks_per_stage, "blocks_per_stage")
-        check_count(image_size, "image_size")
+        check_counts(in_channels=in_channels, num_classes=num_classes,
+                     blocks_per_stage=blocks_per_stage, image_size=image_size)
         if isinstance(widths, (int, str)) or len(list(widths)) == 0:
             raise ValueError(f"widths must be a non-empty sequence of positive ints, got {widths!r}")
         widths = [check_count(w, "widths") for w in widths]
-        weights_kind = WeightPrior(parse_enum(WeightPrior, weights, "weights"))
-        gate_kind = GateKind(parse_enum(GateKind, gate, "gate"))
+        weights_kind = parse_enum(WeightPrior, weights, "weights")
+        gate_kind = parse_enum(GateKind, gate, "gate")
         backbone = _ResNetBackbone(in_channels, num_classes, widths, blocks_per_stage,
                                    weights=weights_kind, gate=gate_kind, prior_scale=prior_scale,
                                    noise_kwargs=dict(noise_kwargs))
         super().__init__(backbone, likelihood=likelihood, num_data=num_data)
-        self.input_shape = (in_channels, image_size, image_size)
         if weights_kind is WeightPrior.GAUSSIAN:
-            from pyro_prune.models.bayesian import link_output_gates
-
             link_output_gates(self)
-        self.config = {
-            "in_channels": in_channels,
-            "num_classes": num_classes,
-            "widths": widths,
-            "blocks_per_stage": blocks_per_stage,
-            "image_size": image_size,
-            "likelihood": self.likelihood.value,
-            "weights": weights_kind.value,
-            "gate": gate_kind.value,
-            "prior_scale": prior_scale,
-        }
-        # the noise settings (init_loc, init_log_scale, reference_loc, ...), so that
-        # ``type(net)(**net.config)`` rebuilds the same model
-        self.config.update(noise_kwargs)
-
-    def example_input(self, batch: int = 2) -> torch.Tensor:
-        return torch.zeros(batch, *self.input_shape)
+        self.record_config((in_channels, image_size, image_size), in_channels=in_channels,
+                           num_classes=num_classes, widths=widths, blocks_per_stage=blocks_per_stage,
+                           image_size=image_size, likelihood=self.likelihood, weights=weights_kind,
+                           gate=gate_kind, prior_scale=prior_scale, **noise_kwargs)

@@ -28,9 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pyro_prune._checks import check_count
+from pyro_prune._checks import check_counts
 from pyro_prune._enums import parse_enum
 from pyro_prune.models.base import Likelihood, PrunableNet
+from pyro_prune.models.bayesian import link_output_gates
 from pyro_prune.models.layers import GateKind, WeightPrior, make_gate, make_linear
 
 __all__ = ["Attention", "FeedForward", "HeadRows", "ViT", "ViTBlock"]
@@ -220,34 +221,22 @@ class ViT(PrunableNet):
         num_data: int | None = None,
         **noise_kwargs: float,
     ) -> None:
-        for value, arg in ((image_size, "image_size"), (patch_size, "patch_size"),
-                           (in_channels, "in_channels"), (num_classes, "num_classes"), (dim, "dim"),
-                           (depth, "depth"), (heads, "heads"), (mlp_dim, "mlp_dim")):
-            check_count(value, arg)
+        check_counts(image_size=image_size, patch_size=patch_size, in_channels=in_channels,
+                     num_classes=num_classes, dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim)
         if image_size % patch_size:
             raise ValueError(f"image_size={image_size} must be divisible by patch_size={patch_size}")
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
-        weights_kind = WeightPrior(parse_enum(WeightPrior, weights, "weights"))
-        gate_kind = GateKind(parse_enum(GateKind, gate, "gate"))
+        weights_kind = parse_enum(WeightPrior, weights, "weights")
+        gate_kind = parse_enum(GateKind, gate, "gate")
         backbone = _ViTBackbone(image_size, patch_size, in_channels, num_classes, dim, depth, heads,
                                 mlp_dim, weights=weights_kind, gate=gate_kind,
                                 prior_scale=prior_scale, noise_kwargs=dict(noise_kwargs))
         super().__init__(backbone, likelihood=likelihood, num_data=num_data)
-        self.input_shape = (in_channels, image_size, image_size)
         if weights_kind is WeightPrior.GAUSSIAN:
-            from pyro_prune.models.bayesian import link_output_gates
-
             link_output_gates(self)
-        self.config = {
-            "image_size": image_size, "patch_size": patch_size, "in_channels": in_channels,
-            "num_classes": num_classes, "dim": dim, "depth": depth, "heads": heads,
-            "mlp_dim": mlp_dim, "likelihood": self.likelihood.value,
-            "weights": weights_kind.value, "gate": gate_kind.value, "prior_scale": prior_scale,
-        }
-        # the noise settings (init_loc, init_log_scale, reference_loc, ...), so that
-        # ``type(net)(**net.config)`` rebuilds the same model
-        self.config.update(noise_kwargs)
-
-    def example_input(self, batch: int = 2) -> torch.Tensor:
-        return torch.zeros(batch, *self.input_shape)
+        self.record_config((in_channels, image_size, image_size), image_size=image_size,
+                           patch_size=patch_size, in_channels=in_channels, num_classes=num_classes,
+                           dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim,
+                           likelihood=self.likelihood, weights=weights_kind, gate=gate_kind,
+                           prior_scale=prior_scale, **noise_kwargs)
