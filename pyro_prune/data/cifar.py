@@ -9,7 +9,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-import torch
 
 from pyro_prune.data.files import (
     REDOWNLOAD_HINT,
@@ -17,9 +16,7 @@ from pyro_prune.data.files import (
     LoadOptions,
     Source,
     download_file,
-    image_dataset_info,
-    images_to_float,
-    missing_file_error,
+    loaded_images,
     verify_md5,
 )
 from pyro_prune.data.types import CorruptFileError, Split
@@ -85,7 +82,7 @@ class CifarSource(Source):
         for candidate in (root / "cifar10" / self.folder, root / self.folder):
             if candidate.is_dir():
                 return candidate
-        raise missing_file_error(root / "cifar10" / self.folder, self.name, self.can_download)
+        raise self.missing(root / "cifar10" / self.folder)
 
     @staticmethod
     def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +133,7 @@ class CifarSource(Source):
         paths = [folder / n for n in names]
         for path in paths:
             if not path.is_file():
-                raise missing_file_error(path, self.name, self.can_download)
+                raise self.missing(path)
             if opts.verify:
                 verify_md5(path, f"{self.folder}/{path.name}")
         batches = [self._read_batch(p) for p in paths]
@@ -150,14 +147,11 @@ class CifarSource(Source):
         labels = np.concatenate([b[1] for b in batches])
         del batches
         # each row: 1024 red, then 1024 green, then 1024 blue values, each 32x32 row-major
-        x = images_to_float(pixels.reshape(-1, 3, 32, 32), 255.0)
-        del pixels
-        info = image_dataset_info(
-            x, name=self.name, split=opts.split, class_names=CIFAR_CLASSES,
-            normalize=opts.normalize, mean=self.mean, std=self.std, input_scale=255.0,
+        return loaded_images(
+            pixels.reshape(-1, 3, 32, 32), labels, scale=255.0, name=self.name, split=opts.split,
+            class_names=CIFAR_CLASSES, normalize=opts.normalize, mean=self.mean, std=self.std,
             statistics="published constants", source_files=paths,
         )
-        return x, torch.from_numpy(labels), info
 
     def download(self, root: Path) -> None:
         try:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from pyro_prune.data.files import Loaded, LoadOptions, Source, image_dataset_info, images_to_float
+from pyro_prune.data.files import Loaded, LoadOptions, Source, loaded_images
 from pyro_prune.data.split import split_indices
 from pyro_prune.data.types import Split
 
@@ -30,11 +29,9 @@ class DigitsSource(Source):
         pixels = np.asarray(bunch.data).reshape(-1, 1, 8, 8)
         train_idx, test_idx = split_indices(labels, self.test_fraction, self.seed, True)
         idx = train_idx if opts.split is Split.TRAIN else test_idx
-        x = images_to_float(pixels[idx], 16.0)
         train_pixels = pixels[train_idx].astype(np.float64) / 16.0
-        info = image_dataset_info(
-            x, name=self.name, split=opts.split, class_names=DIGIT_NAMES,
-            normalize=opts.normalize, mean=(float(train_pixels.mean()),),
-            std=(float(train_pixels.std()),), input_scale=16.0,
+        return loaded_images(
+            pixels[idx], labels[idx], scale=16.0, name=self.name, split=opts.split,
+            class_names=DIGIT_NAMES, normalize=opts.normalize, mean=(float(train_pixels.mean()),),
+            std=(float(train_pixels.std()),),
         )
-        return x, torch.from_numpy(labels[idx].copy()), info

@@ -41,8 +41,8 @@ __all__ = [
     "Source",
     "download_file",
     "fetch",
-    "image_dataset_info",
     "images_to_float",
+    "loaded_images",
     "md5",
     "missing_file_error",
     "read_maybe_gzip",
@@ -128,27 +128,34 @@ def standardize_channels(x: Tensor, mean: Sequence[float], std: Sequence[float])
     x.div_(torch.tensor(std, dtype=x.dtype).view(shape))
 
 
-def image_dataset_info(
-    x: Tensor,
+def loaded_images(
+    pixels: np.ndarray,
+    labels: np.ndarray,
     *,
+    scale: float,
     name: str,
     split: Split,
     class_names: Sequence[str],
     normalize: bool,
     mean: Sequence[float],
     std: Sequence[float],
-    input_scale: float,
     statistics: str = "train split",
     source_files: Sequence[Path] = (),
-) -> DatasetInfo:
-    """Standardise the images ``x`` (``[N, C, H, W]``, in place) when ``normalize``; describe them."""
+) -> Loaded:
+    """An image classification split as a source loads it: ``(x, y, info)``.
+
+    ``pixels`` (``[N, C, H, W]`` integers in ``0..scale``) become float32 in [0, 1],
+    standardised in place with ``mean``/``std`` per channel when ``normalize``; ``labels``
+    become an int64 tensor; ``info`` describes the images.
+    """
+    x = images_to_float(pixels, scale)
     normalization = None
     if normalize:
         standardize_channels(x, mean, std)
         normalization = Normalization(
-            tuple(mean), tuple(std), input_scale=input_scale, statistics=statistics
+            tuple(mean), tuple(std), input_scale=scale, statistics=statistics
         )
-    return DatasetInfo(
+    info = DatasetInfo(
         name=name,
         split=split,
         task=Task.CLASSIFICATION,
@@ -159,6 +166,7 @@ def image_dataset_info(
         source_files=tuple(source_files),
         class_names=tuple(class_names),
     )
+    return x, torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)), info
 
 
 def fetch(url: str, dest: Path, timeout: float = 60.0) -> None:
@@ -218,6 +226,10 @@ class Source:
 
     def load(self, opts: LoadOptions) -> Loaded:
         raise NotImplementedError
+
+    def missing(self, path: Path) -> FileNotFoundError:
+        """The error for a file or folder of this data set that is not there."""
+        return missing_file_error(path, self.name, self.can_download)
 
     def download(self, root: Path) -> None:
         raise ValueError(

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pyro_prune.data.digits import DIGIT_NAMES
 from pyro_prune.data.files import (
@@ -16,9 +15,7 @@ from pyro_prune.data.files import (
     LoadOptions,
     Source,
     download_file,
-    image_dataset_info,
-    images_to_float,
-    missing_file_error,
+    loaded_images,
     read_maybe_gzip,
     verify_md5,
 )
@@ -86,7 +83,7 @@ class IdxSource(Source):
             path = folder / candidate
             if path.is_file():
                 return path
-        raise missing_file_error(folder / f"{stem}.gz", self.name, self.can_download)
+        raise self.missing(folder / f"{stem}.gz")
 
     def load(self, opts: LoadOptions) -> Loaded:
         assert opts.root is not None
@@ -117,14 +114,12 @@ class IdxSource(Source):
             )
         if images.shape[1:] != (28, 28):
             raise CorruptFileError(f"{image_path}: images are {images.shape[1:]}, expected 28x28")
-        x = images_to_float(images, 255.0).unsqueeze_(1)
-        del buf, images
-        info = image_dataset_info(
-            x, name=self.name, split=opts.split, class_names=self.class_names,
-            normalize=opts.normalize, mean=(self.mean,), std=(self.std,), input_scale=255.0,
-            statistics="published constants", source_files=(image_path, label_path),
+        del buf
+        return loaded_images(
+            images[:, None], labels, scale=255.0, name=self.name, split=opts.split,
+            class_names=self.class_names, normalize=opts.normalize, mean=(self.mean,),
+            std=(self.std,), statistics="published constants", source_files=(image_path, label_path),
         )
-        return x, torch.from_numpy(labels.astype(np.int64)), info
 
     def download(self, root: Path) -> None:
         for split in (Split.TRAIN, Split.TEST):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pyro_prune.data.files import Loaded, LoadOptions, Source, missing_file_error
+from pyro_prune.data.files import Loaded, LoadOptions, Source
 from pyro_prune.data.types import CorruptFileError, DatasetInfo, Normalization, Split, Task
 
 __all__ = ["UCI_ALIASES", "UCI_SOURCES", "UCI_TABLE", "UciSource"]
@@ -27,7 +27,7 @@ class UciSource(Source):
     def _read_table(self, path: Path) -> np.ndarray:
         """A whitespace-separated table of finite numbers as float64 (at least 1-D)."""
         if not path.is_file():
-            raise missing_file_error(path, self.name, False)
+            raise self.missing(path)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")  # numpy only warns about an empty file
@@ -65,7 +65,7 @@ class UciSource(Source):
         assert opts.root is not None
         folder = opts.root / "uci" / self.folder
         if not folder.is_dir():
-            raise missing_file_error(folder, self.name, False)
+            raise self.missing(folder)
         n_splits = self.n_splits(folder)
         if not 0 <= opts.split_index < n_splits:
             raise ValueError(
