@@ -36,6 +36,30 @@ __all__ = [
     "write_report",
 ]
 
+#: the metric tables of the report: the columns ``(metrics key, header, format spec)`` of each
+_METRIC_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
+    "results": [
+        ("test_accuracy", "accuracy", ".4f"), ("test_loss", "NLL", ".4f"),
+        ("compression", "compression", ".3f"),
+        ("params_full", "params (full)", ""), ("params_pruned", "params (pruned)", ""),
+        ("macs_full", "MACs (full)", ""), ("macs_pruned", "MACs (pruned)", ""),
+        ("speedup", "speedup (batch 256)", ".2f"),
+    ],
+    "uncertainty": [
+        ("test_lpd", "lpd (pruned)", ".2f"), ("test_lpd_full", "lpd (restored)", ".2f"),
+        ("test_lpd_diff", "difference", "+.2f"), ("test_lpd_diff_se", "SE", ".2f"),
+        ("test_lpd_n", "test points", ""),
+        ("w2", "W2(restored, pruned)", ".4g"), ("w2_normalized", "W2 / W2(empty)", ".3g"),
+        ("ece_restored", "ECE (restored)", ".3f"), ("ece_pruned", "ECE (pruned)", ".3f"),
+    ],
+    "loo": [
+        ("elpd_loo", "elpd_loo", ".2f"), ("elpd_loo_se", "SE", ".2f"),
+        ("p_loo", "p_loo", ".2f"), ("pareto_k_max", "max Pareto k", ".2f"),
+        ("pareto_k_bad", "points with k > 0.7", ""), ("loo_n", "points", ""),
+    ],
+}
+
+
 def _fmt(value: Any, spec: str = ".4g") -> str:
     if value is None:
         return "-"
@@ -154,11 +178,7 @@ def _write_report_locked(out: str | os.PathLike, idata: Any) -> Path:
         "",
         "## Results (test set)",
         "",
-        markdown_table([m], [("test_accuracy", "accuracy", ".4f"), ("test_loss", "NLL", ".4f"),
-                             ("compression", "compression", ".3f"),
-                             ("params_full", "params (full)", ""), ("params_pruned", "params (pruned)", ""),
-                             ("macs_full", "MACs (full)", ""), ("macs_pruned", "MACs (pruned)", ""),
-                             ("speedup", "speedup (batch 256)", ".2f")]),
+        markdown_table([m], _METRIC_COLUMNS["results"]),
         "",
         *([f"Pruning: {m['pruning_report']}", ""] if m.get("pruning_report") else []),
         *([f"*{backfill.note()}*", ""] if backfill.note() else []),
@@ -168,19 +188,13 @@ def _write_report_locked(out: str | os.PathLike, idata: Any) -> Path:
         "error. The posterior predictive shift W2 and the calibration are measured on the same "
         "points.",
         "",
-        markdown_table([m], [("test_lpd", "lpd (pruned)", ".2f"), ("test_lpd_full", "lpd (restored)", ".2f"),
-                             ("test_lpd_diff", "difference", "+.2f"), ("test_lpd_diff_se", "SE", ".2f"),
-                             ("test_lpd_n", "test points", ""),
-                             ("w2", "W2(restored, pruned)", ".4g"), ("w2_normalized", "W2 / W2(empty)", ".3g"),
-                             ("ece_restored", "ECE (restored)", ".3f"), ("ece_pruned", "ECE (pruned)", ".3f")]),
+        markdown_table([m], _METRIC_COLUMNS["uncertainty"]),
         "",
         "PSIS-LOO on training data (ArviZ): the estimate of the predictive density of new data "
         "from the training data, with its Pareto k diagnostics (k > 0.7: that point's estimate is "
         "unreliable).",
         "",
-        markdown_table([m], [("elpd_loo", "elpd_loo", ".2f"), ("elpd_loo_se", "SE", ".2f"),
-                             ("p_loo", "p_loo", ".2f"), ("pareto_k_max", "max Pareto k", ".2f"),
-                             ("pareto_k_bad", "points with k > 0.7", ""), ("loo_n", "points", "")]),
+        markdown_table([m], _METRIC_COLUMNS["loo"]),
         "",
         "## Kept structures",
         "",
