@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,3 +62,34 @@ def user_data_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     (tmp_path / f"{name}.py").write_text(found.group(1))
     monkeypatch.syspath_prepend(str(tmp_path))
     return name
+
+
+@pytest.fixture
+def error_line(capsys: pytest.CaptureFixture[str]) -> Callable[[], str]:
+    """Read what a command printed on stderr since the last read: one line, no traceback
+    (how the CLI reports a user mistake); returns that line."""
+    def read() -> str:
+        err = capsys.readouterr().err.strip()
+        assert "Traceback" not in err
+        lines = err.splitlines()
+        assert len(lines) == 1, err
+        return lines[0]
+    return read
+
+
+@pytest.fixture(scope="session")
+def write_uci_yacht() -> Callable[..., Path]:
+    """A writer of a synthetic ``uci/yacht`` in the benchmark layout under ``root``: ``table``
+    (308 rows: 6 features, then the target) as ``data.txt`` in ``fmt``, and split 0 (277 train
+    and 31 test rows, permuted by ``rng`` after the table was drawn); returns the folder."""
+    def write(root: Path, table: np.ndarray, rng: np.random.Generator, fmt: str = "%.18e") -> Path:
+        folder = root / "uci" / "yacht"
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savetxt(folder / "data.txt", table, fmt=fmt)
+        np.savetxt(folder / "index_features.txt", np.arange(6), fmt="%d")
+        np.savetxt(folder / "index_target.txt", [6], fmt="%d")
+        order = rng.permutation(308)
+        np.savetxt(folder / "index_train_0.txt", order[:277], fmt="%d")
+        np.savetxt(folder / "index_test_0.txt", order[277:], fmt="%d")
+        return folder
+    return write

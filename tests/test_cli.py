@@ -25,14 +25,6 @@ def _fit_args(out: Path, *extra: str) -> list[str]:
             "--out", str(out), *extra]
 
 
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
-
-
 @pytest.mark.parametrize("argv", [["--help"], ["fit", "--help"], ["report", "--help"],
                                   ["export", "--help"], ["demo", "--help"], ["--version"]])
 def test_help_everywhere(argv, capsys) -> None:
@@ -57,33 +49,33 @@ def test_help_everywhere(argv, capsys) -> None:
     (["train"], "invalid choice: 'train'"),
     ([], "required: COMMAND"),
 ])
-def test_bad_arguments_exit_2_with_one_line(argv, needle, capsys) -> None:
+def test_bad_arguments_exit_2_with_one_line(argv, needle, error_line) -> None:
     assert cli.main(argv) == 2
-    line = _error_line(capsys)
+    line = error_line()
     assert line.startswith("pyro-prune")
     assert needle in line
 
 
-def test_unknown_and_missing_datasets(tmp_path, monkeypatch, capsys) -> None:
+def test_unknown_and_missing_datasets(tmp_path, monkeypatch, error_line) -> None:
     assert cli.main(["fit", "--data", "imagenet", "--out", str(tmp_path / "a")]) == 2
-    assert "data set 'imagenet' not available: unknown data set" in _error_line(capsys)
+    assert "data set 'imagenet' not available: unknown data set" in error_line()
     assert not (tmp_path / "a").exists()  # nothing written for a bad argument
     monkeypatch.delenv("PYRO_PRUNE_DATA", raising=False)
     assert cli.main(["fit", "--data", "mnist", "--out", str(tmp_path / "b")]) == 2
-    assert "PYRO_PRUNE_DATA" in _error_line(capsys)
+    assert "PYRO_PRUNE_DATA" in error_line()
     assert cli.main(["fit", "--data", "mnist", "--data-root", str(tmp_path), "--out", str(tmp_path / "c")]) == 2
-    line = _error_line(capsys)
+    line = error_line()
     assert "data set 'mnist' not available" in line
 
 
-def test_model_and_data_mismatch(tmp_path, capsys) -> None:
+def test_model_and_data_mismatch(tmp_path, error_line) -> None:
     assert cli.main(["fit", "--model", "lenet5", "--hidden", "8", *TINY, "--out", str(tmp_path)]) == 2
-    assert "--hidden applies to --model mlp only" in _error_line(capsys)
+    assert "--hidden applies to --model mlp only" in error_line()
     assert cli.main(["report", str(tmp_path / "nope")]) == 2
-    assert "does not exist" in _error_line(capsys)
+    assert "does not exist" in error_line()
     (tmp_path / "empty").mkdir()
     assert cli.main(["export", str(tmp_path / "empty")]) == 2
-    assert "config.json not found" in _error_line(capsys)
+    assert "config.json not found" in error_line()
 
 
 def test_registries_drive_the_choices() -> None:
@@ -141,7 +133,7 @@ def test_exported_program_matches_the_model_at_any_batch_size(fitted) -> None:
         torch.testing.assert_close(program(x), run.model.predict(x), rtol=1e-4, atol=1e-4)
 
 
-def test_rerunning_resumes_and_other_settings_are_refused(fitted, capsys) -> None:
+def test_rerunning_resumes_and_other_settings_are_refused(fitted, capsys, error_line) -> None:
     before = json.loads((fitted / run_folder.HISTORY_FILE).read_text())
     written = {n: (fitted / n).stat().st_mtime_ns for n in (run_folder.METRICS_FILE, run_folder.IDATA_FILE)}
     capsys.readouterr()
@@ -152,10 +144,10 @@ def test_rerunning_resumes_and_other_settings_are_refused(fitted, capsys) -> Non
     assert written == {n: (fitted / n).stat().st_mtime_ns for n in written}
     capsys.readouterr()
     assert cli.main(_fit_args(fitted, *FITTED_EXTRA, "--epochs", "5")) == 2
-    line = _error_line(capsys)
+    line = error_line()
     assert "other settings" in line and "epochs: 2 there vs 5 now" in line
     assert cli.main(_fit_args(fitted)) == 2  # --noise-lr left out: another setting too
-    assert "noise_lr" in _error_line(capsys)
+    assert "noise_lr" in error_line()
 
 
 def test_interrupted_fit_continues_where_it_stopped(tmp_path, monkeypatch) -> None:

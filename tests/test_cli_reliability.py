@@ -80,22 +80,6 @@ def assert_complete(out: Path) -> None:
 
 
 # ============================================================================ no traceback
-def _uci_folder(root: Path) -> Path:
-    """A synthetic ``uci/yacht`` in the benchmark layout (308 rows, 6 features)."""
-    folder = root / "uci" / "yacht"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(308, 6))
-    table = np.column_stack([x, x @ rng.normal(size=6) + 0.1 * rng.normal(size=308)])
-    np.savetxt(folder / "data.txt", table)
-    np.savetxt(folder / "index_features.txt", np.arange(6), fmt="%d")
-    np.savetxt(folder / "index_target.txt", [6], fmt="%d")
-    order = rng.permutation(308)
-    np.savetxt(folder / "index_train_0.txt", order[:277], fmt="%d")
-    np.savetxt(folder / "index_test_0.txt", order[277:], fmt="%d")
-    return root
-
-
 def _damage_model(run: Path, tmp: Path, how: str) -> Path:
     out = _copy(run, tmp)
     path = out / MODEL_FILE
@@ -197,8 +181,12 @@ def test_no_user_error_prints_a_traceback(case: str, finished_run: Path, tmp_pat
     assert not (tmp_path / "pwned").exists()
 
 
-def test_a_regression_data_set_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    root = _uci_folder(tmp_path / "data")
+def test_a_regression_data_set_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               write_uci_yacht) -> None:
+    root = tmp_path / "data"  # a synthetic uci/yacht: 6 features and a linear target with noise
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(308, 6))
+    write_uci_yacht(root, np.column_stack([x, x @ rng.normal(size=6) + 0.1 * rng.normal(size=308)]), rng)
     out = tmp_path / "run"
     argv = ["fit", "--data", "uci/yacht", "--data-root", str(root), "--epochs", "2", "--finetune-epochs",
             "0", "--num-samples", "4", "--hidden", "8", "--no-progress", "--out", str(out)]

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from torch.utils.data import TensorDataset
 
 from pyro_prune.cli import main
-from pyro_prune.data import CorruptFileError, load_dataset
+from pyro_prune.data import CorruptFileError, LabeledDataset, load_dataset
 from pyro_prune.inference import evaluate, fit
 from pyro_prune.models import MLP
 from pyro_prune.run_folder import UsageError, load_state
@@ -104,18 +104,17 @@ def test_fit_and_evaluate_accept_good_data_and_name_bad_data(data: TensorDataset
 
 
 # ============================================================================ loaders
-def _uci(root: Path) -> Path:
-    folder = root / "uci" / "yacht"
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
-    table = rng.normal(size=(308, 7)).round(4)
-    np.savetxt(folder / "data.txt", table, fmt="%.4f")
-    np.savetxt(folder / "index_features.txt", np.arange(6), fmt="%d")
-    np.savetxt(folder / "index_target.txt", [6], fmt="%d")
-    order = rng.permutation(308)
-    np.savetxt(folder / "index_train_0.txt", order[:277], fmt="%d")
-    np.savetxt(folder / "index_test_0.txt", order[277:], fmt="%d")
-    return folder
+def _test_split_or_refusal(name: str, root: Path, *, naming: str) -> LabeledDataset | None:
+    """The test split of data set ``name`` under ``root``, or ``None`` when the loader refused
+    it with a ``CorruptFileError`` whose message contains ``naming`` (recorded as events)."""
+    try:
+        test = load_dataset(name, "test", root=root)
+    except CorruptFileError as err:
+        assert naming in str(err)
+        event("refused")
+        return None
+    event("accepted")
+    return test
 
 
 def _mutate(draw: st.DrawFn, data: bytes, tokens: list[bytes]) -> bytes:
@@ -141,9 +140,10 @@ UCI_TOKENS = [b" nan", b" inf", b" -inf", b"\n", b" 6", b" -1", b" 0", b"x", b"1
 @SETTINGS
 @given(st.data())
 def test_uci_loader_reads_good_files_and_names_bad_ones(tmp_path_factory: pytest.TempPathFactory,
-                                                        data: st.DataObject) -> None:
+                                                        write_uci_yacht, data: st.DataObject) -> None:
     root = tmp_path_factory.mktemp("uci")
-    folder = _uci(root)
+    rng = np.random.default_rng(1)
+    folder = write_uci_yacht(root, rng.normal(size=(308, 7)).round(4), rng, fmt="%.4f")
     name = data.draw(st.sampled_from(UCI_FILES))
     path = folder / name
     path.write_bytes(_mutate(data.draw, path.read_bytes(), UCI_TOKENS))
@@ -185,13 +185,9 @@ def test_cifar_loader_names_the_bad_batch(tmp_path_factory: pytest.TempPathFacto
         bad = pickle.dumps({b"labels": labels, b"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8)},
                            protocol=2)
     (folder / "test_batch").write_bytes(bad)
-    try:
-        test = load_dataset("cifar10", "test", root=folder.parent.parent)
-    except CorruptFileError as err:
-        assert "test_batch" in str(err)
-        event("refused")
+    test = _test_split_or_refusal("cifar10", folder.parent.parent, naming="test_batch")
+    if test is None:
         return
-    event("accepted")
     x, y = test.tensors
     assert y.dtype == torch.int64 and int(y.min()) >= 0 and int(y.max()) <= 9
     assert x.shape[1:] == (3, 32, 32) and bool(torch.isfinite(x).all())
@@ -215,13 +211,9 @@ def test_idx_loader_names_the_bad_file(tmp_path_factory: pytest.TempPathFactory,
     bad = _mutate(data.draw, blob, [b"\xff", b"\x00\x00\x00\x00", b"\x0b"])
     (folder / "t10k-images-idx3-ubyte").write_bytes(bad if target == "images" else images)
     (folder / "t10k-labels-idx1-ubyte").write_bytes(bad if target == "labels" else labels)
-    try:
-        test = load_dataset("mnist", "test", root=folder.parent)
-    except CorruptFileError as err:
-        assert "idx" in str(err)
-        event("refused")
+    test = _test_split_or_refusal("mnist", folder.parent, naming="idx")
+    if test is None:
         return
-    event("accepted")
     x, y = test.tensors
     assert len(x) == len(y) and int(y.min()) >= 0 and int(y.max()) <= 9
     assert bool(torch.isfinite(x).all())

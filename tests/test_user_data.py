@@ -65,14 +65,6 @@ def user_module(user_data_module, tmp_path) -> str:
     return name
 
 
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
-
-
 def test_what_names_the_users_data() -> None:
     assert is_user_data("mypkg.mydata:make_datasets") and is_user_data("data/set.pt")
     for named in ("digits", "mnist", "fashion-mnist", "uci/boston", "cifar10"):
@@ -105,15 +97,15 @@ def test_shapes_and_classes_are_inferred_or_given(user_module) -> None:
     ("{m}:unknown_key", "unknown keys ['classes']"),
     ("missing_file.pt", "data file 'missing_file.pt' not found"),
 ])
-def test_bad_data_is_one_line_exit_2(spec, message, user_module, tmp_path, capsys) -> None:
+def test_bad_data_is_one_line_exit_2(spec, message, user_module, tmp_path, error_line) -> None:
     spec = spec.format(m=user_module)
     assert cli.main(["fit", "--data", spec, "--out", str(tmp_path / "run")]) == 2
-    line = _error_line(capsys)
+    line = error_line()
     assert line.startswith("pyro-prune fit: error:") and message in line, line
     assert not (tmp_path / "run" / "config.json").exists()
 
 
-def test_bad_tensor_files_are_one_line_exit_2(tmp_path, capsys) -> None:
+def test_bad_tensor_files_are_one_line_exit_2(tmp_path, error_line) -> None:
     x, y = torch.zeros(6, 4), torch.zeros(6, dtype=torch.long)
     cases = {
         "list.pt": ([x, y], "must hold a dict with 'train' and 'test'"),
@@ -123,16 +115,16 @@ def test_bad_tensor_files_are_one_line_exit_2(tmp_path, capsys) -> None:
     for name, (payload, message) in cases.items():
         torch.save(payload, tmp_path / name)
         assert cli.main(["fit", "--data", str(tmp_path / name), "--out", str(tmp_path / "r")]) == 2
-        assert message in _error_line(capsys)
+        assert message in error_line()
     (tmp_path / "garbage.pt").write_bytes(b"not a zip")
     assert cli.main(["fit", "--data", str(tmp_path / "garbage.pt"), "--out", str(tmp_path / "r")]) == 2
-    assert "not a tensor file torch.load can read safely" in _error_line(capsys)
+    assert "not a tensor file torch.load can read safely" in error_line()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
-def test_cuda_without_a_gpu_is_one_line_exit_2(tmp_path, capsys) -> None:
+def test_cuda_without_a_gpu_is_one_line_exit_2(tmp_path, error_line) -> None:
     assert cli.main(["fit", "--data", "digits", "--device", "cuda", "--out", str(tmp_path / "r")]) == 2
-    assert "device 'cuda' asked for, but this torch build sees no CUDA device" in _error_line(capsys)
+    assert "device 'cuda' asked for, but this torch build sees no CUDA device" in error_line()
 
 
 TINY = ["--model", "mlp", "--hidden", "16", "--epochs", "2", "--finetune-epochs", "0",

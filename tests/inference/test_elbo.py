@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyro
 import pytest
 import torch
@@ -16,6 +18,22 @@ def _net(seed: int = 0, init_loc: float = 0.0) -> MLP:
             g.loc.uniform_(-2.0, 0.0)
             g.log_scale.uniform_(-2.0, 0.0)
     return net
+
+
+def _assert_fused_equals_per_layer(net, x: torch.Tensor, y: torch.Tensor, *, seed: int,
+                                   grad: Callable[[], torch.Tensor] | None = None) -> None:
+    """The per-example loss, output and ``grad()`` (default: every parameter's gradient) of
+    the fused noise kernel equal those of the per-layer path under the same seed."""
+    results = []
+    for fused in (False, True):
+        net.zero_grad()
+        torch.manual_seed(seed)
+        loss, out = fast_elbo_loss(net, x, y, per_example=True, fused=fused)
+        loss.backward()
+        grads = grad() if grad is not None else torch.cat([p.grad.flatten() for p in net.parameters()])
+        results.append((loss.detach(), out.detach(), grads))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kl_scale", [1.0, 3.5])
@@ -68,16 +86,7 @@ def test_fused_noise_kernel_equals_the_per_layer_path(make) -> None:
     net.num_data = 40
     shape = (7, 6) if isinstance(net, MLP) else (7, 1, 8, 8)
     x, y = torch.randn(shape), torch.randint(0, 3, (7,))
-    results = []
-    for fused in (False, True):
-        net.zero_grad()
-        torch.manual_seed(5)
-        loss, out = fast_elbo_loss(net, x, y, per_example=True, fused=fused)
-        loss.backward()
-        results.append((loss.detach(), out.detach(),
-                        torch.cat([p.grad.flatten() for p in net.parameters()])))
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    _assert_fused_equals_per_layer(net, x, y, seed=5)
     # every drawn theta was consumed by its layer's forward
     assert all(g._drawn_theta is None for g in net.noise_layers().values())
 
@@ -143,12 +152,4 @@ def test_fused_noise_kernel_follows_the_signal_reference() -> None:
     """Per-example draws with init_loc = -3: the fused kernel equals the per-layer path."""
     net = _net(init_loc=-3.0)
     x, y = torch.randn(9, 6), torch.randint(0, 3, (9,))
-    results = []
-    for fused in (False, True):
-        net.zero_grad()
-        torch.manual_seed(2)
-        loss, out = fast_elbo_loss(net, x, y, per_example=True, fused=fused)
-        loss.backward()
-        results.append((loss.detach(), out.detach(), net.net.fc1.weight.grad.clone()))
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    _assert_fused_equals_per_layer(net, x, y, seed=2, grad=lambda: net.net.fc1.weight.grad.clone())
