@@ -16,6 +16,7 @@ from pyro_prune import arviz as pa
 from pyro_prune._checks import (
     SEED_MAX,
     check_count,
+    check_counts,
     check_inputs,
     check_int,
     check_number,
@@ -189,6 +190,12 @@ def test_check_count_has_one_wording(minimum: int, or_none: bool) -> None:
     for bad in (minimum - 1, float(minimum), True, "2", None):
         with pytest.raises(ValueError, match=f"^n must be {what}{tail}, got {bad!r}$".replace("(", r"\(")):
             check_count(bad, "n", minimum=minimum, or_none=or_none)
+
+
+def test_check_counts_names_the_first_bad_keyword() -> None:
+    assert check_counts(a=1, b=2) is None
+    with pytest.raises(ValueError, match=r"^b must be a positive int, got 0$"):
+        check_counts(a=1, b=0, c=-1)
 
 
 @pytest.mark.parametrize("build", [

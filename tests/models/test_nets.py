@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from pyro import poutine
 from torch import nn
 
 from pyro_prune.models import (
+    CNN,
+    FCN,
     MLP,
     LeNet5,
     MultiplicativeNoise,
@@ -134,3 +138,27 @@ def test_config_records_the_noise_settings_and_rebuilds_the_model(make) -> None:
             assert torch.equal(p, q), f"{name}.{pname}"
         for (bname, b), (_, c) in zip(gate.named_buffers(), other.named_buffers(), strict=True):
             assert torch.equal(b, c), f"{name}.{bname}"
+
+
+@pytest.mark.parametrize("make", [
+    lambda: MLP(12, [6, 5], 3, weights="gaussian", gate="mask"),
+    lambda: LeNet5(1, 4, 8),
+    lambda: ResNet(1, 3, widths=(4, 8), blocks_per_stage=1, image_size=8, weights="gaussian"),
+    lambda: ViT(image_size=8, patch_size=4, num_classes=3, dim=8, heads=2, depth=1, mlp_dim=6),
+    lambda: FCN(12, 3, hidden=(5,)),
+    lambda: CNN(1, 3, 8, channels=(2, 3), hidden=(4,)),
+], ids=["mlp", "lenet5", "resnet", "vit", "fcn", "cnn"])
+def test_ready_networks_record_their_input_shape_and_plain_config(make) -> None:
+    net = make()
+    x = net.example_input(3)
+    assert x.shape == (3, *net.input_shape) and net.predict(x).shape[0] == 3
+    assert json.loads(json.dumps(net.config)) == net.config  # enums by value: plain JSON
+    assert type(net)(**net.config).config == net.config
+
+
+def test_example_input_needs_an_input_shape() -> None:
+    net = PrunableNet(nn.Sequential(nn.Linear(3, 4), MultiplicativeNoise(4), nn.Linear(4, 2)))
+    with pytest.raises(ValueError, match="no input_shape"):
+        net.example_input()
+    net.record_config((3,), width=4)
+    assert net.example_input(2).shape == (2, 3) and net.config == {"width": 4}
