@@ -152,9 +152,10 @@ class ResNet(PrunableNet):
                                    weights=weights_kind, gate=gate_kind, prior_scale=prior_scale,
                                    noise_kwargs=dict(noise_kwargs))
         super().__init__(backbone, likelihood=likelihood, num_data=num_data)
-        if weights_kind is WeightPrior.GAUSSIAN:
-            link_output_gates(self)
         self.record_config((in_channels, image_size, image_size), in_channels=in_channels,
                            num_classes=num_classes, widths=widths, blocks_per_stage=blocks_per_stage,
                            image_size=image_size, likelihood=self.likelihood, weights=weights_kind,
                            gate=gate_kind, prior_scale=prior_scale, **noise_kwargs)
+        # after input_shape is recorded: the links are read from the structure graph
+        if weights_kind is WeightPrior.GAUSSIAN:
+            link_output_gates(self)

@@ -233,10 +233,11 @@ class ViT(PrunableNet):
                                 mlp_dim, weights=weights_kind, gate=gate_kind,
                                 prior_scale=prior_scale, noise_kwargs=dict(noise_kwargs))
         super().__init__(backbone, likelihood=likelihood, num_data=num_data)
-        if weights_kind is WeightPrior.GAUSSIAN:
-            link_output_gates(self)
         self.record_config((in_channels, image_size, image_size), image_size=image_size,
                            patch_size=patch_size, in_channels=in_channels, num_classes=num_classes,
                            dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim,
                            likelihood=self.likelihood, weights=weights_kind, gate=gate_kind,
                            prior_scale=prior_scale, **noise_kwargs)
+        # after input_shape is recorded: the links are read from the structure graph
+        if weights_kind is WeightPrior.GAUSSIAN:
+            link_output_gates(self)
