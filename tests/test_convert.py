@@ -14,7 +14,6 @@ from pyro.nn import PyroModule
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from pyro_prune import convert
 from pyro_prune.convert import (
     ChannelScale,
     UnsupportedOpError,
@@ -25,6 +24,7 @@ from pyro_prune.convert import (
     supported_ops,
     to_deterministic,
 )
+from pyro_prune.graph import cached_analysis
 from pyro_prune.inference import fit
 from pyro_prune.inference.scoring import structure_removals
 from pyro_prune.models import (
@@ -471,7 +471,7 @@ def test_compression_is_cached_fast_and_follows_architecture_changes() -> None:
     model = MLP(784, [100] * 7, 10)
     prune_random(model, torch.Generator().manual_seed(0), 0.3)
     first = compression(model)
-    analysis = convert._CACHE[model]
+    analysis = cached_analysis(model)
     times = []
     for i in range(7):
         # a new kept pattern every call, so the cached analysis (not the memo) is timed
@@ -480,11 +480,11 @@ def test_compression_is_cached_fast_and_follows_architecture_changes() -> None:
         compression(model)
         times.append(time.perf_counter() - t0)
     assert sorted(times)[3] < 0.02  # median; about a millisecond unloaded
-    assert convert._CACHE[model] is analysis
+    assert cached_analysis(model) is analysis
     assert compression(model) > first
     model.net.out = nn.Linear(100, 10)  # a new module: the analysis is rebuilt
     compression(model)
-    assert convert._CACHE[model] is not analysis
+    assert cached_analysis(model) is not analysis
     assert compression(MLP(4, 3, 2)) == 0.0
 
 

@@ -21,8 +21,7 @@ from pyro_prune.convert.layers import (
     registered_layers,
     resize_layers,
 )
-from pyro_prune.graph.analysis import _CACHE, _analysis
-from pyro_prune.graph.ops import OpKind, UnsupportedOpError, supported_ops
+from pyro_prune.graph import OpKind, UnsupportedOpError, supported_ops
 
 __all__ = [
     "ChannelScale",
@@ -42,4 +41,3 @@ __all__ = [
     "supported_ops",
     "to_deterministic",
 ]
-_ = (_CACHE, _analysis)  # re-exported for the tests

@@ -71,13 +71,22 @@ from pyro_prune.convert.plan import (
     _producer_indices,
     _slice_gate_inplace,
 )
-from pyro_prune.graph.analysis import _Analysis, _analysis, _fetch_attr
-from pyro_prune.graph.ops import _BATCH_NORMS, _CONVS, OpKind, UnsupportedOpError
+from pyro_prune.graph import (
+    DependencyAnalysis,
+    OpKind,
+    UnsupportedOpError,
+    dependency_analysis,
+    modes_restored,
+)
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.models.gate import StructureGate
 from pyro_prune.models.noise import StochasticModule
 
 __all__ = ["shrink", "to_deterministic"]
+
+#: layers whose eval-mode BatchNorm folds into the convolution before it
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+_CONVS = (nn.Conv1d, nn.Conv2d)
 
 
 # ---------------------------------------------------------------------- assembly
@@ -136,7 +145,7 @@ def to_deterministic(model: PrunableNet, guide: Any = None, *, example_input: An
     _check_guide(model, guide)
     if isinstance(channel_multiple, bool) or not isinstance(channel_multiple, int) or channel_multiple < 1:
         raise ValueError(f"channel_multiple must be a positive int, got {channel_multiple!r}")
-    an = _analysis(model, example_input)
+    an = dependency_analysis(model, example_input)
     plan = _plan(an, model, channel_multiple)
     net = model.net
     root: dict[str, Any] = {}
@@ -165,7 +174,7 @@ def to_deterministic(model: PrunableNet, guide: Any = None, *, example_input: An
 
     for node, op in an.ops.items():
         if node.op == "get_attr":
-            t = _fetch_attr(net, str(node.target), an.constants)
+            t = an.attribute(net, str(node.target))
             if isinstance(t, Tensor) and not bool(plan.exists[node].all()):
                 t = _sliced_attribute(an, plan, node, t)
             root[str(node.target)] = copy.deepcopy(t) if isinstance(t, (Tensor, nn.Module)) else t
@@ -241,7 +250,7 @@ def to_deterministic(model: PrunableNet, guide: Any = None, *, example_input: An
     return gm
 
 
-def _sliced_attribute(an: _Analysis, plan: Any, node: fx.Node, t: Tensor) -> Tensor:
+def _sliced_attribute(an: DependencyAnalysis, plan: Any, node: fx.Node, t: Tensor) -> Tensor:
     """A tensor attribute keeping its entries that exist after slicing (the per-channel
     tensors of ``F.batch_norm``); any other attribute cannot be sliced."""
     if not bool((an.tags[node] >= 0).any()) or t.dim() != 1:
@@ -294,14 +303,13 @@ def _fold_batch_norms(gm: fx.GraphModule) -> int:
     return folded
 
 
-def _check_equal(model: PrunableNet, module: Callable[[Tensor], Tensor], an: _Analysis) -> None:
+def _check_equal(model: PrunableNet, module: Callable[[Tensor], Tensor], an: DependencyAnalysis) -> None:
     gen = torch.Generator().manual_seed(0)
     if an.input_dtype.is_floating_point:
         x = torch.randn((2, *an.input_shape), generator=gen, dtype=torch.float64).to(an.input_dtype)
     else:  # token ids: 0 and 1 exist in every vocabulary
         x = torch.randint(0, 2, (2, *an.input_shape), generator=gen).to(an.input_dtype)
     x = x.to(an.device)
-    from pyro_prune.graph.trace import modes_restored
 
     with modes_restored(model):
         model.eval()
@@ -334,7 +342,7 @@ def shrink(model: PrunableNet, guide: Any = None, *, example_input: Any = None,
         ``(shrunk_model, shrunk_model.guide)``.
     """
     _check_guide(model, guide)
-    an = _analysis(model, example_input)
+    an = dependency_analysis(model, example_input)
     plan = _plan(an, model)
     new = copy.deepcopy(model)
     net = new.net
@@ -392,7 +400,6 @@ def shrink(model: PrunableNet, guide: Any = None, *, example_input: Any = None,
             _strip_gate_hooks(new.net)  # the gates are nodes of the graph now
         new.name_sites()
     if check:
-        from pyro_prune.graph.trace import modes_restored
 
         def predict(x: Tensor) -> Tensor:
             with modes_restored(new):

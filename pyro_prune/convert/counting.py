@@ -12,12 +12,16 @@ from torch.overrides import TorchFunctionMode
 
 from pyro_prune.convert.core import to_deterministic
 from pyro_prune.convert.layers import counted_params
-from pyro_prune.graph.analysis import _Analysis, _analysis, _fetch_attr
-from pyro_prune.graph.inputs import _net_device, _net_dtype
-from pyro_prune.graph.layers import layer_slicer
-from pyro_prune.graph.ops import OpKind
-from pyro_prune.graph.removal import _removed_ids
-from pyro_prune.graph.structure import warn_cannot_shrink
+from pyro_prune.graph import (
+    DependencyAnalysis,
+    OpKind,
+    dependency_analysis,
+    layer_slicer,
+    net_device,
+    net_dtype,
+    removed_channels,
+    warn_cannot_shrink,
+)
 from pyro_prune.models.base import PrunableNet
 
 
@@ -29,7 +33,7 @@ def _kept_count(removed: Tensor, cols: Tensor | None, n: int) -> int:
     return int(keep.sum())
 
 
-def _count_from_removed(an: _Analysis, model: PrunableNet, removed: Tensor) -> int:
+def _count_from_removed(an: DependencyAnalysis, model: PrunableNet, removed: Tensor) -> int:
     """Parameters of the converted deterministic network (one number per weight)."""
     net = model.net
     total = 0
@@ -37,7 +41,7 @@ def _count_from_removed(an: _Analysis, model: PrunableNet, removed: Tensor) -> i
     seen_attrs: set[int] = set()
     for node, op in an.ops.items():
         if node.op == "get_attr" and op.is_tensor:
-            t = _fetch_attr(net, str(node.target), an.constants)
+            t = an.attribute(net, str(node.target))
             if isinstance(t, nn.Parameter) and id(t) not in seen_attrs:
                 seen_attrs.add(id(t))
                 tags = an.tags[node]  # F.batch_norm's per-channel tensors go with their channels
@@ -79,8 +83,8 @@ def count_params(module: nn.Module, *, example_input: Any = None) -> int:
     ``loc``/``log_scale``, weight ``log_scale``) are not counted.
     """
     if isinstance(module, PrunableNet):
-        an = _analysis(module, example_input)
-        return _count_from_removed(an, module, _removed_ids(an, module))
+        an = dependency_analysis(module, example_input)
+        return _count_from_removed(an, module, removed_channels(an, module))
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     seen: set[int] = set()
@@ -111,13 +115,13 @@ def compression(model: PrunableNet, *, example_input: Any = None) -> float:
         raise TypeError(f"model must be a PrunableNet, got {type(model).__name__}")
     if not model.gates():
         return 0.0
-    an = _analysis(model, example_input)
+    an = dependency_analysis(model, example_input)
     warn_cannot_shrink(model, example_input, stacklevel=4)
     if an.full_params < 0:
         an.full_params = _count_from_removed(an, model, torch.zeros(an.n_ids, dtype=torch.bool))
     if an.full_params == 0:
         return 0.0
-    kept = _count_from_removed(an, model, _removed_ids(an, model))
+    kept = _count_from_removed(an, model, removed_channels(an, model))
     return 1.0 - kept / an.full_params
 
 
@@ -175,13 +179,13 @@ def count_macs(module: nn.Module, input_shape: Sequence[int], *, dtype: torch.dt
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     if dtype is None:
-        dtype = _net_dtype(module)
+        dtype = net_dtype(module)
     was_training = module.training
     module.eval()
     counter = _MacCounter()
     try:
         with torch.no_grad(), counter:
-            module(torch.zeros((1, *input_shape), dtype=dtype, device=_net_device(module)))
+            module(torch.zeros((1, *input_shape), dtype=dtype, device=net_device(module)))
     finally:
         module.train(was_training)
     return int(counter.macs)

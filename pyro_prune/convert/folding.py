@@ -10,9 +10,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from pyro_prune.graph.analysis import _Analysis
-from pyro_prune.graph.ops import OpKind, _commutes
-from pyro_prune.graph.paths import _producers_after
+from pyro_prune.graph import DependencyAnalysis, OpKind, commutes_with_scale, producers_after
 
 
 class ChannelScale(nn.Module):
@@ -51,7 +49,7 @@ def _gate_scale(g: Any) -> Tensor:
         return g.kept.to(torch.get_default_dtype())
 
 
-def _per_id_scale(an: _Analysis, gate_node: fx.Node, scale: Tensor) -> tuple[Tensor, Tensor]:
+def _per_id_scale(an: DependencyAnalysis, gate_node: fx.Node, scale: Tensor) -> tuple[Tensor, Tensor]:
     """Scale of every channel id under the gate and whether it is one value per id."""
     op = an.ops[gate_node]
     t = an.tags[gate_node]
@@ -66,7 +64,7 @@ def _per_id_scale(an: _Analysis, gate_node: fx.Node, scale: Tensor) -> tuple[Ten
 
 
 
-def _fold_backward(an: _Analysis, gate_node: fx.Node, lo: Tensor, ok: Tensor
+def _fold_backward(an: DependencyAnalysis, gate_node: fx.Node, lo: Tensor, ok: Tensor
                    ) -> tuple[str, str, Tensor] | None:
     """(module path, 'rows' | 'bn', per-row scale) when the gate folds into an earlier layer."""
     cur = an.ops[gate_node].inputs[0]
@@ -87,7 +85,7 @@ def _fold_backward(an: _Analysis, gate_node: fx.Node, lo: Tensor, ok: Tensor
             if sum(1 for o in an.ops.values() if o.node.op == "call_module" and o.node.target == cur.target) != 1:
                 return None
             return _scale_rows(str(cur.target), "bn", op.cols, lo, ok)
-        if not _commutes(op) or not op.inputs:
+        if not commutes_with_scale(op) or not op.inputs:
             return None
         cur = op.inputs[0]
 
@@ -100,10 +98,10 @@ def _scale_rows(target: str, how: str, ids: Tensor, lo: Tensor, ok: Tensor) -> t
     return target, how, rows
 
 
-def _fold_forward(an: _Analysis, gate_node: fx.Node, lo: Tensor, ok: Tensor
+def _fold_forward(an: DependencyAnalysis, gate_node: fx.Node, lo: Tensor, ok: Tensor
                   ) -> list[tuple[str, Tensor]] | None:
     """[(consumer path, per-input-column scale)] when the gate folds into later layers."""
-    reached, blocked = _producers_after(an, gate_node, _commutes)
+    reached, blocked = producers_after(an, gate_node, commutes_with_scale)
     if blocked or not reached:
         return None
     found: list[tuple[str, Tensor]] = []

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pyro_prune.graph.layers import (
+from pyro_prune.graph import (
     LayerRole,
     LayerSlicer,
     layer_slicer,

@@ -12,19 +12,23 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from pyro_prune.graph.analysis import _Analysis
-from pyro_prune.graph.layers import layer_slicer
-from pyro_prune.graph.ops import (
-    _A,
-    _ATEN_SIZED,
-    _SIZED_METHODS,
+from pyro_prune.graph import (
+    SIZED_ATEN_OPS,
+    SIZED_METHODS,
+    DependencyAnalysis,
+    Op,
     OpKind,
     UnsupportedOpError,
-    _is_linear,
-    _Op,
+    binary_operands,
+    is_linear,
+    layer_slicer,
+    pool_any,
+    reduce_any,
+    removed_channels,
 )
-from pyro_prune.graph.removal import _binary_operands, _pool_any, _reduce_any, _removed_ids
 from pyro_prune.models.base import PrunableNet
+
+_ATEN = torch.ops.aten
 
 
 # ====================================================================== slicing
@@ -32,7 +36,7 @@ from pyro_prune.models.base import PrunableNet
 class _Plan:
     """Everything a conversion needs: removals, kept indices per axis, new shapes."""
 
-    an: _Analysis
+    an: DependencyAnalysis
     removed: Tensor
     exists: dict[fx.Node, Tensor]
     keep: dict[fx.Node, list[Tensor]]  # kept indices per axis of every tensor node
@@ -40,7 +44,7 @@ class _Plan:
     arg_rewrites: dict[fx.Node, tuple[tuple, dict]]
 
 
-def _existence_pass(an: _Analysis, removed: Tensor) -> dict[fx.Node, Tensor]:
+def _existence_pass(an: DependencyAnalysis, removed: Tensor) -> dict[fx.Node, Tensor]:
     """Forward: bool per position, True where the position exists after slicing."""
     ex: dict[fx.Node, Tensor] = {}
     true = torch.ones((), dtype=torch.bool)
@@ -56,7 +60,7 @@ def _existence_pass(an: _Analysis, removed: Tensor) -> dict[fx.Node, Tensor]:
         elif kind is OpKind.PRODUCER:
             x = ex[op.inputs[0]]
             rows = ~removed[op.offset: op.offset + op.channels]
-            if _is_linear(op.module):  # type: ignore[arg-type]
+            if is_linear(op.module):  # type: ignore[arg-type]
                 ex[node] = rows.expand(shape) & x.any(-1, keepdim=True)
             else:
                 per_b = x.reshape(x.shape[0], -1).any(-1)
@@ -67,14 +71,14 @@ def _existence_pass(an: _Analysis, removed: Tensor) -> dict[fx.Node, Tensor]:
             flat = torch.cat([ex[n].expand(an.ops[n].shape).reshape(-1) for n in op.inputs])
             ex[node] = flat[op.posmap]
         elif kind is OpKind.BINARY:
-            a, b = _binary_operands(op)
+            a, b = binary_operands(op)
             ex[node] = (ex[a] & ex[b]).expand(shape)
         elif kind is OpKind.POOL:
-            ex[node] = _pool_any(ex[op.inputs[0]], shape)
+            ex[node] = pool_any(ex[op.inputs[0]], shape)
         elif kind is OpKind.REDUCE:
-            ex[node] = _reduce_any(ex[op.inputs[0]], op.dims, shape)
+            ex[node] = reduce_any(ex[op.inputs[0]], op.dims, shape)
         elif kind is OpKind.MATMUL:
-            a, b = _binary_operands(op)
+            a, b = binary_operands(op)
             ex[node] = (ex[a].to(torch.float32) @ ex[b].to(torch.float32)) > 0
         elif kind is None:
             for n in op.inputs:
@@ -110,7 +114,7 @@ def _select(t: Tensor, keep: Sequence[Tensor]) -> Tensor:
     return t
 
 
-def _round_channels(an: _Analysis, removed: Tensor, multiple: int) -> Tensor:
+def _round_channels(an: DependencyAnalysis, removed: Tensor, multiple: int) -> Tensor:
     """Keep (as exact zeros) enough removed groups that every producer's width is a multiple.
 
     A restored group stays physically with its gates' ``E[theta] * kept = 0`` folded in,
@@ -134,8 +138,8 @@ def _round_channels(an: _Analysis, removed: Tensor, multiple: int) -> Tensor:
     return removed
 
 
-def _plan(an: _Analysis, model: PrunableNet, channel_multiple: int = 1) -> _Plan:
-    removed = _removed_ids(an, model)
+def _plan(an: DependencyAnalysis, model: PrunableNet, channel_multiple: int = 1) -> _Plan:
+    removed = removed_channels(an, model)
     if channel_multiple > 1:
         rounded = _round_channels(an, removed, channel_multiple)
         try:
@@ -146,7 +150,7 @@ def _plan(an: _Analysis, model: PrunableNet, channel_multiple: int = 1) -> _Plan
     return _plan_from(an, model, removed)
 
 
-def _plan_from(an: _Analysis, model: PrunableNet, removed: Tensor) -> _Plan:
+def _plan_from(an: DependencyAnalysis, model: PrunableNet, removed: Tensor) -> _Plan:
     ex = _existence_pass(an, removed)
     keep: dict[fx.Node, list[Tensor]] = {}
     new_shape: dict[fx.Node, tuple[int, ...]] = {}
@@ -184,7 +188,7 @@ def _plan_from(an: _Analysis, model: PrunableNet, removed: Tensor) -> _Plan:
     return _Plan(an=an, removed=removed, exists=ex, keep=keep, new_shape=new_shape, arg_rewrites=rewrites)
 
 
-def _call_with(node: fx.Node, net: nn.Module, an: _Analysis, args: tuple, kwargs: dict,
+def _call_with(node: fx.Node, net: nn.Module, an: DependencyAnalysis, args: tuple, kwargs: dict,
                pos: dict[fx.Node, Tensor]) -> Tensor:
     def value(n: fx.Node) -> Any:
         return pos[n] if n in pos else an.values[n]
@@ -203,7 +207,7 @@ def _call_with(node: fx.Node, net: nn.Module, an: _Analysis, args: tuple, kwargs
 
 
 def _fix_sizes(sizes: Sequence[Any], old: Sequence[int], new: Sequence[int], axes: Sequence[int],
-               op: _Op, node: fx.Node) -> list[Any]:
+               op: Op, node: fx.Node) -> list[Any]:
     out = list(sizes)
     for i, axis in zip(range(len(out)), axes):
         s = out[i]
@@ -218,12 +222,12 @@ def _fix_sizes(sizes: Sequence[Any], old: Sequence[int], new: Sequence[int], axe
     return out
 
 
-def _new_unflatten_sizes(an: _Analysis, node: fx.Node, m: nn.Unflatten) -> tuple[int, ...]:
+def _new_unflatten_sizes(an: DependencyAnalysis, node: fx.Node, m: nn.Unflatten) -> tuple[int, ...]:
     return tuple(an.ops[node].shape[m.dim % len(an.ops[node].shape): m.dim % len(an.ops[node].shape)
                                     + len(m.unflattened_size)])  # type: ignore[index]
 
 
-def _rewrite_index_args(an: _Analysis, node: fx.Node, op: _Op,
+def _rewrite_index_args(an: DependencyAnalysis, node: fx.Node, op: Op,
                         new_shape: dict[fx.Node, tuple[int, ...]],
                         keep: dict[fx.Node, list[Tensor]]) -> tuple[tuple, dict]:
     """Size arguments of reshape/view/expand/unflatten given as constants -> new sizes;
@@ -231,7 +235,7 @@ def _rewrite_index_args(an: _Analysis, node: fx.Node, op: _Op,
     args: Any = node.args
     kwargs: dict[str, Any] = dict(node.kwargs)
     old, new = op.shape, new_shape[node]
-    if node.op == "call_function" and node.target in (_A.slice.Tensor, _A.select.int):
+    if node.op == "call_function" and node.target in (_ATEN.slice.Tensor, _ATEN.select.int):
         src = args[0]
         ndim = len(an.ops[src].shape)
         dim = int(args[1] if len(args) > 1 else kwargs.get("dim", 0)) % ndim
@@ -247,7 +251,7 @@ def _rewrite_index_args(an: _Analysis, node: fx.Node, op: _Op,
             i = max(0, min(full, i + full if i < 0 else i))
             return int((kept < i).sum())
 
-        if node.target is _A.select.int:
+        if node.target is _ATEN.select.int:
             return (src, dim, position(args[2] if len(args) > 2 else kwargs["index"])), {}
         rest = list(args[2:]) + [None] * (3 - len(args[2:]))
         start, end, step = rest[:3]
@@ -255,11 +259,11 @@ def _rewrite_index_args(an: _Analysis, node: fx.Node, op: _Op,
             return args, kwargs  # checked by position below
         return (src, dim, position(start if start is not None else 0),
                 position(end) if end is not None else None), {}
-    if node.op == "call_function" and node.target in _ATEN_SIZED:
+    if node.op == "call_function" and node.target in SIZED_ATEN_OPS:
         sizes = args[1] if len(args) > 1 else kwargs["size"]
         fixed_sizes = _fix_sizes(sizes, old, new, range(len(old)), op, node)
         return (args[0], fixed_sizes, *args[2:]), {k: v for k, v in kwargs.items() if k != "size"}
-    if node.op == "call_function" and node.target is _A.unflatten.int:
+    if node.op == "call_function" and node.target is _ATEN.unflatten.int:
         d = int(args[1]) % len(an.ops[args[0]].shape)
         sizes = args[2]
         return (args[0], args[1], _fix_sizes(sizes, old, new, range(d, d + len(sizes)), op, node)), {}
@@ -268,7 +272,7 @@ def _rewrite_index_args(an: _Analysis, node: fx.Node, op: _Op,
         return _fix_sizes(sizes, old, new, axes, op, node)
 
     name = str(node.target)
-    if node.op == "call_method" and name in _SIZED_METHODS:
+    if node.op == "call_method" and name in SIZED_METHODS:
         sizes = args[1:]
         if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
             return (args[0], tuple(fix(sizes[0], range(len(old))))), kwargs
@@ -310,7 +314,7 @@ def _take(t: Tensor | None, dim: int, idx: Tensor | None) -> Tensor | None:
     return t.index_select(dim, idx.to(t.device))
 
 
-def _producer_indices(an: _Analysis, plan: _Plan, node: fx.Node, op: _Op
+def _producer_indices(an: DependencyAnalysis, plan: _Plan, node: fx.Node, op: Op
                       ) -> tuple[Tensor | None, Tensor | None]:
     """Kept input channels and output rows of a producer (``None``: all of them)."""
     m: Any = op.module

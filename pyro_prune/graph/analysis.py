@@ -45,22 +45,22 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from pyro_prune.graph.inputs import (
-    _net_device,
-    _net_dtype,
     _resolve_input_dtype,
     _resolve_input_shape,
-    _search_input_shape,
+    net_device,
+    net_dtype,
+    search_input_shape,
 )
 from pyro_prune.graph.layers import layer_slicer
 from pyro_prune.graph.ops import (
     _GENERAL,
+    Op,
     OpKind,
     UnsupportedOpError,
     _classify,
     _is_leaf,
-    _is_linear,
     _is_opaque,
-    _Op,
+    is_linear,
 )
 from pyro_prune.graph.ties import _channel_cols, _const_along, _rows_along, _UnionFind
 from pyro_prune.models.base import PrunableNet
@@ -69,11 +69,29 @@ from pyro_prune.models.noise import NoiseMode, noise_mode
 
 
 @dataclasses.dataclass(eq=False)
-class _Analysis:
+class DependencyAnalysis:
+    """The dependency analysis of one traced network (see the module docstring).
+
+    What the converter, the counters and :func:`~pyro_prune.models.bayesianize` read:
+
+    * ``graph``: the module graph (:func:`~pyro_prune.graph.module_graph`), ``tracer``
+      ``"fx"`` or ``"export"``, and ``constants`` (tensors export lifted out of the code;
+      read any ``get_attr`` target with :meth:`attribute`);
+    * ``ops``: the :class:`~pyro_prune.graph.Op` of every node (kind, shape, inputs, and
+      per kind: producer rows ``offset``/``channels``, input column tags ``cols``, index
+      maps ``posmap``, ...);
+    * ``tags``: per tensor node, the channel id of every position (``-1``: none);
+    * ``root``: the tied group of every channel id, ``pinned_root``: the groups that can
+      never be removed; ``n_ids`` channel ids in all;
+    * ``gates`` (gate path -> node), ``producers`` (layer path -> its call nodes),
+      ``outputs``; ``input_shape``/``input_dtype`` of one example, the network's
+      ``dtype``/``device``.
+    """
+
     graph: fx.Graph
     tracer: str  # "fx" | "export"
     constants: dict[str, Tensor]  # tensors export lifted out of the code
-    ops: dict[fx.Node, _Op]
+    ops: dict[fx.Node, Op]
     tags: dict[fx.Node, Tensor]
     values: dict[fx.Node, Any]  # non-tensor values (for rewriting args)
     input_shape: tuple[int, ...]
@@ -91,11 +109,21 @@ class _Analysis:
     # (channel tags, axes): channels combined with a tensor that spans those axes (and has
     # no structures): removable only while no index along those axes disappears
     conditional: list[tuple[Tensor, tuple[int, ...]]] = dataclasses.field(default_factory=list)
-    last_kept: Tensor | None = None  # memo of the last _removed_ids call
+    last_kept: Tensor | None = None  # memo of the last removed_channels call
     last_removed: Tensor | None = None
 
 
+    def attribute(self, net: nn.Module, target: str) -> Any:
+        """The tensor (or module) a ``get_attr`` node of ``graph`` reads from ``net``."""
+        return _fetch_attr(net, target, self.constants)
+
+
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def cached_analysis(model: PrunableNet) -> DependencyAnalysis | None:
+    """The analysis :func:`dependency_analysis` last built for ``model`` (``None``: none yet)."""
+    return _CACHE.get(model)
 
 
 def _signature(model: PrunableNet) -> tuple:
@@ -104,11 +132,12 @@ def _signature(model: PrunableNet) -> tuple:
         shapes = tuple((k, tuple(v.shape)) for k, v in m._parameters.items() if v is not None)
         bufs = tuple((k, tuple(v.shape)) for k, v in m._buffers.items() if v is not None)
         items.append((name, id(m), shapes, bufs))
-    return (id(model.net), _net_dtype(model.net), _net_device(model.net), tuple(items))
+    return (id(model.net), net_dtype(model.net), net_device(model.net), tuple(items))
 
 
 
 def _fetch_attr(root: nn.Module, target: str, constants: dict[str, Tensor] | None = None) -> Any:
+    """The attribute at dotted path ``target`` of ``root`` (or the lifted constant of that name)."""
     if constants and target in constants:
         return constants[target]
     obj: Any = root
@@ -118,16 +147,16 @@ def _fetch_attr(root: nn.Module, target: str, constants: dict[str, Tensor] | Non
 
 
 def _build_analysis(model: PrunableNet, input_shape: tuple[int, ...] | None,
-                    input_dtype: torch.dtype | None) -> _Analysis:
+                    input_dtype: torch.dtype | None) -> DependencyAnalysis:
     from pyro_prune.graph.trace import modes_restored, module_graph
 
     net = model.net
     with modes_restored(net):
         net.eval()
-        dtype, device = _net_dtype(net), _net_device(net)
+        dtype, device = net_dtype(net), net_device(net)
         input_dtype = input_dtype or dtype
         if input_shape is None:
-            input_shape = _search_input_shape(net, dtype, device)
+            input_shape = search_input_shape(net, dtype, device)
         with torch.no_grad(), noise_mode(net, NoiseMode.MEAN):
             example = torch.zeros((2, *input_shape), dtype=input_dtype, device=device)
             traced = module_graph(net, example, _is_leaf, opaque=_is_opaque)
@@ -137,16 +166,16 @@ def _build_analysis(model: PrunableNet, input_shape: tuple[int, ...] | None,
 
 def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, ...],
                    dtype: torch.dtype, device: torch.device, input_dtype: torch.dtype,
-                   tracer: str, constants: dict[str, Tensor]) -> _Analysis:
+                   tracer: str, constants: dict[str, Tensor]) -> DependencyAnalysis:
     net = model.net
     env: dict[fx.Node, Any] = {}
-    ops: dict[fx.Node, _Op] = {}
+    ops: dict[fx.Node, Op] = {}
     tags: dict[fx.Node, Tensor] = {}
     uf = _UnionFind()
     pinned: list[Tensor] = []
     gated: list[Tensor] = []
     conditional: list[tuple[Tensor, tuple[int, ...]]] = []
-    unsupported: list[tuple[_Op, Tensor]] = []
+    unsupported: list[tuple[Op, Tensor]] = []
     offsets: dict[str, tuple[int, int]] = {}
     producers: dict[str, list[fx.Node]] = {}
     gates: dict[str, fx.Node] = {}
@@ -197,7 +226,7 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
         is_tensor = isinstance(value, Tensor)
         node.meta["_pp_tensor"] = is_tensor
         if node.op in ("placeholder", "get_attr"):
-            op = _Op(node=node, kind=OpKind.SHAPE if not is_tensor else OpKind.ELEMENTWISE,
+            op = Op(node=node, kind=OpKind.SHAPE if not is_tensor else OpKind.ELEMENTWISE,
                      name=f"{node.op} {node.target}")
             op.is_tensor, op.shape = is_tensor, tuple(value.shape) if is_tensor else ()
             op.elem = _GENERAL
@@ -227,7 +256,7 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
             target = str(node.target)
             slicer = layer_slicer(m)
             assert slicer is not None
-            linear = _is_linear(m)
+            linear = is_linear(m)
             n_out = slicer.num_out(m)
             if target not in offsets:
                 offsets[target] = (uf.add(n_out), n_out)
@@ -392,7 +421,7 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
         if ids.numel():
             pinned_root[root[ids.reshape(-1)]] = True
     values = {n: v for n, v in env.items() if not isinstance(v, Tensor)}
-    an = _Analysis(graph=graph, tracer=tracer, constants=constants, input_dtype=input_dtype, ops=ops, tags=tags, values=values, input_shape=tuple(input_shape),
+    an = DependencyAnalysis(graph=graph, tracer=tracer, constants=constants, input_dtype=input_dtype, ops=ops, tags=tags, values=values, input_shape=tuple(input_shape),
                    dtype=dtype, device=device, n_ids=n_ids, root=root, pinned_root=pinned_root, conditional=conditional, gates=gates,
                    producers=producers, outputs=outputs)
     return an
@@ -410,8 +439,21 @@ def _run_index_op(node: fx.Node, net: nn.Module, env: dict, pos: dict[fx.Node, T
     return net.get_submodule(str(node.target))(*args, **kwargs)
 
 
-def _analysis(model: PrunableNet, example_input: Any = None) -> _Analysis:
-    """The cached dependency analysis of ``model`` (rebuilt when the architecture changes)."""
+def dependency_analysis(model: PrunableNet, example_input: Any = None) -> DependencyAnalysis:
+    """The dependency analysis of ``model``'s backbone, cached per model and rebuilt when its
+    architecture (modules, parameter shapes), input shape or input dtype changes.
+
+    Args:
+        model: a :class:`~pyro_prune.models.PrunableNet` (any backbone ``torch.fx`` or
+            ``torch.export`` can trace).
+        example_input: a batch, or the shape of one input; default: the model's
+            ``input_shape`` (or ``config["in_features"]``), else searched from its first layer.
+
+    Raises:
+        TypeError: ``model`` is not a ``PrunableNet``.
+        ValueError: the network cannot be traced, or a gated structure meets an unsupported
+            op (:class:`~pyro_prune.graph.UnsupportedOpError`, naming the op and the gates).
+    """
     if not isinstance(model, PrunableNet):
         raise TypeError(f"model must be a PrunableNet, got {type(model).__name__}")
     sig = _signature(model)

@@ -16,14 +16,15 @@ import torch
 import torch.fx as fx
 from torch import Tensor
 
-from pyro_prune.graph.analysis import _Analysis
+from pyro_prune.graph.analysis import DependencyAnalysis
 from pyro_prune.graph.layers import layer_slicer
 from pyro_prune.graph.ops import OpKind
+from pyro_prune.graph.paths import sole_reader
 
 __all__ = ["attention_heads"]
 
 
-def attention_heads(an: _Analysis, exclude: Set[str] = frozenset()
+def attention_heads(an: DependencyAnalysis, exclude: Set[str] = frozenset()
                     ) -> tuple[list[tuple[fx.Node, int, str]], set[int]]:
     """Every attention output a head gate can go on, and the tied groups inside attention.
 
@@ -87,22 +88,7 @@ def _head_groups(v_tags: Tensor, heads: int) -> int | None:
     return groups
 
 
-def _projection_after(an: _Analysis, node: fx.Node) -> fx.Node | None:
+def _projection_after(an: DependencyAnalysis, node: fx.Node) -> fx.Node | None:
     """The producer reading ``node`` through single-use index ops (the output projection)."""
-    cur = node
-    while True:
-        users = list(cur.users)
-        if len(users) != 1:
-            return None
-        user = users[0]
-        op = an.ops.get(user)
-        if op is None:
-            return None
-        if op.kind is OpKind.PRODUCER:
-            return user if len(an.producers[str(user.target)]) == 1 else None
-        passes = op.kind is OpKind.INDEX or (op.kind is OpKind.ELEMENTWISE and op.elem.homogeneous)
-        if not passes or len(op.inputs) != 1:
-            return None
-        cur = user
-
-
+    return sole_reader(an, node, lambda op: op.kind is OpKind.INDEX
+                       or (op.kind is OpKind.ELEMENTWISE and op.elem.homogeneous))

@@ -9,19 +9,21 @@ import torch
 from torch import Tensor, nn
 
 from pyro_prune.graph.layers import layer_slicer
-from pyro_prune.graph.ops import _is_conv, _is_linear, _is_producer
+from pyro_prune.graph.ops import _is_conv, _is_producer, is_linear
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.models.noise import NoiseMode, noise_mode
 
 
-def _net_dtype(net: nn.Module) -> torch.dtype:
+def net_dtype(net: nn.Module) -> torch.dtype:
+    """The dtype of the network's first floating parameter (else torch's default dtype)."""
     for p in net.parameters():
         if p.is_floating_point():
             return p.dtype
     return torch.get_default_dtype()
 
 
-def _net_device(net: nn.Module) -> torch.device:
+def net_device(net: nn.Module) -> torch.device:
+    """The device of the network's first parameter (else the CPU)."""
     for p in net.parameters():
         return p.device
     return torch.device("cpu")
@@ -58,13 +60,13 @@ def _resolve_input_dtype(model: PrunableNet, example_input: Any) -> torch.dtype 
     return dtype if isinstance(dtype, torch.dtype) and not dtype.is_floating_point else None
 
 
-def _search_input_shape(net: nn.Module, dtype: torch.dtype,
+def search_input_shape(net: nn.Module, dtype: torch.dtype,
                         device: torch.device) -> tuple[int, ...]:
     """Find an input shape the backbone accepts from its first Linear / Conv layer."""
     first: Any = next((m for m in net.modules() if _is_producer(m)), None)
     candidates: list[tuple[int, ...]] = []
     first_slicer = layer_slicer(first)
-    if first_slicer is not None and _is_linear(first):
+    if first_slicer is not None and is_linear(first):
         candidates.append((first_slicer.num_in(first),))
     elif first_slicer is not None and _is_conv(first):
         ks = getattr(first, "kernel_size", (1, 1))

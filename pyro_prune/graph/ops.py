@@ -111,8 +111,8 @@ _INDEX_METHODS = {
     "view", "reshape", "flatten", "unflatten", "permute", "transpose", "swapaxes", "t",
     "movedim", "contiguous", "unsqueeze", "squeeze", "expand", "repeat", "clone",
 }
-# index ops whose size arguments may need rewriting after slicing
-_SIZED_METHODS = {"view", "reshape", "expand"}
+#: tensor methods whose size arguments a conversion rewrites after slicing (see ``SIZED_ATEN_OPS``)
+SIZED_METHODS = {"view", "reshape", "expand"}
 _POOL_MODULES = (
     nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
     nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
@@ -128,8 +128,6 @@ _SOFTMAX_METHODS = {"softmax", "log_softmax"}
 _MATMUL_FUNCTIONS = {torch.matmul, operator.matmul, torch.bmm}
 _MATMUL_METHODS = {"matmul", "bmm", "__matmul__"}
 _SHAPE_METHODS = {"size", "dim", "numel"}
-_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-_CONVS = (nn.Conv1d, nn.Conv2d)
 
 
 def supported_ops() -> dict[str, list[str]]:
@@ -158,7 +156,7 @@ def _is_producer(m: Any) -> bool:
     return slicer is not None and slicer.role is LayerRole.PRODUCER
 
 
-def _is_linear(m: Any) -> bool:
+def is_linear(m: Any) -> bool:
     """A registered producer whose structures are the last axis (features)."""
     slicer = layer_slicer(m)
     return slicer is not None and slicer.role is LayerRole.PRODUCER and slicer.out_axis == -1
@@ -219,7 +217,10 @@ def _op_name(node: fx.Node) -> str:
 
 # ====================================================================== analysis
 @dataclasses.dataclass(eq=False)
-class _Op:
+class Op:
+    """One node of an analysed graph: its :class:`OpKind` (``None``: unsupported) and what
+    the passes over the graph need of it (fields by kind, see the comments)."""
+
     node: fx.Node
     kind: OpKind | None  # None: unsupported op
     name: str
@@ -257,10 +258,10 @@ def _arg(node: fx.Node, env_args: tuple, env_kwargs: dict, index: int, name: str
     return env_kwargs.get(name, default)
 
 
-def _classify(node: fx.Node, net: nn.Module, args: tuple, kwargs: dict, value: Any) -> _Op:
+def _classify(node: fx.Node, net: nn.Module, args: tuple, kwargs: dict, value: Any) -> Op:
     name = _op_name(node)
     tensor_inputs = tuple(n for n in node.all_input_nodes if n.meta.get("_pp_tensor", False))
-    op = _Op(node=node, kind=None, name=name, inputs=tensor_inputs)
+    op = Op(node=node, kind=None, name=name, inputs=tensor_inputs)
     if isinstance(value, Tensor):
         op.is_tensor, op.shape = True, tuple(value.shape)
     is_tensor_out = isinstance(value, Tensor)
@@ -373,7 +374,8 @@ _ATEN_INDEX = {
     _A.stack, _A.movedim, _A.repeat, _A.narrow, _A.swapaxes, _A.expand_as, _A.view_as,
     _A.repeat_interleave,
 }
-_ATEN_SIZED = {_A.view.default, _A.reshape.default, _A._unsafe_view.default, _A.expand.default}
+#: ATen index ops whose size arguments a conversion rewrites after slicing
+SIZED_ATEN_OPS = {_A.view.default, _A.reshape.default, _A._unsafe_view.default, _A.expand.default}
 _ATEN_POOL = {_A.max_pool1d, _A.max_pool2d, _A.avg_pool1d, _A.avg_pool2d, _A.adaptive_avg_pool1d,
               _A.adaptive_avg_pool2d, _A._adaptive_avg_pool2d}
 _ATEN_REDUCE = {_A.mean: "mean", _A.sum: "sum", _A.amax: "amax", _A.amin: "amin"}
@@ -381,7 +383,7 @@ _ATEN_SOFTMAX = {_A.softmax, _A._softmax, _A.log_softmax, _A._log_softmax}
 _ATEN_MATMUL = {_A.matmul, _A.bmm, _A.mm}
 
 
-def _classify_aten(op: _Op, target: Any, args: tuple, kwargs: dict, is_tensor_out: bool,
+def _classify_aten(op: Op, target: Any, args: tuple, kwargs: dict, is_tensor_out: bool,
                    has_tensor_inputs: bool) -> None:
     """The kind of an ATen op of a graph traced with torch.export."""
     packet = target.overloadpacket
@@ -437,7 +439,7 @@ def _is_scalar(v: Any) -> bool:
     return isinstance(v, (int, float, bool)) or (isinstance(v, Tensor) and v.dim() == 0)
 
 
-def _classify_arith(op: _Op, kind: str, a: Any, b: Any) -> None:
+def _classify_arith(op: Op, kind: str, a: Any, b: Any) -> None:
     if isinstance(a, Tensor) and isinstance(b, Tensor) and a.dim() > 0 and b.dim() > 0:
         op.kind, op.binary = OpKind.BINARY, kind
         return
@@ -455,7 +457,7 @@ def _classify_arith(op: _Op, kind: str, a: Any, b: Any) -> None:
 
 
 
-def _commutes(op: _Op) -> bool:
+def commutes_with_scale(op: Op) -> bool:
     """Single-input op that commutes with a positive per-channel scale."""
     if op.kind is OpKind.ELEMENTWISE:
         return op.elem.homogeneous and len(op.inputs) == 1

@@ -1,4 +1,5 @@
-"""Paths through a traced network: the producers an output reaches.
+"""Paths through a traced network: the producers an output reaches (:func:`producers_after`),
+the one layer reading it (:func:`sole_reader`), the module returning it (:func:`module_returning`).
 """
 
 from __future__ import annotations
@@ -7,11 +8,11 @@ from collections.abc import Callable
 
 import torch.fx as fx
 
-from pyro_prune.graph.analysis import _Analysis
-from pyro_prune.graph.ops import OpKind, _Op
+from pyro_prune.graph.analysis import DependencyAnalysis
+from pyro_prune.graph.ops import Op, OpKind
 
 
-def _producers_after(an: _Analysis, node: fx.Node, passes: Callable[[_Op], bool]
+def producers_after(an: DependencyAnalysis, node: fx.Node, passes: Callable[[Op], bool]
                      ) -> tuple[list[fx.Node], bool]:
     """The producer nodes that read ``node`` through ops ``passes`` accepts, and whether some
     path met another op (or the output) first."""
@@ -35,3 +36,43 @@ def _producers_after(an: _Analysis, node: fx.Node, passes: Callable[[_Op], bool]
     return found, blocked
 
 
+def sole_reader(an: DependencyAnalysis, node: fx.Node, passes: Callable[[Op], bool]) -> fx.Node | None:
+    """The producer node that alone reads ``node``, through a chain of ops ``passes`` accepts
+    (each the only user of the one before and reading it as its only tensor input, its first
+    argument); ``None`` when the chain branches or meets another op, or the producer is
+    called more than once."""
+    cur = node
+    while True:
+        users = list(cur.users)
+        if len(users) != 1:
+            return None
+        user = users[0]
+        op = an.ops.get(user)
+        if op is None or user.args[:1] != (cur,):
+            return None
+        if op.kind is OpKind.PRODUCER:
+            return user if user.op == "call_module" and len(an.producers[str(user.target)]) == 1 else None
+        if not passes(op) or len(op.inputs) != 1:
+            return None
+        cur = user
+
+
+def module_returning(an: DependencyAnalysis, node: fx.Node) -> str | None:
+    """Path of the innermost module around ``node`` (a graph traced with ``torch.export``)
+    whose output is ``node``'s value: every user of ``node`` lies outside that module and no
+    other value leaves it. ``None`` for the network itself or when there is no such module."""
+    stack = node.meta.get("nn_module_stack") or {}
+    path = str(list(stack.values())[-1][0]) if stack else ""
+    if not path or not node.users:
+        return None
+
+    def inside(n: fx.Node) -> bool:
+        return any(str(v[0]) == path for v in (n.meta.get("nn_module_stack") or {}).values())
+
+    if any(inside(u) for u in node.users):
+        return None
+    for n in an.graph.nodes:
+        if n is not node and n.op in ("call_function", "call_module") and inside(n) \
+                and any(not inside(u) for u in n.users):
+            return None
+    return path

@@ -10,14 +10,14 @@ import torch
 import torch.fx as fx
 from torch import Tensor
 
-from pyro_prune.graph.analysis import _Analysis
-from pyro_prune.graph.ops import OpKind, _is_linear, _Op
+from pyro_prune.graph.analysis import DependencyAnalysis
+from pyro_prune.graph.ops import Op, OpKind, is_linear
 from pyro_prune.graph.ties import _reduce_to
 from pyro_prune.models.base import PrunableNet
 
 
 # ====================================================================== kept-dependent passes
-def _gate_kept(an: _Analysis, model: PrunableNet) -> dict[fx.Node, Tensor]:
+def _gate_kept(an: DependencyAnalysis, model: PrunableNet) -> dict[fx.Node, Tensor]:
     out = {}
     for name, node in an.gates.items():
         g: Any = model.net.get_submodule(name)
@@ -26,17 +26,17 @@ def _gate_kept(an: _Analysis, model: PrunableNet) -> dict[fx.Node, Tensor]:
 
 
 
-def _pool_any(x: Tensor, shape: Sequence[int]) -> Tensor:
+def pool_any(x: Tensor, shape: Sequence[int]) -> Tensor:
     """Boolean map through a pooling op: a channel is set anywhere if it was set anywhere."""
     per_c = x.reshape(x.shape[0], x.shape[1], -1).any(-1)
     return per_c.reshape(per_c.shape + (1,) * (len(shape) - 2)).expand(shape)
 
 
-def _reduce_any(x: Tensor, dims: Any, shape: Sequence[int]) -> Tensor:
+def reduce_any(x: Tensor, dims: Any, shape: Sequence[int]) -> Tensor:
     """Boolean map through a reduction over ``dims``."""
     return (x.any(dim=dims, keepdim=True) if dims else x).reshape(shape)
 
-def _nonzero_pass(an: _Analysis, kept: dict[fx.Node, Tensor]) -> dict[fx.Node, Tensor]:
+def _nonzero_pass(an: DependencyAnalysis, kept: dict[fx.Node, Tensor]) -> dict[fx.Node, Tensor]:
     """Forward: bool per position, False where the value is exactly zero for every input."""
     nz: dict[fx.Node, Tensor] = {}
     true = torch.ones((), dtype=torch.bool)
@@ -53,7 +53,7 @@ def _nonzero_pass(an: _Analysis, kept: dict[fx.Node, Tensor]) -> dict[fx.Node, T
             flat = torch.cat([nz[n].expand(an.ops[n].shape).reshape(-1) for n in op.inputs])
             nz[node] = flat[op.posmap]
         elif kind is OpKind.BINARY:
-            a, b = (nz[n] for n in _binary_operands(op))
+            a, b = (nz[n] for n in binary_operands(op))
             if op.binary in ("add", "sub"):
                 nz[node] = (a | b).expand(shape)
             elif op.binary == "mul":
@@ -61,25 +61,26 @@ def _nonzero_pass(an: _Analysis, kept: dict[fx.Node, Tensor]) -> dict[fx.Node, T
             else:
                 nz[node] = a.expand(shape)
         elif kind is OpKind.POOL:
-            nz[node] = _pool_any(nz[op.inputs[0]], shape)
+            nz[node] = pool_any(nz[op.inputs[0]], shape)
         elif kind is OpKind.REDUCE:
-            nz[node] = _reduce_any(nz[op.inputs[0]], op.dims, shape)
+            nz[node] = reduce_any(nz[op.inputs[0]], op.dims, shape)
         elif kind is OpKind.MATMUL:
-            a, b = (nz[n] for n in _binary_operands(op))
+            a, b = (nz[n] for n in binary_operands(op))
             nz[node] = (a.to(torch.float32) @ b.to(torch.float32)) > 0
         else:  # producers, norms, softmax, non-zero-preserving maps, inputs, unsupported
             nz[node] = true.expand(shape)
     return nz
 
 
-def _binary_operands(op: _Op) -> tuple[fx.Node, fx.Node]:
+def binary_operands(op: Op) -> tuple[fx.Node, fx.Node]:
+    """The two operand nodes of a ``BINARY`` or ``MATMUL`` op, in argument order."""
     node = op.node
     a = node.args[0]
     b = node.args[1] if len(node.args) > 1 else node.kwargs["other"]
     return a, b  # type: ignore[return-value]
 
 
-def _live_pass(an: _Analysis, kept: dict[fx.Node, Tensor], nz: dict[fx.Node, Tensor]
+def _live_pass(an: DependencyAnalysis, kept: dict[fx.Node, Tensor], nz: dict[fx.Node, Tensor]
                ) -> tuple[dict[fx.Node, Tensor], dict[fx.Node, list[Tensor]]]:
     """Backward: bool per position, True where the value can reach the output.
 
@@ -109,7 +110,7 @@ def _live_pass(an: _Analysis, kept: dict[fx.Node, Tensor], nz: dict[fx.Node, Ten
             out = [_reduce_to(lo, in_shapes[0])] + [_any_live(lo, s) for s in in_shapes[1:]]
         elif kind is OpKind.PRODUCER:
             m = op.module
-            if _is_linear(m):  # type: ignore[arg-type]
+            if is_linear(m):  # type: ignore[arg-type]
                 out = [lo.any(-1, keepdim=True).expand(in_shapes[0])]
             elif op.depthwise:
                 per_c = lo.reshape(lo.shape[0], lo.shape[1], -1).any(-1)
@@ -123,7 +124,7 @@ def _live_pass(an: _Analysis, kept: dict[fx.Node, Tensor], nz: dict[fx.Node, Ten
             buf[op.posmap[lo]] = True
             out = [c.reshape(s) for c, s in zip(torch.split(buf, list(op.in_numels)), in_shapes)]
         elif kind is OpKind.BINARY:
-            a, b = _binary_operands(op)
+            a, b = binary_operands(op)
             la = lo & nz[b] if op.binary == "mul" else lo
             lb = lo & nz[a] if op.binary == "mul" else lo
             per = {a: _reduce_to(la, an.ops[a].shape), b: _reduce_to(lb, an.ops[b].shape)}
@@ -141,7 +142,7 @@ def _live_pass(an: _Analysis, kept: dict[fx.Node, Tensor], nz: dict[fx.Node, Ten
         elif kind in (OpKind.SOFTMAX, OpKind.LAYER_NORM):
             out = [lo.any(dim=op.dims, keepdim=True).expand(in_shapes[0])]
         elif kind is OpKind.MATMUL:
-            a, b = _binary_operands(op)
+            a, b = binary_operands(op)
             lf = lo.to(torch.float32)
             la = (lf @ nz[b].to(torch.float32).transpose(-1, -2)) > 0
             lb = (nz[a].to(torch.float32).transpose(-1, -2) @ lf) > 0
@@ -161,8 +162,9 @@ def _any_live(lo: Tensor, shape: Sequence[int]) -> Tensor:
     return (lo.any() if lo.numel() else torch.zeros((), dtype=torch.bool)).expand(tuple(shape))
 
 
-def _removed_ids(an: _Analysis, model: PrunableNet) -> Tensor:
-    """Bool ``[n_ids]``: the channel ids whose tied group is physically removed."""
+def removed_channels(an: DependencyAnalysis, model: PrunableNet) -> Tensor:
+    """Bool ``[n_ids]``: the channel ids whose tied group the gates' current ``kept`` masks
+    remove physically (memoised for the last set of masks)."""
     if an.n_ids == 0:
         return torch.zeros(0, dtype=torch.bool)
     kept = _gate_kept(an, model)
@@ -174,7 +176,7 @@ def _removed_ids(an: _Analysis, model: PrunableNet) -> Tensor:
     return removed
 
 
-def _removed_from_kept(an: _Analysis, kept: dict[fx.Node, Tensor]) -> Tensor:
+def _removed_from_kept(an: DependencyAnalysis, kept: dict[fx.Node, Tensor]) -> Tensor:
     if all(bool(k.all()) for k in kept.values()):
         return torch.zeros(an.n_ids, dtype=torch.bool)
     nz = _nonzero_pass(an, kept)
@@ -185,19 +187,19 @@ def _removed_from_kept(an: _Analysis, kept: dict[fx.Node, Tensor]) -> Tensor:
             op = an.ops[node]
             lo = live.get(node)
             if lo is not None:
-                axis = lo.dim() - 1 if _is_linear(op.module) else 1  # type: ignore[arg-type]
+                axis = lo.dim() - 1 if is_linear(op.module) else 1  # type: ignore[arg-type]
                 rows = lo.movedim(axis, 0).reshape(op.channels, -1).any(-1)
                 needed[op.offset: op.offset + op.channels] |= rows
             li = contrib.get(node)
             if li is not None and op.cols is not None:
                 x = nz[op.inputs[0]] & li[0]
-                axis = x.dim() - 1 if _is_linear(op.module) else 1  # type: ignore[arg-type]
+                axis = x.dim() - 1 if is_linear(op.module) else 1  # type: ignore[arg-type]
                 cols_needed = x.movedim(axis, 0).reshape(len(op.cols), -1).any(-1)
                 sel = cols_needed & (op.cols >= 0)
                 needed[op.cols[sel]] = True
     for node, op in an.ops.items():
         if op.kind is OpKind.MATMUL and op.contract_a is not None and node in contrib:
-            a, b = _binary_operands(op)
+            a, b = binary_operands(op)
             per = dict(zip(op.inputs, contrib[node]))
             la, lb = per[a], per[b]
             xa = (nz[a] & la).any(-2)  # [..., J]

@@ -9,7 +9,13 @@
 * ``producer`` — the layer whose output rows the structures are (through BatchNorm, index ops
   and positively homogeneous activations), or ``None`` (a head gate: its rows are spread over
   q, k and v);
+* ``per_channel`` — the per-channel layers (BatchNorm modules) between the producer and the
+  gate, whose entries go with the structures;
 * ``consumers`` — the layers reading the gated output (through activations, pooling, index ops);
+* ``direct_consumers`` — the layers reading it through per-position ops only (activations,
+  dropout, pooling, index ops), when every path from the gate ends at one of them; ``None``
+  when some path meets anything else first (a residual add, a normalisation, a reduction,
+  another gate, the output). Their input columns of a structure carry nothing else;
 * ``activation`` — the elementwise activation applied right after the gate, as a callable;
 * ``rows`` — the layers whose output rows its structures own (removed with them: the
   producer; for an attention head the rows of its q, k and v projections);
@@ -37,9 +43,9 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from pyro_prune.graph.analysis import _analysis, _signature
-from pyro_prune.graph.ops import OpKind, _commutes, _is_linear
-from pyro_prune.graph.paths import _producers_after
+from pyro_prune.graph.analysis import _signature, dependency_analysis
+from pyro_prune.graph.ops import OpKind, commutes_with_scale, is_linear
+from pyro_prune.graph.paths import producers_after
 from pyro_prune.graph.removal import _gate_kept, _removed_from_kept
 
 __all__ = ["GateInfo", "StructureGraph", "producer_module", "shrinkable_gates", "structure_graph",
@@ -55,7 +61,9 @@ class GateInfo:
     dim: int
     num_structures: int
     producer: str | None
+    per_channel: tuple[str, ...]
     consumers: tuple[str, ...]
+    direct_consumers: tuple[str, ...] | None
     activation: Callable[[Tensor], Tensor] | None
     rows: tuple[str, ...]
     can_shrink: bool
@@ -81,7 +89,7 @@ _UNTRACEABLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def structure_graph(model: Any, example_input: Any = None) -> StructureGraph:
     """The :class:`StructureGraph` of ``model`` (cached with its dependency analysis)."""
 
-    an = _analysis(model, example_input)
+    an = dependency_analysis(model, example_input)
     entry = _CACHE.get(model)
     if entry is not None and entry[0] is an:
         return entry[1]
@@ -123,42 +131,54 @@ def shrinkable_gates(model: Any, example_input: Any = None) -> dict[str, Any]:
 def _gate_info(an: Any, model: Any, name: str, node: fx.Node, every_gone: Tensor) -> GateInfo:
 
     gate = model.net.get_submodule(name)
-    producer = _producer(an, node)
+    producer, per_channel = _producer(an, node)
     rows = (producer,) if producer is not None else _rows_of(an, _removed_if_all_go(an, model, name))
     tags = an.tags[an.ops[node].inputs[0]]
     ids = torch.unique(tags[tags >= 0])
     kind = "head" if _spans_blocks(an, node, gate) else (
-        "neuron" if producer is None or _is_linear(model.net.get_submodule(producer)) else "channel")
+        "neuron" if producer is None or is_linear(model.net.get_submodule(producer)) else "channel")
     if producer is None and kind != "head":
         kind = "neuron" if gate.dim % len(an.ops[node].shape) == len(an.ops[node].shape) - 1 else "channel"
     return GateInfo(name=name, kind=kind, dim=int(gate.dim), num_structures=int(gate.num_structures),
-                    producer=producer, consumers=_consumers(an, node), activation=_activation(an, model, node),
+                    producer=producer, per_channel=per_channel, consumers=_consumers(an, node),
+                    direct_consumers=_direct_consumers(an, node), activation=_activation(an, model, node),
                     rows=rows, can_shrink=bool(every_gone[ids].any()))
 
 
 def _passes(op: Any) -> bool:
     """Ops between a producer and its gate: per-channel scales, index ops, pooling."""
 
-    return _commutes(op) or op.kind is OpKind.BATCH_NORM
+    return commutes_with_scale(op) or op.kind is OpKind.BATCH_NORM
 
 
-def _producer(an: Any, gate_node: fx.Node) -> str | None:
-
+def _producer(an: Any, gate_node: fx.Node) -> tuple[str | None, tuple[str, ...]]:
+    """The producer of a gate's structures and the BatchNorm modules on the way to it."""
     cur = an.ops[gate_node].inputs[0]
+    norms: list[str] = []
     while True:
         op = an.ops[cur]
         if op.kind is OpKind.PRODUCER:
-            return str(cur.target) if op.channels == int(an.ops[gate_node].module.num_structures) else None
+            if op.channels != int(an.ops[gate_node].module.num_structures):
+                return None, ()
+            return str(cur.target), tuple(reversed(norms))
         if not _passes(op) or not op.inputs:
-            return None
+            return None, ()
+        if op.kind is OpKind.BATCH_NORM and cur.op == "call_module":
+            norms.append(str(cur.target))
         cur = op.inputs[0]
 
 
 def _consumers(an: Any, gate_node: fx.Node) -> tuple[str, ...]:
 
     kinds = (OpKind.ELEMENTWISE, OpKind.INDEX, OpKind.POOL, OpKind.REDUCE, OpKind.GATE, OpKind.BATCH_NORM)
-    nodes, _ = _producers_after(an, gate_node, lambda op: op.kind in kinds and len(op.inputs) == 1)
+    nodes, _ = producers_after(an, gate_node, lambda op: op.kind in kinds and len(op.inputs) == 1)
     return tuple(dict.fromkeys(str(n.target) for n in nodes))
+
+
+def _direct_consumers(an: Any, gate_node: fx.Node) -> tuple[str, ...] | None:
+    per_position = (OpKind.ELEMENTWISE, OpKind.INDEX, OpKind.POOL)
+    nodes, blocked = producers_after(an, gate_node, lambda op: op.kind in per_position and len(op.inputs) == 1)
+    return None if blocked else tuple(dict.fromkeys(str(n.target) for n in nodes))
 
 
 #: elementwise modules that are no activation (identity in eval mode)

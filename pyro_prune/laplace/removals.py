@@ -27,35 +27,30 @@ class RemovalStructure(enum.Enum):
     WEIGHT = "weight"
 
 
-def _gated_module(net: nn.Module, gate_name: str) -> nn.Module | None:
-    """The module whose output the gate ``gate_name`` multiplies (from the fx graph), if any."""
-    graph = getattr(net, "graph", None)
-    if graph is None:
+def _gate_info(model: Any, gate_name: str) -> Any:
+    """The gate's entry of the model's structure graph (``None``: the network cannot be traced)."""
+    from pyro_prune.graph import structure_graph
+
+    try:
+        return structure_graph(model).gates.get(gate_name)
+    except (ValueError, TypeError, RuntimeError):
         return None
-    for node in graph.nodes:
-        if node.op == "call_module" and str(node.target) == gate_name and node.args:
-            arg = node.args[0]
-            if getattr(arg, "op", None) == "call_module":
-                return net.get_submodule(str(arg.target))
-    return None
 
 
-def _structure_parameters(net: nn.Module, gate_name: str, gate: Any) -> list[tuple[str, Tensor]]:
+def _structure_parameters(model: Any, gate_name: str, gate: Any) -> list[tuple[str, Tensor]]:
     """``(parameter name, parameter)`` whose axis 0 runs over the gate's structures.
 
-    The producer's weight rows and bias, and the per-channel parameters of a BatchNorm the
-    gate follows.
+    The producer's weight rows and bias, and the per-channel parameters of the BatchNorm
+    layers between it and the gate (from the structure graph).
     """
     n = gate.num_structures
-    names = dict(net.named_modules())
+    names = dict(model.net.named_modules())
     owners: list[str] = []
     if gate.producer_name is not None:
         owners.append(gate.producer_name)
-    gated = _gated_module(net, gate_name)
-    if gated is not None:
-        path = next(p for p, m in names.items() if m is gated)
-        if path not in owners:
-            owners.append(path)
+    info = _gate_info(model, gate_name)
+    if info is not None:
+        owners += [p for p in info.per_channel if p not in owners]
     out = []
     for path in owners:
         for pname, p in names[path].named_parameters(recurse=False):
@@ -69,53 +64,29 @@ def _structure_parameters(net: nn.Module, gate_name: str, gate: Any) -> list[tup
 #: per-weight round-off allowed in a structure's dF before a tie (dF = 0) stops counting as one
 _TIE_TOLERANCE = 1e-9
 
-_PASS_THROUGH = ("relu", "relu_", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "flatten", "dropout",
-                 "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "elu", "hardtanh", "relu6", "identity")
-
-
-def _consumer_columns(net: nn.Module, gate_name: str, n: int) -> list[tuple[str, int]]:
+def _consumer_columns(model: Any, gate_name: str, n: int) -> list[tuple[str, int]]:
     """``(weight name, block)`` of the Linear / Conv2d layers that read the gate's structures.
 
-    Followed from the gate through activations, pooling, dropout and flatten (by the fx
-    graph); structure ``i`` owns the input columns ``i*block .. (i+1)*block - 1`` of the
-    weight flattened to ``[out, -1]`` (a flattened channel's ``H*W`` block, a conv input
-    channel's kernel). Anything else on the way (a residual add, a normalisation) ends the
-    search: those structures are judged on their incoming weights only.
+    The gate's ``direct_consumers`` in the structure graph (reached through activations,
+    pooling, dropout and index ops only); structure ``i`` owns the input columns
+    ``i*block .. (i+1)*block - 1`` of the weight flattened to ``[out, -1]`` (a flattened
+    channel's ``H*W`` block, a conv input channel's kernel). Anything else on the way (a
+    residual add, a normalisation) or a reader other than a trainable Linear / ungrouped Conv2d: those
+    structures are judged on their incoming weights only.
     """
-    graph = getattr(net, "graph", None)
-    if graph is None:
-        return []
-    modules = dict(net.named_modules())
-    start = next((node for node in graph.nodes if node.op == "call_module" and str(node.target) == gate_name), None)
-    if start is None:
+    info = _gate_info(model, gate_name)
+    if info is None or info.direct_consumers is None:
         return []
     out: list[tuple[str, int]] = []
-    stack, seen = list(start.users), set()
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if node.op == "call_module":
-            m = modules.get(str(node.target))
-            if isinstance(m, (nn.Linear, nn.Conv2d)) and m.weight.requires_grad:
-                width = m.weight[0].numel()
-                in_units = m.in_features if isinstance(m, nn.Linear) else m.in_channels
-                if isinstance(m, nn.Conv2d) and m.groups != 1:
-                    return []
-                if in_units % n == 0 and width % n == 0:
-                    out.append((_full_name(str(node.target), "weight"), width // n))
-                continue
-            if isinstance(m, (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout,
-                              nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Identity)):
-                stack.extend(node.users)
-                continue
+    for path in info.direct_consumers:
+        m = model.net.get_submodule(path)
+        if not isinstance(m, (nn.Linear, nn.Conv2d)) or (isinstance(m, nn.Conv2d) and m.groups != 1) \
+                or not m.weight.requires_grad:
             return []
-        target = getattr(node.target, "__name__", str(node.target))
-        if node.op in ("call_function", "call_method") and target in _PASS_THROUGH:
-            stack.extend(node.users)
-            continue
-        return []  # an add, a normalisation, the output: incoming weights only
+        width = m.weight[0].numel()
+        in_units = m.in_features if isinstance(m, nn.Linear) else m.in_channels
+        if in_units % n == 0 and width % n == 0:
+            out.append((_full_name(path, "weight"), width // n))
     return out
 
 
@@ -260,7 +231,7 @@ def _bmr(
         total = torch.zeros(gate.num_structures, dtype=torch.float64)
         count = 0  # weights per structure, for the round-off tolerance of a tie
         members[gate_name] = []
-        for name, param in _structure_parameters(net, gate_name, gate):
+        for name, param in _structure_parameters(model, gate_name, gate):
             members[gate_name].append((name, 0))
             if name in post.kron:  # the joint posterior of the row
                 total += post.row_delta_f(name).cpu()
@@ -268,7 +239,7 @@ def _bmr(
                 total += delta_f(name).reshape(param.shape[0], -1).sum(1).cpu()
             count += param[0].numel()
         n = gate.num_structures
-        for name, block in _consumer_columns(net, gate_name, n):
+        for name, block in _consumer_columns(model, gate_name, n):
             members[gate_name].append((name, block))
             if name in post.kron:  # the structure's block of columns jointly
                 total += post.column_delta_f(name, block).cpu()

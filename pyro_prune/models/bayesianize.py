@@ -7,7 +7,8 @@ noise by default) on every structure that can actually shrink:
 * the output neurons / channels of every registered layer
   (:func:`~pyro_prune.convert.register_layer`: ``nn.Linear``, ``nn.Conv1d/2d``, their
   subclasses and Pyro wrappers, ...) whose type is in ``noise_on`` — after the BatchNorm
-  when the layer's only consumer is one (a gate before BatchNorm would be normalised away);
+  when the layer's only consumer is one (a gate before BatchNorm would be normalised away),
+  also a functional ``F.batch_norm`` in the network's own code;
 * the heads of every attention (a ``softmax(q k^T) @ v`` product or
   ``scaled_dot_product_attention`` whose heads feed an output projection): one gate over
   the heads on the input of the output projection; q, k and v then get no neuron gates.
@@ -23,6 +24,7 @@ its own code and gets the gates through forward hooks, and is traced with ``torc
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -54,6 +56,16 @@ class _OutputGate:
         return self.gate(output)
 
 
+class _InputGate:
+    """Forward pre-hook: the gate applied to a layer's input."""
+
+    def __init__(self, gate: StructureGate) -> None:
+        self.gate = gate
+
+    def __call__(self, _module: nn.Module, inputs: tuple) -> tuple:
+        return (self.gate(inputs[0]), *inputs[1:])
+
+
 class _HeadGate:
     """Forward pre-hook: a gate over ``heads`` blocks of the last axis of a layer's input."""
 
@@ -69,7 +81,7 @@ class _HeadGate:
 
 def gate_hooks() -> tuple[type, ...]:
     """The hook types :func:`bayesianize` registers (the converter strips them)."""
-    return (_OutputGate, _HeadGate)
+    return (_OutputGate, _InputGate, _HeadGate)
 
 
 class GatedNetwork(nn.Module):
@@ -98,11 +110,11 @@ class GatedNetwork(nn.Module):
 
 
 def _example(module: nn.Module, example_input: Any) -> Tensor:
-    from pyro_prune.graph.inputs import _net_device, _net_dtype, _search_input_shape
+    from pyro_prune.graph import net_device, net_dtype, search_input_shape
 
-    dtype, device = _net_dtype(module), _net_device(module)
+    dtype, device = net_dtype(module), net_device(module)
     if example_input is None:
-        shape = _search_input_shape(module, dtype, device)
+        shape = search_input_shape(module, dtype, device)
         return torch.zeros((2, *shape), dtype=dtype, device=device)
     if isinstance(example_input, Tensor):
         if example_input.dim() < 2:
@@ -156,10 +168,13 @@ def bayesianize(
         ValueError: the network cannot be traced (the message names the failing op) or
             no layer is left to gate.
     """
-    from pyro_prune.graph.analysis import _analysis
-    from pyro_prune.graph.attention import attention_heads
-    from pyro_prune.graph.layers import layer_slicer, registered_layers
-    from pyro_prune.graph.ops import OpKind
+    from pyro_prune.graph import (
+        OpKind,
+        attention_heads,
+        dependency_analysis,
+        layer_slicer,
+        registered_layers,
+    )
 
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
@@ -198,13 +213,13 @@ def bayesianize(
                 sub.training = mode
     backbone: nn.Module = module if isinstance(probe, Tensor) else GatedNetwork(module)
     try:
-        an = _analysis(PrunableNet(backbone), example)
+        an = dependency_analysis(PrunableNet(backbone), example)
     except ValueError as err:
         raise ValueError(f"bayesianize needs a network torch.fx or torch.export can trace "
                          f"(traceable); {err}") from err
     if an.tracer == "export" and not isinstance(backbone, GatedNetwork):
         backbone = GatedNetwork(module)
-        an = _analysis(PrunableNet(backbone), example)
+        an = dependency_analysis(PrunableNet(backbone), example)
     prefix = "module." if isinstance(backbone, GatedNetwork) else ""
 
     # ---------------------------------------------------------------- attention heads
@@ -215,6 +230,8 @@ def bayesianize(
 
     # ---------------------------------------------------------------- neuron / channel gates
     sites: list[tuple[fx.Node, str, int, int]] = []  # (node, path, n, dim)
+    hooked: dict[str, tuple[str, bool]] = {}  # export path: producer -> (hooked module, on its input)
+    unplaced: list[str] = []
     for path, nodes in an.producers.items():
         if len(nodes) != 1 or path in exclude:
             continue
@@ -240,12 +257,22 @@ def bayesianize(
                 continue
         elif not _is_kind(m, kinds):
             continue
-        elif len(users) == 1 and users[0].op == "call_function" and an.tracer == "fx" \
-                and an.ops[users[0]].kind is OpKind.BATCH_NORM:
+        elif len(users) == 1 and users[0].op == "call_function" and an.ops[users[0]].kind is OpKind.BATCH_NORM:
             at = users[0]  # F.batch_norm: the gate goes after it (named after the producer)
+            if an.tracer == "export":  # the network keeps its code: a hook after the BN
+                hook = _hook_after(an, at)
+                if hook is None:
+                    unplaced.append(path)
+                    continue
+                hooked[path] = hook
         if at_path in exclude:
             continue
         sites.append((at, at_path, op.channels, -1 if slicer.out_axis == -1 else slicer.out_axis))
+    if unplaced:
+        warnings.warn(
+            f"no gate on {unplaced}: the F.batch_norm after each is followed by ops a gate cannot be "
+            f"moved past, and a gate before a BatchNorm would be normalised away; write the BatchNorm "
+            f"as a module (nn.BatchNorm*d) or as the last op of a module", RuntimeWarning, stacklevel=2)
     if not sites and not head_sites:
         raise ValueError(
             f"bayesianize found no layer of types {[k.__name__ for k in noise_on]} whose "
@@ -285,7 +312,11 @@ def bayesianize(
             name = gate_name(path, "gate")
             g = make_gate(n, dim, gate, **noise_kwargs)
             backbone.gates[name] = g
-            backbone.get_submodule(path).register_forward_hook(_OutputGate(g))
+            hook_path, on_input = hooked.get(path, (path, False))
+            if on_input:
+                backbone.get_submodule(hook_path).register_forward_pre_hook(_InputGate(g))
+            else:
+                backbone.get_submodule(hook_path).register_forward_hook(_OutputGate(g))
         for _proj, n_heads, path in head_sites:
             name = gate_name(path, "head_gate")
             g = make_gate(n_heads, -2, gate, **noise_kwargs)
@@ -309,6 +340,25 @@ def _is_kind(m: Any, kinds: tuple[type, ...]) -> bool:
         return True
     plain = nn.Linear if isinstance(m, BayesianLinear) else nn.Conv2d if isinstance(m, BayesianConv2d) else None
     return plain is not None and any(issubclass(plain, k) for k in kinds)
+
+
+def _hook_after(an: Any, node: fx.Node) -> tuple[str, bool] | None:
+    """Where a forward hook applies a gate to the output of ``node`` (an op in the network's
+    own code, e.g. ``F.batch_norm``) of a graph traced with ``torch.export``.
+
+    ``(module path, False)``: the innermost module around ``node`` returns its value (a
+    forward hook on that module); ``(layer path, True)``: the one layer reading it through
+    ops that commute with a positive per-channel scale and keep the channel axis (ReLU,
+    dropout, pooling: a pre-hook on that layer's input is the same gate); ``None``: neither.
+    """
+    from pyro_prune.graph import OpKind, module_returning, sole_reader
+
+    path = module_returning(an, node)
+    if path is not None:
+        return path, False
+    reader = sole_reader(an, node, lambda op: (op.kind is OpKind.ELEMENTWISE and op.elem.homogeneous)
+                         or op.kind is OpKind.POOL)
+    return (str(reader.target), True) if reader is not None else None
 
 
 def _called_once(an: Any, node: fx.Node) -> bool:

@@ -55,9 +55,9 @@ def test_resnet_pyro_sites_and_training_step(blocks: int) -> None:
 
 def test_resnet_residual_adds_tie_their_gates_in_the_traced_graph() -> None:
     net = ResNet(3, 10, widths=(8, 16), blocks_per_stage=2, image_size=8)
-    from pyro_prune.convert import _analysis
+    from pyro_prune.graph import dependency_analysis
 
-    an = _analysis(net)
+    an = dependency_analysis(net)
     tags = an.tags
     nodes = {n.target: n for n in an.graph.nodes if n.op == "call_module"}
 
