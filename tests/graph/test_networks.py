@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from pyro_prune.convert import count_params, shrink, to_deterministic
+from pyro_prune.graph import structure_graph
 from pyro_prune.inference import fit
 from pyro_prune.models import bayesianize
 
@@ -204,6 +205,31 @@ class _FunctionalBatchNormNet(nn.Module):
         return self.head(nn.functional.gelu(self.fc(h.mean((2, 3)))))
 
 
+class _InlineBatchNormNet(nn.Module):
+    """F.batch_norm written in the network's own forward (and once inside a module), with a
+    shape check torch.fx cannot trace (so the network is traced with torch.export)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+        self.bn_weight = nn.Parameter(torch.rand(8) + 0.5)
+        self.bn_bias = nn.Parameter(torch.randn(8) * 0.1)
+        self.register_buffer("bn_mean", torch.randn(8) * 0.1)
+        self.register_buffer("bn_var", torch.rand(8) + 0.5)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = _FrozenBatchNorm(8)
+        self.fc = nn.Linear(8, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] % 2:
+            raise ValueError("the images need an even width")
+        h = nn.functional.batch_norm(self.conv1(x), self.bn_mean, self.bn_var, self.bn_weight,
+                                     self.bn_bias, False, 0.0, 1e-5)
+        h = nn.functional.max_pool2d(nn.functional.relu(h), 2)
+        h = nn.functional.silu(self.bn2(self.conv2(h)))
+        return self.fc(h.mean((2, 3)))
+
+
 class _AttentionPool(nn.Module):
     """nn.MultiheadAttention as its authors use it: sequence-first, a key padding mask."""
 
@@ -259,6 +285,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], Tensor]]] = {
     "pyro_linear_bnn": (_pyro_linear_bnn, _vectors),
     "transformer_encoder_mha": (_EncoderClassifier, _sequences),
     "functional_batchnorm_silu_gelu": (_FunctionalBatchNormNet, _images),
+    "functional_batchnorm_inline_export": (_InlineBatchNormNet, _images),
     "multihead_attention": (_AttentionPool, _sequences),
 }
 SLOW = {"hf_gpt2", "hf_llama_gqa", "hf_vit", "hf_bert_eager", "transformer_encoder_mha", "multihead_attention"}
@@ -319,3 +346,25 @@ def test_conversion_restores_every_module_mode_exactly() -> None:
     to_deterministic(model)
     shrink(model)
     assert {name: m.training for name, m in model.named_modules()} == modes
+
+
+def test_a_gate_for_a_functional_batch_norm_goes_after_it_on_the_export_path() -> None:
+    torch.manual_seed(0)
+    x = _images()
+    model = bayesianize(_InlineBatchNormNet().eval(), example_input=x[:2])
+    info = structure_graph(model).gates
+    assert structure_graph(model).tracer == "export"
+    assert set(info) == {"gates.conv1_gate", "gates.conv2_gate"}
+    # both gates sit after their BatchNorm: a removed channel is exactly zero after the gate,
+    # so every channel can go (before the BatchNorm its shift would keep the channel alive)
+    assert all(g.can_shrink and g.producer is not None for g in info.values())
+    gates = model.gates()
+    for name in ("gates.conv1_gate", "gates.conv2_gate"):
+        gates[name].prune(torch.arange(8) < 3)
+    model.eval()
+    det = to_deterministic(model, example_input=x[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(det(x), model.predict(x), rtol=1e-5, atol=1e-5)
+    widths = {k: tuple(v.shape) for k, v in det.state_dict().items() if k.endswith("conv1.weight")
+              or k.endswith("conv2.weight") or k.endswith("fc.weight")}
+    assert sorted(widths.values()) == [(3, 5), (5, 1, 3, 3), (5, 5, 3, 3)]
