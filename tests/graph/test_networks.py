@@ -368,3 +368,22 @@ def test_a_gate_for_a_functional_batch_norm_goes_after_it_on_the_export_path() -
     widths = {k: tuple(v.shape) for k, v in det.state_dict().items() if k.endswith("conv1.weight")
               or k.endswith("conv2.weight") or k.endswith("fc.weight")}
     assert sorted(widths.values()) == [(3, 5), (5, 1, 3, 3), (5, 5, 3, 3)]
+
+
+class _InlineBatchNormSiLU(_InlineBatchNormNet):
+    """F.batch_norm followed by SiLU in the network's own code: no gate can follow it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] % 2:
+            raise ValueError("the images need an even width")
+        h = nn.functional.batch_norm(self.conv1(x), self.bn_mean, self.bn_var, self.bn_weight,
+                                     self.bn_bias, False, 0.0, 1e-5)
+        h = nn.functional.silu(self.bn2(self.conv2(nn.functional.silu(h))))
+        return self.fc(h.mean((2, 3)))
+
+
+def test_a_functional_batch_norm_no_gate_can_follow_is_reported_and_left_ungated() -> None:
+    torch.manual_seed(0)
+    with pytest.warns(RuntimeWarning, match=r"no gate on \['module.conv1'\].*F.batch_norm"):
+        model = bayesianize(_InlineBatchNormSiLU().eval(), example_input=_images()[:2])
+    assert set(model.gates()) == {"gates.conv2_gate"}
