@@ -167,6 +167,61 @@ def inference_speed(d: dict[str, Any]) -> str:
     ])
 
 
+def hf_bert_mnist(d: dict[str, Any], title: str = "BERT on MNIST rows: BMRS_U on the library's defaults") -> str:
+    s, c = d["summary"], d["config"]
+    layers = [[r["layer"], f"{r['heads']} ({r['heads_before']})", f"{r['ffn']} ({r['ffn_before']})"]
+              for r in d["rows"]]
+    summary = [
+        ["test accuracy", f"{100 * s['test_accuracy_before']:.2f}%", f"{100 * s['test_accuracy_after']:.2f}%"],
+        ["parameters (converted network)", f"{s['params_before']:,}", f"{s['params_after']:,}"],
+        ["MACs per image", f"{s['macs_before']:,}", f"{s['macs_after']:,}"],
+    ]
+    heads = [[r["layer"], r["head"], round(r["dF"], 3), r["removed"], round(r["E_theta"], 3),
+              round(r["log_scale"], 2), f"{100 * r['ablation_accuracy_cost']:.2f}"] for r in d.get("heads", [])]
+    ffn = [[name.split("gates.")[-1], v["dF_min"], v["dF_max"], round(v["log_scale_median"], 2)]
+           for name, v in s.get("ffn", {}).items()]
+    return "\n\n".join([
+        f"### {title}",
+        f"{c['train']:,} training images, {c['epochs']} epochs ({s['steps']:,} steps of `fit`'s default "
+        f"batch 128), every other setting `fit`'s default: Adam lr 1e-3, `noise_lr` 0.03, `kl_scale` "
+        f"`\"auto\"` = `\"paper\"` = num_data / structures = {c['train']:,} / {s['num_structures']} = "
+        f"{s['kl_scale']:.1f}; criterion {c['criterion'].upper()} (remove where dF >= 0); test set: the "
+        f"10,000 MNIST test images. Converted network vs the pruned Pyro model: largest logit "
+        f"difference {s['max_abs_diff_converted_vs_predict']:.1e}; reloaded vs converted "
+        f"{s['max_abs_diff_reloaded']:.1e}; training {s['train_seconds']:.0f} s.",
+        _table(["layer", "heads (before)", "FFN neurons (before)"], layers),
+        _table(["", "before", "after"], summary),
+        "Every head: its dF, whether BMRS_U removes it, its posterior (`E[theta]`, `log sigma`), and "
+        "the test accuracy (points) lost when that head alone is removed from the unpruned model:",
+        _table(["layer", "head", "dF", "removed", "E[theta]", "log sigma", "accuracy cost (points)"], heads),
+        "FFN gates: the range of dF over their neurons and the median `log sigma`:",
+        _table(["gate", "dF min", "dF max", "median log sigma"], ffn),
+        _reproduce(d),
+    ])
+
+
+def transformer_speed(d: dict[str, Any]) -> str:
+    inf = [[r["network"], round(r["plain_as_written_ms"], 1), round(r["converted_full_ms"], 1),
+            round(r["converted_pruned_ms"], 1),
+            round(r["speedup"], 2), round(r["mac_reduction"], 2), round(r["speedup_over_mac_reduction"], 2)]
+           for r in d["rows"] if r["measure"] == "inference"]
+    tr = [[r["network"], round(r["plain_step_ms"], 1), round(r["bayesianized_step_ms"], 1), round(r["step_ratio"], 2)]
+          for r in d["rows"] if r["measure"] == "training"]
+    c = d["config"]
+    return "\n\n".join([
+        "### Transformer speed: converted inference and the SVI step",
+        f"Batch {c['batch']} x sequence {c['seq']} of token ids; hidden 128, 2 layers, 4 heads, FFN 512; "
+        f"{100 * c['fraction']:.0f}% of the heads and FFN neurons removed. Milliseconds are medians of "
+        f"{c['repeats']} timings taken in turn (every variant sees the same load). Goals: speed-up of "
+        "the pruned conversion over the unpruned one at least 0.7x the MAC reduction; SVI step at most "
+        "1.5x the plain step.",
+        _table(["network", "as written (ms)", "converted (ms)", "converted, pruned (ms)", "speed-up",
+                "MAC reduction", "speed-up / MAC red."], inf),
+        _table(["network", "plain step (ms)", "SVI step (ms)", "x plain"], tr),
+        _reproduce(d),
+    ])
+
+
 def reduction_speed(d: dict[str, Any]) -> str:
     rows = [[r["operator"], r["what"], r["structures_per_s"]] for r in d["rows"]]
     return "\n\n".join([
@@ -483,6 +538,9 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "bmrs_table_estimator_mlp": noise_estimator,
     "bmrs_table_estimator_lenet": noise_estimator,
     "training_speed": training_speed,
+    "hf_bert_mnist": hf_bert_mnist,
+    "hf_bert_mnist_short": lambda d: hf_bert_mnist(d, "The same with fewer steps"),
+    "transformer_speed": transformer_speed,
     "inference_speed": inference_speed,
     "reduction_speed": reduction_speed,
     "distributed_speed": distributed_speed,
@@ -510,6 +568,9 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
 
 #: the page of a section, where its name's prefix does not say it (see :func:`page_of`)
 PAGE_OF: dict[str, str] = {
+    "hf_bert_mnist": "transformers.md",
+    "hf_bert_mnist_short": "transformers.md",
+    "transformer_speed": "transformers.md",
     "training_speed": "results/speed.md",
     "bmrs_table_estimator_mlp": "results/speed.md",
     "bmrs_table_estimator_lenet": "results/speed.md",
