@@ -1,0 +1,1 @@
+"""Inspect a fit: ArviZ export and plots (the package's modules follow in the next commit)."""
