@@ -8,7 +8,7 @@ The pipeline's verbs, one import line away (each stage is a subpackage with the 
              get_criterion                                            (reduction, inference)
     check    posterior_predictive, w2_shift                           (predictive)
     convert  to_deterministic, shrink, compression, count_params      (convert)
-    inspect  to_inference_data                                        (arviz)
+    inspect  to_inference_data                                        (inspect)
 
     >>> from pyro_prune import LeNet5, fit, load_dataset, to_deterministic
 
@@ -53,7 +53,7 @@ _EXPORTS: dict[str, str] = {
     "compression": "pyro_prune.convert",
     "count_params": "pyro_prune.convert",
     # inspect
-    "to_inference_data": "pyro_prune.arviz",
+    "to_inference_data": "pyro_prune.inspect",
 }
 
 __all__ = [
@@ -84,7 +84,6 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # the eager imports, for type checkers and editors
-    from pyro_prune.arviz import to_inference_data
     from pyro_prune.convert import compression, count_params, shrink, to_deterministic
     from pyro_prune.data import load_dataset, train_val_split
     from pyro_prune.inference import (
@@ -96,6 +95,7 @@ if TYPE_CHECKING:  # the eager imports, for type checkers and editors
         structure_removals,
         w2_prune,
     )
+    from pyro_prune.inspect import to_inference_data
     from pyro_prune.models import MLP, LeNet5, PrunableNet, ResNet, ViT, bayesianize
     from pyro_prune.predictive import posterior_predictive, w2_shift
     from pyro_prune.reduction import get_criterion

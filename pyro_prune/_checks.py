@@ -3,7 +3,7 @@
 Every check names the argument, what was expected and what was found, and raises
 ``TypeError`` (wrong kind of object) or ``ValueError`` (right kind, bad value). The entry
 points (:func:`~pyro_prune.inference.fit`, :func:`~pyro_prune.inference.evaluate`,
-:func:`~pyro_prune.arviz.to_inference_data`, the CLI, ...) call these instead of checking
+:func:`~pyro_prune.inspect.to_inference_data`, the CLI, ...) call these instead of checking
 inline, so a rule is written once.
 """
 

@@ -18,7 +18,7 @@ and writes a *run folder*:
 ``converted_state_dict.pt``    the smaller deterministic network's ``state_dict``
 ``converted.pt2``              the same network as a ``torch.export`` program, batch size free
                                (``torch.export.load(path).module()``; no pyro_prune needed)
-``posterior.nc``               the ArviZ InferenceData (netCDF; :mod:`pyro_prune.arviz`), with
+``posterior.nc``               the ArviZ InferenceData (netCDF; :mod:`pyro_prune.inspect`), with
                                the log likelihood of training data (for PSIS-LOO)
 ``calibration.json``           reliability bins and ECE, removed structures restored and pruned
 ``test_lpd.json``              pointwise test-set log predictive density of the pruned network

@@ -171,7 +171,7 @@ def _row(model: str, method: str, run: RunResult, reference: RunResult | None) -
 def run_demo(cfg: DemoConfig | None = None, *, data_root: str | None = None, progress: bool = True,
              restart: bool = False) -> DemoResult:
     """Run the demo, print its table, write ``<out>/report.md``; see the module docstring."""
-    from pyro_prune import plots
+    from pyro_prune.inspect import plots
     from pyro_prune.progress import progress_bar
 
     cfg = cfg or DemoConfig()

@@ -184,7 +184,7 @@ def evaluate_fitted(cfg: Any, out: Path, model: Any, result: Any, train: Any, te
     ``cfg.curve_points``, the accuracy-vs-compression curve of ``criterion``. Returns
     ``(metrics, idata, curves, pointwise test lpd)``; the caller writes ``metrics.json`` last.
     """
-    from pyro_prune import arviz as pa
+    from pyro_prune import inspect as pa
     from pyro_prune.convert import compression, count_macs, count_params, to_deterministic
     from pyro_prune.inference import evaluate
     from pyro_prune.predictive import compare_lpd, log_predictive_density, w2_shift

@@ -112,6 +112,6 @@ def backfill_metrics(model: Any, input_shape: tuple[int, ...], metrics: Mapping[
 def reduction_of(model: Any, criterion: str) -> Any:
     """An InferenceData with only the ``reduction`` group of ``criterion``, from the model (for
     the decision figure of a run whose saved InferenceData predates the run's criterion)."""
-    from pyro_prune import arviz as pa
+    from pyro_prune import inspect as pa
 
     return pa._make_inference_data({"reduction": pa._reduction_dataset(model, [criterion])})

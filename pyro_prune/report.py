@@ -89,8 +89,8 @@ def write_report(out: str | os.PathLike, *, idata: Any = None) -> Path:
 
 
 def _write_report_locked(out: str | os.PathLike, idata: Any) -> Path:
-    from pyro_prune import arviz as pa
-    from pyro_prune import plots
+    from pyro_prune import inspect as pa
+    from pyro_prune.inspect import plots
     from pyro_prune.reduction import get_criterion
 
     run = load_run(out)

@@ -535,7 +535,7 @@ def _run_fit_locked(cfg: RunConfig, out: Path, data: FitData, *,
 
 def _finished_run(cfg: RunConfig, out: Path, model: Any) -> RunResult:
     """The :class:`RunResult` of a finished run folder, read back (nothing recomputed)."""
-    from pyro_prune import arviz as pa
+    from pyro_prune import inspect as pa
 
     model.load_state_dict(load_state(out / MODEL_FILE, model))
     model.eval()

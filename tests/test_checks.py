@@ -12,7 +12,7 @@ import torch
 from pyro.infer.autoguide import AutoDelta
 from torch.utils.data import TensorDataset
 
-from pyro_prune import arviz as pa
+from pyro_prune import inspect as pa
 from pyro_prune._checks import (
     SEED_MAX,
     check_count,

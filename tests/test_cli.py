@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_prune import arviz as pa
 from pyro_prune import cli, run_folder, runs
+from pyro_prune import inspect as pa
 from pyro_prune.demo import DemoConfig, run_demo
 
 TINY = ["--data", "digits", "--epochs", "2", "--finetune-epochs", "1", "--num-samples", "8",

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from pyro_prune import _io
-from pyro_prune import arviz as pa
+from pyro_prune import inspect as pa
 from pyro_prune.cli import main
 from pyro_prune.report import write_report
 from pyro_prune.run_folder import (

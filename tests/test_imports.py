@@ -123,12 +123,14 @@ def test_every_module_imports_alone() -> None:
 #: the pipeline's order: a stage may import the stages above it, never one below
 _LOWER_STAGES = {
     "pyro_prune.distributions": ("pyro_prune.models", "pyro_prune.inference", "pyro_prune.reduction",
-                                 "pyro_prune.predictive", "pyro_prune.convert", "pyro_prune.arviz",
-                                 "pyro_prune.cli", "pyro_prune.data"),
+                                 "pyro_prune.predictive", "pyro_prune.convert", "pyro_prune.inspect",
+                                 "pyro_prune.arviz", "pyro_prune.plots", "pyro_prune.cli",
+                                 "pyro_prune.data"),
     "pyro_prune.data": ("pyro_prune.models", "pyro_prune.inference", "pyro_prune.reduction",
-                        "pyro_prune.predictive", "pyro_prune.convert", "pyro_prune.arviz", "pyro_prune.cli"),
+                        "pyro_prune.predictive", "pyro_prune.convert", "pyro_prune.inspect",
+                        "pyro_prune.arviz", "pyro_prune.plots", "pyro_prune.cli"),
     "pyro_prune.models": ("pyro_prune.inference", "pyro_prune.reduction", "pyro_prune.predictive",
-                          "pyro_prune.arviz", "pyro_prune.cli"),
+                          "pyro_prune.inspect", "pyro_prune.arviz", "pyro_prune.plots", "pyro_prune.cli"),
 }
 
 

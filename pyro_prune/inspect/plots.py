@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from pyro_prune.arviz import get_group, group_names, hdi
+from pyro_prune.inspect.arviz_compat import get_group, group_names
+from pyro_prune.inspect.summary import hdi
 
 __all__ = [
     "plot_accuracy_vs_compression",

@@ -231,7 +231,7 @@ def test_autodelta_reads_a_point_posterior(digits) -> None:
 
 
 def test_arviz_export_reads_the_fitted_guide(digits) -> None:
-    from pyro_prune import arviz as pa
+    from pyro_prune import inspect as pa
 
     net, guide, _ = _fitted("AutoNormal", digits, epochs=1)
     idata = pa.to_inference_data(net, num_samples=4, criteria=["bmrs_u8", "e_theta"])

@@ -1,3 +1,5 @@
+"""to_inference_data: its groups, dims, draws, reduction results, masks and attributes."""
+
 from __future__ import annotations
 
 import math
@@ -6,42 +8,11 @@ import arviz as az
 import numpy as np
 import pytest
 import torch
-import xarray as xr
 from torch import nn
-from torch.utils.data import TensorDataset
 
-from pyro_prune import arviz as pa
-from pyro_prune.models import MLP, LeNet5, ViT, bayesianize
+from pyro_prune import inspect as pa
+from pyro_prune.models import MLP
 from pyro_prune.reduction import delta_f_lognormal, delta_f_loguniform, snr
-
-
-def _randomise_noise(net, seed: int = 0) -> None:
-    """Spread the noise posteriors so that criteria disagree and dF has both signs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in net.noise_layers().values():
-            n = layer.num_structures
-            layer.loc.copy_(-20 * torch.rand(n, generator=g))
-            layer.log_scale.copy_(-3 + 3 * torch.rand(n, generator=g))
-
-
-@pytest.fixture(scope="module")
-def digits_small() -> TensorDataset:
-    from pyro_prune.data import load_dataset
-
-    test = load_dataset("digits", "test")
-    return TensorDataset(test.inputs[:80], test.targets[:80])
-
-
-@pytest.fixture(scope="module")
-def lenet(digits_small):
-    torch.manual_seed(0)
-    net = LeNet5(1, 10, 8)
-    _randomise_noise(net)
-    net.net.fc1_gate.kept[:30] = False
-    net.net.conv2_gate.kept[3] = False
-    idata = pa.to_inference_data(net, data=digits_small, num_samples=40, seed=1)
-    return net, idata
 
 
 def test_groups_dims_and_shapes(lenet, digits_small) -> None:
@@ -100,20 +71,6 @@ def test_own_criterion_joins_the_reduction_group(lenet, digits_small) -> None:
     assert idata.reduction.attrs["criterion"] == "bmrs_n_code"
 
 
-def test_summary_leaves_out_removed_structures_without_warnings(lenet, recwarn, capfd) -> None:
-    net, idata = lenet
-    table = pa.summary(idata, ["fc1_theta"])
-    kept = int(idata.reduction["fc1_kept"].values.sum())
-    assert len(table) == kept < 120 and "r_hat" not in table.columns
-    assert np.isfinite(table["ess_bulk"].values).all()
-    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
-    assert "Shape validation" not in capfd.readouterr().err
-    assert len(pa.summary(idata, ["fc1_theta"], kept_only=False)) == 120
-    assert len(pa.summary(idata, ["fc1_theta"], group="prior")) == kept
-    with pytest.raises(ValueError, match="no variables"):
-        pa.summary(idata, ["nope"])
-
-
 def test_theta_draws_follow_the_guide(lenet) -> None:
     net, idata = lenet
     layer = net.net.fc2_gate
@@ -160,38 +117,6 @@ def test_log_likelihood_is_pointwise_and_matches_the_network(digits_small) -> No
     np.testing.assert_allclose(ll, np.broadcast_to(expected, ll.shape), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
-def test_loo_and_waic_run(lenet) -> None:
-    _, idata = lenet
-    res = az.loo(idata, pointwise=True)
-    assert np.isfinite(res["elpd_loo"])
-    assert res["loo_i"].shape == (80,)
-    assert np.isfinite(az.waic(idata)["elpd_waic"])
-    summary = pa.loo(idata)
-    assert summary.n == 80 and summary.elpd == pytest.approx(float(res["elpd_loo"]))
-    assert summary.elpd < 0
-
-
-def test_compare_full_and_pruned(digits_small) -> None:
-    torch.manual_seed(0)
-    net = MLP(64, [24], 10)
-    from pyro_prune.inference import fit
-
-    fit(net, digits_small, epochs=15, batch_size=16, lr=1e-2, progress=False)
-    full = pa.to_inference_data(net, data=digits_small, num_samples=30)
-    keep = {"fc1_gate": torch.arange(24) < 2}
-    pruned = pa.to_inference_data(net, data=digits_small, num_samples=30, mask=keep)
-    assert bool(net.net.fc1_gate.kept.all())  # the mask is temporary
-    table = pa.compare({"full": full, "pruned": pruned})
-    assert list(table.index) == ["full", "pruned"]
-    for col in ("elpd", "elpd_diff", "dse", "weight"):
-        assert col in table.columns
-    diff, dse = pa.elpd_difference(pruned, full)
-    assert diff < 0 and dse > 0
-    assert diff == pytest.approx(-float(table.loc["pruned", "elpd_diff"]))
-    assert pa.elpd_difference(full, pruned)[0] == pytest.approx(-diff)
-
-
 def test_mask_by_criterion_name_and_bad_masks(lenet, digits_small) -> None:
     net, _ = lenet
     idata = pa.to_inference_data(net, num_samples=3, mask="bmrs_n")
@@ -217,9 +142,9 @@ def test_bad_arguments(kwargs, error) -> None:
         pa.to_inference_data(nn.Linear(2, 2))
 
 
-def test_seeded_and_leaves_the_global_rng_alone(digits_small) -> None:
+def test_seeded_and_leaves_the_global_rng_alone(digits_small, randomise_noise) -> None:
     net = MLP(64, [8], 10)
-    _randomise_noise(net)
+    randomise_noise(net)
     torch.manual_seed(123)
     before = torch.get_rng_state()
     a = pa.to_inference_data(net, data=digits_small, num_samples=4, seed=5)
@@ -240,19 +165,6 @@ def test_attrs_record_versions_and_settings(lenet) -> None:
     attrs = idata.posterior.attrs
     assert attrs["model"] == "LeNet5" and attrs["num_samples"] == 40 and attrs["seed"] == 1
     assert attrs["kept_total"] == 226 - 31
-
-
-def test_netcdf_round_trip(lenet, tmp_path) -> None:
-    _, idata = lenet
-    path = pa.save(idata, tmp_path / "sub" / "idata.nc")
-    back = pa.load(path)
-    assert set(pa.group_names(back)) == set(pa.group_names(idata))
-    for group in pa.group_names(idata):
-        xr.testing.assert_allclose(pa.get_group(back, group), pa.get_group(idata, group))
-    assert back.reduction["fc1_kept"].dtype == bool
-    assert pa.loo(back).elpd == pytest.approx(pa.loo(idata).elpd)
-    with pytest.raises(FileNotFoundError):
-        pa.load(tmp_path / "missing.nc")
 
 
 def test_bayesian_weights_get_named_dims(digits_small) -> None:
@@ -280,61 +192,28 @@ def test_bayesian_weights_get_named_dims(digits_small) -> None:
     assert abs(z.mean()) < 0.1 and 0.8 < z.std() < 1.2
 
 
-def test_dim_names_follow_the_producer_kind() -> None:
-    class Small(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(1, 4, 3, padding=1)
-            self.bn = nn.BatchNorm2d(4)
-            self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 8 * 8, 6), nn.ReLU(), nn.Linear(6, 3))
-
-        def forward(self, x):
-            return self.head(torch.relu(self.bn(self.conv(x))))
-
-    dims = pa.structure_dims(bayesianize(Small()))
-    assert dims == {"bn_gate": "conv_channel", "head_1_gate": "head_1_neuron"}
-    vit = ViT(8, 4, 1, 10, dim=8, depth=1, heads=2, mlp_dim=8)
-    vdims = pa.structure_dims(vit)
-    assert vdims["blocks.0.attn.head_gate"] == "blocks_0_attn_head"
-    assert vdims["blocks.0.mlp.fc1_gate"] == "blocks_0_mlp_fc1_neuron"
-    assert pa.structure_kind(None, -1) is pa.StructureKind.NEURON
-    assert pa.structure_kind(None, 1) is pa.StructureKind.CHANNEL
-    assert pa.structure_kind(nn.MultiheadAttention(4, 2)) is pa.StructureKind.HEAD
+#: the public names of pyro_prune.arviz and pyro_prune.plots before they moved into inspect/
+_OLD_ARVIZ = ("DEFAULT_CRITERIA", "ElpdSummary", "STRUCTURE_KINDS", "StructureKind", "compare", "dim_name",
+              "elpd_difference", "get_group", "group_names", "hdi", "load", "loo", "save", "structure_dims",
+              "summary", "to_inference_data")
+_OLD_PLOTS = ("plot_accuracy_vs_compression", "plot_decision", "plot_delta_f", "plot_history",
+              "plot_reliability", "plot_summary", "plot_widths", "plot_theta_forest", "figure_html",
+              "save_figure")
 
 
-def test_hdi_matches_arviz() -> None:
-    rng = np.random.default_rng(0)
-    values = rng.standard_gamma(2.0, size=(300, 5))
-    np.testing.assert_allclose(pa._hdi_numpy(values, 0.9), pa.hdi(values, 0.9))
-    low, high = pa.hdi(values, 0.9).T
-    inside = ((values >= low) & (values <= high)).mean(0)
-    assert np.all(inside >= 0.9)
-    with pytest.raises(ValueError):
-        pa.hdi(values[:1], 0.9)
+def test_the_old_modules_still_import_with_a_warning() -> None:
+    import pyro_prune.arviz as old_arviz
+    import pyro_prune.plots as old_plots
+    from pyro_prune.inspect import plots
 
-
-def _groups() -> dict[str, xr.Dataset]:
-    post = xr.Dataset({"a_theta": (("chain", "draw", "a_neuron"), np.ones((1, 3, 2)))})
-    red = xr.Dataset({"a_kept": (("a_neuron",), np.array([True, False]))})
-    return {"posterior": post, "reduction": red}
-
-
-@pytest.mark.parametrize(("version", "kind"), [("0.23.4", "az"), ("0.17.1", "az"),
-                                                ("1.0.0", "tree"), ("1.2.0rc1", "tree")])
-def test_adapter_dispatches_on_the_arviz_version(monkeypatch, version, kind, tmp_path) -> None:
-    monkeypatch.setattr(pa, "_arviz_version", lambda: version)
-    idata = pa._make_inference_data(_groups(), attrs={"created_at": "now"})
-    if kind == "az":
-        assert isinstance(idata, az.InferenceData)
-        assert pa._backend() is pa._Backend.INFERENCE_DATA
-    else:
-        assert isinstance(idata, xr.DataTree)
-        assert pa._backend() is pa._Backend.DATATREE
-        assert idata.attrs["created_at"] == "now"
-    assert pa.group_names(idata) == ["posterior", "reduction"]
-    xr.testing.assert_equal(pa.get_group(idata, "reduction"), _groups()["reduction"])
-    with pytest.raises(KeyError, match="no group"):
-        pa.get_group(idata, "prior")
-    back = pa.load(pa.save(idata, tmp_path / "x.nc"))
-    assert isinstance(back, type(idata))
-    xr.testing.assert_equal(pa.get_group(back, "posterior"), _groups()["posterior"])
+    for name in _OLD_ARVIZ:
+        with pytest.warns(DeprecationWarning, match=rf"pyro_prune.arviz.{name} moved to pyro_prune.inspect"):
+            assert getattr(old_arviz, name) is getattr(pa, name)
+    for name in _OLD_PLOTS:
+        with pytest.warns(DeprecationWarning, match=rf"pyro_prune.plots.{name} moved to pyro_prune.inspect.plots"):
+            assert getattr(old_plots, name) is getattr(plots, name)
+    with pytest.warns(DeprecationWarning):
+        from pyro_prune.arviz import to_inference_data
+    assert to_inference_data is pa.to_inference_data
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        old_arviz.nothing_here  # noqa: B018

@@ -5,8 +5,8 @@ import torch
 from matplotlib.figure import Figure
 from torch.utils.data import TensorDataset
 
-from pyro_prune import arviz as pa
-from pyro_prune import plots
+from pyro_prune import inspect as pa
+from pyro_prune.inspect import plots
 from pyro_prune.models import LeNet5
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
