@@ -112,6 +112,7 @@ def backfill_metrics(model: Any, input_shape: tuple[int, ...], metrics: Mapping[
 def reduction_of(model: Any, criterion: str) -> Any:
     """An InferenceData with only the ``reduction`` group of ``criterion``, from the model (for
     the decision figure of a run whose saved InferenceData predates the run's criterion)."""
-    from pyro_prune import inspect as pa
+    from pyro_prune.inspect.arviz_compat import make_inference_data
+    from pyro_prune.inspect.reduction_group import reduction_dataset
 
-    return pa._make_inference_data({"reduction": pa._reduction_dataset(model, [criterion])})
+    return make_inference_data({"reduction": reduction_dataset(model, [criterion])})
