@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from pyro_prune._checks import check_inputs
+from pyro_prune._checks import check_count, check_inputs
 from pyro_prune._enums import Engine, parse_enum
 from pyro_prune.models.base import Likelihood, PrunableNet, check_prunable
 from pyro_prune.models.noise import NoiseMode, noise_mode
@@ -78,12 +78,6 @@ class Output(enum.Enum):
     MEAN = "mean"
     #: a draw of the observation: a class label, or ``mean + sigma * eps``
     OBS = "obs"
-
-
-def _check_int(value: object, arg: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{arg} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def _resolve_output(model: PrunableNet, output: Output | str) -> Output:
@@ -254,10 +248,9 @@ def predictive_run(
     """
     model = check_prunable(model)
     x = check_inputs(data)
-    draws = _check_int(draws, "draws")
-    _check_int(draw_chunk, "draw_chunk")
-    _check_int(data_chunk, "data_chunk")
-    _check_int(rows_per_pass, "rows_per_pass")
+    draws = check_count(draws, "draws")
+    for value, arg in ((draw_chunk, "draw_chunk"), (data_chunk, "data_chunk"), (rows_per_pass, "rows_per_pass")):
+        check_count(value, arg)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     m = _resolve_engine(model, method, guide)
