@@ -151,8 +151,8 @@ def test_rerunning_resumes_and_other_settings_are_refused(fitted, capsys, error_
 
 
 def test_interrupted_fit_continues_where_it_stopped(tmp_path, monkeypatch) -> None:
-    checkpoint_module = sys.modules["pyro_prune.inference.checkpoint"]
-    original = checkpoint_module.save_checkpoint
+    fit_module = sys.modules["pyro_prune.inference.fit"]  # fit saves through its own name
+    original = fit_module.save_checkpoint
     calls = {"n": 0}
 
     def crash_after_first(*args, **kwargs):
@@ -160,10 +160,10 @@ def test_interrupted_fit_continues_where_it_stopped(tmp_path, monkeypatch) -> No
         calls["n"] += 1
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint_module, "save_checkpoint", crash_after_first)
+    monkeypatch.setattr(fit_module, "save_checkpoint", crash_after_first)
     assert cli.main(_fit_args(tmp_path / "a")) == 130
     assert calls["n"] == 1
-    monkeypatch.setattr(checkpoint_module, "save_checkpoint", original)
+    monkeypatch.setattr(fit_module, "save_checkpoint", original)
     assert cli.main(_fit_args(tmp_path / "a")) == 0
     assert cli.main(_fit_args(tmp_path / "b")) == 0
     resumed = json.loads((tmp_path / "a" / run_folder.HISTORY_FILE).read_text())

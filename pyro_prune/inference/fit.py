@@ -27,11 +27,16 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-import pyro_prune.inference.checkpoint as checkpoint
 from pyro_prune._enums import Engine
 from pyro_prune.inference.arguments import guide_name, resolve_fit_arguments, schedule_name
 from pyro_prune.inference.batches import batch_source
-from pyro_prune.inference.checkpoint import CHECKPOINT_NAME, dataset_fingerprint, load_checkpoint
+from pyro_prune.inference.checkpoint import (
+    CHECKPOINT_NAME,
+    dataset_fingerprint,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from pyro_prune.inference.denormals import flush_denormals
 from pyro_prune.inference.distributed import (
     GradientSync,
@@ -213,7 +218,7 @@ def fit(
     start_epoch = 0
     if schedule is not None:
         schedule.on_fit_start(ctx)
-    state = checkpoint.read_checkpoint(ckpt_path, model=model, config=config, info=dist_info, device=device)
+    state = read_checkpoint(ckpt_path, model=model, config=config, info=dist_info, device=device)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         if schedule is not None:
@@ -256,9 +261,9 @@ def fit(
                              if k in ("loss", "val_accuracy", "compression") and v is not None})
             bar.update(1)
             if ckpt_path is not None and main:
-                checkpoint.save_checkpoint(ckpt_path, model=model, optimizer=optimizer, schedule=schedule,
-                                           history=history, epoch=epoch + 1, step=ctx.step, config=config,
-                                           generator=generator)
+                save_checkpoint(ckpt_path, model=model, optimizer=optimizer, schedule=schedule,
+                                history=history, epoch=epoch + 1, step=ctx.step, config=config,
+                                generator=generator)
     bar.close()
     model.eval()
     report = _report(model, schedule, progress)

@@ -58,8 +58,8 @@ def test_interrupted_run_resumes_where_it_stopped(digits, tmp_path, monkeypatch)
     torch.manual_seed(0)
     net = MLP(64, [16], 10)
     calls = {"n": 0}
-    ckpt_mod = importlib.import_module("pyro_prune.inference.checkpoint")
-    orig_save = ckpt_mod.save_checkpoint
+    fit_mod = importlib.import_module("pyro_prune.inference.fit")  # the module, not the function
+    orig_save = fit_mod.save_checkpoint
 
     def save_then_stop(*args, **kwargs):
         orig_save(*args, **kwargs)
@@ -67,11 +67,11 @@ def test_interrupted_run_resumes_where_it_stopped(digits, tmp_path, monkeypatch)
         if calls["n"] == 2:
             raise Stop
 
-    monkeypatch.setattr(ckpt_mod, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(fit_mod, "save_checkpoint", save_then_stop)
     with pytest.raises(Stop):
         fit(net, train, epochs=4, batch_size=128, seed=2, progress=False,
             checkpoint_dir=tmp_path, schedule=StopAfter(2))
-    monkeypatch.setattr(ckpt_mod, "save_checkpoint", orig_save)
+    monkeypatch.setattr(fit_mod, "save_checkpoint", orig_save)
     torch.manual_seed(99)  # a different initial state: the checkpoint must override it
     net2 = MLP(64, [16], 10)
     resumed = fit(net2, train, epochs=4, batch_size=128, seed=2, progress=False,

@@ -60,19 +60,19 @@ def test_resuming_with_the_same_settings_continues_bit_exactly(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
 
-    checkpoint_module = importlib.import_module("pyro_prune.inference.checkpoint")
+    fit_module = importlib.import_module("pyro_prune.inference.fit")  # the module, not the function
 
-    real = checkpoint_module.save_checkpoint
+    real = fit_module.save_checkpoint
 
     def save_then_die(*args: Any, **kwargs: Any) -> None:
         real(*args, **kwargs)
         raise _Killed  # killed right after the first epoch's checkpoint
 
-    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(fit_module, "save_checkpoint", save_then_die)
     with pytest.raises(_Killed):
         _fit(tmp_path / "a")
     monkeypatch.undo()
-    first = checkpoint_module.load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    first = fit_module.load_checkpoint(tmp_path / "a" / "checkpoint.pt")
     resumed = _fit(tmp_path / "a")
     straight = _fit(tmp_path / "b")
     assert [r["epoch"] for r in resumed.history] == [1, 2]
