@@ -519,8 +519,7 @@ def _run_fit_locked(cfg: RunConfig, out: Path, data: FitData, *,
     if not main:  # rank 0 evaluates, converts and writes the run folder
         return RunResult(out=out, config=cfg, model=model, history=result.history, metrics={})
     model.cpu()  # the evaluation after training runs on the CPU
-    if result.report is not None:
-        say(str(result.report))
+    # the one-line pruning report: fit writes it below its progress bar, the CLI ends with it
     save_torch(model.state_dict(), out / MODEL_FILE)
     write_json(out / HISTORY_FILE, result.history)
 
