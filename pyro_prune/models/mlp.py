@@ -64,4 +64,4 @@ class MLP(PrunableNet):
         self.record_config((in_features,), in_features=in_features, hidden=widths,
                            out_features=out_features, likelihood=self.likelihood,
                            weights=WeightPrior(weights), gate=GateKind(gate), prior_scale=prior_scale,
-                           **noise_kwargs)
+                           obs_scale=obs_scale, **noise_kwargs)

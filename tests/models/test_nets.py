@@ -162,3 +162,10 @@ def test_example_input_needs_an_input_shape() -> None:
         net.example_input()
     net.record_config((3,), width=4)
     assert net.example_input(2).shape == (2, 3) and net.config == {"width": 4}
+
+
+def test_regression_mlp_rebuilds_with_its_initial_observation_noise() -> None:
+    net = MLP(4, [3], 1, likelihood="gaussian", obs_scale=0.25)
+    rebuilt = type(net)(**net.config)
+    torch.testing.assert_close(rebuilt.obs_scale, torch.tensor(0.25))
+    assert rebuilt.config == net.config
