@@ -10,7 +10,13 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from pyro_prune.graph import DependencyAnalysis, OpKind, commutes_with_scale, producers_after
+from pyro_prune.graph import (
+    DependencyAnalysis,
+    OpKind,
+    chain_before,
+    commutes_with_scale,
+    producers_after,
+)
 
 
 class ChannelScale(nn.Module):
@@ -67,27 +73,25 @@ def _per_id_scale(an: DependencyAnalysis, gate_node: fx.Node, scale: Tensor) -> 
 def _fold_backward(an: DependencyAnalysis, gate_node: fx.Node, lo: Tensor, ok: Tensor
                    ) -> tuple[str, str, Tensor] | None:
     """(module path, 'rows' | 'bn', per-row scale) when the gate folds into an earlier layer."""
-    cur = an.ops[gate_node].inputs[0]
-    while True:
-        op = an.ops[cur]
-        if len(cur.users) != 1:
+    chain = chain_before(an, gate_node, commutes_with_scale)
+    if any(len(n.users) != 1 for n in chain):
+        return None
+    cur = chain[-1]
+    op = an.ops[cur]
+    if op.kind is OpKind.PRODUCER:
+        target = str(cur.target)
+        if len(an.producers[target]) != 1:
             return None
-        if op.kind is OpKind.PRODUCER:
-            target = str(cur.target)
-            if len(an.producers[target]) != 1:
-                return None
-            ids = torch.arange(op.offset, op.offset + op.channels)
-            return _scale_rows(target, "rows", ids, lo, ok)
-        if op.kind is OpKind.BATCH_NORM:
-            m = op.module
-            if m is None or m.weight is None or m.bias is None or op.cols is None or bool((op.cols < 0).any()):
-                return None
-            if sum(1 for o in an.ops.values() if o.node.op == "call_module" and o.node.target == cur.target) != 1:
-                return None
-            return _scale_rows(str(cur.target), "bn", op.cols, lo, ok)
-        if not commutes_with_scale(op) or not op.inputs:
+        ids = torch.arange(op.offset, op.offset + op.channels)
+        return _scale_rows(target, "rows", ids, lo, ok)
+    if op.kind is OpKind.BATCH_NORM:
+        m = op.module
+        if m is None or m.weight is None or m.bias is None or op.cols is None or bool((op.cols < 0).any()):
             return None
-        cur = op.inputs[0]
+        if sum(1 for o in an.ops.values() if o.node.op == "call_module" and o.node.target == cur.target) != 1:
+            return None
+        return _scale_rows(str(cur.target), "bn", op.cols, lo, ok)
+    return None
 
 
 def _scale_rows(target: str, how: str, ids: Tensor, lo: Tensor, ok: Tensor) -> tuple[str, str, Tensor] | None:

@@ -25,7 +25,7 @@ The dependency analysis the converter, the counters and ``bayesianize`` build on
 * :func:`removed_channels` — which channel ids the gates' masks remove physically;
 * :func:`producers_after` — the producers a node reaches through the ops a predicate accepts;
   :func:`sole_reader` — the one layer reading a node; :func:`module_returning` — the module
-  whose output a node is;
+  whose output a node is; :func:`chain_before` — the ops a node reads back to a producer;
   :func:`commutes_with_scale` — ops a positive per-channel scale passes through;
 * :func:`attention_heads` — where a gate over attention heads goes;
 * :func:`binary_operands`, :func:`pool_any`, :func:`reduce_any` — operands of a two-input op
@@ -59,7 +59,7 @@ from pyro_prune.graph.ops import (
     is_linear,
     supported_ops,
 )
-from pyro_prune.graph.paths import module_returning, producers_after, sole_reader
+from pyro_prune.graph.paths import chain_before, module_returning, producers_after, sole_reader
 from pyro_prune.graph.removal import binary_operands, pool_any, reduce_any, removed_channels
 from pyro_prune.graph.structure import (
     GateInfo,
@@ -74,7 +74,7 @@ from pyro_prune.graph.trace import ModuleGraph, modes_restored, module_graph
 __all__ = [
     "SIZED_ATEN_OPS", "SIZED_METHODS", "DependencyAnalysis", "GateInfo", "LayerRole", "LayerSlicer",
     "ModuleGraph", "Op", "OpKind", "StructureGraph", "UnsupportedOpError", "attention_heads",
-    "binary_operands", "cached_analysis", "commutes_with_scale", "dependency_analysis", "is_linear",
+    "binary_operands", "cached_analysis", "chain_before", "commutes_with_scale", "dependency_analysis", "is_linear",
     "layer_slicer", "modes_restored", "module_graph", "module_returning", "net_device", "net_dtype", "pool_any",
     "producer_module", "producers_after", "reduce_any", "register_layer", "registered_layers",
     "removed_channels", "search_input_shape", "shrinkable_gates", "sole_reader", "structure_graph",

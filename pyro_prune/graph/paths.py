@@ -1,5 +1,6 @@
 """Paths through a traced network: the producers an output reaches (:func:`producers_after`),
-the one layer reading it (:func:`sole_reader`), the module returning it (:func:`module_returning`).
+the one layer reading it (:func:`sole_reader`), the module returning it (:func:`module_returning`),
+the ops before it (:func:`chain_before`).
 """
 
 from __future__ import annotations
@@ -76,3 +77,17 @@ def module_returning(an: DependencyAnalysis, node: fx.Node) -> str | None:
                 and any(not inside(u) for u in n.users):
             return None
     return path
+
+
+def chain_before(an: DependencyAnalysis, node: fx.Node, passes: Callable[[Op], bool]) -> list[fx.Node]:
+    """The nodes ``node`` reads through first tensor inputs, nearest first: back through the
+    ops ``passes`` accepts, ending with the first one it does not accept (or one without
+    inputs), e.g. the producer of a gate's structures."""
+    chain: list[fx.Node] = []
+    cur = an.ops[node].inputs[0]
+    while True:
+        chain.append(cur)
+        op = an.ops[cur]
+        if not passes(op) or not op.inputs:
+            return chain
+        cur = op.inputs[0]

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from pyro_prune.graph.analysis import _signature, dependency_analysis
 from pyro_prune.graph.ops import OpKind, commutes_with_scale, is_linear
-from pyro_prune.graph.paths import producers_after
+from pyro_prune.graph.paths import chain_before, producers_after
 from pyro_prune.graph.removal import _gate_kept, _removed_from_kept
 
 __all__ = ["GateInfo", "StructureGraph", "producer_module", "shrinkable_gates", "structure_graph",
@@ -153,19 +153,12 @@ def _passes(op: Any) -> bool:
 
 def _producer(an: Any, gate_node: fx.Node) -> tuple[str | None, tuple[str, ...]]:
     """The producer of a gate's structures and the BatchNorm modules on the way to it."""
-    cur = an.ops[gate_node].inputs[0]
-    norms: list[str] = []
-    while True:
-        op = an.ops[cur]
-        if op.kind is OpKind.PRODUCER:
-            if op.channels != int(an.ops[gate_node].module.num_structures):
-                return None, ()
-            return str(cur.target), tuple(reversed(norms))
-        if not _passes(op) or not op.inputs:
-            return None, ()
-        if op.kind is OpKind.BATCH_NORM and cur.op == "call_module":
-            norms.append(str(cur.target))
-        cur = op.inputs[0]
+    chain = chain_before(an, gate_node, _passes)
+    op = an.ops[chain[-1]]
+    if op.kind is not OpKind.PRODUCER or op.channels != int(an.ops[gate_node].module.num_structures):
+        return None, ()
+    norms = [str(n.target) for n in chain if an.ops[n].kind is OpKind.BATCH_NORM and n.op == "call_module"]
+    return str(chain[-1].target), tuple(reversed(norms))
 
 
 def _consumers(an: Any, gate_node: fx.Node) -> tuple[str, ...]:
