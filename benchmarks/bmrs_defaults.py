@@ -31,7 +31,6 @@ Each finished run is cached in ``benchmarks/results/bmrs_defaults_<experiment>.r
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -39,7 +38,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import RESULTS_DIR, format_table, parse_benchmark_args, print_header, write_results
+from _common import (
+    RESULTS_DIR,
+    RunCache,
+    format_table,
+    parse_benchmark_args,
+    print_header,
+    write_results,
+)
 from bmrs_table import MLP_HIDDEN, PAPER_BMRS_N
 
 from pyro_prune.convert import compression
@@ -197,7 +203,7 @@ def main() -> None:
                               if args.experiment == "init" else "")),
               "plan": {f"{d}:{m}": v for (d, m), v in plan.items()}}
     print_header(__file__, seeds=args.seeds, config=config)
-    cache: dict[str, dict[str, Any]] = json.loads(runs_file.read_text()) if runs_file.exists() else {}
+    cache = RunCache(runs_file)
     runs: list[dict[str, Any]] = []
     for (dataset, model_name), items in plan.items():
         full = load_dataset(dataset, "train")
@@ -208,16 +214,14 @@ def main() -> None:
             for method, init_loc, kl in items:
                 if args.experiment == "init" and method != "bmrs" and seed != args.seeds[0]:
                     continue  # the comparison rows of the init sweep: first seed only
-                key = json.dumps([dataset, model_name, seed, method, init_loc, kl, args.epochs, args.finetune])
+                key = RunCache.key(dataset, model_name, seed, method, init_loc, kl, args.epochs,
+                                   args.finetune)
                 if key not in cache and not args.cached_only:
-                    cache[key] = run_one(dataset, model_name, seed, method, init_loc, kl, args, data)
-                    r = cache[key]
+                    r = cache.put(key, run_one(dataset, model_name, seed, method, init_loc, kl,
+                                               args, data))
                     print(f"  {dataset} {model_name} seed={seed} {method} init={init_loc} kl={kl}: "
                           f"acc={r['test_accuracy']:.4f} comp={r['compression']:.3f} "
                           f"({r['time_s']:.0f} s)", flush=True)
-                    tmp = runs_file.with_suffix(".tmp")
-                    tmp.write_text(json.dumps(cache, indent=1))
-                    tmp.replace(runs_file)
                 if key in cache:
                     runs.append(cache[key])
     table = summarise(runs)
