@@ -18,13 +18,25 @@ criterion ``bmrs``), changing one thing per experiment:
   incoming weights (``bmrs_joint``, on the same network with ``weights="gaussian"``, whose
   unpruned reference is ``none_gaussian``);
 * ``kl``: the KL weight (the temperature) from ``elbo`` (1) to ``paper``
-  (``num_data / num_structures``).
+  (``num_data / num_structures``);
+* ``recipe``: the default recipe on the four Table-1 configurations (its fine-tuning epochs
+  at the ELBO's weight, ``ContinuousPruning(finetune_kl_scale="elbo")``);
+* ``paths``: why the start matters (MNIST MLP, seed 0, a few epochs): per epoch, the
+  tempered loss, the compression and the state of the kept noise posteriors (median
+  ``log sigma``, share of prior-like ones with ``log sigma > 2``, median multiplier
+  ``E[theta] / theta_ref``) for starts at the top of the prior range and 4 below it, and
+  for the same starts with the range's top moved (``log_high``), which separates the
+  distance to the top from the start itself.
+
+``--finetune-kl train`` fine-tunes at the training weight instead (the recipe before the
+fine-tuning weight became ``"elbo"``); its runs keep the cache keys they had then.
 
 Each finished run is cached in ``benchmarks/results/bmrs_defaults_<experiment>.runs.json``
 (resumable; two experiments may run in parallel). The table of an experiment goes to
 ``bmrs_defaults_<experiment>.json``.
 
     python benchmarks/bmrs_defaults.py --experiment init --epochs 10 --finetune 3
+    python benchmarks/bmrs_defaults.py --experiment paths --epochs 4 --finetune 0
     python benchmarks/bmrs_defaults.py --experiment plot   # results/bmrs_defaults_kl.png
 """
 
@@ -37,15 +49,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _common
 import torch
-from _common import (
-    RESULTS_DIR,
-    RunCache,
-    format_table,
-    parse_benchmark_args,
-    print_header,
-    write_results,
-)
 from bmrs_table import MLP_HIDDEN, PAPER_BMRS_N
 
 from pyro_prune.convert import compression
@@ -65,7 +70,7 @@ PLANS: dict[str, dict[tuple[str, str], list[tuple[str, float, Any]]]] = {
         + [("bmrs_ref0", init, None) for init in (-2.0, -4.0)] + [("none_ref0", -4.0, None)],
         ("mnist", "lenet5"): [("bmrs", init, None) for init in (-2.0, -4.0)]  # 0: bmrs_table.py's
         + [("bmrs_ref0", -4.0, None)],
-        ("fashion-mnist", "mlp"): [("bmrs", init, None) for init in (0.0, -2.0, -4.0)]
+        ("fashion-mnist", "mlp"): [("bmrs", init, None) for init in (0.0, -2.0, -4.0)]  # 0: also "recipe"
         + [("bmrs_ref0", init, None) for init in (-2.0, -4.0)]
         + [(m, -4.0, None) for m in ("bmrs_n_ref0", "bmrs_u8_ref0", "bmrs_u_off_ref0")],
     },
@@ -77,17 +82,40 @@ PLANS: dict[str, dict[tuple[str, str], list[tuple[str, float, Any]]]] = {
         ("mnist", "mlp"): [("bmrs", 0.0, kl) for kl in (4.0, 16.0)],
         ("mnist", "lenet5"): [("bmrs", 0.0, kl) for kl in (8.0, 40.0)],
     },
+    "recipe": {config: [("bmrs", 0.0, None)] for config in CONFIGS},
+    # (start, top of the prior range): method "paths_top<B>"
+    "paths": {
+        ("mnist", "mlp"): [("paths_top0", 0.0, None), ("paths_top0", -4.0, None),
+                           ("paths_top4", 0.0, None), ("paths_top-4", -4.0, None)],
+    },
 }
+#: the fine-tuning KL weights ``--finetune-kl`` takes: ``ContinuousPruning(finetune_kl_scale=...)``
+FINETUNE_KL = {"elbo": "elbo", "train": None}
+
+
+class RecordingPruning(ContinuousPruning):
+    """The default schedule, recording the kept noise posteriors before each decision."""
+
+    def on_epoch_end(self, model: Any, epoch: int, *, epochs: int | None = None) -> dict[str, Any]:
+        net = model.model if hasattr(model, "model") else model
+        gates = [g for g in net.noise_layers().values()]
+        log_scale = torch.cat([g.log_scale.detach()[g.kept] for g in gates])
+        multiplier = torch.cat([g.output_scale().detach()[g.kept] for g in gates])
+        row = {"median_log_scale": float(log_scale.median()),
+               "prior_like_share": float((log_scale > 2.0).double().mean()),
+               "median_multiplier": float(multiplier.median())}
+        row.update(super().on_epoch_end(model, epoch, epochs=epochs))
+        return row
 
 
 def make_model(name: str, info: Any, *, weights: str = "point", init_loc: float = 0.0,
-               reference_loc: float | None = None) -> Any:
+               reference_loc: float | None = None, **noise: float) -> Any:
     if name == "mlp":
         return MLP(info.input_dim, MLP_HIDDEN.get(info.name, [100]), info.num_classes,
-                   weights=weights, init_loc=init_loc, reference_loc=reference_loc)
+                   weights=weights, init_loc=init_loc, reference_loc=reference_loc, **noise)
     c, h, _ = info.input_shape
     return LeNet5(c, info.num_classes, h, weights=weights, init_loc=init_loc,
-                  reference_loc=reference_loc)
+                  reference_loc=reference_loc, **noise)
 
 
 def run_one(dataset: str, model_name: str, seed: int, method: str, init_loc: float, kl: Any,
@@ -98,47 +126,82 @@ def run_one(dataset: str, model_name: str, seed: int, method: str, init_loc: flo
     name = method
     method = method.removesuffix("_ref0")
     gaussian = method in ("bmrs_joint", "none_gaussian")
+    noise = {"log_high": float(method.removeprefix("paths_top"))} if method.startswith("paths") else {}
     model = make_model(model_name, data["info"], weights="gaussian" if gaussian else "point",
-                       init_loc=init_loc, reference_loc=0.0 if name != method else None)
+                       init_loc=init_loc, reference_loc=0.0 if name != method else None, **noise)
     kw: dict[str, Any] = {} if kl is None else {"kl_scale": kl}
+    finetune_kl = FINETUNE_KL[args.finetune_kl]
     if method.startswith("none"):
         res = fit(model, data["train"], epochs=args.epochs + args.finetune, val=data["val"],
                   seed=seed, progress=False, **kw)
     else:
-        schedule = (ContinuousPruning(finetune_epochs=args.finetune) if method == "bmrs"
-                    else ContinuousPruning(method, finetune_epochs=args.finetune))
+        if method.startswith("paths"):
+            schedule: ContinuousPruning = RecordingPruning(finetune_epochs=args.finetune,
+                                                           finetune_kl_scale=finetune_kl)
+        elif method == "bmrs":
+            schedule = ContinuousPruning(finetune_epochs=args.finetune, finetune_kl_scale=finetune_kl)
+        else:
+            schedule = ContinuousPruning(method, finetune_epochs=args.finetune,
+                                         finetune_kl_scale=finetune_kl)
         res = fit(model, data["train"], epochs=args.epochs, val=data["val"], seed=seed,
                   schedule=schedule, progress=False, **kw)
     metrics = evaluate(model, data["test"])
-    return {
+    run = {
         "dataset": dataset, "model": model_name, "method": name, "seed": seed,
         "init_loc": init_loc, "kl_scale": "auto" if kl is None else kl,
         "kl_value": res.config["kl_scale"], "test_accuracy": metrics["accuracy"],
         "compression": compression(model), "kept": model.kept_counts(),
         "val_accuracy": res.last.get("val_accuracy"), "time_s": time.perf_counter() - t0,
+        "finetune_kl": args.finetune_kl,
     }
+    if method.startswith("paths"):
+        run["log_high"] = noise["log_high"]
+        run["epochs"] = [{k: h.get(k) for k in ("epoch", "loss", "val_accuracy", "compression", "removed",
+                                                  "median_log_scale", "prior_like_share", "median_multiplier")}
+                         for h in res.history]
+    return run
+
+
+def kl_gradients() -> list[dict[str, float]]:
+    """``KL(q || p)`` of one structure and its gradient in ``loc`` and ``log_scale``, at the top
+    of the prior range (``loc = 0``) and 4 below it, for a narrow to a wide posterior."""
+    from pyro_prune.models.noise import MultiplicativeNoise
+
+    out = []
+    for loc in (0.0, -4.0):
+        for log_scale in (-5.0, -2.0, 0.0, 1.0, 2.0):
+            gate = MultiplicativeNoise(1, init_loc=loc, init_log_scale=log_scale).double()
+            kl = gate.kl_divergence()
+            kl.backward()
+            assert gate.loc.grad is not None and gate.log_scale.grad is not None
+            out.append({"loc": loc, "log_scale": log_scale, "kl": float(kl.detach()),
+                        "dkl_dloc": float(gate.loc.grad) + 0.0,  # no -0
+                        "dkl_dlog_scale": float(gate.log_scale.grad) + 0.0})
+    return out
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
-        key = (r["dataset"], r["model"], r["method"], r["init_loc"], str(r["kl_scale"]))
+        key = (r["dataset"], r["model"], r["method"], r["init_loc"], str(r["kl_scale"]),
+               r.get("finetune_kl", "train"))  # runs cached without it fine-tuned at the training weight
         groups.setdefault(key, []).append(r)
     out = []
-    for (dataset, model, method, init_loc, kl), rs in groups.items():
+    for (dataset, model, method, init_loc, kl, finetune_kl), rs in groups.items():
         comp = [100 * r["compression"] for r in rs]
         acc = [100 * r["test_accuracy"] for r in rs]
         paper = PAPER_BMRS_N.get((model, dataset))
         out.append({
             "dataset": dataset, "model": model, "method": method, "init_loc": init_loc,
-            "kl_scale": kl, "kl_value": rs[0]["kl_value"], "seeds": len(rs),
+            "kl_scale": kl, "kl_value": rs[0]["kl_value"], "finetune_kl": finetune_kl, "seeds": len(rs),
             "compression_%": statistics.mean(comp),
             "compression_std": statistics.stdev(comp) if len(comp) > 1 else 0.0,
             "accuracy_%": statistics.mean(acc),
             "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
             "paper_bmrs_n_compression_%": paper[0] if paper else None,
         })
-    out.sort(key=lambda r: (r["dataset"], r["model"], r["method"], -r["init_loc"], r["kl_value"]))
+    out.sort(key=lambda r: (r["dataset"], r["model"], r["method"], -r["init_loc"], r["kl_value"],
+                            r["finetune_kl"]))
     return out
 
 
@@ -185,25 +248,35 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--finetune", type=int, default=3)
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="restrict to these methods of the experiment's plan")
+    parser.add_argument("--init-locs", nargs="+", type=float, default=None,
+                        help="restrict to these starts (init_loc) of the experiment's plan")
+    parser.add_argument("--finetune-kl", choices=sorted(FINETUNE_KL), default="elbo",
+                        help="KL weight of the fine-tuning epochs: 'elbo' (the default recipe) or "
+                             "'train' (the training weight)")
     parser.add_argument("--cached-only", action="store_true", help="tabulate cached runs only")
-    args = parse_benchmark_args(parser, seed=False, threads=1)
+    args = _common.parse_benchmark_args(parser, seed=False, threads=1)
     if args.experiment == "plot":
-        print(f"wrote {plot_kl_curve(RESULTS_DIR / 'bmrs_defaults_kl.png')}")
+        print(f"wrote {plot_kl_curve(_common.RESULTS_DIR / 'bmrs_defaults_kl.png')}")
         return
     plan = PLANS[args.experiment]
     if args.configs:
         wanted = {tuple(c.split(":")) for c in args.configs}
         plan = {k: v for k, v in plan.items() if k in wanted}
-    runs_file = RESULTS_DIR / f"bmrs_defaults_{args.experiment}.runs.json"
+    runs_file = _common.RESULTS_DIR / f"bmrs_defaults_{args.experiment}.runs.json"
     config = {"experiment": args.experiment, "epochs": args.epochs, "finetune": args.finetune,
+              "finetune_kl": args.finetune_kl,
               "protocol": ("paper: 50 epochs + 10 fine-tuning, 80/20 split; this run: "
                            f"{args.epochs} + {args.finetune}, the library defaults otherwise "
-                           "(batch 128, lr 1e-3, kl_scale auto, noise_lr 0.03, criterion bmrs)"
+                           "(batch 128, lr 1e-3, kl_scale auto, noise_lr 0.03, criterion bmrs; "
+                           "each run's finetune_kl: 'elbo', the default, fine-tunes at the ELBO's "
+                           "weight, 'train' at the training weight)"
                            + ("; the noise layers' signal reference theta_ref = exp(init_loc)"
                               if args.experiment == "init" else "")),
               "plan": {f"{d}:{m}": v for (d, m), v in plan.items()}}
-    print_header(__file__, seeds=args.seeds, config=config)
-    cache = RunCache(runs_file)
+    _common.print_header(__file__, seeds=args.seeds, config=config)
+    cache = _common.RunCache(runs_file)
     runs: list[dict[str, Any]] = []
     for (dataset, model_name), items in plan.items():
         full = load_dataset(dataset, "train")
@@ -212,24 +285,32 @@ def main() -> None:
             train, val = train_val_split(full, val_fraction=0.2, seed=seed)
             data = {"train": train, "val": val, "test": test, "info": full.info}
             for method, init_loc, kl in items:
+                if (args.methods and method not in args.methods
+                        or args.init_locs and init_loc not in args.init_locs):
+                    continue
                 if args.experiment == "init" and method != "bmrs" and seed != args.seeds[0]:
                     continue  # the comparison rows of the init sweep: first seed only
-                key = RunCache.key(dataset, model_name, seed, method, init_loc, kl, args.epochs,
-                                   args.finetune)
+                base = [dataset, model_name, seed, method, init_loc, kl, args.epochs, args.finetune]
+                # runs fine-tuned at the training weight keep the keys they had before the option
+                keys = {ft: _common.RunCache.key(*base, *([] if ft == "train" else [ft])) for ft in FINETUNE_KL}
+                key = keys[args.finetune_kl]
                 if key not in cache and not args.cached_only:
                     r = cache.put(key, run_one(dataset, model_name, seed, method, init_loc, kl,
                                                args, data))
-                    print(f"  {dataset} {model_name} seed={seed} {method} init={init_loc} kl={kl}: "
-                          f"acc={r['test_accuracy']:.4f} comp={r['compression']:.3f} "
-                          f"({r['time_s']:.0f} s)", flush=True)
-                if key in cache:
-                    runs.append(cache[key])
+                    print(f"  {dataset} {model_name} seed={seed} {method} init={init_loc} kl={kl} "
+                          f"finetune at {args.finetune_kl}: acc={r['test_accuracy']:.4f} "
+                          f"comp={r['compression']:.3f} ({r['time_s']:.0f} s)", flush=True)
+                runs += [cache[k] for k in keys.values() if k in cache]  # every cached variant
     table = summarise(runs)
+    extra: dict[str, Any] = {"runs": runs}
+    if args.experiment == "paths":
+        extra["kl_gradients"] = kl_gradients()
     if args.cached_only:  # record the command that trains the runs, not the tabulation
         sys.argv = [a for a in sys.argv if a != "--cached-only"]
-    print(format_table(table, ["dataset", "model", "method", "init_loc", "kl_scale", "kl_value", "seeds",
+    print(_common.format_table(table, ["dataset", "model", "method", "init_loc", "kl_scale", "kl_value",
+                               "finetune_kl", "seeds",
                                "compression_%", "compression_std", "accuracy_%", "accuracy_std"]))
-    path = write_results(__file__, config=config, seeds=args.seeds, rows=table, extra={"runs": runs},
+    path = _common.write_results(__file__, config=config, seeds=args.seeds, rows=table, extra=extra,
                          suffix=f"_{args.experiment}")
     print(f"wrote {path}")
 

@@ -19,6 +19,7 @@ site serves that folder, see ``docs/_hooks.py``).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -680,7 +681,8 @@ def kl_curve_points() -> list[dict[str, Any]]:
                == (dataset, model, 0, "none", "elbo")]
         ends = [r for r in table if (r["dataset"], r["model"], r["seed"], r["method"], r["kl_scale"])
                 == (dataset, model, 0, _DEFAULT_IN_TABLE, "elbo")]
-        ours = _runs(_load("bmrs_defaults_kl")) + _runs(_load("bmrs_defaults_init"))
+        ours = [r for r in _runs(_load("bmrs_defaults_kl")) + _runs(_load("bmrs_defaults_init"))
+                if r.get("finetune_kl", "train") == "train"]  # the whole run at one weight
         middle = [r for r in ours if (r["dataset"], r["model"], r["seed"], r["method"], r["init_loc"])
                   == (dataset, model, 0, "bmrs", 0.0)]
         if not middle or not ref:
@@ -715,36 +717,10 @@ def defaults_tables() -> str:
     """The generated part of ``docs/defaults.md``: the default recipe, criteria, init, KL weight."""
     table, init = _load("bmrs_table"), _load("bmrs_defaults_init")
     crit, kl = _load("bmrs_defaults_criteria"), _load("bmrs_defaults_kl")
+    recipe, paths = _load("bmrs_defaults_recipe"), _load("bmrs_defaults_paths")
     parts = []
     if table is not None:
-        rows = []
-        for dataset, model in _CONFIGS:
-            r = _summary(table, dataset, model, "paper", _DEFAULT_IN_TABLE)
-            none_t = _summary(table, dataset, model, "paper", "none")
-            none_e = _summary(table, dataset, model, "elbo", "none")
-            if r is None or none_t is None or none_e is None:
-                continue
-            fresh = [x for x in _runs(init) if (x["dataset"], x["model"], x["method"], x["init_loc"])
-                     == (dataset, model, "bmrs", 0.0)]
-            rows.append([
-                dataset, model, r["seeds"], _pm(r["compression_%"], r["compression_std"]),
-                r["paper_compression_%"] if r.get("paper_compression_%") is not None else
-                _summary(table, dataset, model, "paper", "bmrs_n")["paper_compression_%"],
-                _pm(r["accuracy_%"], r["accuracy_std"], 2),
-                f"{r['accuracy_%'] - none_t['accuracy_%']:+.2f}", f"{r['accuracy_%'] - none_e['accuracy_%']:+.2f}",
-                "; ".join(f"{100 * x['compression']:.1f} / {100 * x['test_accuracy']:.2f}" for x in fresh) or "-",
-            ])
-        parts += [
-            "### The default on the Table-1 configurations",
-            _table(["data", "model", "seeds", "compression %", "paper BMRS_N compression %",
-                    "test accuracy %", "vs unpruned (same recipe)", "vs unpruned (ELBO weight)",
-                    "fresh default run, seed 0: comp / acc %"], rows),
-            f"Protocol: {table['config'].get('protocol', '')}. The 3-seed rows are `bmrs_table.py`'s "
-            f"`{_DEFAULT_IN_TABLE}` with the KL weight \"paper\": the same computation as the default "
-            "`bmrs` (BMRS_N + 0.5 log 2pi, kl_scale \"auto\" = \"paper\", noise_lr 0.03); the last column "
-            "is the default run afresh with `fit(..., schedule=ContinuousPruning(finetune_epochs=3))` "
-            "(`bmrs_defaults.py`). " + _reproduce(table),
-        ]
+        parts += _default_recipe_table(table, recipe)
         methods = ["none", "e_theta", "snr", "bmrs_n", _DEFAULT_IN_TABLE, "bmrs_u8", "bmrs_u4"]
         for kl_name in ("paper", "elbo"):
             rows = []
@@ -756,6 +732,7 @@ def defaults_tables() -> str:
                 rows.append([dataset, model, *cells])
             head = ["data", "model", *[("bmrs (= bmrs_n_code)" if m == _DEFAULT_IN_TABLE else m) for m in methods]]
             parts += [f"### Criteria side by side, KL weight \"{kl_name}\" (compression % / test accuracy %, 3 seeds)",
+                      "Every epoch at this weight, fine-tuning included (`bmrs_table.py`).",
                       _table(head, rows)]
     extra = list((crit or {}).get("rows", []))
     if extra:
@@ -768,15 +745,23 @@ def defaults_tables() -> str:
         rows = []
         table_runs = _runs(table)
         for dataset, model in _CONFIGS:
-            for method in ("bmrs", "none", "bmrs_ref0", "none_ref0", "bmrs_n_ref0", "bmrs_u8_ref0",
-                           "bmrs_u_off_ref0"):
+            for method, finetune in itertools.product(
+                    ("bmrs", "none", "bmrs_ref0", "none_ref0", "bmrs_n_ref0", "bmrs_u8_ref0",
+                     "bmrs_u_off_ref0"), ("elbo", "train")):
                 found: dict[float, list[dict[str, Any]]] = {}
                 for x in _runs(init) + _runs(crit):
-                    if (x["dataset"], x["model"], x["method"]) == (dataset, model, method):
+                    if ((x["dataset"], x["model"], x["method"], x.get("finetune_kl", "train"))
+                            == (dataset, model, method, finetune)):
                         found.setdefault(x["init_loc"], []).append(x)
                 if not found or set(found) == {0.0}:
                     continue
-                if 0.0 not in found:  # bmrs_table.py's run of the same recipe at init_loc 0
+                if 0.0 not in found and finetune == "elbo":  # the default recipe's runs, same seeds
+                    seeds = {x["seed"] for xs in found.values() for x in xs}
+                    found[0.0] = [x for x in _runs(recipe) if (x["dataset"], x["model"], x["method"],
+                                  x["init_loc"], x["seed"]) in {(dataset, model, method, 0.0, s) for s in seeds}]
+                    if not found[0.0]:
+                        del found[0.0]
+                if 0.0 not in found and finetune == "train":  # bmrs_table.py's run of the same recipe
                     # (where theta_ref = 1 whatever reference_loc says)
                     base = method.removesuffix("_ref0")
                     name = _DEFAULT_IN_TABLE if base == "bmrs" else base
@@ -789,7 +774,9 @@ def defaults_tables() -> str:
                          for i in (0.0, -2.0, -4.0) if i in found}
                 cells = [f"{comps[i]:.1f} / {statistics.mean(100 * x['test_accuracy'] for x in found[i]):.2f}"
                          f" ({len(found[i])})" if i in found else "-" for i in (0.0, -2.0, -4.0)]
-                rows.append([dataset, model, method, *cells,
+                label = method if method.startswith("none") else \
+                    f"{method}, fine-tuned at the {'ELBO' if finetune == 'elbo' else 'training'} weight"
+                rows.append([dataset, model, label, *cells,
                              f"{max(comps.values()) - min(comps.values()):.1f}" if len(comps) > 1 else "-"])
         parts += ["### Init sweep: compression % / test accuracy % against `init_loc` "
                   "(mean over seeds, their number in brackets)",
@@ -798,18 +785,114 @@ def defaults_tables() -> str:
                   "behaviour before the signal reference).",
                   _table(["data", "model", "criterion", "init_loc 0", "init_loc -2", "init_loc -4",
                           "spread (points)"], rows),
+                  "Fine-tuning removes nothing, so the compression of a start does not depend on "
+                  "the fine-tuning weight (`elbo`: the default; `train`: the training weight); "
+                  "the accuracy does. The `elbo` rows at `init_loc` 0 are the default recipe's runs "
+                  "of the same seeds (`--experiment recipe`).",
                   f"Protocol: {init['config'].get('protocol', '')}. " + _reproduce(init)]
+    if paths is not None:
+        parts += _paths_tables(paths)
     points = kl_curve_points()
     if points and kl is not None:
         rows = [[p["dataset"], p["model"], p["kl_scale"], p["kl_value"], f"{100 * p['compression']:.1f}",
                  f"{100 * p['accuracy']:.2f}", f"{100 * (p['accuracy'] - p['unpruned_elbo_accuracy']):+.2f}"]
                 for p in points]
         parts += ["### The KL weight: compression and accuracy against kl_scale (default criterion, seed 0)",
+                  "Every epoch at this weight, fine-tuning included.",
                   _table(["data", "model", "kl_scale", "KL weight", "compression %", "test accuracy %",
                           "vs unpruned (ELBO weight)"], rows),
                   "![compression and accuracy against the KL weight](benchmarks/results/bmrs_defaults_kl.png)",
                   _reproduce(kl)]
     return "\n\n".join(parts)
+
+
+def _same_seeds(runs: list[dict[str, Any]], dataset: str, model: str, method: str, kl: str,
+                seeds: set[int]) -> list[dict[str, Any]]:
+    return [r for r in runs if (r["dataset"], r["model"], r["method"], r["kl_scale"]) == (dataset, model, method, kl)
+            and r["seed"] in seeds]
+
+
+def _mean_acc(runs: list[dict[str, Any]]) -> float | None:
+    return statistics.mean(100 * r["test_accuracy"] for r in runs) if runs else None
+
+
+def _default_recipe_table(table: dict[str, Any], recipe: dict[str, Any] | None) -> list[str]:
+    """The default recipe per Table-1 configuration against the same seeds' references."""
+    table_runs, rows = _runs(table), []
+    for dataset, model in _CONFIGS:
+        ours = [r for r in _runs(recipe) if (r["dataset"], r["model"], r["method"], r["init_loc"],
+                                             r.get("finetune_kl")) == (dataset, model, "bmrs", 0.0, "elbo")]
+        seeds = {r["seed"] for r in ours}
+        trained = _same_seeds(table_runs, dataset, model, _DEFAULT_IN_TABLE, "paper", seeds)
+        none_t = _same_seeds(table_runs, dataset, model, "none", "paper", seeds)
+        none_e = _same_seeds(table_runs, dataset, model, "none", "elbo", seeds)
+        paper = next((r.get("paper_compression_%") for r in table.get("rows", [])
+                      if (r["dataset"], r["model"]) == (dataset, model)
+                      and r.get("paper_compression_%") is not None), None)
+        if not ours:
+            all_seeds = {r["seed"] for r in _same_seeds(table_runs, dataset, model, _DEFAULT_IN_TABLE, "paper",
+                                                        set(range(100)))}
+            old = _same_seeds(table_runs, dataset, model, _DEFAULT_IN_TABLE, "paper", all_seeds)
+            ref = _same_seeds(table_runs, dataset, model, "none", "elbo", all_seeds)
+            rows.append([dataset, model, f"- ({len(old)})", _pm(*_mean_std([100 * r["compression"] for r in old])),
+                         paper, "not measured", _fmt(_mean_acc(old), 2),
+                         _fmt(_mean_acc(_same_seeds(table_runs, dataset, model, "none", "paper", all_seeds)), 2),
+                         _fmt(_mean_acc(ref), 2), "-"])
+            continue
+        comp = [100 * r["compression"] for r in ours]
+        acc = [100 * r["test_accuracy"] for r in ours]
+        ref_e = _mean_acc(none_e)
+        rows.append([dataset, model, len(ours), _pm(*_mean_std(comp)), paper, _pm(*_mean_std(acc), 2),
+                     _fmt(_mean_acc(trained), 2), _fmt(_mean_acc(none_t), 2), _fmt(ref_e, 2),
+                     "-" if ref_e is None else f"{statistics.mean(acc) - ref_e:+.2f}"])
+    return [
+        "### The default on the Table-1 configurations",
+        _table(["data", "model", "seeds", "compression %", "paper BMRS_N compression %",
+                "test accuracy %: default (fine-tuned at the ELBO weight)",
+                "fine-tuned at the training weight", "unpruned, training weight",
+                "unpruned, ELBO weight", "default vs unpruned (ELBO weight)"], rows),
+        "The default is `fit(..., schedule=ContinuousPruning(finetune_epochs=3))`: criterion "
+        "`bmrs` (BMRS_N + 0.5 log 2pi), kl_scale \"auto\" = \"paper\" for the training epochs, "
+        "the ELBO's weight for the fine-tuning epochs, noise_lr 0.03 (`bmrs_defaults.py "
+        "--experiment recipe`). The other accuracy columns are `bmrs_table.py`'s runs of the same "
+        "seeds: `bmrs_n_code` at the weight \"paper\" throughout (the same computation as the "
+        "default up to the fine-tuning weight), and the unpruned network at either weight. A "
+        "row with \"-\" seeds has no run of the default recipe yet; its columns are "
+        "`bmrs_table.py`'s 3 seeds. "
+        + (f"Protocol: {recipe['config'].get('protocol', '')}. " + _reproduce(recipe) if recipe else "")
+        + " Reference runs: " + _reproduce(table).removeprefix("Reproduce: "),
+    ]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _paths_tables(paths: dict[str, Any]) -> list[str]:
+    """Why the start matters: per epoch, the compression and the kept posteriors' state."""
+    rows = []
+    for r in sorted(_runs(paths), key=lambda r: (-r["log_high"] + r["init_loc"], -r["init_loc"])):
+        last = r["epochs"][-1]
+        rows.append([r["init_loc"], r["log_high"], r["log_high"] - r["init_loc"],
+                     " / ".join(f"{100 * e['compression']:.1f}" for e in r["epochs"]),
+                     f"{last['loss']:.3f}", f"{last['median_log_scale']:.2f}",
+                     f"{100 * last['prior_like_share']:.0f}", f"{last['median_multiplier']:.2f}"])
+    grads = [[g["loc"], g["log_scale"], f"{g['kl']:.3f}", _fmt(g["dkl_dloc"]), _fmt(g["dkl_dlog_scale"])]
+             for g in paths.get("kl_gradients", [])]
+    n = len(_runs(paths)[0]["epochs"]) if _runs(paths) else 0
+    return [
+        f"### Why the start matters: the distance to the top of the prior range (MNIST MLP, seed 0, {n} epochs)",
+        "`log_high` is the top `B` of the prior range `[A, B]` (`MultiplicativeNoise(log_high=...)`, "
+        "default 0); the posterior starts at `init_loc` with the signal reference there. The last "
+        "four columns are at the end of the last epoch, before its pruning decision, over the "
+        "structures still kept: the tempered loss per example, the median `log sigma`, the share "
+        "with `log sigma > 2` (close to the prior) and the median multiplier `E[theta] / theta_ref`.",
+        _table(["init_loc", "log_high", "headroom B - init_loc", "compression % after each epoch",
+                "loss", "median log sigma", "prior-like %", "median multiplier"], rows),
+        "The KL term of one structure and its gradient at the top of the range and inside it:",
+        _table(["loc", "log sigma", "KL", "dKL/dloc", "dKL/dlog sigma"], grads),
+        f"Protocol: {paths['config'].get('protocol', '')}. " + _reproduce(paths),
+    ]
 
 
 def updated_defaults_page(text: str) -> str:

@@ -217,6 +217,10 @@ def _add_fit_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of the KL term, a temperature: 'elbo' (1), 'paper' (num_data / "
                         "num_structures, as in the BMRS authors' code), 'auto' ('paper' with "
                         f"noise gates, else 'elbo') or a number (default {d.kl_scale})")
+    p.add_argument("--finetune-kl-scale", default=d.finetune_kl_scale,
+                   help="KL weight of the fine-tuning epochs, once the structures are chosen: "
+                        "as --kl-scale, or 'train' to keep the training weight (default "
+                        f"{d.finetune_kl_scale}: the reduced network's untempered posterior)")
     p.add_argument("--hidden", type=_int_list, default=None, metavar="W1,W2,...",
                    help="hidden widths of --model mlp (default 100,100)")
     p.add_argument("--val-fraction", type=_fraction, default=d.val_fraction,
@@ -245,7 +249,8 @@ def _add_fit_arguments(p: argparse.ArgumentParser) -> None:
 def _config_from(args: argparse.Namespace) -> RunConfig:
     return RunConfig(model=args.model, data=args.data, method=args.method, epochs=args.epochs,
                      finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, lr=args.lr,
-                     noise_lr=args.noise_lr, seed=args.seed, kl_scale=str(args.kl_scale), hidden=args.hidden,
+                     noise_lr=args.noise_lr, seed=args.seed, kl_scale=str(args.kl_scale),
+                     finetune_kl_scale=str(args.finetune_kl_scale), hidden=args.hidden,
                      val_fraction=args.val_fraction, num_samples=args.num_samples,
                      curve_points=args.curve_points, train_subset=args.train_subset,
                      eval_examples=args.eval_examples, device=args.device)

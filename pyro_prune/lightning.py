@@ -113,8 +113,9 @@ class PruningCallback(L.Callback):
 
     def __init__(self, criterion: str = "bmrs_n", *, every: int = 1, finetune_epochs: int = 0,
                  convert: bool = True, **criterion_kwargs: Any) -> None:
+        # the KL weight stays the PruningModule's (its loss owns it) through fine-tuning too
         self.schedule = ContinuousPruning(criterion, every=every, finetune_epochs=finetune_epochs,
-                                          **criterion_kwargs)
+                                          finetune_kl_scale=None, **criterion_kwargs)
         self.convert = convert
         self.history: list[dict[str, Any]] = []
         self.converted: nn.Module | None = None

@@ -65,6 +65,7 @@ __all__ = [
     "LoadedRun",
     "MethodSpec",
     "ModelSpec",
+    "parse_finetune_kl_scale",
     "parse_kl_scale",
     "resolve_device",
     "run_fit",
@@ -201,6 +202,9 @@ class RunConfig:
     noise_lr: float | None = DEFAULT_NOISE_LR
     seed: int = 0
     kl_scale: str = "auto"
+    #: the KL weight of the fine-tuning epochs: "elbo" (the untempered posterior of the
+    #: reduced network), "paper", "auto", a number, or "train" (the training weight)
+    finetune_kl_scale: str = "elbo"
     hidden: list[int] | None = None
     val_fraction: float = 0.2
     num_samples: int = 200
@@ -215,7 +219,8 @@ class RunConfig:
 
     #: settings that define the trained model; a run folder refuses to resume with others
     RESUME_KEYS = ("model", "data", "method", "epochs", "finetune_epochs", "batch_size", "lr",
-                   "noise_lr", "seed", "kl_scale", "hidden", "val_fraction", "train_subset")
+                   "noise_lr", "seed", "kl_scale", "finetune_kl_scale", "hidden", "val_fraction",
+                   "train_subset")
 
     def validate(self) -> None:
         if self.model not in MODELS:
@@ -247,6 +252,7 @@ class RunConfig:
         if self.hidden is not None and not MODELS[self.model].takes_hidden:
             raise UsageError(f"--hidden applies to --model mlp only, not {self.model!r}")
         parse_kl_scale(self.kl_scale)
+        parse_finetune_kl_scale(self.finetune_kl_scale)
         from pyro_prune.inference.distributed import DeviceChoice
 
         if self.device not in {d.value for d in DeviceChoice}:
@@ -255,6 +261,17 @@ class RunConfig:
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items()}
+
+
+def parse_finetune_kl_scale(value: str) -> float | str | None:
+    """``--finetune-kl-scale``: a KL weight as for ``--kl-scale``, or ``"train"`` (``None``:
+    the fine-tuning epochs keep the training weight)."""
+    if value == "train":
+        return None
+    try:
+        return parse_kl_scale(value)
+    except UsageError as err:
+        raise UsageError(str(err).replace("kl-scale must be", "finetune-kl-scale must be 'train',")) from None
 
 
 def parse_kl_scale(value: str) -> float | str:
@@ -479,7 +496,8 @@ def _run_fit_locked(cfg: RunConfig, out: Path, data: FitData, *,
     if method.criterion is None:
         schedule, epochs = None, cfg.epochs + cfg.finetune_epochs
     else:
-        schedule = ContinuousPruning(method.criterion, every=1, finetune_epochs=cfg.finetune_epochs)
+        schedule = ContinuousPruning(method.criterion, every=1, finetune_epochs=cfg.finetune_epochs,
+                                     finetune_kl_scale=parse_finetune_kl_scale(cfg.finetune_kl_scale))
         epochs = cfg.epochs
     device = device if device is not None else torch.device("cpu")
     model.to(device)

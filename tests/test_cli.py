@@ -42,6 +42,7 @@ def test_help_everywhere(argv, capsys) -> None:
     (["fit", "--data", "digits", "--lr", "0"], "--lr: must be a positive number"),
     (["fit", "--data", "digits", "--noise-lr", "-1"], "--noise-lr: must be a positive number"),
     (["fit", "--data", "digits", "--val-fraction", "1.5"], "--val-fraction"),
+    (["fit", "--data", "digits", "--finetune-kl-scale", "cold"], "finetune-kl-scale must be 'train'"),
     (["fit", "--data", "digits", "--hidden", "10,x"], "--hidden"),
     (["fit", "--model", "mlp"], "--data"),
     (["export", "somewhere", "--format", "pickle"], "invalid choice: 'pickle'"),

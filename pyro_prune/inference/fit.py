@@ -237,6 +237,8 @@ def fit(
     with flush_denormals(flush_denormal):
         for epoch in range(start_epoch, total_epochs):
             ctx.epoch = epoch
+            if schedule is not None and hasattr(schedule, "on_epoch_start"):
+                schedule.on_epoch_start(ctx, epoch + 1)
             t0 = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch + 1}
             row.update(ctx.train_epoch())

@@ -52,6 +52,9 @@ class Schedule:
     def on_fit_start(self, ctx: Any) -> None:
         """Called once before the first epoch (and before a checkpoint is resumed)."""
 
+    def on_epoch_start(self, ctx: Any, epoch: int) -> None:
+        """Called before every epoch (1-based), also the first one after a resume."""
+
     def on_step_end(self, ctx: Any) -> None:
         """Called after every optimizer step."""
 
@@ -82,12 +85,19 @@ class ContinuousPruning(Schedule):
         every: prune after every ``every``-th training epoch.
         finetune_epochs: epochs of training without pruning after the ``epochs`` of
             :func:`fit` (so a run lasts ``epochs + finetune_epochs``).
+        finetune_kl_scale: the KL weight of the fine-tuning epochs: ``"elbo"`` (the default:
+            1, the untempered posterior of the reduced network), ``"paper"``, ``"auto"``, a
+            number, or ``None`` to keep the weight of the training epochs. The temperature
+            of training (``fit(kl_scale=...)``) is a model-selection device that moves the
+            posteriors of weakly needed structures to their prior, where the criterion
+            removes them; once the structures are chosen, the smaller network's posterior is
+            fitted at the ELBO's weight (see ``docs/defaults.md``).
         criterion_kwargs: passed to the criterion (e.g. ``p1=4`` for BMRS_U,
             ``log_prior_odds=0.0`` for plain BMR).
     """
 
     def __init__(self, criterion: str = "bmrs", every: int = 1, finetune_epochs: int = 10,
-                 **criterion_kwargs: Any) -> None:
+                 finetune_kl_scale: float | str | None = "elbo", **criterion_kwargs: Any) -> None:
         self.criterion = as_criterion(criterion, **criterion_kwargs)
         if not (self.criterion.threshold_free or self.criterion.default_threshold is not None):
             raise ValueError(
@@ -98,6 +108,7 @@ class ContinuousPruning(Schedule):
         check_count(finetune_epochs, "finetune_epochs", minimum=0)
         self.every = every
         self.extra_epochs = finetune_epochs
+        self.finetune_kl_scale = _check_kl_scale(finetune_kl_scale)
         self.criterion_kwargs = criterion_kwargs
         self.removed_total = 0
         #: range of dF (or the score) over the kept structures at the last pruning decision
@@ -105,7 +116,28 @@ class ContinuousPruning(Schedule):
 
     def __repr__(self) -> str:
         return (f"ContinuousPruning(criterion={self.criterion.name!r}, every={self.every}, "
-                f"finetune_epochs={self.extra_epochs})")
+                f"finetune_epochs={self.extra_epochs}, "
+                f"finetune_kl_scale={self.finetune_kl_scale!r})")
+
+    def on_epoch_start(self, model: Any, epoch: int, *, epochs: int | None = None) -> None:
+        """Before fine-tuning epoch ``epoch`` (1-based; every one, so that a resumed run
+        agrees), set the KL weight of the fine-tuning phase (``finetune_kl_scale``).
+
+        ``model`` and ``epochs`` as for :meth:`on_epoch_end`: the model being trained (a loop
+        of one's own) or :func:`fit`'s context. The weight is set on the model's stochastic
+        modules (:meth:`~pyro_prune.models.base.PrunableNet.set_kl_scale`), where the loss
+        reads it.
+        """
+        loss_fn = None
+        if not isinstance(model, PrunableNet):  # fit's context
+            epochs = model.epochs if epochs is None else epochs
+            loss_fn = getattr(model, "loss_fn", None)
+            model = model.model
+        if self.finetune_kl_scale is None or epochs is None or epoch <= epochs:
+            return
+        value = model.set_kl_scale(self.finetune_kl_scale)
+        if loss_fn is not None:
+            loss_fn.kl_scale = value
 
     def on_epoch_end(self, model: Any, epoch: int, *, epochs: int | None = None) -> dict[str, Any]:
         """Prune ``model`` after training epoch ``epoch`` (1-based) if it is a pruning epoch.
@@ -124,7 +156,7 @@ class ContinuousPruning(Schedule):
             epochs = model.epochs if epochs is None else epochs
             model = model.model
         if epochs is not None and epoch > epochs:
-            return {"phase": "finetune", "removed": 0}
+            return {"phase": "finetune", "removed": 0, "kl_scale": _kl_weight(model)}
         if epoch % self.every:
             return {"phase": "train", "removed": 0}
         from pyro_prune.inference.pruning_report import decision_range
@@ -151,6 +183,30 @@ class ContinuousPruning(Schedule):
         self.removed_total = int(state.get("removed_total", 0))
         last = state.get("last_decision")
         self.last_decision = None if last is None else ScoreRange(float(last[0]), float(last[1]), int(last[2]))
+
+
+def _check_kl_scale(kl_scale: float | str | None) -> float | str | None:
+    """``finetune_kl_scale`` checked: ``None``, a ``KLScale`` name or a finite number >= 0."""
+    import math
+
+    from pyro_prune._enums import parse_enum
+    from pyro_prune.models.base import KLScale
+
+    if kl_scale is None:
+        return None
+    if isinstance(kl_scale, (str, KLScale)):
+        return parse_enum(KLScale, kl_scale, "finetune_kl_scale").value
+    if isinstance(kl_scale, bool) or not isinstance(kl_scale, (int, float)) \
+            or not math.isfinite(kl_scale) or kl_scale < 0:
+        raise ValueError(f"finetune_kl_scale must be 'elbo', 'paper', 'auto', a finite number "
+                         f">= 0 or None, got {kl_scale!r}")
+    return float(kl_scale)
+
+
+def _kl_weight(model: PrunableNet) -> float | None:
+    """The KL weight the model's stochastic modules use now (``None`` without any)."""
+    weights = {float(m.kl_scale) for m in model.stochastic_modules().values()}
+    return weights.pop() if len(weights) == 1 else None
 
 
 def _removal_masks(model: PrunableNet, order: Sequence[tuple[str, int]], k: int) -> dict[str, torch.Tensor]:

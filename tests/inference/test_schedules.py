@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from pyro_prune.data import load_dataset
-from pyro_prune.inference import evaluate, fit, post_training_curve, structure_removals
+from pyro_prune.inference import (
+    ContinuousPruning,
+    evaluate,
+    fit,
+    post_training_curve,
+    structure_removals,
+)
 from pyro_prune.models import MLP
 
 
@@ -84,3 +90,55 @@ def test_prune_to_compression_raises_and_restores_when_the_target_is_out_of_reac
     assert all(torch.equal(g.kept, before[n]) for n, g in model.gates().items())
     reached = prune_to_compression(model, "l2", 0.3)
     assert reached >= 0.3 and compression(model) == reached
+
+
+class _StopAt(ContinuousPruning):
+    """The default schedule, interrupted before epoch ``stop`` (as a killed run would be)."""
+
+    def __init__(self, stop: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.stop = stop
+
+    def on_epoch_start(self, ctx, epoch: int) -> None:
+        if epoch == self.stop:
+            raise KeyboardInterrupt
+        super().on_epoch_start(ctx, epoch)
+
+
+@pytest.mark.parametrize(("finetune_kl_scale", "expected"), [("elbo", 1.0), (None, "paper"), (2.5, 2.5)])
+def test_fine_tuning_fits_the_reduced_network_at_its_own_kl_weight(finetune_kl_scale, expected) -> None:
+    """Default: the training epochs are tempered ("auto" = "paper"), the fine-tuning epochs
+    fit the reduced network's posterior at the ELBO's weight."""
+    train = load_dataset("digits", "train")
+    torch.manual_seed(0)
+    model = MLP(64, [16], 10)
+    kwargs = {} if finetune_kl_scale == "elbo" else {"finetune_kl_scale": finetune_kl_scale}
+    schedule = ContinuousPruning(finetune_epochs=2, **kwargs)
+    result = fit(model, train, epochs=2, batch_size=64, lr=1e-2, schedule=schedule, progress=False)
+    paper = len(train) / 16
+    expected = paper if expected == "paper" else expected
+    assert result.config["kl_scale"] == pytest.approx(paper)  # the training weight
+    assert [r["phase"] for r in result.history] == ["prune", "prune", "finetune", "finetune"]
+    assert [r["kl_scale"] for r in result.history[2:]] == [pytest.approx(expected)] * 2
+    assert [g.kl_scale for g in model.noise_layers().values()] == [pytest.approx(expected)]
+    assert f"finetune_kl_scale={schedule.finetune_kl_scale!r}" in result.config["schedule"]
+
+
+def test_a_run_resumed_in_its_fine_tuning_phase_keeps_the_fine_tuning_weight(tmp_path) -> None:
+    train = load_dataset("digits", "train")
+    torch.manual_seed(0)
+    model = MLP(64, [16], 10)
+    with pytest.raises(KeyboardInterrupt):  # killed before its second fine-tuning epoch
+        fit(model, train, epochs=1, batch_size=64, lr=1e-2, schedule=_StopAt(3, finetune_epochs=2),
+            checkpoint_dir=tmp_path, progress=False)
+    resumed = MLP(64, [16], 10)
+    result = fit(resumed, train, epochs=1, batch_size=64, lr=1e-2, schedule=ContinuousPruning(finetune_epochs=2),
+                 checkpoint_dir=tmp_path, progress=False)
+    assert len(result.history) == 3 and result.history[-1]["kl_scale"] == 1.0
+    assert {g.kl_scale for g in resumed.noise_layers().values()} == {1.0}
+
+
+@pytest.mark.parametrize("bad", ["cold", -1.0, float("nan"), True])
+def test_finetune_kl_scale_rejects_what_is_not_a_kl_weight(bad) -> None:
+    with pytest.raises((ValueError, TypeError), match="finetune_kl_scale"):
+        ContinuousPruning(finetune_kl_scale=bad)
