@@ -13,15 +13,20 @@ fused kernel (what :func:`pyro_prune.inference.fit` uses where the device has it
 are to the plain step with the same Adam.
 
 The whole timing runs in ``--runs`` fresh processes (default 3) and the medians of their
-figures are reported (ratios taken within each run).
+figures are reported (ratios taken within each run). ``--clock cpu`` times the process's CPU
+time instead of the wall clock: on a machine loaded by other jobs, with ``--threads 1``, it
+leaves out the time the process waits for a core (with more threads it would count the
+threads' spin-waits). The JSON records the machine's load average before and after.
 
     python benchmarks/training_speed.py [--repeats 15] [--steps 50] [--threads 2] [--runs 3]
+                                        [--clock wall|cpu]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -131,16 +136,17 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                 if adam != "foreach" and ("Pyro" in name or "per layer" in name):
                     continue  # the two Adam implementations compared on the main variants only
                 fns[(adam, name)] = fn
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
         times: dict[tuple[str, str], list[float]] = {k: [] for k in fns}
         for fn in fns.values():  # warm-up
             for _ in range(5):
                 fn()
         for _ in range(args.repeats):
             for key, fn in fns.items():
-                t0 = time.perf_counter()
+                t0 = clock()
                 for _ in range(args.steps):
                     fn()
-                times[key].append((time.perf_counter() - t0) / args.steps)
+                times[key].append((clock() - t0) / args.steps)
         for (adam, name), ts in times.items():
             med = statistics.median(ts)
             base = statistics.median(times[(adam, "plain torch")])
@@ -160,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="time the wall clock or the process's CPU time")
     parser.add_argument("--runs", type=int, default=3,
                         help="time in this many fresh processes and report the medians")
     parser.add_argument("--run-output", default=None, help=argparse.SUPPRESS)  # one run's rows (internal)
@@ -169,8 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.run_output is not None:  # one run, for the parent process
         Path(args.run_output).write_text(json.dumps(measure(args)))
         return
-    config = {k: v for k, v in vars(args).items() if k != "run_output"}
+    config: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "run_output"}
     print_header(__file__, seeds=[SEED], config=config)
+    load_before = os.getloadavg()
     if args.runs == 1:
         rows = measure(args)
     else:
@@ -181,6 +190,9 @@ def main(argv: list[str] | None = None) -> None:
         if "ratio_to_plain_runs" in r and r["variant"] != "plain torch":
             print(f"{r['model']} / {r['adam']} / {r['variant']}: x plain per run "
                   f"{[round(v, 2) for v in r['ratio_to_plain_runs']]}")
+    # other jobs on the machine: 1, 5 and 15 minute load averages against its cores
+    config["load_average_before"] = [round(v, 2) for v in load_before]
+    config["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     path = write_results(__file__, config=config, seeds=[SEED], rows=rows)
     print(f"wrote {path}")
 

@@ -28,6 +28,7 @@ import torch
 from pyro.infer import TraceMeanField_ELBO
 from torch import Tensor
 
+from pyro_prune.models import noise_kernels_jit
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.models.noise import MultiplicativeNoise, NoiseMode, StochasticModule, noise_mode
 from pyro_prune.models.noise_kernels import network_theta_and_kl
@@ -171,10 +172,13 @@ class NoisePlan:
 def _fused_noise(plan: NoisePlan, batch: int | None) -> Tensor | None:
     """Draw theta for every noise layer in one kernel call; return their summed KL.
 
-    The layers' parameters are concatenated, the uniforms drawn layer by layer in module
-    order (the same random stream as the per-layer path), and
+    The layers' parameters are concatenated, the uniforms drawn and
     :func:`~pyro_prune.models.noise_kernels.network_theta_and_kl` evaluated once (one autograd
-    node for all of it). Each layer receives its slice for its next forward. Returns
+    node for all of it). Per-example draws on the compiled kernel take their uniforms from its
+    counter-based generator, keyed by one draw from torch's generator
+    (:class:`~pyro_prune.models.noise_kernels_jit.CounterUniforms`: a seed still fixes every
+    draw); otherwise they come from torch's generator layer by layer in module order, the
+    random stream of the per-layer path. Each layer receives its slice for its next forward. Returns
     ``None`` (nothing drawn) when the layers do not share bounds and dtype, or a structure
     is out of the lean kernel's reach; the caller then takes the per-layer path.
     """
@@ -184,8 +188,14 @@ def _fused_noise(plan: NoisePlan, batch: int | None) -> Tensor | None:
     dtype, device = locs[0].dtype, locs[0].device
     if any(q.dtype != dtype for q in locs):
         return None
+    kept, weight = plan.masks(dtype)
+    u: Tensor | noise_kernels_jit.CounterUniforms
     if batch is None:  # one draw per step: one call to the generator
         u = torch.rand(sum(plan.sizes), dtype=dtype, device=device)
+    elif plan.rows is None and noise_kernels_jit.usable(
+            locs, noise_kernels_jit.CounterUniforms(0, batch), kept, weight):
+        # the compiled kernel draws the uniforms itself, from a key drawn from torch's generator
+        u = noise_kernels_jit.CounterUniforms(noise_kernels_jit.draw_key(), batch)
     elif plan.rows is None:  # layer by layer, the random stream of the per-layer path, drawn
         # into each layer's columns in place (the same numbers as torch.rand(batch, n), no cat)
         u = torch.empty(batch, sum(plan.sizes), dtype=dtype, device=device)
@@ -199,7 +209,6 @@ def _fused_noise(plan: NoisePlan, batch: int | None) -> Tensor | None:
                       dim=-1)[rank::world]
         if len(u) != batch:
             raise ValueError(f"plan.rows={plan.rows} gives {len(u)} rows for a batch of {batch}")
-    kept, weight = plan.masks(dtype)
     drawn = network_theta_and_kl(locs, log_scales, *plan.bounds, u, kept, weight)
     if drawn is None:
         return None

@@ -24,10 +24,13 @@ finite for ``sigma`` down to ``e^-20`` and below. Tested against the exact distr
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from pyro_prune.models import noise_kernels_jit
 
 __all__ = [
     "kl_truncated_lognormal_loguniform",
@@ -278,12 +281,14 @@ class _NetworkNoise(torch.autograd.Function):
 
 
 def network_theta_and_kl(
-    locs: list[Tensor], log_scales: list[Tensor], low: float, high: float, u: Tensor,
-    kept: Tensor, weight: Tensor,
+    locs: list[Tensor], log_scales: list[Tensor], low: float, high: float,
+    u: Tensor | noise_kernels_jit.CounterUniforms, kept: Tensor, weight: Tensor,
 ) -> tuple[list[Tensor], Tensor] | None:
     """``theta`` of several noise layers (sharing bounds) and ``sum_j weight_j KL_j``, fused.
 
-    ``u``: uniforms ``[..., sum n_i]`` in layer order; ``kept``, ``weight``: per structure
+    ``u``: uniforms ``[..., sum n_i]`` in layer order, or
+    :class:`~pyro_prune.models.noise_kernels_jit.CounterUniforms` that the compiled kernel
+    draws itself (the caller checks that the compiled kernel is usable); ``kept``, ``weight``: per structure
     ``[sum n_i]``. Returns the per-layer ``theta = exp(log theta) * kept`` (``[..., n_i]``)
     and the weighted KL sum, with the values of :func:`log_theta_and_kl`, as one autograd
     node (:class:`_NetworkNoise`); ``None`` when a structure is out of the kernel's reach.
@@ -292,7 +297,7 @@ def network_theta_and_kl(
     """
     from pyro_prune.models import noise_kernels_jit
 
-    if noise_kernels_jit.usable(locs, u, kept, weight):
+    if isinstance(u, noise_kernels_jit.CounterUniforms) or noise_kernels_jit.usable(locs, u, kept, weight):
         return noise_kernels_jit.network_theta_and_kl(locs, log_scales, low, high, u, kept, weight)
     with torch.no_grad():
         loc = torch.cat(locs)

@@ -4,16 +4,24 @@ r"""The network-wide noise kernel compiled for the CPU with Numba.
 multiplicative-noise layer of a network and computes its KL in one autograd node. In torch
 that node is about a hundred tensor operations on a few hundred numbers per step, and on a
 CPU their dispatch, not their arithmetic, is what a training step of a small network pays
-for. This module computes the same values in two compiled functions, one for the forward
-(draw, ``theta = exp(x) * kept``, weighted KL sum) and one for the backward (the
-hand-written gradients of :class:`~pyro_prune.models.noise_kernels._DrawAndKL`), and is used
-in its place when Numba is installed (the ``fast`` extra), the tensors live on the CPU and a
-step draws at most :data:`MAX_DRAWS` numbers.
+for. This module computes the same values in compiled functions, one for the forward (per
+structure: the standardised bounds and the KL; per draw: the draw, ``theta = exp(x) * kept``
+and the derivatives of ``x`` with respect to ``loc`` and ``log sigma``) and one for the
+backward (the hand-written gradients of :class:`~pyro_prune.models.noise_kernels._DrawAndKL`,
+which with the per-draw derivatives stored are two multiply-adds per draw), and is used in
+its place when Numba is installed (the ``fast`` extra), the tensors live on the CPU and a step
+draws at most :data:`MAX_DRAWS` numbers.
 
-Both run over one example's structures at a time in loops that compile to vector
-instructions: Acklam's central rational function for every draw, then the few draws in its
-tails (a list built without branches), then the clip, ``theta`` and the batch statistics.
-The exponentials of the per-draw loops are, in float32, ``(e^(x/256))^256`` with a
+Per-example draws take their uniforms from the kernel's own counter-based generator
+(:class:`CounterUniforms`: SplitMix64 keyed by one draw from torch's generator, so a seed
+still fixes every draw), generated where they are used instead of read from torch's Mersenne
+Twister; given the same uniforms (:func:`counter_uniforms`) the torch kernels give the same
+values (tested).
+
+The draws run over one example's structures at a time in loops that compile to vector
+instructions: the uniforms, Acklam's central rational function for every draw, then the few
+draws in its tails (a list built without branches), then the clip, ``theta`` and the
+derivatives. The exponentials of the per-draw loops are, in float32, ``(e^(x/256))^256`` with a
 degree-11 Taylor polynomial (relative error below ``1e-12``, tested; the library ``exp`` does
 not vectorise), and the library ``exp`` in float64.
 
@@ -32,6 +40,7 @@ the torch kernels instead.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any
@@ -48,14 +57,15 @@ from pyro_prune.models.noise_kernels import (
     _REACH,
 )
 
-__all__ = ["MAX_DRAWS", "available", "network_theta_and_kl", "set_enabled", "usable"]
+__all__ = ["MAX_DRAWS", "CounterUniforms", "available", "counter_uniforms", "draw_key",
+           "network_theta_and_kl", "set_enabled", "usable"]
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 _TINY = {torch.float32: float(torch.finfo(torch.float32).tiny),
          torch.float64: float(torch.finfo(torch.float64).tiny)}
 
 _enabled = os.environ.get("PYRO_PRUNE_NUMBA", "1").strip().lower() not in ("0", "false", "no", "off")
-_kernels: tuple[Any, Any, Any] | None = None
+_kernels: tuple[Any, Any, Any, Any] | None = None
 _import_failed = False
 
 
@@ -71,7 +81,7 @@ def available() -> bool:
     return _enabled and _load() is not None
 
 
-def _load() -> tuple[Any, Any, Any] | None:
+def _load() -> tuple[Any, Any, Any, Any] | None:
     global _kernels, _import_failed
     if _kernels is None and not _import_failed:
         try:
@@ -81,8 +91,8 @@ def _load() -> tuple[Any, Any, Any] | None:
     return _kernels
 
 
-def _compile() -> tuple[Any, Any, Any]:
-    """``(forward, backward, exp_vector)``, compiled on first use."""
+def _compile() -> tuple[Any, Any, Any, Any]:
+    """``((prepare, draw), backward, exp_vector, uniforms)``, compiled on first use."""
     import numba
 
     # Acklam's coefficients: central region |p - 1/2| <= 1/2 - P_LOW, and the tails
@@ -145,9 +155,34 @@ def _compile() -> tuple[Any, Any, Any]:
             for j in range(x.shape[0]):
                 x[j] = exp_vector(x[j])
 
+    gamma, mix1, mix2 = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9),
+                         np.uint64(0x94D049BB133111EB))
+    s30, s27, s31, s11, one = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11), np.uint64(1)
+    two_m53, half_ulp = 2.0 ** -53, 2.0 ** -54
+
+    @numba.njit(cache=True, inline="always", error_model="numpy")
+    def uniform(key, counter):
+        # SplitMix64 (Steele, Lea and Flood, 2014) at position `counter` of the stream of
+        # `key`, its top 53 bits as a float in (0, 1): 2^-54 ... 1 - 2^-54
+        z = key + (counter + one) * gamma
+        z = (z ^ (z >> s30)) * mix1
+        z = (z ^ (z >> s27)) * mix2
+        z = z ^ (z >> s31)
+        return float(np.int64(z >> s11)) * two_m53 + half_ulp
+
     @numba.njit(cache=True, error_model="numpy")
-    def forward(loc, log_scale, u, kept, weight, low, high, reach, tiny, refine, theta, t_out,
-                passes, per):  # pragma: no cover - compiled
+    def uniforms(key, first_row, out):  # pragma: no cover - compiled
+        n = out.shape[1]
+        k = np.uint64(key)
+        for i in range(out.shape[0]):
+            base = np.uint64((first_row + i) * n)
+            oi = out[i]
+            for j in range(n):
+                oi[j] = uniform(k, base + np.uint64(j))
+
+    @numba.njit(cache=True, error_model="numpy")
+    def prepare(loc, log_scale, weight, low, high, reach, per):  # pragma: no cover - compiled
+        """Per structure: what the draws need (in ``per``); returns ``(kl_sum, in_reach)``."""
         n = loc.shape[0]
         kl_sum = 0.0
         log_width = math.log(high - low)
@@ -178,22 +213,49 @@ def _compile() -> tuple[Any, Any, Any]:
             per[6, j] = g
             per[7, j] = pa
             per[8, j] = z
-            per[9, j] = -np.inf  # batch maximum of t^2 / 2, for the backward
-        # the draws, row by row (one example's structures at a time), in three passes so that
-        # the two arithmetic ones compile to vector instructions: Acklam's central rational
+            per[9, j] = 1.0 if abs(al) <= clip else 0.0  # bounds clipped at +-50 pass no gradient
+            per[10, j] = 1.0 if abs(be) <= clip else 0.0
+            per[11, j] = float(loc[j])
+            # phi(alpha) / phi(t) = e^(t^2/2 - c) e^(c - alpha^2/2) with c the smaller of
+            # alpha^2/2 and beta^2/2: one exponential per draw, a factor <= 1 per structure
+            c = 0.5 * min(al * al, be * be)
+            per[12, j] = c
+            per[13, j] = math.exp(c - 0.5 * al * al) * per[9, j]
+            per[14, j] = math.exp(c - 0.5 * be * be) * per[10, j]
+        return kl_sum, True
+
+    @numba.njit(cache=True, error_model="numpy")
+    def draw(u, key, kept, low, high, tiny, refine, per, theta, d_loc, d_log_scale, first,
+             last):  # pragma: no cover - compiled
+        """Rows ``first:last`` of ``theta`` and of the derivatives of ``x``."""
+        n = per.shape[1]
+        # the draws, row by row (one example's structures at a time), in passes that compile
+        # to vector instructions: the uniforms (when drawn here), Acklam's central rational
         # function for every draw, then the tails (about 5% of draws: a log and a square root
-        # each) and the Halley step of float64, then x, the clip, theta and the batch maximum
-        # of t^2 / 2
-        pa, z, flip, s, m = per[7], per[8], per[3], per[0], per[9]
-        row = np.empty(n)
+        # each) and the Halley step of float64, then x, the clip, theta and the derivatives
+        # of x with respect to loc and log sigma, what the backward needs of each draw
+        s, al, be, flip = per[0], per[1], per[2], per[3]
+        pa, z, mu, c_ref, f_a, f_b = per[7], per[8], per[11], per[12], per[13], per[14]
+        row, prob, drawn, e_t = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
         tail = np.empty(n, dtype=np.int64)
+        passes = np.empty(n, dtype=np.bool_)
+        k64 = np.uint64(max(key, 0))
         # float64: the library exp, exact to rounding; float32: the vectorised exp, exact
         # far below float32's rounding, over the range it is accurate on
         exact_exp = refine or low < -80.0 or high > 80.0
-        for i in range(u.shape[0]):
-            ui = u[i]
+        for i in range(first, last):
+            if key >= 0:  # the counter-based uniforms of this row
+                base = np.uint64(i * n)
+                for j in range(n):
+                    drawn[j] = uniform(k64, base + np.uint64(j))
+            else:
+                for j in range(n):
+                    drawn[j] = u[i, j]
+            ui = drawn
             for j in range(n):
-                q = max(pa[j] + ui[j] * z[j], tiny) - 0.5
+                p = max(pa[j] + ui[j] * z[j], tiny)
+                prob[j] = p
+                q = p - 0.5
                 r = q * q
                 row[j] = ((((((a0 * r + a1) * r + a2) * r + a3) * r + a4) * r + a5) * q
                           / (((((b0 * r + b1) * r + b2) * r + b3) * r + b4) * r + 1.0))
@@ -201,66 +263,101 @@ def _compile() -> tuple[Any, Any, Any]:
             # (a branch around the call lets the compiler evaluate it for every draw)
             k = 0
             for j in range(n):
-                p = max(pa[j] + ui[j] * z[j], tiny)
+                p = prob[j]
                 tail[k] = j
                 k += 1 if (p < p_low) | (p > 1.0 - p_low) | refine else 0
             for j in tail[:k]:
-                row[j] = ndtri(max(pa[j] + ui[j] * z[j], tiny), refine)
-            ti, ci, pi = t_out[i], theta[i], passes[i]
+                row[j] = ndtri(prob[j], refine)
+            # d t / d alpha = (1 - v) phi(alpha) / phi(t), d t / d beta = v phi(beta) / phi(t)
+            # (v = u, or 1 - u where the interval was turned), through e^(t^2/2 - c) with its
+            # exponent cut to [-80, 80]: below, the term is negligible; above is out of reach
+            # (a uniform of at least 2^-54 puts t within sqrt(2 * 37) of the bound nearer
+            # zero, so the exponent stays under 40)
             for j in range(n):
                 t = row[j] * (1.0 - 2.0 * flip[j])
-                x = loc[j] + s[j] * t
+                x = mu[j] + s[j] * t
                 c = min(max(x, low), high)
-                pi[j] = c == x
-                ti[j] = t
-                m[j] = max(m[j], 0.5 * t * t)
-                row[j] = c
-            exp_row(row, exact_exp)
+                e_t[j] = min(max(0.5 * t * t - c_ref[j], -80.0), 80.0)
+                row[j] = t
+                prob[j] = c
+                passes[j] = c == x  # draws clipped to [A, B] (rounding) pass no gradient
+            exp_row(e_t, refine)
+            dli, dsi = d_loc[i], d_log_scale[i]
             for j in range(n):
-                ci[j] = row[j] * kept[j]
-        return kl_sum, True
+                t = row[j]
+                v = ui[j] + flip[j] * (1.0 - 2.0 * ui[j])
+                da = (1.0 - v) * e_t[j] * f_a[j]
+                db = v * e_t[j] * f_b[j]
+                dli[j] = 1.0 - da - db if passes[j] else 0.0
+                dsi[j] = (t - al[j] * da - be[j] * db) * s[j] if passes[j] else 0.0
+            exp_row(prob, exact_exp)
+            ci = theta[i]
+            for j in range(n):
+                ci[j] = prob[j] * kept[j]
 
     @numba.njit(cache=True, error_model="numpy")
-    def backward(grad_theta, theta, t_arr, passes, u, per, weight, grad_kl_sum, has_grad_theta,
-                 exact, grad_loc, grad_log_scale, sums):  # pragma: no cover - compiled
+    def backward(grad_theta, theta, d_loc, d_log_scale, per, weight, grad_kl_sum, has_grad_theta,
+                 grad_loc, grad_log_scale, sums):  # pragma: no cover - compiled
         n = per.shape[1]
-        sums[:] = 0.0  # per structure: S_w, S_wu, S_g, S_gt over the batch
+        sums[:] = 0.0  # per structure: sum over the batch of g dx/dloc and g dx/dlog sigma
         if has_grad_theta:  # vectorised over the structures of one example at a time
-            s_w, s_wu, s_g, s_gt, m = sums[0], sums[1], sums[2], sums[3], per[9]
-            e = np.empty(n)
-            for i in range(t_arr.shape[0]):
-                gi, thi, ti, pi, ui = grad_theta[i], theta[i], t_arr[i], passes[i], u[i]
+            s_l, s_s = sums[0], sums[1]
+            for i in range(theta.shape[0]):
+                gi, thi, dli, dsi = grad_theta[i], theta[i], d_loc[i], d_log_scale[i]
                 for j in range(n):
-                    t = ti[j]
-                    e[j] = max(0.5 * t * t - m[j], -80.0)  # <= 0; below e^-80 negligible
-                exp_row(e, exact)
-                for j in range(n):
-                    gx = gi[j] * thi[j] if pi[j] else 0.0
-                    w = gx * e[j]
-                    s_w[j] += w
-                    s_wu[j] += w * ui[j]
-                    s_g[j] += gx
-                    s_gt[j] += gx * ti[j]
+                    gx = float(gi[j]) * thi[j]  # d theta / d x = theta
+                    s_l[j] += gx * dli[j]
+                    s_s[j] += gx * dsi[j]
         for j in range(n):
             s, al, be = per[0, j], per[1, j], per[2, j]
-            ra, rb, g, m = per[4, j], per[5, j], per[6, j], per[9, j]
-            in_a = 1.0 if abs(al) <= clip else 0.0  # bounds clipped at +-50 pass no gradient
-            in_b = 1.0 if abs(be) <= clip else 0.0
-            s_w = sums[0, j]
-            s_v = s_w - sums[1, j] if per[3, j] > 0.5 else sums[1, j]
-            dt_da = (s_w - s_v) * math.exp(min(max(m - 0.5 * al * al, -80.0), 80.0)) * in_a
-            dt_db = s_v * math.exp(min(max(m - 0.5 * be * be, -80.0), 80.0)) * in_b
-            gl = sums[2, j] - dt_da - dt_db
-            gs = sums[3, j] - al * dt_da - be * dt_db
+            ra, rb, g = per[4, j], per[5, j], per[6, j]
             gk = grad_kl_sum * weight[j]
-            dkl_da = 0.5 * ra * (1.0 + al * al - g) * in_a
-            dkl_db = -0.5 * rb * (1.0 + be * be - g) * in_b
-            gl -= gk * (dkl_da + dkl_db) / s
-            gs -= gk * (1.0 + al * dkl_da + be * dkl_db) / s
-            grad_loc[j] = gl
-            grad_log_scale[j] = gs * s  # d / d log sigma = sigma d / d sigma
+            dkl_da = 0.5 * ra * (1.0 + al * al - g) * per[9, j]
+            dkl_db = -0.5 * rb * (1.0 + be * be - g) * per[10, j]
+            grad_loc[j] = sums[0, j] - gk * (dkl_da + dkl_db) / s
+            # d / d log sigma = sigma d / d sigma
+            grad_log_scale[j] = sums[1, j] - gk * (1.0 + al * dkl_da + be * dkl_db)
 
-    return forward, backward, exp_vector
+    return (prepare, draw), backward, exp_vector, uniforms
+
+
+@dataclasses.dataclass(frozen=True)
+class CounterUniforms:
+    """The uniforms of a draw, generated inside the kernel: ``rows`` rows of SplitMix64 (Steele,
+    Lea and Flood, *Fast splittable pseudorandom number generators*, 2014) from ``key``.
+
+    Element ``(i, j)`` of a draw over ``n`` structures is the top 53 bits of the
+    ``(i n + j)``-th output of the generator seeded with ``key``, as a float in
+    ``(2^-54, 1 - 2^-54)``; :func:`counter_uniforms` materialises them. A training step takes
+    ``key`` from torch's generator (:func:`draw_key`), so a seed still fixes every draw, and
+    the kernel draws its uniforms where it uses them instead of reading ``rows x n`` numbers
+    from torch's Mersenne Twister (a third of the step's noise cost on a small network).
+    """
+
+    key: int
+    rows: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.key < 1 << 63:
+            raise ValueError(f"key must be in [0, 2^63), got {self.key}")
+        if self.rows < 1:
+            raise ValueError(f"rows must be >= 1, got {self.rows}")
+
+
+def draw_key(generator: torch.Generator | None = None) -> int:
+    """A key for :class:`CounterUniforms`: one draw from torch's (default) CPU generator."""
+    return int(torch.randint(0, (1 << 63) - 1, (), generator=generator))
+
+
+def counter_uniforms(uniforms: CounterUniforms, n: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    """The ``[rows, n]`` uniforms the kernel draws for ``uniforms`` (for tests and the torch
+    kernels, which then give the same values)."""
+    kernel = _load()
+    if kernel is None:
+        raise RuntimeError("the counter-based uniforms need Numba (the 'fast' extra)")
+    out = np.empty((uniforms.rows, n))
+    kernel[3](uniforms.key, 0, out)
+    return torch.from_numpy(out).to(dtype)
 
 
 class _CompiledNetworkNoise(torch.autograd.Function):
@@ -290,39 +387,47 @@ class _CompiledNetworkNoise(torch.autograd.Function):
         g = grad_theta.reshape(rows, n).contiguous().numpy() if grad_theta is not None else theta
         grad_loc = np.empty(n, dtype=theta.dtype)
         grad_log_scale = np.empty(n, dtype=theta.dtype)
-        backward(g, theta, d["t"], d["passes"], d["u"], d["per"], d["weight"],
-                 0.0 if grad_kl is None else float(grad_kl), has_grad_theta,
-                 theta.dtype == np.float64, grad_loc,
-                 grad_log_scale, np.empty((4, n)))
+        backward(g, theta, d["d_loc"], d["d_log_scale"], d["per"], d["weight"],
+                 0.0 if grad_kl is None else float(grad_kl), has_grad_theta, grad_loc,
+                 grad_log_scale, np.empty((2, n)))
         return None, torch.from_numpy(grad_loc), torch.from_numpy(grad_log_scale)
 
 
 def network_theta_and_kl(
-    locs: list[Tensor], log_scales: list[Tensor], low: float, high: float, u: Tensor,
-    kept: Tensor, weight: Tensor,
+    locs: list[Tensor], log_scales: list[Tensor], low: float, high: float,
+    u: Tensor | CounterUniforms, kept: Tensor, weight: Tensor,
 ) -> tuple[list[Tensor], Tensor] | None:
     """The compiled counterpart of :func:`pyro_prune.models.noise_kernels.network_theta_and_kl`.
 
-    Same arguments and values. Returns ``None`` when a structure is out of the kernel's reach.
-    The caller checks :func:`usable` first.
+    Same arguments and values; ``u`` may also be :class:`CounterUniforms` (the kernel draws
+    them). Returns ``None`` when a structure is out of the kernel's reach. The caller checks
+    :func:`usable` first.
     """
-    forward = _kernels[0]  # type: ignore[index]
+    prepare, draw = _kernels[0]  # type: ignore[index]
     dtype = locs[0].dtype
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
     loc, log_scale = torch.cat(locs), torch.cat(log_scales)
-    one_draw = u.dim() == 1
-    u2 = u.reshape(1, -1).numpy() if one_draw else u.contiguous().numpy()
-    rows, n = u2.shape
-    theta = np.empty((rows, n), dtype=u2.dtype)
-    t = np.empty((rows, n))
-    passes = np.empty((rows, n), dtype=np.bool_)
-    per = np.empty((10, n))
+    n = loc.shape[0]
+    if isinstance(u, CounterUniforms):
+        one_draw, key, rows = False, u.key, u.rows
+        u2 = np.empty((0, n), dtype=np_dtype)
+    else:
+        one_draw, key = u.dim() == 1, -1
+        u2 = u.reshape(1, -1).numpy() if one_draw else u.contiguous().numpy()
+        rows = u2.shape[0]
+    theta = np.empty((rows, n), dtype=np_dtype)
+    d_loc = np.empty((rows, n), dtype=np_dtype)
+    d_log_scale = np.empty((rows, n), dtype=np_dtype)
+    per = np.empty((15, n))
     w = weight.numpy()
-    kl_sum, ok = forward(loc.detach().numpy(), log_scale.detach().numpy(), u2, kept.numpy(), w,
-                         float(low), float(high), _REACH[dtype], _TINY[dtype],
-                         dtype == torch.float64, theta, t, passes, per)
+    kl_sum, ok = prepare(loc.detach().numpy(), log_scale.detach().numpy(), w, float(low), float(high),
+                         _REACH[dtype], per)
     if not ok:
         return None
-    drawn = {"theta": theta, "t": t, "passes": passes, "u": u2, "per": per, "weight": w,
+    args = (u2, key, kept.numpy(), float(low), float(high), _TINY[dtype], dtype == torch.float64, per,
+            theta, d_loc, d_log_scale)
+    draw(*args, 0, rows)
+    drawn = {"theta": theta, "d_loc": d_loc, "d_log_scale": d_log_scale, "per": per, "weight": w,
              "kl_sum": kl_sum, "one_draw": one_draw}
     thetas, kl = _CompiledNetworkNoise.apply(drawn, loc, log_scale)
     return list(thetas.split([q.shape[-1] for q in locs], dim=-1)), kl
@@ -330,18 +435,24 @@ def network_theta_and_kl(
 
 #: draws per call up to which the compiled kernel is used. Its loops run on one thread but in
 #: vector instructions; measured on a 2-core CPU, the 128 x 700 draws of a step of the 7x100
-#: MLP take 0.6 ms forward and 0.2 ms backward compiled against about 4 ms in torch's kernel
-#: (``benchmarks/training_speed.py`` has the whole step). Beyond, a machine with many cores
-#: may be better served by torch's multi-threaded operations.
+#: MLP take about 0.7 ms forward (uniforms included) and 0.03 ms backward compiled against
+#: about 4 ms in torch's kernel (``benchmarks/training_speed.py`` has the whole step). Beyond,
+#: a machine with many cores may be better served by torch's multi-threaded operations.
 MAX_DRAWS = 1 << 20
 
 
-def usable(locs: list[Tensor], u: Tensor, kept: Tensor, weight: Tensor) -> bool:
+def usable(locs: list[Tensor], u: Tensor | CounterUniforms, kept: Tensor, weight: Tensor) -> bool:
     """Whether the compiled path takes these tensors: CPU, float32/64, one dtype, and at most
     :data:`MAX_DRAWS` draws."""
     if not available():
         return False
     dtype = locs[0].dtype
-    if dtype not in _REACH or u.dim() > 2 or u.numel() > MAX_DRAWS:
-        return False
-    return all(x.device.type == "cpu" and x.dtype == dtype for x in (*locs, u, kept, weight))
+    if isinstance(u, CounterUniforms):
+        if u.rows * sum(q.shape[-1] for q in locs) > MAX_DRAWS:
+            return False
+        tensors = (*locs, kept, weight)
+    else:
+        if u.dim() > 2 or u.numel() > MAX_DRAWS:
+            return False
+        tensors = (*locs, u, kept, weight)
+    return dtype in _REACH and all(x.device.type == "cpu" and x.dtype == dtype for x in tensors)

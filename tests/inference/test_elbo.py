@@ -1,13 +1,24 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pyro
 import pytest
 import torch
 
 from pyro_prune.inference.elbo import fast_elbo_loss, pyro_elbo_loss
-from pyro_prune.models import MLP, LeNet5, ResNet, ViT
+from pyro_prune.models import MLP, LeNet5, ResNet, ViT, noise_kernels_jit
+
+
+@pytest.fixture
+def torch_kernel() -> Iterator[None]:
+    """The fused kernel in torch, which draws its uniforms layer by layer from torch's
+    generator like the per-layer path (the compiled kernel draws per-example uniforms from its
+    own counter-based generator; tests/models/test_noise_kernels_jit.py gives both kernels the
+    same uniforms)."""
+    old = noise_kernels_jit.set_enabled(False)
+    yield
+    noise_kernels_jit.set_enabled(old)
 
 
 def _net(seed: int = 0, init_loc: float = 0.0) -> MLP:
@@ -73,7 +84,7 @@ def test_gradients_agree_between_engines() -> None:
     lambda: ResNet(1, 3, widths=(4, 6), blocks_per_stage=1, image_size=8),
     lambda: ViT(8, 4, 1, 3, dim=16, depth=1, heads=4, mlp_dim=12),
 ], ids=["mlp", "lenet5", "resnet", "vit"])
-def test_fused_noise_kernel_equals_the_per_layer_path(make) -> None:
+def test_fused_noise_kernel_equals_the_per_layer_path(torch_kernel: None, make) -> None:
     """One kernel call over all layers: same draws, loss and gradients as layer by layer."""
     torch.manual_seed(0)
     net = make()
@@ -148,7 +159,7 @@ def test_noise_plan_follows_pruning_and_kl_scale() -> None:
         fast_elbo_loss(_net(1), x, y, plan=plan)
 
 
-def test_fused_noise_kernel_follows_the_signal_reference() -> None:
+def test_fused_noise_kernel_follows_the_signal_reference(torch_kernel: None) -> None:
     """Per-example draws with init_loc = -3: the fused kernel equals the per-layer path."""
     net = _net(init_loc=-3.0)
     x, y = torch.randn(9, 6), torch.randint(0, 3, (9,))

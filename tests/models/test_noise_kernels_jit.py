@@ -133,24 +133,42 @@ def test_compiled_kernel_is_skipped_where_it_does_not_apply(jit_on: None) -> Non
         noise_kernels_jit.set_enabled(old)
 
 
-def test_training_step_gives_the_same_loss_and_gradients_with_either_kernel(jit_on: None) -> None:
-    from pyro_prune.inference.elbo import fast_elbo_loss
+def test_training_step_gives_the_same_loss_and_gradients_with_either_kernel(
+        jit_on: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole step of the fast ELBO, compiled against torch's kernel. One draw per step: the
+    same torch draws. One per example: the compiled kernel draws counter-based uniforms, which
+    the torch kernel is then given."""
+    from pyro_prune.inference import elbo
     from pyro_prune.models import MLP
 
     x = torch.randn(32, 12, generator=torch.Generator().manual_seed(5))
     y = torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(6))
+    compiled_kernel = elbo.network_theta_and_kl
+    drawn_with: list[object] = []
+
+    def torch_kernel(locs, log_scales, low, high, u, kept, weight):  # type: ignore[no-untyped-def]
+        drawn_with.append(u)
+        if isinstance(u, noise_kernels_jit.CounterUniforms):
+            u = noise_kernels_jit.counter_uniforms(u, sum(q.shape[-1] for q in locs), locs[0].dtype)
+        noise_kernels_jit.set_enabled(False)
+        try:
+            return compiled_kernel(locs, log_scales, low, high, u, kept, weight)
+        finally:
+            noise_kernels_jit.set_enabled(True)
+
     results = []
     for jit, per_example in itertools.product((True, False), (True, False)):
+        monkeypatch.setattr(elbo, "network_theta_and_kl", compiled_kernel if jit else torch_kernel)
         torch.manual_seed(7)
         net = MLP(12, [10, 8], 3)
         net.num_data = 320
         net.train()
-        noise_kernels_jit.set_enabled(jit)
         torch.manual_seed(8)
-        loss, _ = fast_elbo_loss(net, x, y, per_example=per_example)
+        loss, _ = elbo.fast_elbo_loss(net, x, y, per_example=per_example)
         loss.backward()
         results.append((per_example, loss.detach(), [p.grad.clone() for p in net.parameters()]))
-    noise_kernels_jit.set_enabled(True)
+    assert isinstance(drawn_with[0], noise_kernels_jit.CounterUniforms) and drawn_with[0].rows == 32
+    assert isinstance(drawn_with[1], torch.Tensor) and drawn_with[1].shape == (18,)
     for per_example in (True, False):
         (_, l1, g1), (_, l2, g2) = [r for r in results if r[0] == per_example]
         torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-4)
@@ -220,3 +238,68 @@ def test_compiled_kernel_equals_the_torch_kernel_on_wide_layers(jit_on: None, dt
     tol = {torch.float32: 2e-4, torch.float64: 1e-10}[dtype]
     for c, r in zip(compiled, reference):
         torch.testing.assert_close(c, r, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_counter_uniforms_give_the_torch_kernels_values(jit_on: None, dtype: torch.dtype) -> None:
+    """Uniforms drawn inside the kernel: the values and gradients of the torch kernel given the
+    same uniforms (materialised by counter_uniforms)."""
+    locs, log_scales = _params(dtype, seed=12)
+    n = sum(SIZES)
+    drawn = noise_kernels_jit.CounterUniforms(key=123456789, rows=9)
+    u = noise_kernels_jit.counter_uniforms(drawn, n, dtype)
+    assert u.shape == (9, n) and u.dtype == dtype
+    kept = torch.ones(n, dtype=dtype)
+    g = torch.Generator().manual_seed(13)
+    grads = [torch.randn(9, k, generator=g, dtype=dtype) for k in SIZES]
+    compiled = _run(locs, log_scales, drawn, kept, kept, grads, jit=True)  # type: ignore[arg-type]
+    reference = _run(locs, log_scales, u, kept, kept, grads, jit=False)
+    tol = {torch.float32: 2e-4, torch.float64: 1e-10}[dtype]
+    for c, r in zip(compiled, reference):
+        torch.testing.assert_close(c, r, rtol=tol, atol=tol)
+
+
+def test_counter_uniforms_are_uniform_and_independent(jit_on: None) -> None:
+    """KS test against U(0, 1), no correlation between neighbours in a row or across rows or
+    keys, every value strictly inside (0, 1), and the same key gives the same numbers."""
+    from scipy import stats
+
+    u = noise_kernels_jit.counter_uniforms(noise_kernels_jit.CounterUniforms(2024, 200), 500)
+    flat = u.flatten().numpy()
+    assert 0.0 < flat.min() and flat.max() < 1.0
+    assert stats.kstest(flat, "uniform").pvalue > 1e-3
+    assert abs(float(u.mean()) - 0.5) < 4 * math.sqrt(1 / 12 / flat.size)
+    other = noise_kernels_jit.counter_uniforms(noise_kernels_jit.CounterUniforms(2025, 200), 500)
+    bound = 4 / math.sqrt(u[:, 1:].numel())
+    for a, b in [(u[:, 1:], u[:, :-1]), (u[1:], u[:-1]), (u, other)]:
+        assert abs(float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])) < bound
+    again = noise_kernels_jit.counter_uniforms(noise_kernels_jit.CounterUniforms(2024, 200), 500)
+    assert torch.equal(u, again)
+    with pytest.raises(ValueError, match="key"):
+        noise_kernels_jit.CounterUniforms(-1, 3)
+    with pytest.raises(ValueError, match="rows"):
+        noise_kernels_jit.CounterUniforms(0, 0)
+
+
+@pytest.mark.parametrize("loc,log_scale", [(-3.0, 0.0), (0.5, 1.5), (-19.9, -3.0), (-25.0, 1.0),
+                                           (-10.0, 2.5), (-1.0, -5.0)])
+def test_per_example_draws_follow_the_truncated_log_normal(jit_on: None, loc: float,
+                                                           log_scale: float) -> None:
+    """The default sampler (compiled kernel, counter-based uniforms, float32) against the
+    analytic truncated normal CDF of log theta in float64: KS test and the first two moments."""
+    from scipy import stats
+
+    rows = 20000
+    locs = [torch.tensor([loc], requires_grad=True)]
+    log_scales = [torch.tensor([log_scale], requires_grad=True)]
+    ones = torch.ones(1)
+    drawn = noise_kernels.network_theta_and_kl(locs, log_scales, LOW, HIGH,
+                                               noise_kernels_jit.CounterUniforms(77, rows), ones, ones)
+    assert drawn is not None
+    x = drawn[0][0].detach().double().log().flatten().numpy()
+    sigma = math.exp(log_scale)
+    exact = stats.truncnorm((LOW - loc) / sigma, (HIGH - loc) / sigma, loc=loc, scale=sigma)
+    assert stats.kstest(x, exact.cdf).pvalue > 1e-3
+    mean, sd = exact.mean(), exact.std()
+    assert abs(x.mean() - mean) < 4.5 * sd / math.sqrt(rows) + 1e-6
+    assert x.std() == pytest.approx(sd, rel=0.05, abs=1e-6)
