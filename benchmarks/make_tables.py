@@ -136,13 +136,20 @@ def training_speed(d: dict[str, Any]) -> str:
     rows = [[r["model"], r.get("adam", "for-loop"), r["variant"], r["ms_per_step"], r["ratio_to_plain"],
              ", ".join(f"{v:.2f}" for v in r.get("ratio_to_plain_runs", [r["ratio_to_plain"]]))]
             for r in d["rows"]]
+    config = d["config"]
+    clock = ("process CPU time" if config.get("clock") == "cpu" else "wall clock")
+    load = config.get("load_average_before")
+    load_note = (f" Load average of the machine (1, 5, 15 min) before: {load}, after: "
+                 f"{config.get('load_average_after')}, on {d['machine'].get('cpu_count')} cores."
+                 if load else "")
     return "\n\n".join([
         "### Training step: SVI on the noise model vs a plain PyTorch step",
-        "Batch 128, same threads, variants timed side by side in one process, median over "
-        f"repeats, in {runs} fresh process(es) (medians of their figures); `x plain` is the ratio "
+        f"Batch 128, {config.get('threads')} thread(s), {clock}, variants timed side by side in "
+        f"one process, median over {config.get('repeats')} repeats of {config.get('steps')} steps, "
+        f"in {runs} fresh process(es) (medians of their figures); `x plain` is the ratio "
         "to the plain step with the same Adam implementation. `compiled kernel`: the noise "
         "kernel of `pyro_prune.models.noise_kernels_jit` (the default where Numba is installed); "
-        "`torch kernel`: the same kernel as torch operations.",
+        "`torch kernel`: the same kernel as torch operations." + load_note,
         _table(["model", "Adam", "variant", "ms / step", "x plain", "x plain per run"], rows),
         _reproduce(d),
     ])
