@@ -5,9 +5,9 @@ Bayes Magnitude (Mathew & Rowe, arXiv 2308.02451) applies a candidate pruning wh
 term and raises the prior term (zeroed weights sit at the mode of N(0, 1)). Evaluated on
 ``B`` training examples instead of all ``N``, the likelihood term shrinks by ``B / N`` in
 expectation (the power posterior of
-:meth:`pyro_prune.inference.BayesFactor.tempered_log_bayes_factor`), so the gate accepts
+:meth:`pyro_prune.reduction.BayesFactor.tempered_log_bayes_factor`), so the gate accepts
 exactly when ``B <= B*`` with ``B* = N (log beta - Delta pi) / Delta l``
-(:meth:`~pyro_prune.inference.BayesFactor.break_even_examples`). This benchmark measures:
+(:meth:`~pyro_prune.reduction.BayesFactor.break_even_examples`). This benchmark measures:
 
 1. ``B*`` after every epoch of training with the full-data gate (``bayes-magnitude``,
    which never opens, so the network stays dense and every epoch makes a decision);

@@ -38,10 +38,12 @@ from _common import RESULTS_DIR, format_table, parse_benchmark_args, print_heade
 from tqdm.auto import tqdm
 
 from pyro_prune.data import load_dataset, train_val_split
-from pyro_prune.inference import BayesFactorPruning, evaluate, fit, plot_learning_curves
-from pyro_prune.inference.bayes_factor import prune_count
+from pyro_prune.inference import evaluate, fit
+from pyro_prune.inspect.plots import plot_learning_curves
 from pyro_prune.models import CNN, FCN
 from pyro_prune.models.fcn import prunable_layers
+from pyro_prune.reduction import prune_count
+from pyro_prune.reduction.bayes_factor_pruning import BayesFactorPruning
 
 NAME = "bayes_factor_table"
 RUNS_FILE = RESULTS_DIR / f"{NAME}.runs.json"

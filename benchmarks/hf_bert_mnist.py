@@ -40,8 +40,8 @@ from pyro_prune.convert import (  # noqa: E402
 )
 from pyro_prune.data import load_dataset  # noqa: E402
 from pyro_prune.inference import evaluate, fit  # noqa: E402
-from pyro_prune.inference.scoring import structure_decisions  # noqa: E402
 from pyro_prune.models import bayesianize  # noqa: E402
+from pyro_prune.reduction import structure_decisions  # noqa: E402
 
 
 class RowsBert(nn.Module):

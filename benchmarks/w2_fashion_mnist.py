@@ -42,10 +42,11 @@ from _common import (  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from pyro_prune.data import load_dataset  # noqa: E402
-from pyro_prune.inference import evaluate, fit, structure_scores, w2_prune  # noqa: E402
+from pyro_prune.inference import evaluate, fit, w2_prune  # noqa: E402
 from pyro_prune.models import MLP  # noqa: E402
 from pyro_prune.models.bayesian import link_output_gates  # noqa: E402
 from pyro_prune.predictive import apply_mask, evaluate_predictive, neuron_w2, w2_shift  # noqa: E402
+from pyro_prune.reduction import structure_scores  # noqa: E402
 
 SCRIPT = "w2_fashion_mnist"
 REFERENCE = "Kuboň (TU Delft 2025): over 80% of neurons pruned, accuracy stable up to that point"

@@ -40,10 +40,11 @@ from _common import (  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from pyro_prune.data import load_dataset  # noqa: E402
-from pyro_prune.inference import fit, structure_scores, w2_prune  # noqa: E402
+from pyro_prune.inference import fit, w2_prune  # noqa: E402
 from pyro_prune.models import MLP  # noqa: E402
 from pyro_prune.models.bayesian import link_output_gates  # noqa: E402
 from pyro_prune.predictive import evaluate_predictive, neuron_w2  # noqa: E402
+from pyro_prune.reduction import structure_scores  # noqa: E402
 
 SCRIPT = "w2_uci"
 LAMBDAS = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0]

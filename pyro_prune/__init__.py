@@ -3,9 +3,9 @@
 The pipeline's verbs, one import line away (each stage is a subpackage with the rest)::
 
     define   load_dataset, MLP, LeNet5, ResNet, ViT, bayesianize        (data, models)
-    fit      fit, evaluate, ContinuousPruning, BayesFactorPruning       (inference)
-    reduce   structure_removals, prune_to_compression, w2_prune,
-             get_criterion                                            (reduction, inference)
+    fit      fit, evaluate, ContinuousPruning                         (inference)
+    reduce   structure_removals, get_criterion, BayesFactorPruning,
+             prune_to_compression, w2_prune                           (reduction, inference)
     check    posterior_predictive, w2_shift                           (predictive)
     convert  to_deterministic, shrink, compression, count_params      (convert)
     inspect  to_inference_data                                        (inspect)
@@ -38,9 +38,9 @@ _EXPORTS: dict[str, str] = {
     "fit": "pyro_prune.inference",
     "evaluate": "pyro_prune.inference",
     "ContinuousPruning": "pyro_prune.inference",
-    "BayesFactorPruning": "pyro_prune.inference",
+    "BayesFactorPruning": "pyro_prune.reduction.bayes_factor_pruning",
     # reduce
-    "structure_removals": "pyro_prune.inference",
+    "structure_removals": "pyro_prune.reduction",
     "prune_to_compression": "pyro_prune.inference",
     "w2_prune": "pyro_prune.inference",
     "get_criterion": "pyro_prune.reduction",
@@ -87,18 +87,17 @@ if TYPE_CHECKING:  # the eager imports, for type checkers and editors
     from pyro_prune.convert import compression, count_params, shrink, to_deterministic
     from pyro_prune.data import load_dataset, train_val_split
     from pyro_prune.inference import (
-        BayesFactorPruning,
         ContinuousPruning,
         evaluate,
         fit,
         prune_to_compression,
-        structure_removals,
         w2_prune,
     )
     from pyro_prune.inspect import to_inference_data
     from pyro_prune.models import MLP, LeNet5, PrunableNet, ResNet, ViT, bayesianize
     from pyro_prune.predictive import posterior_predictive, w2_shift
-    from pyro_prune.reduction import get_criterion
+    from pyro_prune.reduction import get_criterion, structure_removals
+    from pyro_prune.reduction.bayes_factor_pruning import BayesFactorPruning
 
 
 def __getattr__(name: str) -> Any:

@@ -148,8 +148,8 @@ def accuracy_curves(model: Any, train: Any, test: Any, criteria: Sequence[str], 
     ``dF >= 0``) so that it is a point of every curve; one epoch of fine-tuning per point
     (:func:`~pyro_prune.inference.post_training_curve`).
     """
-    from pyro_prune.inference import post_training_curve, structure_removals
-    from pyro_prune.reduction import get_criterion
+    from pyro_prune.inference import post_training_curve
+    from pyro_prune.reduction import get_criterion, structure_removals
 
     total = sum(int(g.kept.sum()) for g in model.gates().values())
     stops = set()

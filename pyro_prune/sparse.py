@@ -1,6 +1,6 @@
 """Sparse storage of pruned weights: export, measure, save and load.
 
-Unstructured pruning (e.g. :class:`~pyro_prune.inference.bayes_factor.BayesFactorPruning`)
+Unstructured pruning (e.g. :class:`~pyro_prune.reduction.bayes_factor_pruning.BayesFactorPruning`)
 leaves weight tensors of the original shape with most entries zero; the memory only shrinks
 when the non-zeros are stored in a sparse layout. :func:`export_sparse` converts every
 floating-point tensor of a ``state_dict`` to

@@ -26,7 +26,6 @@ from pyro_prune.convert import (
 )
 from pyro_prune.graph import cached_analysis
 from pyro_prune.inference import fit
-from pyro_prune.inference.scoring import structure_removals
 from pyro_prune.models import (
     MLP,
     LeNet5,
@@ -38,6 +37,7 @@ from pyro_prune.models import (
     bayesianize,
 )
 from pyro_prune.models.noise import StochasticModule
+from pyro_prune.reduction import structure_removals
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:pruning would empty:RuntimeWarning"),

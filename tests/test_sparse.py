@@ -5,9 +5,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyro_prune.inference.bayes_factor import apply_masks, candidate_masks
 from pyro_prune.models import CNN, FCN
 from pyro_prune.models.fcn import weight_masks
+from pyro_prune.reduction import apply_masks, candidate_masks
 from pyro_prune.sparse import (
     SparseLayout,
     compact_tensor,

@@ -64,6 +64,7 @@ __all__ = [
     "PointNoise",
     "attach_guide",
     "attached_guide",
+    "check_readable_guide",
     "detach_guide",
     "guide_delta_f",
     "guide_noise_posterior",
@@ -251,7 +252,12 @@ def _wraps(fn: Any, model: PrunableNet, depth: int = 0) -> bool:
     return False
 
 
-def _check_guide(model: PrunableNet, guide: Any) -> None:
+def check_readable_guide(model: PrunableNet, guide: Any) -> None:
+    """Refuse a guide whose noise posterior the reduction cannot read for ``model``.
+
+    ``TypeError`` for a guide of a kind it cannot evaluate (:data:`SUPPORTED_GUIDES`),
+    ``ValueError`` for one built for another model, not run yet, or missing a noise site.
+    """
     if isinstance(guide, autoguide.AutoGuideList):
         raise TypeError(
             f"guide {type(guide).__name__} cannot be read by the reduction; supported guides: "
@@ -316,7 +322,7 @@ def guide_noise_posterior(guide: Any, layer: MultiplicativeNoise) -> NoisePoster
 def attach_guide(model: PrunableNet, guide: Any) -> None:
     """Make ``model`` read its noise posterior from the fitted ``guide`` (``fit`` does this).
 
-    After it, every criterion (:func:`~pyro_prune.inference.scoring.structure_removals` and
+    After it, every criterion (:func:`~pyro_prune.reduction.scoring.structure_removals` and
     friends), :class:`~pyro_prune.inference.schedules.ContinuousPruning`, the posterior mean
     the network predicts with (``model.predict``), the fast predictive draws and the ArviZ
     export read the guide's posterior. ``guide=model.guide`` (or ``None``) detaches.
@@ -329,7 +335,7 @@ def attach_guide(model: PrunableNet, guide: Any) -> None:
     if guide is None or guide == model.guide:
         detach_guide(model)
         return
-    _check_guide(model, guide)
+    check_readable_guide(model, guide)
     for layer in model.noise_layers().values():
         # in __dict__: not a submodule of the layer (no parameters, no state_dict entries)
         layer.__dict__["_guide_posterior"] = partial(guide_noise_posterior, guide, layer)

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pyro_prune.inference.scoring import as_criterion, structure_scores
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.models.gate import StructureGate
 from pyro_prune.reduction import Criterion
+from pyro_prune.reduction.scoring import as_criterion, structure_scores
 
 __all__ = ["KindCount", "PruningReport", "ScoreRange", "pruning_report", "structure_kind"]
 
@@ -144,7 +144,7 @@ def pruning_report(model: PrunableNet, criterion: str | Criterion, *,
     ``decision``: the dF range of the last pruning decision (what
     :class:`~pyro_prune.inference.schedules.ContinuousPruning` records); without it the
     criterion is evaluated now, over the kept structures (with the fitted ``guide``, as
-    :func:`~pyro_prune.inference.scoring.structure_scores`).
+    :func:`~pyro_prune.reduction.scoring.structure_scores`).
     """
     from pyro_prune.graph import shrinkable_gates
 

@@ -22,15 +22,15 @@ import torch
 from torch.utils.data import TensorDataset
 
 from pyro_prune._checks import check_count
-from pyro_prune.inference.scoring import (
+from pyro_prune.models.base import PrunableNet
+from pyro_prune.models.gate import removals_in_order
+from pyro_prune.progress import progress_bar
+from pyro_prune.reduction.scoring import (
     as_criterion,
     global_ranking,
     structure_decisions,
     structure_removals,
 )
-from pyro_prune.models.base import PrunableNet
-from pyro_prune.models.gate import removals_in_order
-from pyro_prune.progress import progress_bar
 
 __all__ = [
     "ContinuousPruning",

@@ -106,7 +106,7 @@ def _resolve_mask(model: PrunableNet, mask: MaskSpec) -> dict[str, Tensor] | Non
     if mask is None:
         return None
     if isinstance(mask, str):
-        from pyro_prune.inference.scoring import structure_removals
+        from pyro_prune.reduction import structure_removals
 
         return {name: ~remove for name, remove in structure_removals(model, mask).items()}
     if not isinstance(mask, Mapping):

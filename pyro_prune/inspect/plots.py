@@ -16,6 +16,8 @@ nothing depends on a display or a global backend); :func:`save_figure` writes it
   removed in the order of a criterion, with the threshold-free stopping point (the last
   structure with ``dF >= 0``) and the results of continuous pruning as markers.
 * :func:`plot_history` — loss, accuracy and kept structures per epoch of a fit.
+* :func:`plot_bayes_factor_curves` — loss, ``log BF`` and sparsity per epoch of Bayes-factor
+  pruning runs (:func:`plot_learning_curves` writes it to a file).
 * :func:`plot_widths` — the width (structures) of every layer before and after pruning.
 * :func:`plot_summary` — parameters, MACs, latency and the W2 shift of a pruned network
   relative to the unpruned one.
@@ -41,9 +43,11 @@ from pyro_prune.inspect.summary import hdi
 
 __all__ = [
     "plot_accuracy_vs_compression",
+    "plot_bayes_factor_curves",
     "plot_decision",
     "plot_delta_f",
     "plot_history",
+    "plot_learning_curves",
     "plot_reliability",
     "plot_summary",
     "plot_widths",
@@ -356,6 +360,78 @@ def plot_history(history: Sequence[Mapping[str, Any]], *, title: str = "Training
     _figure_legend(fig, axes[1:2])
     fig.suptitle(title)
     return fig
+
+
+def plot_bayes_factor_curves(
+    history: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    title: str | None = None,
+    log_threshold: float | None = 0.0,
+) -> Figure:
+    """Learning curves of Bayes-factor pruning runs, as in the figures of Mathew & Rowe.
+
+    Three panels against the epoch: the loss (``train_loss`` solid, ``val_loss`` dashed:
+    mean negative log likelihood), ``log BF`` (symmetric-log axis; filled markers where a
+    pruning was applied; ``log_threshold`` = ``log beta`` as a dotted line, ``None`` for
+    none) and the ``sparsity``. ``history`` is the history of one fit with
+    :class:`~pyro_prune.reduction.bayes_factor_pruning.BayesFactorPruning` or a mapping
+    ``label -> history`` to overlay several runs.
+    """
+    runs = dict(history) if isinstance(history, Mapping) else {"": history}
+    if not runs or any(len(h) == 0 for h in runs.values()):
+        raise ValueError("history must hold at least one epoch (for every run)")
+    fig = Figure(figsize=(13, 3.8))
+    ax_loss, ax_bf, ax_sp = fig.subplots(1, 3)
+    for i, (label, rows) in enumerate(runs.items()):
+        color = f"C{i}"
+        width = max(0.8, 2.6 - 0.5 * i)  # overlapping runs stay visible
+        epochs = [int(r["epoch"]) for r in rows]
+        suffix = f" {label}" if label else ""
+        for key, style in (("train_loss", "-"), ("val_loss", "--")):
+            pts = [(e, r[key]) for e, r in zip(epochs, rows) if r.get(key) is not None]
+            if pts:
+                ax_loss.plot(*zip(*pts), style, color=color, lw=width, label=f"{key}{suffix}")
+        bf = [(e, r["log_bayes_factor"], bool(r.get("pruned"))) for e, r in zip(epochs, rows)
+              if r.get("log_bayes_factor") is not None]
+        if bf:
+            ax_bf.plot([b[0] for b in bf], [b[1] for b in bf], "-", color=color, alpha=0.6,
+                       lw=width, label=label or None)
+            acc = [b for b in bf if b[2]]
+            rej = [b for b in bf if not b[2]]
+            if acc:
+                ax_bf.plot([b[0] for b in acc], [b[1] for b in acc], "o", color=color)
+            if rej:
+                ax_bf.plot([b[0] for b in rej], [b[1] for b in rej], "x", color=color)
+        sp = [(e, r["sparsity"]) for e, r in zip(epochs, rows) if r.get("sparsity") is not None]
+        if sp:
+            ax_sp.step(*zip(*sp), where="post", color=color, lw=width, label=label or None)
+    if log_threshold is not None:
+        ax_bf.axhline(log_threshold, color="k", ls=":", lw=1, label=f"log beta = {log_threshold:.3g}")
+    ax_bf.set_yscale("symlog", linthresh=1.0)
+    ax_loss.set(xlabel="epoch", ylabel="mean NLL", title="loss")
+    ax_bf.set(xlabel="epoch", ylabel="log BF (nats)", title="Bayes factor (o applied, x rejected)")
+    ax_sp.set(xlabel="epoch", ylabel="sparsity", title="sparsity", ylim=(-0.02, 1.02))
+    for ax in (ax_loss, ax_bf, ax_sp):
+        ax.grid(alpha=0.3)
+        handles, _ = ax.get_legend_handles_labels()
+        if handles:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_learning_curves(
+    history: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    log_threshold: float | None = 0.0,
+) -> Path:
+    """:func:`plot_bayes_factor_curves` written to ``path`` (PNG unless the suffix says
+    otherwise, atomically, :func:`save_figure`); returns the path written."""
+    return save_figure(plot_bayes_factor_curves(history, title=title, log_threshold=log_threshold), path)
 
 
 def plot_widths(structures: Mapping[str, int], kept: Mapping[str, int], *,

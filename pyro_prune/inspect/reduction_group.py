@@ -29,8 +29,7 @@ def _criterion_dF(criterion: Any, score: Tensor) -> Tensor | None:
 def reduction_dataset(model: PrunableNet, criteria: Sequence[str]) -> xr.Dataset:
     """Per-structure reduction results of every gate (see the module docstring)."""
     from pyro_prune.inference.guides import attached_guide
-    from pyro_prune.inference.scoring import gate_criterion
-    from pyro_prune.reduction import get_criterion
+    from pyro_prune.reduction import gate_criterion, get_criterion
 
     crits = [get_criterion(c) for c in criteria]
     names = [c.name for c in crits]

@@ -61,8 +61,8 @@ from pyro_prune.laplace.curvature import (
     KRON_LAYERS,
     SUPPORTED_LAYERS,
     HessianStructure,
-    _asdl,
     backend_available,
+    require_backend,
 )
 from pyro_prune.laplace.evidence import LaplaceEvidence, fit_evidence, log_evidence
 from pyro_prune.laplace.posterior import FLAT_RTOL, LaplacePosterior, laplace_posterior
@@ -76,11 +76,11 @@ __all__ = [
     "LaplaceEvidence",
     "LaplacePosterior",
     "RemovalStructure",
-    "_asdl",
     "backend_available",
     "fit_evidence",
     "laplace_posterior",
     "laplace_prune",
     "laplace_removals",
     "log_evidence",
+    "require_backend",
 ]

@@ -19,7 +19,7 @@ from pyro_prune._checks import check_dataset, check_number
 from pyro_prune._enums import parse_enum
 from pyro_prune.models.base import Likelihood
 
-__all__ = ["KRON_LAYERS", "SUPPORTED_LAYERS", "HessianStructure", "backend_available"]
+__all__ = ["KRON_LAYERS", "SUPPORTED_LAYERS", "HessianStructure", "backend_available", "require_backend"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _ATTR = "_pyro_prune_curvature"
@@ -52,7 +52,8 @@ def backend_available() -> bool:
     return True
 
 
-def _asdl() -> Any:
+def require_backend() -> Any:
+    """The curvature backend's module (ASDL); an ``ImportError`` saying how to install it if missing."""
     try:
         import asdl
     except ImportError as err:  # pragma: no cover - exercised only without the extra
@@ -195,7 +196,7 @@ def _compute_curvature(
     structure: HessianStructure,
     batch_size: int,
 ) -> _Curvature:
-    _asdl()
+    require_backend()
     from asdl.fisher import FisherConfig, get_fisher_maker
     from asdl.grad_maker import LOSS_CROSS_ENTROPY, LOSS_MSE
     from asdl.matrices import FISHER_EXACT

@@ -1,4 +1,4 @@
-"""Apply the criteria of :mod:`pyro_prune.reduction` to the gates of a model.
+"""A criterion of :mod:`~pyro_prune.reduction.criteria` applied to the gates of a model.
 
 For every gate this gathers what a criterion needs — the noise posterior (``loc``,
 ``scale`` and bounds), the structure's incoming weights and their gradients (from the
@@ -9,19 +9,23 @@ important) or removal masks.
 When the model was fitted with an autoguide (``fit(model, data, guide=AutoNormal(model))``),
 the noise criteria read that guide's posterior (:mod:`pyro_prune.inference.guides`), which
 ``fit`` attached to the model; ``guide=`` passes one explicitly.
+
+:func:`global_ranking` lists every kept structure across the gates, least important first;
+it is :func:`pyro_prune.models.gate.rank_structures` of the criterion's scores, so every
+ranking of the package breaks ties the same way (the order of the gates in the model, then
+the index).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from pyro_prune.models.base import PrunableNet
-from pyro_prune.models.gate import StructureGate
+from pyro_prune.models.gate import StructureGate, rank_structures
 from pyro_prune.models.noise import MultiplicativeNoise
-from pyro_prune.reduction import Criterion, CriterionInput, get_criterion
+from pyro_prune.reduction.criteria import Criterion, CriterionInput, get_criterion
 
 __all__ = ["as_criterion", "gate_criterion", "gate_inputs", "global_ranking", "structure_decisions",
            "structure_removals", "structure_scores"]
@@ -103,7 +107,7 @@ def _guide_reader(model: PrunableNet, guide: Any) -> Any:
     elif guide == model.guide:
         return lambda gate, crit: None
     else:
-        _guides._check_guide(model, guide)
+        _guides.check_readable_guide(model, guide)
     sites = set(guide.prototype_trace.nodes) if getattr(guide, "prototype_trace", None) else set()
     noise_sites = {m.site_name for m in model.noise_layers().values()}
 
@@ -185,12 +189,9 @@ def structure_removals(model: PrunableNet, criterion: str | Criterion, *, guide:
 
 
 def global_ranking(model: PrunableNet, criterion: Any, **criterion_kwargs: Any) -> list[tuple[str, int]]:
-    """Every kept structure as ``(gate, index)``, least important first, across all gates."""
-    scores = structure_scores(model, criterion, **criterion_kwargs)
-    entries: list[tuple[float, str, int]] = []
-    for name, gate in model.gates().items():
-        s = scores[name].detach().double().cpu()
-        for idx in torch.nonzero(gate.kept).flatten().tolist():
-            entries.append((float(s[idx]), name, idx))
-    entries.sort(key=lambda e: (e[0], e[1], e[2]))
-    return [(name, idx) for _, name, idx in entries]
+    """Every kept structure as ``(gate, index)``, least important first, across all gates.
+
+    Ties go by the order of the gates in ``model.gates()``, then by index
+    (:func:`~pyro_prune.models.gate.rank_structures`, the one ranking of the package).
+    """
+    return rank_structures(model.kept_mask(), structure_scores(model, criterion, **criterion_kwargs))

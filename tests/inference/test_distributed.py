@@ -18,7 +18,8 @@ import sys
 import torch
 
 from pyro_prune.data import load_dataset
-from pyro_prune.inference import BayesFactorPruning, fit, w2_prune
+from pyro_prune.inference import fit, w2_prune
+from pyro_prune.reduction.bayes_factor_pruning import BayesFactorPruning
 from pyro_prune.models import FCN, MLP
 from pyro_prune.models.fcn import weight_masks
 

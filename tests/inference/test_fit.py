@@ -54,8 +54,7 @@ def test_continuous_pruning_is_monotone_and_finetunes(digits) -> None:
 
 
 def test_bmrs_n_removes_exactly_the_structures_with_non_negative_df() -> None:
-    from pyro_prune.inference import structure_removals
-    from pyro_prune.reduction import delta_f_lognormal
+    from pyro_prune.reduction import delta_f_lognormal, structure_removals
 
     net = MLP(4, [6], 2)
     gate = net.net.fc1_gate

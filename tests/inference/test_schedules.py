@@ -4,14 +4,9 @@ import pytest
 import torch
 
 from pyro_prune.data import load_dataset
-from pyro_prune.inference import (
-    ContinuousPruning,
-    evaluate,
-    fit,
-    post_training_curve,
-    structure_removals,
-)
+from pyro_prune.inference import ContinuousPruning, evaluate, fit, post_training_curve
 from pyro_prune.models import MLP
+from pyro_prune.reduction import structure_removals
 
 
 @pytest.fixture(scope="module")

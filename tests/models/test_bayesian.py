@@ -343,8 +343,7 @@ def test_pruned_network_equals_the_physically_smaller_network() -> None:
 
 # ---------------------------------------------------------------------------- Gaussian BMR
 def test_gaussian_bmr_scores_structures_from_the_weight_posterior() -> None:
-    from pyro_prune.inference import structure_removals, structure_scores
-    from pyro_prune.reduction import delta_f_gaussian
+    from pyro_prune.reduction import delta_f_gaussian, structure_removals, structure_scores
 
     net = _gaussian_mlp(prior_scale=0.8)
     layer = net.net.fc1

@@ -8,10 +8,10 @@ from pyro import poutine
 from torch import nn
 
 from pyro_prune.convert import shrink, to_deterministic
-from pyro_prune.inference.scoring import gate_inputs, structure_scores
 from pyro_prune.models import MultiplicativeNoise, PrunableNet, ResNet, StructureMask, ViT
 from pyro_prune.models.bayesian import BayesianConv2d, BayesianLinear
 from pyro_prune.models.vit import HeadRows
+from pyro_prune.reduction.scoring import gate_inputs, structure_scores
 
 
 # ---------------------------------------------------------------------- ResNet
