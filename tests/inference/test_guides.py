@@ -19,13 +19,7 @@ from scipy import integrate, stats
 
 from pyro_prune.data import load_dataset
 from pyro_prune.distributions import TruncatedLogNormal
-from pyro_prune.inference import (
-    ContinuousPruning,
-    evaluate,
-    fit,
-    structure_removals,
-    structure_scores,
-)
+from pyro_prune.inference import ContinuousPruning, evaluate, fit
 from pyro_prune.inference.guides import (
     LogitNormalNoise,
     PointNoise,
@@ -36,7 +30,12 @@ from pyro_prune.inference.guides import (
     monte_carlo_delta_f,
 )
 from pyro_prune.models import MLP
-from pyro_prune.reduction import delta_f_loguniform, get_criterion
+from pyro_prune.reduction import (
+    delta_f_loguniform,
+    get_criterion,
+    structure_removals,
+    structure_scores,
+)
 
 A, B = -20.0, 0.0
 GUIDES = {
