@@ -142,3 +142,37 @@ def test_stages_import_only_the_stages_above_them() -> None:
                 imported = _module_level_imports(path, name, set(modules))
                 wrong = sorted(m for m in imported if m.startswith(below))
                 assert not wrong, f"{name} ({stage}) imports a later stage: {wrong}"
+
+
+def _subpackage(module: str) -> str | None:
+    """The stage package of a module (``pyro_prune.graph.ops`` -> ``graph``); ``None`` for
+    the package's own top-level modules (``pyro_prune._checks``, ``pyro_prune.runs``)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and (PACKAGE / parts[1]).is_dir()) else None
+
+
+def _private_imports_across_packages() -> list[str]:
+    modules = _modules()
+    found = []
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        own = _subpackage(name)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]
+                                + ([base] if base else []))
+            if not base.startswith("pyro_prune.") or _subpackage(base) in (None, own):
+                continue  # outside the package, from the package's own top level, or within one stage
+            private = [p for p in base.split(".") if p.startswith("_") and not p.startswith("__")]
+            private += [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+            if private:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {', '.join(private)} from {base}")
+    return found
+
+
+def test_no_private_name_is_imported_across_packages() -> None:
+    """A stage package uses another only through its public names (private ones may change)."""
+    assert _private_imports_across_packages() == []
