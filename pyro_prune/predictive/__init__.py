@@ -9,8 +9,8 @@ One concept per module:
   distributions (:func:`wasserstein2`), aggregated over inputs (:func:`predictive_w2`);
 * :mod:`~pyro_prune.predictive.shift` — the W2 shift of a pruning (:func:`w2_shift`) and the
   W2 neuron scores (:func:`neuron_w2`);
-* :mod:`~pyro_prune.predictive.neuron_scores` — what a neuron score measures
-  (:class:`NeuronScore`) and its recording during the draws;
+* what a neuron score measures (:class:`NeuronScore`) and its recording during the draws
+  belong to the reduce stage: :mod:`~pyro_prune.reduction.neuron_scores`;
 * :mod:`~pyro_prune.predictive.density` — the predictive on labelled data: metrics of the
   model average (:func:`evaluate_predictive`), the log predictive density of held-out data
   (:func:`log_predictive_density`) and a paired comparison (:func:`compare_lpd`).
@@ -42,7 +42,6 @@ from pyro_prune.predictive.draws import (
     posterior_predictive,
     predictive_run,
 )
-from pyro_prune.predictive.neuron_scores import NeuronScore
 from pyro_prune.predictive.shift import W2Shift, neuron_w2, w2_shift
 from pyro_prune.predictive.wasserstein import (
     aggregate_w2,
@@ -51,6 +50,7 @@ from pyro_prune.predictive.wasserstein import (
     wasserstein2_1d,
     wasserstein2_gaussian,
 )
+from pyro_prune.reduction.neuron_scores import NeuronScore
 
 __all__ = [
     "DEFAULT_DRAWS",

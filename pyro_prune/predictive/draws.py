@@ -44,7 +44,7 @@ from pyro_prune._checks import check_count, check_inputs
 from pyro_prune._enums import Engine, parse_enum
 from pyro_prune.models.base import Likelihood, PrunableNet, check_prunable
 from pyro_prune.models.noise import NoiseMode, noise_mode
-from pyro_prune.predictive.neuron_scores import NeuronScore, ScoreRecorder
+from pyro_prune.reduction.neuron_scores import NeuronScore, ScoreRecorder
 
 __all__ = [
     "DEFAULT_DRAWS",

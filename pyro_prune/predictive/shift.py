@@ -6,7 +6,7 @@ every structure.
 (every structure of every gate removed, so the output is the output layer's bias only).
 It applies after any criterion (BMRS, SNR, W2 search, ...). :func:`neuron_w2` scores every
 structure by the W2 between its output distribution and the point mass at zero that removing
-it would put there (:mod:`~pyro_prune.predictive.neuron_scores`).
+it would put there (the score itself is :mod:`~pyro_prune.reduction.neuron_scores`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from torch.utils.data import TensorDataset
 from pyro_prune._enums import Engine
 from pyro_prune.models.base import Likelihood, PrunableNet, check_prunable
 from pyro_prune.predictive.draws import DEFAULT_DRAWS, Mask, Output, empty_mask, predictive_run
-from pyro_prune.predictive.neuron_scores import NeuronScore
 from pyro_prune.predictive.wasserstein import predictive_w2
+from pyro_prune.reduction.neuron_scores import NeuronScore
 
 __all__ = ["W2Shift", "neuron_w2", "w2_shift"]
 

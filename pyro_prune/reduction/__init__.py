@@ -61,7 +61,9 @@ The package, one concept per module, in the order a reduction uses them:
   (:func:`global_ranking`);
 * :mod:`~pyro_prune.reduction.weight_pruning`, :mod:`~pyro_prune.reduction.bayes_factors`,
   :mod:`~pyro_prune.reduction.bayes_factor_pruning`: Bayes-factor pruning of single weights
-  during training (Mathew & Rowe, arXiv 2308.02451).
+  during training (Mathew & Rowe, arXiv 2308.02451);
+* :mod:`~pyro_prune.reduction.neuron_scores`: the W2 neuron score (Kuboň 2025), recorded
+  while :mod:`pyro_prune.predictive` draws (:func:`~pyro_prune.predictive.neuron_w2`).
 
 Every public name of these modules is exported here, except the schedule
 :class:`~pyro_prune.reduction.bayes_factor_pruning.BayesFactorPruning` (and its
@@ -97,6 +99,7 @@ from pyro_prune.reduction.gaussian import delta_f_gaussian
 from pyro_prune.reduction.joint import delta_f_joint
 from pyro_prune.reduction.lognormal import delta_f_lognormal, delta_f_lognormal_released_code
 from pyro_prune.reduction.loguniform import delta_f_loguniform
+from pyro_prune.reduction.neuron_scores import NeuronScore, ScoreRecorder
 from pyro_prune.reduction.scoring import (
     as_criterion,
     gate_criterion,
@@ -157,4 +160,7 @@ __all__ = [
     "log_posterior",
     "prune_count",
     "sparsity",
+    # the W2 neuron score
+    "NeuronScore",
+    "ScoreRecorder",
 ]

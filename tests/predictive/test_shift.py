@@ -11,7 +11,7 @@ from torch import nn
 
 from pyro_prune.models import MLP, LeNet5, bayesianize
 from pyro_prune.predictive import empty_mask, neuron_w2, w2_shift
-from pyro_prune.predictive.neuron_scores import _activation_after, _consumer_of
+from pyro_prune.reduction.neuron_scores import _activation_after, _consumer_of
 
 
 @pytest.mark.parametrize("likelihood", ["categorical", "gaussian"])
