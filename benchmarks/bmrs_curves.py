@@ -37,13 +37,8 @@ from scipy.stats import spearmanr  # noqa: E402
 
 from pyro_prune.convert import compression  # noqa: E402
 from pyro_prune.data import load_dataset, train_val_split  # noqa: E402
-from pyro_prune.inference import (  # noqa: E402
-    evaluate,
-    fit,
-    post_training_curve,
-    structure_removals,
-    structure_scores,
-)
+from pyro_prune.inference import evaluate, fit, post_training_curve  # noqa: E402
+from pyro_prune.reduction import structure_removals, structure_scores  # noqa: E402
 
 NAME = "bmrs_curves"
 #: one curve per ranking (bmrs_n_code ranks as bmrs_n does)

@@ -26,6 +26,7 @@ import os
 import re
 import secrets
 import socket
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -275,6 +276,14 @@ class RunLock:
             return {}
         return info if isinstance(info, dict) else {}
 
+    def _holder_info(self, wait_s: float = 2.0) -> dict[str, Any]:
+        """The holder's record; the holder writes it just after taking the lock, so a refusal
+        that comes in between waits for it briefly (an empty record names no one)."""
+        deadline = time.monotonic() + wait_s
+        while not (info := self._read_info()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return info
+
     def _refuse(self, info: dict[str, Any]) -> FolderLockedError:
         who = _describe(info) if info else "another process"
         return FolderLockedError(f"{self.folder} is in use by {who} (lock file {self.path}); "
@@ -287,7 +296,7 @@ class RunLock:
         except OSError as err:
             handle.close()
             if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise self._refuse(self._read_info()) from None
+                raise self._refuse(self._holder_info()) from None
             raise
         previous = self._read_info()
         if previous and self.on_stale is not None:

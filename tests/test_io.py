@@ -140,6 +140,33 @@ def test_run_lock_refuses_a_second_process_and_names_the_holder(tmp_path: Path) 
     assert len(stale) == 1 and f"pid {holder.pid}" in stale[0]
 
 
+_HOLD_THEN_RECORD = """
+import fcntl, json, sys, time
+handle = open(sys.argv[1], "a+")
+fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # the lock taken, its record not yet written
+print("locked", flush=True)
+time.sleep(0.3)
+handle.write(json.dumps({"pid": 4242, "host": "h", "started": "s"}))
+handle.flush()
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_run_lock_refusal_waits_for_the_holders_record(tmp_path: Path) -> None:
+    """A refusal between the holder's flock and its record still names the holder."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_THEN_RECORD, str(tmp_path / LOCK_NAME)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(FolderLockedError, match="pid 4242 on host h"):
+            with RunLock(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_run_lock_is_reentrant_in_one_process(tmp_path: Path) -> None:
     with RunLock(tmp_path), RunLock(tmp_path):
         assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()

@@ -146,7 +146,7 @@ def laplace_removals(
 
     Returns:
         ``structure="neuron"``: gate name to a bool mask over its structures, True = remove
-        (only kept structures), as :func:`~pyro_prune.inference.scoring.structure_removals`;
+        (only kept structures), as :func:`~pyro_prune.reduction.scoring.structure_removals`;
         ``"weight"``: parameter name of each Linear/Conv2d weight to a bool mask of its
         shape, True = remove.
     """
