@@ -17,6 +17,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+try:  # the cache's file lock (POSIX); elsewhere one process per cache file
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -179,12 +184,24 @@ class RunCache:
         return list(self.runs)
 
     def put(self, key: str, run: Any) -> Any:
-        """Store ``run`` under ``key`` and write the file; returns ``run``."""
+        """Store ``run`` under ``key`` and write the file; returns ``run``.
+
+        The file is re-read under an exclusive lock and merged before it is written, so two
+        benchmark processes sharing one cache keep each other's runs.
+        """
         self.runs[key] = run
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.runs, indent=1))
-        tmp.replace(self.path)
+        folder = os.open(self.path.parent, os.O_RDONLY)  # the lock: the folder itself, no lock file
+        try:
+            if fcntl is not None:
+                fcntl.flock(folder, fcntl.LOCK_EX)
+            on_disk = json.loads(self.path.read_text()) if self.path.exists() else {}
+            self.runs = {**on_disk, **self.runs}
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.runs, indent=1))
+            tmp.replace(self.path)
+        finally:
+            os.close(folder)  # closing releases the flock
         return run
 
 
