@@ -186,21 +186,10 @@ class ContinuousPruning(Schedule):
 
 
 def _check_kl_scale(kl_scale: float | str | None) -> float | str | None:
-    """``finetune_kl_scale`` checked: ``None``, a ``KLScale`` name or a finite number >= 0."""
-    import math
+    """``finetune_kl_scale`` checked: ``None`` (keep the training weight) or a KL weight."""
+    from pyro_prune.models.base import check_kl_scale
 
-    from pyro_prune._enums import parse_enum
-    from pyro_prune.models.base import KLScale
-
-    if kl_scale is None:
-        return None
-    if isinstance(kl_scale, (str, KLScale)):
-        return parse_enum(KLScale, kl_scale, "finetune_kl_scale").value
-    if isinstance(kl_scale, bool) or not isinstance(kl_scale, (int, float)) \
-            or not math.isfinite(kl_scale) or kl_scale < 0:
-        raise ValueError(f"finetune_kl_scale must be 'elbo', 'paper', 'auto', a finite number "
-                         f">= 0 or None, got {kl_scale!r}")
-    return float(kl_scale)
+    return None if kl_scale is None else check_kl_scale(kl_scale, "finetune_kl_scale")
 
 
 def _kl_weight(model: PrunableNet) -> float | None:

@@ -31,7 +31,7 @@ from pyro_prune._enums import parse_enum
 from pyro_prune.models.gate import StructureGate
 from pyro_prune.models.noise import MultiplicativeNoise, NoiseMode, StochasticModule, noise_mode
 
-__all__ = ["KLScale", "Likelihood", "PrunableNet", "check_prunable"]
+__all__ = ["KLScale", "Likelihood", "PrunableNet", "check_kl_scale", "check_prunable"]
 
 
 class Likelihood(enum.Enum):
@@ -212,24 +212,18 @@ class PrunableNet(PyroModule):
         ``"auto"`` is ``"paper"`` for a network with noise gates, else ``"elbo"``; ``"paper"``
         is ``num_data / num_structures`` (``num_data``: this model's own unless given).
         """
-        if isinstance(kl_scale, (str, KLScale)):
-            kind = parse_enum(KLScale, kl_scale, "kl_scale")
-            if kind is KLScale.AUTO:
-                kind = KLScale.PAPER if self.noise_layers() else KLScale.ELBO
-            if kind is KLScale.ELBO:
-                return 1.0
-            size = num_data if num_data is not None else self.num_data
-            if not size:
-                raise ValueError("kl_scale='paper' needs num_data to be set")
-            return size / max(1, self.num_structures())
-        try:
-            value = float(kl_scale)
-        except (TypeError, ValueError):
-            raise ValueError(f"kl_scale must be a finite number >= 0 or one of "
-                             f"{[k.value for k in KLScale]}, got {kl_scale!r}") from None
-        if not value >= 0 or not math.isfinite(value):
-            raise ValueError(f"kl_scale must be a finite number >= 0, got {kl_scale!r}")
-        return value
+        checked = check_kl_scale(kl_scale)
+        if isinstance(checked, float):
+            return checked
+        kind = KLScale(checked)
+        if kind is KLScale.AUTO:
+            kind = KLScale.PAPER if self.noise_layers() else KLScale.ELBO
+        if kind is KLScale.ELBO:
+            return 1.0
+        size = num_data if num_data is not None else self.num_data
+        if not size:
+            raise ValueError("kl_scale='paper' needs num_data to be set")
+        return size / max(1, self.num_structures())
 
     def set_kl_scale(self, kl_scale: float | KLScale | str) -> float:
         """Set the weight of the KL term of every stochastic module; returns the number used
@@ -308,6 +302,23 @@ class PrunableNet(PyroModule):
 
     def iter_latents(self) -> Iterator[tuple[str, StochasticModule]]:
         yield from self.stochastic_modules().items()
+
+
+def check_kl_scale(kl_scale: float | KLScale | str, name: str = "kl_scale") -> float | str:
+    """``kl_scale`` checked, before any model is at hand: a :class:`KLScale` name (returned
+    as its value) or a finite number >= 0 (returned as a float)."""
+    if isinstance(kl_scale, (str, KLScale)):
+        return parse_enum(KLScale, kl_scale, name).value
+    try:
+        if isinstance(kl_scale, bool):
+            raise TypeError
+        value = float(kl_scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number >= 0 or one of "
+                         f"{[k.value for k in KLScale]}, got {kl_scale!r}") from None
+    if not value >= 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number >= 0, got {kl_scale!r}")
+    return value
 
 
 def check_prunable(model: object) -> PrunableNet:
