@@ -55,16 +55,15 @@ with a ``DeprecationWarning``.
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import re
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from pyro_prune._checks import SEED_MAX
+from pyro_prune._deprecation import moved_names
 from pyro_prune._io import FolderLockedError
 from pyro_prune.export import ExportFormat
 from pyro_prune.report import write_report
@@ -111,18 +110,7 @@ _MOVED = {
     "paired_speedup": "pyro_prune.evaluation",
     "resolve_device": "pyro_prune.runs",
 }
-_WARNED: set[str] = set()
-
-
-def __getattr__(name: str) -> Any:
-    module = _MOVED.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pyro_prune.cli' has no attribute {name!r}")
-    if name not in _WARNED:
-        _WARNED.add(name)
-        warnings.warn(f"pyro_prune.cli.{name} moved to {module}.{name}; import it from there "
-                      "(this alias goes in the next release)", DeprecationWarning, stacklevel=2)
-    return getattr(importlib.import_module(module), name)
+__getattr__ = moved_names(__name__, _MOVED)
 
 
 class _Parser(argparse.ArgumentParser):
