@@ -44,7 +44,6 @@ from scipy.stats import spearmanr  # noqa: E402
 from pyro_prune.data import load_dataset  # noqa: E402
 from pyro_prune.inference import evaluate, fit, w2_prune  # noqa: E402
 from pyro_prune.models import MLP  # noqa: E402
-from pyro_prune.models.bayesian import link_output_gates  # noqa: E402
 from pyro_prune.predictive import apply_mask, evaluate_predictive, neuron_w2, w2_shift  # noqa: E402
 from pyro_prune.reduction import structure_scores  # noqa: E402
 
@@ -55,7 +54,6 @@ REFERENCE = "Kuboň (TU Delft 2025): over 80% of neurons pruned, accuracy stable
 def make_model(hidden: int, prior_scale: float, seed: int) -> MLP:
     torch.manual_seed(seed)
     net = MLP(784, [hidden], 10, weights="gaussian", gate="mask", prior_scale=prior_scale)
-    link_output_gates(net)
     return net
 
 
@@ -63,7 +61,6 @@ def sliced_copy(initial: dict[str, torch.Tensor], kept: torch.Tensor, hidden_kep
                 prior_scale: float) -> MLP:
     """The pruned architecture with the original initial values of its kept neurons."""
     net = MLP(784, [hidden_kept], 10, weights="gaussian", gate="mask", prior_scale=prior_scale)
-    link_output_gates(net)
     idx = torch.nonzero(kept).flatten()
     state = net.state_dict()
     for key in state:

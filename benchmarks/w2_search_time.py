@@ -26,7 +26,6 @@ from torch.utils.data import TensorDataset
 from pyro_prune.data import load_dataset
 from pyro_prune.inference import fit, w2_prune
 from pyro_prune.models import MLP
-from pyro_prune.models.bayesian import link_output_gates
 
 
 def main() -> None:
@@ -46,7 +45,6 @@ def main() -> None:
     for width in args.widths:
         torch.manual_seed(args.seed)
         net = MLP(784, [width] * 3, 10, weights="gaussian", gate="mask")
-        link_output_gates(net)
         t0 = time.perf_counter()
         fit(net, train, epochs=args.epochs, batch_size=128, lr=3e-3, seed=args.seed, progress=False)
         fit_s = time.perf_counter() - t0

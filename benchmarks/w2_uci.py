@@ -42,7 +42,6 @@ from scipy.stats import spearmanr  # noqa: E402
 from pyro_prune.data import load_dataset  # noqa: E402
 from pyro_prune.inference import fit, w2_prune  # noqa: E402
 from pyro_prune.models import MLP  # noqa: E402
-from pyro_prune.models.bayesian import link_output_gates  # noqa: E402
 from pyro_prune.predictive import evaluate_predictive, neuron_w2  # noqa: E402
 from pyro_prune.reduction import structure_scores  # noqa: E402
 
@@ -65,7 +64,6 @@ def train_uci(name: str, split: int, hidden: list[int], *, steps: int, batch_siz
     torch.manual_seed(seed)
     net = MLP(train.tensors[0].shape[1], hidden, 1, likelihood="gaussian", weights="gaussian",
               gate="mask", prior_scale=prior_scale)
-    link_output_gates(net)
     epochs = epochs_for(len(train), batch_size, steps)
     t0 = time.perf_counter()
     fit(net, train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=False)

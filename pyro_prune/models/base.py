@@ -28,6 +28,7 @@ from pyro.nn import PyroModule
 from torch import Tensor, nn
 
 from pyro_prune._enums import parse_enum
+from pyro_prune.models.bayesian import BayesianLayer, link_output_gates
 from pyro_prune.models.gate import StructureGate
 from pyro_prune.models.noise import MultiplicativeNoise, NoiseMode, StochasticModule, noise_mode
 
@@ -99,10 +100,17 @@ class PrunableNet(PyroModule):
         """Record the shape of one input and the constructor's arguments (enums by value).
 
         ``input_shape`` serves :meth:`example_input` and the structure graph; ``config`` is
-        what ``type(net)(**net.config)`` rebuilds the same network from.
+        what ``type(net)(**net.config)`` rebuilds the same network from. A network with
+        Gaussian weights has each gate linked to the Bayesian layer whose outputs it selects
+        (:func:`~pyro_prune.models.link_output_gates`): a removed structure's incoming weights
+        then leave the KL term.
         """
         self.input_shape = tuple(input_shape)
         self.config = {k: v.value if isinstance(v, enum.Enum) else v for k, v in config.items()}
+        # with the input shape known the structure graph names each gate's producer: a gate
+        # selecting a Bayesian layer's outputs masks its rows (their KL and sample sites)
+        if any(isinstance(m, BayesianLayer) for m in self.net.modules()):
+            link_output_gates(self)
 
     def example_input(self, batch: int = 2) -> Tensor:
         """A batch of ``batch`` zero inputs of shape ``input_shape``."""

@@ -326,9 +326,8 @@ def bayesianize(
     net = BayesianizedNet(net_module, likelihood=likelihood, num_data=num_data)
     if not example.is_floating_point():
         net.input_dtype = example.dtype
-    net.input_shape = tuple(example.shape[1:])
-    net.config = {"source": type(module).__name__, "gate": GateKind(gate).value,
-                  "weights": WeightPrior(weights).value, "likelihood": net.likelihood.value}
+    net.record_config(example.shape[1:], source=type(module).__name__, gate=GateKind(gate),
+                      weights=WeightPrior(weights), likelihood=net.likelihood)
     return net
 
 

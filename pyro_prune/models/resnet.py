@@ -23,7 +23,6 @@ from torch import Tensor, nn
 from pyro_prune._checks import check_count, check_counts
 from pyro_prune._enums import parse_enum
 from pyro_prune.models.base import Likelihood, PrunableNet
-from pyro_prune.models.bayesian import link_output_gates
 from pyro_prune.models.layers import GateKind, WeightPrior, make_gate, make_linear
 
 __all__ = ["BasicBlock", "ResNet"]
@@ -156,6 +155,3 @@ class ResNet(PrunableNet):
                            num_classes=num_classes, widths=widths, blocks_per_stage=blocks_per_stage,
                            image_size=image_size, likelihood=self.likelihood, weights=weights_kind,
                            gate=gate_kind, prior_scale=prior_scale, **noise_kwargs)
-        # after input_shape is recorded: the links are read from the structure graph
-        if weights_kind is WeightPrior.GAUSSIAN:
-            link_output_gates(self)

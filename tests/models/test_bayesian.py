@@ -16,6 +16,7 @@ from pyro_prune.models import MLP, LeNet5, NoiseMode, StructureMask, bayesianize
 from pyro_prune.models.bayesian import (
     DEFAULT_INIT_LOG_SCALE,
     BayesianConv2d,
+    BayesianLayer,
     BayesianLinear,
     bayesian_weights,
     gaussian_kl,
@@ -361,3 +362,32 @@ def test_gaussian_bmr_scores_structures_from_the_weight_posterior() -> None:
     removals = structure_removals(net, "gaussian_bmr")
     assert bool(removals["fc1_gate"][0]) and not bool(removals["fc1_gate"][1])
     assert removals["fc2_gate"].shape == (4,)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: MLP(6, [5, 4], 3, weights="gaussian"),
+    lambda: MLP(6, [5], 3, weights="gaussian", gate="mask"),
+    lambda: LeNet5(1, 3, 8, weights="gaussian"),
+], ids=["mlp-noise", "mlp-mask", "lenet5-noise"])
+def test_models_with_gaussian_weights_link_their_gates_when_built(make) -> None:
+    torch.manual_seed(0)
+    net = make()
+    gates = net.gates()
+    for gate in gates.values():
+        producer = net.net.get_submodule(gate.producer_name)
+        assert isinstance(producer, BayesianLayer)
+        assert any(g is gate for g in producer._output_gates)
+    # removing structures takes exactly their incoming rows out of the producer's KL
+    gate = next(iter(gates.values()))
+    producer = net.net.get_submodule(gate.producer_name)
+    _randomise(producer)
+    loc, scale, prior_scale = producer.weight_posterior()
+    rows = gaussian_kl(loc, scale, prior_scale).sum(-1).detach()
+    before = float(producer.kl_divergence().detach())
+    keep = torch.ones(gate.num_structures, dtype=torch.bool)
+    keep[::2] = False
+    gate.prune(~keep)
+    after = float(producer.kl_divergence().detach())
+    assert after < before
+    assert after == pytest.approx(float(rows[keep].sum()) * producer.kl_scale, rel=1e-6)
+    assert before == pytest.approx(float(rows.sum()) * producer.kl_scale, rel=1e-6)
