@@ -922,11 +922,94 @@ def sync_defaults_page(check: bool) -> bool:
     return True
 
 
+# ------------------------------------------------------------------------------ docs/defaults.md: capacity
+CAPACITY_BEGIN, CAPACITY_END = "<!-- capacity:begin -->", "<!-- capacity:end -->"
+
+
+def _widths_text(widths: list[list[int]]) -> str:
+    """Per layer, the width (or the range over seeds), layers separated by ``/``."""
+    return " / ".join(str(lo) if lo == hi else f"{lo}..{hi}" for lo, hi in
+                      ((min(layer), max(layer)) for layer in zip(*widths)))
+
+
+def capacity_tables() -> str:
+    """The generated part of the capacity section of ``docs/defaults.md`` (``capacity_bound.json``)."""
+    d = _load("capacity_bound")
+    if d is None:
+        return "(no results yet: run `python benchmarks/capacity_bound.py`)"
+    cfg = d["config"]
+    epochs, long_epochs = cfg["epochs"], cfg["long_epochs"]
+    show_long = any(r.get("long_epochs") for r in d["rows"])
+    rows = []
+    for dataset, model in _CONFIGS:
+        mine = [r for r in d["rows"] if (r["dataset"], r["model"]) == (dataset, model)]
+        if not mine:
+            continue
+        kept = next((r for r in mine if r["network"] == "kept"), None)
+        if kept is not None and kept.get("default_accuracy_%") is not None:
+            ref = kept["unpruned_elbo_accuracy_%"]
+            rows.append([dataset, model, "**default recipe** (continuous pruning)", _widths_text(kept["widths"]),
+                         "-", f"{kept['default_compression_%']:.1f}", kept["paper_bmrs_n_compression_%"],
+                         f"{kept['default_accuracy_%']:.2f}", f"{kept['default_accuracy_%'] - ref:+.2f}"]
+                        + (["-", "-"] if show_long else []))
+        for r in sorted(mine, key=lambda r: -r["compression_%"]):
+            name = "same architecture, from scratch" if r["network"] == "kept" else r["network"]
+            cells = [dataset, model, name, _widths_text(r["widths"]), round(r["params"]),
+                     f"{r['compression_%']:.1f}", r["paper_bmrs_n_compression_%"],
+                     _pm(r["accuracy_%"], r["accuracy_std"], 2), _fmt_signed(r.get("vs_unpruned_elbo"))]
+            if show_long:
+                cells += (["-", "-"] if not r.get("long_epochs") else
+                          [_pm(r["long_accuracy_%"], r["long_accuracy_std"], 2),
+                           _fmt_signed(r.get("long_vs_unpruned_elbo"))])
+            rows.append(cells)
+    refs = {(r["dataset"], r["model"]): r["unpruned_elbo_accuracy_%"] for r in d["rows"]
+            if r.get("unpruned_elbo_accuracy_%") is not None}
+    head = ["data", "model", "network", "widths per gated layer", "parameters", "compression %",
+            "paper BMRS_N compression %", f"test accuracy % after {epochs} epochs",
+            "vs unpruned (ELBO weight)"]
+    if show_long:
+        head += [f"after {long_epochs} epochs", f"vs unpruned, {long_epochs} epochs"]
+    return "\n\n".join([
+        f"### Networks of the pruned size trained from scratch (plain, {len(d['seeds'])} seeds)",
+        _table(head, rows),
+        "\"scaled f (all)\": every gated layer at `f` times its width (uniform hidden widths "
+        "for the MLPs; channels and neurons together for LeNet-5); \"paper (family)\": the "
+        "largest network of the family whose compression is at least the paper's BMRS_N "
+        "compression (\"fc\": LeNet-5's two fully connected layers scaled, both convolutions "
+        "at full width); \"same architecture, from scratch\": each default run's kept widths "
+        "(the widths column gives the range over seeds). \"vs unpruned (ELBO weight)\" is "
+        "against our unpruned network of the same seeds (`bmrs_table.py`, kl_scale \"elbo\", "
+        f"10 + 3 epochs): {', '.join(f'{ds} {m} {v:.2f}%' for (ds, m), v in refs.items())}. "
+        f"Protocol: {cfg.get('protocol', '')}; the configurations {', '.join(cfg.get('long_configs', []))} "
+        f"trained {long_epochs} epochs (Adam's constant learning rate makes epoch {epochs} of such a run "
+        f"a {epochs}-epoch run). " + _reproduce(d),
+    ])
+
+
+def _fmt_signed(v: float | None) -> str:
+    return "-" if v is None else f"{v:+.2f}"
+
+
+def sync_capacity_block(check: bool) -> bool:
+    """Rewrite (or with ``check``, compare) the capacity block of ``docs/defaults.md``."""
+    if not DEFAULTS_PAGE.exists() or CAPACITY_BEGIN not in DEFAULTS_PAGE.read_text():
+        return True
+    text = DEFAULTS_PAGE.read_text()
+    new = _splice(text, capacity_tables(), "docs/defaults.md", CAPACITY_BEGIN, CAPACITY_END)
+    if check:
+        if new != text:
+            print(f"{DEFAULTS_PAGE.name} capacity table is out of date: run python benchmarks/make_tables.py")
+        return new == text
+    DEFAULTS_PAGE.write_text(new)
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if a page is out of date")
     args = parser.parse_args(argv)
-    stale = [] if sync_defaults_page(args.check) else ["defaults.md"]
+    defaults_ok = sync_defaults_page(args.check)
+    stale = [] if sync_capacity_block(args.check) and defaults_ok else ["defaults.md"]
     for page in pages():
         path = DOCS / page
         text = path.read_text() if path.exists() else _new_page(page)
