@@ -180,10 +180,131 @@ def _compile() -> tuple[Any, Any, Any, Any]:
             for j in range(n):
                 oi[j] = uniform(k, base + np.uint64(j))
 
+    # float32 per-draw maths (draw32). Phi^-1(p) = sqrt(2) erfinv(2p - 1) with Giles's
+    # single-precision erfinv on w = -log(4 r (1 - r)) < 5, r = min(p, 1 - p) (a polynomial in
+    # w, no division; Acklam's central rational cancels in float32 near its edges), and
+    # Acklam's tail rational beyond (a few draws in a thousand), both evaluated for every
+    # draw so that the loop stays one vector loop; the logarithm is Cephes's logf and e^x is
+    # 2^k e^r with a degree-7 Taylor polynomial, both through the float's bits
+    f4 = np.float32
+    g_erfinv = tuple(f4(v) for v in (2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06,
+                                      0.00021858087, -0.00125372503, -0.00417768164, 0.246640727,
+                                      1.50140941))
+    g0, g1, g2, g3, g4, g5, g6, g7, g8 = g_erfinv
+    tc0, tc1, tc2, tc3, tc4, tc5 = (f4(c0), f4(c1), f4(c2), f4(c3), f4(c4), f4(c5))
+    td0, td1, td2, td3 = (f4(d0), f4(d1), f4(d2), f4(d3))
+    l0, l1, l2, l3, l4, l5, l6, l7, l8 = (f4(v) for v in (
+        7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
+        -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1))
+    e2, e3, e4, e5, e6, e7 = (f4(1.0 / math.factorial(k)) for k in range(2, 8))
+    f_one, f_half, f_two, f_zero, f_five, f_two5 = f4(1.0), f4(0.5), f4(2.0), f4(0.0), f4(5.0), f4(2.5)
+    f_third, f_sqrt2, f_ln4 = f4(1.0 / 3.0), f4(math.sqrt(2.0)), f4(math.log(4.0))
+    f_log2e, f_ln2_hi, f_ln2_lo = f4(1.0 / math.log(2.0)), f4(0.693359375), f4(-2.12194440e-4)
+    f_m80, f_p80 = f4(-80.0), f4(80.0)
+    i127, i23, mantissa, exponent_0 = np.int32(127), np.int32(23), np.int32(0x7FFFFF), np.int32(0x3F800000)
+    rows32 = (0, 1, 2, 3, 11, 12, 13, 14)  # the rows of `per` draw32 reads, then `kept`
+
+    @numba.njit(cache=True, inline="always", error_model="numpy")
+    def exp32(x):
+        # e^x = 2^k e^r, |r| <= log(2) / 2 (|x| <= 80): (e^r, the bits of the float 2^k)
+        k = np.floor(x * f_log2e + f_half)
+        r = x - k * f_ln2_hi - k * f_ln2_lo
+        e_r = f_one + r * (f_one + r * (e2 + r * (e3 + r * (e4 + r * (e5 + r * (e6 + r * e7))))))
+        return e_r, (np.int32(k) + i127) << i23
+
     @numba.njit(cache=True, error_model="numpy")
-    def prepare(loc, log_scale, weight, low, high, reach, per):  # pragma: no cover - compiled
-        """Per structure: what the draws need (in ``per``); returns ``(kl_sum, in_reach)``."""
+    def draw32(u, key, per, per32, low, high, tiny, theta, d_loc, d_log_scale, first,
+               last):  # pragma: no cover - compiled
+        """:func:`draw` for float32 parameters with the per-draw maths in float32: the uniform,
+        ``p`` and ``min(p, 1 - p)`` in float64, the rest in float32 (relative error of the draws
+        about ``1e-6``), over all ``m`` (padded) columns: five loops of 16-wide vectors a row."""
+        m = per.shape[1]
+        n = u.shape[1]
+        pa, z = per[7], per[8]
+        s, al, be, flip, mu, c_ref, f_a, f_b, kept = (per32[0], per32[1], per32[2], per32[3],
+                                                     per32[4], per32[5], per32[6], per32[7], per32[8])
+        x2, y4, rr, uu, lg, tt = (np.empty(m, np.float32), np.empty(m, np.float32),
+                                  np.empty(m, np.float32), np.empty(m, np.float32),
+                                  np.empty(m, np.float32), np.empty(m, np.float32))
+        e_x, e_t, passes = np.empty(m, np.float32), np.empty(m, np.float32), np.empty(m, np.float32)
+        bits, bits_x, bits_t = np.empty(m, np.int32), np.empty(m, np.int32), np.empty(m, np.int32)
+        mant, pow_x, pow_t, y_bits = (bits.view(np.float32), bits_x.view(np.float32),
+                                      bits_t.view(np.float32), y4.view(np.int32))
+        k64 = np.uint64(max(key, 0))
+        low32, high32 = np.float32(low), np.float32(high)
+        drawn = np.empty(m)
+        for i in range(first, last):
+            if key >= 0:  # the counter-based uniforms of this row
+                base = np.uint64(i * n)
+                for j in range(m):
+                    drawn[j] = uniform(k64, base + np.uint64(j))
+            else:
+                for j in range(m):
+                    drawn[j] = u[i, min(j, n - 1)]
+            for j in range(m):
+                ui = drawn[j]
+                p = max(pa[j] + ui * z[j], tiny)
+                r = max(min(p, 1.0 - p), tiny)
+                x2[j] = np.float32(2.0 * p - 1.0)
+                y4[j] = np.float32(4.0 * r * (1.0 - r))
+                rr[j] = np.float32(r)
+                uu[j] = np.float32(ui)
+            for j in range(m):  # log(4 r (1 - r)): exponent and mantissa in [1, 2)
+                b = y_bits[j]
+                bits[j] = (b & mantissa) | exponent_0
+                lg[j] = np.float32((b >> i23) - i127)
+            for j in range(m):
+                f = mant[j]
+                e = lg[j]
+                big = f > f_sqrt2
+                f = f * f_half if big else f
+                e = e + f_one if big else e
+                f = f - f_one
+                ff = f * f
+                y = ((((((((l0 * f + l1) * f + l2) * f + l3) * f + l4) * f + l5) * f + l6) * f + l7) * f
+                     + l8) * f * ff
+                lg[j] = f + (y + f_ln2_lo * e - f_half * ff) + f_ln2_hi * e
+            for j in range(m):
+                w = -lg[j]
+                v = w - f_two5
+                central = (((((((g0 * v + g1) * v + g2) * v + g3) * v + g4) * v + g5) * v + g6) * v + g7) * v + g8
+                t_central = f_sqrt2 * central * x2[j]
+                r = rr[j]
+                q = np.sqrt(-f_two * (lg[j] - f_ln4 + r * (f_one + r * (f_half + r * f_third))))
+                t_tail = (((((tc0 * q + tc1) * q + tc2) * q + tc3) * q + tc4) * q + tc5) / (
+                    (((td0 * q + td1) * q + td2) * q + td3) * q + f_one)
+                t_tail = t_tail if x2[j] < f_zero else -t_tail
+                t = (t_central if w < f_five else t_tail) * (f_one - f_two * flip[j])
+                x = mu[j] + s[j] * t
+                c = min(max(x, low32), high32)
+                passes[j] = f_one if c == x else f_zero
+                tt[j] = t
+                e_t[j], bits_t[j] = exp32(min(max(f_half * t * t - c_ref[j], f_m80), f_p80))
+                e_x[j], bits_x[j] = exp32(c)
+            dli, dsi, ci = d_loc[i], d_log_scale[i], theta[i]
+            for j in range(m):
+                t = tt[j]
+                et = e_t[j] * pow_t[j]
+                v = uu[j] + flip[j] * (f_one - f_two * uu[j])
+                da = (f_one - v) * et * f_a[j]
+                db = v * et * f_b[j]
+                dli[j] = (f_one - da - db) * passes[j]
+                dsi[j] = (t - al[j] * da - be[j] * db) * s[j] * passes[j]
+                ci[j] = e_x[j] * pow_x[j] * kept[j]
+
+    @numba.njit(cache=True, error_model="numpy")
+    def prepare(loc, log_scale, weight, kept, low, high, reach, per, per32):  # pragma: no cover - compiled
+        """Per structure: what the draws need (in ``per``, and in float32 in ``per32`` for
+        :func:`draw32`); returns ``(kl_sum, in_reach)``. Columns ``n:`` of both are padding:
+        an untruncated standard normal with ``kept = 0``, so that the draws' loops run over a
+        multiple of the vector width."""
         n = loc.shape[0]
+        for j in range(n, per.shape[1]):
+            per[:, j] = 0.0
+            per[0, j], per[1, j], per[2, j], per[8, j], per[11, j] = 1.0, -clip, clip, 1.0, 0.5 * (low + high)
+            for k in range(8):
+                per32[k, j] = per[rows32[k], j]
+            per32[8, j] = 0.0
         kl_sum = 0.0
         log_width = math.log(high - low)
         for j in range(n):
@@ -197,10 +318,12 @@ def _compile() -> tuple[Any, Any, Any, Any]:
             b = -al if flipped else be
             if not b > -reach:
                 return 0.0, False
-            pa = 0.5 * math.erfc(-a * inv_sqrt_2)
-            z = 0.5 * math.erfc(-b * inv_sqrt_2) - pa
-            ra = math.exp(-0.5 * al * al) * inv_sqrt_2pi / z
-            rb = math.exp(-0.5 * be * be) * inv_sqrt_2pi / z
+            # a bound clipped at +-50 has Phi exactly 0 or 1 and phi exactly 0 in float64: the
+            # special functions are skipped there (the same values, a third of the time)
+            pa = 0.0 if a == -clip else 0.5 * math.erfc(-a * inv_sqrt_2)
+            z = (1.0 if b == clip else 0.5 * math.erfc(-b * inv_sqrt_2)) - pa
+            ra = 0.0 if abs(al) == clip else math.exp(-0.5 * al * al) * inv_sqrt_2pi / z
+            rb = 0.0 if abs(be) == clip else math.exp(-0.5 * be * be) * inv_sqrt_2pi / z
             g = al * ra - be * rb
             kl = log_width - math.log(z) - log_s - half_log_2pi_e - 0.5 * g
             kl_sum += kl * weight[j]
@@ -220,15 +343,18 @@ def _compile() -> tuple[Any, Any, Any, Any]:
             # alpha^2/2 and beta^2/2: one exponential per draw, a factor <= 1 per structure
             c = 0.5 * min(al * al, be * be)
             per[12, j] = c
-            per[13, j] = math.exp(c - 0.5 * al * al) * per[9, j]
-            per[14, j] = math.exp(c - 0.5 * be * be) * per[10, j]
+            per[13, j] = (1.0 if al * al <= be * be else math.exp(c - 0.5 * al * al)) * per[9, j]
+            per[14, j] = (1.0 if be * be <= al * al else math.exp(c - 0.5 * be * be)) * per[10, j]
+            for k in range(8):
+                per32[k, j] = per[rows32[k], j]
+            per32[8, j] = kept[j]
         return kl_sum, True
 
     @numba.njit(cache=True, error_model="numpy")
     def draw(u, key, kept, low, high, tiny, refine, per, theta, d_loc, d_log_scale, first,
              last):  # pragma: no cover - compiled
-        """Rows ``first:last`` of ``theta`` and of the derivatives of ``x``."""
-        n = per.shape[1]
+        """Rows ``first:last`` of ``theta`` and of the derivatives of ``x`` (float64 inside)."""
+        n = kept.shape[0]
         # the draws, row by row (one example's structures at a time), in passes that compile
         # to vector instructions: the uniforms (when drawn here), Acklam's central rational
         # function for every draw, then the tails (about 5% of draws: a log and a square root
@@ -298,7 +424,7 @@ def _compile() -> tuple[Any, Any, Any, Any]:
     @numba.njit(cache=True, error_model="numpy")
     def backward(grad_theta, theta, d_loc, d_log_scale, per, weight, grad_kl_sum, has_grad_theta,
                  grad_loc, grad_log_scale, sums):  # pragma: no cover - compiled
-        n = per.shape[1]
+        n = grad_loc.shape[0]
         sums[:] = 0.0  # per structure: sum over the batch of g dx/dloc and g dx/dlog sigma
         if has_grad_theta:  # vectorised over the structures of one example at a time
             s_l, s_s = sums[0], sums[1]
@@ -318,7 +444,7 @@ def _compile() -> tuple[Any, Any, Any, Any]:
             # d / d log sigma = sigma d / d sigma
             grad_log_scale[j] = sums[1, j] - gk * (1.0 + al * dkl_da + be * dkl_db)
 
-    return (prepare, draw), backward, exp_vector, uniforms
+    return (prepare, draw, draw32), backward, exp_vector, uniforms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,9 +498,10 @@ class _CompiledNetworkNoise(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, drawn: dict[str, Any], loc: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor]:
         ctx.drawn = drawn
-        theta = torch.from_numpy(drawn["theta"])
+        n = loc.shape[0]
+        theta = torch.from_numpy(drawn["theta"])[:, :n]  # the columns beyond n are padding
         if drawn["one_draw"]:
-            theta = theta.reshape(-1)
+            theta = theta[0]
         return theta, torch.tensor(drawn["kl_sum"], dtype=loc.dtype)
 
     @staticmethod
@@ -382,7 +509,8 @@ class _CompiledNetworkNoise(torch.autograd.Function):
         d = ctx.drawn
         backward = _kernels[1]  # type: ignore[index]
         theta = d["theta"]
-        rows, n = theta.shape
+        n = d["weight"].shape[0]
+        rows = theta.shape[0]
         has_grad_theta = grad_theta is not None
         g = grad_theta.reshape(rows, n).contiguous().numpy() if grad_theta is not None else theta
         grad_loc = np.empty(n, dtype=theta.dtype)
@@ -393,6 +521,10 @@ class _CompiledNetworkNoise(torch.autograd.Function):
         return None, torch.from_numpy(grad_loc), torch.from_numpy(grad_log_scale)
 
 
+#: the vector width the draws' rows are padded to (16 float32 lanes of AVX-512)
+_PAD = 16
+
+
 def network_theta_and_kl(
     locs: list[Tensor], log_scales: list[Tensor], low: float, high: float,
     u: Tensor | CounterUniforms, kept: Tensor, weight: Tensor,
@@ -401,13 +533,16 @@ def network_theta_and_kl(
 
     Same arguments and values; ``u`` may also be :class:`CounterUniforms` (the kernel draws
     them). Returns ``None`` when a structure is out of the kernel's reach. The caller checks
-    :func:`usable` first.
+    :func:`usable` first. Float32 parameters with bounds inside ``[-80, 80]`` take the kernel
+    with float32 per-draw maths (:func:`draw32`), others the float64 one.
     """
-    prepare, draw = _kernels[0]  # type: ignore[index]
+    prepare, draw, draw32 = _kernels[0]  # type: ignore[index]
     dtype = locs[0].dtype
-    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    single = dtype == torch.float32
+    np_dtype = np.float32 if single else np.float64
     loc, log_scale = torch.cat(locs), torch.cat(log_scales)
     n = loc.shape[0]
+    m = -(-n // _PAD) * _PAD
     if isinstance(u, CounterUniforms):
         one_draw, key, rows = False, u.key, u.rows
         u2 = np.empty((0, n), dtype=np_dtype)
@@ -415,18 +550,22 @@ def network_theta_and_kl(
         one_draw, key = u.dim() == 1, -1
         u2 = u.reshape(1, -1).numpy() if one_draw else u.contiguous().numpy()
         rows = u2.shape[0]
-    theta = np.empty((rows, n), dtype=np_dtype)
-    d_loc = np.empty((rows, n), dtype=np_dtype)
-    d_log_scale = np.empty((rows, n), dtype=np_dtype)
-    per = np.empty((15, n))
-    w = weight.numpy()
-    kl_sum, ok = prepare(loc.detach().numpy(), log_scale.detach().numpy(), w, float(low), float(high),
-                         _REACH[dtype], per)
+    theta = np.empty((rows, m), dtype=np_dtype)
+    d_loc = np.empty((rows, m), dtype=np_dtype)
+    d_log_scale = np.empty((rows, m), dtype=np_dtype)
+    per = np.empty((15, m))
+    per32 = np.empty((9, m), dtype=np.float32)
+    w, multiplier = weight.numpy(), kept.numpy()
+    kl_sum, ok = prepare(loc.detach().numpy(), log_scale.detach().numpy(), w, multiplier, float(low),
+                         float(high), _REACH[dtype], per, per32)
     if not ok:
         return None
-    args = (u2, key, kept.numpy(), float(low), float(high), _TINY[dtype], dtype == torch.float64, per,
-            theta, d_loc, d_log_scale)
-    draw(*args, 0, rows)
+    if single and -80.0 <= low and high <= 80.0:
+        draw32(u2, key, per, per32, float(low), float(high), _TINY[dtype], theta, d_loc, d_log_scale,
+               0, rows)
+    else:
+        draw(u2, key, multiplier, float(low), float(high), _TINY[dtype], not single, per, theta, d_loc,
+             d_log_scale, 0, rows)
     drawn = {"theta": theta, "d_loc": d_loc, "d_log_scale": d_log_scale, "per": per, "weight": w,
              "kl_sum": kl_sum, "one_draw": one_draw}
     thetas, kl = _CompiledNetworkNoise.apply(drawn, loc, log_scale)

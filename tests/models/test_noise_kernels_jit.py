@@ -74,18 +74,56 @@ def test_compiled_kernel_equals_the_torch_kernel(jit_on: None, dtype: torch.dtyp
     assert float(compiled[0][..., 4].abs().max()) == 0.0  # the removed structure stays at zero
 
 
-def test_compiled_float32_is_as_exact_as_float32_allows(jit_on: None) -> None:
-    """Computed in float64 inside: float32 values within float32 rounding of the float64 ones."""
+@pytest.mark.parametrize("uniforms", ["given", "counter"])
+def test_compiled_float32_is_as_exact_as_float32_allows(jit_on: None, uniforms: str) -> None:
+    """The float32 kernel (per-draw maths in float32) against the float64 one for the same
+    uniforms: draws, KL and gradients within 1e-5, over enough rows that both branches of
+    Phi^-1 (Giles's central polynomial, Acklam's tail) are taken."""
     locs, log_scales = _params(torch.float64)
     n = sum(SIZES)
-    u = torch.rand(8, n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    kept, grads = torch.ones(n, dtype=torch.float64), [torch.ones(8, k, dtype=torch.float64) for k in SIZES]
+    rows = 512
+    if uniforms == "counter":
+        u: torch.Tensor | noise_kernels_jit.CounterUniforms = noise_kernels_jit.CounterUniforms(99, rows)
+        u64 = noise_kernels_jit.counter_uniforms(u, n)
+        u32: torch.Tensor | noise_kernels_jit.CounterUniforms = u
+    else:
+        u64 = torch.rand(rows, n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        u, u32 = u64, u64.float()
+    kept = torch.ones(n, dtype=torch.float64)
+    grads = [torch.randn(rows, k, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+             for k in SIZES]
     exact = _run(locs, log_scales, u, kept, kept, grads, jit=True)
+    tails = (torch.minimum(u64, 1.0 - u64) < 1.7e-3).sum()
+    assert int(tails) > 10  # Acklam's tail branch is taken (where w = -log(4 r (1 - r)) > 5)
     locs32 = [p.detach().float().requires_grad_() for p in locs]
     scales32 = [p.detach().float().requires_grad_() for p in log_scales]
-    single = _run(locs32, scales32, u.float(), kept.float(), kept.float(), [g.float() for g in grads], jit=True)
+    single = _run(locs32, scales32, u32, kept.float(), kept.float(), [g.float() for g in grads], jit=True)  # type: ignore[arg-type]
     for s, e in zip(single, exact):
-        torch.testing.assert_close(s.double(), e, rtol=1e-5, atol=1e-5)
+        assert s.dtype == torch.float32
+        torch.testing.assert_close(s.double(), e, rtol=1e-5, atol=1e-5 * max(1.0, float(e.abs().max())) ** 0.5)
+
+
+def test_float32_kernel_with_bounds_beyond_80_computes_in_float64(jit_on: None) -> None:
+    """Bounds outside [-80, 80] (where the float32 exponential would leave its range) take the
+    float64 per-draw maths; the values are those of the torch kernel."""
+    g = torch.Generator().manual_seed(21)
+    locs = [(-torch.rand(6, generator=g) * 90.0).requires_grad_()]
+    log_scales = [(torch.rand(6, generator=g) * 3.0 - 1.0).requires_grad_()]
+    u = torch.rand(5, 6, generator=g)
+    ones = torch.ones(6)
+    grads = [torch.randn(5, 6, generator=g)]
+    out = []
+    for jit in (True, False):
+        old = noise_kernels_jit.set_enabled(jit)
+        try:
+            drawn = noise_kernels.network_theta_and_kl(locs, log_scales, -100.0, 0.0, u, ones, ones)
+        finally:
+            noise_kernels_jit.set_enabled(old)
+        assert drawn is not None
+        loss = (drawn[0][0] * grads[0]).sum() + drawn[1]
+        out.append((drawn[0][0].detach(), *torch.autograd.grad(loss, [*locs, *log_scales])))
+    for c, r in zip(*out):
+        torch.testing.assert_close(c, r, rtol=2e-4, atol=1e-6)
 
 
 def test_compiled_gradients_pass_gradcheck(jit_on: None) -> None:
