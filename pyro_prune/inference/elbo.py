@@ -192,8 +192,7 @@ def _fused_noise(plan: NoisePlan, batch: int | None) -> Tensor | None:
     u: Tensor | noise_kernels_jit.CounterUniforms
     if batch is None:  # one draw per step: one call to the generator
         u = torch.rand(sum(plan.sizes), dtype=dtype, device=device)
-    elif plan.rows is None and noise_kernels_jit.usable(
-            locs, noise_kernels_jit.CounterUniforms(0, batch), kept, weight):
+    elif plan.rows is None and noise_kernels_jit.usable_counter(dtype, device, batch * kept.shape[0]):
         # the compiled kernel draws the uniforms itself, from a key drawn from torch's generator
         u = noise_kernels_jit.CounterUniforms(noise_kernels_jit.draw_key(), batch)
     elif plan.rows is None:  # layer by layer, the random stream of the per-layer path, drawn

@@ -19,20 +19,29 @@ Twister; given the same uniforms (:func:`counter_uniforms`) the torch kernels gi
 values (tested).
 
 The draws run over one example's structures at a time in loops that compile to vector
-instructions: the uniforms, Acklam's central rational function for every draw, then the few
-draws in its tails (a list built without branches), then the clip, ``theta`` and the
-derivatives. The exponentials of the per-draw loops are, in float32, ``(e^(x/256))^256`` with a
-degree-11 Taylor polynomial (relative error below ``1e-12``, tested; the library ``exp`` does
-not vectorise), and the library ``exp`` in float64.
+instructions, the rows padded to a multiple of 16 structures so that no loop ends in scalar
+code. ``Phi^-1`` is Acklam's rational approximation (Acklam, *An algorithm for computing the
+inverse normal cumulative distribution function*, 2003; relative error below ``1.2e-9``).
 
-The arithmetic runs in float64 whatever the parameters' dtype, and the results are cast
-back. ``Phi^-1`` is Acklam's rational approximation (relative error below ``1.2e-9``) and,
-in float64, one Halley step on ``Phi(t) = p`` (Acklam, *An algorithm for computing the
-inverse normal cumulative distribution function*, 2003): float64 results agree with the
-torch kernels to rounding, float32 results to float32's own precision (tested). The range
-is the torch kernels': structures whose turned standardised interval ends more than
-``reach`` standard deviations below the mean are out of reach (``None`` is returned and the
-caller takes the exact distribution).
+* **float32 parameters** (the default networks), bounds inside ``[-80, 80]``: the uniform,
+  ``p = Phi(a) + u Z`` and ``r = min(p, 1 - p)`` are computed in float64 (so both tails keep
+  their precision), everything after in float32, 16 draws per instruction:
+  ``Phi^-1(p) = sqrt(2) erfinv(2p - 1)`` with Giles's single-precision ``erfinv``
+  polynomial in ``w = -log(4 r (1 - r))`` (Giles, *Approximating the erfinv function*, GPU
+  Computing Gems, 2011) where ``w < 5``, and Acklam's tail rational beyond (a few draws in a
+  thousand; Acklam's central rational cancels in float32 near its edges), both evaluated for
+  every draw so that the loop has no branch; the logarithm is Cephes's ``logf`` and the two
+  exponentials per draw ``2^k e^r`` with a degree-7 polynomial, the powers of two made from
+  the float's bits. Draws, KL and gradients agree with the float64 kernel within ``1e-5``
+  (relative error of the draws about ``1e-6``; tested, with KS tests of the draws against the
+  truncated normal).
+* **float64 parameters** (and float32 with wider bounds): float64 throughout, Acklam's central
+  rational for every draw, the few draws in its tails (a list built without branches) and
+  one Halley step on ``Phi(t) = p``; results agree with the torch kernels to rounding.
+
+The range is the torch kernels': structures whose turned standardised interval ends more
+than ``reach`` standard deviations below the mean are out of reach (``None`` is returned and
+the caller takes the exact distribution).
 
 Set the environment variable ``PYRO_PRUNE_NUMBA=0`` (or call :func:`set_enabled`) to use
 the torch kernels instead.
@@ -58,7 +67,7 @@ from pyro_prune.models.noise_kernels import (
 )
 
 __all__ = ["MAX_DRAWS", "CounterUniforms", "available", "counter_uniforms", "draw_key",
-           "network_theta_and_kl", "set_enabled", "usable"]
+           "network_theta_and_kl", "set_enabled", "usable", "usable_counter"]
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 _TINY = {torch.float32: float(torch.finfo(torch.float32).tiny),
@@ -92,7 +101,7 @@ def _load() -> tuple[Any, Any, Any, Any] | None:
 
 
 def _compile() -> tuple[Any, Any, Any, Any]:
-    """``((prepare, draw), backward, exp_vector, uniforms)``, compiled on first use."""
+    """``((prepare, draw, draw32), backward, exp_vector, uniforms)``, compiled on first use."""
     import numba
 
     # Acklam's coefficients: central region |p - 1/2| <= 1/2 - P_LOW, and the tails
@@ -489,36 +498,41 @@ def counter_uniforms(uniforms: CounterUniforms, n: int, dtype: torch.dtype = tor
 class _CompiledNetworkNoise(torch.autograd.Function):
     """The node of :func:`network_theta_and_kl`: values computed before, gradients compiled.
 
-    Inputs are the concatenated ``loc`` and ``log_scale`` (autograd splits their gradients
-    back to the layers' parameters); outputs ``theta`` over all structures and the weighted
-    KL sum (the caller splits ``theta`` into the layers' slices). Two tensor inputs and
-    outputs keep the node's own bookkeeping small.
+    Inputs are the layers' own ``loc`` and ``log_scale`` parameters, outputs each layer's
+    ``theta`` (a slice of the one array the kernel wrote) and the weighted KL sum. Taking and
+    giving per-layer tensors directly keeps the concatenation of the parameters and the split
+    of ``theta`` out of the graph: the backward is this node and the parameters' gradient
+    accumulators, the gradients of all layers written by one compiled call and handed out as
+    slices of its result.
     """
 
     @staticmethod
-    def forward(ctx: Any, drawn: dict[str, Any], loc: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(ctx: Any, drawn: dict[str, Any], *params: Tensor) -> tuple[Tensor, ...]:
         ctx.drawn = drawn
-        n = loc.shape[0]
-        theta = torch.from_numpy(drawn["theta"])[:, :n]  # the columns beyond n are padding
+        sizes = drawn["sizes"]
+        theta = torch.from_numpy(drawn["theta"])[:, :drawn["weight"].shape[0]]  # beyond: padding
         if drawn["one_draw"]:
             theta = theta[0]
-        return theta, torch.tensor(drawn["kl_sum"], dtype=loc.dtype)
+        return (*theta.split(sizes, dim=-1), torch.tensor(drawn["kl_sum"], dtype=params[0].dtype))
 
     @staticmethod
-    def backward(ctx: Any, grad_theta: Tensor | None, grad_kl: Tensor | None) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         d = ctx.drawn
         backward = _kernels[1]  # type: ignore[index]
-        theta = d["theta"]
-        n = d["weight"].shape[0]
-        rows = theta.shape[0]
-        has_grad_theta = grad_theta is not None
-        g = grad_theta.reshape(rows, n).contiguous().numpy() if grad_theta is not None else theta
-        grad_loc = np.empty(n, dtype=theta.dtype)
-        grad_log_scale = np.empty(n, dtype=theta.dtype)
+        theta, sizes = d["theta"], d["sizes"]
+        rows, n = theta.shape[0], d["weight"].shape[0]
+        grad_thetas, grad_kl = grads[:-1], grads[-1]
+        has_grad_theta = any(g is not None for g in grad_thetas)
+        g = theta
+        if has_grad_theta:  # the layers' gradients side by side, [rows, n]
+            g = torch.cat([torch.zeros(rows, k, dtype=torch.from_numpy(theta).dtype) if gt is None
+                           else gt.reshape(rows, k) for gt, k in zip(grad_thetas, sizes)], dim=-1).numpy()
+        out = np.empty((2, n), dtype=theta.dtype)  # d loss / d loc, d loss / d log sigma
         backward(g, theta, d["d_loc"], d["d_log_scale"], d["per"], d["weight"],
-                 0.0 if grad_kl is None else float(grad_kl), has_grad_theta, grad_loc,
-                 grad_log_scale, np.empty((2, n)))
-        return None, torch.from_numpy(grad_loc), torch.from_numpy(grad_log_scale)
+                 0.0 if grad_kl is None else float(grad_kl), has_grad_theta, out[0], out[1],
+                 np.empty((2, n)))
+        grad = torch.from_numpy(out)
+        return (None, *grad[0].split(sizes), *grad[1].split(sizes))
 
 
 #: the vector width the draws' rows are padded to (16 float32 lanes of AVX-512)
@@ -540,7 +554,8 @@ def network_theta_and_kl(
     dtype = locs[0].dtype
     single = dtype == torch.float32
     np_dtype = np.float32 if single else np.float64
-    loc, log_scale = torch.cat(locs), torch.cat(log_scales)
+    with torch.no_grad():  # values only: the node takes the layers' parameters themselves
+        loc, log_scale = torch.cat(locs), torch.cat(log_scales)
     n = loc.shape[0]
     m = -(-n // _PAD) * _PAD
     if isinstance(u, CounterUniforms):
@@ -556,7 +571,7 @@ def network_theta_and_kl(
     per = np.empty((15, m))
     per32 = np.empty((9, m), dtype=np.float32)
     w, multiplier = weight.numpy(), kept.numpy()
-    kl_sum, ok = prepare(loc.detach().numpy(), log_scale.detach().numpy(), w, multiplier, float(low),
+    kl_sum, ok = prepare(loc.numpy(), log_scale.numpy(), w, multiplier, float(low),
                          float(high), _REACH[dtype], per, per32)
     if not ok:
         return None
@@ -567,17 +582,25 @@ def network_theta_and_kl(
         draw(u2, key, multiplier, float(low), float(high), _TINY[dtype], not single, per, theta, d_loc,
              d_log_scale, 0, rows)
     drawn = {"theta": theta, "d_loc": d_loc, "d_log_scale": d_log_scale, "per": per, "weight": w,
-             "kl_sum": kl_sum, "one_draw": one_draw}
-    thetas, kl = _CompiledNetworkNoise.apply(drawn, loc, log_scale)
-    return list(thetas.split([q.shape[-1] for q in locs], dim=-1)), kl
+             "kl_sum": kl_sum, "one_draw": one_draw, "sizes": [q.shape[-1] for q in locs]}
+    *thetas, kl = _CompiledNetworkNoise.apply(drawn, *locs, *log_scales)
+    return thetas, kl
 
 
 #: draws per call up to which the compiled kernel is used. Its loops run on one thread but in
-#: vector instructions; measured on a 2-core CPU, the 128 x 700 draws of a step of the 7x100
-#: MLP take about 0.7 ms forward (uniforms included) and 0.03 ms backward compiled against
-#: about 4 ms in torch's kernel (``benchmarks/training_speed.py`` has the whole step). Beyond,
-#: a machine with many cores may be better served by torch's multi-threaded operations.
+#: vector instructions; measured on a 2-core CPU (AVX-512), the 128 x 700 float32 draws of a
+#: step of the 7x100 MLP take about 0.4 ms forward (uniforms included; 0.7 ms with float64
+#: per-draw maths) and 0.05 ms backward compiled against about 4 ms in torch's kernel
+#: (``benchmarks/training_speed.py`` has the whole step). Beyond, a machine with many cores may
+#: be better served by torch's multi-threaded operations.
 MAX_DRAWS = 1 << 20
+
+
+def usable_counter(dtype: torch.dtype, device: torch.device, draws: int) -> bool:
+    """:func:`usable` for :class:`CounterUniforms` given what it checks of the tensors: their
+    (common) dtype and device and the number of draws (a training step's check, without
+    walking the tensors)."""
+    return device.type == "cpu" and dtype in _REACH and draws <= MAX_DRAWS and available()
 
 
 def usable(locs: list[Tensor], u: Tensor | CounterUniforms, kept: Tensor, weight: Tensor) -> bool:
