@@ -73,6 +73,7 @@ PLANS: dict[str, dict[tuple[str, str], list[tuple[str, float, Any]]]] = {
         ("fashion-mnist", "mlp"): [("bmrs", init, None) for init in (0.0, -2.0, -4.0)]  # 0: also "recipe"
         + [("bmrs_ref0", init, None) for init in (-2.0, -4.0)]
         + [(m, -4.0, None) for m in ("bmrs_n_ref0", "bmrs_u8_ref0", "bmrs_u_off_ref0")],
+        ("fashion-mnist", "lenet5"): [("bmrs", init, None) for init in (-2.0, -4.0)],  # 0: "recipe"
     },
     "criteria": {
         ("fashion-mnist", "mlp"): [("bmrs_u_off", 0.0, None), ("none_gaussian", 0.0, None),
@@ -256,6 +257,9 @@ def main() -> None:
                         help="KL weight of the fine-tuning epochs: 'elbo' (the default recipe) or "
                              "'train' (the training weight)")
     parser.add_argument("--cached-only", action="store_true", help="tabulate cached runs only")
+    parser.add_argument("--suffix", default="",
+                        help="write bmrs_defaults_<experiment><suffix>.json and its runs file (e.g. "
+                             "'_20+3' for a run of the experiment with another epoch budget)")
     args = _common.parse_benchmark_args(parser, seed=False, threads=1)
     if args.experiment == "plot":
         print(f"wrote {plot_kl_curve(_common.RESULTS_DIR / 'bmrs_defaults_kl.png')}")
@@ -264,7 +268,7 @@ def main() -> None:
     if args.configs:
         wanted = {tuple(c.split(":")) for c in args.configs}
         plan = {k: v for k, v in plan.items() if k in wanted}
-    runs_file = _common.RESULTS_DIR / f"bmrs_defaults_{args.experiment}.runs.json"
+    runs_file = _common.RESULTS_DIR / f"bmrs_defaults_{args.experiment}{args.suffix}.runs.json"
     config = {"experiment": args.experiment, "epochs": args.epochs, "finetune": args.finetune,
               "finetune_kl": args.finetune_kl,
               "protocol": ("paper: 50 epochs + 10 fine-tuning, 80/20 split; this run: "
@@ -311,7 +315,7 @@ def main() -> None:
                                "finetune_kl", "seeds",
                                "compression_%", "compression_std", "accuracy_%", "accuracy_std"]))
     path = _common.write_results(__file__, config=config, seeds=args.seeds, rows=table, extra=extra,
-                         suffix=f"_{args.experiment}")
+                         suffix=f"_{args.experiment}{args.suffix}")
     print(f"wrote {path}")
 
 

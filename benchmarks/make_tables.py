@@ -797,6 +797,7 @@ def defaults_tables() -> str:
                   "the accuracy does. The `elbo` rows at `init_loc` 0 are the default recipe's runs "
                   "of the same seeds (`--experiment recipe`).",
                   f"Protocol: {init['config'].get('protocol', '')}. " + _reproduce(init)]
+    parts += _init_budget_table(init, recipe)
     if paths is not None:
         parts += _paths_tables(paths)
     points = kl_curve_points()
@@ -868,6 +869,59 @@ def _default_recipe_table(table: dict[str, Any], recipe: dict[str, Any] | None) 
         "`bmrs_table.py`'s 3 seeds. "
         + (f"Protocol: {recipe['config'].get('protocol', '')}. " + _reproduce(recipe) if recipe else "")
         + " Reference runs: " + _reproduce(table).removeprefix("Reproduce: "),
+    ]
+
+
+#: the init sweep's result files at longer epoch budgets (``bmrs_defaults.py --suffix``)
+_INIT_BUDGETS = ("", "_20+3", "_50+10")
+
+
+def _init_budget_table(init: dict[str, Any] | None, recipe: dict[str, Any] | None) -> list[str]:
+    """The default's init sweep at each epoch budget: the dependence on the start fades."""
+    rows, sources = [], []
+    for suffix in _INIT_BUDGETS:
+        d = init if suffix == "" else _load(f"bmrs_defaults_init{suffix}")
+        if d is None:
+            continue
+        budget = f"{d['config']['epochs']} + {d['config']['finetune']}"
+        for dataset, model in _CONFIGS:
+            found: dict[float, list[dict[str, Any]]] = {}
+            for x in _runs(d):
+                if ((x["dataset"], x["model"], x["method"], x.get("finetune_kl")) == (dataset, model, "bmrs", "elbo")):
+                    found.setdefault(x["init_loc"], []).append(x)
+            if not found:
+                continue
+            if suffix == "" and 0.0 not in found:  # the default recipe's runs: init_loc 0, same budget
+                seeds = {x["seed"] for xs in found.values() for x in xs}
+                same = [x for x in _runs(recipe) if (x["dataset"], x["model"], x["method"], x["init_loc"],
+                        x.get("finetune_kl")) == (dataset, model, "bmrs", 0.0, "elbo") and x["seed"] in seeds]
+                if same:
+                    found[0.0] = same
+            comps = {i: statistics.mean(100 * x["compression"] for x in found[i])
+                     for i in (0.0, -2.0, -4.0) if i in found}
+            cells = [f"{comps[i]:.1f} / {statistics.mean(100 * x['test_accuracy'] for x in found[i]):.2f}"
+                     f" ({len(found[i])})" if i in found else "-" for i in (0.0, -2.0, -4.0)]
+            # the spread over the seeds every start has, seed by seed
+            common = set.intersection(*({x["seed"] for x in xs} for xs in found.values()))
+            per_seed = []
+            for seed in sorted(common):
+                c = [100 * x["compression"] for xs in found.values() for x in xs if x["seed"] == seed]
+                per_seed.append(max(c) - min(c))
+            rows.append([dataset, model, budget, *cells,
+                         f"{max(comps.values()) - min(comps.values()):.1f}" if len(comps) > 1 else "-",
+                         " / ".join(f"{v:.1f}" for v in per_seed) if len(found) > 1 else "-"])
+        if suffix:
+            sources.append(_reproduce(d))
+    if not rows:
+        return []
+    return [
+        "### The default's init sweep against the epoch budget "
+        "(compression % / test accuracy %, mean over seeds, their number in brackets)",
+        "The default recipe (fine-tuned at the ELBO's weight) from each start; the spread is "
+        "that of the means, and per seed (over the seeds every start has).",
+        _table(["data", "model", "epochs + fine-tuning", "init_loc 0", "init_loc -2", "init_loc -4",
+                "spread (points)", "spread per seed"], rows),
+        " ".join(sources),
     ]
 
 
