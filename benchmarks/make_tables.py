@@ -1003,28 +1003,31 @@ def capacity_tables() -> str:
         if kept is not None and kept.get("default_accuracy_%") is not None:
             ref = kept["unpruned_elbo_accuracy_%"]
             rows.append([dataset, model, "**default recipe** (continuous pruning)", _widths_text(kept["widths"]),
-                         "-", f"{kept['default_compression_%']:.1f}", kept["paper_bmrs_n_compression_%"],
+                         kept["seeds"], round(kept["params"]), f"{kept['default_compression_%']:.1f}",
+                         kept["paper_bmrs_n_compression_%"],
                          f"{kept['default_accuracy_%']:.2f}", f"{kept['default_accuracy_%'] - ref:+.2f}"]
                         + (["-", "-"] if show_long else []))
         for r in sorted(mine, key=lambda r: -r["compression_%"]):
             name = "same architecture, from scratch" if r["network"] == "kept" else r["network"]
-            cells = [dataset, model, name, _widths_text(r["widths"]), round(r["params"]),
+            cells = [dataset, model, name, _widths_text(r["widths"]), r["seeds"], round(r["params"]),
                      f"{r['compression_%']:.1f}", r["paper_bmrs_n_compression_%"],
                      _pm(r["accuracy_%"], r["accuracy_std"], 2), _fmt_signed(r.get("vs_unpruned_elbo"))]
             if show_long:
                 cells += (["-", "-"] if not r.get("long_epochs") else
-                          [_pm(r["long_accuracy_%"], r["long_accuracy_std"], 2),
+                          [_pm(r["long_accuracy_%"], r["long_accuracy_std"], 2)
+                           + ("" if r.get("long_seeds", r["seeds"]) == r["seeds"] else
+                              f" ({r['long_seeds']} seed{'s' if r['long_seeds'] > 1 else ''})"),
                            _fmt_signed(r.get("long_vs_unpruned_elbo"))])
             rows.append(cells)
     refs = {(r["dataset"], r["model"]): r["unpruned_elbo_accuracy_%"] for r in d["rows"]
             if r.get("unpruned_elbo_accuracy_%") is not None}
-    head = ["data", "model", "network", "widths per gated layer", "parameters", "compression %",
+    head = ["data", "model", "network", "widths per gated layer", "seeds", "parameters", "compression %",
             "paper BMRS_N compression %", f"test accuracy % after {epochs} epochs",
             "vs unpruned (ELBO weight)"]
     if show_long:
         head += [f"after {long_epochs} epochs", f"vs unpruned, {long_epochs} epochs"]
     return "\n\n".join([
-        f"### Networks of the pruned size trained from scratch (plain, {len(d['seeds'])} seeds)",
+        "### Networks of the pruned size trained from scratch (plain, no noise)",
         _table(head, rows),
         "\"scaled f (all)\": every gated layer at `f` times its width (uniform hidden widths "
         "for the MLPs; channels and neurons together for LeNet-5); \"paper (family)\": the "
@@ -1034,9 +1037,12 @@ def capacity_tables() -> str:
         "(the widths column gives the range over seeds). \"vs unpruned (ELBO weight)\" is "
         "against our unpruned network of the same seeds (`bmrs_table.py`, kl_scale \"elbo\", "
         f"10 + 3 epochs): {', '.join(f'{ds} {m} {v:.2f}%' for (ds, m), v in refs.items())}. "
-        f"Protocol: {cfg.get('protocol', '')}; the configurations {', '.join(cfg.get('long_configs', []))} "
-        f"trained {long_epochs} epochs (Adam's constant learning rate makes epoch {epochs} of such a run "
-        f"a {epochs}-epoch run). " + _reproduce(d),
+        f"Protocol: {cfg.get('protocol', '')}. "
+        + (f"Trained {long_epochs} epochs: " + "; ".join(f"{c.replace(':', ' ')} {', '.join(n)}"
+                                                        for c, n in cfg.get("long", {}).items())
+           + f" (with Adam's constant learning rate, epoch {epochs} of such a run is a {epochs}-epoch run). "
+           if show_long else "")
+        + _reproduce(d),
     ])
 
 
