@@ -179,6 +179,18 @@ def _compile() -> tuple[Any, Any, Any, Any]:
         z = z ^ (z >> s31)
         return float(np.int64(z >> s11)) * two_m53 + half_ulp
 
+    @numba.njit(cache=True, inline="always", error_model="numpy")
+    def row_uniforms(u, key, i, n, drawn):
+        # the uniforms of row i of a draw over n structures into all of `drawn`: counter-based
+        # (key >= 0) or read from u (columns beyond n, padding, repeat the last one)
+        if key >= 0:
+            k64, base = np.uint64(key), np.uint64(i * n)
+            for j in range(drawn.shape[0]):
+                drawn[j] = uniform(k64, base + np.uint64(j))
+        else:
+            for j in range(drawn.shape[0]):
+                drawn[j] = u[i, min(j, n - 1)]
+
     @numba.njit(cache=True, error_model="numpy")
     def uniforms(key, first_row, out):  # pragma: no cover - compiled
         n = out.shape[1]
@@ -239,17 +251,10 @@ def _compile() -> tuple[Any, Any, Any, Any]:
         bits, bits_x, bits_t = np.empty(m, np.int32), np.empty(m, np.int32), np.empty(m, np.int32)
         mant, pow_x, pow_t, y_bits = (bits.view(np.float32), bits_x.view(np.float32),
                                       bits_t.view(np.float32), y4.view(np.int32))
-        k64 = np.uint64(max(key, 0))
         low32, high32 = np.float32(low), np.float32(high)
         drawn = np.empty(m)
         for i in range(first, last):
-            if key >= 0:  # the counter-based uniforms of this row
-                base = np.uint64(i * n)
-                for j in range(m):
-                    drawn[j] = uniform(k64, base + np.uint64(j))
-            else:
-                for j in range(m):
-                    drawn[j] = u[i, min(j, n - 1)]
+            row_uniforms(u, key, i, n, drawn)
             for j in range(m):
                 ui = drawn[j]
                 p = max(pa[j] + ui * z[j], tiny)
@@ -374,18 +379,11 @@ def _compile() -> tuple[Any, Any, Any, Any]:
         row, prob, drawn, e_t = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
         tail = np.empty(n, dtype=np.int64)
         passes = np.empty(n, dtype=np.bool_)
-        k64 = np.uint64(max(key, 0))
         # float64: the library exp, exact to rounding; float32: the vectorised exp, exact
         # far below float32's rounding, over the range it is accurate on
         exact_exp = refine or low < -80.0 or high > 80.0
         for i in range(first, last):
-            if key >= 0:  # the counter-based uniforms of this row
-                base = np.uint64(i * n)
-                for j in range(n):
-                    drawn[j] = uniform(k64, base + np.uint64(j))
-            else:
-                for j in range(n):
-                    drawn[j] = u[i, j]
+            row_uniforms(u, key, i, n, drawn)
             ui = drawn
             for j in range(n):
                 p = max(pa[j] + ui[j] * z[j], tiny)
