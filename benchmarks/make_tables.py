@@ -777,10 +777,7 @@ def defaults_tables() -> str:
                             == (dataset, model, name, "paper") and x["seed"] in seeds]
                     if same:
                         found[0.0] = same
-                comps = {i: statistics.mean(100 * x["compression"] for x in found[i])
-                         for i in (0.0, -2.0, -4.0) if i in found}
-                cells = [f"{comps[i]:.1f} / {statistics.mean(100 * x['test_accuracy'] for x in found[i]):.2f}"
-                         f" ({len(found[i])})" if i in found else "-" for i in (0.0, -2.0, -4.0)]
+                comps, cells = _init_cells(found)
                 label = method if method.startswith("none") else \
                     f"{method}, fine-tuned at the {'ELBO' if finetune == 'elbo' else 'training'} weight"
                 rows.append([dataset, model, label, *cells,
@@ -872,6 +869,14 @@ def _default_recipe_table(table: dict[str, Any], recipe: dict[str, Any] | None) 
     ]
 
 
+def _init_cells(found: dict[float, list[dict[str, Any]]]) -> tuple[dict[float, float], list[str]]:
+    """Mean compression per start, and the cells "compression / accuracy (seeds)" at 0, -2, -4."""
+    comps = {i: statistics.mean(100 * x["compression"] for x in found[i]) for i in (0.0, -2.0, -4.0) if i in found}
+    cells = [f"{comps[i]:.1f} / {statistics.mean(100 * x['test_accuracy'] for x in found[i]):.2f}"
+             f" ({len(found[i])})" if i in found else "-" for i in (0.0, -2.0, -4.0)]
+    return comps, cells
+
+
 #: the init sweep's result files at longer epoch budgets (``bmrs_defaults.py --suffix``)
 _INIT_BUDGETS = ("", "_20+3", "_50+10")
 
@@ -897,10 +902,7 @@ def _init_budget_table(init: dict[str, Any] | None, recipe: dict[str, Any] | Non
                         x.get("finetune_kl")) == (dataset, model, "bmrs", 0.0, "elbo") and x["seed"] in seeds]
                 if same:
                     found[0.0] = same
-            comps = {i: statistics.mean(100 * x["compression"] for x in found[i])
-                     for i in (0.0, -2.0, -4.0) if i in found}
-            cells = [f"{comps[i]:.1f} / {statistics.mean(100 * x['test_accuracy'] for x in found[i]):.2f}"
-                     f" ({len(found[i])})" if i in found else "-" for i in (0.0, -2.0, -4.0)]
+            comps, cells = _init_cells(found)
             # the spread over the seeds every start has, seed by seed
             common = set.intersection(*({x["seed"] for x in xs} for xs in found.values()))
             per_seed = []
