@@ -387,3 +387,25 @@ def test_a_functional_batch_norm_no_gate_can_follow_is_reported_and_left_ungated
     with pytest.warns(RuntimeWarning, match=r"no gate on \['module.conv1'\].*F.batch_norm"):
         model = bayesianize(_InlineBatchNormSiLU().eval(), example_input=_images()[:2])
     assert set(model.gates()) == {"gates.conv2_gate"}
+
+
+@pytest.mark.parametrize("name", ["hf_bert", "sequence_mlp_layernorm"])
+def test_gaussian_weights_link_each_gate_to_its_bayesian_producer_when_wrapped(name: str) -> None:
+    from pyro_prune.models.bayesian import BayesianLayer
+
+    make, data = CASES[name]
+    torch.manual_seed(0)
+    x = data()
+    model = bayesianize(make().eval(), example_input=x[:2], weights="gaussian")
+    linked = [(g, model.net.get_submodule(g.producer_name)) for g in model.gates().values()
+              if g.producer_name is not None
+              and isinstance(model.net.get_submodule(g.producer_name), BayesianLayer)]
+    assert linked, "no gate selects a Bayesian layer's outputs"
+    for gate, layer in linked:
+        assert any(g is gate for g in layer._output_gates)
+    gate, layer = linked[0]
+    before = float(layer.kl_divergence().detach())
+    remove = torch.zeros(gate.num_structures, dtype=torch.bool)
+    remove[0] = True
+    gate.prune(remove)
+    assert float(layer.kl_divergence().detach()) < before
