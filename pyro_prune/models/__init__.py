@@ -8,6 +8,7 @@ from pyro_prune.models.bayesian import (
     BayesianLinear,
     bayesian_weights,
     link_output_gates,
+    register_bayesian_layer,
 )
 from pyro_prune.models.bayesianize import bayesianize
 from pyro_prune.models.fcn import CNN, FCN, MAPNet, autodelta_init, with_sample_priors
@@ -24,6 +25,7 @@ __all__ = [
     "BayesianLinear",
     "bayesian_weights",
     "link_output_gates",
+    "register_bayesian_layer",
     "CNN",
     "FCN",
     "MAPNet",

@@ -46,20 +46,36 @@ where the data allow. Larger initial scales (sigma ~ 0.1) make the first epochs 
 
 Which gate masks a layer's rows is linked by :func:`link_output_gates` (a net's gates name
 their producer layer); an unlinked layer counts every row.
+
+Code that reads a layer's ``weight`` / ``bias`` (dtype and shape checks, casts, init code in a
+network the package did not write) gets the **posterior mean**: ``layer.weight`` *is*
+``layer.weight_loc`` (the same parameter, ``[out, ...]`` as in ``nn.Linear`` / ``nn.Conv2d``;
+no draw, in every mode) and ``layer.bias`` is ``bias_loc`` (``None`` without bias). In-place
+writes to them set the mean; assigning ``layer.weight = ...`` is an error, since a shared
+(tied) parameter cannot be Bayesian in one place only. Neither is an extra parameter: the
+state dict, the Pyro sites and the checkpoints keep the names ``weight_loc``, ...
+
+:func:`bayesian_weights` replaces layers through a registry, one rule per layer type
+(:func:`register_bayesian_layer`): ``nn.Linear`` and ``nn.Conv2d`` are built in, Hugging
+Face's ``transformers.pytorch_utils.Conv1D`` (GPT-2's linear layer, weight stored
+``[in, out]``) is recognised by its qualified name without importing ``transformers``, and a
+user registers a layer type of their own the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
-from typing import TypeVar, cast
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro import poutine
+from pyro.nn import PyroModule
 from torch import Tensor, nn
 
 from pyro_prune._checks import check_count, check_number
@@ -71,9 +87,11 @@ __all__ = [
     "BayesianLayer",
     "BayesianLinear",
     "DEFAULT_INIT_LOG_SCALE",
+    "bayesian_layer_rule",
     "bayesian_weights",
     "gaussian_kl",
     "link_output_gates",
+    "register_bayesian_layer",
 ]
 
 #: initial ``log sigma`` of every weight and bias (sigma = exp(-4.6) ~= 0.01)
@@ -102,6 +120,9 @@ class BayesianLayer(StochasticModule):
     weight_log_scale: nn.Parameter
     bias_loc: nn.Parameter | None
     bias_log_scale: nn.Parameter | None
+    #: the plain layer type this layer stands for (``bayesianize``'s ``noise_on`` matches it);
+    #: :func:`bayesian_weights` sets it to the type of the layer it replaced
+    replaces: type[nn.Module] = nn.Module
 
     def _init_posterior(self, weight_shape: Sequence[int], bias: bool, prior_scale: float,
                         init_log_scale: float) -> None:
@@ -131,6 +152,30 @@ class BayesianLayer(StochasticModule):
             nn.init.uniform_(self.bias_loc, -bound, bound)
 
     # ------------------------------------------------------------------ parameters
+    @property
+    def weight(self) -> Tensor:
+        """The posterior mean of the weights: ``weight_loc`` itself (read by foreign code).
+
+        The same parameter as ``weight_loc`` (same shape, dtype, device and gradient), so code
+        that reads ``layer.weight.dtype`` or ``.shape`` sees what it would see on the plain
+        layer, and code that computes with ``layer.weight`` directly (instead of calling the
+        layer) uses the mean weights, in every mode. In-place writes set the mean.
+        """
+        return self.weight_loc
+
+    @property
+    def bias(self) -> Tensor | None:
+        """The posterior mean of the biases: ``bias_loc`` itself (``None`` without bias)."""
+        return self.bias_loc
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("weight", "bias"):
+            raise AttributeError(
+                f"{type(self).__name__}.{name} is the posterior mean {name}_loc and cannot be "
+                f"assigned (a tied or replaced {name} cannot be Bayesian in one place only); "
+                f"write the mean in place with {name}_loc.copy_(...)")
+        super().__setattr__(name, value)
+
     @property
     def num_structures(self) -> int:
         """Number of output structures (rows of the weight)."""
@@ -280,6 +325,8 @@ class BayesianLinear(BayesianLayer):
             :class:`~pyro_prune.models.PrunableNet` sets it to the module path.
     """
 
+    replaces = nn.Linear
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  prior_scale: float = 1.0, init_log_scale: float = DEFAULT_INIT_LOG_SCALE) -> None:
         super().__init__()
@@ -306,6 +353,31 @@ class BayesianLinear(BayesianLayer):
                   prior_scale=prior_scale, init_log_scale=init_log_scale)
         return new._means_from(layer)
 
+    @classmethod
+    @torch.no_grad()
+    def from_tensors(cls, weight: Tensor, bias: Tensor | None = None, *, prior_scale: float = 1.0,
+                     init_log_scale: float = DEFAULT_INIT_LOG_SCALE) -> BayesianLinear:
+        """A Bayesian layer computing ``x @ weight.T + bias`` at its posterior means.
+
+        ``weight`` is ``[out_features, in_features]`` (transpose a weight stored ``[in, out]``
+        first), ``bias`` ``[out_features]`` or ``None``; the layer takes their device and
+        dtype. The building block of a :func:`register_bayesian_layer` rule for a linear
+        layer of another library.
+        """
+        if not isinstance(weight, Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+            raise ValueError(f"weight must be a floating [out, in] tensor, got "
+                             f"{tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__}")
+        if bias is not None and (not isinstance(bias, Tensor) or tuple(bias.shape) != (weight.shape[0],)):
+            raise ValueError(f"bias must be None or a tensor of shape ({weight.shape[0]},), got "
+                             f"{tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__}")
+        new = cls(int(weight.shape[1]), int(weight.shape[0]), bias=bias is not None,
+                  prior_scale=prior_scale, init_log_scale=init_log_scale)
+        new = new.to(device=weight.device, dtype=weight.dtype)
+        new.weight_loc.copy_(weight)
+        if bias is not None:
+            cast(nn.Parameter, new.bias_loc).copy_(bias)
+        return new
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, " + super().extra_repr()
 
@@ -331,6 +403,8 @@ class BayesianConv2d(BayesianLayer):
     The structures are the output channels: ``weight_loc`` is
     ``[out_channels, in_channels / groups, kh, kw]``.
     """
+
+    replaces = nn.Conv2d
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int],
                  stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
@@ -383,31 +457,141 @@ class BayesianConv2d(BayesianLayer):
                 f"stride={self.stride}, padding={self.padding}, " + super().extra_repr())
 
 
+#: a rule turning one layer into its Bayesian version:
+#: ``rule(layer, *, prior_scale, init_log_scale) -> BayesianLayer`` whose posterior means
+#: compute exactly what ``layer`` computed
+BayesianRule = Callable[..., BayesianLayer]
+
+
+def _from_transposed_linear(layer: Any, *, prior_scale: float, init_log_scale: float) -> BayesianLayer:
+    """A linear layer whose weight is stored ``[in, out]`` (Hugging Face ``Conv1D``)."""
+    return BayesianLinear.from_tensors(layer.weight.detach().T, layer.bias, prior_scale=prior_scale,
+                                       init_log_scale=init_log_scale)
+
+
+_RULES: dict[type, BayesianRule] = {
+    nn.Linear: BayesianLinear.from_linear,
+    nn.Conv2d: BayesianConv2d.from_conv2d,
+}
+#: rules for layers of other libraries, matched by qualified type name (no import needed)
+_RULES_ELSEWHERE: dict[str, BayesianRule] = {
+    "transformers.pytorch_utils.Conv1D": _from_transposed_linear,
+}
+
+
+def register_bayesian_layer(layer_type: type[nn.Module], rule: BayesianRule) -> None:
+    """Teach :func:`bayesian_weights` (and ``bayesianize(..., weights="gaussian")``) a layer type.
+
+    Args:
+        layer_type: an ``nn.Module`` subclass. Rules match the exact type: a subclass may
+            compute something else, so it is registered on its own.
+        rule: ``rule(layer, *, prior_scale, init_log_scale)`` returns a :class:`BayesianLayer`
+            whose posterior means compute what ``layer`` computes (e.g. with
+            :meth:`BayesianLinear.from_tensors` for a linear layer storing its weight
+            ``[in, out]``). A new :class:`BayesianLayer` subclass also needs
+            :func:`~pyro_prune.convert.register_layer` so the graph and the converter know it.
+
+    Example::
+
+        register_bayesian_layer(Dense, lambda m, **kw: BayesianLinear.from_tensors(m.w.T, m.b, **kw))
+    """
+    if not (isinstance(layer_type, type) and issubclass(layer_type, nn.Module)):
+        raise TypeError(f"layer_type must be an nn.Module subclass, got {layer_type!r}")
+    if isinstance(layer_type, type) and issubclass(layer_type, BayesianLayer):
+        raise TypeError(f"layer_type must be a plain layer type, got the Bayesian {layer_type.__name__}")
+    if not callable(rule):
+        raise TypeError(f"rule must be callable (layer, *, prior_scale, init_log_scale), got {rule!r}")
+    _RULES[layer_type] = rule
+
+
+def _rule_of(cls: type) -> BayesianRule | None:
+    return _RULES.get(cls) or _RULES_ELSEWHERE.get(f"{cls.__module__}.{cls.__qualname__}")
+
+
+def bayesian_layer_rule(layer: nn.Module) -> BayesianRule | None:
+    """The rule that makes ``layer`` Bayesian (by its exact type), or ``None``.
+
+    A Pyro wrapper such as ``PyroModule[nn.Linear]`` without Pyro priors or parameters
+    (no ``PyroSample`` / ``PyroParam`` attribute) uses the rule of the type it wraps; one with
+    priors of its own has none (it is Bayesian already).
+    """
+    rule = _rule_of(type(layer))
+    if rule is None and isinstance(layer, PyroModule) and not isinstance(layer, BayesianLayer) \
+            and not layer._pyro_samples and not layer._pyro_params:
+        wrapped = next((c for c in type(layer).__mro__ if not issubclass(c, PyroModule)), nn.Module)
+        rule = _rule_of(wrapped)
+    return rule
+
+
+def _tied_layers(module: nn.Module, layers: dict[int, nn.Module]) -> set[int]:
+    """Ids of the ``layers`` holding a parameter that another module holds too (tied)."""
+    owners: dict[int, set[int]] = {}
+    for sub in module.modules():
+        for p in sub._parameters.values():
+            if p is not None:
+                owners.setdefault(id(p), set()).add(id(sub))
+    return {i for i, m in layers.items()
+            if any(len(owners.get(id(p), ())) > 1 for p in m._parameters.values() if p is not None)}
+
+
 def bayesian_weights(module: nn.Module, *, prior_scale: float = 1.0,
                      init_log_scale: float = DEFAULT_INIT_LOG_SCALE) -> nn.Module:
-    """Replace every ``nn.Linear`` / ``nn.Conv2d`` of ``module`` (in place) by its Bayesian version.
+    """Replace every layer of ``module`` that has a rule (in place) by its Bayesian version.
 
-    Works on any module, in particular the ``torch.fx.GraphModule`` of
-    :func:`~pyro_prune.models.bayesianize` (its ``call_module`` nodes refer to module paths,
-    which stay the same). The posterior means start at the existing weights, so a trained
-    network becomes the mean of the initial posterior. Returns ``module``.
+    Rules (:func:`register_bayesian_layer`) exist for ``nn.Linear``, ``nn.Conv2d`` and Hugging
+    Face's ``Conv1D`` (GPT-2), matched by exact type. Works on any module, in particular the
+    ``torch.fx.GraphModule`` of :func:`~pyro_prune.models.bayesianize` (its ``call_module``
+    nodes refer to module paths, which stay the same). The posterior means start at the
+    existing weights, so a trained network becomes the mean of the initial posterior. A layer
+    held at several paths becomes one Bayesian layer at all of them. A layer whose weight is
+    tied to another module's (a language model's output layer sharing the token embedding)
+    keeps its point weights, with a warning: replacing it would untie them. So does, with a
+    warning, a registered layer type without a rule (``nn.Conv1d``, a subclass of
+    ``nn.Linear``, ...). Returns ``module``.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     check_number(prior_scale, "prior_scale", positive=True)
-    targets = [(name, m) for name, m in module.named_modules()
-               if type(m) in (nn.Linear, nn.Conv2d) and name]
-    for name, layer in targets:
-        if isinstance(layer, nn.Linear):
-            new: nn.Module = BayesianLinear.from_linear(layer, prior_scale=prior_scale,
-                                                        init_log_scale=init_log_scale)
-        else:
-            new = BayesianConv2d.from_conv2d(layer, prior_scale=prior_scale,
-                                             init_log_scale=init_log_scale)
-        parent_name, _, child = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, child, new)
-        new.site_name = name
+    from pyro_prune.graph import LayerRole, layer_slicer
+
+    paths: dict[int, list[str]] = {}
+    layers: dict[int, nn.Module] = {}
+    without_rule: list[str] = []
+    for name, m in module.named_modules(remove_duplicate=False):
+        if not name or isinstance(m, BayesianLayer):
+            continue
+        if bayesian_layer_rule(m) is not None:
+            paths.setdefault(id(m), []).append(name)
+            layers[id(m)] = m
+        elif id(m) not in paths:
+            slicer = layer_slicer(m)
+            if slicer is not None and slicer.role is LayerRole.PRODUCER and next(m.parameters(), None) is not None:
+                without_rule.append(name)
+    tied = _tied_layers(module, layers)
+    if tied:
+        warnings.warn(
+            f"weights='gaussian': {sorted(paths[i][0] for i in tied)} keep point weights: their "
+            f"weight is tied to another module's (e.g. an output layer sharing the token "
+            f"embedding), and a Bayesian copy would untie them", RuntimeWarning, stacklevel=2)
+    if without_rule:
+        warnings.warn(
+            f"weights='gaussian': {sorted(set(without_rule))} keep point weights: no Bayesian "
+            f"rule for their type (see register_bayesian_layer)", RuntimeWarning, stacklevel=2)
+    for key, layer in layers.items():
+        if key in tied:
+            continue
+        rule = cast(BayesianRule, bayesian_layer_rule(layer))
+        new = rule(layer, prior_scale=prior_scale, init_log_scale=init_log_scale)
+        if not isinstance(new, BayesianLayer):
+            raise TypeError(f"the Bayesian rule for {type(layer).__name__} returned "
+                            f"{type(new).__name__}, not a BayesianLayer")
+        new.replaces = type(layer)
+        new.train(layer.training)
+        for name in paths[key]:
+            parent_name, _, child = name.rpartition(".")
+            parent = module.get_submodule(parent_name) if parent_name else module
+            setattr(parent, child, new)
+        new.site_name = paths[key][0]
     return module
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -98,15 +98,76 @@ class GatedNetwork(nn.Module):
         self.gates = nn.ModuleDict()
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.module(x)
-        if isinstance(out, Tensor):
-            return out
-        logits = getattr(out, "logits", None)
-        if isinstance(logits, Tensor):
-            return logits
-        if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-            return out[0]
-        raise TypeError(f"the network returned {type(out).__name__}, not a tensor or an output with logits")
+        return _output_tensor(self.module(x))
+
+
+def _output_tensor(out: Any) -> Tensor:
+    """The tensor a network's output stands for: itself, its ``logits`` or its first element."""
+    if isinstance(out, Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    raise TypeError(f"the network returned {type(out).__name__}, not a tensor or an output with logits")
+
+
+def _probe(module: nn.Module, example: Tensor) -> Any:
+    """``module(example)`` in eval mode without gradients (each submodule's mode restored)."""
+    with torch.no_grad():
+        was = [(sub, sub.training) for sub in module.modules()]
+        module.eval()
+        try:
+            return module(example)
+        except Exception as err:
+            raise ValueError(f"the network does not run on example_input: {type(err).__name__}: {err}") from err
+        finally:
+            for sub, mode in was:
+                sub.training = mode
+
+
+def _layer_inputs(module: nn.Module, example: Tensor,
+                  layers: dict[str, nn.Module]) -> dict[str, tuple[tuple, dict]]:
+    """The first ``(args, kwargs)`` each of ``layers`` (path -> module) is called with when
+    ``module`` runs ``example``."""
+    seen: dict[str, tuple[tuple, dict]] = {}
+
+    def record(path: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+            seen.setdefault(path, (args, kwargs))
+        return hook
+
+    handles = [m.register_forward_pre_hook(record(path), with_kwargs=True) for path, m in layers.items()]
+    try:
+        _probe(module, example)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _check_bayesian_layers(module: nn.Module, old: dict[str, nn.Module],
+                           inputs: dict[str, tuple[tuple, dict]]) -> None:
+    """Each Bayesian layer, at its posterior means, computes what the layer it replaced did
+    (to 10 float epsilons of its dtype, at least ``1e-4`` relative)."""
+    from pyro_prune.models.bayesian import BayesianLayer
+    from pyro_prune.models.noise import NoiseMode, noise_mode
+
+    for path, (args, kwargs) in inputs.items():
+        new = module.get_submodule(path)
+        if not isinstance(new, BayesianLayer):
+            continue
+        with torch.no_grad(), noise_mode(new, NoiseMode.MEAN):
+            want, got = old[path](*args, **kwargs), new(*args, **kwargs)
+        tol = max(1e-4, 10 * torch.finfo(want.dtype).eps) if isinstance(want, Tensor) \
+            and want.is_floating_point() else 0.0
+        if not (isinstance(want, Tensor) and isinstance(got, Tensor) and want.shape == got.shape
+                and torch.allclose(got, want, rtol=tol, atol=0.1 * tol * max(1.0, float(want.abs().max())))):
+            raise ValueError(
+                f"weights='gaussian': the {type(new).__name__} that replaced {path!r} "
+                f"({type(old[path]).__name__}) does not compute what it computed at its posterior "
+                f"means: check the rule given to register_bayesian_layer for that type")
 
 
 def _example(module: nn.Module, example_input: Any) -> Tensor:
@@ -153,7 +214,13 @@ def bayesianize(
             of a convolution after its BatchNorm); ``None`` (default): every registered type.
         likelihood: ``"categorical"`` (the module outputs logits) or ``"gaussian"``.
         gate: ``"noise"`` or ``"mask"``.
-        weights: ``"point"`` or ``"gaussian"`` (every Linear/Conv2d becomes Bayesian).
+        weights: ``"point"`` or ``"gaussian"``: every layer with a Bayesian rule (``nn.Linear``,
+            ``nn.Conv2d``, GPT-2's ``Conv1D``, one given to
+            :func:`~pyro_prune.models.bayesian.register_bayesian_layer`) gets Gaussian weights
+            whose posterior means start at its weights (:func:`~pyro_prune.models.bayesian_weights`;
+            a layer tied to another module's weight keeps its point weights, with a warning).
+            Each replaced layer is checked on the example input: at its posterior means it must
+            compute what the layer it replaced did.
         exclude: module paths that get no gate.
         num_data: training-set size for the likelihood scaling.
         heads: gate attention heads (and leave q/k/v without neuron gates). Every
@@ -165,8 +232,9 @@ def bayesianize(
 
     Raises:
         TypeError: ``module`` is not an ``nn.Module`` or ``noise_on`` names an unregistered type.
-        ValueError: the network cannot be traced (the message names the failing op) or
-            no layer is left to gate.
+        ValueError: the network cannot be traced (the message names the failing op), a
+            Bayesian layer does not compute what the layer it replaced did (names it), or no
+            layer is left to gate.
     """
     from pyro_prune.graph import (
         OpKind,
@@ -178,6 +246,8 @@ def bayesianize(
 
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    for sub in module.modules():
+        layer_slicer(sub)  # registers the layers of other libraries it knows (GPT-2's Conv1D)
     known = tuple(registered_layers())
     every_layer = noise_on is None
     noise_on = known if noise_on is None else tuple(noise_on)
@@ -193,24 +263,20 @@ def bayesianize(
         from pyro_prune.models.attention import project_attention
 
         project_attention(module)  # nn.MultiheadAttention computes with raw weights: give it layers
-    if WeightPrior(weights) is WeightPrior.GAUSSIAN:
-        from pyro_prune.models.bayesian import bayesian_weights
-
-        bayesian_weights(module, prior_scale=prior_scale)
     config: Any = getattr(module, "config", None)
     if getattr(config, "use_cache", False):
         config.use_cache = False  # a key/value cache is for generation, not for a forward pass
     example = _example(module, example_input)
-    with torch.no_grad():
-        was = [(sub, sub.training) for sub in module.modules()]
-        module.eval()
-        try:
-            probe = module(example)
-        except Exception as err:
-            raise ValueError(f"the network does not run on example_input: {type(err).__name__}: {err}") from err
-        finally:
-            for sub, mode in was:
-                sub.training = mode
+    if WeightPrior(weights) is WeightPrior.GAUSSIAN:
+        from pyro_prune.models.bayesian import bayesian_layer_rule, bayesian_weights
+
+        old = {path: m for path, m in module.named_modules() if path and bayesian_layer_rule(m) is not None}
+        inputs = _layer_inputs(module, example, old)
+        bayesian_weights(module, prior_scale=prior_scale)
+        _check_bayesian_layers(module, old, inputs)
+        probe = _probe(module, example)
+    else:
+        probe = _probe(module, example)
     backbone: nn.Module = module if isinstance(probe, Tensor) else GatedNetwork(module)
     try:
         an = dependency_analysis(PrunableNet(backbone), example)
@@ -333,12 +399,11 @@ def bayesianize(
 
 def _is_kind(m: Any, kinds: tuple[type, ...]) -> bool:
     """``isinstance``, with a Bayesian layer standing for the plain layer it replaced."""
-    from pyro_prune.models.bayesian import BayesianConv2d, BayesianLinear
+    from pyro_prune.models.bayesian import BayesianLayer
 
     if not kinds or isinstance(m, kinds):
         return True
-    plain = nn.Linear if isinstance(m, BayesianLinear) else nn.Conv2d if isinstance(m, BayesianConv2d) else None
-    return plain is not None and any(issubclass(plain, k) for k in kinds)
+    return isinstance(m, BayesianLayer) and issubclass(m.replaces, kinds)
 
 
 def _hook_after(an: Any, node: fx.Node) -> tuple[str, bool] | None:

@@ -18,9 +18,11 @@ from pyro_prune.models.bayesian import (
     BayesianConv2d,
     BayesianLayer,
     BayesianLinear,
+    bayesian_layer_rule,
     bayesian_weights,
     gaussian_kl,
     link_output_gates,
+    register_bayesian_layer,
 )
 
 
@@ -391,3 +393,136 @@ def test_models_with_gaussian_weights_link_their_gates_when_built(make) -> None:
     assert after < before
     assert after == pytest.approx(float(rows[keep].sum()) * producer.kl_scale, rel=1e-6)
     assert before == pytest.approx(float(rows.sum()) * producer.kl_scale, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------- foreign reads
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_weight_and_bias_read_the_posterior_mean(kind: str, bias: bool, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    layer = (BayesianLinear(4, 3, bias=bias) if kind == "linear" else BayesianConv2d(4, 3, 3, bias=bias)).to(dtype)
+    plain = layer.as_deterministic()
+    assert layer.weight is layer.weight_loc  # the same parameter: dtype, device, shape, grad
+    assert layer.weight.shape == plain.weight.shape and layer.weight.dtype == plain.weight.dtype == dtype
+    assert (layer.bias is layer.bias_loc) if bias else layer.bias is None
+    # no extra parameter: the state dict, the parameter names and the Pyro sites are unchanged
+    names = {n for n, _ in layer.named_parameters()}
+    assert names == set(layer.state_dict()) == {"weight_loc", "weight_log_scale"} | (
+        {"bias_loc", "bias_log_scale"} if bias else set())
+    # foreign code computing with .weight uses the mean, in every mode, and trains the mean
+    x = torch.randn(2, 4, dtype=dtype) if kind == "linear" else torch.randn(2, 4, 5, 5, dtype=dtype)
+    op = layer._op(x, layer.weight, layer.bias)
+    with noise_mode(layer, NoiseMode.MEAN):
+        torch.testing.assert_close(op, layer(x))
+    op.sum().backward()
+    assert layer.weight_loc.grad is not None and layer.weight_log_scale.grad is None
+    # an in-place write (init code) sets the mean
+    with torch.no_grad():
+        layer.weight.mul_(2.0)
+    torch.testing.assert_close(layer.as_deterministic().weight, 2.0 * plain.weight)
+
+
+def test_assigning_weight_or_bias_is_an_error_naming_the_posterior_mean() -> None:
+    layer = BayesianLinear(3, 2)
+    for name in ("weight", "bias"):
+        with pytest.raises(AttributeError, match=f"{name}_loc"):
+            setattr(layer, name, nn.Parameter(torch.zeros(2, 3)))
+        with pytest.raises(AttributeError, match="posterior mean"):
+            setattr(layer, name, None)
+
+
+# ---------------------------------------------------------------------------- rules
+class _Dense(nn.Module):
+    """A linear layer storing its weight [in, out], as some libraries do."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.n_in, self.n_out = n_in, n_out
+        self.w = nn.Parameter(torch.randn(n_in, n_out) / n_in**0.5)
+        self.b = nn.Parameter(torch.randn(n_out) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w + self.b
+
+
+def test_hugging_face_conv1d_becomes_a_bayesian_linear_with_its_weights_as_means() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    conv = transformers.pytorch_utils.Conv1D(6, 4)  # nf=6 outputs, nx=4 inputs, weight [4, 6]
+    net = nn.Sequential(conv, nn.ReLU())
+    x = torch.randn(3, 5, 4)
+    want = net(x)
+    bayesian_weights(net, prior_scale=0.5)
+    layer = net[0]
+    assert isinstance(layer, BayesianLinear) and layer.replaces is transformers.pytorch_utils.Conv1D
+    assert (layer.in_features, layer.out_features, layer.prior_scale, layer.site_name) == (4, 6, 0.5, "0")
+    torch.testing.assert_close(layer.weight_loc, conv.weight.T)
+    with noise_mode(net, NoiseMode.MEAN):
+        torch.testing.assert_close(net(x), want)
+
+
+def test_a_registered_rule_converts_a_users_layer_and_bayesianize_checks_it(monkeypatch) -> None:
+    from pyro_prune.models import bayesian
+
+    monkeypatch.setattr(bayesian, "_RULES", dict(bayesian._RULES))  # the rules given here go after
+    torch.manual_seed(0)
+    from pyro_prune.convert import register_layer
+
+    register_layer(_Dense, out_axis=-1, tensors={"w": (1, 0), "b": (0, None)}, out_size="n_out",
+                   in_size="n_in", scaled=("w", "b"))
+    assert bayesian_layer_rule(_Dense(3, 2)) is None  # the graph knows it, bayesian_weights not yet
+    with pytest.warns(RuntimeWarning, match=r"\['0', '2'\] keep point weights: no Bayesian rule"):
+        bayesian_weights(nn.Sequential(_Dense(5, 8), nn.ReLU(), _Dense(8, 3)))
+    plain = nn.Sequential(_Dense(5, 8), nn.ReLU(), _Dense(8, 3))
+    x = torch.randn(6, 5)
+    # a wrong rule (the weight not transposed: same shapes, a different layer) is caught
+    register_bayesian_layer(_Dense, lambda m, **kw: BayesianLinear.from_tensors(m.w.reshape(m.n_out, m.n_in), m.b, **kw))
+    with pytest.raises(ValueError, match=r"replaced '0' \(_Dense\) does not compute"):
+        bayesianize(plain, weights="gaussian", example_input=x[:2])
+    register_bayesian_layer(_Dense, lambda m, **kw: BayesianLinear.from_tensors(m.w.T, m.b, **kw))
+    model = bayesianize(plain, weights="gaussian", example_input=x[:2], noise_on=[_Dense], gate="mask")
+    torch.testing.assert_close(model.predict(x), plain(x))
+    layer = model.net.get_submodule("0")
+    assert isinstance(layer, BayesianLinear) and layer.replaces is _Dense
+    gate = model.gates()["0_gate"]
+    assert any(g is gate for g in layer._output_gates)  # noise_on=[_Dense] matched the Bayesian layer
+    for bad, err in ((nn.Linear(2, 2), TypeError), (BayesianLinear, TypeError)):
+        with pytest.raises(err, match="layer_type"):
+            register_bayesian_layer(bad, lambda m, **kw: m)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="rule"):
+        register_bayesian_layer(_Dense, "transpose")  # type: ignore[arg-type]
+    register_bayesian_layer(_Dense, lambda m, **kw: m)
+    with pytest.raises(TypeError, match="returned _Dense, not a BayesianLayer"):
+        bayesian_weights(nn.Sequential(_Dense(2, 2)))
+    with pytest.raises(ValueError, match="weight must be a floating"):
+        BayesianLinear.from_tensors(torch.zeros(3))
+    with pytest.raises(ValueError, match=r"bias must be None or a tensor of shape \(2,\)"):
+        BayesianLinear.from_tensors(torch.zeros(2, 3), torch.zeros(3))
+
+
+def test_a_shared_layer_stays_shared_and_a_tied_weight_keeps_its_point_value() -> None:
+    torch.manual_seed(0)
+    shared = nn.Linear(4, 4)
+    net = nn.ModuleDict({"a": shared, "b": shared, "emb": nn.Embedding(7, 4), "head": nn.Linear(4, 7, bias=False)})
+    net["head"].weight = net["emb"].weight  # tied, as a language model's output layer
+    with pytest.warns(RuntimeWarning, match=r"\['head'\] keep point weights: their weight is tied"):
+        bayesian_weights(net)
+    assert isinstance(net["a"], BayesianLinear) and net["a"] is net["b"]
+    assert type(net["head"]) is nn.Linear and net["head"].weight is net["emb"].weight
+
+
+def test_pyro_wrappers_convert_unless_they_hold_priors_of_their_own() -> None:
+    from pyro.nn import PyroModule, PyroSample
+
+    torch.manual_seed(0)
+    plain = PyroModule[nn.Linear](4, 3)
+    sampled = PyroModule[nn.Linear](3, 2)
+    sampled.weight = PyroSample(pyro.distributions.Normal(0.0, 1.0).expand([2, 3]).to_event(2))
+    assert bayesian_layer_rule(plain) == BayesianLinear.from_linear
+    assert bayesian_layer_rule(sampled) is None
+    net = nn.Sequential(plain, sampled)
+    with pytest.warns(RuntimeWarning, match=r"\['1'\] keep point weights"):
+        bayesian_weights(net)
+    assert isinstance(net[0], BayesianLinear) and issubclass(net[0].replaces, nn.Linear)
+    assert net[1] is sampled

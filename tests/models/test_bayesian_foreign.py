@@ -1,0 +1,210 @@
+"""Gaussian weights on networks the package did not write, end to end.
+
+Hugging Face transformers built from tiny configs with random weights (ViT, GPT-2 with its
+``Conv1D`` layers, DistilBERT) and plain-torch networks written the way their authors write
+them go: ``bayesianize(..., weights="gaussian")`` (the posterior means are the network's own
+weights) -> a few SVI steps -> structures removed (the KL drops by exactly their rows' KL) ->
+``to_deterministic`` (outputs equal to the Bayesian network's mean-weight outputs, weights equal
+to the posterior means of the kept rows).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import TensorDataset
+
+from pyro_prune.convert import count_params, to_deterministic
+from pyro_prune.inference import fit
+from pyro_prune.inference.divergence import DivergenceWarning
+from pyro_prune.models import bayesianize
+from pyro_prune.models.bayesian import BayesianLayer, BayesianLinear, gaussian_kl
+
+VOCAB, SEQ, CLASSES = 40, 8, 3
+
+
+def _transformers():
+    return pytest.importorskip("transformers")
+
+
+# ---------------------------------------------------------------------- networks
+def _vit() -> nn.Module:
+    tf = _transformers()
+    return tf.ViTForImageClassification(tf.ViTConfig(
+        image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1,
+        num_attention_heads=4, intermediate_size=24, num_labels=CLASSES))
+
+
+def _gpt2() -> nn.Module:
+    tf = _transformers()
+    return tf.GPT2ForSequenceClassification(tf.GPT2Config(
+        vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=4, n_positions=16, num_labels=CLASSES,
+        pad_token_id=0, bos_token_id=1, eos_token_id=1))
+
+
+def _distilbert() -> nn.Module:
+    tf = _transformers()
+    return tf.DistilBertForSequenceClassification(tf.DistilBertConfig(
+        vocab_size=VOCAB, dim=16, n_layers=1, n_heads=4, hidden_dim=24, max_position_embeddings=16,
+        num_labels=CLASSES))
+
+
+class _MnistNet(nn.Module):
+    """The layout of PyTorch's MNIST example (smaller): conv, conv, max-pool, dropout, two fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3, 1)
+        self.conv2 = nn.Conv2d(6, 8, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(8 * 2 * 2, 16)
+        self.fc2 = nn.Linear(16, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = F.max_pool2d(x, 2)
+        x = torch.flatten(self.dropout1(x), 1)
+        x = self.dropout2(F.relu(self.fc1(x)))
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 24), nn.ReLU(), nn.Dropout(0.1),
+                         nn.Linear(24, 12), nn.Tanh(), nn.Linear(12, CLASSES))
+
+
+def _ids() -> Tensor:
+    return torch.randint(1, VOCAB, (32, SEQ), generator=torch.Generator().manual_seed(1))
+
+
+def _images() -> Tensor:
+    return torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], Tensor]]] = {
+    "hf_vit": (_vit, _images),
+    "hf_gpt2_conv1d": (_gpt2, _ids),
+    "hf_distilbert": (_distilbert, _ids),
+    "torch_mnist_cnn": (_MnistNet, _images),
+    "torch_sequential_mlp": (_mlp, _images),
+}
+
+
+def _plain_layers(net: nn.Module) -> dict[str, nn.Module]:
+    """The layers the rules cover (Linear, Conv2d, GPT-2's Conv1D), by path."""
+    return {p: m for p, m in net.named_modules()
+            if type(m).__name__ in ("Linear", "Conv2d", "Conv1D")}
+
+
+def _logits(out: object) -> Tensor:
+    return out if isinstance(out, Tensor) else out.logits  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_gaussian_weights_on_a_foreign_network_end_to_end(name: str) -> None:
+    make, data = CASES[name]
+    torch.manual_seed(0)
+    plain = make().eval()
+    x = data()
+    y = torch.randint(0, CLASSES, (x.shape[0],), generator=torch.Generator().manual_seed(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # every layer gets its Gaussian weights
+        model = bayesianize(plain, example_input=x[:2], weights="gaussian", gate="mask")
+    prefix = "module." if hasattr(model.net, "gates") else ""
+
+    # every Linear / Conv2d / Conv1D is Bayesian, its posterior means the network's weights
+    bayes = {p[len(prefix):]: m for p, m in model.net.named_modules() if isinstance(m, BayesianLayer)}
+    layers = _plain_layers(plain)
+    assert set(bayes) == set(layers)
+    for path, layer in bayes.items():
+        w = layers[path].weight.T if type(layers[path]).__name__ == "Conv1D" else layers[path].weight
+        assert layer.weight is layer.weight_loc  # what foreign code reads as .weight
+        torch.testing.assert_close(layer.weight_loc, w)
+    with torch.no_grad():
+        torch.testing.assert_close(model.predict(x), _logits(plain(x)), rtol=1e-5, atol=1e-5)
+
+    with warnings.catch_warnings():
+        # 32 examples: the weights' KL / N dominates the loss, which reads as "at chance"
+        warnings.simplefilter("ignore", DivergenceWarning)
+        res = fit(model, TensorDataset(x, y), epochs=2, batch_size=16, lr=1e-2, progress=False, seed=0)
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+    # a gate linked to its Bayesian producer: removing structures takes exactly their rows' KL out
+    linked = [(g, model.net.get_submodule(g.producer_name)) for g in model.gates().values()
+              if g.producer_name is not None and isinstance(model.net.get_submodule(g.producer_name), BayesianLayer)]
+    assert linked, "no gate selects a Bayesian layer's outputs"
+    gate, layer = linked[0]
+    assert any(g is gate for g in layer._output_gates)
+    with torch.no_grad():
+        loc, scale, prior_scale = layer.weight_posterior()
+        rows = gaussian_kl(loc, scale, prior_scale).sum(-1) * layer.kl_scale
+        before = float(model.kl_divergence())
+    remove = torch.arange(gate.num_structures) % 3 == 0
+    gate.prune(remove)
+    with torch.no_grad():
+        after = float(model.kl_divergence())
+    assert before - after == pytest.approx(float(rows[remove].sum()), rel=1e-5)
+    for other in model.gates().values():  # and one structure of every other gate
+        if other is not gate:
+            other.prune(torch.arange(other.num_structures) == 1)
+
+    model.eval()
+    det = to_deterministic(model, example_input=x[:2])
+    assert not any(isinstance(m, BayesianLayer) for m in det.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(det(x), model.predict(x), rtol=1e-5, atol=1e-5)
+    assert count_params(det) < count_params(plain)
+    # the converted layer holds the posterior means of the kept rows
+    small = det.get_submodule(gate.producer_name)
+    kept = ~remove
+    assert small.weight.shape[0] == int(kept.sum())
+    if small.weight.shape[1:] == layer.weight_loc.shape[1:]:  # its inputs were not pruned
+        torch.testing.assert_close(small.weight, layer.weight_loc.detach()[kept])
+
+
+def test_gpt2_language_model_keeps_its_tied_head_and_makes_every_conv1d_bayesian() -> None:
+    tf = _transformers()
+    torch.manual_seed(0)
+    lm = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=4, n_positions=16,
+                                          bos_token_id=1, eos_token_id=1)).eval()
+    ids = _ids()
+    with pytest.warns(RuntimeWarning, match=r"\['lm_head'\] keep point weights: their weight is tied"):
+        model = bayesianize(lm, example_input=ids[:2], weights="gaussian", gate="mask")
+    inner = model.net.module
+    assert inner.lm_head.weight is inner.transformer.wte.weight  # still tied
+    conv1d = tf.pytorch_utils.Conv1D
+    bayes = [m for m in inner.modules() if isinstance(m, BayesianLayer)]
+    assert len(bayes) == 4 and all(isinstance(m, BayesianLinear) and m.replaces is conv1d for m in bayes)
+    with torch.no_grad():
+        torch.testing.assert_close(model.predict(ids), lm(ids).logits, rtol=1e-5, atol=1e-5)
+    # noise_on names the foreign type: the Bayesian layer standing for it gets its gate, linked
+    with pytest.warns(RuntimeWarning, match="lm_head"):
+        only = bayesianize(lm, example_input=ids[:2], weights="gaussian", noise_on=[conv1d], heads=False,
+                           gate="mask")
+    c_fc = only.net.get_submodule("module.transformer.h.0.mlp.c_fc")
+    gate = only.gates()["gates.transformer_h_0_mlp_c_fc_gate"]
+    assert isinstance(c_fc, BayesianLinear) and [g is gate for g in c_fc._output_gates] == [True]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gaussian_weights_keep_the_networks_dtype(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    plain = _MnistNet().to(dtype).eval()
+    x = _images().to(dtype)
+    model = bayesianize(plain, example_input=x[:2], weights="gaussian", gate="mask")
+    layers = [m for m in model.net.modules() if isinstance(m, BayesianLayer)]
+    assert len(layers) == 4
+    assert all(m.weight.dtype == m.weight_log_scale.dtype == dtype for m in layers)
+    with torch.no_grad():
+        out = model.predict(x)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out, plain(x))
+    assert model.kl_divergence().dtype == dtype
