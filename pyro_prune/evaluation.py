@@ -131,7 +131,7 @@ def _calibrations(model: Any, held: Any, *, seed: int) -> dict[str, dict[str, An
     out = {}
     for name, restore in (("restored", True), ("pruned", False)):
         with all_kept(model) if restore else contextlib.nullcontext():
-            probs = posterior_predictive(model, x, draws=CALIBRATION_DRAWS, method="fast",
+            probs = posterior_predictive(model, x, draws=CALIBRATION_DRAWS, engine="fast",
                                          output="probs", seed=seed).mean(0)
         out[name] = calibration(probs, y).to_json()
     return out

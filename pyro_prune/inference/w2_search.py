@@ -60,6 +60,7 @@ from torch import Tensor
 from torch.utils.data import TensorDataset
 
 from pyro_prune._checks import check_count, check_inputs, check_number
+from pyro_prune._deprecation import renamed_keywords
 from pyro_prune.models.base import PrunableNet, check_prunable
 from pyro_prune.models.gate import rank_structures, removals_in_order
 from pyro_prune.predictive import (
@@ -161,6 +162,7 @@ def _next_removals(kept: dict[str, Tensor], scores: dict[str, Tensor], k: int) -
     return [(name, idx) for _, name, idx in itertools.islice(removals_in_order(kept, order), k)]
 
 
+@renamed_keywords(method="engine")
 def w2_prune(
     model: PrunableNet,
     data: Tensor | TensorDataset,
@@ -169,7 +171,7 @@ def w2_prune(
     batch: int | float = 0.02,
     draws: int = DEFAULT_DRAWS,
     guide: Callable | None = None,
-    method: Engine | str = Engine.FAST,
+    engine: Engine | str = Engine.FAST,
     output: Output | str = Output.AUTO,
     score: NeuronScore | str = NeuronScore.ACTIVATION,
     max_inputs: int | None = 512,
@@ -187,8 +189,9 @@ def w2_prune(
         lam: weight of the sparsity cost (default 0.3; see the module docstring).
         batch: structures removed per step: an int, or a fraction of all structures.
         draws: posterior draws per input.
-        guide: the guide (default ``model.guide``); another guide needs ``method="pyro"``.
-        method: ``"fast"`` (local reparameterisation) or ``"pyro"`` (``Predictive``).
+        guide: the guide (default ``model.guide``); another guide needs ``engine="pyro"``.
+        engine: ``"fast"`` (local reparameterisation) or ``"pyro"`` (``Predictive``); the
+            keyword was ``method`` before (still accepted for one release, with a warning).
         output: what the predictive compares (``"auto"``: probabilities / means).
         score: the neuron score that orders the removals (``"activation"`` or
             ``"contribution"``, see :func:`~pyro_prune.predictive.neuron_w2`).
@@ -214,7 +217,7 @@ def w2_prune(
             x = x[torch.randperm(x.shape[0], generator=gen)[:max_inputs].sort().values]
     total = sum(g.num_structures for g in gates.values())
     step = _step_size(batch, total)
-    kw: dict[str, Any] = dict(guide=guide, draws=draws, method=method, output=output, seed=seed)
+    kw: dict[str, Any] = dict(guide=guide, draws=draws, engine=engine, output=output, seed=seed)
 
     initial = kept_mask(model)
     full = predictive_run(model, x, scores=True, score=score, **kw)

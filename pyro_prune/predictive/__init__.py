@@ -16,7 +16,9 @@ One concept per module:
   (:func:`log_predictive_density`) and a paired comparison (:func:`compare_lpd`).
 
 ``Method``, the name this package gave the engine switch before, still imports from here for
-one release, with a ``DeprecationWarning``; it is :class:`Engine`.
+one release, with a ``DeprecationWarning``; it is :class:`Engine`. Likewise the keyword
+``method=`` of the functions here is now ``engine=`` (as in ``fit``); the old keyword still
+works for one release, with a ``DeprecationWarning``.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+from pyro_prune._deprecation import renamed_keywords
 from pyro_prune._enums import Engine
 from pyro_prune.models.base import Likelihood, PrunableNet, check_prunable
 from pyro_prune.predictive.draws import Mask, Output, predictive_run
@@ -19,7 +20,7 @@ __all__ = ["LpdComparison", "compare_lpd", "evaluate_predictive", "log_predictiv
 
 
 def _draws_on_labelled(model: PrunableNet, dataset: TensorDataset, *, guide: Callable | None,
-                       draws: int, mask: Mask | None, method: Engine | str, seed: int
+                       draws: int, mask: Mask | None, engine: Engine | str, seed: int
                        ) -> tuple[Tensor, Tensor]:
     """The network outputs ``[S, N, ...]`` (logits for a classifier, the mean otherwise) of
     ``draws`` posterior draws on a labelled data set, and its targets."""
@@ -27,11 +28,12 @@ def _draws_on_labelled(model: PrunableNet, dataset: TensorDataset, *, guide: Cal
         raise TypeError("dataset must be a TensorDataset of (inputs, targets)")
     x, y = dataset.tensors
     output = Output.LOGITS if model.likelihood is Likelihood.CATEGORICAL else Output.MEAN
-    out = predictive_run(model, x, guide=guide, draws=draws, mask=mask, method=method,
+    out = predictive_run(model, x, guide=guide, draws=draws, mask=mask, engine=engine,
                          output=output, seed=seed).samples
     return out, y
 
 
+@renamed_keywords(method="engine")
 @torch.no_grad()
 def evaluate_predictive(
     model: PrunableNet,
@@ -40,7 +42,7 @@ def evaluate_predictive(
     guide: Callable | None = None,
     draws: int = 100,
     mask: Mask | None = None,
-    method: Engine | str = Engine.FAST,
+    engine: Engine | str = Engine.FAST,
     seed: int = 0,
     target_scale: float = 1.0,
 ) -> dict[str, float]:
@@ -56,7 +58,7 @@ def evaluate_predictive(
     model = check_prunable(model)
     if not (isinstance(target_scale, (int, float)) and target_scale > 0):
         raise ValueError(f"target_scale must be a positive number, got {target_scale!r}")
-    out, y = _draws_on_labelled(model, dataset, guide=guide, draws=draws, mask=mask, method=method,
+    out, y = _draws_on_labelled(model, dataset, guide=guide, draws=draws, mask=mask, engine=engine,
                                 seed=seed)
     out = out.double()
     log_s = math.log(out.shape[0])
@@ -79,6 +81,7 @@ def _log_lik_draws(model: PrunableNet, out: Tensor, y: Tensor) -> Tensor:
     return torch.distributions.Normal(out, sigma).log_prob(y.double()).sum(-1)
 
 
+@renamed_keywords(method="engine")
 @torch.no_grad()
 def log_predictive_density(
     model: PrunableNet,
@@ -87,7 +90,7 @@ def log_predictive_density(
     guide: Callable | None = None,
     draws: int = 100,
     mask: Mask | None = None,
-    method: Engine | str = Engine.FAST,
+    engine: Engine | str = Engine.FAST,
     seed: int = 0,
 ) -> Tensor:
     r"""Pointwise log posterior predictive density of held-out data, ``[N]`` (float64).
@@ -100,7 +103,7 @@ def log_predictive_density(
     numbers, so their difference is paired.
     """
     model = check_prunable(model)
-    out, y = _draws_on_labelled(model, dataset, guide=guide, draws=draws, mask=mask, method=method,
+    out, y = _draws_on_labelled(model, dataset, guide=guide, draws=draws, mask=mask, engine=engine,
                                 seed=seed)
     ll = _log_lik_draws(model, out, y)
     return ll.logsumexp(0) - math.log(ll.shape[0])

@@ -2,21 +2,25 @@ r"""Posterior predictive draws of a model and its guide, with a pruning mask app
 
 Two engines (:class:`~pyro_prune.predictive.Engine`, the switch ``fit`` has too):
 
-* ``method="pyro"`` — through :class:`pyro.infer.Predictive`: the guide's sites are drawn
+* ``engine="pyro"`` — through :class:`pyro.infer.Predictive`: the guide's sites are drawn
   ``draws`` times (in chunks of ``draw_chunk`` draws), then the model is replayed on each
   draw for every chunk of ``data_chunk`` inputs, so memory stays bounded by
   ``draw_chunk x parameters + draws x data_chunk x outputs``. One draw of the weights (and
   of the structure noise) is shared by all inputs: this is the predictive of the Pyro
   program, valid for any guide (``AutoNormal``, ...).
-* ``method="fast"`` — :meth:`PrunableNet.sample_outputs` (``NoiseMode.REPARAM``): every
+* ``engine="fast"`` — :meth:`PrunableNet.sample_outputs` (``NoiseMode.REPARAM``): every
   input gets its own draw, by the local reparameterisation trick for Bayesian layers. For
   each input the draws follow the exact predictive marginal ``p(f(x_n) | data)`` (for
   Linear layers; conv layers drop spatial correlations), but draws are not shared across
   inputs. Everything that only needs per-input marginals — the W2 distances, the
   neuron scores — can use it; it is much faster (no tracing, batched draws). It works with
   the model's own mean-field guide only.
-* ``method="auto"`` — ``"fast"`` with the model's own (or its fitted) guide, ``"pyro"`` with
+* ``engine="auto"`` — ``"fast"`` with the model's own (or its fitted) guide, ``"pyro"`` with
   any other.
+
+The keyword was ``method=`` before; every function of :mod:`pyro_prune.predictive` (and
+:func:`~pyro_prune.inference.w2_prune`) still accepts it for one release, with a
+``DeprecationWarning``; passing both ``engine=`` and ``method=`` is a ``TypeError``.
 
 Both return ``[draws, N, ...]`` of the backbone's output: probabilities (``output="probs"``,
 the default for classification) or logits, the mean (regression default), or observation
@@ -41,6 +45,7 @@ from torch import Tensor
 from torch.utils.data import TensorDataset
 
 from pyro_prune._checks import check_count, check_inputs
+from pyro_prune._deprecation import renamed_keywords
 from pyro_prune._enums import Engine, parse_enum
 from pyro_prune.models.base import Likelihood, PrunableNet, check_prunable
 from pyro_prune.models.noise import NoiseMode, noise_mode
@@ -89,14 +94,14 @@ def _resolve_output(model: PrunableNet, output: Output | str) -> Output:
     return out  # type: ignore[return-value]
 
 
-def _resolve_engine(model: PrunableNet, method: Engine | str, guide: Callable | None) -> Engine:
+def _resolve_engine(model: PrunableNet, engine: Engine | str, guide: Callable | None) -> Engine:
     """``FAST`` or ``PYRO``: ``AUTO`` is ``FAST`` with the model's own (or fitted) guide."""
-    engine = parse_enum(Engine, method, "method")
+    engine = parse_enum(Engine, engine, "engine")
     own_guide = guide is None or guide == model.guide or guide is _fitted_guide(model)
     if engine is Engine.AUTO:
         return Engine.FAST if own_guide else Engine.PYRO
     if engine is Engine.FAST and not own_guide:
-        raise ValueError("method='fast' works with the model's own guide only; use method='pyro'")
+        raise ValueError("engine='fast' works with the model's own guide only; use engine='pyro'")
     return engine
 
 
@@ -223,6 +228,7 @@ def _pyro_draws(model: PrunableNet, guide: Callable, x: Tensor, draws: int, outp
     return torch.cat(chunks, dim=0)
 
 
+@renamed_keywords(method="engine")
 @torch.no_grad()
 def predictive_run(
     model: PrunableNet,
@@ -231,7 +237,7 @@ def predictive_run(
     guide: Callable | None = None,
     draws: int = DEFAULT_DRAWS,
     mask: Mask | None = None,
-    method: Engine | str = Engine.FAST,
+    engine: Engine | str = Engine.FAST,
     output: Output | str = Output.AUTO,
     seed: int = 0,
     scores: bool = False,
@@ -253,7 +259,7 @@ def predictive_run(
         check_count(value, arg)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    m = _resolve_engine(model, method, guide)
+    m = _resolve_engine(model, engine, guide)
     out_kind = _resolve_output(model, output)
     score_kind = parse_enum(NeuronScore, score, "score")
     guide = guide if guide is not None else (_fitted_guide(model) or model.guide)
@@ -274,6 +280,7 @@ def predictive_run(
     return PredictiveRun(samples=samples, scores=score_values)
 
 
+@renamed_keywords(method="engine")
 def posterior_predictive(
     model: PrunableNet,
     data: Tensor | TensorDataset,
@@ -281,7 +288,7 @@ def posterior_predictive(
     guide: Callable | None = None,
     draws: int = 100,
     mask: Mask | None = None,
-    method: Engine | str = Engine.PYRO,
+    engine: Engine | str = Engine.PYRO,
     output: Output | str = Output.AUTO,
     seed: int = 0,
     draw_chunk: int = 16,
@@ -293,16 +300,17 @@ def posterior_predictive(
         model: the :class:`PrunableNet`.
         data: inputs ``[N, ...]`` (or a ``TensorDataset`` whose first tensor they are).
         guide: the guide (default: the autoguide ``fit`` trained, else ``model.guide``);
-            ``method="fast"`` needs the default.
+            ``engine="fast"`` needs the default.
         draws: number of posterior draws.
         mask: optional dict gate name -> kept bool tensor, applied temporarily.
-        method: ``"pyro"`` (:class:`pyro.infer.Predictive`, one weight draw shared by all
-            inputs) or ``"fast"`` (local reparameterisation, independent per-input draws).
+        engine: ``"pyro"`` (:class:`pyro.infer.Predictive`, one weight draw shared by all
+            inputs), ``"fast"`` (local reparameterisation, independent per-input draws) or
+            ``"auto"`` (see :class:`Engine`).
         output: ``"auto"``, ``"logits"``, ``"probs"``, ``"mean"`` or ``"obs"``.
         seed: the draws are a function of the seed only (common random numbers); the
             caller's random state is left untouched.
         draw_chunk, data_chunk: chunk sizes of the Pyro path (memory bound).
     """
-    return predictive_run(model, data, guide=guide, draws=draws, mask=mask, method=method,
+    return predictive_run(model, data, guide=guide, draws=draws, mask=mask, engine=engine,
                           output=output, seed=seed, draw_chunk=draw_chunk,
                           data_chunk=data_chunk).samples

@@ -19,6 +19,7 @@ from typing import Any
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+from pyro_prune._deprecation import renamed_keywords
 from pyro_prune._enums import Engine
 from pyro_prune.models.base import Likelihood, PrunableNet, check_prunable
 from pyro_prune.predictive.draws import DEFAULT_DRAWS, Mask, Output, empty_mask, predictive_run
@@ -57,6 +58,7 @@ def _kept_fraction(model: PrunableNet, mask: Mask | None) -> float:
     return kept / total
 
 
+@renamed_keywords(method="engine")
 def w2_shift(
     model: PrunableNet,
     guide: Callable | None,
@@ -64,7 +66,7 @@ def w2_shift(
     data: Tensor | TensorDataset,
     *,
     draws: int = DEFAULT_DRAWS,
-    method: Engine | str = Engine.FAST,
+    engine: Engine | str = Engine.FAST,
     output: Output | str = Output.AUTO,
     seed: int = 0,
 ) -> W2Shift:
@@ -78,7 +80,7 @@ def w2_shift(
     model = check_prunable(model)
     if mask is not None:
         model.check_masks(mask)
-    kw: dict[str, Any] = dict(guide=guide, draws=draws, method=method, output=output, seed=seed)
+    kw: dict[str, Any] = dict(guide=guide, draws=draws, engine=engine, output=output, seed=seed)
     full = predictive_run(model, data, **kw).samples
     pruned = predictive_run(model, data, mask=mask, **kw).samples
     empty = predictive_run(model, data, mask=empty_mask(model), **kw).samples
@@ -89,6 +91,7 @@ def w2_shift(
                    kept_fraction=_kept_fraction(model, mask))
 
 
+@renamed_keywords(method="engine")
 def neuron_w2(
     model: PrunableNet,
     guide: Callable | None,
@@ -96,7 +99,7 @@ def neuron_w2(
     *,
     draws: int = DEFAULT_DRAWS,
     mask: Mask | None = None,
-    method: Engine | str = Engine.FAST,
+    engine: Engine | str = Engine.FAST,
     score: NeuronScore | str = NeuronScore.ACTIVATION,
     seed: int = 0,
 ) -> dict[str, Tensor]:
@@ -117,7 +120,7 @@ def neuron_w2(
     the positions of a conv channel; for a conv channel flattened into a Linear layer the
     outgoing weights of all its positions are summed).
     """
-    run = predictive_run(model, data, guide=guide, draws=draws, mask=mask, method=method,
+    run = predictive_run(model, data, guide=guide, draws=draws, mask=mask, engine=engine,
                          output=Output.LOGITS if check_prunable(model).likelihood is Likelihood.CATEGORICAL
                          else Output.MEAN, seed=seed, scores=True, score=score)
     assert run.scores is not None

@@ -71,8 +71,8 @@ def test_recorded_w2_equals_w2_shift_and_pruned_predictions_equal_the_masked_one
     assert pruned.kept_counts() == res.best["kept_per_gate"]
     with apply_mask(net, res.mask):
         masked_mean = net.predict(x)
-        masked_draws = posterior_predictive(net, x, draws=4, method="fast", seed=1)
-        masked_pyro = posterior_predictive(net, x, draws=3, method="pyro", seed=1)
+        masked_draws = posterior_predictive(net, x, draws=4, engine="fast", seed=1)
+        masked_pyro = posterior_predictive(net, x, draws=3, engine="pyro", seed=1)
     torch.testing.assert_close(pruned.predict(x), masked_mean)
     # the physically smaller network predicts the same
     from pyro_prune.convert import shrink
@@ -80,8 +80,8 @@ def test_recorded_w2_equals_w2_shift_and_pruned_predictions_equal_the_masked_one
     small, _ = shrink(pruned)
     assert small.net.fc1.out_features == res.best["kept_per_gate"]["fc1_gate"]
     torch.testing.assert_close(small.predict(x), masked_mean, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(posterior_predictive(pruned, x, draws=4, method="fast", seed=1), masked_draws)
-    torch.testing.assert_close(posterior_predictive(pruned, x, draws=3, method="pyro", seed=1), masked_pyro)
+    torch.testing.assert_close(posterior_predictive(pruned, x, draws=4, engine="fast", seed=1), masked_draws)
+    torch.testing.assert_close(posterior_predictive(pruned, x, draws=3, engine="pyro", seed=1), masked_pyro)
 
 
 def test_dead_neurons_go_first_at_no_cost() -> None:
@@ -100,10 +100,10 @@ def test_dead_neurons_go_first_at_no_cost() -> None:
     assert res.best["removed"] >= 3
 
 
-def test_prune_flag_and_pyro_method_and_input_subset(trained) -> None:
+def test_prune_flag_and_pyro_engine_and_input_subset(trained) -> None:
     net = copy.deepcopy(trained[0])
     x = trained[1].tensors[0]
-    res = w2_prune(net, x, batch=0.25, draws=4, method="pyro", max_inputs=20, prune=True)
+    res = w2_prune(net, x, batch=0.25, draws=4, engine="pyro", max_inputs=20, prune=True)
     assert len(res.path) <= 6
     assert net.kept_counts() == res.best["kept_per_gate"]
 
@@ -120,3 +120,15 @@ def test_bad_arguments(trained) -> None:
         w2_prune(net, data, max_inputs=0)
     with pytest.raises(TypeError, match="PrunableNet"):
         w2_prune(torch.nn.Linear(2, 2), data)  # type: ignore[arg-type]
+
+
+def test_the_old_keyword_method_still_picks_the_engine(trained) -> None:
+    net, data = trained
+    x = data.tensors[0]
+    new = w2_prune(net, x, batch=0.25, draws=4, engine="pyro", max_inputs=20)
+    with pytest.warns(DeprecationWarning, match=r"w2_prune\(method=\.\.\.\) is now w2_prune\(engine=\.\.\.\)"):
+        old = w2_prune(net, x, batch=0.25, draws=4, method="pyro", max_inputs=20)
+    assert [r["w2"] for r in old.path] == [r["w2"] for r in new.path]
+    assert [r["w2"] for r in new.path] != [r["w2"] for r in w2_prune(net, x, batch=0.25, draws=4, max_inputs=20).path]
+    with pytest.raises(TypeError, match=r"w2_prune\(\) got both engine= and method="):
+        w2_prune(net, x, engine="pyro", method="pyro")

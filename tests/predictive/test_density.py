@@ -28,14 +28,14 @@ def _net(seed: int = 0) -> MLP:
     return net
 
 
-@pytest.mark.parametrize("method", ["fast", "pyro"])
-def test_lpd_is_the_log_of_the_average_predictive_probability(method: str) -> None:
+@pytest.mark.parametrize("engine", ["fast", "pyro"])
+def test_lpd_is_the_log_of_the_average_predictive_probability(engine: str) -> None:
     net = _net()
     x = torch.randn(40, 5)
     y = torch.randint(0, 3, (40,))
-    lpd = log_predictive_density(net, TensorDataset(x, y), draws=64, seed=3, method=method)
+    lpd = log_predictive_density(net, TensorDataset(x, y), draws=64, seed=3, engine=engine)
     # the same draws through the public predictive, averaged in probability space (numpy)
-    probs = posterior_predictive(net, x, draws=64, seed=3, method=method, output="probs").double().numpy()
+    probs = posterior_predictive(net, x, draws=64, seed=3, engine=engine, output="probs").double().numpy()
     direct = np.log(probs[:, np.arange(40), y.numpy()].mean(0))
     np.testing.assert_allclose(lpd.numpy(), direct, rtol=1e-6, atol=1e-7)  # probs are float32
     assert lpd.dtype == torch.float64 and bool((lpd < 0).all())
@@ -93,7 +93,7 @@ def test_paired_difference_and_its_standard_error() -> None:
 def test_evaluate_predictive_matches_a_hand_computation(bnn) -> None:
     net = bnn("gaussian", out=1, seed=7)
     x, y = torch.randn(12, 4), torch.randn(12, 1)
-    draws = posterior_predictive(net, x, draws=20, method="fast", seed=3).double()
+    draws = posterior_predictive(net, x, draws=20, engine="fast", seed=3).double()
     sigma = float(net.obs_scale)
     m = evaluate_predictive(net, torch.utils.data.TensorDataset(x, y), draws=20, seed=3, target_scale=2.0)
     rmse = float(((draws.mean(0) - y) ** 2).mean().sqrt()) * 2.0
@@ -102,7 +102,7 @@ def test_evaluate_predictive_matches_a_hand_computation(bnn) -> None:
     assert m["rmse"] == pytest.approx(rmse) and m["ll"] == pytest.approx(ll)
     cls = bnn()
     labels = torch.randint(0, 3, (12,))
-    probs = posterior_predictive(cls, x, draws=20, seed=3, method="fast").double().mean(0)
+    probs = posterior_predictive(cls, x, draws=20, seed=3, engine="fast").double().mean(0)
     mc = evaluate_predictive(cls, torch.utils.data.TensorDataset(x, labels), draws=20, seed=3)
     assert mc["accuracy"] == pytest.approx(float((probs.argmax(-1) == labels).double().mean()))
     assert mc["nll"] == pytest.approx(float(-probs[torch.arange(12), labels].log().mean()))

@@ -34,8 +34,8 @@ def _relu_second_moment(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (m**2 + v) * torch.from_numpy(norm.cdf(r)) + m * s * torch.from_numpy(norm.pdf(r))
 
 
-@pytest.mark.parametrize("method,draws,tol", [("fast", 4000, 0.04), ("pyro", 250, 0.15)])
-def test_neuron_scores_match_the_exact_second_moment(method: str, draws: int, tol: float, bnn) -> None:
+@pytest.mark.parametrize("engine,draws,tol", [("fast", 4000, 0.04), ("pyro", 250, 0.15)])
+def test_neuron_scores_match_the_exact_second_moment(engine: str, draws: int, tol: float, bnn) -> None:
     """One hidden layer: the pre-activation is exactly N(m, v) per input, so
     E[relu(a)^2] = (m^2 + v) Phi(m / s) + m s phi(m / s)."""
     net = bnn(hidden=(6,), seed=2)
@@ -45,7 +45,7 @@ def test_neuron_scores_match_the_exact_second_moment(method: str, draws: int, to
         m = (x @ layer.weight_loc.T + layer.bias_loc).double()
         v = (x**2 @ (layer.weight_scale**2).T + layer.bias_scale**2).double()
     exact = _relu_second_moment(m, v).mean(0).float()
-    scores = neuron_w2(net, None, x, draws=draws, method=method)
+    scores = neuron_w2(net, None, x, draws=draws, engine=engine)
     assert set(scores) == {"fc1_gate"}
     torch.testing.assert_close(scores["fc1_gate"], exact, rtol=tol, atol=1e-3)
 
