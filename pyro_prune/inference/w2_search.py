@@ -63,6 +63,11 @@ from pyro_prune._checks import check_count, check_inputs, check_number
 from pyro_prune._deprecation import renamed_keywords
 from pyro_prune.models.base import PrunableNet, check_prunable
 from pyro_prune.models.gate import rank_structures, removals_in_order
+
+# Imported at module load on purpose: the signature's defaults (DEFAULT_DRAWS, Output.AUTO)
+# come from here, the predictive imports nothing of the inference stage (no cycle; see
+# tests/test_imports.py), and everything it needs is already loaded by ``fit``, so the
+# import adds only the predictive's own modules to ``import pyro_prune.inference``.
 from pyro_prune.predictive import (
     DEFAULT_DRAWS,
     Engine,
