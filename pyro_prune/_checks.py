@@ -22,6 +22,7 @@ from torch.utils.data import TensorDataset
 
 __all__ = [
     "SEED_MAX",
+    "check_bool",
     "check_count",
     "check_counts",
     "check_dataset",
@@ -41,6 +42,13 @@ SEED_MAX = 2**32 - 1
 
 
 # ============================================================================ scalars
+def check_bool(value: object, arg: str) -> bool:
+    """``value`` as a ``bool`` (``True`` / ``False`` only: not ``0``, ``1`` or ``"yes"``)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{arg} must be a bool (True or False), got {type(value).__name__} {value!r}")
+    return value
+
+
 def check_int(value: object, arg: str, *, minimum: int | None = None,
               maximum: int | None = None) -> int:
     """``value`` as an ``int`` in ``[minimum, maximum]`` (``bool`` is not an int here)."""

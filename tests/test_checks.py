@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from torch.utils.data import TensorDataset
 from pyro_prune import inspect as pa
 from pyro_prune._checks import (
     SEED_MAX,
+    check_bool,
     check_count,
     check_counts,
     check_inputs,
@@ -31,6 +33,18 @@ from pyro_prune.models.noise import MultiplicativeNoise
 from pyro_prune.reduction import get_criterion
 
 NAN = float("nan")
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_check_bool_passes_a_bool(value: bool) -> None:
+    assert check_bool(value, "flag") is value
+
+
+@pytest.mark.parametrize(("value", "shown"), [(1, "int 1"), (0, "int 0"), ("yes", "str 'yes'"), (None, "NoneType None"),
+                                              (torch.tensor(True), "Tensor tensor(True)")])
+def test_check_bool_refuses_anything_else_naming_it(value: object, shown: str) -> None:
+    with pytest.raises(TypeError, match=rf"^flag must be a bool \(True or False\), got {re.escape(shown)}$"):
+        check_bool(value, "flag")
 
 
 @pytest.mark.parametrize(("value", "ok"), [(0, True), (SEED_MAX, True), (-1, False),

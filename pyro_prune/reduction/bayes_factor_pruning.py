@@ -81,6 +81,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+from pyro_prune._checks import check_bool, check_count, check_number, check_seed
 from pyro_prune._enums import parse_enum
 from pyro_prune.inference.schedules import Schedule
 from pyro_prune.models.base import PrunableNet
@@ -163,8 +164,8 @@ class BayesFactorPruning(Schedule):
         log_threshold: ``log beta`` in nats instead of ``threshold`` (e.g. ``-0.001 * N``
             tolerates a loss of 0.001 nats of log posterior per training example).
         gate: use the Bayes factor (True) or prune unconditionally (False, the baselines).
-        seed: seed of the generator of random candidates and of the likelihood batches
-            (default: ``fit``'s seed).
+        seed: seed of the generator of random candidates and of the likelihood batches, an
+            int in ``[0, 2**32 - 1]`` as ``fit``'s (default: ``fit``'s seed).
         batch_size: batch size of the no-grad likelihood evaluations.
         likelihood: ``"full"`` (the whole training set, the default) or ``"batch"``
             (:class:`LikelihoodData`).
@@ -191,6 +192,12 @@ class BayesFactorPruning(Schedule):
             scale (type-II ML at the current weights) instead of at the training prior
             ``prior_scale`` (the default). The history then also records
             ``prior_scale_current`` / ``prior_scale_pruned``.
+
+    Raises:
+        TypeError, ValueError: at construction, for a bad argument, naming it and its value
+            (the package's shared checks: ``pyro_prune._checks`` and the enums' parser);
+            unknown ``layers`` when :func:`fit` starts.
+        ImportError: ``evidence="laplace"`` without the curvature backend.
     """
 
     def __init__(
@@ -211,37 +218,30 @@ class BayesFactorPruning(Schedule):
         curvature_subset: int | None = None,
         fit_prior_scale: bool = False,
     ) -> None:
+        # every argument through the package's shared checks, in the order of the signature
+        self.target_sparsity = _check_sparsity(check_number(target_sparsity, "target_sparsity", minimum=0.0))
+        self.method = _method(method)
+        self.log_threshold = _log_threshold(
+            check_number(threshold, "threshold", positive=True),
+            None if log_threshold is None else check_number(log_threshold, "log_threshold"))
+        self.gate = check_bool(gate, "gate")
+        self.seed = None if seed is None else check_seed(seed)
+        self.batch_size = check_count(batch_size, "batch_size")
+        self.likelihood = parse_enum(LikelihoodData, likelihood, "likelihood")
+        self.likelihood_batch = (None if likelihood_batch is None
+                                 else check_count(likelihood_batch, "likelihood_batch", or_none=True))
+        self.layers = _layer_list(layers)
         self.evidence = default_evidence() if evidence is None else parse_enum(EvidenceKind, evidence, "evidence")
         from pyro_prune.laplace import HessianStructure
 
         self.hessian = parse_enum(HessianStructure, hessian, "hessian").value
-        self.curvature_subset = curvature_subset
-        if not isinstance(fit_prior_scale, bool):
-            raise TypeError(f"fit_prior_scale must be a bool, got {type(fit_prior_scale).__name__}")
-        self.fit_prior_scale = fit_prior_scale
+        self.curvature_subset = (None if curvature_subset is None
+                                 else check_count(curvature_subset, "curvature_subset", or_none=True))
+        self.fit_prior_scale = check_bool(fit_prior_scale, "fit_prior_scale")
         if self.evidence is EvidenceKind.LAPLACE:
             from pyro_prune.laplace import require_backend
 
             require_backend()  # a clear ImportError now rather than after the first epoch
-        self.target_sparsity = _check_sparsity(target_sparsity)
-        self.layers = _layer_list(layers)
-        self.method = _method(method)
-        self.log_threshold = _log_threshold(threshold, log_threshold)
-        if not isinstance(gate, bool):
-            raise TypeError(f"gate must be a bool, got {type(gate).__name__}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        self.likelihood = parse_enum(LikelihoodData, likelihood, "likelihood")
-        if likelihood_batch is not None and (isinstance(likelihood_batch, bool)
-                                             or not isinstance(likelihood_batch, int)
-                                             or likelihood_batch < 1):
-            raise ValueError(f"likelihood_batch must be a positive int or None, got {likelihood_batch!r}")
-        self.likelihood_batch = likelihood_batch
-        self.gate = gate
-        self.seed = seed
-        self.batch_size = batch_size
         self.generator = torch.Generator()
         if seed is not None:
             self.generator.manual_seed(seed)

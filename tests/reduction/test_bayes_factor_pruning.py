@@ -42,6 +42,55 @@ def test_schedule_arguments_are_validated() -> None:
     assert BayesFactorPruning(0.5, gate=False).label == "Magnitude"
 
 
+# every bad argument: the error's type, and its message naming the argument and the bad value
+BAD_ARGUMENTS = [
+    ({"target_sparsity": 1.0}, ValueError, r"target_sparsity must lie in \[0, 1\), got 1.0"),
+    ({"target_sparsity": -0.25}, ValueError, r"target_sparsity must be a finite number >= 0.0, got -0.25"),
+    ({"target_sparsity": float("nan")}, ValueError, r"target_sparsity must be a finite number, got nan"),
+    ({"target_sparsity": "half"}, TypeError, r"target_sparsity must be a number, got str 'half'"),
+    ({"method": "l1"}, ValueError, r"method must be one of \['random', 'magnitude'\], got 'l1'"),
+    ({"threshold": -1.0}, ValueError, r"threshold must be a positive finite number, got -1.0"),
+    ({"threshold": 0}, ValueError, r"threshold must be a positive finite number, got 0"),
+    ({"threshold": "1"}, TypeError, r"threshold must be a number, got str '1'"),
+    ({"log_threshold": float("inf")}, ValueError, r"log_threshold must be a finite number, got inf"),
+    ({"log_threshold": "-3"}, TypeError, r"log_threshold must be a number, got str '-3'"),
+    ({"threshold": 2.0, "log_threshold": -3.0}, ValueError, r"give threshold or log_threshold, not both"),
+    ({"gate": "yes"}, TypeError, r"gate must be a bool \(True or False\), got str 'yes'"),
+    ({"gate": 1}, TypeError, r"gate must be a bool \(True or False\), got int 1"),
+    ({"seed": 1.5}, TypeError, r"seed must be an int, got float 1.5"),
+    ({"seed": -1}, ValueError, r"seed must be an int with 0 <= seed <= 4294967295, got -1"),
+    ({"batch_size": 0}, ValueError, r"batch_size must be a positive int, got 0"),
+    ({"batch_size": 64.0}, ValueError, r"batch_size must be a positive int, got 64.0"),
+    ({"likelihood": "epoch"}, ValueError, r"likelihood must be one of \['full', 'batch'\], got 'epoch'"),
+    ({"likelihood_batch": 0}, ValueError, r"likelihood_batch must be a positive int or None, got 0"),
+    ({"likelihood_batch": True}, ValueError, r"likelihood_batch must be a positive int or None, got True"),
+    ({"layers": "fc1"}, TypeError, r"layers must be a non-empty sequence of layer names or None, got 'fc1'"),
+    ({"layers": []}, TypeError, r"layers must be a non-empty sequence of layer names or None, got \[\]"),
+    ({"evidence": "exact"}, ValueError, r"evidence must be one of \['laplace', 'point'\], got 'exact'"),
+    ({"hessian": "block"}, ValueError, r"hessian must be one of \[.*'kron'.*\], got 'block'"),
+    ({"curvature_subset": 0}, ValueError, r"curvature_subset must be a positive int or None, got 0"),
+    ({"curvature_subset": 100.5}, ValueError, r"curvature_subset must be a positive int or None, got 100.5"),
+    ({"fit_prior_scale": "yes"}, TypeError, r"fit_prior_scale must be a bool \(True or False\), got str 'yes'"),
+]
+
+
+@pytest.mark.parametrize("bad,error,message", BAD_ARGUMENTS, ids=[",".join(f"{k}={v!r}" for k, v in b.items()) for b, _, _ in BAD_ARGUMENTS])
+def test_every_bad_argument_names_itself_and_its_value(bad: dict, error: type, message: str) -> None:
+    kwargs = {"target_sparsity": 0.5, "evidence": "point", **bad}
+    with pytest.raises(error, match=f"^{message}$"):
+        BayesFactorPruning(**kwargs)
+
+
+def test_good_arguments_are_kept_as_given() -> None:
+    sched = BayesFactorPruning(0, "random", log_threshold=-3, gate=False, seed=7, batch_size=64,
+                               likelihood="batch", likelihood_batch=32, layers=("fc1",), evidence="point",
+                               hessian="diag", curvature_subset=200, fit_prior_scale=True)
+    assert (sched.target_sparsity, sched.log_threshold, sched.gate, sched.seed, sched.batch_size) == (0.0, -3.0,
+                                                                                                     False, 7, 64)
+    assert (sched.likelihood_batch, sched.layers, sched.hessian, sched.curvature_subset) == (32, ["fc1"], "diag", 200)
+    assert sched.fit_prior_scale is True and sched.evidence is EvidenceKind.POINT
+
+
 class _CheckZeroBeforeReapply(BayesFactorPruning):
     """Checks after every optimizer step, before the re-masking, that pruned weights are 0."""
 
