@@ -45,7 +45,10 @@ where the data allow. Larger initial scales (sigma ~ 0.1) make the first epochs 
 784-input layer almost pure noise and slow training down considerably.
 
 Which gate masks a layer's rows is linked by :func:`link_output_gates` (a net's gates name
-their producer layer); an unlinked layer counts every row.
+their producer layer); an unlinked layer counts every row. A gate over attention heads is
+linked by :func:`~pyro_prune.models.bayesianize` to the q/k/v rows of its heads (read from the
+structure graph, also for a fused qkv layer or grouped-query attention), so a removed head's
+rows leave the KL and the Pyro sites as well.
 
 Code that reads a layer's ``weight`` / ``bias`` (dtype and shape checks, casts, init code in a
 network the package did not write) gets the **posterior mean**: ``layer.weight`` *is*
@@ -138,8 +141,10 @@ class BayesianLayer(StochasticModule):
         else:
             self.register_parameter("bias_loc", None)
             self.register_parameter("bias_log_scale", None)
-        # gates whose ``kept`` masks the rows of this layer (plain tuple: not submodules)
+        # gates whose ``kept`` masks the rows of this layer (plain tuple: not submodules), and
+        # per gate ``None`` (one structure per row) or ``(row -> structure index, structures)``
         self._output_gates: tuple[StructureGate, ...] = ()
+        self._gate_rows: tuple[tuple[Tensor, int] | None, ...] = ()
         self.site_name = type(self).__name__.lower()
         self.reset_parameters()
 
@@ -189,25 +194,57 @@ class BayesianLayer(StochasticModule):
     def bias_scale(self) -> Tensor | None:
         return None if self.bias_log_scale is None else self.bias_log_scale.exp()
 
-    def link_output_gate(self, gate: StructureGate) -> None:
-        """Let ``gate`` (which selects this layer's output structures) mask its rows."""
+    def link_output_gate(self, gate: StructureGate, rows: Tensor | None = None) -> None:
+        """Let ``gate`` (which selects this layer's output structures) mask its rows.
+
+        Args:
+            gate: the gate.
+            rows: ``None``: the gate has one structure per row. Otherwise the structure of
+                ``gate`` each row belongs to (integer ``[out]``, ``-1`` for rows of none): a
+                gate over attention heads selects blocks of the q/k/v rows.
+        """
         if not isinstance(gate, StructureGate):
             raise TypeError(f"gate must be a StructureGate, got {type(gate).__name__}")
-        if gate.num_structures != self.num_structures:
-            raise ValueError(
-                f"gate {gate.site_name!r} has {gate.num_structures} structures, layer "
-                f"{self.site_name!r} has {self.num_structures} outputs"
-            )
-        if not any(g is gate for g in self._output_gates):
-            self._output_gates = (*self._output_gates, gate)
+        link: tuple[Tensor, int] | None = None
+        if rows is None:
+            if gate.num_structures != self.num_structures:
+                raise ValueError(
+                    f"gate {gate.site_name!r} has {gate.num_structures} structures, layer "
+                    f"{self.site_name!r} has {self.num_structures} outputs"
+                )
+        else:
+            if not isinstance(rows, Tensor) or rows.dtype.is_floating_point or rows.dtype == torch.bool \
+                    or tuple(rows.shape) != (self.num_structures,) or bool((rows < -1).any()) \
+                    or bool((rows >= gate.num_structures).any()):
+                raise ValueError(
+                    f"rows must be an integer tensor of shape ({self.num_structures},) with values in "
+                    f"[-1, {gate.num_structures}), got {rows!r}")
+            link = (rows.detach().to(torch.long).cpu(), gate.num_structures)
+        links = getattr(self, "_gate_rows", ())
+        for i, g in enumerate(self._output_gates):
+            if g is gate:
+                self._gate_rows = (*links[:i], link, *links[i + 1:])
+                return
+        self._output_gates = (*self._output_gates, gate)
+        self._gate_rows = (*links, *([None] * (len(self._output_gates) - 1 - len(links))), link)
 
     def output_kept(self) -> Tensor | None:
         """Bool ``[out]`` of the rows still in the network, or ``None`` when all are."""
         kept: Tensor | None = None
-        for g in self._output_gates:
-            if g.kept.shape != (self.num_structures,):  # stale link (a layer sliced since)
-                continue
-            kept = g.kept if kept is None else kept & g.kept
+        links = getattr(self, "_gate_rows", ())
+        for i, g in enumerate(self._output_gates):
+            link = links[i] if i < len(links) else None
+            if link is None:
+                if g.kept.shape != (self.num_structures,):  # stale link (a layer sliced since)
+                    continue
+                rows_kept = g.kept
+            else:
+                index, n = link
+                if index.shape != (self.num_structures,) or g.kept.shape != (n,):  # stale
+                    continue
+                index = index.to(g.kept.device)
+                rows_kept = g.kept[index.clamp_min(0)] | (index < 0)
+            kept = rows_kept if kept is None else kept & rows_kept
         if kept is None or bool(kept.all()):
             return None
         return kept

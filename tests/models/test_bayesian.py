@@ -526,3 +526,26 @@ def test_pyro_wrappers_convert_unless_they_hold_priors_of_their_own() -> None:
         bayesian_weights(net)
     assert isinstance(net[0], BayesianLinear) and issubclass(net[0].replaces, nn.Linear)
     assert net[1] is sampled
+
+
+def test_a_gate_over_groups_of_rows_masks_those_rows() -> None:
+    torch.manual_seed(0)
+    layer = BayesianLinear(3, 6)
+    _randomise(layer)
+    heads = StructureMask(2)
+    layer.link_output_gate(heads, rows=torch.tensor([0, 0, 1, 1, -1, -1]))
+    neurons = StructureMask(6)
+    layer.link_output_gate(neurons)
+    assert layer.output_kept() is None
+    loc, scale, prior_scale = layer.weight_posterior()
+    rows = gaussian_kl(loc, scale, prior_scale).sum(-1).detach()
+    heads.prune(torch.tensor([True, False]))
+    neurons.prune(torch.tensor([False, False, False, False, True, False]))
+    assert layer.output_kept().tolist() == [False, False, True, True, False, True]
+    assert float(layer.kl_divergence().detach()) == pytest.approx(float(rows[[2, 3, 5]].sum()), rel=1e-6)
+    layer.link_output_gate(heads, rows=torch.tensor([-1, -1, 0, 0, 1, 1]))  # relinking replaces
+    assert layer.output_kept().tolist() == [True, True, False, False, False, True]
+    for bad in (torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 1, 2, 2]), torch.zeros(6),
+                torch.tensor([0, 0, 1, 1, -2, -1])):
+        with pytest.raises(ValueError, match="rows must be an integer tensor of shape"):
+            layer.link_output_gate(heads, rows=bad)

@@ -107,6 +107,22 @@ def _logits(out: object) -> Tensor:
     return out if isinstance(out, Tensor) else out.logits  # type: ignore[attr-defined]
 
 
+def _linked_kl(model: nn.Module, gate: nn.Module, removed: Tensor) -> float:
+    """The KL of the rows of every Bayesian layer that ``removed`` structures of ``gate`` own."""
+    total = 0.0
+    for layer in model.modules():
+        if not isinstance(layer, BayesianLayer):
+            continue
+        for g, link in zip(layer._output_gates, layer._gate_rows):
+            if g is not gate:
+                continue
+            rows = removed if link is None else (link[0] >= 0) & removed[link[0].clamp_min(0)]
+            with torch.no_grad():
+                loc, scale, prior_scale = layer.weight_posterior()
+                total += float(gaussian_kl(loc, scale, prior_scale).sum(-1)[rows].sum()) * layer.kl_scale
+    return total
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_gaussian_weights_on_a_foreign_network_end_to_end(name: str) -> None:
     make, data = CASES[name]
@@ -152,9 +168,18 @@ def test_gaussian_weights_on_a_foreign_network_end_to_end(name: str) -> None:
     with torch.no_grad():
         after = float(model.kl_divergence())
     assert before - after == pytest.approx(float(rows[remove].sum()), rel=1e-5)
-    for other in model.gates().values():  # and one structure of every other gate
-        if other is not gate:
-            other.prune(torch.arange(other.num_structures) == 1)
+    for other in model.gates().values():  # one structure of every other gate: a head's q/k/v
+        if other is gate:                  # rows leave the KL with it
+            continue
+        with torch.no_grad():
+            before = float(model.kl_divergence())
+        drop = torch.arange(other.num_structures) == 1
+        other.prune(drop)
+        with torch.no_grad():
+            after = float(model.kl_divergence())
+        assert before - after == pytest.approx(_linked_kl(model, other, drop), rel=1e-5, abs=1e-3)
+        if other.producer_name is None and name.startswith("hf_"):  # attention heads: rows linked
+            assert before - after > 1.0
 
     model.eval()
     det = to_deterministic(model, example_input=x[:2])
@@ -208,3 +233,63 @@ def test_gaussian_weights_keep_the_networks_dtype(dtype: torch.dtype) -> None:
         assert out.dtype == dtype
         torch.testing.assert_close(out, plain(x))
     assert model.kl_divergence().dtype == dtype
+
+
+class _Attention(nn.Module):
+    """Pre-norm self-attention written the usual way: one fused qkv layer, SDPA, an output
+    projection onto the residual stream."""
+
+    def __init__(self, dim: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.emb = nn.Embedding(VOCAB, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, CLASSES)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        x = self.emb(ids)
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm(x)).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        a = F.scaled_dot_product_attention(q, k, v)
+        return self.head((x + self.proj(a.transpose(1, 2).reshape(b, t, -1))).mean(1))
+
+
+def test_a_removed_heads_qkv_rows_leave_the_kl_and_the_pyro_sites() -> None:
+    from pyro import poutine
+
+    from pyro_prune.inference.elbo import fast_elbo_loss, pyro_elbo_loss
+
+    torch.manual_seed(0)
+    x = _ids()[:6]
+    y = torch.randint(0, CLASSES, (6,))
+    model = bayesianize(_Attention().eval(), example_input=x[:2], weights="gaussian", gate="mask", num_data=60)
+    (gate,) = [g for n, g in model.gates().items() if n.endswith("head_gate")]
+    qkv = model.net.get_submodule("module.qkv")
+    # the head of each of the 48 rows: q, k and v blocks of 4 rows per head
+    (link,) = [link for g, link in zip(qkv._output_gates, qkv._gate_rows) if g is gate]
+    assert link is not None and link[0].tolist() == [r // 4 % 4 for r in range(48)]
+    with torch.no_grad():
+        qkv.weight_log_scale.uniform_(-2.0, -0.5)
+        loc, scale, prior_scale = qkv.weight_posterior()
+        rows = gaussian_kl(loc, scale, prior_scale).sum(-1)
+        before = float(model.kl_divergence())
+    gate.prune(torch.tensor([False, True, False, False]))
+    head1 = torch.tensor([r // 4 % 4 == 1 for r in range(48)])
+    with torch.no_grad():
+        assert before - float(model.kl_divergence()) == pytest.approx(float(rows[head1].sum()), rel=1e-5)
+    guide_tr = poutine.trace(model.guide).get_trace()
+    assert guide_tr.nodes[f"{qkv.site_name}.weight"]["mask"].tolist() == (~head1).tolist()
+    assert guide_tr.nodes[f"{qkv.site_name}.bias"]["mask"].tolist() == (~head1).tolist()
+    torch.manual_seed(4)
+    pyro_loss = pyro_elbo_loss(model, x, y)
+    torch.manual_seed(4)
+    fast_loss, _ = fast_elbo_loss(model, x, y, per_example=False)
+    torch.testing.assert_close(fast_loss, pyro_loss, rtol=1e-5, atol=1e-4)
+    model.eval()
+    det = to_deterministic(model)
+    assert det.get_submodule("module.qkv").weight.shape == (36, 16)
+    torch.testing.assert_close(det.get_submodule("module.qkv").weight, qkv.weight_loc.detach()[~head1])
+    with torch.no_grad():
+        torch.testing.assert_close(det(x), model.predict(x), rtol=1e-5, atol=1e-5)
