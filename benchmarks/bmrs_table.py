@@ -17,6 +17,11 @@ and the reduction is written into the output. Each finished run is cached in
 
 ``bmrs_n`` is the exact operator of DESIGN.md; ``bmrs_n_code`` the authors' released
 code (without the -0.5 log 2 pi term), listed so both stopping points can be compared.
+
+``scratch`` is not ``capacity_bound.py``'s "same architecture" row: that one trains a plain
+deterministic network (no noise, no KL) of the default recipe's widths; ``scratch`` trains
+the noise model with this table's objective (KL weight, noise learning rate, epochs) at the
+widths where this table's own ``bmrs_n_code`` (or ``bmrs_n``) run stopped, seed for seed.
 """
 
 from __future__ import annotations
