@@ -230,12 +230,12 @@ for _bn in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
 
 
 def _register_bayesian() -> None:
-    from pyro_prune.models.bayesian import BayesianConv2d, BayesianLinear
+    from pyro_prune.models.bayesian import BayesianConv, BayesianLinear
 
     register_layer(BayesianLinear, out_axis=-1, tensors=_BAYES_TENSORS, out_size="out_features",
                    in_size="in_features", scaled=("weight_loc", "bias_loc"),
                    counted=("weight_loc", "bias_loc"), plain=_as_deterministic)
-    register_layer(BayesianConv2d, out_axis=1, tensors=_BAYES_TENSORS, out_size="out_channels",
+    register_layer(BayesianConv, out_axis=1, tensors=_BAYES_TENSORS, out_size="out_channels",
                    in_size="in_channels", groups="groups", scaled=("weight_loc", "bias_loc"),
                    counted=("weight_loc", "bias_loc"), plain=_as_deterministic)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pyro_prune.models.base import KLScale, Likelihood, PrunableNet
 from pyro_prune.models.bayesian import (
+    BayesianConv1d,
     BayesianConv2d,
+    BayesianConv3d,
     BayesianLinear,
     bayesian_weights,
     link_output_gates,
@@ -21,7 +23,9 @@ from pyro_prune.models.resnet import BasicBlock, ResNet
 from pyro_prune.models.vit import ViT
 
 __all__ = [
+    "BayesianConv1d",
     "BayesianConv2d",
+    "BayesianConv3d",
     "BayesianLinear",
     "bayesian_weights",
     "link_output_gates",

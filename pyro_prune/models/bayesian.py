@@ -5,7 +5,8 @@ Model (Blundell et al., "Weight Uncertainty in Neural Networks", ICML 2015; Grav
     w_ij ~ N(0, s^2),   b_i ~ N(0, s^2)                       (prior, s = ``prior_scale``)
     q(w_ij) = N(mu_ij, sigma_ij^2),   q(b_i) = N(mu_i, sigma_i^2)   (mean-field guide)
 
-:class:`BayesianLinear` and :class:`BayesianConv2d` are
+:class:`BayesianLinear` and :class:`BayesianConv1d` / :class:`BayesianConv2d` /
+:class:`BayesianConv3d` (any padding mode) are
 :class:`~pyro_prune.models.noise.StochasticModule` s, so they run in the three modes of the
 package:
 
@@ -59,7 +60,7 @@ writes to them set the mean; assigning ``layer.weight = ...`` is an error, since
 state dict, the Pyro sites and the checkpoints keep the names ``weight_loc``, ...
 
 :func:`bayesian_weights` replaces layers through a registry, one rule per layer type
-(:func:`register_bayesian_layer`): ``nn.Linear`` and ``nn.Conv2d`` are built in, Hugging
+(:func:`register_bayesian_layer`): ``nn.Linear`` and ``nn.Conv1d/2d/3d`` are built in, Hugging
 Face's ``transformers.pytorch_utils.Conv1D`` (GPT-2's linear layer, weight stored
 ``[in, out]``) is recognised by its qualified name without importing ``transformers``, and a
 user registers a layer type of their own the same way.
@@ -86,7 +87,10 @@ from pyro_prune.models.gate import StructureGate
 from pyro_prune.models.noise import NoiseMode, StochasticModule
 
 __all__ = [
+    "BayesianConv",
+    "BayesianConv1d",
     "BayesianConv2d",
+    "BayesianConv3d",
     "BayesianLayer",
     "BayesianLinear",
     "DEFAULT_INIT_LOG_SCALE",
@@ -107,12 +111,12 @@ def gaussian_kl(loc: Tensor, scale: Tensor, prior_scale: float) -> Tensor:
     return 0.5 * (var_ratio + (loc / prior_scale) ** 2 - 1.0 - torch.log(var_ratio))
 
 
-_PlainLayer = TypeVar("_PlainLayer", nn.Linear, nn.Conv2d)
+_PlainLayer = TypeVar("_PlainLayer", bound=nn.Module)
 _Bayesian = TypeVar("_Bayesian", bound="BayesianLayer")
 
 
 class BayesianLayer(StochasticModule):
-    """Shared machinery of :class:`BayesianLinear` and :class:`BayesianConv2d`.
+    """Shared machinery of :class:`BayesianLinear` and :class:`BayesianConv`.
 
     Subclasses set ``weight_loc``/``weight_log_scale`` (dim 0 = output structures),
     ``bias_loc``/``bias_log_scale`` (``[out]``, or ``None`` without bias) and implement
@@ -267,19 +271,20 @@ class BayesianLayer(StochasticModule):
         """``layer`` (its plain counterpart) moved to this layer's device and dtype, holding
         the posterior means as its weight and bias."""
         layer = layer.to(device=self.weight_loc.device, dtype=self.weight_loc.dtype)
-        layer.weight.copy_(self.weight_loc)
+        cast(Tensor, layer.weight).copy_(self.weight_loc)
         if self.bias_loc is not None:
             cast(Tensor, layer.bias).copy_(self.bias_loc)
         return layer
 
     @torch.no_grad()
-    def _means_from(self: _Bayesian, layer: nn.Linear | nn.Conv2d) -> _Bayesian:
+    def _means_from(self: _Bayesian, layer: nn.Module) -> _Bayesian:
         """This layer moved to ``layer``'s device and dtype, its posterior means set to
         ``layer``'s weight and bias."""
-        new = self.to(device=layer.weight.device, dtype=layer.weight.dtype)
-        new.weight_loc.copy_(layer.weight)
-        if layer.bias is not None:
-            cast(nn.Parameter, new.bias_loc).copy_(layer.bias)
+        weight, bias = cast(Tensor, layer.weight), cast("Tensor | None", layer.bias)
+        new = self.to(device=weight.device, dtype=weight.dtype)
+        new.weight_loc.copy_(weight)
+        if bias is not None:
+            cast(nn.Parameter, new.bias_loc).copy_(bias)
         return new
 
     # ------------------------------------------------------------------ distributions
@@ -419,79 +424,142 @@ class BayesianLinear(BayesianLayer):
         return f"in_features={self.in_features}, out_features={self.out_features}, " + super().extra_repr()
 
 
-def _pair(value: int | Sequence[int], arg: str) -> tuple[int, int]:
+def _ntuple(value: int | Sequence[int], n: int, arg: str) -> tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
-        return (value, value)
+        return (value,) * n
     values = tuple(cast(Sequence[int], value))
-    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise ValueError(f"{arg} must be an int or a pair of ints, got {value!r}")
-    return values  # type: ignore[return-value]
+    if len(values) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{arg} must be an int or {n} ints, got {value!r}")
+    return values
 
 
-class BayesianConv2d(BayesianLayer):
-    r"""A Conv2d layer with Gaussian weights and biases (see the module docstring).
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+class BayesianConv(BayesianLayer):
+    r"""A convolution with Gaussian weights and biases over ``spatial_dims`` axes (see the
+    module docstring); use :class:`BayesianConv1d`, :class:`BayesianConv2d` or
+    :class:`BayesianConv3d`.
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups: as in
-            ``nn.Conv2d`` (``padding`` may be an int, a pair, ``"same"`` or ``"valid"``;
-            only zero padding).
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+            padding_mode: as in ``nn.Conv2d`` (``padding`` may be an int, a tuple, ``"same"``
+            or ``"valid"``; ``padding_mode`` ``"zeros"``, ``"reflect"``, ``"replicate"`` or
+            ``"circular"``).
         bias, prior_scale, init_log_scale: as in :class:`BayesianLinear`.
 
     The structures are the output channels: ``weight_loc`` is
-    ``[out_channels, in_channels / groups, kh, kw]``.
+    ``[out_channels, in_channels / groups, *kernel_size]``.
     """
 
-    replaces = nn.Conv2d
+    spatial_dims: int = 2
+    replaces: type[nn.Module] = nn.Conv2d
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int],
                  stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
-                 dilation: int | Sequence[int] = 1, groups: int = 1, bias: bool = True, *,
-                 prior_scale: float = 1.0, init_log_scale: float = DEFAULT_INIT_LOG_SCALE) -> None:
+                 dilation: int | Sequence[int] = 1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros", *, prior_scale: float = 1.0,
+                 init_log_scale: float = DEFAULT_INIT_LOG_SCALE) -> None:
         super().__init__()
+        n = self.spatial_dims
         self.in_channels = check_count(in_channels, "in_channels")
         self.out_channels = check_count(out_channels, "out_channels")
         self.groups = check_count(groups, "groups")
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"in_channels and out_channels must be divisible by groups={groups}")
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.dilation = _pair(dilation, "dilation")
+        self.kernel_size = _ntuple(kernel_size, n, "kernel_size")
+        self.stride = _ntuple(stride, n, "stride")
+        self.dilation = _ntuple(dilation, n, "dilation")
         if isinstance(padding, str):
             if padding not in ("same", "valid"):
                 raise ValueError(f"padding must be 'same', 'valid' or ints, got {padding!r}")
-            self.padding: tuple[int, int] | str = padding
+            self.padding: tuple[int, ...] | str = padding
         else:
-            self.padding = _pair(padding, "padding")
+            self.padding = _ntuple(padding, n, "padding")
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
         shape = (out_channels, in_channels // groups, *self.kernel_size)
         self._init_posterior(shape, bool(bias), prior_scale, init_log_scale)
 
+    def _explicit_padding(self) -> list[int]:
+        """``F.pad``'s amounts (last axis first) for a padding mode other than zeros."""
+        pads: list[int] = []
+        for i in reversed(range(self.spatial_dims)):
+            if self.padding == "valid":
+                left = right = 0
+            elif self.padding == "same":
+                total = self.dilation[i] * (self.kernel_size[i] - 1)
+                left, right = total // 2, total - total // 2
+            else:
+                left = right = cast(tuple[int, ...], self.padding)[i]
+            pads += [left, right]
+        return pads
+
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        conv = (F.conv1d, F.conv2d, F.conv3d)[self.spatial_dims - 1]
+        if self.padding_mode == "zeros":
+            return conv(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        x = F.pad(x, self._explicit_padding(), mode=self.padding_mode)
+        return conv(x, weight, bias, self.stride, 0, self.dilation, self.groups)
 
     @torch.no_grad()
-    def as_deterministic(self) -> nn.Conv2d:
-        """An ``nn.Conv2d`` with the posterior-mean weights and bias."""
-        return self._means_into(nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size,
-                                          self.stride, self.padding, self.dilation, self.groups,
-                                          bias=self.bias_loc is not None))
+    def as_deterministic(self) -> nn.Module:
+        """The plain ``nn.ConvNd`` with the posterior-mean weights and bias."""
+        plain = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[self.spatial_dims - 1]
+        return self._means_into(plain(self.in_channels, self.out_channels, self.kernel_size,  # type: ignore[arg-type]
+                                      self.stride, self.padding, self.dilation, self.groups,  # type: ignore[arg-type]
+                                      bias=self.bias_loc is not None,
+                                      padding_mode=self.padding_mode))  # type: ignore[arg-type]
+
+    @classmethod
+    def from_conv(cls: type[_Conv], layer: nn.Module, *, prior_scale: float = 1.0,
+                  init_log_scale: float = DEFAULT_INIT_LOG_SCALE) -> _Conv:
+        """A Bayesian convolution whose posterior means are ``layer``'s weights (``layer``: the
+        ``nn.ConvNd`` of the same number of spatial axes)."""
+        plain = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[cls.spatial_dims - 1]
+        if not isinstance(layer, plain):
+            raise TypeError(f"layer must be an nn.{plain.__name__}, got {type(layer).__name__}")
+        new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                  layer.padding, layer.dilation, layer.groups, bias=layer.bias is not None,
+                  padding_mode=layer.padding_mode, prior_scale=prior_scale, init_log_scale=init_log_scale)
+        return new._means_from(layer)
+
+    def extra_repr(self) -> str:
+        mode = "" if self.padding_mode == "zeros" else f"padding_mode={self.padding_mode!r}, "
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, {mode}" + super().extra_repr())
+
+
+_Conv = TypeVar("_Conv", bound=BayesianConv)
+
+
+class BayesianConv1d(BayesianConv):
+    """A Conv1d layer with Gaussian weights and biases (see :class:`BayesianConv`)."""
+
+    spatial_dims = 1
+    replaces = nn.Conv1d
+
+
+class BayesianConv2d(BayesianConv):
+    """A Conv2d layer with Gaussian weights and biases (see :class:`BayesianConv`);
+    ``weight_loc`` is ``[out_channels, in_channels / groups, kh, kw]``."""
+
+    spatial_dims = 2
+    replaces = nn.Conv2d
 
     @classmethod
     def from_conv2d(cls, layer: nn.Conv2d, *, prior_scale: float = 1.0,
                     init_log_scale: float = DEFAULT_INIT_LOG_SCALE) -> BayesianConv2d:
         """A Bayesian convolution whose posterior means are ``layer``'s weights."""
-        if not isinstance(layer, nn.Conv2d):
-            raise TypeError(f"layer must be an nn.Conv2d, got {type(layer).__name__}")
-        if layer.padding_mode != "zeros":
-            raise ValueError(
-                f"only zero padding is supported, got padding_mode={layer.padding_mode!r}")
-        new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                  layer.padding, layer.dilation, layer.groups, bias=layer.bias is not None,
-                  prior_scale=prior_scale, init_log_scale=init_log_scale)
-        return new._means_from(layer)
+        return cls.from_conv(layer, prior_scale=prior_scale, init_log_scale=init_log_scale)
 
-    def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, " + super().extra_repr())
+
+class BayesianConv3d(BayesianConv):
+    """A Conv3d layer with Gaussian weights and biases (see :class:`BayesianConv`)."""
+
+    spatial_dims = 3
+    replaces = nn.Conv3d
 
 
 #: a rule turning one layer into its Bayesian version:
@@ -508,7 +576,9 @@ def _from_transposed_linear(layer: Any, *, prior_scale: float, init_log_scale: f
 
 _RULES: dict[type, BayesianRule] = {
     nn.Linear: BayesianLinear.from_linear,
-    nn.Conv2d: BayesianConv2d.from_conv2d,
+    nn.Conv1d: BayesianConv1d.from_conv,
+    nn.Conv2d: BayesianConv2d.from_conv,
+    nn.Conv3d: BayesianConv3d.from_conv,
 }
 #: rules for layers of other libraries, matched by qualified type name (no import needed)
 _RULES_ELSEWHERE: dict[str, BayesianRule] = {
@@ -575,16 +645,16 @@ def bayesian_weights(module: nn.Module, *, prior_scale: float = 1.0,
                      init_log_scale: float = DEFAULT_INIT_LOG_SCALE) -> nn.Module:
     """Replace every layer of ``module`` that has a rule (in place) by its Bayesian version.
 
-    Rules (:func:`register_bayesian_layer`) exist for ``nn.Linear``, ``nn.Conv2d`` and Hugging
-    Face's ``Conv1D`` (GPT-2), matched by exact type. Works on any module, in particular the
-    ``torch.fx.GraphModule`` of :func:`~pyro_prune.models.bayesianize` (its ``call_module``
-    nodes refer to module paths, which stay the same). The posterior means start at the
-    existing weights, so a trained network becomes the mean of the initial posterior. A layer
-    held at several paths becomes one Bayesian layer at all of them. A layer whose weight is
-    tied to another module's (a language model's output layer sharing the token embedding)
-    keeps its point weights, with a warning: replacing it would untie them. So does, with a
-    warning, a registered layer type without a rule (``nn.Conv1d``, a subclass of
-    ``nn.Linear``, ...). Returns ``module``.
+    Rules (:func:`register_bayesian_layer`) exist for ``nn.Linear``, ``nn.Conv1d/2d/3d`` and
+    Hugging Face's ``Conv1D`` (GPT-2), matched by exact type. Works on any module, in
+    particular the ``torch.fx.GraphModule`` of :func:`~pyro_prune.models.bayesianize` (its
+    ``call_module`` nodes refer to module paths, which stay the same). The posterior means
+    start at the existing weights, so a trained network becomes the mean of the initial
+    posterior. A layer held at several paths becomes one Bayesian layer at all of them. A
+    layer whose weight is tied to another module's (a language model's output layer sharing
+    the token embedding) keeps its point weights, with a warning: replacing it would untie
+    them. So does, with a warning, a registered layer type without a rule (a layer given to
+    ``register_layer``, a subclass of ``nn.Linear``, ...). Returns ``module``.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")

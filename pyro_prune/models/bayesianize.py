@@ -215,7 +215,7 @@ def bayesianize(
         likelihood: ``"categorical"`` (the module outputs logits) or ``"gaussian"``.
         gate: ``"noise"`` or ``"mask"``.
         weights: ``"point"`` or ``"gaussian"``: every layer with a Bayesian rule (``nn.Linear``,
-            ``nn.Conv2d``, GPT-2's ``Conv1D``, one given to
+            ``nn.Conv1d/2d/3d``, GPT-2's ``Conv1D``, one given to
             :func:`~pyro_prune.models.bayesian.register_bayesian_layer`) gets Gaussian weights
             whose posterior means start at its weights (:func:`~pyro_prune.models.bayesian_weights`;
             a layer tied to another module's weight keeps its point weights, with a warning).

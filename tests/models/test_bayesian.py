@@ -15,7 +15,9 @@ from pyro_prune.inference.elbo import fast_elbo_loss, pyro_elbo_loss
 from pyro_prune.models import MLP, LeNet5, NoiseMode, StructureMask, bayesianize, noise_mode
 from pyro_prune.models.bayesian import (
     DEFAULT_INIT_LOG_SCALE,
+    BayesianConv1d,
     BayesianConv2d,
+    BayesianConv3d,
     BayesianLayer,
     BayesianLinear,
     bayesian_layer_rule,
@@ -102,7 +104,11 @@ def test_bad_arguments() -> None:
     with pytest.raises(TypeError, match="module"):
         bayesian_weights("net")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="padding_mode"):
-        BayesianConv2d.from_conv2d(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"))
+        BayesianConv2d(1, 2, 3, padding=1, padding_mode="mirror")
+    with pytest.raises(TypeError, match="nn.Conv1d"):
+        BayesianConv1d.from_conv(nn.Conv2d(1, 2, 3))
+    with pytest.raises(ValueError, match="kernel_size must be an int or 3 ints"):
+        BayesianConv3d(1, 2, (3, 3))
     with pytest.raises(ValueError, match="structures"):
         BayesianLinear(3, 2).link_output_gate(StructureMask(3))
 
@@ -549,3 +555,38 @@ def test_a_gate_over_groups_of_rows_masks_those_rows() -> None:
                 torch.tensor([0, 0, 1, 1, -2, -1])):
         with pytest.raises(ValueError, match="rows must be an integer tensor of shape"):
             layer.link_output_gate(heads, rows=bad)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular"])
+@pytest.mark.parametrize("padding", [1, "same"])
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_every_convolution_becomes_bayesian_with_its_outputs(dims: int, padding, padding_mode: str) -> None:
+    torch.manual_seed(dims)
+    plain_type = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
+    plain = plain_type(4, 6, 3, padding=padding, dilation=2 if padding == "same" else 1, groups=2,
+                       padding_mode=padding_mode)
+    x = torch.randn(2, 4, *([7] * dims))
+    net = bayesian_weights(nn.Sequential(plain))
+    layer = net[0]
+    assert type(layer) is (BayesianConv1d, BayesianConv2d, BayesianConv3d)[dims - 1]
+    assert layer.replaces is plain_type and layer.weight.shape == plain.weight.shape
+    with noise_mode(layer, NoiseMode.MEAN):
+        torch.testing.assert_close(layer(x), plain(x))
+    back = layer.as_deterministic()
+    assert type(back) is plain_type and back.padding_mode == padding_mode
+    torch.testing.assert_close(back(x), plain(x))
+    # the local reparameterisation draws around the same mean, with the per-position variance
+    # of the padded input (what a weight draw gives at one position)
+    _randomise(layer)
+    with torch.no_grad(), noise_mode(layer, NoiseMode.MEAN):
+        mean = layer(x)
+    var_layer = layer.as_deterministic()
+    with torch.no_grad():
+        var_layer.weight.copy_(layer.weight_scale**2)
+        var_layer.bias.copy_(layer.bias_scale**2)
+        exact_var = var_layer(x * x)
+    with torch.no_grad(), noise_mode(layer, NoiseMode.REPARAM):
+        draws = torch.stack([layer(x) for _ in range(400)])
+    z = (draws.mean(0) - mean) / (exact_var / 400).sqrt()
+    assert float(z.abs().max()) < 5.5
+    torch.testing.assert_close(draws.var(0), exact_var, rtol=0.35, atol=0)

@@ -293,3 +293,61 @@ def test_a_removed_heads_qkv_rows_leave_the_kl_and_the_pyro_sites() -> None:
     torch.testing.assert_close(det.get_submodule("module.qkv").weight, qkv.weight_loc.detach()[~head1])
     with torch.no_grad():
         torch.testing.assert_close(det(x), model.predict(x), rtol=1e-5, atol=1e-5)
+
+
+class _AudioNet(nn.Module):
+    """A 1-D convolutional classifier of raw sequences, as audio models are written: reflect
+    padding, BatchNorm1d, GELU, global average pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(2, 8, 5, padding=2, padding_mode="reflect")
+        self.bn1 = nn.BatchNorm1d(8)
+        self.conv2 = nn.Conv1d(8, 12, 3, padding="same", dilation=2)
+        self.fc = nn.Linear(12, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.gelu(self.bn1(self.conv1(x)))
+        x = F.gelu(self.conv2(x))
+        return self.fc(x.mean(-1))
+
+
+def test_a_one_dimensional_cnn_gets_bayesian_convolutions_end_to_end() -> None:
+    from pyro_prune.models.bayesian import BayesianConv1d
+
+    torch.manual_seed(0)
+    plain = _AudioNet().eval()
+    with torch.no_grad():
+        plain.bn1.running_mean.uniform_(-0.2, 0.2)
+        plain.bn1.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(32, 2, 16, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, CLASSES, (32,), generator=torch.Generator().manual_seed(2))
+    model = bayesianize(plain, example_input=x[:2], weights="gaussian", gate="mask")
+    convs = [m for m in model.net.modules() if isinstance(m, BayesianConv1d)]
+    assert len(convs) == 2 and convs[0].padding_mode == "reflect"
+    with torch.no_grad():
+        torch.testing.assert_close(model.predict(x), plain(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DivergenceWarning)
+        fit(model, TensorDataset(x, y), epochs=1, batch_size=16, lr=1e-2, progress=False, seed=0)
+    gates = model.gates()
+    assert set(gates) == {"bn1_gate", "conv2_gate"}  # conv1's gate after its BatchNorm
+    conv2 = model.net.get_submodule("conv2")
+    with torch.no_grad():
+        loc, scale, prior_scale = conv2.weight_posterior()
+        rows = gaussian_kl(loc, scale, prior_scale).sum(-1)
+        before = float(model.kl_divergence())
+    remove = torch.arange(12) % 4 == 0
+    gates["conv2_gate"].prune(remove)
+    gates["bn1_gate"].prune(torch.arange(8) == 3)
+    with torch.no_grad():
+        conv1 = model.net.get_submodule("conv1")
+        loc1, scale1, _ = conv1.weight_posterior()
+        row3 = gaussian_kl(loc1, scale1, prior_scale)[3].sum()
+        assert before - float(model.kl_divergence()) == pytest.approx(float(rows[remove].sum() + row3), rel=1e-5)
+    model.eval()
+    det = to_deterministic(model)
+    assert [type(m) for m in det.modules() if isinstance(m, nn.Conv1d)] == [nn.Conv1d, nn.Conv1d]
+    assert det.get_submodule("conv1").padding_mode == "reflect" and det.get_submodule("conv1").out_channels == 7
+    with torch.no_grad():
+        torch.testing.assert_close(det(x), model.predict(x), rtol=1e-5, atol=1e-5)
