@@ -454,6 +454,7 @@ class BayesianConv(BayesianLayer):
 
     spatial_dims: int = 2
     replaces: type[nn.Module] = nn.Conv2d
+    padding_mode: str = "zeros"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int],
                  stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
