@@ -32,7 +32,8 @@ inverse normal cumulative distribution function*, 2003; relative error below ``1
   thousand; Acklam's central rational cancels in float32 near its edges), both evaluated for
   every draw so that the loop has no branch; the logarithm is Cephes's ``logf`` and the two
   exponentials per draw ``2^k e^r`` with a degree-7 polynomial, the powers of two made from
-  the float's bits. Draws, KL and gradients agree with the float64 kernel within ``1e-5``
+  the float's bits; multiplies and adds fuse into fused multiply-adds where the CPU has them
+  (LLVM's ``contract``, this kernel only). Draws, KL and gradients agree with the float64 kernel within ``1e-5``
   (relative error of the draws about ``1e-6``; tested, with KS tests of the draws against the
   truncated normal).
 * **float64 parameters** (and float32 with wider bounds): float64 throughout, Acklam's central
@@ -233,12 +234,16 @@ def _compile() -> tuple[Any, Any, Any, Any]:
         e_r = f_one + r * (f_one + r * (e2 + r * (e3 + r * (e4 + r * (e5 + r * (e6 + r * e7))))))
         return e_r, (np.int32(k) + i127) << i23
 
-    @numba.njit(cache=True, error_model="numpy")
+    # a multiply and an add may fuse into one rounding (``contract``): the polynomials become
+    # chains of fused multiply-adds, a fifth less time for draws as accurate against the
+    # float64 kernel (measured: the same largest and a smaller mean error)
+    @numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
     def draw32(u, key, per, per32, low, high, tiny, theta, d_loc, d_log_scale, first,
                last):  # pragma: no cover - compiled
         """:func:`draw` for float32 parameters with the per-draw maths in float32: the uniform,
         ``p`` and ``min(p, 1 - p)`` in float64, the rest in float32 (relative error of the draws
-        about ``1e-6``), over all ``m`` (padded) columns: five loops of 16-wide vectors a row."""
+        about ``1e-6``), over all ``m`` (padded) columns: five loops of 16-wide vectors a row,
+        multiplies and adds fused where the CPU has the instruction."""
         m = per.shape[1]
         n = u.shape[1]
         pa, z = per[7], per[8]

@@ -126,6 +126,45 @@ def test_float32_kernel_with_bounds_beyond_80_computes_in_float64(jit_on: None) 
         torch.testing.assert_close(c, r, rtol=2e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("hidden", [[150], [10, 8]])
+def test_training_steps_of_float32_networks_take_the_float32_kernel(
+        jit_on: None, monkeypatch: pytest.MonkeyPatch, hidden: list[int]) -> None:
+    """A float32 network on the defaults draws with the float32 per-draw maths, with one gated
+    layer (the Fashion-MNIST MLP's single 150-neuron layer) as with several, per example and
+    once per step; float64 parameters take the float64 kernel."""
+    from torch.utils.data import TensorDataset
+
+    from pyro_prune.inference import fit
+    from pyro_prune.inference.elbo import fast_elbo_loss
+    from pyro_prune.models import MLP
+
+    noise_kernels_jit._load()
+    kernels = noise_kernels_jit._kernels
+    assert kernels is not None
+    (prepare, draw, draw32), *rest = kernels
+    used: list[str] = []
+
+    def recorded(kernel, name):  # type: ignore[no-untyped-def]
+        def call(*args):  # type: ignore[no-untyped-def]
+            used.append(name)
+            return kernel(*args)
+        return call
+
+    monkeypatch.setattr(noise_kernels_jit, "_kernels",
+                        ((prepare, recorded(draw, "float64"), recorded(draw32, "float32")), *rest))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 12, generator=g), torch.randint(0, 3, (64,), generator=g)
+    torch.manual_seed(0)
+    net = MLP(12, hidden, 3)
+    fit(net, TensorDataset(x, y), epochs=1, batch_size=32, progress=False)
+    assert used == ["float32"] * 2
+    for per_example in (True, False):
+        fast_elbo_loss(net, x, y, per_example=per_example)[0].backward()
+    assert used == ["float32"] * 4
+    fast_elbo_loss(net.double(), x.double(), y)[0].backward()
+    assert used[-1] == "float64"
+
+
 def test_compiled_gradients_pass_gradcheck(jit_on: None) -> None:
     locs, log_scales = _params(torch.float64, seed=3)
     n = sum(SIZES)
