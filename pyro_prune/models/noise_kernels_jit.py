@@ -592,7 +592,7 @@ def network_theta_and_kl(
 
 #: draws per call up to which the compiled kernel is used. Its loops run on one thread but in
 #: vector instructions; measured on a 2-core CPU (AVX-512), the 128 x 700 float32 draws of a
-#: step of the 7x100 MLP take about 0.4 ms forward (uniforms included; 0.7 ms with float64
+#: step of the 7x100 MLP take about 0.33 ms forward (uniforms included; 0.7 ms with float64
 #: per-draw maths) and 0.05 ms backward compiled against about 4 ms in torch's kernel
 #: (``benchmarks/training_speed.py`` has the whole step). Beyond, a machine with many cores may
 #: be better served by torch's multi-threaded operations.
