@@ -82,6 +82,7 @@ PLANS: dict[str, dict[tuple[str, str], list[tuple[str, float, Any]]]] = {
     "kl": {
         ("mnist", "mlp"): [("bmrs", 0.0, kl) for kl in (4.0, 16.0)],
         ("mnist", "lenet5"): [("bmrs", 0.0, kl) for kl in (8.0, 40.0)],
+        ("fashion-mnist", "lenet5"): [("bmrs", 0.0, kl) for kl in (8.0, 40.0)],
     },
     "recipe": {config: [("bmrs", 0.0, None)] for config in CONFIGS},
     # (start, top of the prior range): method "paths_top<B>"

@@ -678,12 +678,13 @@ def kl_curve_points() -> list[dict[str, Any]]:
     """Compression and accuracy of the default criterion against the KL weight (seed 0).
 
     The ends come from ``bmrs_table.json`` ("elbo") and from the default's own run of
-    ``bmrs_defaults_init.json`` ("paper" = "auto", init_loc 0), the middle from
-    ``bmrs_defaults_kl.json``; the reference is the unpruned network with the ELBO's weight.
+    ``bmrs_defaults_init.json`` ("paper" = "auto", init_loc 0; else ``bmrs_table.json``'s run
+    of the default criterion at "paper", with the weight of ``bmrs_defaults_recipe.json``), the
+    middle from ``bmrs_defaults_kl.json``; the reference is the unpruned network with the ELBO's weight.
     """
     table = _runs(_load("bmrs_table"))
     points = []
-    for dataset, model in (("mnist", "mlp"), ("mnist", "lenet5")):
+    for dataset, model in (("mnist", "mlp"), ("mnist", "lenet5"), ("fashion-mnist", "lenet5")):
         ref = [r for r in table if (r["dataset"], r["model"], r["seed"], r["method"], r["kl_scale"])
                == (dataset, model, 0, "none", "elbo")]
         ends = [r for r in table if (r["dataset"], r["model"], r["seed"], r["method"], r["kl_scale"])
@@ -694,7 +695,8 @@ def kl_curve_points() -> list[dict[str, Any]]:
                   == (dataset, model, 0, "bmrs", 0.0)]
         if not middle or not ref:
             continue
-        auto = [r["kl_value"] for r in ours if (r["dataset"], r["model"], r["kl_scale"]) == (dataset, model, "auto")]
+        auto = [r["kl_value"] for r in ours + _runs(_load("bmrs_defaults_recipe"))
+                if (r["dataset"], r["model"], r["kl_scale"]) == (dataset, model, "auto")]
         if auto and not any(r["kl_scale"] == "auto" for r in middle):  # bmrs_table.py's run of the default
             middle += [{**r, "kl_scale": "auto", "kl_value": auto[0]} for r in table
                        if (r["dataset"], r["model"], r["seed"], r["method"], r["kl_scale"])
