@@ -20,7 +20,7 @@ from pyro_prune._checks import (
 from pyro_prune._enums import Engine, parse_enum
 from pyro_prune.inference.batches import dataset_length
 from pyro_prune.inference.metrics import first_batch
-from pyro_prune.models.base import KLScale, PrunableNet
+from pyro_prune.models.base import KLScale, PrunableNet, check_kl_scale
 
 __all__ = ["FitArguments", "guide_name", "resolve_fit_arguments", "schedule_name"]
 
@@ -35,8 +35,11 @@ class FitArguments:
     num_data: int
     #: ``Engine.FAST`` or ``Engine.PYRO`` (never ``AUTO``)
     engine: Engine
-    #: the weight of the KL term, a number
+    #: the weight of the KL term of the structures' noise, a number
     kl_scale: float
+    #: ``kl_scale`` as given, checked: a number or a :class:`KLScale` name (the loss sets
+    #: each module's weight from it: :meth:`~pyro_prune.models.base.PrunableNet.kl_scales`)
+    kl_spec: float | str
     #: the guide that trains: the user's, else ``model.guide``
     guide: Callable
     #: whether ``guide`` is the user's own (not ``model.guide``)
@@ -86,6 +89,7 @@ def resolve_fit_arguments(model: PrunableNet, train: Any, *, epochs: int, batch_
         raise ValueError("train is empty")
     engine = parse_enum(Engine, engine, "engine")
     kl_value = model.resolve_kl_scale(kl_scale, num_data=num_data)
+    kl_spec = check_kl_scale(kl_scale)
     custom_guide = guide is not None and guide != model.guide
     if custom_guide:
         check_guide(model, guide, x_train[:2], y_train[:2])
@@ -94,7 +98,7 @@ def resolve_fit_arguments(model: PrunableNet, train: Any, *, epochs: int, batch_
     if engine is Engine.FAST and custom_guide:
         raise ValueError("engine='fast' works with the model's own guide only; use engine='pyro'")
     return FitArguments(sample=(x_train[:2], y_train[:2]), num_data=num_data, engine=engine,
-                        kl_scale=kl_value, guide=guide if guide is not None else model.guide,
+                        kl_scale=kl_value, kl_spec=kl_spec, guide=guide if guide is not None else model.guide,
                         custom_guide=custom_guide)
 
 

@@ -120,7 +120,9 @@ def fit(
         kl_scale: weight of the KL term, a temperature of the posterior: a number,
             ``"elbo"`` (1), ``"paper"`` (``num_data / num_structures``) or ``"auto"`` (the
             default: ``"paper"`` for a network with multiplicative noise, ``"elbo"``
-            otherwise). See :class:`~pyro_prune.models.base.KLScale` and ``docs/defaults.md``.
+            otherwise). A name weights the structures' noise; Gaussian weights beside
+            noise keep the ELBO's weight. See :class:`~pyro_prune.models.base.KLScale` and
+            ``docs/defaults.md``.
         guide: a custom Pyro guide (e.g. ``AutoDelta``); defaults to ``model.guide``.
         weight_decay: Adam weight decay (0: none; the priors already regularise).
         noise_lr: learning rate of the noise posteriors (loc and log scale of every
@@ -165,7 +167,7 @@ def fit(
 
     torch.manual_seed(seed)
     pyro.set_rng_seed(seed)
-    loss_fn = ElboLoss(model, num_data=args.num_data, kl_scale=args.kl_scale, per_example=per_example_noise,
+    loss_fn = ElboLoss(model, num_data=args.num_data, kl_scale=args.kl_spec, per_example=per_example_noise,
                        guide=guide if custom_guide else None, use_pyro=args.engine is Engine.PYRO)
     model.train()
 

@@ -193,8 +193,10 @@ def _check_kl_scale(kl_scale: float | str | None) -> float | str | None:
 
 
 def _kl_weight(model: PrunableNet) -> float | None:
-    """The KL weight the model's stochastic modules use now (``None`` without any)."""
-    weights = {float(m.kl_scale) for m in model.stochastic_modules().values()}
+    """The KL weight of the structures' noise now (of the stochastic modules in a network
+    without noise; ``None`` without any, or if they differ)."""
+    modules = model.noise_layers() or model.stochastic_modules()
+    weights = {float(m.kl_scale) for m in modules.values()}
     return weights.pop() if len(weights) == 1 else None
 
 

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import math
 
+import pyro
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
 from pyro_prune.data import train_val_split
 from pyro_prune.inference import ContinuousPruning, evaluate, fit
+from pyro_prune.inference.elbo import fast_elbo_loss, pyro_elbo_loss
 from pyro_prune.models import MLP
 
 
@@ -134,6 +136,39 @@ def test_kl_scale_auto_tempers_noise_networks_only(digits) -> None:
     bayesian = MLP(64, [16], 10, weights="gaussian", gate="mask")  # no structure noise: the ELBO
     assert fit(bayesian, train, epochs=0, progress=False).config["kl_scale"] == 1.0
     assert fit(noisy, train, epochs=0, progress=False, kl_scale="elbo").config["kl_scale"] == 1.0
+
+
+@pytest.mark.parametrize("kl_scale", ["auto", "paper", 3.0])
+def test_a_named_kl_weight_tempers_the_structures_noise_not_the_gaussian_weights(digits, kl_scale) -> None:
+    """Gaussian weights beside noise keep the ELBO's weight under a named KL weight, and the
+    loss is the expected log likelihood plus each module's KL at its own weight."""
+    train, _ = digits
+    torch.manual_seed(0)
+    net = MLP(64, [16, 8], 10, weights="gaussian")
+    result = fit(net, train, epochs=0, progress=False, kl_scale=kl_scale)
+    noise_weight = 3.0 if kl_scale == 3.0 else len(train) / 24
+    weights_weight = 3.0 if kl_scale == 3.0 else 1.0
+    assert result.config["kl_scale"] == pytest.approx(noise_weight)
+    noise = net.noise_layers()
+    assert noise and all(m.kl_scale == pytest.approx(noise_weight) for m in noise.values())
+    others = [m for n, m in net.stochastic_modules().items() if n not in noise]
+    assert others and all(m.kl_scale == pytest.approx(weights_weight) for m in others)
+    # both engines weight each module's KL by its own weight: the loss exceeds the
+    # untempered one (the same draws) by sum_m (weight_m - 1) KL_m
+    x, y = train.tensors[0][:10], train.tensors[1][:10]
+    weights = {n: m.kl_scale for n, m in net.stochastic_modules().items()}
+    kl = {n: float(m.kl_divergence().detach()) / m.kl_scale for n, m in net.stochastic_modules().items()}
+    tempering = sum((weights[n] - 1.0) * kl[n] for n in kl)
+    engines = {"pyro": lambda: pyro_elbo_loss(net, x, y),
+               "fast": lambda: fast_elbo_loss(net, x, y, per_example=False)[0]}
+    for loss_of in engines.values():
+        losses = []
+        for spec in (kl_scale, 1.0):
+            net.set_kl_scale(spec)
+            torch.manual_seed(1)
+            pyro.set_rng_seed(1)
+            losses.append(float(loss_of().detach()))
+        assert losses[0] - losses[1] == pytest.approx(tempering, rel=1e-3)
 
 
 @pytest.mark.slow
