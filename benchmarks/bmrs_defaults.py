@@ -16,7 +16,8 @@ criterion ``bmrs``), changing one thing per experiment:
 * ``criteria``: the reduced priors and decision rules not in ``bmrs_table.py``: the whole
   off range (``bmrs_u_off``) and the joint BMR of a structure's noise and its Gaussian
   incoming weights (``bmrs_joint``, on the same network with ``weights="gaussian"``, whose
-  unpruned reference is ``none_gaussian``);
+  unpruned reference is ``none_gaussian`` and whose noise-only criterion is the default's,
+  ``bmrs_gaussian``);
 * ``kl``: the KL weight (the temperature) from ``elbo`` (1) to ``paper``
   (``num_data / num_structures``);
 * ``recipe``: the default recipe on the four Table-1 configurations (its fine-tuning epochs
@@ -77,7 +78,9 @@ PLANS: dict[str, dict[tuple[str, str], list[tuple[str, float, Any]]]] = {
     },
     "criteria": {
         ("fashion-mnist", "mlp"): [("bmrs_u_off", 0.0, None), ("none_gaussian", 0.0, None),
-                                   ("bmrs_joint", 0.0, None)],
+                                   ("bmrs_joint", 0.0, None), ("bmrs_gaussian", 0.0, None)],
+        ("mnist", "mlp"): [("none_gaussian", 0.0, None), ("bmrs_joint", 0.0, None),
+                           ("bmrs_gaussian", 0.0, None)],
     },
     "kl": {
         ("mnist", "mlp"): [("bmrs", 0.0, kl) for kl in (4.0, 16.0)],
@@ -126,11 +129,13 @@ def run_one(dataset: str, model_name: str, seed: int, method: str, init_loc: flo
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     name = method
+    ref0 = method.endswith("_ref0")
     method = method.removesuffix("_ref0")
-    gaussian = method in ("bmrs_joint", "none_gaussian")
+    gaussian = method in ("bmrs_joint", "none_gaussian", "bmrs_gaussian")
+    method = "bmrs" if method == "bmrs_gaussian" else method  # the default criterion, Gaussian weights
     noise = {"log_high": float(method.removeprefix("paths_top"))} if method.startswith("paths") else {}
     model = make_model(model_name, data["info"], weights="gaussian" if gaussian else "point",
-                       init_loc=init_loc, reference_loc=0.0 if name != method else None, **noise)
+                       init_loc=init_loc, reference_loc=0.0 if ref0 else None, **noise)
     kw: dict[str, Any] = {} if kl is None else {"kl_scale": kl}
     finetune_kl = FINETUNE_KL[args.finetune_kl]
     if method.startswith("none"):
