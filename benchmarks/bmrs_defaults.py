@@ -78,7 +78,9 @@ PLANS: dict[str, dict[tuple[str, str], list[tuple[str, float, Any]]]] = {
     },
     "criteria": {
         ("fashion-mnist", "mlp"): [("bmrs_u_off", 0.0, None), ("none_gaussian", 0.0, None),
-                                   ("bmrs_joint", 0.0, None), ("bmrs_gaussian", 0.0, None)],
+                                   ("bmrs_joint", 0.0, None), ("bmrs_gaussian", 0.0, None),
+                                   # the paper's weight as a number: it weights every KL term
+                                   ("none_gaussian", 0.0, 320.0)],
         ("mnist", "mlp"): [("none_gaussian", 0.0, None), ("bmrs_joint", 0.0, None),
                            ("bmrs_gaussian", 0.0, None)],
     },

@@ -745,15 +745,17 @@ def defaults_tables() -> str:
                       _table(head, rows)]
     extra = list((crit or {}).get("rows", []))
     if extra:
-        rows = [[r["dataset"], r["model"], r["method"], r.get("finetune_kl", "train"), r["seeds"],
+        rows = [[r["dataset"], r["model"], r["method"], r["kl_scale"], r.get("finetune_kl", "train"), r["seeds"],
                  f"{r['compression_%']:.1f} ± {r['compression_std']:.1f}",
                  f"{r['accuracy_%']:.2f} ± {r['accuracy_std']:.2f}"] for r in extra]
         parts += ["### The new reduced priors and joint BMR (mean ± std over seeds)",
                   "`none_gaussian`: the unpruned network with Gaussian weights; `bmrs_gaussian`: the "
                   "default criterion (the noise alone) on that network; `bmrs_joint`: the joint BMR "
                   "of each structure's noise and incoming weights on it. Fine-tuning at the ELBO's "
-                  "weight (`elbo`, the default) or at the training weight (`train`).",
-                  _table(["data", "model", "criterion", "fine-tuning KL weight", "seeds",
+                  "weight (`elbo`, the default) or at the training weight (`train`). The KL weight `auto` "
+                  "weights the noise's KL by the paper's weight and the Gaussian weights' by 1; a "
+                  "number weights every KL term.",
+                  _table(["data", "model", "criterion", "KL weight", "fine-tuning KL weight", "seeds",
                           "compression %", "test accuracy %"], rows),
                   _reproduce(crit or init)]
     if init is not None:

@@ -58,9 +58,9 @@ class KLScale(enum.Enum):
 
     A named weight is a weight per structure: in a network with multiplicative noise it
     weights the noise KL only, and Gaussian weights (``weights="gaussian"``) keep the ELBO's
-    weight 1. Tempering them as well leaves the Bayesian network underfitted (Fashion-MNIST
-    MLP: 70.4% test accuracy unpruned against 82.8%, ``docs/defaults.md``). A number weights
-    every KL term: the tempered posterior of the whole model.
+    weight 1: tempering them as well leaves the Bayesian network badly underfitted
+    (``docs/defaults.md``). A number weights every KL term: the tempered posterior of the
+    whole model.
     """
 
     ELBO = "elbo"
