@@ -148,7 +148,8 @@ def check_model_data(model: Any, x: Tensor, y: Tensor | None, arg: str) -> None:
 
     Inputs: the model's floating dtype and a shape its backbone accepts. Targets of a
     categorical model: int64 labels of shape ``[N]`` in ``0 .. C-1`` (``C`` the number of
-    outputs; ``-100``, cross-entropy's "ignore" label, is refused too). Targets of a gaussian
+    outputs; ``-100``, cross-entropy's "ignore" label, is refused too), or, for outputs
+    ``[N, T, ..., C]`` (a language model's logits), token labels of shape ``[N, T, ...]``. Targets of a gaussian
     model: float of shape ``[N, D]`` with ``D`` the number of outputs (nothing broadcasts).
     """
     from pyro_prune.models.base import Likelihood
@@ -178,10 +179,19 @@ def check_model_data(model: Any, x: Tensor, y: Tensor | None, arg: str) -> None:
         return
     width = int(out.shape[-1])
     if model.likelihood is Likelihood.CATEGORICAL:
-        if y.dtype != torch.int64 or y.dim() != 1:
+        tokens = tuple(out.shape[1:-1])  # the token axes of a language model's logits
+        if y.dtype != torch.int64 or tuple(y.shape[1:]) not in {(), tokens}:
+            token_form = f" or token labels of shape [N, {', '.join(map(str, tokens))}]" if tokens else ""
             raise ValueError(
                 f"{arg}: a categorical model needs integer class labels of dtype torch.int64 and "
-                f"shape [N], found dtype={y.dtype} shape={tuple(y.shape)}"
+                f"shape [N]{token_form}, found dtype={y.dtype} shape={tuple(y.shape)} (the "
+                f"model's outputs on two examples have shape {tuple(out.shape)})"
+            )
+        if y.dim() == 1 and tokens:
+            raise ValueError(
+                f"{arg}: the model's outputs on two examples have shape {tuple(out.shape)}, one "
+                f"distribution per token: it needs token labels of shape [N, "
+                f"{', '.join(map(str, tokens))}], found shape={tuple(y.shape)}"
             )
         low, high = int(y.min()), int(y.max())
         if low < 0 or high >= width:

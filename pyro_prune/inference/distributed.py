@@ -243,8 +243,9 @@ class GradientSync:
         self.comm_seconds = 0.0
         self.steps = 0
 
-    def reduce(self, batch: int, loss: float, correct: int) -> tuple[int, float, int]:
-        """Reduce this rank's gradients, its batch size, loss and correct count."""
+    def reduce(self, batch: int, loss: float, correct: float) -> tuple[int, float, float]:
+        """Reduce this rank's gradients, its batch size, loss and correct count (per example:
+        the share of its tokens with token labels)."""
         if not self.info.active:
             return batch, loss, correct
         first = self.params[0]
@@ -276,4 +277,4 @@ class GradientSync:
                 else:
                     p.grad = None
                 offset += n
-        return int(round(total)), float(tail[1]) / max(total, 1.0), int(round(float(tail[2])))
+        return int(round(total)), float(tail[1]) / max(total, 1.0), float(tail[2])

@@ -14,7 +14,7 @@ from pyro_prune.inference.batches import BatchSource
 from pyro_prune.inference.distributed import DistributedInfo, GradientSync
 from pyro_prune.inference.loop import ElboLoss
 from pyro_prune.inference.metrics import evaluate
-from pyro_prune.models.base import Likelihood, PrunableNet
+from pyro_prune.models.base import Likelihood, PrunableNet, correct_per_example
 
 __all__ = ["EpochTrainer", "FitContext"]
 
@@ -69,14 +69,14 @@ class EpochTrainer:
         ctx, model, optimizer, info = self.ctx, self.ctx.model, self.ctx.optimizer, self.info
         plan = self.loss_fn.plan
         model.train()
-        total, correct, seen = 0.0, 0, 0
+        total, correct, seen = 0.0, 0.0, 0
         batches = self.source.epoch(ctx.epoch)
         while True:
             batch = next(batches, None)
             if batch is None and (self.source.even or not info.active):
                 break
             optimizer.zero_grad(set_to_none=True)
-            n_local, loss_value, right = 0, 0.0, 0
+            n_local, loss_value, right = 0, 0.0, 0.0
             if info.active and plan is not None and self.shared_noise and batch is not None:
                 plan.rows = (batch[2], info.rank, info.world_size)
             if batch is not None and len(batch[0]) == 0:  # an empty share of a small last batch
@@ -95,7 +95,7 @@ class EpochTrainer:
                 loss.backward()
                 n_local, loss_value = len(xb), float(loss.detach())
                 if out is not None and model.likelihood is Likelihood.CATEGORICAL:
-                    right = int((out.detach().argmax(-1) == yb).sum())
+                    right = float(correct_per_example(out.detach(), yb).sum())
             n_step, loss_value, right = self.sync.reduce(n_local, loss_value, right)
             if n_step == 0:  # every rank's stream has ended
                 break

@@ -232,8 +232,10 @@ def fit(
                             torch.Generator().manual_seed(_rank_seed(seed, dist_info.rank, start_epoch)).get_state())
         generator.set_state(state["rng"]["data"])
 
-    # a failed classifier is judged on an in-memory training set (10+ examples per class)
-    chance = chance_level(model, train.tensors[1]) if isinstance(train, TensorDataset) else None
+    # a failed classifier is judged on an in-memory training set (10+ examples per class; not
+    # a language model's token labels, whose per-example loss sums over the tokens)
+    chance = (chance_level(model, train.tensors[1])
+              if isinstance(train, TensorDataset) and train.tensors[1].dim() == 1 else None)
     bar = progress_bar(desc=f"fit {type(model).__name__}", total=total_epochs, initial=start_epoch,
                        enabled=progress and main, every_s=0.0)
     with flush_denormals(flush_denormal):

@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 from pyro_prune._checks import check_dataset, check_model_data
 from pyro_prune.inference.batches import eval_batches
-from pyro_prune.models.base import Likelihood, PrunableNet
+from pyro_prune.models.base import Likelihood, PrunableNet, correct_per_example
 
 __all__ = ["evaluate", "first_batch", "model_device"]
 
@@ -19,6 +19,9 @@ __all__ = ["evaluate", "first_batch", "model_device"]
 @torch.no_grad()
 def evaluate(model: PrunableNet, dataset: Any, *, batch_size: int = 2048) -> dict[str, float]:
     """Mean negative log likelihood and accuracy (or RMSE) at the posterior mean.
+
+    The loss is per example; with token labels ``[N, T]`` (a language model's next tokens)
+    an example's is the sum over its tokens and the accuracy is per token.
 
     ``dataset``: a ``TensorDataset(inputs, targets)``, any map-style or iterable ``Dataset``
     of ``(input, target)`` pairs, or a ``DataLoader`` (read in order, batch by batch).
@@ -31,7 +34,7 @@ def evaluate(model: PrunableNet, dataset: Any, *, batch_size: int = 2048) -> dic
     was_training = model.training
     model.eval()
     device = model_device(model)
-    total_nll, correct, sq, n, width = 0.0, 0, 0.0, 0, 1
+    total_nll, correct, sq, n, width = 0.0, 0.0, 0.0, 0, 1
     try:
         for xb, yb in eval_batches(dataset, batch_size):
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
@@ -39,7 +42,7 @@ def evaluate(model: PrunableNet, dataset: Any, *, batch_size: int = 2048) -> dic
             total_nll += float(model.nll(out, yb).sum())
             n += len(xb)
             if model.likelihood is Likelihood.CATEGORICAL:
-                correct += int((out.argmax(-1) == yb).sum())
+                correct += float(correct_per_example(out, yb).sum())
             else:
                 sq += float(((out - yb) ** 2).sum())
                 width = yb.shape[-1]

@@ -32,7 +32,8 @@ from pyro_prune.models.bayesian import BayesianLayer, link_output_gates
 from pyro_prune.models.gate import StructureGate
 from pyro_prune.models.noise import MultiplicativeNoise, NoiseMode, StochasticModule, noise_mode
 
-__all__ = ["KLScale", "Likelihood", "PrunableNet", "check_kl_scale", "check_prunable"]
+__all__ = ["KLScale", "Likelihood", "PrunableNet", "check_kl_scale", "check_prunable",
+           "correct_per_example"]
 
 
 class Likelihood(enum.Enum):
@@ -272,8 +273,15 @@ class PrunableNet(PyroModule):
         return pyro.plate("data", size=size, subsample=torch.arange(batch))
 
     def observation(self, out: Tensor) -> dist.TorchDistribution:
-        """The per-example distribution of ``y`` given the backbone output."""
+        """The per-example distribution of ``y`` given the backbone output.
+
+        Categorical: over the last axis of the logits. Logits ``[N, T, ..., C]`` (a language
+        model's) observe labels ``[N, T, ...]``, the token axes an event, so an example's
+        log likelihood is the sum over its tokens.
+        """
         if self.likelihood is Likelihood.CATEGORICAL:
+            if out.dim() > 2:
+                return dist.Categorical(logits=out).to_event(out.dim() - 2)
             return dist.Categorical(logits=out)
         return dist.Normal(out, self.obs_scale).to_event(1)
 
@@ -303,8 +311,13 @@ class PrunableNet(PyroModule):
 
     # ------------------------------------------------------------------ plain torch
     def nll(self, out: Tensor, y: Tensor) -> Tensor:
-        """Per-example negative log likelihood ``-log p(y_n | out_n)`` (shape ``[batch]``)."""
+        """Per-example negative log likelihood ``-log p(y_n | out_n)`` (shape ``[batch]``);
+        with token labels ``[batch, T, ...]``, the sum over an example's tokens."""
         if self.likelihood is Likelihood.CATEGORICAL:
+            if out.dim() > 2:
+                per_token = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1),
+                                            reduction="none")
+                return per_token.reshape(y.shape[0], -1).sum(-1)
             return F.cross_entropy(out, y, reduction="none")
         var = self.obs_scale**2
         return (0.5 * ((y - out) ** 2 / var + torch.log(2 * math.pi * var))).sum(-1)
@@ -329,6 +342,15 @@ class PrunableNet(PyroModule):
 
     def iter_latents(self) -> Iterator[tuple[str, StochasticModule]]:
         yield from self.stochastic_modules().items()
+
+
+def correct_per_example(logits: Tensor, y: Tensor) -> Tensor:
+    """The fraction of an example's labels that the logits' ``argmax`` gets right, ``[N]``
+    floats: 0 or 1 for class labels ``[N]``, the share of its tokens for token labels
+    ``[N, T, ...]`` (every example has as many tokens, so their mean is the per-token
+    accuracy)."""
+    right = (logits.argmax(-1) == y).to(torch.float64)
+    return right.reshape(y.shape[0], -1).mean(-1) if y.dim() > 1 else right
 
 
 def check_kl_scale(kl_scale: float | KLScale | str, name: str = "kl_scale") -> float | str:

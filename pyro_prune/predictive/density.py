@@ -63,7 +63,11 @@ def evaluate_predictive(
     out = out.double()
     log_s = math.log(out.shape[0])
     if model.likelihood is Likelihood.CATEGORICAL:
-        log_p = torch.log_softmax(out, -1).logsumexp(0) - log_s  # [N, C]
+        log_p = torch.log_softmax(out, -1).logsumexp(0) - log_s  # [N, C] or [N, T, C]
+        if y.dim() > 1:  # token labels: per-token accuracy, the nll of an example's tokens
+            lpd = _log_lik_draws(model, out, y).logsumexp(0) - log_s
+            return {"accuracy": float((log_p.argmax(-1) == y).double().mean()),
+                    "nll": float(-lpd.mean())}
         return {"accuracy": float((log_p.argmax(-1) == y).double().mean()),
                 "nll": float(-log_p.gather(-1, y[:, None]).mean())}
     rmse = float(((out.mean(0) - y.double()) ** 2).mean().sqrt()) * target_scale
@@ -73,9 +77,14 @@ def evaluate_predictive(
 
 
 def _log_lik_draws(model: PrunableNet, out: Tensor, y: Tensor) -> Tensor:
-    """``log p(y_n | x_n, z_s)`` of every draw ``[S, N]`` from the network outputs ``out``."""
+    """``log p(y_n | x_n, z_s)`` of every draw ``[S, N]`` from the network outputs ``out``
+    (with token labels ``[N, T, ...]``, the sum over an example's tokens)."""
     out = out.double()
     if model.likelihood is Likelihood.CATEGORICAL:
+        if y.dim() > 1:
+            per_token = torch.log_softmax(out, -1).gather(
+                -1, y.expand(out.shape[0], *y.shape)[..., None])[..., 0]
+            return per_token.reshape(out.shape[0], y.shape[0], -1).sum(-1)
         return torch.log_softmax(out, -1).gather(-1, y.expand(out.shape[0], -1)[..., None])[..., 0]
     sigma = model.obs_scale.detach().double()
     return torch.distributions.Normal(out, sigma).log_prob(y.double()).sum(-1)
@@ -93,7 +102,8 @@ def log_predictive_density(
     engine: Engine | str = Engine.FAST,
     seed: int = 0,
 ) -> Tensor:
-    r"""Pointwise log posterior predictive density of held-out data, ``[N]`` (float64).
+    r"""Pointwise log posterior predictive density of held-out data, ``[N]`` (float64); with
+    token labels ``[N, T]``, of each example's tokens together.
 
     :math:`\mathrm{lpd}_n = \log \frac1S \sum_s p(y_n \mid x_n, z_s)` with ``S = draws``
     posterior draws, formed with logsumexp. Summed over a test set it is the quantity a

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from pyro_prune.models.base import Likelihood, PrunableNet
+from pyro_prune.models.base import Likelihood, PrunableNet, correct_per_example
 from pyro_prune.models.fcn import MAPNet, prunable_layers, weight_masks
 
 __all__ = ["BayesFactor", "EvidenceBayesFactor", "EvidenceKind", "LogPosterior", "bayes_factor",
@@ -196,7 +196,7 @@ def log_posterior(model: PrunableNet, dataset: TensorDataset, *, batch_size: int
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=x.device)
-    correct = 0
+    correct = 0.0
     categorical = model.likelihood is Likelihood.CATEGORICAL
     try:
         for i in range(0, len(x), batch_size):
@@ -204,7 +204,7 @@ def log_posterior(model: PrunableNet, dataset: TensorDataset, *, batch_size: int
             out = model.predict(xb)
             total -= model.nll(out, yb).double().sum()
             if categorical:
-                correct += int((out.argmax(-1) == yb).sum())
+                correct += float(correct_per_example(out, yb).sum())  # per token with token labels
     finally:
         model.train(was_training)
     return LogPosterior(

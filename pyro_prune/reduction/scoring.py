@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from pyro_prune.graph.layers import layer_slicer
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.models.gate import StructureGate, rank_structures
 from pyro_prune.models.noise import MultiplicativeNoise
@@ -38,6 +39,14 @@ def _rows(t: Tensor, gate: StructureGate) -> Tensor:
             f"{gate.site_name}: producer weight has {t.shape[0]} rows, expected {gate.num_structures}"
         )
     return t.reshape(t.shape[0], -1)
+
+
+def _weight_rows(producer: nn.Module, t: Tensor, gate: StructureGate) -> Tensor:
+    """:func:`_rows` of a producer's ``weight`` or its gradient, its structure axis first (the
+    registered layout: Hugging Face's ``Conv1D`` stores ``[in, out]``)."""
+    slicer = layer_slicer(producer)
+    axis = slicer.tensors.get("weight", (0, None))[0] if slicer is not None else 0
+    return _rows(t.movedim(axis, 0) if axis else t, gate)
 
 
 def gate_inputs(model: PrunableNet, name: str) -> dict[str, Tensor | float]:
@@ -60,9 +69,9 @@ def gate_inputs(model: PrunableNet, name: str) -> dict[str, Tensor | float]:
         else:
             weight = getattr(producer, "weight", None)
             if isinstance(weight, Tensor):
-                inputs["weight"] = _rows(weight.detach(), gate)
+                inputs["weight"] = _weight_rows(producer, weight.detach(), gate)
                 if weight.grad is not None:
-                    inputs["grad"] = _rows(weight.grad.detach(), gate)
+                    inputs["grad"] = _weight_rows(producer, weight.grad.detach(), gate)
     return inputs
 
 

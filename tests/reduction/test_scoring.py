@@ -55,3 +55,19 @@ def test_global_ranking_is_rank_structures_of_the_scores_and_skips_removed_struc
     assert len(order) == 4 + 5
     ranked = [float(scores[name][idx]) for name, idx in order]
     assert ranked == sorted(ranked)  # least important first
+
+
+def test_gate_inputs_read_a_transposed_producer_weight_by_its_structure_axis() -> None:
+    """Hugging Face's ``Conv1D`` (GPT-2) stores its weight ``[in, out]``: a structure's row is
+    a column of it (every criterion reads the gate inputs, BMRS too)."""
+    tf = pytest.importorskip("transformers")
+    from pyro_prune.reduction.scoring import gate_inputs
+
+    torch.manual_seed(0)
+    lm = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=12, n_embd=16, n_layer=1, n_head=4,
+                                          n_positions=16, bos_token_id=1, eos_token_id=1))
+    model = bayesianize(lm, example_input=torch.randint(0, 12, (2, 8)))
+    name = next(n for n, g in model.gates().items() if g.producer_name == "module.transformer.h.0.mlp.c_fc")
+    weight = model.net.get_submodule("module.transformer.h.0.mlp.c_fc").weight
+    assert weight.shape == (16, 64)
+    torch.testing.assert_close(gate_inputs(model, name)["weight"], weight.detach().T)

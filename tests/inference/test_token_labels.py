@@ -1,0 +1,149 @@
+"""Language models: logits ``[N, T, V]`` and per-token labels ``[N, T]`` (the next tokens).
+
+The observation is a categorical over the vocabulary with the token axes an event, so an
+example's log likelihood is the sum over its tokens; ``fit`` (both engines' losses),
+``evaluate``, the predictive metrics, pruning and conversion take such labels on a Hugging
+Face GPT-2 from a tiny config and on a plain-torch embedding + MLP language model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import TensorDataset
+
+from pyro_prune.convert import count_params, to_deterministic
+from pyro_prune.inference import evaluate, fit
+from pyro_prune.inference.elbo import fast_elbo_loss, pyro_elbo_loss
+from pyro_prune.models import bayesianize
+from pyro_prune.models.base import PrunableNet
+from pyro_prune.predictive import evaluate_predictive, log_predictive_density
+from pyro_prune.reduction import structure_removals
+
+VOCAB, SEQ = 12, 8
+
+
+def _tokens(n: int, seed: int = 0) -> TensorDataset:
+    """Sequences counting up modulo the vocabulary from a random start: the next token is a
+    function of the current one, so a model that learns must lower the loss."""
+    g = torch.Generator().manual_seed(seed)
+    seq = (torch.randint(0, VOCAB, (n, 1), generator=g) + torch.arange(SEQ + 1)) % VOCAB
+    return TensorDataset(seq[:, :-1], seq[:, 1:])
+
+
+class TinyLM(nn.Module):
+    """A token embedding, one hidden layer per position and a head over the vocabulary."""
+
+    def __init__(self, vocab: int, dim: int = 16, hidden: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.hidden = nn.Linear(dim, hidden)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.head(torch.relu(self.hidden(self.embed(ids))))
+
+
+def _gpt2() -> nn.Module:
+    tf = pytest.importorskip("transformers")
+    return tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=4,
+                                            n_positions=16, bos_token_id=1, eos_token_id=1,
+                                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+
+
+def _model(name: str, num_data: int | None = None) -> PrunableNet:
+    torch.manual_seed(0)
+    net = TinyLM(VOCAB) if name == "plain" else _gpt2()
+    return bayesianize(net, example_input=_tokens(2).tensors[0], num_data=num_data)
+
+
+def _token_log_lik(logits: Tensor, y: Tensor) -> Tensor:
+    """``sum_t log softmax(logits_nt)[y_nt]`` per example, the reference."""
+    return torch.log_softmax(logits.double(), -1).gather(-1, y[..., None])[..., 0].sum(-1)
+
+
+@pytest.mark.parametrize("name", ["plain", "gpt2"])
+def test_a_language_model_fits_on_token_labels_then_prunes_and_converts(name: str) -> None:
+    train, test = _tokens(128, seed=0), _tokens(64, seed=1)
+    model = _model(name)
+    before = evaluate(model, test)
+    x, y = test.tensors
+    # the loss is per example: the sum of its tokens' negative log likelihoods
+    assert before["loss"] == pytest.approx(float(-_token_log_lik(model.predict(x), y).mean()),
+                                           rel=1e-5)
+    assert before["loss"] > 0.5 * SEQ * math.log(VOCAB)  # random weights: near uniform
+    history = fit(model, train, epochs=2, batch_size=16, lr=1e-2, seed=0, progress=False).history
+    assert all(0.0 <= row["train_accuracy"] <= 1.0 for row in history if "train_accuracy" in row)
+    after = evaluate(model, test)
+    assert after["loss"] < 0.8 * before["loss"], (before, after)
+    # per-token accuracy: the share of the N x T next tokens the argmax gets right
+    logits = model.predict(x)
+    assert after["accuracy"] == pytest.approx(float((logits.argmax(-1) == y).double().mean()))
+    assert after["accuracy"] > before["accuracy"]
+    assert after["loss"] == pytest.approx(float(-_token_log_lik(logits, y).mean()), rel=1e-5)
+
+    # the posterior predictive: one lpd per example, over its tokens together
+    lpd = log_predictive_density(model, test, draws=4, seed=0)
+    assert lpd.shape == (len(test),) and bool(torch.isfinite(lpd).all())
+    metrics = evaluate_predictive(model, test, draws=4, seed=0)
+    assert metrics["nll"] == pytest.approx(float(-lpd.mean()), rel=1e-9)
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+
+    # BMRS's decisions (two short epochs keep every structure) and, so that the conversion
+    # has something to remove, every other structure of each gate by hand
+    removals = structure_removals(model, "bmrs_u")
+    for gate_name, remove in removals.items():
+        every_other = torch.arange(len(remove)) % 2 == 1
+        model.gates()[gate_name].prune(remove | every_other)
+    model.eval()
+    small = to_deterministic(model)
+    assert count_params(small) < count_params(model.net)
+    torch.testing.assert_close(small(x), model.predict(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kl_scale", [1.0, 2.5])
+def test_fast_elbo_equals_the_pyro_trace_elbo_on_token_labels(kl_scale: float) -> None:
+    model = _model("plain", num_data=40)
+    model.set_kl_scale(kl_scale)
+    x, y = _tokens(6).tensors
+    losses = []
+    for engine in ("pyro", "fast"):  # the same random numbers: one draw shared by the batch
+        pyro.set_rng_seed(1)
+        if engine == "pyro":
+            losses.append(pyro_elbo_loss(model, x, y))
+        else:
+            fast_loss, out = fast_elbo_loss(model, x, y, per_example=False)
+            losses.append(fast_loss)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-4)
+    # and its likelihood term is the scaled sum over examples and tokens
+    reference = -_token_log_lik(out, y).sum() * 40 / 6 + model.kl_divergence()
+    torch.testing.assert_close(fast_loss.double(), reference.detach(), rtol=1e-5, atol=1e-4)
+
+
+def test_the_observation_is_one_event_per_example() -> None:
+    model = _model("plain")
+    x, y = _tokens(5).tensors
+    obs = model.observation(model.predict(x))
+    assert obs.batch_shape == (5,) and obs.event_shape == (SEQ,)
+    torch.testing.assert_close(obs.log_prob(y).double(), _token_log_lik(model.predict(x), y))
+    torch.testing.assert_close(model.nll(model.predict(x), y).double(),
+                               -_token_log_lik(model.predict(x), y))
+
+
+@pytest.mark.parametrize("labels, message", [
+    (torch.zeros(32, SEQ + 1, dtype=torch.int64), r"\[N\] or token labels of shape \[N, 8\].*"
+                                                  r"shape=\(32, 9\).*\(2, 8, 12\)"),
+    (torch.zeros(32, dtype=torch.int64), r"\(2, 8, 12\), one distribution per token.*"
+                                         r"\[N, 8\], found shape=\(32,\)"),
+    (torch.full((32, SEQ), -100, dtype=torch.int64), r"lie in 0\.\.11.*from -100"),
+    (torch.zeros(32, SEQ), r"dtype=torch.float32 shape=\(32, 8\)"),
+])
+def test_labels_that_do_not_fit_the_logits_are_refused(labels: Tensor, message: str) -> None:
+    model = _model("plain")
+    x = _tokens(32).tensors[0]
+    with pytest.raises(ValueError, match=message):
+        fit(model, TensorDataset(x, labels), epochs=1, progress=False)
