@@ -85,13 +85,19 @@ class EpochTrainer:
             elif batch is not None:
                 xb = batch[0].to(self.device, non_blocking=True)
                 yb = batch[1].to(self.device, non_blocking=True)
-                loss, out = self.loss_fn(xb, yb)
+                try:
+                    loss, out = self.loss_fn(xb, yb)
+                except ValueError as err:  # a distribution refusing a parameter the last step made NaN
+                    bad = _first_non_finite(model)
+                    if bad is None:
+                        raise
+                    raise FloatingPointError(
+                        f"the parameter {bad} became non-finite at epoch {ctx.epoch + 1}, step {ctx.step}; "
+                        + self._advice()) from err
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"the loss became {float(loss.detach())} at epoch {ctx.epoch + 1}, step {ctx.step}; "
-                        f"lower lr (now {self.lr})"
-                        + (f" or noise_lr (now {self.noise_lr})" if self.noise_lr else "")
-                    )
+                        + self._advice())
                 loss.backward()
                 n_local, loss_value = len(xb), float(loss.detach())
                 if out is not None and model.likelihood is Likelihood.CATEGORICAL:
@@ -110,3 +116,15 @@ class EpochTrainer:
         if self.running_accuracy:
             row["train_accuracy_running"] = correct / max(seen, 1)
         return row
+
+    def _advice(self) -> str:
+        return f"lower lr (now {self.lr})" + (f" or noise_lr (now {self.noise_lr})" if self.noise_lr else "")
+
+
+def _first_non_finite(model: PrunableNet) -> str | None:
+    """The name of the model's first parameter holding a NaN or an infinity, or ``None``."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not bool(torch.isfinite(param).all()):
+                return name
+    return None

@@ -262,7 +262,7 @@ def fit(
                 row["comm_time_s"] = sync.comm_seconds
                 sync.comm_seconds = 0.0
             history.append(row)
-            warn_if_diverging(history, chance, final=epoch + 1 == total_epochs)
+            warn_if_diverging(history, chance, final=epoch + 1 == total_epochs, lr=lr, noise_lr=noise_lr)
             bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
                              if k in ("loss", "val_accuracy", "compression") and v is not None})
             bar.update(1)
