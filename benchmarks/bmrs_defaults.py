@@ -22,6 +22,9 @@ criterion ``bmrs``), changing one thing per experiment:
   (``num_data / num_structures``);
 * ``recipe``: the default recipe on the four Table-1 configurations (its fine-tuning epochs
   at the ELBO's weight, ``ContinuousPruning(finetune_kl_scale="elbo")``);
+* ``one_draw``: the same with one noise draw per training step shared by the batch
+  (``fit(per_example_noise=False)``, the cheaper step of ``training_speed.py``) instead of
+  one per example;
 * ``paths``: why the start matters (MNIST MLP, seed 0, a few epochs): per epoch, the
   tempered loss, the compression and the state of the kept noise posteriors (median
   ``log sigma``, share of prior-like ones with ``log sigma > 2``, median multiplier
@@ -90,6 +93,9 @@ PLANS: dict[str, dict[tuple[str, str], list[tuple[str, float, Any]]]] = {
         ("fashion-mnist", "lenet5"): [("bmrs", 0.0, kl) for kl in (8.0, 40.0)],
     },
     "recipe": {config: [("bmrs", 0.0, None)] for config in CONFIGS},
+    # the default recipe with one noise draw per step (``per_example_noise=False``) instead of
+    # one per example: does the cheaper step change what is pruned?
+    "one_draw": {config: [("bmrs_one_draw", 0.0, None)] for config in CONFIGS},
     # (start, top of the prior range): method "paths_top<B>"
     "paths": {
         ("mnist", "mlp"): [("paths_top0", 0.0, None), ("paths_top0", -4.0, None),
@@ -134,11 +140,14 @@ def run_one(dataset: str, model_name: str, seed: int, method: str, init_loc: flo
     ref0 = method.endswith("_ref0")
     method = method.removesuffix("_ref0")
     gaussian = method in ("bmrs_joint", "none_gaussian", "bmrs_gaussian")
-    method = "bmrs" if method == "bmrs_gaussian" else method  # the default criterion, Gaussian weights
+    per_example = method != "bmrs_one_draw"
+    method = "bmrs" if method in ("bmrs_gaussian", "bmrs_one_draw") else method  # the default criterion
     noise = {"log_high": float(method.removeprefix("paths_top"))} if method.startswith("paths") else {}
     model = make_model(model_name, data["info"], weights="gaussian" if gaussian else "point",
                        init_loc=init_loc, reference_loc=0.0 if ref0 else None, **noise)
     kw: dict[str, Any] = {} if kl is None else {"kl_scale": kl}
+    if not per_example:
+        kw["per_example_noise"] = False
     finetune_kl = FINETUNE_KL[args.finetune_kl]
     if method.startswith("none"):
         res = fit(model, data["train"], epochs=args.epochs + args.finetune, val=data["val"],

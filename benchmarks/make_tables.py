@@ -805,6 +805,7 @@ def defaults_tables() -> str:
                   "of the same seeds (`--experiment recipe`).",
                   f"Protocol: {init['config'].get('protocol', '')}. " + _reproduce(init)]
     parts += _init_budget_table(init, recipe)
+    parts += _one_draw_table(recipe, _load("bmrs_defaults_one_draw"))
     if paths is not None:
         parts += _paths_tables(paths)
     points = kl_curve_points()
@@ -829,6 +830,36 @@ def _same_seeds(runs: list[dict[str, Any]], dataset: str, model: str, method: st
 
 def _mean_acc(runs: list[dict[str, Any]]) -> float | None:
     return statistics.mean(100 * r["test_accuracy"] for r in runs) if runs else None
+
+
+def _one_draw_table(recipe: dict[str, Any] | None, one_draw: dict[str, Any] | None) -> list[str]:
+    """The default recipe against the same recipe with one noise draw per step, same seeds."""
+    if recipe is None or one_draw is None:
+        return []
+    rows = []
+    for dataset, model in _CONFIGS:
+        cheap = {r["seed"]: r for r in _runs(one_draw) if (r["dataset"], r["model"]) == (dataset, model)}
+        default = {r["seed"]: r for r in _runs(recipe) if (r["dataset"], r["model"], r["method"], r["init_loc"],
+                   r.get("finetune_kl")) == (dataset, model, "bmrs", 0.0, "elbo") and r["seed"] in cheap}
+        seeds = sorted(default)
+        if not seeds:
+            continue
+        cells = []
+        for runs in (default, cheap):
+            cells += [_pm(*_mean_std([100 * runs[k]["compression"] for k in seeds])),
+                      _pm(*_mean_std([100 * runs[k]["test_accuracy"] for k in seeds]), 2)]
+        diff = [100 * (cheap[k]["test_accuracy"] - default[k]["test_accuracy"]) for k in seeds]
+        rows.append([dataset, model, len(seeds), *cells, f"{statistics.mean(diff):+.2f}"])
+    if not rows:
+        return []
+    return ["### The default recipe with one noise draw per step (mean ± std over the same seeds)",
+            "`fit(per_example_noise=False)`: one draw of the noise per training step, shared by the "
+            "batch, the cheaper step of the speed table, against the default's one draw per "
+            "example (`--experiment recipe`); everything else the default recipe.",
+            _table(["data", "model", "seeds", "compression %: per example (default)",
+                    "test accuracy %: per example", "compression %: per step",
+                    "test accuracy %: per step", "accuracy difference, paired (points)"], rows),
+            _reproduce(one_draw)]
 
 
 def _default_recipe_table(table: dict[str, Any], recipe: dict[str, Any] | None) -> list[str]:
