@@ -277,10 +277,9 @@ class BayesianLayer(StochasticModule):
         return layer
 
     @torch.no_grad()
-    def _means_from(self: _Bayesian, layer: nn.Module) -> _Bayesian:
-        """This layer moved to ``layer``'s device and dtype, its posterior means set to
-        ``layer``'s weight and bias."""
-        weight, bias = cast(Tensor, layer.weight), cast("Tensor | None", layer.bias)
+    def _means_from(self: _Bayesian, weight: Tensor, bias: Tensor | None) -> _Bayesian:
+        """This layer moved to ``weight``'s device and dtype, its posterior means set to
+        ``weight`` and ``bias``."""
         new = self.to(device=weight.device, dtype=weight.dtype)
         new.weight_loc.copy_(weight)
         if bias is not None:
@@ -393,7 +392,7 @@ class BayesianLinear(BayesianLayer):
             raise TypeError(f"layer must be an nn.Linear, got {type(layer).__name__}")
         new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None,
                   prior_scale=prior_scale, init_log_scale=init_log_scale)
-        return new._means_from(layer)
+        return new._means_from(layer.weight, layer.bias)
 
     @classmethod
     @torch.no_grad()
@@ -414,11 +413,7 @@ class BayesianLinear(BayesianLayer):
                              f"{tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__}")
         new = cls(int(weight.shape[1]), int(weight.shape[0]), bias=bias is not None,
                   prior_scale=prior_scale, init_log_scale=init_log_scale)
-        new = new.to(device=weight.device, dtype=weight.dtype)
-        new.weight_loc.copy_(weight)
-        if bias is not None:
-            cast(nn.Parameter, new.bias_loc).copy_(bias)
-        return new
+        return new._means_from(weight, bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, " + super().extra_repr()
@@ -524,7 +519,7 @@ class BayesianConv(BayesianLayer):
         new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
                   layer.padding, layer.dilation, layer.groups, bias=layer.bias is not None,
                   padding_mode=layer.padding_mode, prior_scale=prior_scale, init_log_scale=init_log_scale)
-        return new._means_from(layer)
+        return new._means_from(layer.weight, layer.bias)
 
     def extra_repr(self) -> str:
         mode = "" if self.padding_mode == "zeros" else f"padding_mode={self.padding_mode!r}, "

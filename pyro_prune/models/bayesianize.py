@@ -274,9 +274,7 @@ def bayesianize(
         inputs = _layer_inputs(module, example, old)
         bayesian_weights(module, prior_scale=prior_scale)
         _check_bayesian_layers(module, old, inputs)
-        probe = _probe(module, example)
-    else:
-        probe = _probe(module, example)
+    probe = _probe(module, example)
     backbone: nn.Module = module if isinstance(probe, Tensor) else GatedNetwork(module)
     try:
         an = dependency_analysis(PrunableNet(backbone), example)
