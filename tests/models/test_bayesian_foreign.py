@@ -351,3 +351,22 @@ def test_a_one_dimensional_cnn_gets_bayesian_convolutions_end_to_end() -> None:
     assert det.get_submodule("conv1").padding_mode == "reflect" and det.get_submodule("conv1").out_channels == 7
     with torch.no_grad():
         torch.testing.assert_close(det(x), model.predict(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["hf_gpt2_conv1d", "hf_vit", "torch_mnist_cnn"])
+def test_the_default_kl_weight_tempers_a_foreign_networks_noise_not_its_gaussian_weights(name: str) -> None:
+    """bayesianize's default noise gates with Gaussian weights, fitted with fit's defaults:
+    the noise KL at the paper's weight num_data / num_structures, the weights' at 1."""
+    make, data = CASES[name]
+    torch.manual_seed(0)
+    x = data()
+    y = torch.randint(0, CLASSES, (x.shape[0],), generator=torch.Generator().manual_seed(2))
+    model = bayesianize(make().eval(), example_input=x[:2], weights="gaussian")
+    res = fit(model, TensorDataset(x, y), epochs=0, progress=False)
+    paper = x.shape[0] / model.num_structures()
+    assert res.config["kl_scale"] == pytest.approx(paper)
+    noise = model.noise_layers()
+    bayes = [m for m in model.net.modules() if isinstance(m, BayesianLayer)]
+    assert noise and bayes
+    assert all(m.kl_scale == pytest.approx(paper) for m in noise.values())
+    assert all(m.kl_scale == 1.0 for m in bayes)
