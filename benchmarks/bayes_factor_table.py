@@ -130,7 +130,7 @@ def run_one(dataset: str, model_name: str, sparsity: float, method: str, seed: i
     torch.manual_seed(seed)
     model = make_model(model_name, data["info"], args.prior_scale)
     layers = pruned_layers(model, args.spare_first_last)
-    sched = BayesFactorPruning(sparsity, prune_method, threshold=args.threshold,
+    sched = BayesFactorPruning(sparsity, prune_method, threshold=None if args.log_threshold is not None else args.threshold,
                                log_threshold=args.log_threshold, gate=gate, seed=seed,
                                likelihood=likelihood, layers=layers,
                                likelihood_batch=likelihood_batch if likelihood == "batch" else None,

@@ -149,7 +149,9 @@ def check_model_data(model: Any, x: Tensor, y: Tensor | None, arg: str) -> None:
     Inputs: the model's floating dtype and a shape its backbone accepts. Targets of a
     categorical model: int64 labels of shape ``[N]`` in ``0 .. C-1`` (``C`` the number of
     outputs; ``-100``, cross-entropy's "ignore" label, is refused too), or, for outputs
-    ``[N, T, ..., C]`` (a language model's logits), token labels of shape ``[N, T, ...]``. Targets of a gaussian
+    ``[N, T, ..., C]`` (a language model's logits), token labels of shape ``[N, T, ...]``,
+    which may also be the model's ``ignore_index`` (``-100``: a token that does not count),
+    though not all of them. Targets of a gaussian
     model: float of shape ``[N, D]`` with ``D`` the number of outputs (nothing broadcasts).
     """
     from pyro_prune.models.base import Likelihood
@@ -193,11 +195,18 @@ def check_model_data(model: Any, x: Tensor, y: Tensor | None, arg: str) -> None:
                 f"distribution per token: it needs token labels of shape [N, "
                 f"{', '.join(map(str, tokens))}], found shape={tuple(y.shape)}"
             )
-        low, high = int(y.min()), int(y.max())
+        labels = y
+        if y.dim() > 1:  # token labels: the ignore label marks tokens that do not count
+            ignore = int(getattr(model, "ignore_index", -100))
+            labels = y[y != ignore]
+            if labels.numel() == 0:
+                raise ValueError(f"{arg}: every token label is the ignore label {ignore} (ignore_index): "
+                                 f"there is nothing to learn from")
+        low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= width:
             raise ValueError(
                 f"{arg}: class labels must lie in 0..{width - 1} (the model has {width} "
-                f"outputs), found labels from {low} to {high}"
+                f"outputs; token labels may also be the ignore label), found labels from {low} to {high}"
             )
     else:
         if not y.is_floating_point() or y.dim() != 2 or y.shape[1] != width:

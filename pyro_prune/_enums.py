@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 from typing import TypeVar
 
-__all__ = ["Engine", "parse_enum"]
+__all__ = ["Engine", "HessianStructure", "parse_enum"]
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -27,6 +27,19 @@ class Engine(enum.Enum):
     #: Pyro: ``TraceMeanField_ELBO`` on the model and guide (fit),
     #: :class:`pyro.infer.Predictive` with one weight draw for all inputs (predictive)
     PYRO = "pyro"
+
+
+class HessianStructure(enum.Enum):
+    """Which approximation of the curvature ``H`` enters the Laplace evidence's
+    ``log det(H + I/s^2)`` (:mod:`pyro_prune.laplace`, and Bayes-factor pruning's
+    ``hessian=``)."""
+
+    #: the diagonal of the GGN
+    DIAG = "diag"
+    #: Kronecker-factored GGN (K-FAC) per Linear / Conv2d weight, the rest diagonal
+    KRON = "kron"
+    #: the whole GGN (d x d: small networks only)
+    FULL = "full"
 
 
 def parse_enum(kind: type[E], value: object, arg: str) -> E:

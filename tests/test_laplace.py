@@ -450,3 +450,55 @@ def test_a_unit_no_example_activates_goes_to_the_prior_mean_and_is_removed(hessi
     assert bool(laplace_removals(model, (x, y), prior_scale=1.0, hessian=hessian)["0_gate"][2])
     with pytest.raises(ValueError, match="rtol"):
         post.flat_directions_at_prior(1.5)
+
+
+class _TokenLM(nn.Module):
+    """Per-position language model: embedding, one hidden layer, logits ``[N, T, V]``."""
+
+    def __init__(self, vocab: int = 12) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 8)
+        self.hidden = nn.Linear(8, 16)
+        self.head = nn.Linear(16, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.hidden(self.embed(ids))))
+
+
+class _OneTokenClassifier(nn.Module):
+    """The same network on single tokens ``[K]``: logits ``[K, V]`` (a classifier)."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(ids[:, None])[:, 0]
+
+
+@pytest.mark.parametrize("hessian", ["diag", "full", "kron"])
+def test_token_labels_give_the_evidence_of_their_counted_tokens(hessian: str) -> None:
+    """Logits [N, T, V] with token labels [N, T], some -100: the Laplace evidence is that of a
+    classifier on the counted tokens alone (each token's logits depend on it alone, so the
+    two models are one); with K-FAC exactly so without ignored tokens (its input factor also
+    sees the ignored positions' activations)."""
+    torch.manual_seed(0)
+    lm = _TokenLM()
+    g = torch.Generator().manual_seed(0)
+    seq = (torch.randint(0, 12, (40, 1), generator=g) + torch.arange(9)) % 12
+    x, y = seq[:, :-1], seq[:, 1:].clone()
+    for ignore in ([False, True] if hessian != "kron" else [False]):
+        labels = y.clone()
+        if ignore:
+            labels[:, :3] = -100
+            labels[::2, 5:] = -100
+        kept = labels != -100
+        tokens = log_evidence(lm, (x, labels), prior_scale=1.0, hessian=hessian)
+        single = log_evidence(_OneTokenClassifier(lm), (x[kept], labels[kept]), prior_scale=1.0, hessian=hessian)
+        assert tokens.log_likelihood == pytest.approx(single.log_likelihood, rel=1e-9)
+        assert tokens.log_det_precision == pytest.approx(single.log_det_precision, rel=1e-6)
+        assert float(tokens) == pytest.approx(float(single), rel=1e-6)
+        assert tokens.accuracy == pytest.approx(single.accuracy)
+        with torch.no_grad():
+            log_lik = -F.cross_entropy(lm(x).double().flatten(0, 1), labels.flatten(), reduction="sum")
+        assert tokens.log_likelihood == pytest.approx(float(log_lik), rel=1e-9)

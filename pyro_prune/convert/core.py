@@ -79,6 +79,7 @@ from pyro_prune.graph import (
     modes_restored,
 )
 from pyro_prune.models.base import PrunableNet
+from pyro_prune.models.bayesian import BayesianLayer, link_output_gates
 from pyro_prune.models.gate import StructureGate
 from pyro_prune.models.noise import StochasticModule
 
@@ -399,6 +400,8 @@ def shrink(model: PrunableNet, guide: Any = None, *, example_input: Any = None,
         if an.tracer == "export":
             _strip_gate_hooks(new.net)  # the gates are nodes of the graph now
         new.name_sites()
+    if any(isinstance(m, BayesianLayer) for m in new.net.modules()):
+        link_output_gates(new)  # the gates' links to their rows describe the new layout
     if check:
 
         def predict(x: Tensor) -> Tensor:

@@ -7,7 +7,9 @@ Structures of a model, per gate (:mod:`.structure`):
   it, and whether it can shrink anything;
 * :func:`shrinkable_gates` — the gates structure counts count (the others warned about once,
   :func:`warn_cannot_shrink`);
-* :func:`producer_module` — the layer holding one weight row per structure of a gate.
+* :func:`producer_module` — the layer holding one weight row per structure of a gate;
+* :func:`structure_rows` — per layer, the structure each output row belongs to (an attention
+  head's q, k and v rows).
 
 Tracing (:mod:`.trace`) and inputs (:mod:`.inputs`):
 
@@ -67,6 +69,7 @@ from pyro_prune.graph.structure import (
     producer_module,
     shrinkable_gates,
     structure_graph,
+    structure_rows,
     warn_cannot_shrink,
 )
 from pyro_prune.graph.trace import ModuleGraph, modes_restored, module_graph
@@ -78,5 +81,5 @@ __all__ = [
     "layer_slicer", "modes_restored", "module_graph", "module_returning", "net_device", "net_dtype", "pool_any",
     "producer_module", "producers_after", "reduce_any", "register_layer", "registered_layers",
     "removed_channels", "search_input_shape", "shrinkable_gates", "sole_reader", "structure_graph",
-    "supported_ops", "warn_cannot_shrink",
+    "structure_rows", "supported_ops", "warn_cannot_shrink",
 ]

@@ -49,7 +49,7 @@ from pyro_prune.graph.paths import chain_before, producers_after
 from pyro_prune.graph.removal import _gate_kept, _removed_from_kept
 
 __all__ = ["GateInfo", "StructureGraph", "producer_module", "shrinkable_gates", "structure_graph",
-           "warn_cannot_shrink"]
+           "structure_rows", "warn_cannot_shrink"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +96,45 @@ def structure_graph(model: Any, example_input: Any = None) -> StructureGraph:
     every_gone = _removed_from_kept(an, {n: torch.zeros_like(k) for n, k in _gate_kept(an, model).items()})
     graph = StructureGraph(gates={name: _gate_info(an, model, name, node, every_gone)
                                   for name, node in an.gates.items()}, tracer=an.tracer)
-    _CACHE[model] = (an, graph)
+    _CACHE[model] = (an, graph, {})
     return graph
+
+
+def structure_rows(model: Any, name: str, example_input: Any = None) -> dict[str, Tensor]:
+    """Which output rows each structure of gate ``name`` owns, per layer (its ``rows``).
+
+    Returns ``{layer path: long [out]}``, the structure of the gate each output row of that
+    layer belongs to (``-1``: none): ``arange`` for a gate with a producer; for an attention
+    head the ``head_dim`` rows of its q, k and v (also in a fused qkv layer; with
+    grouped-query attention a key/value group's query heads too), read as the rows that
+    removing that structure alone removes physically. The answer describes the current
+    layout: after :func:`~pyro_prune.convert.shrink` the shrunk model's own graph answers.
+    """
+    graph = structure_graph(model, example_input)
+    an, _graph, rows_cache = _CACHE[model]
+    if name in rows_cache:
+        return {path: idx.clone() for path, idx in rows_cache[name].items()}
+    info = graph.gates.get(name)
+    if info is None:
+        raise ValueError(f"{name!r} is not a gate of this model; its gates are {list(graph.gates)}")
+    if info.producer is not None:
+        out = {info.producer: torch.arange(info.num_structures)}
+    else:
+        node = an.gates[name]
+        ones = {n: torch.ones_like(k) for n, k in _gate_kept(an, model).items()}
+        out = {}
+        for path in info.rows:
+            op = an.ops[an.producers[path][0]]
+            out[path] = torch.full((op.channels,), -1, dtype=torch.long)
+        for s in range(info.num_structures):
+            off = torch.ones(info.num_structures, dtype=torch.bool)
+            off[s] = False
+            removed = _removed_from_kept(an, {**ones, node: off.reshape(an.ops[node].gate_view)})
+            for path, idx in out.items():
+                op = an.ops[an.producers[path][0]]
+                idx[removed[op.offset: op.offset + op.channels]] = s
+    rows_cache[name] = out
+    return {path: idx.clone() for path, idx in out.items()}
 
 
 def warn_cannot_shrink(model: Any, example_input: Any = None, *, stacklevel: int = 3) -> list[str]:

@@ -13,12 +13,18 @@ forward hooks (it is fast and its result stays scriptable); a network fx cannot 
 (data-dependent Python, shape asserts: every Hugging Face transformer), one whose gates sit
 in forward hooks, or one that hides structures inside a ``torch.nn`` module fx keeps opaque
 (``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``) is traced with ``torch.export``
-(non-strict mode, ATen ops). In the export path each leaf is traced as one opaque custom op
-(so its weights stay one module and its internals, e.g. Pyro sampling, are not traced) and
-turned back into a ``call_module`` node; ops that return several tensors
-(``split``/``chunk``/``unbind``) are rewritten as the ``slice``/``select`` ops that read each
-part, so every node has one tensor output. Every module's train/eval mode is restored
-exactly afterwards.
+(non-strict mode, ATen ops), and so is one whose fx graph holds an op that only the export
+path writes out (below): otherwise a fused qkv layer ``split`` into q, k and v lost its heads
+whenever fx could trace the network (fed float features, with no embedding layer that sends
+it to export anyway). In
+the export path each leaf is traced as one opaque custom op (so its weights stay one module
+and its internals, e.g. Pyro sampling, are not traced) and turned back into a
+``call_module`` node; ops that return several tensors (``split``/``chunk``/``unbind``) are
+rewritten as the ``slice``/``select`` ops that read each part, so every node has one tensor
+output; ``scaled_dot_product_attention`` becomes ``softmax(q k^T * scale + mask) @ v`` (the
+structure analysis sees q and k tied by their contraction and the heads carried by v), and a
+``view`` a ``reshape`` (the written-out ops' outputs need not have the strides of the fused
+kernel's). Every module's train/eval mode is restored exactly afterwards.
 """
 
 from __future__ import annotations
@@ -188,6 +194,8 @@ def _to_module_graph(ep: Any, index_of: dict[int, str]) -> tuple[fx.Graph, dict[
             new = graph.call_module(index_of[int(idx)], (env[x],))
         elif target is _A.scaled_dot_product_attention.default:
             new = _sdpa_as_ops(graph, node, env, constants)
+        elif target is _A.view.default:  # a view of an op written out above may need a copy
+            new = graph.call_function(_A.reshape.default, fx.node.map_arg(node.args, lambda n: env[n]))
         elif target in _MULTI_OUTPUT:
             env[node] = _split_parts(graph, node, env)
             continue
@@ -278,6 +286,22 @@ def _split_parts(graph: fx.Graph, node: fx.Node, env: dict) -> list[fx.Node]:
     return parts
 
 
+#: ops the export path writes out in the one graph form (several outputs, fused attention),
+#: as torch functions and tensor methods: a fx graph holding one is traced with export instead
+_WRITTEN_OUT_FUNCTIONS = {torch.split, torch.chunk, torch.unbind, torch.tensor_split,
+                          torch.functional.split, torch.nn.functional.scaled_dot_product_attention}
+_WRITTEN_OUT_METHODS = {"split", "split_with_sizes", "chunk", "unbind", "tensor_split"}
+
+
+def _written_out(node: fx.Node) -> bool:
+    """A fx node the one graph form writes out as other ops (``split``/``chunk``/``unbind``
+    as one slice per part, ``scaled_dot_product_attention`` as its products), which only the
+    export path does."""
+    if node.op == "call_function":
+        return node.target in _WRITTEN_OUT_FUNCTIONS
+    return node.op == "call_method" and node.target in _WRITTEN_OUT_METHODS
+
+
 # ---------------------------------------------------------------------- entry point
 def module_graph(net: nn.Module, example: Tensor, is_leaf: Callable[[nn.Module], bool], *,
                  opaque: Callable[[nn.Module], bool] | None = None) -> ModuleGraph:
@@ -294,6 +318,7 @@ def module_graph(net: nn.Module, example: Tensor, is_leaf: Callable[[nn.Module],
         raise TypeError(f"example must be a tensor batch, got {type(example).__name__}")
     with modes_restored(net):
         net.eval()
+        fallback = None  # a fx graph export may improve on (it holds ops export writes out)
         if not _has_hooks(net):
             try:
                 graph = _fx_graph(net, is_leaf)
@@ -302,10 +327,14 @@ def module_graph(net: nn.Module, example: Tensor, is_leaf: Callable[[nn.Module],
             if graph is not None and not any(
                     n.op == "call_module" and opaque is not None
                     and opaque(net.get_submodule(str(n.target))) for n in graph.nodes):
-                return ModuleGraph(graph=graph, tracer="fx", constants={})
+                if not any(_written_out(n) for n in graph.nodes):
+                    return ModuleGraph(graph=graph, tracer="fx", constants={})
+                fallback = graph
         try:
             graph, constants = _export_graph(net, example, is_leaf)
         except Exception as err:
+            if fallback is not None:
+                return ModuleGraph(graph=fallback, tracer="fx", constants={})
             raise ValueError(
                 f"the network {type(net).__name__} can be traced neither by torch.fx nor by "
                 f"torch.export: {type(err).__name__}: {err}") from err

@@ -23,7 +23,7 @@ from torch import Tensor
 from pyro_prune.models.base import Likelihood, PrunableNet
 
 __all__ = ["CHANCE_NLL_FACTOR", "DIVERGENCE_FACTOR", "FIRST_EPOCH_LIMIT", "DivergenceWarning",
-           "chance_level", "divergence_reason", "warn_if_diverging"]
+           "chance_level", "divergence_reason", "lr_advice", "warn_if_diverging"]
 
 
 class DivergenceWarning(RuntimeWarning):
@@ -137,6 +137,15 @@ def divergence_reason(history: list[dict[str, Any]], chance: tuple[float, float]
             f"(predicting uniformly costs log C = {log_classes:.3g})")
 
 
+def lr_advice(lr: float | None, noise_lr: float | None) -> str:
+    """The advice every training failure ends with: ``"lower lr (now 0.001) or noise_lr
+    (now 0.03)"`` (the noise learning rate only when the noise posteriors have their own)."""
+    advice = "lower lr" + (f" (now {lr:g})" if lr is not None else "")
+    if noise_lr is not None:  # otherwise the noise posteriors learn at lr too
+        advice += f" or noise_lr (now {noise_lr:g})"
+    return advice
+
+
 def warn_if_diverging(history: list[dict[str, Any]], chance: tuple[float, float] | None, *,
                       final: bool, lr: float | None = None, noise_lr: float | None = None) -> None:
     """Warn (once) when training diverged without a NaN, the usual sign of a too large lr.
@@ -152,8 +161,6 @@ def warn_if_diverging(history: list[dict[str, Any]], chance: tuple[float, float]
         return
     row = history[-1]
     row["diverged"] = True
-    advice = "lower lr" + (f" (now {lr:g})" if lr is not None else "")
-    if noise_lr is not None:  # otherwise the noise posteriors learn at lr too
-        advice += f" or noise_lr (now {noise_lr:g})"
-    warnings.warn(f"training diverged at epoch {row.get('epoch', len(history))}: {reason}; {advice}",
+    warnings.warn(f"training diverged at epoch {row.get('epoch', len(history))}: {reason}; "
+                  f"{lr_advice(lr, noise_lr)}",
                   DivergenceWarning, stacklevel=3)

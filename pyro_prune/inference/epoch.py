@@ -12,6 +12,7 @@ from torch.utils.data import TensorDataset
 
 from pyro_prune.inference.batches import BatchSource
 from pyro_prune.inference.distributed import DistributedInfo, GradientSync
+from pyro_prune.inference.divergence import lr_advice
 from pyro_prune.inference.loop import ElboLoss
 from pyro_prune.inference.metrics import evaluate
 from pyro_prune.models.base import Likelihood, PrunableNet, correct_per_example
@@ -118,7 +119,7 @@ class EpochTrainer:
         return row
 
     def _advice(self) -> str:
-        return f"lower lr (now {self.lr})" + (f" or noise_lr (now {self.noise_lr})" if self.noise_lr else "")
+        return lr_advice(self.lr, self.noise_lr)
 
 
 def _first_non_finite(model: PrunableNet) -> str | None:

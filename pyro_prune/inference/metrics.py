@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 from pyro_prune._checks import check_dataset, check_model_data
 from pyro_prune.inference.batches import eval_batches
-from pyro_prune.models.base import Likelihood, PrunableNet, correct_per_example
+from pyro_prune.models.base import Likelihood, PrunableNet, correct_and_counted
 
 __all__ = ["evaluate", "first_batch", "model_device"]
 
@@ -21,7 +21,8 @@ def evaluate(model: PrunableNet, dataset: Any, *, batch_size: int = 2048) -> dic
     """Mean negative log likelihood and accuracy (or RMSE) at the posterior mean.
 
     The loss is per example; with token labels ``[N, T]`` (a language model's next tokens)
-    an example's is the sum over its tokens and the accuracy is per token.
+    an example's is the sum over its tokens and the accuracy is per token, tokens labelled
+    the model's ``ignore_index`` (``-100``) left out of both.
 
     ``dataset``: a ``TensorDataset(inputs, targets)``, any map-style or iterable ``Dataset``
     of ``(input, target)`` pairs, or a ``DataLoader`` (read in order, batch by batch).
@@ -34,7 +35,7 @@ def evaluate(model: PrunableNet, dataset: Any, *, batch_size: int = 2048) -> dic
     was_training = model.training
     model.eval()
     device = model_device(model)
-    total_nll, correct, sq, n, width = 0.0, 0.0, 0.0, 0, 1
+    total_nll, correct, counted, sq, n, width = 0.0, 0.0, 0.0, 0.0, 0, 1
     try:
         for xb, yb in eval_batches(dataset, batch_size):
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
@@ -42,7 +43,8 @@ def evaluate(model: PrunableNet, dataset: Any, *, batch_size: int = 2048) -> dic
             total_nll += float(model.nll(out, yb).sum())
             n += len(xb)
             if model.likelihood is Likelihood.CATEGORICAL:
-                correct += float(correct_per_example(out, yb).sum())
+                right, count = correct_and_counted(out, yb, model.ignore_index)
+                correct, counted = correct + float(right.sum()), counted + float(count.sum())
             else:
                 sq += float(((out - yb) ** 2).sum())
                 width = yb.shape[-1]
@@ -52,7 +54,7 @@ def evaluate(model: PrunableNet, dataset: Any, *, batch_size: int = 2048) -> dic
         raise ValueError("dataset is empty")
     metrics = {"loss": total_nll / n}
     if model.likelihood is Likelihood.CATEGORICAL:
-        metrics["accuracy"] = correct / n
+        metrics["accuracy"] = correct / counted if counted else 0.0
     else:
         metrics["rmse"] = math.sqrt(sq / (n * width))
     return metrics

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import enum
+import functools
 import math
 import warnings
 from collections.abc import Iterator, Mapping
@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from pyro_prune._checks import check_dataset, check_number
-from pyro_prune._enums import parse_enum
-from pyro_prune.models.base import Likelihood
+from pyro_prune._enums import HessianStructure, parse_enum
+from pyro_prune.models.base import IGNORE_INDEX, Likelihood, categorical_nll, correct_and_counted
 
 __all__ = ["KRON_LAYERS", "SUPPORTED_LAYERS", "HessianStructure", "backend_available", "require_backend"]
 
@@ -30,17 +29,6 @@ SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
 )
 #: module kinds that get Kronecker factors under ``hessian="kron"`` (the rest: their diagonal)
 KRON_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
-
-
-class HessianStructure(enum.Enum):
-    """Which approximation of the curvature ``H`` enters ``log det(H + I/s^2)``."""
-
-    #: the diagonal of the GGN
-    DIAG = "diag"
-    #: Kronecker-factored GGN (K-FAC) per Linear / Conv2d weight, the rest diagonal
-    KRON = "kron"
-    #: the whole GGN (d x d: small networks only)
-    FULL = "full"
 
 
 def backend_available() -> bool:
@@ -177,6 +165,30 @@ def _batches(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Te
         yield x[i : i + batch_size], y[i : i + batch_size]
 
 
+class _CountedTokenLogits(nn.Module):
+    """A language model's logits of the counted tokens of one batch, ``[K, C]``: the token
+    axes flattened into rows and the tokens labelled ``-100`` dropped, so the curvature
+    backend sees one categorical observation per counted token (the likelihood is the sum
+    over them, as :func:`~pyro_prune.models.base.categorical_nll`'s)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.counted: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.net(x)
+        assert self.counted is not None
+        return out.reshape(-1, out.shape[-1])[self.counted.reshape(-1)]
+
+
+def _count_rows(rows: dict[nn.Module, int], module: nn.Module, args: tuple) -> None:
+    """Count the rows a Linear layer is applied to (every position of a token input): the
+    backend's K-FAC factors sum over them, so they are K-FAC's normaliser ``n``."""
+    x = args[0]
+    rows[module] = rows.get(module, 0) + x.numel() // max(int(x.shape[-1]), 1)
+
+
 def _shapes(structure: HessianStructure) -> list[Any]:
     from asdl.matrices import SHAPE_DIAG, SHAPE_FULL, SHAPE_KRON
 
@@ -205,28 +217,39 @@ def _compute_curvature(
     loss_type = LOSS_CROSS_ENTROPY if kind is Likelihood.CATEGORICAL else LOSS_MSE
     config = FisherConfig(fisher_type=FISHER_EXACT, loss_type=loss_type, fisher_shapes=_shapes(structure),
                           data_size=1, fisher_attr=_ATTR)
-    maker = get_fisher_maker(net, config)
+    tokens = kind is Likelihood.CATEGORICAL and y.dim() > 1
+    target: Any = _CountedTokenLogits(net) if tokens else net
+    maker = get_fisher_maker(target, config)
     ll = torch.zeros((), dtype=torch.float64)
     rss = torch.zeros((), dtype=torch.float64)
     correct = 0
     num_obs = 0
     was_training = net.training
     net.eval()
+    rows: dict[nn.Module, int] = {}  # token labels: the rows (positions) each Linear saw
+    hooks = [m.register_forward_pre_hook(functools.partial(_count_rows, rows))
+             for m in net.modules() if tokens and isinstance(m, nn.Linear)]
     try:
         with torch.enable_grad(), warnings.catch_warnings():
             # ASDL registers module backward hooks that torch flags as deprecated
             warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.nn\.modules\.module")
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.nn\.modules\.module")
             for i, (xb, yb) in enumerate(_batches(x, y, batch_size)):
-                maker.setup_model_call(net, xb)
+                counted = yb != IGNORE_INDEX
+                if tokens:  # the GGN of the counted tokens' logits [K, C], tokens as rows
+                    target.counted = counted
+                maker.setup_model_call(target, xb)
                 out, _ = maker.forward_and_backward(accumulate=i > 0)
                 out = out.detach()
                 if kind is Likelihood.CATEGORICAL:
-                    if out.dim() != 2:
-                        raise ValueError(f"a categorical net must output logits [batch, classes], got {tuple(out.shape)}")
-                    ll -= F.cross_entropy(out.double(), yb, reduction="sum")
-                    correct += int((out.argmax(-1) == yb).sum())
-                    num_obs += len(yb)
+                    if tokens:  # the counted tokens' logits and labels, [K, C] and [K]
+                        yb = yb[counted]
+                    elif out.dim() != 2:
+                        raise ValueError(f"a categorical net must output logits [batch, classes] (or "
+                                         f"[batch, tokens, classes] for token labels), got {tuple(out.shape)}")
+                    ll -= categorical_nll(out.double(), yb).sum()
+                    right, _ = correct_and_counted(out, yb)
+                    correct, num_obs = correct + int(right.sum()), num_obs + len(yb)
                 else:
                     if out.shape != yb.shape:
                         raise ValueError(f"a gaussian net's output {tuple(out.shape)} must match the targets' "
@@ -236,7 +259,7 @@ def _compute_curvature(
         blocks: list[_Block] = []
         full: Tensor | None = None
         if structure is HessianStructure.FULL:
-            stats = getattr(net, _ATTR, None)
+            stats = getattr(target, _ATTR, None)
             full = None if stats is None else stats.data
             total = sum(p.numel() for _, _, own in modules for _, p in own)
             if full is None or full.shape != (total, total):
@@ -263,7 +286,7 @@ def _compute_curvature(
                         b = kron.B.detach().double()
                         if pname == "weight":
                             blocks.append(_Block(name, p, "kron", kron_b=b, kron_a=kron.A.detach().double(),
-                                                 kron_n=len(x)))
+                                                 kron_n=rows.get(module, len(x))))
                         else:
                             blocks.append(_Block(name, p, "outer", matrix=b))
                     else:
@@ -272,14 +295,16 @@ def _compute_curvature(
                             raise ValueError(f"the curvature backend returned no diagonal for {name!r}")
                         blocks.append(_Block(name, p, "diag", diag=value.detach().double().reshape(p.shape)))
     finally:
+        for hook in hooks:
+            hook.remove()
         net.train(was_training)
-        for module in net.modules():
+        for module in target.modules():
             if hasattr(module, _ATTR):
                 delattr(module, _ATTR)
     curvature = _Curvature(
         structure=structure, blocks=blocks, full=full, log_likelihood=float(ll), rss=float(rss),
         num_obs=num_obs, num_data=len(x),
-        accuracy=correct / len(x) if kind is Likelihood.CATEGORICAL else None,
+        accuracy=correct / max(num_obs, 1) if kind is Likelihood.CATEGORICAL else None,
     )
     _check_finite_curvature(curvature)
     return curvature

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
@@ -26,7 +25,7 @@ from pyro_prune.laplace.curvature import (
     _positive,
     _tensors,
 )
-from pyro_prune.models.base import Likelihood
+from pyro_prune.models.base import Likelihood, categorical_nll, correct_and_counted
 
 __all__ = ["LaplaceEvidence", "fit_evidence", "log_evidence"]
 
@@ -127,15 +126,15 @@ def _likelihood_pass(net: nn.Module, x: Tensor, y: Tensor, kind: Likelihood, bat
         for xb, yb in _batches(x, y, batch_size):
             out = net(xb).double()
             if kind is Likelihood.CATEGORICAL:
-                ll -= float(F.cross_entropy(out, yb, reduction="sum"))
-                correct += int((out.argmax(-1) == yb).sum())
-                num_obs += len(yb)
+                ll -= float(categorical_nll(out, yb).sum())  # token labels: their -100 ignored
+                right, counted = correct_and_counted(out, yb)
+                correct, num_obs = correct + int(right.sum()), num_obs + int(counted.sum())
             else:
                 rss += float((out - yb.double()).square().sum())
                 num_obs += yb.numel()
     finally:
         net.train(was_training)
-    return ll, rss, num_obs, (correct / len(x) if kind is Likelihood.CATEGORICAL else None)
+    return ll, rss, num_obs, (correct / max(num_obs, 1) if kind is Likelihood.CATEGORICAL else None)
 
 
 def _scale_curvature(c: _Curvature, factor: float) -> None:

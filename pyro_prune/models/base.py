@@ -11,6 +11,12 @@ structures, Bayesian weight layers). As a Pyro program it is
 
 With ``num_data`` set (``fit`` sets it to the training-set size) the likelihood of a
 minibatch is scaled by ``num_data / batch``, so the ELBO is that of the full data set.
+
+Token labels ``[N, T, ...]`` (a language model's next tokens) may hold the ignore label
+``ignore_index`` (default ``-100``, as ``torch.nn.functional.cross_entropy`` and Hugging Face
+use for padding and prompt tokens): such a token adds nothing to an example's log
+likelihood, nor to the accuracy (:func:`correct_and_counted`). An example stays one example
+of the ``num_data / batch`` scaling however many of its tokens are ignored.
 """
 
 from __future__ import annotations
@@ -32,8 +38,35 @@ from pyro_prune.models.bayesian import BayesianLayer, link_output_gates
 from pyro_prune.models.gate import StructureGate
 from pyro_prune.models.noise import MultiplicativeNoise, NoiseMode, StochasticModule, noise_mode
 
-__all__ = ["KLScale", "Likelihood", "PrunableNet", "check_kl_scale", "check_prunable",
+__all__ = ["IGNORE_INDEX", "IgnoringCategorical", "KLScale", "Likelihood", "PrunableNet",
+           "categorical_nll", "check_kl_scale", "check_prunable", "correct_and_counted",
            "correct_per_example"]
+
+#: the label a token is ignored by (padding, prompt): ``torch.nn.functional.cross_entropy``'s
+IGNORE_INDEX = -100
+
+
+class IgnoringCategorical(dist.Categorical):
+    """A categorical whose ``log_prob`` is 0 at the label ``ignore_index`` (an ignored token).
+
+    Every reader of the observation site (the ELBO, the log-likelihood of the ArviZ export)
+    then skips ignored tokens; draws are ordinary labels.
+    """
+
+    def __init__(self, logits: Tensor, ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__(logits=logits, validate_args=False)  # ignore_index is outside the support
+        self.ignore_index = int(ignore_index)
+
+    def expand(self, batch_shape: torch.Size | list[int] | tuple[int, ...],
+               _instance: IgnoringCategorical | None = None) -> IgnoringCategorical:
+        new = self._get_checked_instance(IgnoringCategorical, _instance)
+        new = super().expand(batch_shape, _instance=new)
+        new.ignore_index = self.ignore_index
+        return new
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        ignored = value == self.ignore_index
+        return super().log_prob(value.masked_fill(ignored, 0)).masked_fill(ignored, 0.0)
 
 
 class Likelihood(enum.Enum):
@@ -84,6 +117,8 @@ class PrunableNet(PyroModule):
 
     #: shape of one input without the batch axis (the ready networks record it), or ``None``
     input_shape: tuple[int, ...] | None = None
+    #: the label of an ignored token in token labels ``[N, T, ...]`` (see the module docstring)
+    ignore_index: int = IGNORE_INDEX
 
     def __init__(
         self,
@@ -277,11 +312,12 @@ class PrunableNet(PyroModule):
 
         Categorical: over the last axis of the logits. Logits ``[N, T, ..., C]`` (a language
         model's) observe labels ``[N, T, ...]``, the token axes an event, so an example's
-        log likelihood is the sum over its tokens.
+        log likelihood is the sum over its tokens, those labelled ``ignore_index`` left out
+        (:class:`IgnoringCategorical`).
         """
         if self.likelihood is Likelihood.CATEGORICAL:
             if out.dim() > 2:
-                return dist.Categorical(logits=out).to_event(out.dim() - 2)
+                return IgnoringCategorical(out, self.ignore_index).to_event(out.dim() - 2)
             return dist.Categorical(logits=out)
         return dist.Normal(out, self.obs_scale).to_event(1)
 
@@ -312,13 +348,10 @@ class PrunableNet(PyroModule):
     # ------------------------------------------------------------------ plain torch
     def nll(self, out: Tensor, y: Tensor) -> Tensor:
         """Per-example negative log likelihood ``-log p(y_n | out_n)`` (shape ``[batch]``);
-        with token labels ``[batch, T, ...]``, the sum over an example's tokens."""
+        with token labels ``[batch, T, ...]``, the sum over an example's tokens (those
+        labelled ``ignore_index`` left out)."""
         if self.likelihood is Likelihood.CATEGORICAL:
-            if out.dim() > 2:
-                per_token = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1),
-                                            reduction="none")
-                return per_token.reshape(y.shape[0], -1).sum(-1)
-            return F.cross_entropy(out, y, reduction="none")
+            return categorical_nll(out, y, self.ignore_index)
         var = self.obs_scale**2
         return (0.5 * ((y - out) ** 2 / var + torch.log(2 * math.pi * var))).sum(-1)
 
@@ -344,13 +377,39 @@ class PrunableNet(PyroModule):
         yield from self.stochastic_modules().items()
 
 
-def correct_per_example(logits: Tensor, y: Tensor) -> Tensor:
+def categorical_nll(logits: Tensor, y: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Per-example negative log likelihood of labels under logits, ``[N]``: class labels
+    ``[N]`` with logits ``[N, C]``, or token labels ``[N, T, ...]`` with logits
+    ``[N, T, ..., C]`` (the sum over an example's tokens, those labelled ``ignore_index``
+    left out). The one categorical likelihood of the package (the ELBO, the metrics, the
+    Laplace evidence)."""
+    if logits.dim() > 2:
+        per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                    reduction="none", ignore_index=ignore_index)
+        return per_token.reshape(y.shape[0], -1).sum(-1)
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def correct_and_counted(logits: Tensor, y: Tensor, ignore_index: int = IGNORE_INDEX
+                        ) -> tuple[Tensor, Tensor]:
+    """Per example, how many of its labels the logits' ``argmax`` gets right and how many
+    count, ``([N], [N])`` floats: 0 or 1 and 1 for class labels ``[N]``; for token labels
+    ``[N, T, ...]`` its tokens not labelled ``ignore_index``. An accuracy is the sum of the
+    first over the sum of the second (per token for a language model)."""
+    counted = (y != ignore_index) if y.dim() > 1 else torch.ones_like(y, dtype=torch.bool)
+    right = ((logits.argmax(-1) == y) & counted).to(torch.float64)
+    if y.dim() > 1:
+        return right.reshape(y.shape[0], -1).sum(-1), counted.reshape(y.shape[0], -1).sum(-1).to(torch.float64)
+    return right, counted.to(torch.float64)
+
+
+def correct_per_example(logits: Tensor, y: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """The fraction of an example's labels that the logits' ``argmax`` gets right, ``[N]``
-    floats: 0 or 1 for class labels ``[N]``, the share of its tokens for token labels
-    ``[N, T, ...]`` (every example has as many tokens, so their mean is the per-token
-    accuracy)."""
-    right = (logits.argmax(-1) == y).to(torch.float64)
-    return right.reshape(y.shape[0], -1).mean(-1) if y.dim() > 1 else right
+    floats: 0 or 1 for class labels ``[N]``, the share of its counted tokens for token labels
+    ``[N, T, ...]`` (0 for an example whose every token is ignored; an accuracy over tokens
+    is :func:`correct_and_counted`'s)."""
+    right, counted = correct_and_counted(logits, y, ignore_index)
+    return right / counted.clamp_min(1.0)
 
 
 def check_kl_scale(kl_scale: float | KLScale | str, name: str = "kl_scale") -> float | str:

@@ -699,22 +699,53 @@ def bayesian_weights(module: nn.Module, *, prior_scale: float = 1.0,
 
 
 def link_output_gates(net: nn.Module) -> int:
-    """Link every gate of ``net`` to the Bayesian layer it selects the outputs of.
+    """Link every gate of ``net`` to the Bayesian layers whose output rows it selects.
 
     ``net`` is a :class:`~pyro_prune.models.PrunableNet`: each gate's ``producer_name`` names
-    the layer whose output structures it selects. After linking, a removed structure's
-    weights leave the layer's KL term and the Pyro sites are masked over it. Idempotent;
+    the layer whose output structures it selects; a gate over attention heads is linked to
+    the q, k and v rows of its heads in every Bayesian layer holding them, as the structure
+    graph reads them (:func:`~pyro_prune.graph.structure_rows`). After linking, a removed
+    structure's weights leave the layer's KL term and the Pyro sites are masked over it.
+    Idempotent, and it describes the current layout (``shrink`` links its result again);
     returns the number of links made.
     """
     backbone = getattr(net, "net", None)
     if not isinstance(backbone, nn.Module):
         raise TypeError(f"net must be a PrunableNet, got {type(net).__name__}")
     links = 0
-    for gate in backbone.modules():
-        if not isinstance(gate, StructureGate) or gate.producer_name is None:
+    heads: list[str] = []
+    for path, gate in backbone.named_modules():
+        if not isinstance(gate, StructureGate):
             continue
-        producer = backbone.get_submodule(gate.producer_name)
+        producer = None if gate.producer_name is None else backbone.get_submodule(gate.producer_name)
         if isinstance(producer, BayesianLayer) and producer.num_structures == gate.num_structures:
             producer.link_output_gate(gate)
             links += 1
+        else:
+            heads.append(path)
+    if heads:
+        links += _link_by_rows(net, heads)
+    return links
+
+
+def _link_by_rows(net: Any, paths: list[str]) -> int:
+    """Link the gates over attention heads among ``paths`` to the rows they own."""
+    from pyro_prune.graph import structure_graph, structure_rows
+
+    try:
+        infos = structure_graph(net).gates
+    except (ValueError, TypeError, RuntimeError):
+        return 0  # a network that cannot be traced: its gates name no rows
+    links = 0
+    for path in paths:
+        info = infos.get(path)
+        if info is None or info.kind != "head":
+            continue
+        gate = net.net.get_submodule(path)
+        for layer_path, rows in structure_rows(net, path).items():
+            layer = net.net.get_submodule(layer_path)
+            if isinstance(layer, BayesianLayer) and bool((rows >= 0).any()) \
+                    and tuple(rows.shape) == (layer.num_structures,):
+                layer.link_output_gate(gate, rows=rows)
+                links += 1
     return links

@@ -346,7 +346,6 @@ def bayesianize(
         return f"{path[len(prefix):].replace('.', '_')}_{suffix}"
 
     name: str
-    head_gates: list[StructureGate] = []
     if an.tracer == "fx":
         graph, env = _clean_copy(an.graph)
         gm = fx.GraphModule(backbone, graph)
@@ -360,8 +359,7 @@ def bayesianize(
             target.replace_all_uses_with(gate_node, delete_user_cb=lambda u, g=gate_node: u is not g)  # type: ignore[misc]
         for proj, n_heads, path in head_sites:
             name = gate_name(path, "head_gate")
-            head_gates.append(make_gate(n_heads, -2, gate, **noise_kwargs))
-            gm.add_submodule(name, head_gates[-1])
+            gm.add_submodule(name, make_gate(n_heads, -2, gate, **noise_kwargs))
             target = nodes_by_name[proj.name]
             x = target.args[0]
             with gm.graph.inserting_before(target):
@@ -386,7 +384,6 @@ def bayesianize(
         for _proj, n_heads, path in head_sites:
             name = gate_name(path, "head_gate")
             g = make_gate(n_heads, -2, gate, **noise_kwargs)
-            head_gates.append(g)
             backbone.gates[name] = g
             backbone.get_submodule(path).register_forward_pre_hook(_HeadGate(g, n_heads))
         net_module = backbone
@@ -395,43 +392,7 @@ def bayesianize(
         net.input_dtype = example.dtype
     net.record_config(example.shape[1:], source=type(module).__name__, gate=GateKind(gate),
                       weights=WeightPrior(weights), likelihood=net.likelihood)
-    if head_gates and WeightPrior(weights) is WeightPrior.GAUSSIAN:
-        _link_head_gates(net, example, head_gates)
-    return net
-
-
-def _link_head_gates(net: PrunableNet, example: Tensor, head_gates: list[StructureGate]) -> None:
-    """Link each gate over attention heads to the Bayesian layers holding its heads' rows.
-
-    Which rows a head owns is read from the structure graph: the rows of the Bayesian
-    producers (q, k, v, or a fused qkv layer; with grouped-query attention a key/value group's
-    query heads too) that removing that head alone removes physically.
-    """
-    from pyro_prune.graph import dependency_analysis, removed_channels
-    from pyro_prune.models.bayesian import BayesianLayer
-
-    an = dependency_analysis(net, example)
-    layers: list[tuple[Any, BayesianLayer]] = []
-    for nodes in an.producers.values():
-        op = an.ops[nodes[0]]
-        if len(nodes) == 1 and isinstance(op.module, BayesianLayer) and op.channels == op.module.num_structures:
-            layers.append((op, op.module))
-    for gate in head_gates:
-        index = [torch.full((m.num_structures,), -1, dtype=torch.long) for _, m in layers]
-        before = gate.kept.clone()
-        try:
-            for h in range(gate.num_structures):
-                with torch.no_grad():
-                    gate.kept.copy_(torch.arange(gate.num_structures, device=gate.kept.device) != h)
-                removed = removed_channels(an, net)
-                for (op, _m), idx in zip(layers, index):
-                    idx[removed[op.offset: op.offset + op.channels]] = h
-        finally:
-            with torch.no_grad():
-                gate.kept.copy_(before)
-        for (_op, m), idx in zip(layers, index):
-            if bool((idx >= 0).any()):
-                m.link_output_gate(gate, rows=idx)
+    return net  # record_config linked every gate to its Bayesian rows (a head's q, k and v too)
 
 
 def _is_kind(m: Any, kinds: tuple[type, ...]) -> bool:

@@ -49,7 +49,8 @@ def evaluate_predictive(
     r"""Metrics of the posterior predictive (Bayesian model average) on a labelled data set.
 
     Classification: ``accuracy`` of ``argmax_c mean_s p_s(c | x)`` and ``nll`` =
-    ``-mean_n log mean_s p_s(y_n | x_n)``. Regression: ``rmse`` of the predictive mean
+    ``-mean_n log mean_s p_s(y_n | x_n)`` (token labels: accuracy per token, an example's
+    tokens together in its ``p_s``, tokens labelled ``model.ignore_index`` left out). Regression: ``rmse`` of the predictive mean
     ``mean_s f_s(x)`` and ``ll`` = ``mean_n log mean_s N(y_n | f_s(x_n), sigma^2)``, both in the
     units of ``target_scale * y`` (pass the training targets' standard deviation to report
     standardised UCI targets in their original units; the log likelihood then subtracts
@@ -66,7 +67,9 @@ def evaluate_predictive(
         log_p = torch.log_softmax(out, -1).logsumexp(0) - log_s  # [N, C] or [N, T, C]
         if y.dim() > 1:  # token labels: per-token accuracy, the nll of an example's tokens
             lpd = _log_lik_draws(model, out, y).logsumexp(0) - log_s
-            return {"accuracy": float((log_p.argmax(-1) == y).double().mean()),
+            counted = y != model.ignore_index  # ignored tokens count in neither
+            right = (log_p.argmax(-1) == y) & counted
+            return {"accuracy": float(right.sum() / counted.sum().clamp_min(1)),
                     "nll": float(-lpd.mean())}
         return {"accuracy": float((log_p.argmax(-1) == y).double().mean()),
                 "nll": float(-log_p.gather(-1, y[:, None]).mean())}
@@ -78,12 +81,15 @@ def evaluate_predictive(
 
 def _log_lik_draws(model: PrunableNet, out: Tensor, y: Tensor) -> Tensor:
     """``log p(y_n | x_n, z_s)`` of every draw ``[S, N]`` from the network outputs ``out``
-    (with token labels ``[N, T, ...]``, the sum over an example's tokens)."""
+    (with token labels ``[N, T, ...]``, the sum over an example's tokens, those labelled the
+    model's ``ignore_index`` left out)."""
     out = out.double()
     if model.likelihood is Likelihood.CATEGORICAL:
         if y.dim() > 1:
+            ignored = y == model.ignore_index
             per_token = torch.log_softmax(out, -1).gather(
-                -1, y.expand(out.shape[0], *y.shape)[..., None])[..., 0]
+                -1, y.masked_fill(ignored, 0).expand(out.shape[0], *y.shape)[..., None])[..., 0]
+            per_token = per_token.masked_fill(ignored, 0.0)
             return per_token.reshape(out.shape[0], y.shape[0], -1).sum(-1)
         return torch.log_softmax(out, -1).gather(-1, y.expand(out.shape[0], -1)[..., None])[..., 0]
     sigma = model.obs_scale.detach().double()

@@ -82,7 +82,7 @@ from torch import Tensor
 from torch.utils.data import TensorDataset
 
 from pyro_prune._checks import check_bool, check_count, check_number, check_seed
-from pyro_prune._enums import parse_enum
+from pyro_prune._enums import HessianStructure, parse_enum
 from pyro_prune.inference.schedules import Schedule
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.models.fcn import MAPNet, ensure_weight_masks, prunable_layers, weight_masks
@@ -160,7 +160,7 @@ class BayesFactorPruning(Schedule):
     Args:
         target_sparsity: fraction ``r`` in [0, 1) of each layer's weights to prune.
         method: ``"random"`` or ``"magnitude"`` (:class:`PruneMethod`).
-        threshold: ``beta`` as a Bayes factor (> 0); accept when ``log BF >= log beta``.
+        threshold: ``beta`` as a Bayes factor (> 0; default 1); accept when ``log BF >= log beta``.
         log_threshold: ``log beta`` in nats instead of ``threshold`` (e.g. ``-0.001 * N``
             tolerates a loss of 0.001 nats of log posterior per training example).
         gate: use the Bayes factor (True) or prune unconditionally (False, the baselines).
@@ -204,7 +204,7 @@ class BayesFactorPruning(Schedule):
         self,
         target_sparsity: float,
         method: PruneMethod | str = PruneMethod.MAGNITUDE,
-        threshold: float = 1.0,
+        threshold: float | None = None,
         *,
         log_threshold: float | None = None,
         gate: bool = True,
@@ -214,7 +214,7 @@ class BayesFactorPruning(Schedule):
         likelihood_batch: int | None = None,
         layers: Sequence[str] | None = None,
         evidence: EvidenceKind | str | None = None,
-        hessian: str = "kron",
+        hessian: HessianStructure | str = HessianStructure.KRON,
         curvature_subset: int | None = None,
         fit_prior_scale: bool = False,
     ) -> None:
@@ -222,7 +222,7 @@ class BayesFactorPruning(Schedule):
         self.target_sparsity = _check_sparsity(check_number(target_sparsity, "target_sparsity", minimum=0.0))
         self.method = _method(method)
         self.log_threshold = _log_threshold(
-            check_number(threshold, "threshold", positive=True),
+            None if threshold is None else check_number(threshold, "threshold", positive=True),
             None if log_threshold is None else check_number(log_threshold, "log_threshold"))
         self.gate = check_bool(gate, "gate")
         self.seed = None if seed is None else check_seed(seed)
@@ -232,9 +232,7 @@ class BayesFactorPruning(Schedule):
                                  else check_count(likelihood_batch, "likelihood_batch", or_none=True))
         self.layers = _layer_list(layers)
         self.evidence = default_evidence() if evidence is None else parse_enum(EvidenceKind, evidence, "evidence")
-        from pyro_prune.laplace import HessianStructure
-
-        self.hessian = parse_enum(HessianStructure, hessian, "hessian").value
+        self.hessian = parse_enum(HessianStructure, hessian, "hessian")
         self.curvature_subset = (None if curvature_subset is None
                                  else check_count(curvature_subset, "curvature_subset", or_none=True))
         self.fit_prior_scale = check_bool(fit_prior_scale, "fit_prior_scale")
@@ -261,7 +259,7 @@ class BayesFactorPruning(Schedule):
             f"BayesFactorPruning(target_sparsity={self.target_sparsity}, "
             f"method={self.method.value!r}, log_threshold={self.log_threshold:.6g}, gate={self.gate}, "
             f"seed={self.seed}, likelihood={self.likelihood.value!r}, layers={self.layers!r}, "
-            f"evidence={self.evidence.value!r}, hessian={self.hessian!r})"
+            f"evidence={self.evidence.value!r}, hessian={self.hessian.value!r})"
         )
 
     # ---------------------------------------------------------------- hooks for fit

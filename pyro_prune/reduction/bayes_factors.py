@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from pyro_prune.models.base import Likelihood, PrunableNet, correct_per_example
+from pyro_prune._enums import HessianStructure
+from pyro_prune.models.base import Likelihood, PrunableNet, correct_and_counted
 from pyro_prune.models.fcn import MAPNet, prunable_layers, weight_masks
 
 __all__ = ["BayesFactor", "EvidenceBayesFactor", "EvidenceKind", "LogPosterior", "bayes_factor",
@@ -119,7 +120,7 @@ class BayesFactor:
             raise ValueError(f"num_examples must be a finite number >= 0, got {num_examples!r}")
         return num_examples / self.num_data * self._delta_log_likelihood + self._delta_log_prior
 
-    def break_even_examples(self, threshold: float = 1.0, *,
+    def break_even_examples(self, threshold: float | None = None, *,
                             log_threshold: float | None = None) -> float:
         r"""The most examples ``B*`` whose tempered Bayes factor still reaches the threshold.
 
@@ -141,8 +142,8 @@ class BayesFactor:
             return math.inf if delta_lik > 0 or delta_prior >= log_beta else 0.0
         return max(0.0, self.num_data * (log_beta - delta_prior) / delta_lik)
 
-    def accepts(self, threshold: float = 1.0, *, log_threshold: float | None = None) -> bool:
-        """``BF >= threshold`` (a Bayes factor, > 0), i.e. ``log BF >= log threshold``.
+    def accepts(self, threshold: float | None = None, *, log_threshold: float | None = None) -> bool:
+        """``BF >= threshold`` (a Bayes factor, > 0; default 1), i.e. ``log BF >= log threshold``.
 
         ``log_threshold`` gives ``log beta`` directly instead (needed below ``beta ~ 1e-308``,
         where the float underflows: log Bayes factors of pruning are often thousands of nats).
@@ -151,15 +152,19 @@ class BayesFactor:
 
 
 def _log_threshold(threshold: object, log_threshold: object) -> float:
-    """``log beta`` from either ``threshold`` (beta) or ``log_threshold`` (not both)."""
+    """``log beta`` from either ``threshold`` (beta; ``None``: 1) or ``log_threshold``.
+
+    Giving both, even ``threshold=1``, is an error naming both: one of them would be ignored.
+    """
     if log_threshold is None:
-        return math.log(_check_threshold(threshold))
+        return math.log(_check_threshold(1.0 if threshold is None else threshold))
+    if threshold is not None:
+        raise ValueError(f"give threshold or log_threshold, not both (got threshold={threshold!r} "
+                         f"and log_threshold={log_threshold!r})")
     if isinstance(log_threshold, bool) or not isinstance(log_threshold, (int, float)):
         raise TypeError(f"log_threshold must be a number, got {type(log_threshold).__name__}")
     if not math.isfinite(log_threshold):
         raise ValueError(f"log_threshold must be finite, got {log_threshold!r}")
-    if threshold != 1.0:
-        raise ValueError("give threshold or log_threshold, not both")
     return float(log_threshold)
 
 
@@ -196,7 +201,7 @@ def log_posterior(model: PrunableNet, dataset: TensorDataset, *, batch_size: int
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=x.device)
-    correct = 0.0
+    correct, counted = 0.0, 0.0
     categorical = model.likelihood is Likelihood.CATEGORICAL
     try:
         for i in range(0, len(x), batch_size):
@@ -204,14 +209,15 @@ def log_posterior(model: PrunableNet, dataset: TensorDataset, *, batch_size: int
             out = model.predict(xb)
             total -= model.nll(out, yb).double().sum()
             if categorical:
-                correct += float(correct_per_example(out, yb).sum())  # per token with token labels
+                right, count = correct_and_counted(out, yb, model.ignore_index)  # per token with token labels
+                correct, counted = correct + float(right.sum()), counted + float(count.sum())
     finally:
         model.train(was_training)
     return LogPosterior(
         log_likelihood=float(total),
         log_prior=_log_prior_value(model),
         num_data=len(x),
-        accuracy=correct / len(x) if categorical else None,
+        accuracy=(correct / counted if counted else 0.0) if categorical else None,
     )
 
 
@@ -278,7 +284,7 @@ class EvidenceBayesFactor:
         """Change of the log Occam factor: what dropping the pruned weights' volume gains."""
         return self.pruned.log_occam - self.current.log_occam
 
-    def accepts(self, threshold: float = 1.0, *, log_threshold: float | None = None) -> bool:
+    def accepts(self, threshold: float | None = None, *, log_threshold: float | None = None) -> bool:
         """``log BF >= log threshold``."""
         return self.log_bayes_factor >= _log_threshold(threshold, log_threshold)
 
@@ -294,7 +300,7 @@ def laplace_bayes_factor(
     dataset: TensorDataset,
     *,
     current: Any = None,
-    hessian: str = "kron",
+    hessian: HessianStructure | str = HessianStructure.KRON,
     batch_size: int = 512,
     curvature_subset: int | None = None,
     fit_prior_scale: bool = False,

@@ -4,7 +4,11 @@ For every gate this gathers what a criterion needs — the noise posterior (``lo
 ``scale`` and bounds), the structure's incoming weights and their gradients (from the
 gate's ``producer_name`` layer, which the structure graph names, one row per structure), or
 the Gaussian posterior of those weights — and returns per-structure scores (higher = more
-important) or removal masks.
+important) or removal masks. A gate without a producer (an attention head, whose rows are
+spread over q, k and v, or a fused qkv layer) owns the rows the structure graph gives it
+(:func:`~pyro_prune.graph.structure_rows`): a structure's weights are all of its rows in every
+layer, so weight criteria (``gaussian_bmr``, the joint ``bmrs_joint``, the L2 norm) sum over
+a head's q, k and v rows.
 
 When the model was fitted with an autoguide (``fit(model, data, guide=AutoNormal(model))``),
 the noise criteria read that guide's posterior (:mod:`pyro_prune.inference.guides`), which
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from pyro_prune.graph.layers import layer_slicer
@@ -49,6 +54,61 @@ def _weight_rows(producer: nn.Module, t: Tensor, gate: StructureGate) -> Tensor:
     return _rows(t.movedim(axis, 0) if axis else t, gate)
 
 
+def _layer_rows(layer: nn.Module, t: Tensor) -> Tensor:
+    """A layer's weight (or gradient) as rows ``[out, -1]`` (its output axis first)."""
+    slicer = layer_slicer(layer)
+    axis = slicer.tensors.get("weight", (0, None))[0] if slicer is not None else 0
+    t = t.movedim(axis, 0) if axis else t
+    return t.reshape(t.shape[0], -1)
+
+
+def _per_structure(mats: list[Tensor], owners: list[Tensor], n: int, fill: float) -> Tensor:
+    """``[n, L]``: structure ``s``'s rows of every layer (``owners[i][r] == s``), flattened in
+    order; structures owning fewer entries are padded with ``fill`` (a value that adds
+    nothing: a zero weight, or a Gaussian at its prior)."""
+    parts = [torch.cat([m[own.to(m.device) == s].reshape(-1) for m, own in zip(mats, owners)])
+             for s in range(n)]
+    width = max(p.numel() for p in parts)
+    out = mats[0].new_full((n, width), fill)
+    for s, part in enumerate(parts):
+        out[s, : part.numel()] = part
+    return out
+
+
+def _owned_row_inputs(model: PrunableNet, name: str, gate: StructureGate) -> dict[str, Tensor | float]:
+    """The weight inputs of a gate without a producer: the rows it owns in every layer."""
+    from pyro_prune.graph import structure_rows
+
+    try:
+        rows = structure_rows(model, name)
+    except (ValueError, TypeError, RuntimeError):
+        return {}  # a network that cannot be traced: no rows known
+    owned = [(model.net.get_submodule(path), own) for path, own in rows.items() if bool((own >= 0).any())]
+    if not owned:
+        return {}
+    layers, owners = [m for m, _ in owned], [own for _, own in owned]
+    n = gate.num_structures
+    if all(callable(getattr(m, "weight_posterior", None)) for m in layers):
+        posts = [m.weight_posterior() for m in layers]  # type: ignore[operator]
+        priors = {float(p[2]) for p in posts}
+        if len(priors) > 1:
+            raise ValueError(f"{name}: its rows have Gaussian priors of different scales {sorted(priors)}; "
+                             f"a weight criterion takes one prior_scale")
+        prior = priors.pop()
+        loc = _per_structure([p[0].detach() for p in posts], owners, n, 0.0)
+        return {"weight_loc": loc, "weight": loc, "prior_scale": prior,
+                "weight_scale": _per_structure([p[1].detach() for p in posts], owners, n, prior)}
+    weights: list[Tensor] = [w for w in (getattr(m, "weight", None) for m in layers) if isinstance(w, Tensor)]
+    if len(weights) != len(layers):
+        return {}
+    inputs: dict[str, Tensor | float] = {
+        "weight": _per_structure([_layer_rows(m, w.detach()) for m, w in zip(layers, weights)], owners, n, 0.0)}
+    if all(w.grad is not None for w in weights):  # type: ignore[union-attr]
+        inputs["grad"] = _per_structure([_layer_rows(m, w.grad.detach())  # type: ignore[union-attr]
+                                         for m, w in zip(layers, weights)], owners, n, 0.0)
+    return inputs
+
+
 def gate_inputs(model: PrunableNet, name: str) -> dict[str, Tensor | float]:
     """Everything a criterion may need about the structures of gate ``name``."""
     gate = model.gates()[name]
@@ -59,6 +119,8 @@ def gate_inputs(model: PrunableNet, name: str) -> dict[str, Tensor | float]:
     producer: nn.Module | None = None
     if gate.producer_name is not None:
         producer = model.net.get_submodule(gate.producer_name)
+    else:
+        inputs.update(_owned_row_inputs(model, name, gate))
     if producer is not None:
         posterior = getattr(producer, "weight_posterior", None)
         if callable(posterior):  # Bayesian weights: (loc, scale, prior_scale) of [n, -1]

@@ -8,11 +8,13 @@ the masked model -> fewer parameters -> torch.export of the result.
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Callable
 
+import foreign_networks as foreign
 import pytest
 import torch
+from foreign_networks import CLASSES, VOCAB
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
@@ -24,7 +26,6 @@ from pyro_prune.models import bayesianize
 
 transformers = pytest.importorskip("transformers")
 
-VOCAB, SEQ, CLASSES = 40, 8, 3
 
 
 # ---------------------------------------------------------------------- networks
@@ -43,25 +44,12 @@ def _bert_eager() -> nn.Module:
     return transformers.BertForSequenceClassification(cfg)
 
 
-def _gpt2() -> nn.Module:
-    cfg = transformers.GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=4, n_positions=16,
-                                  num_labels=CLASSES, pad_token_id=0)
-    return transformers.GPT2ForSequenceClassification(cfg)
-
-
 def _llama_gqa() -> nn.Module:
     cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2,
                                    intermediate_size=32, max_position_embeddings=16,
                                    num_labels=CLASSES, pad_token_id=0)
     return transformers.LlamaForSequenceClassification(cfg)
-
-
-def _vit() -> nn.Module:
-    cfg = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=16,
-                                 num_hidden_layers=2, num_attention_heads=4, intermediate_size=32,
-                                 num_labels=CLASSES)
-    return transformers.ViTForImageClassification(cfg)
 
 
 class _SequenceMLP(nn.Module):
@@ -256,38 +244,16 @@ def _pyro_linear_bnn() -> nn.Module:
                          nn.Tanh(), PyroModule[nn.Linear](10, CLASSES))
 
 
-def _ids() -> Tensor:
-    return torch.randint(1, VOCAB, (48, SEQ), generator=torch.Generator().manual_seed(1))
-
-
-def _images() -> Tensor:
-    return torch.randn(48, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-
-
-def _sequences() -> Tensor:
-    return torch.randn(48, SEQ, 6, generator=torch.Generator().manual_seed(1))
-
-
-def _vectors() -> Tensor:
-    return torch.randn(48, 5, generator=torch.Generator().manual_seed(1))
-
-
-CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], Tensor]]] = {
-    "hf_bert": (_bert, _ids),
-    "hf_bert_eager": (_bert_eager, _ids),
-    "hf_gpt2": (_gpt2, _ids),
-    "hf_llama_gqa": (_llama_gqa, _ids),
-    "hf_vit": (_vit, _images),
-    "sequence_mlp_layernorm": (_SequenceMLP, _sequences),
-    "embedding_chunk_cat": (_EmbeddingBag, _ids),
-    "mobilenet_depthwise_relu6": (_MobileNet, _images),
-    "resnext_grouped_groupnorm": (_GroupedResNeXt, _images),
-    "pyro_linear_bnn": (_pyro_linear_bnn, _vectors),
-    "transformer_encoder_mha": (_EncoderClassifier, _sequences),
-    "functional_batchnorm_silu_gelu": (_FunctionalBatchNormNet, _images),
-    "functional_batchnorm_inline_export": (_InlineBatchNormNet, _images),
-    "multihead_attention": (_AttentionPool, _sequences),
-}
+CASES = foreign.cases(
+    48, hf_bert=(_bert, foreign.token_ids), hf_bert_eager=(_bert_eager, foreign.token_ids),
+    hf_gpt2=(functools.partial(foreign.hf_gpt2, layers=2), foreign.token_ids), hf_llama_gqa=(_llama_gqa, foreign.token_ids),
+    hf_vit=(functools.partial(foreign.hf_vit, layers=2, intermediate=32), foreign.images),
+    sequence_mlp_layernorm=(_SequenceMLP, foreign.sequences), embedding_chunk_cat=(_EmbeddingBag, foreign.token_ids),
+    mobilenet_depthwise_relu6=(_MobileNet, foreign.images), resnext_grouped_groupnorm=(_GroupedResNeXt, foreign.images),
+    pyro_linear_bnn=(_pyro_linear_bnn, foreign.vectors), transformer_encoder_mha=(_EncoderClassifier, foreign.sequences),
+    functional_batchnorm_silu_gelu=(_FunctionalBatchNormNet, foreign.images),
+    functional_batchnorm_inline_export=(_InlineBatchNormNet, foreign.images),
+    multihead_attention=(_AttentionPool, foreign.sequences))
 SLOW = {"hf_gpt2", "hf_llama_gqa", "hf_vit", "hf_bert_eager", "transformer_encoder_mha", "multihead_attention"}
 #: networks with nn.MultiheadAttention: its 4 heads get one gate, 40% of it (2 heads) go
 MHA = {"transformer_encoder_mha", "multihead_attention"}
@@ -338,7 +304,7 @@ def test_any_network_through_the_pipeline(name: str) -> None:
 
 def test_conversion_restores_every_module_mode_exactly() -> None:
     torch.manual_seed(0)
-    model = bayesianize(_MobileNet().eval(), example_input=_images()[:2])
+    model = bayesianize(_MobileNet().eval(), example_input=foreign.images()[:2])
     model.train()
     frozen = model.net.get_submodule("blocks.0.bn1")
     frozen.eval()  # a frozen BatchNorm inside a training model
@@ -350,7 +316,7 @@ def test_conversion_restores_every_module_mode_exactly() -> None:
 
 def test_a_gate_for_a_functional_batch_norm_goes_after_it_on_the_export_path() -> None:
     torch.manual_seed(0)
-    x = _images()
+    x = foreign.images()
     model = bayesianize(_InlineBatchNormNet().eval(), example_input=x[:2])
     info = structure_graph(model).gates
     assert structure_graph(model).tracer == "export"
@@ -385,7 +351,7 @@ class _InlineBatchNormSiLU(_InlineBatchNormNet):
 def test_a_functional_batch_norm_no_gate_can_follow_is_reported_and_left_ungated() -> None:
     torch.manual_seed(0)
     with pytest.warns(RuntimeWarning, match=r"no gate on \['module.conv1'\].*F.batch_norm"):
-        model = bayesianize(_InlineBatchNormSiLU().eval(), example_input=_images()[:2])
+        model = bayesianize(_InlineBatchNormSiLU().eval(), example_input=foreign.images()[:2])
     assert set(model.gates()) == {"gates.conv2_gate"}
 
 
@@ -409,3 +375,59 @@ def test_gaussian_weights_link_each_gate_to_its_bayesian_producer_when_wrapped(n
     remove[0] = True
     gate.prune(remove)
     assert float(layer.kl_divergence().detach()) < before
+
+
+class _CausalSelfAttention(nn.Module):
+    """Causal self-attention as GPT implementations write it: one fused qkv layer ``split``
+    into q, k and v, ``.view`` into heads, SDPA (or the explicit product), ``.contiguous().view``
+    back, a residual stream. Fed float features ``[N, T, 16]`` or, with ``vocab``, token ids."""
+
+    def __init__(self, sdpa: bool, vocab: int | None = None, dim: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.sdpa, self.heads, self.dim = sdpa, heads, dim
+        self.emb = nn.Embedding(vocab, dim) if vocab is not None else None
+        self.c_attn = nn.Linear(dim, 3 * dim)
+        self.c_proj = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.emb is not None:
+            x = self.emb(x)
+        b, t, c = x.size()
+        q, k, v = self.c_attn(x).split(self.dim, dim=2)
+        q = q.view(b, t, self.heads, c // self.heads).transpose(1, 2)
+        k = k.view(b, t, self.heads, c // self.heads).transpose(1, 2)
+        v = v.view(b, t, self.heads, c // self.heads).transpose(1, 2)
+        if self.sdpa:
+            y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            att = (q @ k.transpose(-2, -1)) * (1.0 / (c // self.heads) ** 0.5)
+            y = att.softmax(dim=-1) @ v
+        y = y.transpose(1, 2).contiguous().view(b, t, c)
+        return self.head(self.norm(x + self.c_proj(y))[:, -1])
+
+
+@pytest.mark.parametrize("sdpa,tokens", [(True, False), (False, False), (True, True)])
+def test_attention_split_from_a_fused_layer_gets_its_heads_on_any_input(sdpa: bool, tokens: bool) -> None:
+    """Float features and no embedding layer: torch.fx traces the network, but only the export
+    path writes ``split`` and SDPA out for the analysis; without that q, k and v lost their
+    channels and no head gate was found (bayesianize found nothing to gate at all)."""
+    torch.manual_seed(0)
+    x = foreign.token_ids() if tokens else foreign.sequences().repeat(1, 1, 3)[..., :16]
+    net = _CausalSelfAttention(sdpa, VOCAB if tokens else None).eval()
+    model = bayesianize(net, example_input=x[:2], gate="mask")
+    info = structure_graph(model).gates
+    assert list(info) == ["gates.c_proj_head_gate"]
+    (head,) = info.values()
+    assert (head.kind, head.num_structures, head.rows, head.can_shrink) == ("head", 4, ("module.c_attn",), True)
+    with torch.no_grad():
+        torch.testing.assert_close(model.predict(x), net(x), rtol=1e-5, atol=1e-5)
+    model.gates()["gates.c_proj_head_gate"].prune(torch.tensor([False, True, False, True]))
+    model.eval()
+    det = to_deterministic(model, example_input=x[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(det(x), model.predict(x), rtol=1e-5, atol=1e-5)
+    widths = {k: tuple(v.shape) for k, v in det.state_dict().items() if k.endswith("c_attn.weight")
+              or k.endswith("c_proj.weight")}
+    assert sorted(widths.values()) == [(16, 8), (24, 16)]  # two of four heads left q, k, v

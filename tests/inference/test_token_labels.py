@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from pyro_prune.convert import count_params, to_deterministic
-from pyro_prune.inference import evaluate, fit
+from pyro_prune.inference import ContinuousPruning, evaluate, fit
 from pyro_prune.inference.elbo import fast_elbo_loss, pyro_elbo_loss
 from pyro_prune.models import bayesianize
 from pyro_prune.models.base import PrunableNet
@@ -105,20 +105,23 @@ def test_a_language_model_fits_on_token_labels_then_prunes_and_converts(name: st
     torch.testing.assert_close(small(x), model.predict(x), rtol=1e-4, atol=1e-4)
 
 
+def _both_engines(model: PrunableNet, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The Pyro and the fast ELBO loss with the same random numbers (one draw shared by the
+    batch), and the fast engine's network output."""
+    pyro.set_rng_seed(1)
+    pyro_loss = pyro_elbo_loss(model, x, y)
+    pyro.set_rng_seed(1)
+    fast_loss, out = fast_elbo_loss(model, x, y, per_example=False)
+    return pyro_loss, fast_loss, out
+
+
 @pytest.mark.parametrize("kl_scale", [1.0, 2.5])
 def test_fast_elbo_equals_the_pyro_trace_elbo_on_token_labels(kl_scale: float) -> None:
     model = _model("plain", num_data=40)
     model.set_kl_scale(kl_scale)
     x, y = _tokens(6).tensors
-    losses = []
-    for engine in ("pyro", "fast"):  # the same random numbers: one draw shared by the batch
-        pyro.set_rng_seed(1)
-        if engine == "pyro":
-            losses.append(pyro_elbo_loss(model, x, y))
-        else:
-            fast_loss, out = fast_elbo_loss(model, x, y, per_example=False)
-            losses.append(fast_loss)
-    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-4)
+    pyro_loss, fast_loss, out = _both_engines(model, x, y)
+    torch.testing.assert_close(fast_loss, pyro_loss, rtol=1e-5, atol=1e-4)
     # and its likelihood term is the scaled sum over examples and tokens
     reference = -_token_log_lik(out, y).sum() * 40 / 6 + model.kl_divergence()
     torch.testing.assert_close(fast_loss.double(), reference.detach(), rtol=1e-5, atol=1e-4)
@@ -139,7 +142,7 @@ def test_the_observation_is_one_event_per_example() -> None:
                                                   r"shape=\(32, 9\).*\(2, 8, 12\)"),
     (torch.zeros(32, dtype=torch.int64), r"\(2, 8, 12\), one distribution per token.*"
                                          r"\[N, 8\], found shape=\(32,\)"),
-    (torch.full((32, SEQ), -100, dtype=torch.int64), r"lie in 0\.\.11.*from -100"),
+    (torch.full((32, SEQ), -100, dtype=torch.int64), r"every token label is the ignore label -100"),
     (torch.zeros(32, SEQ), r"dtype=torch.float32 shape=\(32, 8\)"),
 ])
 def test_labels_that_do_not_fit_the_logits_are_refused(labels: Tensor, message: str) -> None:
@@ -147,3 +150,87 @@ def test_labels_that_do_not_fit_the_logits_are_refused(labels: Tensor, message: 
     x = _tokens(32).tensors[0]
     with pytest.raises(ValueError, match=message):
         fit(model, TensorDataset(x, labels), epochs=1, progress=False)
+
+
+def _with_ignored(y: Tensor) -> Tensor:
+    """Token labels with the ignore label -100 where Hugging Face puts it: a prompt of one to
+    three tokens per example, and padding at the end of every other example."""
+    y = y.clone()
+    for n in range(len(y)):
+        y[n, : 1 + n % 3] = -100
+    y[::2, SEQ - 2:] = -100
+    return y
+
+
+def _kept_log_lik(logits: Tensor, y: Tensor) -> Tensor:
+    """The reference: ``sum_t log softmax(logits_nt)[y_nt]`` over the counted tokens."""
+    kept = y != -100
+    per_token = torch.log_softmax(logits.double(), -1).gather(-1, y.clamp_min(0)[..., None])[..., 0]
+    return (per_token * kept).sum(-1)
+
+
+def test_ignored_tokens_count_in_no_likelihood_metric_or_evidence() -> None:
+    """Labels -100 (torch's and Hugging Face's ignore index) are skipped by the likelihood
+    of both engines (an example is still one example of the num_data / batch scaling), by
+    evaluate's loss and per-token accuracy, and by the posterior predictive."""
+    from pyro_prune.predictive import Output, predictive_run
+
+    model = _model("plain", num_data=40)
+    model.set_kl_scale(1.0)
+    x, y = _tokens(6).tensors
+    y = _with_ignored(y)
+    kept = y != -100
+    out = model.predict(x)
+    reference = _kept_log_lik(out, y)
+    torch.testing.assert_close(model.nll(out, y).double(), -reference)
+    torch.testing.assert_close(model.observation(out).log_prob(y).double(), reference)
+    pyro_loss, fast_loss, drawn = _both_engines(model, x, y)
+    torch.testing.assert_close(fast_loss, pyro_loss, rtol=1e-4, atol=1e-4)  # Pyro's float32 sums
+    scaled = -_kept_log_lik(drawn, y).sum() * 40 / 6 + model.kl_divergence()
+    torch.testing.assert_close(fast_loss.double(), scaled.detach(), rtol=1e-5, atol=1e-4)
+
+    data = TensorDataset(x, y)
+    metrics = evaluate(model, data)
+    assert metrics["loss"] == pytest.approx(float(-reference.mean()), rel=1e-5)
+    right = (out.argmax(-1) == y) & kept
+    assert metrics["accuracy"] == pytest.approx(float(right.sum() / kept.sum()))
+    draws = predictive_run(model, x, draws=4, output=Output.LOGITS, seed=0).samples
+    lpd = torch.stack([_kept_log_lik(d, y) for d in draws]).logsumexp(0) - math.log(4)
+    torch.testing.assert_close(log_predictive_density(model, data, draws=4, seed=0), lpd)
+    bma = torch.log_softmax(draws.double(), -1).logsumexp(0).argmax(-1)
+    predictive = evaluate_predictive(model, data, draws=4, seed=0)
+    assert predictive["accuracy"] == pytest.approx(float(((bma == y) & kept).sum() / kept.sum()))
+    assert predictive["nll"] == pytest.approx(float(-lpd.mean()), rel=1e-9)
+
+    # the ignore label is the model's: another one works the same, and -100 is then a label
+    model.ignore_index = -1
+    torch.testing.assert_close(model.nll(out, y.masked_fill(~kept, -1)).double(), -reference)
+    with pytest.raises(ValueError, match=r"lie in 0\.\.11 .*from -100"):
+        evaluate(model, data)
+
+
+@pytest.mark.slow
+def test_the_default_recipe_prunes_a_hugging_face_language_model_with_ignored_tokens() -> None:
+    """A tiny GPT-2 language model on counting sequences (the next token is the current one
+    plus one), a prompt of two tokens ignored (-100): fit on its defaults (lr and batch size
+    as the digits recipe) with ContinuousPruning() removes heads (the next token depends on
+    the current one only) and MLP units, keeps the task solved, and converts."""
+    tf = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    lm = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=4, n_positions=16,
+                                          bos_token_id=1, eos_token_id=1))
+    train, test = (TensorDataset(x, y.clone().index_fill_(1, torch.arange(2), -100))
+                   for x, y in (_tokens(256, seed=0).tensors, _tokens(64, seed=1).tensors))
+    model = bayesianize(lm, example_input=train.tensors[0][:2])
+    before = evaluate(model, test)
+    result = fit(model, train, epochs=30, lr=1e-2, batch_size=16, progress=False, schedule=ContinuousPruning())
+    after = evaluate(model, test)
+    assert after["accuracy"] > 0.95 > before["accuracy"] and after["loss"] < 0.1 * before["loss"]
+    removed = {"heads" if name.endswith("head_gate") else "mlp": int((~g.kept).sum())
+               for name, g in model.gates().items()}
+    assert removed["heads"] >= 2 and removed["mlp"] >= 16, (removed, result.report)
+    model.eval()
+    small = to_deterministic(model)
+    assert count_params(small) < count_params(model.net)
+    x = test.tensors[0]
+    torch.testing.assert_close(small(x), model.predict(x), rtol=1e-4, atol=1e-4)

@@ -11,11 +11,12 @@ to the posterior means of the kept rows).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 
+import foreign_networks as foreign
 import pytest
 import torch
 import torch.nn.functional as F
+from foreign_networks import CLASSES, VOCAB
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
@@ -25,30 +26,10 @@ from pyro_prune.inference.divergence import DivergenceWarning
 from pyro_prune.models import bayesianize
 from pyro_prune.models.bayesian import BayesianLayer, BayesianLinear, gaussian_kl
 
-VOCAB, SEQ, CLASSES = 40, 8, 3
-
-
-def _transformers():
-    return pytest.importorskip("transformers")
-
 
 # ---------------------------------------------------------------------- networks
-def _vit() -> nn.Module:
-    tf = _transformers()
-    return tf.ViTForImageClassification(tf.ViTConfig(
-        image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1,
-        num_attention_heads=4, intermediate_size=24, num_labels=CLASSES))
-
-
-def _gpt2() -> nn.Module:
-    tf = _transformers()
-    return tf.GPT2ForSequenceClassification(tf.GPT2Config(
-        vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=4, n_positions=16, num_labels=CLASSES,
-        pad_token_id=0, bos_token_id=1, eos_token_id=1))
-
-
 def _distilbert() -> nn.Module:
-    tf = _transformers()
+    tf = foreign.transformers()
     return tf.DistilBertForSequenceClassification(tf.DistilBertConfig(
         vocab_size=VOCAB, dim=16, n_layers=1, n_heads=4, hidden_dim=24, max_position_embeddings=16,
         num_labels=CLASSES))
@@ -80,21 +61,9 @@ def _mlp() -> nn.Module:
                          nn.Linear(24, 12), nn.Tanh(), nn.Linear(12, CLASSES))
 
 
-def _ids() -> Tensor:
-    return torch.randint(1, VOCAB, (32, SEQ), generator=torch.Generator().manual_seed(1))
-
-
-def _images() -> Tensor:
-    return torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-
-
-CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], Tensor]]] = {
-    "hf_vit": (_vit, _images),
-    "hf_gpt2_conv1d": (_gpt2, _ids),
-    "hf_distilbert": (_distilbert, _ids),
-    "torch_mnist_cnn": (_MnistNet, _images),
-    "torch_sequential_mlp": (_mlp, _images),
-}
+CASES = foreign.cases(32, hf_vit=(foreign.hf_vit, foreign.images), hf_gpt2_conv1d=(foreign.hf_gpt2, foreign.token_ids),
+              hf_distilbert=(_distilbert, foreign.token_ids), torch_mnist_cnn=(_MnistNet, foreign.images),
+              torch_sequential_mlp=(_mlp, foreign.images))
 
 
 def _plain_layers(net: nn.Module) -> dict[str, nn.Module]:
@@ -196,11 +165,11 @@ def test_gaussian_weights_on_a_foreign_network_end_to_end(name: str) -> None:
 
 
 def test_gpt2_language_model_keeps_its_tied_head_and_makes_every_conv1d_bayesian() -> None:
-    tf = _transformers()
+    tf = foreign.transformers()
     torch.manual_seed(0)
     lm = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=4, n_positions=16,
                                           bos_token_id=1, eos_token_id=1)).eval()
-    ids = _ids()
+    ids = foreign.token_ids(32)
     with pytest.warns(RuntimeWarning, match=r"\['lm_head'\] keep point weights: their weight is tied"):
         model = bayesianize(lm, example_input=ids[:2], weights="gaussian", gate="mask")
     inner = model.net.module
@@ -223,7 +192,7 @@ def test_gpt2_language_model_keeps_its_tied_head_and_makes_every_conv1d_bayesian
 def test_gaussian_weights_keep_the_networks_dtype(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
     plain = _MnistNet().to(dtype).eval()
-    x = _images().to(dtype)
+    x = foreign.images(32).to(dtype)
     model = bayesianize(plain, example_input=x[:2], weights="gaussian", gate="mask")
     layers = [m for m in model.net.modules() if isinstance(m, BayesianLayer)]
     assert len(layers) == 4
@@ -262,7 +231,7 @@ def test_a_removed_heads_qkv_rows_leave_the_kl_and_the_pyro_sites() -> None:
     from pyro_prune.inference.elbo import fast_elbo_loss, pyro_elbo_loss
 
     torch.manual_seed(0)
-    x = _ids()[:6]
+    x = foreign.token_ids(32)[:6]
     y = torch.randint(0, CLASSES, (6,))
     model = bayesianize(_Attention().eval(), example_input=x[:2], weights="gaussian", gate="mask", num_data=60)
     (gate,) = [g for n, g in model.gates().items() if n.endswith("head_gate")]

@@ -10,6 +10,7 @@ import torch
 from bayes_factor_nets import small_cnn, small_fcn
 from torch.utils.data import TensorDataset
 
+from pyro_prune._enums import HessianStructure
 from pyro_prune.inference import fit
 from pyro_prune.inspect.plots import plot_learning_curves
 from pyro_prune.models.fcn import prunable_layers, weight_masks
@@ -54,7 +55,10 @@ BAD_ARGUMENTS = [
     ({"threshold": "1"}, TypeError, r"threshold must be a number, got str '1'"),
     ({"log_threshold": float("inf")}, ValueError, r"log_threshold must be a finite number, got inf"),
     ({"log_threshold": "-3"}, TypeError, r"log_threshold must be a number, got str '-3'"),
-    ({"threshold": 2.0, "log_threshold": -3.0}, ValueError, r"give threshold or log_threshold, not both"),
+    ({"threshold": 2.0, "log_threshold": -3.0}, ValueError,
+     r"give threshold or log_threshold, not both \(got threshold=2.0 and log_threshold=-3.0\)"),
+    ({"threshold": 1.0, "log_threshold": -3.0}, ValueError,
+     r"give threshold or log_threshold, not both \(got threshold=1.0 and log_threshold=-3.0\)"),
     ({"gate": "yes"}, TypeError, r"gate must be a bool \(True or False\), got str 'yes'"),
     ({"gate": 1}, TypeError, r"gate must be a bool \(True or False\), got int 1"),
     ({"seed": 1.5}, TypeError, r"seed must be an int, got float 1.5"),
@@ -87,8 +91,12 @@ def test_good_arguments_are_kept_as_given() -> None:
                                hessian="diag", curvature_subset=200, fit_prior_scale=True)
     assert (sched.target_sparsity, sched.log_threshold, sched.gate, sched.seed, sched.batch_size) == (0.0, -3.0,
                                                                                                      False, 7, 64)
-    assert (sched.likelihood_batch, sched.layers, sched.hessian, sched.curvature_subset) == (32, ["fc1"], "diag", 200)
+    assert (sched.likelihood_batch, sched.layers, sched.hessian, sched.curvature_subset) == (32, ["fc1"], HessianStructure.DIAG, 200)
     assert sched.fit_prior_scale is True and sched.evidence is EvidenceKind.POINT
+    for hessian in ("kron", HessianStructure.KRON):  # an enum, given as one or by its value
+        assert BayesFactorPruning(0.5, evidence="point", hessian=hessian).hessian is HessianStructure.KRON
+    with pytest.raises(ValueError, match=r"^hessian must be one of \['diag', 'kron', 'full'\], got 'exact'$"):
+        BayesFactorPruning(0.5, evidence="point", hessian="exact")
 
 
 class _CheckZeroBeforeReapply(BayesFactorPruning):

@@ -68,6 +68,11 @@ def test_bayes_factor_threshold_is_given_as_a_bayes_factor() -> None:
     assert make(-2000.0).accepts(log_threshold=-2000.0) and not make(-2000.0).accepts(log_threshold=-1999.0)
     with pytest.raises(ValueError, match="not both"):
         make(0.0).accepts(2.0, log_threshold=-1.0)
+    for both in ({"threshold": 1.0, "log_threshold": -1.0}, {"threshold": 1, "log_threshold": 0.0}):
+        with pytest.raises(ValueError, match=r"not both \(got threshold=1(\.0)? and log_threshold="):
+            make(0.0).accepts(**both)  # threshold=1 is the default's value, yet given: an error
+        with pytest.raises(ValueError, match="not both"):
+            make(0.0).break_even_examples(**both)
     with pytest.raises(ValueError, match="log_threshold"):
         make(0.0).accepts(log_threshold=float("nan"))
 

@@ -71,3 +71,77 @@ def test_gate_inputs_read_a_transposed_producer_weight_by_its_structure_axis() -
     weight = model.net.get_submodule("module.transformer.h.0.mlp.c_fc").weight
     assert weight.shape == (16, 64)
     torch.testing.assert_close(gate_inputs(model, name)["weight"], weight.detach().T)
+
+
+def _head_of_row(rows: int, heads: int, head_dim: int = 4) -> torch.Tensor:
+    """GPT-2's fused ``c_attn`` rows: q, k and v blocks, ``head_dim`` rows per head in each."""
+    return torch.arange(rows) % (heads * head_dim) // head_dim
+
+
+def _expected_head_df(layer: nn.Module, heads: int, noise: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per head, the Gaussian dF summed over its q, k and v rows of ``layer`` (weights and
+    bias), and the joint dF (plus the head's noise dF), computed from the layer directly."""
+    from pyro_prune.reduction import delta_f_gaussian, delta_f_lognormal
+
+    loc = torch.cat([layer.weight_loc.detach(), layer.bias_loc.detach()[:, None]], 1).double()
+    scale = torch.cat([layer.weight_scale.detach(), layer.bias_scale.detach()[:, None]], 1).double()
+    per_row = delta_f_gaussian(loc, scale, prior_scale=layer.prior_scale, dim=1)
+    owner = _head_of_row(loc.shape[0], heads)
+    weights = torch.stack([per_row[owner == h].sum() for h in range(heads)])
+    noise_df = delta_f_lognormal(noise.loc.detach().double(), noise.scale.detach().double())
+    return weights, weights + noise_df
+
+
+def test_a_head_owns_its_qkv_rows_in_weight_criteria_also_after_shrink() -> None:
+    """Tiny Hugging Face GPT-2 (fused ``c_attn`` Conv1D) with Gaussian weights: the joint and
+    Gaussian BMR of a head sum the dF of its q, k and v rows; after a head is removed and the
+    network shrunk, the rows, the KL links and the scores describe the new layout (the same
+    as a fresh analysis of a copy)."""
+    import copy
+
+    import foreign_networks as foreign
+
+    from pyro_prune.convert import shrink
+    from pyro_prune.graph import structure_rows
+
+    torch.manual_seed(0)
+    x = foreign.token_ids(4)
+    model = bayesianize(foreign.hf_gpt2(1).eval(), example_input=x[:2], weights="gaussian")
+    name = "gates.transformer_h_0_attn_c_proj_head_gate"
+    gate = model.gates()[name]
+    qkv = model.net.get_submodule("module.transformer.h.0.attn.c_attn")
+    with torch.no_grad():  # posteriors away from their start, different per row and head
+        qkv.weight_log_scale.uniform_(-3.0, 0.5)
+        qkv.weight_loc.mul_(torch.linspace(0.1, 3.0, 48)[:, None])
+        gate.loc.copy_(torch.tensor([-1.0, -12.0, -3.0, -6.0]))
+    for heads, layer in ((4, qkv), (3, None)):
+        if layer is None:  # remove head 1, shrink, and score the smaller network
+            gate.prune(torch.tensor([False, True, False, False]))
+            model, _ = shrink(model, example_input=x[:2])
+            gate = model.gates()[name]
+            layer = model.net.get_submodule("module.transformer.h.0.attn.c_attn")
+            assert layer.weight_loc.shape[0] == 36 and gate.num_structures == 3
+        weights_df, joint_df = _expected_head_df(layer, heads, gate)
+        gaussian = structure_scores(model, "gaussian_bmr")[name].double()
+        joint = structure_scores(model, "bmrs_joint")[name].double()
+        torch.testing.assert_close(-gaussian, weights_df, rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close(-joint, joint_df, rtol=1e-5, atol=1e-3)
+        # the KL link: row -> head, as the graph of this layout (and of a fresh copy) reads it
+        (link,) = [lk for g, lk in zip(layer._output_gates, layer._gate_rows) if g is gate]
+        assert link is not None and link[0].tolist() == _head_of_row(3 * 4 * heads, heads).tolist()
+        fresh = copy.deepcopy(model)
+        assert structure_rows(fresh, name)["module.transformer.h.0.attn.c_attn"].tolist() == link[0].tolist()
+    # after shrinking, removing another head still takes exactly its rows out of the KL
+    from pyro_prune.models.bayesian import BayesianLayer, gaussian_kl
+
+    def weights_kl() -> float:
+        return sum(float(m.kl_divergence()) for m in model.modules() if isinstance(m, BayesianLayer))
+
+    with torch.no_grad():
+        loc, scale, prior_scale = layer.weight_posterior()
+        rows_kl = gaussian_kl(loc, scale, prior_scale).sum(-1) * layer.kl_scale
+        before = weights_kl()
+    gate.prune(torch.tensor([False, False, True]))
+    with torch.no_grad():
+        after = weights_kl()
+    assert before - after == pytest.approx(float(rows_kl[_head_of_row(36, 3) == 2].sum()), rel=1e-5)
