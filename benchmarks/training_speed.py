@@ -7,7 +7,11 @@ kernel call, one draw per example or, with ``per_example_noise=False``, one per 
 that kernel compiled (Numba: :mod:`pyro_prune.models.noise_kernels_jit`, the default where
 installed) and as torch operations, the same with one torch kernel call per layer, and the
 model through Pyro's ``TraceMeanField_ELBO``
-(``engine="pyro"``). Median over repeats, interleaved so that machine noise hits every
+(``engine="pyro"``). The fast-ELBO variants run fit's own epoch loop
+(:class:`~pyro_prune.inference.epoch.EpochTrainer` over ``--steps`` copies of one batch):
+the loss, the two Adam parameter groups, the finite-loss check and the loss and accuracy
+sums of every step, i.e. what ``fit`` runs per step except the data loading (which the
+plain step does not pay either). Each variant trains its own copy of the network. Median over repeats, interleaved so that machine noise hits every
 variant alike. Each variant runs with Adam's ``foreach=True`` implementation and with its
 fused kernel (what :func:`pyro_prune.inference.fit` uses where the device has it); ratios
 are to the plain step with the same Adam.
@@ -30,6 +34,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +49,18 @@ from _common import (
     write_results,
 )
 
-from pyro_prune.inference.elbo import NoisePlan, fast_elbo_loss, pyro_elbo_loss
-from pyro_prune.models import MLP, LeNet5, noise_kernels_jit
+from pyro_prune.inference.batches import BatchSource
+from pyro_prune.inference.distributed import DistributedInfo, GradientSync
+from pyro_prune.inference.elbo import NoisePlan, _fused_noise, fast_elbo_loss, pyro_elbo_loss
+from pyro_prune.inference.epoch import EpochTrainer, FitContext
+from pyro_prune.inference.loop import ElboLoss
+from pyro_prune.inference.optim import _param_groups, trainable_parameters
+from pyro_prune.inference.schedules import ContinuousPruning
+from pyro_prune.models import MLP, LeNet5, PrunableNet, noise_kernels_jit
 
 SEED = 0
+NUM_DATA = 60000
+LR = 1e-3
 #: the Adam implementations compared: ``fit`` uses the fused kernel where it exists
 ADAMS = {"foreach": {"foreach": True}, "fused": {"fused": True}}
 
@@ -65,58 +78,127 @@ def _plain_copy(net: torch.nn.Module) -> torch.nn.Module:
     return plain
 
 
-def _step_fns(make, x, y, adam: dict[str, bool]):
+class _SameBatch(BatchSource):
+    """``steps`` copies of one batch: an epoch of fit's loop without the data's cost."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
+        self.x, self.y, self.steps = x, y, steps
+        self.batch_size = len(x)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        for _ in range(self.steps):
+            yield self.x, self.y, len(self.x)
+
+
+def _fit_epoch(net: PrunableNet, x: torch.Tensor, y: torch.Tensor, adam: dict[str, bool],
+               per_example: bool, steps: int) -> tuple[Callable[[], Any], NoisePlan]:
+    """``steps`` training steps through fit's own epoch loop (:class:`EpochTrainer`): its loss
+    (:class:`ElboLoss`), its two Adam groups (:func:`make_optimizer`'s, with the noise at the
+    same learning rate as the weights so that random data keep the posteriors in the compiled
+    kernel's reach) and its per-step bookkeeping (finite-loss check, loss and accuracy sums)."""
+    loss_fn = ElboLoss(net, num_data=NUM_DATA, kl_scale="auto", per_example=per_example)
+    optimizer = torch.optim.Adam(_param_groups(net, net.guide, LR, LR), lr=LR, **adam)
+    ctx = FitContext(model=net, guide=net.guide, optimizer=optimizer, train=None, val=None,
+                     batch_size=len(x), seed=SEED, epochs=1, loss_fn=loss_fn)
+    trainer = EpochTrainer(ctx, source=_SameBatch(x, y, steps), loss_fn=loss_fn,
+                           sync=GradientSync(trainable_parameters(net, net.guide), DistributedInfo()),
+                           info=DistributedInfo(), schedule=ContinuousPruning(), device=torch.device("cpu"),
+                           shared_noise=True, running_accuracy=True, lr=LR, noise_lr=LR)
+    assert loss_fn.plan is not None
+    return trainer, loss_fn.plan
+
+
+def _step_fns(make, x, y, adam: dict[str, bool], steps: int):
+    """Each variant's function running ``steps`` training steps, and the noise plans to check."""
     torch.manual_seed(SEED)
-    net = make()
-    net.num_data = 60000
-    plain = _plain_copy(net)
-    opt_plain = torch.optim.Adam(plain.parameters(), lr=1e-3, **adam)
-    opt_fast = torch.optim.Adam(net.parameters(), lr=1e-3, **adam)
-    torch.manual_seed(SEED)
-    pyro_net = make()
-    pyro_net.num_data = 60000
-    opt_pyro = torch.optim.Adam(pyro_net.parameters(), lr=1e-3, **adam)
-    net.train()
-    pyro_net.train()
+    plain = _plain_copy(make())
+    opt_plain = torch.optim.Adam(plain.parameters(), lr=LR, **adam)
 
-    def plain_step():
-        opt_plain.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(plain(x), y)
-        loss.backward()
-        opt_plain.step()
+    def plain_steps():
+        for _ in range(steps):
+            opt_plain.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(plain(x), y)
+            loss.backward()
+            opt_plain.step()
 
-    plan = NoisePlan(net)  # resolved once, as fit does
+    plans = []
 
-    def fast_step(per_example: bool, fused: bool = True, compiled: bool = True):
-        def step():
+    def fresh() -> PrunableNet:
+        torch.manual_seed(SEED)
+        net = make()
+        net.train()
+        return net
+
+    def fit_steps(per_example: bool, compiled: bool = True):
+        trainer, plan = _fit_epoch(fresh(), x, y, adam, per_example, steps)
+        plans.append((plan, per_example, compiled))
+
+        def run():
             old = noise_kernels_jit.set_enabled(compiled)
             try:
-                opt_fast.zero_grad(set_to_none=True)
-                loss, _ = fast_elbo_loss(net, x, y, per_example=per_example, fused=fused, plan=plan)
-                loss.backward()
-                opt_fast.step()
+                trainer()
             finally:
                 noise_kernels_jit.set_enabled(old)
 
-        return step
+        return run
 
-    def pyro_step():
-        opt_pyro.zero_grad(set_to_none=True)
-        loss = pyro_elbo_loss(pyro_net, x, y)
-        loss.backward()
-        opt_pyro.step()
+    def loss_steps(per_example: bool, fused: bool):
+        """The loss alone (no epoch loop), e.g. one torch kernel call per layer."""
+        net = fresh()
+        net.num_data = NUM_DATA
+        optimizer = torch.optim.Adam(_param_groups(net, net.guide, LR, LR), lr=LR, **adam)
 
-    steps = {"plain torch": plain_step}
+        def run():
+            old = noise_kernels_jit.set_enabled(False)
+            try:
+                for _ in range(steps):
+                    optimizer.zero_grad(set_to_none=True)
+                    loss, _ = fast_elbo_loss(net, x, y, per_example=per_example, fused=fused)
+                    loss.backward()
+                    optimizer.step()
+            finally:
+                noise_kernels_jit.set_enabled(old)
+
+        return run
+
+    pyro_net = fresh()
+    pyro_net.num_data = NUM_DATA
+    opt_pyro = torch.optim.Adam(pyro_net.parameters(), lr=LR, **adam)
+
+    def pyro_steps():
+        for _ in range(steps):
+            opt_pyro.zero_grad(set_to_none=True)
+            loss = pyro_elbo_loss(pyro_net, x, y)
+            loss.backward()
+            opt_pyro.step()
+
+    fns = {"plain torch": plain_steps}
     if noise_kernels_jit.available():
-        steps["fast ELBO, one draw per step (per_example_noise=False), compiled kernel"] = fast_step(False)
-        steps["fast ELBO, one draw per example (default), compiled kernel"] = fast_step(True)
-    steps.update({
-        "fast ELBO, one draw per step, torch kernel": fast_step(False, compiled=False),
-        "fast ELBO, one draw per example, torch kernel": fast_step(True, compiled=False),
-        "fast ELBO, per example, one kernel call per layer": fast_step(True, fused=False, compiled=False),
-        "Pyro TraceMeanField_ELBO": pyro_step,
+        fns["fast ELBO, one draw per step (per_example_noise=False), compiled kernel"] = fit_steps(False)
+        fns["fast ELBO, one draw per example (default), compiled kernel"] = fit_steps(True)
+    fns.update({
+        "fast ELBO, one draw per step, torch kernel": fit_steps(False, compiled=False),
+        "fast ELBO, one draw per example, torch kernel": fit_steps(True, compiled=False),
+        "fast ELBO, per example, one kernel call per layer": loss_steps(True, fused=False),
+        "Pyro TraceMeanField_ELBO": pyro_steps,
     })
-    return steps
+    return fns, plans
+
+
+def _check_kernel_path(plans: list[tuple[NoisePlan, bool, bool]], batch: int) -> None:
+    """Every fused variant still draws through the one network-wide kernel (a posterior out of
+    its reach would have sent it to the exact per-layer distribution, another code path)."""
+    for plan, per_example, compiled in plans:
+        old = noise_kernels_jit.set_enabled(compiled)
+        try:
+            with torch.no_grad():
+                drawn = _fused_noise(plan, batch if per_example else None)
+        finally:
+            noise_kernels_jit.set_enabled(old)
+        for m in plan.layers:
+            m.__dict__["_drawn_theta"] = None
+        if drawn is None:
+            raise RuntimeError("a variant left the network-wide noise kernel during the timing")
 
 
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -131,22 +213,24 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         x = torch.randn(args.batch, *shape, generator=g)
         y = torch.randint(0, 10, (args.batch,), generator=g)
         fns: dict[tuple[str, str], Any] = {}
+        plans = []
         for adam, options in ADAMS.items():
-            for name, fn in _step_fns(make, x, y, options).items():
+            variants, variant_plans = _step_fns(make, x, y, options, args.steps)
+            plans += variant_plans
+            for name, fn in variants.items():
                 if adam != "foreach" and ("Pyro" in name or "per layer" in name):
                     continue  # the two Adam implementations compared on the main variants only
                 fns[(adam, name)] = fn
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
         times: dict[tuple[str, str], list[float]] = {k: [] for k in fns}
         for fn in fns.values():  # warm-up
-            for _ in range(5):
-                fn()
+            fn()
         for _ in range(args.repeats):
             for key, fn in fns.items():
                 t0 = clock()
-                for _ in range(args.steps):
-                    fn()
+                fn()
                 times[key].append((clock() - t0) / args.steps)
+        _check_kernel_path(plans, args.batch)
         for (adam, name), ts in times.items():
             med = statistics.median(ts)
             base = statistics.median(times[(adam, "plain torch")])

@@ -402,6 +402,7 @@ def shrink(model: PrunableNet, guide: Any = None, *, example_input: Any = None,
         new.name_sites()
     if any(isinstance(m, BayesianLayer) for m in new.net.modules()):
         link_output_gates(new)  # the gates' links to their rows describe the new layout
+    new.share_noise_storage()  # the sliced noise layers own their Parameters: share them again
     if check:
 
         def predict(x: Tensor) -> Tensor:

@@ -330,6 +330,8 @@ def _slice_gate_inplace(g: Any, idx: Tensor | None) -> None:
     if idx is None:
         return
     n = g.num_structures
+    if hasattr(g, "own_storage"):  # a noise layer sharing its network's flat storage
+        g.own_storage()
     with torch.no_grad():
         for name, p in list(g._parameters.items()):
             if p is not None and p.dim() >= 1 and p.shape[0] == n:

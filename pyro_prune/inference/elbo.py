@@ -117,6 +117,9 @@ class NoisePlan:
                                                 for m in self.layers)
         self._masks_key: tuple | None = None
         self._masks: tuple[Tensor, Tensor] | None = None
+        self._params_key: tuple | None = None
+        self._params: tuple[list, list] | None = None
+        self._whole = True
         #: ``(global_batch, rank, world_size)`` in a data-parallel run: the per-example
         #: noise is drawn for the whole global batch (every rank's generator in step) and
         #: this rank keeps the rows ``rank::world_size``, the examples it holds. The ranks
@@ -142,9 +145,43 @@ class NoisePlan:
                 torch.rand(self.rows[0], n, dtype=loc.dtype, device=loc.device)
 
     def params(self) -> tuple[list[Tensor], list[Tensor]]:
-        """Every layer's ``loc`` and ``log_scale``, in layer order."""
-        return ([m._parameters["loc"] for m in self.layers],  # type: ignore[misc]
-                [m._parameters["log_scale"] for m in self.layers])  # type: ignore[misc]
+        """The tensors the noise node takes: their concatenation is every layer's ``loc``
+        (``log_scale``) in layer order.
+
+        A storage that consecutive layers share and fill exactly (the flat Parameters of a
+        :class:`~pyro_prune.models.base.PrunableNet`, see :mod:`pyro_prune.models.noise`) is
+        taken whole: one tensor for the network, so autograd accumulates and the optimizer
+        updates one gradient. Layers owning their Parameters give those; any other layout
+        gives slices. Re-resolved when a layer's storage is replaced.
+        """
+        key = tuple(id(m.__dict__["_parameters"]["loc"]) for m in self.layers) + \
+            tuple(id(m.__dict__["_parameters"]["log_scale"]) for m in self.layers)
+        if key != self._params_key or self._params is None:
+            runs = self._runs("loc"), self._runs("log_scale")
+            self._whole = all(start == 0 and stop == t.shape[0] for r in runs for t, start, stop in r)
+            if self._whole:
+                self._params = ([t for t, _, _ in runs[0]], [t for t, _, _ in runs[1]])
+            else:
+                self._params = tuple([lambda t=t, a=a, b=b: t[a:b] for t, a, b in r]  # type: ignore[assignment]
+                                     for r in runs)
+            self._params_key = key
+        assert self._params is not None
+        if self._whole:
+            return self._params
+        return [f() for f in self._params[0]], [f() for f in self._params[1]]
+
+    def _runs(self, name: str) -> list[tuple[Tensor, int, int]]:
+        """``(storage, start, stop)`` of the layers' ``name`` in layer order, consecutive
+        layers sharing a storage contiguously merged into one run."""
+        runs: list[tuple[Tensor, int, int]] = []
+        for m in self.layers:
+            storage = m.__dict__["_parameters"][name]
+            start = m.storage_offset if storage.shape[0] != m.num_structures else 0
+            if runs and runs[-1][0] is storage and runs[-1][2] == start:
+                runs[-1] = (storage, runs[-1][1], start + m.num_structures)
+            else:
+                runs.append((storage, start, start + m.num_structures))
+        return runs
 
     def masks(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """``(multiplier, weight)`` over all structures: ``kept / theta_ref`` (what the drawn
@@ -208,7 +245,7 @@ def _fused_noise(plan: NoisePlan, batch: int | None) -> Tensor | None:
                       dim=-1)[rank::world]
         if len(u) != batch:
             raise ValueError(f"plan.rows={plan.rows} gives {len(u)} rows for a batch of {batch}")
-    drawn = network_theta_and_kl(locs, log_scales, *plan.bounds, u, kept, weight)
+    drawn = network_theta_and_kl(locs, log_scales, *plan.bounds, u, kept, weight, sizes=plan.sizes)
     if drawn is None:
         return None
     thetas, kl = drawn

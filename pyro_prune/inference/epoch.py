@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -95,12 +96,13 @@ class EpochTrainer:
                     raise FloatingPointError(
                         f"the parameter {bad} became non-finite at epoch {ctx.epoch + 1}, step {ctx.step}; "
                         + self._advice()) from err
-                if not torch.isfinite(loss):
+                loss_value = float(loss.detach())  # one read of the loss: the check and the sum
+                if not math.isfinite(loss_value):
                     raise FloatingPointError(
-                        f"the loss became {float(loss.detach())} at epoch {ctx.epoch + 1}, step {ctx.step}; "
+                        f"the loss became {loss_value} at epoch {ctx.epoch + 1}, step {ctx.step}; "
                         + self._advice())
                 loss.backward()
-                n_local, loss_value = len(xb), float(loss.detach())
+                n_local = len(xb)
                 if out is not None and model.likelihood is Likelihood.CATEGORICAL:
                     right = float(correct_per_example(out.detach(), yb).sum())
             n_step, loss_value, right = self.sync.reduce(n_local, loss_value, right)

@@ -36,7 +36,13 @@ from torch import Tensor, nn
 from pyro_prune._enums import parse_enum
 from pyro_prune.models.bayesian import BayesianLayer, link_output_gates
 from pyro_prune.models.gate import StructureGate
-from pyro_prune.models.noise import MultiplicativeNoise, NoiseMode, StochasticModule, noise_mode
+from pyro_prune.models.noise import (
+    MultiplicativeNoise,
+    NoiseMode,
+    StochasticModule,
+    noise_mode,
+    share_noise_storage,
+)
 
 __all__ = ["IGNORE_INDEX", "IgnoringCategorical", "KLScale", "Likelihood", "PrunableNet",
            "categorical_nll", "check_kl_scale", "check_prunable", "correct_and_counted",
@@ -137,6 +143,7 @@ class PrunableNet(PyroModule):
                 raise ValueError(f"obs_scale must be > 0, got {obs_scale}")
             self.log_obs_scale = nn.Parameter(torch.tensor(math.log(obs_scale)))
         self.name_sites()
+        self.share_noise_storage()
 
     def record_config(self, input_shape: Sequence[int], **config: object) -> None:
         """Record the shape of one input and the constructor's arguments (enums by value).
@@ -174,6 +181,16 @@ class PrunableNet(PyroModule):
                 m.site_name = name
             if isinstance(m, StructureGate):
                 m._set_owner(self, name)
+
+    def share_noise_storage(self) -> bool:
+        """Store the ``loc`` and ``log_scale`` of all noise layers in one flat Parameter each.
+
+        The network does it when it is built (and :func:`~pyro_prune.convert.shrink` on the
+        network it returns); see :mod:`pyro_prune.models.noise`. A training step then hands two
+        noise tensors to autograd and the optimizer instead of two per layer. Build the
+        optimizer after calling it. Returns whether the layers share their storage.
+        """
+        return share_noise_storage(list(self.noise_layers().values()))
 
     def gates(self) -> dict[str, StructureGate]:
         """Every structure gate (noise layers and deterministic masks), by module path."""

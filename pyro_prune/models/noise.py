@@ -29,6 +29,20 @@ nothing changes.
 Removed structures are clamped to zero in every mode and never come back (monotone pruning);
 they are also masked out of the ELBO with :func:`pyro.poutine.mask`, so a removed structure
 contributes neither likelihood nor KL.
+
+**One storage for the whole network.** A layer's variational parameters are a slice of its
+registered ``loc`` and ``log_scale`` Parameters: ``storage[offset : offset + n]``. A layer
+on its own holds Parameters of its ``n`` structures (offset 0). A
+:class:`~pyro_prune.models.base.PrunableNet` makes all its noise layers share one flat
+``loc`` and one flat ``log_scale`` Parameter (:func:`share_noise_storage`, layer after layer
+in module order), so that the training step's noise node, the autograd engine's gradient
+accumulators and the optimizer handle two tensors instead of two per layer (about 0.25 ms of
+a 2-3 ms step of the 7x100 MLP). ``layer.loc`` and ``layer.log_scale`` are the layer's
+slices (views: gradients reach the shared Parameter, in-place writes under ``no_grad``
+reach the storage); ``parameters()`` lists each shared Parameter once; ``state_dict`` keeps
+one ``loc`` and one ``log_scale`` entry of ``n`` values per layer, the layout of layers that
+own their Parameters, so checkpoints load either way. Slicing a layer (``shrink``) first gives it
+its own Parameters again (:meth:`MultiplicativeNoise.own_storage`).
 """
 
 from __future__ import annotations
@@ -58,6 +72,7 @@ __all__ = [
     "NoiseMode",
     "StochasticModule",
     "noise_mode",
+    "share_noise_storage",
 ]
 
 
@@ -122,6 +137,36 @@ def noise_mode(module: nn.Module, mode: NoiseMode | str) -> Iterator[nn.Module]:
             m._forced_mode = p
 
 
+def share_noise_storage(layers: list[MultiplicativeNoise]) -> bool:
+    """Make ``layers`` share one flat ``loc`` and one flat ``log_scale`` Parameter, in order.
+
+    The values (and ``requires_grad``) are those of each layer's current slices; the layers
+    then hold the shared Parameters and their offsets (see the module docstring). Returns
+    whether they were shared: layers whose Parameters differ in dtype, device or
+    ``requires_grad`` keep their own. Call it before building an optimizer: the Parameters
+    it replaces are no longer the layers'.
+    """
+    if len(layers) < 2:
+        return False
+    first = layers[0]
+    kinds = {(m.loc.dtype, m.loc.device, m.loc.requires_grad, m.log_scale.dtype,
+              m.log_scale.device, m.log_scale.requires_grad) for m in layers}
+    if len(kinds) != 1:
+        return False
+    with torch.no_grad():
+        loc = nn.Parameter(torch.cat([m.loc.detach() for m in layers]),
+                           requires_grad=first.loc.requires_grad)
+        log_scale = nn.Parameter(torch.cat([m.log_scale.detach() for m in layers]),
+                                 requires_grad=first.log_scale.requires_grad)
+    offset = 0
+    for m in layers:
+        m._parameters["loc"] = loc
+        m._parameters["log_scale"] = log_scale
+        m.storage_offset = offset
+        offset += m.num_structures
+    return True
+
+
 class MultiplicativeNoise(StructureGate, StochasticModule):
     r"""Log-normal multiplicative noise over one structure axis.
 
@@ -137,7 +182,10 @@ class MultiplicativeNoise(StructureGate, StochasticModule):
             signal has scale ~1 at any ``init_loc``. ``0`` multiplies by ``theta`` itself.
 
     Attributes:
-        loc, log_scale: variational parameters, shape ``[n]``.
+        loc, log_scale: variational parameters, shape ``[n]``: the layer's slice of its
+            registered Parameters of the same names, which a network shares between its
+            noise layers (see the module docstring).
+        storage_offset: where the layer's structures start in that storage.
         kept: boolean buffer ``[n]`` of the structures still in the network (saved in
             ``state_dict``).
         site_name: the Pyro sample site, ``"<module path>.theta"``; set by the owning net.
@@ -173,8 +221,11 @@ class MultiplicativeNoise(StructureGate, StochasticModule):
             raise ValueError(f"init_loc={init_loc} must lie in [log_low, log_high]")
         self.log_low = float(log_low)
         self.log_high = float(log_high)
-        self.loc = nn.Parameter(torch.full((num_structures,), float(init_loc)))
-        self.log_scale = nn.Parameter(torch.full((num_structures,), float(init_log_scale)))
+        # the layer's own storage until a network shares one (``loc``, ``log_scale``: its slices)
+        self.register_parameter("loc", nn.Parameter(torch.full((num_structures,), float(init_loc))))
+        self.register_parameter("log_scale",
+                                nn.Parameter(torch.full((num_structures,), float(init_log_scale))))
+        self.storage_offset = 0
         self.site_name = "theta"
         #: ``log theta_ref``: the forward multiplies by ``theta / theta_ref``
         self.reference_loc = float(reference_loc)
@@ -184,6 +235,89 @@ class MultiplicativeNoise(StructureGate, StochasticModule):
     def extra_repr(self) -> str:
         ref = f", reference_loc={self.reference_loc}" if self.reference_loc else ""
         return super().extra_repr() + f", bounds=[{self.log_low}, {self.log_high}]" + ref
+
+    # ---------------------------------------------------------------- storage
+    def _variational(self, name: str) -> Tensor:
+        """The layer's slice of its registered Parameter ``name`` (the Parameter itself when
+        the layer owns it)."""
+        storage = self.__dict__["_parameters"].get(name)
+        if storage is None:
+            raise AttributeError(f"{type(self).__name__} has no parameter {name!r}")
+        n = self.num_structures
+        if storage.shape[0] == n:
+            return storage
+        offset = self.storage_offset
+        return storage[offset:offset + n]
+
+    @property
+    def loc(self) -> Tensor:
+        """``mu`` of every structure, ``[n]`` (a slice of the shared storage)."""
+        return self._variational("loc")
+
+    @property
+    def log_scale(self) -> Tensor:
+        """``log sigma`` of every structure, ``[n]`` (a slice of the shared storage)."""
+        return self._variational("log_scale")
+
+    @property
+    def shares_storage(self) -> bool:
+        """Whether the layer's ``loc``/``log_scale`` are slices of Parameters it shares."""
+        loc = self.__dict__["_parameters"].get("loc")
+        return loc is not None and loc.shape[0] != self.num_structures
+
+    def own_storage(self) -> None:
+        """Give the layer Parameters of its own structures (copies of its slices), offset 0."""
+        if not self.shares_storage:
+            return
+        with torch.no_grad():
+            for name in ("loc", "log_scale"):
+                storage = self.__dict__["_parameters"][name]
+                self._parameters[name] = nn.Parameter(self._variational(name).detach().clone(),
+                                                      requires_grad=storage.requires_grad)
+        self.storage_offset = 0
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.shares_storage:  # the layer's own n values, as a layer owning its Parameters saves
+            for name in ("loc", "log_scale"):
+                if prefix + name in destination:
+                    value = self._variational(name)
+                    destination[prefix + name] = value if keep_vars else value.detach()
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
+                              missing_keys: list[str], unexpected_keys: list[str],
+                              error_msgs: list[str]) -> None:
+        if not self.shares_storage:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                          unexpected_keys, error_msgs)
+            return
+        # the shared Parameters are loaded slice by slice (copied in place); the rest as usual
+        params = self.__dict__["_parameters"]
+        shared = ("loc", "log_scale")
+        self.__dict__["_parameters"] = {k: v for k, v in params.items() if k not in shared}
+        try:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                          unexpected_keys, error_msgs)
+        finally:
+            self.__dict__["_parameters"] = params
+        for name in shared:  # hidden from the loader above, which took them for unexpected
+            if prefix + name in unexpected_keys:
+                unexpected_keys.remove(prefix + name)
+        n = self.num_structures
+        for name in shared:
+            key = prefix + name
+            if key not in state_dict:
+                if strict:
+                    missing_keys.append(key)
+                continue
+            value = state_dict[key]
+            if not isinstance(value, Tensor) or tuple(value.shape) != (n,):
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                error_msgs.append(f"size mismatch for {key}: copying a param with shape {shape} from "
+                                  f"checkpoint, the shape in current model is {(n,)}.")
+                continue
+            with torch.no_grad():
+                self._variational(name).copy_(value)
 
     # ---------------------------------------------------------------- distributions
     @property

@@ -246,7 +246,8 @@ def _draw_and_kl_backward(
 class _NetworkNoise(torch.autograd.Function):
     """Every noise layer's ``theta`` and the weighted KL sum of a network, as one graph node.
 
-    Inputs: the layers' ``loc`` and ``log_scale`` parameters (differentiable), their
+    Inputs: the tensors whose concatenations are the layers' ``loc`` and ``log_scale``
+    (differentiable: the network's shared storage, or each layer's own Parameters), their
     concatenation and its preparation (computed by the caller, which checks the reach), the
     uniforms, the per-structure ``kept`` mask and KL weights. Outputs: one
     ``theta = exp(x) * kept`` per layer and ``sum(kl * weight)``. Concatenating,
@@ -256,13 +257,15 @@ class _NetworkNoise(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, cat: tuple[Tensor, Tensor, tuple[Tensor, ...]], u: Tensor, kept: Tensor,
-                weight: Tensor, low: float, high: float, *params: Tensor) -> tuple[Tensor, ...]:
+                weight: Tensor, low: float, high: float, sizes: list[int], *params: Tensor
+                ) -> tuple[Tensor, ...]:
         loc, scale, prep = cat
         x, kl, saved = _draw_and_kl_forward(loc, scale, u, low, high, prep)
         theta = x.exp() * kept
         ctx.save_for_backward(theta, weight, *saved)
-        ctx.sizes = [q.shape[-1] for q in params[: len(params) // 2]]
-        return (*theta.split(ctx.sizes, dim=-1), (kl * weight).sum())
+        ctx.sizes = sizes
+        ctx.input_sizes = [q.shape[-1] for q in params[: len(params) // 2]]
+        return (*theta.split(sizes, dim=-1), (kl * weight).sum())
 
     @staticmethod
     def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
@@ -276,15 +279,21 @@ class _NetworkNoise(torch.autograd.Function):
         grad_kl = None if grad_kl_sum is None else grad_kl_sum * weight
         grad_loc, grad_scale = _draw_and_kl_backward(tuple(saved), grad_x, grad_kl)
         grad_log_scale = grad_scale * saved[0]
-        return (None, None, None, None, None, None,
-                *grad_loc.split(ctx.sizes), *grad_log_scale.split(ctx.sizes))
+        return (None, None, None, None, None, None, None,
+                *grad_loc.split(ctx.input_sizes), *grad_log_scale.split(ctx.input_sizes))
 
 
 def network_theta_and_kl(
     locs: list[Tensor], log_scales: list[Tensor], low: float, high: float,
     u: Tensor | noise_kernels_jit.CounterUniforms, kept: Tensor, weight: Tensor,
+    sizes: list[int] | None = None,
 ) -> tuple[list[Tensor], Tensor] | None:
     """``theta`` of several noise layers (sharing bounds) and ``sum_j weight_j KL_j``, fused.
+
+    ``locs``, ``log_scales``: tensors whose concatenations are the layers' parameters in layer
+    order (one flat storage for a network whose layers share it, or one tensor per layer);
+    ``sizes``: the layers' numbers of structures (default: the sizes of ``locs``), which split
+    ``theta`` into the layers' draws.
 
     ``u``: uniforms ``[..., sum n_i]`` in layer order, or
     :class:`~pyro_prune.models.noise_kernels_jit.CounterUniforms` that the compiled kernel
@@ -298,14 +307,15 @@ def network_theta_and_kl(
     from pyro_prune.models import noise_kernels_jit
 
     if isinstance(u, noise_kernels_jit.CounterUniforms) or noise_kernels_jit.usable(locs, u, kept, weight):
-        return noise_kernels_jit.network_theta_and_kl(locs, log_scales, low, high, u, kept, weight)
+        return noise_kernels_jit.network_theta_and_kl(locs, log_scales, low, high, u, kept, weight, sizes)
+    sizes = [q.shape[-1] for q in locs] if sizes is None else sizes
     with torch.no_grad():
         loc = torch.cat(locs)
         scale = torch.cat(log_scales).exp()
         prep = _prepared(loc, scale, low, high)
     if prep is None:
         return None
-    *thetas, kl_sum = _NetworkNoise.apply((loc, scale, prep), u, kept, weight, low, high,
+    *thetas, kl_sum = _NetworkNoise.apply((loc, scale, prep), u, kept, weight, low, high, sizes,
                                           *locs, *log_scales)
     return list(thetas), kl_sum
 

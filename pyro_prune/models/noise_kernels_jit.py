@@ -501,12 +501,13 @@ def counter_uniforms(uniforms: CounterUniforms, n: int, dtype: torch.dtype = tor
 class _CompiledNetworkNoise(torch.autograd.Function):
     """The node of :func:`network_theta_and_kl`: values computed before, gradients compiled.
 
-    Inputs are the layers' own ``loc`` and ``log_scale`` parameters, outputs each layer's
-    ``theta`` (a slice of the one array the kernel wrote) and the weighted KL sum. Taking and
-    giving per-layer tensors directly keeps the concatenation of the parameters and the split
-    of ``theta`` out of the graph: the backward is this node and the parameters' gradient
-    accumulators, the gradients of all layers written by one compiled call and handed out as
-    slices of its result.
+    Inputs are the tensors holding the layers' ``loc`` and ``log_scale`` (the network's one
+    shared storage of each, see :mod:`pyro_prune.models.noise`, or each layer's own
+    Parameters), outputs each layer's ``theta`` (a slice of the one array the kernel wrote)
+    and the weighted KL sum. Taking the storages and giving per-layer tensors directly keeps
+    the concatenation of the parameters and the split of ``theta`` out of the graph: the
+    backward is this node and the storages' gradient accumulators (two for a network sharing
+    its storage), the gradients of all layers written by one compiled call.
     """
 
     @staticmethod
@@ -516,7 +517,8 @@ class _CompiledNetworkNoise(torch.autograd.Function):
         theta = torch.from_numpy(drawn["theta"])[:, :drawn["weight"].shape[0]]  # beyond: padding
         if drawn["one_draw"]:
             theta = theta[0]
-        return (*theta.split(sizes, dim=-1), torch.tensor(drawn["kl_sum"], dtype=params[0].dtype))
+        thetas = theta.split(sizes, dim=-1) if len(sizes) > 1 else (theta,)
+        return (*thetas, torch.tensor(drawn["kl_sum"], dtype=params[0].dtype))
 
     @staticmethod
     def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
@@ -535,7 +537,10 @@ class _CompiledNetworkNoise(torch.autograd.Function):
                  0.0 if grad_kl is None else float(grad_kl), has_grad_theta, out[0], out[1],
                  np.empty((2, n)))
         grad = torch.from_numpy(out)
-        return (None, *grad[0].split(sizes), *grad[1].split(sizes))
+        inputs = d["input_sizes"]
+        if len(inputs) == 1:  # the network's shared storage
+            return None, grad[0], grad[1]
+        return (None, *grad[0].split(inputs), *grad[1].split(inputs))
 
 
 #: the vector width the draws' rows are padded to (16 float32 lanes of AVX-512)
@@ -544,7 +549,7 @@ _PAD = 16
 
 def network_theta_and_kl(
     locs: list[Tensor], log_scales: list[Tensor], low: float, high: float,
-    u: Tensor | CounterUniforms, kept: Tensor, weight: Tensor,
+    u: Tensor | CounterUniforms, kept: Tensor, weight: Tensor, sizes: list[int] | None = None,
 ) -> tuple[list[Tensor], Tensor] | None:
     """The compiled counterpart of :func:`pyro_prune.models.noise_kernels.network_theta_and_kl`.
 
@@ -557,8 +562,11 @@ def network_theta_and_kl(
     dtype = locs[0].dtype
     single = dtype == torch.float32
     np_dtype = np.float32 if single else np.float64
-    with torch.no_grad():  # values only: the node takes the layers' parameters themselves
-        loc, log_scale = torch.cat(locs), torch.cat(log_scales)
+    if len(locs) == 1:  # values only: the node takes the storages themselves
+        loc, log_scale = locs[0].detach(), log_scales[0].detach()
+    else:
+        with torch.no_grad():
+            loc, log_scale = torch.cat(locs), torch.cat(log_scales)
     n = loc.shape[0]
     m = -(-n // _PAD) * _PAD
     if isinstance(u, CounterUniforms):
@@ -585,7 +593,8 @@ def network_theta_and_kl(
         draw(u2, key, multiplier, float(low), float(high), _TINY[dtype], not single, per, theta, d_loc,
              d_log_scale, 0, rows)
     drawn = {"theta": theta, "d_loc": d_loc, "d_log_scale": d_log_scale, "per": per, "weight": w,
-             "kl_sum": kl_sum, "one_draw": one_draw, "sizes": [q.shape[-1] for q in locs]}
+             "kl_sum": kl_sum, "one_draw": one_draw, "input_sizes": [q.shape[-1] for q in locs]}
+    drawn["sizes"] = drawn["input_sizes"] if sizes is None else sizes
     *thetas, kl = _CompiledNetworkNoise.apply(drawn, *locs, *log_scales)
     return thetas, kl
 

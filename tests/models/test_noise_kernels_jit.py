@@ -223,13 +223,13 @@ def test_training_step_gives_the_same_loss_and_gradients_with_either_kernel(
     compiled_kernel = elbo.network_theta_and_kl
     drawn_with: list[object] = []
 
-    def torch_kernel(locs, log_scales, low, high, u, kept, weight):  # type: ignore[no-untyped-def]
+    def torch_kernel(locs, log_scales, low, high, u, kept, weight, sizes=None):  # type: ignore[no-untyped-def]
         drawn_with.append(u)
         if isinstance(u, noise_kernels_jit.CounterUniforms):
             u = noise_kernels_jit.counter_uniforms(u, sum(q.shape[-1] for q in locs), locs[0].dtype)
         noise_kernels_jit.set_enabled(False)
         try:
-            return compiled_kernel(locs, log_scales, low, high, u, kept, weight)
+            return compiled_kernel(locs, log_scales, low, high, u, kept, weight, sizes)
         finally:
             noise_kernels_jit.set_enabled(True)
 
