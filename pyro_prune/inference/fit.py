@@ -48,7 +48,12 @@ from pyro_prune.inference.divergence import DivergenceWarning, chance_level, war
 from pyro_prune.inference.epoch import EpochTrainer, FitContext
 from pyro_prune.inference.loop import ElboLoss, pruning_summary
 from pyro_prune.inference.metrics import evaluate, model_device
-from pyro_prune.inference.optim import DEFAULT_NOISE_LR, make_optimizer, trainable_parameters
+from pyro_prune.inference.optim import (
+    DEFAULT_NOISE_LR,
+    load_optimizer_state,
+    make_optimizer,
+    trainable_parameters,
+)
 from pyro_prune.models.base import KLScale, Likelihood, PrunableNet
 from pyro_prune.progress import progress_bar
 
@@ -222,7 +227,7 @@ def fit(
         schedule.on_fit_start(ctx)
     state = read_checkpoint(ckpt_path, model=model, config=config, info=dist_info, device=device)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"], model)
         if schedule is not None:
             schedule.load_state_dict(state.get("schedule", {}))
         history = list(state["history"])

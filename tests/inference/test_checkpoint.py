@@ -93,3 +93,56 @@ def test_checkpoint_from_elsewhere_is_refused(digits, tmp_path) -> None:
     torch.save({"something": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a pyro_prune"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize("noise_lr", [0.03, None])
+def test_optimizer_state_of_layers_owning_their_noise_parameters_resumes(noise_lr: float | None) -> None:
+    """An optimizer state saved while every noise layer held its own ``loc``/``log_scale`` (the
+    layout before the network-wide storage) loads into the optimizer over the shared storage
+    with the same moments, and the next step moves the parameters as it would have."""
+    import io
+
+    from pyro_prune.inference.elbo import fast_elbo_loss
+    from pyro_prune.inference.optim import load_optimizer_state, make_optimizer
+    from pyro_prune.models import MLP
+
+    x = torch.randn(32, 12, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(2))
+
+    def step(net, optimizer, seed):  # type: ignore[no-untyped-def]
+        torch.manual_seed(seed)
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = fast_elbo_loss(net, x, y, per_example=False)
+        loss.backward()
+        optimizer.step()
+
+    torch.manual_seed(0)
+    old = MLP(12, [10, 8], 3)
+    old.num_data = 320
+    for m in old.noise_layers().values():
+        m.own_storage()
+    old_opt = make_optimizer(old, lr=1e-2, noise_lr=noise_lr)
+    for seed in range(3):
+        step(old, old_opt, seed)
+    buffer = io.BytesIO()
+    torch.save({"model": old.state_dict(), "optimizer": old_opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+
+    new = MLP(12, [10, 8], 3)
+    new.num_data = 320
+    new.load_state_dict(saved["model"])
+    new_opt = make_optimizer(new, lr=1e-2, noise_lr=noise_lr)
+    with pytest.raises(ValueError):
+        new_opt.load_state_dict(saved["optimizer"])  # torch's own loader refuses the layout
+    load_optimizer_state(new_opt, saved["optimizer"], new)
+    layers_old = list(old.noise_layers().values())
+    storage = next(iter(new.noise_layers().values()))._parameters["loc"]
+    torch.testing.assert_close(new_opt.state[storage]["exp_avg"],
+                               torch.cat([old_opt.state[m.loc]["exp_avg"] for m in layers_old]))
+    step(old, old_opt, 3)
+    step(new, new_opt, 3)
+    for a, b in zip(layers_old, new.noise_layers().values()):
+        torch.testing.assert_close(a.loc, b.loc)
+        torch.testing.assert_close(a.log_scale, b.log_scale)
+    torch.testing.assert_close(old.net.fc1.weight, new.net.fc1.weight)
