@@ -98,14 +98,14 @@ def _from_per_layer_noise(optimizer: torch.optim.Optimizer, state: dict[str, Any
     pieces: list[tuple[Tensor, int | None, int]] = []
     seen: set[int] = set()
     for module in model.modules():
-        for name, p in module._parameters.items():
-            if p is None:
+        for name, param in module._parameters.items():
+            if param is None:
                 continue
             if isinstance(module, MultiplicativeNoise) and name in ("loc", "log_scale") and module.shares_storage:
-                pieces.append((p, module.storage_offset, module.num_structures))
-            elif id(p) not in seen:
-                seen.add(id(p))
-                pieces.append((p, None, p.numel()))
+                pieces.append((param, module.storage_offset, module.num_structures))
+            elif id(param) not in seen:
+                seen.add(id(param))
+                pieces.append((param, None, param.numel()))
     current = optimizer.state_dict()
     if len(current["param_groups"]) != len(state["param_groups"]):
         return None
