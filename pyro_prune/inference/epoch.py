@@ -104,7 +104,7 @@ class EpochTrainer:
                 loss.backward()
                 n_local = len(xb)
                 if out is not None and model.likelihood is Likelihood.CATEGORICAL:
-                    right = float(correct_per_example(out.detach(), yb).sum())
+                    right = float(correct_per_example(out.detach(), yb, model.ignore_index).sum())
             n_step, loss_value, right = self.sync.reduce(n_local, loss_value, right)
             if n_step == 0:  # every rank's stream has ended
                 break

@@ -4,8 +4,8 @@ For every gate this gathers what a criterion needs — the noise posterior (``lo
 ``scale`` and bounds), the structure's incoming weights and their gradients (from the
 gate's ``producer_name`` layer, which the structure graph names, one row per structure), or
 the Gaussian posterior of those weights — and returns per-structure scores (higher = more
-important) or removal masks. A gate without a producer (an attention head, whose rows are
-spread over q, k and v, or a fused qkv layer) owns the rows the structure graph gives it
+important) or removal masks. A gate over attention heads (no producer: its rows are spread
+over q, k and v, or over a fused qkv layer) owns the rows the structure graph gives it
 (:func:`~pyro_prune.graph.structure_rows`): a structure's weights are all of its rows in every
 layer, so weight criteria (``gaussian_bmr``, the joint ``bmrs_joint``, the L2 norm) sum over
 a head's q, k and v rows.
@@ -76,10 +76,14 @@ def _per_structure(mats: list[Tensor], owners: list[Tensor], n: int, fill: float
 
 
 def _owned_row_inputs(model: PrunableNet, name: str, gate: StructureGate) -> dict[str, Tensor | float]:
-    """The weight inputs of a gate without a producer: the rows it owns in every layer."""
-    from pyro_prune.graph import structure_rows
+    """The weight inputs of a gate over attention heads (no producer): the rows it owns in
+    every layer. Other gates without a producer (a gate on a residual stream) have none."""
+    from pyro_prune.graph import structure_graph, structure_rows
 
     try:
+        info = structure_graph(model).gates.get(name)
+        if info is None or info.kind != "head":
+            return {}
         rows = structure_rows(model, name)
     except (ValueError, TypeError, RuntimeError):
         return {}  # a network that cannot be traced: no rows known

@@ -145,3 +145,19 @@ def test_a_head_owns_its_qkv_rows_in_weight_criteria_also_after_shrink() -> None
     with torch.no_grad():
         after = weights_kl()
     assert before - after == pytest.approx(float(rows_kl[_head_of_row(36, 3) == 2].sum()), rel=1e-5)
+
+
+def test_a_heads_weight_norm_is_that_of_its_qkv_rows_with_point_weights() -> None:
+    """Point weights (GPT-2's Conv1D stores [in, out]): the L2 criterion of a head is the
+    norm of its q, k and v weight rows together."""
+    import foreign_networks as foreign
+
+    torch.manual_seed(0)
+    x = foreign.token_ids(4)
+    model = bayesianize(foreign.hf_gpt2(1).eval(), example_input=x[:2])
+    c_attn = model.net.get_submodule("module.transformer.h.0.attn.c_attn")
+    rows = c_attn.weight.detach().T  # [48, 16]: q, k and v rows
+    owner = _head_of_row(48, 4)
+    expected = torch.stack([rows[owner == h].norm() for h in range(4)])
+    scores = structure_scores(model, "l2")["gates.transformer_h_0_attn_c_proj_head_gate"]
+    torch.testing.assert_close(scores, expected)
