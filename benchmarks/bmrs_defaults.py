@@ -25,6 +25,14 @@ criterion ``bmrs``), changing one thing per experiment:
 * ``one_draw``: the same with one noise draw per training step shared by the batch
   (``fit(per_example_noise=False)``, the cheaper step of ``training_speed.py``) instead of
   one per example;
+* ``noise_lr``: the learning rate of the noise posteriors (``fit(noise_lr=...)``, default
+  0.03) from ``lr`` (1e-3, no separate rate) to 0.1, on the four Table-1 configurations (a
+  method ``bmrs_noise_lr<value>`` runs the default recipe at that rate; the default's rate
+  is run here too, so that every rate is measured on the same code);
+* ``kl_warmup``: the default recipe with the KL weight warmed up over the first ``W`` training
+  epochs, geometrically from 1 (the ELBO's) to the training weight (method
+  ``bmrs_warmup<W>``; :class:`KLWarmupPruning`): the structures' posteriors are first fitted
+  at a low temperature, then tempered;
 * ``paths``: why the start matters (MNIST MLP, seed 0, a few epochs): per epoch, the
   tempered loss, the compression and the state of the kept noise posteriors (median
   ``log sigma``, share of prior-like ones with ``log sigma > 2``, median multiplier
@@ -60,9 +68,20 @@ from bmrs_table import MLP_HIDDEN, PAPER_BMRS_N
 from pyro_prune.convert import compression
 from pyro_prune.data import load_dataset, train_val_split
 from pyro_prune.inference import ContinuousPruning, evaluate, fit
+from pyro_prune.inference.fit import DEFAULT_NOISE_LR
 from pyro_prune.models import MLP, LeNet5
 
 CONFIGS = [("fashion-mnist", "mlp"), ("mnist", "mlp"), ("mnist", "lenet5"), ("fashion-mnist", "lenet5")]
+
+#: the noise learning rates of the ``noise_lr`` experiment: from ``lr`` (no separate rate) up
+NOISE_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+NOISE_LR_PREFIX = "bmrs_noise_lr"
+
+
+def noise_lr_method(noise_lr: float) -> str:
+    """The method name of the default recipe at ``noise_lr`` (``bmrs_noise_lr0.003``)."""
+    return f"{NOISE_LR_PREFIX}{noise_lr:g}"
+
 
 #: (method, init_loc, kl_scale) per experiment and configuration; ``None`` = the default.
 #: Rows that ``bmrs_table.py`` already has (every criterion at init_loc 0 with the KL weights
@@ -96,6 +115,11 @@ PLANS: dict[str, dict[tuple[str, str], list[tuple[str, float, Any]]]] = {
     # the default recipe with one noise draw per step (``per_example_noise=False``) instead of
     # one per example: does the cheaper step change what is pruned?
     "one_draw": {config: [("bmrs_one_draw", 0.0, None)] for config in CONFIGS},
+    # the default recipe at a noise learning rate: method "bmrs_noise_lr<value>"
+    "noise_lr": {config: [(noise_lr_method(v), 0.0, None) for v in NOISE_LRS] for config in CONFIGS},
+    # the KL weight warmed up over the first W epochs: method "bmrs_warmup<W>"
+    "kl_warmup": {config: [(f"bmrs_warmup{w}", 0.0, None) for w in (3, 5)]
+                  for config in (("mnist", "mlp"), ("fashion-mnist", "lenet5"))},
     # (start, top of the prior range): method "paths_top<B>"
     "paths": {
         ("mnist", "mlp"): [("paths_top0", 0.0, None), ("paths_top0", -4.0, None),
@@ -121,6 +145,42 @@ class RecordingPruning(ContinuousPruning):
         return row
 
 
+class KLWarmupPruning(ContinuousPruning):
+    """The default schedule with the KL weight warmed up over the first ``warmup`` epochs.
+
+    In training epoch ``e <= warmup`` every stochastic module's KL weight is ``k ** ((e - 1) /
+    warmup)`` for its training weight ``k`` (1, the ELBO's, in the first epoch, geometric
+    steps, since the weight acts as a temperature on a log scale); from epoch ``warmup + 1``
+    on it is ``k`` again, and the fine-tuning epochs are the default's.
+    """
+
+    def __init__(self, warmup: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.warmup = warmup
+        self.training_weights: dict[str, float] | None = None
+        self.noise_weight: float | None = None
+
+    def on_epoch_start(self, model: Any, epoch: int, *, epochs: int | None = None) -> None:
+        super().on_epoch_start(model, epoch, epochs=epochs)
+        net = model.model if hasattr(model, "model") else model
+        modules = net.stochastic_modules()
+        if self.training_weights is None:  # the first epoch: fit has set the training weights
+            self.training_weights = {name: float(m.kl_scale) for name, m in modules.items()}
+            self.noise_weight = getattr(getattr(model, "loss_fn", None), "kl_scale", None)
+        if epoch > self.warmup + 1:
+            return
+        frac = min((epoch - 1) / self.warmup, 1.0)
+        for name, m in modules.items():
+            m.kl_scale = self.training_weights[name] ** frac
+        if self.noise_weight is not None:  # fit's record of the noise's weight
+            model.loss_fn.kl_scale = self.noise_weight ** frac
+
+    def on_epoch_end(self, model: Any, epoch: int, *, epochs: int | None = None) -> dict[str, Any]:
+        net = model.model if hasattr(model, "model") else model
+        weights = [float(m.kl_scale) for m in net.stochastic_modules().values()]
+        return {**super().on_epoch_end(model, epoch, epochs=epochs), "kl_weight": max(weights)}
+
+
 def make_model(name: str, info: Any, *, weights: str = "point", init_loc: float = 0.0,
                reference_loc: float | None = None, **noise: float) -> Any:
     if name == "mlp":
@@ -141,13 +201,18 @@ def run_one(dataset: str, model_name: str, seed: int, method: str, init_loc: flo
     method = method.removesuffix("_ref0")
     gaussian = method in ("bmrs_joint", "none_gaussian", "bmrs_gaussian")
     per_example = method != "bmrs_one_draw"
-    method = "bmrs" if method in ("bmrs_gaussian", "bmrs_one_draw") else method  # the default criterion
+    warmup = int(method.removeprefix("bmrs_warmup")) if method.startswith("bmrs_warmup") else 0
+    noise_lr = float(method.removeprefix(NOISE_LR_PREFIX)) if method.startswith(NOISE_LR_PREFIX) else None
+    if method in ("bmrs_gaussian", "bmrs_one_draw") or noise_lr is not None or warmup:
+        method = "bmrs"  # the default criterion
     noise = {"log_high": float(method.removeprefix("paths_top"))} if method.startswith("paths") else {}
     model = make_model(model_name, data["info"], weights="gaussian" if gaussian else "point",
                        init_loc=init_loc, reference_loc=0.0 if ref0 else None, **noise)
     kw: dict[str, Any] = {} if kl is None else {"kl_scale": kl}
     if not per_example:
         kw["per_example_noise"] = False
+    if noise_lr is not None:
+        kw["noise_lr"] = noise_lr
     finetune_kl = FINETUNE_KL[args.finetune_kl]
     if method.startswith("none"):
         res = fit(model, data["train"], epochs=args.epochs + args.finetune, val=data["val"],
@@ -156,6 +221,8 @@ def run_one(dataset: str, model_name: str, seed: int, method: str, init_loc: flo
         if method.startswith("paths"):
             schedule: ContinuousPruning = RecordingPruning(finetune_epochs=args.finetune,
                                                            finetune_kl_scale=finetune_kl)
+        elif warmup:
+            schedule = KLWarmupPruning(warmup, finetune_epochs=args.finetune, finetune_kl_scale=finetune_kl)
         elif method == "bmrs":
             schedule = ContinuousPruning(finetune_epochs=args.finetune, finetune_kl_scale=finetune_kl)
         else:
@@ -170,8 +237,12 @@ def run_one(dataset: str, model_name: str, seed: int, method: str, init_loc: flo
         "kl_value": res.config["kl_scale"], "test_accuracy": metrics["accuracy"],
         "compression": compression(model), "kept": model.kept_counts(),
         "val_accuracy": res.last.get("val_accuracy"), "time_s": time.perf_counter() - t0,
-        "finetune_kl": args.finetune_kl,
+        "finetune_kl": args.finetune_kl, "noise_lr": res.config["noise_lr"],
     }
+    if warmup:
+        run["warmup_epochs"] = warmup
+        run["epochs"] = [{k: h.get(k) for k in ("epoch", "kl_weight", "loss", "val_accuracy", "compression")}
+                         for h in res.history]
     if method.startswith("paths"):
         run["log_high"] = noise["log_high"]
         run["epochs"] = [{k: h.get(k) for k in ("epoch", "loss", "val_accuracy", "compression", "removed",
@@ -294,7 +365,10 @@ def main() -> None:
                            "each run's finetune_kl: 'elbo', the default, fine-tunes at the ELBO's "
                            "weight, 'train' at the training weight)"
                            + ("; the noise layers' signal reference theta_ref = exp(init_loc)"
-                              if args.experiment == "init" else "")),
+                              if args.experiment == "init" else "")
+                           + ("; each run's noise_lr as its method says (bmrs_noise_lr<value>)"
+                              if args.experiment == "noise_lr" else "")),
+              "default_noise_lr": DEFAULT_NOISE_LR,
               "plan": {f"{d}:{m}": v for (d, m), v in plan.items()}}
     _common.print_header(__file__, seeds=args.seeds, config=config)
     cache = _common.RunCache(runs_file)

@@ -806,6 +806,8 @@ def defaults_tables() -> str:
                   f"Protocol: {init['config'].get('protocol', '')}. " + _reproduce(init)]
     parts += _init_budget_table(init, recipe)
     parts += _one_draw_table(recipe, _load("bmrs_defaults_one_draw"))
+    parts += _noise_lr_table(table, _load("bmrs_defaults_noise_lr"))
+    parts += _kl_warmup_table(table, _load("bmrs_defaults_noise_lr"), _load("bmrs_defaults_kl_warmup"))
     if paths is not None:
         parts += _paths_tables(paths)
     points = kl_curve_points()
@@ -860,6 +862,97 @@ def _one_draw_table(recipe: dict[str, Any] | None, one_draw: dict[str, Any] | No
                     "test accuracy %: per example", "compression %: per step",
                     "test accuracy %: per step", "accuracy difference, paired (points)"], rows),
             _reproduce(one_draw)]
+
+
+#: the default noise learning rate (``pyro_prune.inference.fit.DEFAULT_NOISE_LR``)
+DEFAULT_NOISE_LR = 0.03
+#: the method name of the default recipe at another noise learning rate (``bmrs_defaults.py``)
+_NOISE_LR_PREFIX = "bmrs_noise_lr"
+
+
+def _noise_lr_runs(noise_lr: dict[str, Any] | None, dataset: str, model: str) -> dict[float, dict[int, dict[str, Any]]]:
+    """Per noise learning rate, per seed, the default recipe's run on one configuration."""
+    found: dict[float, dict[int, dict[str, Any]]] = {}
+    for r in _runs(noise_lr):
+        if (r["dataset"], r["model"], r.get("finetune_kl")) == (dataset, model, "elbo") \
+                and r["method"].startswith(_NOISE_LR_PREFIX):
+            found.setdefault(float(r["method"].removeprefix(_NOISE_LR_PREFIX)), {})[r["seed"]] = r
+    return found
+
+
+def _noise_lr_table(table: dict[str, Any] | None, noise_lr: dict[str, Any] | None) -> list[str]:
+    """The default recipe against the noise learning rate, with the paired difference to the default."""
+    if noise_lr is None:
+        return []
+    default = float(noise_lr["config"].get("default_noise_lr", DEFAULT_NOISE_LR))
+    table_runs, rows = _runs(table), []
+    for dataset, model in _CONFIGS:
+        found = _noise_lr_runs(noise_lr, dataset, model)
+        if set(found) <= {default}:
+            continue
+        paper = next((r.get("paper_compression_%") for r in (table or {}).get("rows", [])
+                      if (r["dataset"], r["model"]) == (dataset, model)
+                      and r.get("paper_compression_%") is not None), None)
+        for lr in sorted(found):
+            by_seed = found[lr]
+            seeds = sorted(by_seed)
+            ref = _mean_acc(_same_seeds(table_runs, dataset, model, "none", "elbo", set(seeds)))
+            acc = [100 * by_seed[k]["test_accuracy"] for k in seeds]
+            paired = [k for k in seeds if k in found.get(default, {})]
+            diff = ("-" if lr == default or not paired else
+                    f"{statistics.mean(100 * (by_seed[k]['test_accuracy'] - found[default][k]['test_accuracy']) for k in paired):+.2f}"
+                    f" ({len(paired)})")
+            rows.append([dataset, model, f"{lr:g}" + (" (default)" if lr == default else ""),
+                         " ".join(str(k) for k in seeds),
+                         _pm(*_mean_std([100 * by_seed[k]["compression"] for k in seeds])), paper,
+                         _pm(*_mean_std(acc), 2), "-" if ref is None else f"{statistics.mean(acc) - ref:+.2f}",
+                         diff])
+    if not rows:
+        return []
+    return ["### The noise learning rate: compression and accuracy against `noise_lr` (mean ± std over seeds)",
+            "The default recipe at each learning rate of the noise posteriors (`fit(noise_lr=...)`; "
+            "1e-3 = `lr`, no separate rate); the weights keep `lr` = 1e-3. \"vs unpruned (ELBO weight)\": against `bmrs_table.py`'s "
+            "unpruned network at the ELBO's weight of the same seeds; \"vs default\": the "
+            "difference in test accuracy with the default rate, paired by seed (their number in brackets). "
+            "A rate with seed 0 alone was screened on that seed only.",
+            _table(["data", "model", "noise_lr", "seeds", "compression %", "paper BMRS_N compression %",
+                    "test accuracy %", "vs unpruned (ELBO weight)", "vs default, paired (points)"], rows),
+            f"Protocol: {noise_lr['config'].get('protocol', '')}. " + _reproduce(noise_lr)]
+
+
+def _kl_warmup_table(table: dict[str, Any] | None, noise_lr: dict[str, Any] | None,
+                     warmup: dict[str, Any] | None) -> list[str]:
+    """The default recipe with the KL weight warmed up, against the default of the same seed."""
+    if warmup is None:
+        return []
+    table_runs, rows = _runs(table), []
+    for dataset, model in _CONFIGS:
+        mine = sorted((r for r in _runs(warmup) if (r["dataset"], r["model"]) == (dataset, model)),
+                      key=lambda r: (r["seed"], r["warmup_epochs"]))
+        if not mine:
+            continue
+        rate = float((noise_lr or {}).get("config", {}).get("default_noise_lr", DEFAULT_NOISE_LR))
+        default = _noise_lr_runs(noise_lr, dataset, model).get(rate, {})
+        for seed in sorted({r["seed"] for r in mine}):
+            ref = _mean_acc(_same_seeds(table_runs, dataset, model, "none", "elbo", {seed}))
+            runs = ([("none (default)", default[seed])] if seed in default else []) + \
+                [(str(r["warmup_epochs"]), r) for r in mine if r["seed"] == seed]
+            for name, r in runs:
+                rows.append([dataset, model, seed, name, f"{100 * r['compression']:.1f}",
+                             f"{100 * r['test_accuracy']:.2f}",
+                             "-" if ref is None else f"{100 * r['test_accuracy'] - ref:+.2f}"])
+    if not rows:
+        return []
+    return ["### The KL weight warmed up (default recipe otherwise)",
+            "The KL weight of training epoch `e <= W` is `k ** ((e - 1) / W)` for the training weight "
+            "`k` (\"auto\" = \"paper\"): the ELBO's weight 1 in the first epoch, then geometric steps "
+            "to `k` from epoch `W + 1` on (`KLWarmupPruning` in `bmrs_defaults.py`); pruning after every "
+            "epoch and fine-tuning at the ELBO's weight as the default. \"none (default)\" is the "
+            "default recipe's run of the same seed (`--experiment noise_lr`, noise_lr 0.03); \"vs "
+            "unpruned (ELBO weight)\" as in the tables above.",
+            _table(["data", "model", "seed", "warm-up epochs W", "compression %", "test accuracy %",
+                    "vs unpruned (ELBO weight)"], rows),
+            f"Protocol: {warmup['config'].get('protocol', '')}. " + _reproduce(warmup)]
 
 
 def _default_recipe_table(table: dict[str, Any], recipe: dict[str, Any] | None) -> list[str]:
