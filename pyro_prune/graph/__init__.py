@@ -8,6 +8,7 @@ Structures of a model, per gate (:mod:`.structure`):
 * :func:`shrinkable_gates` — the gates structure counts count (the others warned about once,
   :func:`warn_cannot_shrink`);
 * :func:`producer_module` — the layer holding one weight row per structure of a gate;
+* :func:`head_rows` — :func:`structure_rows` of a gate over attention heads, ``{}`` otherwise;
 * :func:`structure_rows` — per layer, the structure each output row belongs to (an attention
   head's q, k and v rows).
 
@@ -66,6 +67,7 @@ from pyro_prune.graph.removal import binary_operands, pool_any, reduce_any, remo
 from pyro_prune.graph.structure import (
     GateInfo,
     StructureGraph,
+    head_rows,
     producer_module,
     shrinkable_gates,
     structure_graph,
@@ -77,7 +79,7 @@ from pyro_prune.graph.trace import ModuleGraph, modes_restored, module_graph
 __all__ = [
     "SIZED_ATEN_OPS", "SIZED_METHODS", "DependencyAnalysis", "GateInfo", "LayerRole", "LayerSlicer",
     "ModuleGraph", "Op", "OpKind", "StructureGraph", "UnsupportedOpError", "attention_heads",
-    "binary_operands", "cached_analysis", "chain_before", "commutes_with_scale", "dependency_analysis", "is_linear",
+    "binary_operands", "cached_analysis", "chain_before", "commutes_with_scale", "dependency_analysis", "head_rows", "is_linear",
     "layer_slicer", "modes_restored", "module_graph", "module_returning", "net_device", "net_dtype", "pool_any",
     "producer_module", "producers_after", "reduce_any", "register_layer", "registered_layers",
     "removed_channels", "search_input_shape", "shrinkable_gates", "sole_reader", "structure_graph",

@@ -48,8 +48,8 @@ from pyro_prune.graph.ops import OpKind, commutes_with_scale, is_linear
 from pyro_prune.graph.paths import chain_before, producers_after
 from pyro_prune.graph.removal import _gate_kept, _removed_from_kept
 
-__all__ = ["GateInfo", "StructureGraph", "producer_module", "shrinkable_gates", "structure_graph",
-           "structure_rows", "warn_cannot_shrink"]
+__all__ = ["GateInfo", "StructureGraph", "head_rows", "producer_module", "shrinkable_gates",
+           "structure_graph", "structure_rows", "warn_cannot_shrink"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +135,19 @@ def structure_rows(model: Any, name: str, example_input: Any = None) -> dict[str
                 idx[removed[op.offset: op.offset + op.channels]] = s
     rows_cache[name] = out
     return {path: idx.clone() for path, idx in out.items()}
+
+
+def head_rows(model: Any, name: str) -> dict[str, Tensor]:
+    """:func:`structure_rows` of gate ``name`` when it is a gate over attention heads (whose
+    rows are spread over q, k and v, or a fused qkv layer); ``{}`` for any other gate and for a
+    network that cannot be traced (its gates name no rows)."""
+    try:
+        info = structure_graph(model).gates.get(name)
+        if info is None or info.kind != "head":
+            return {}
+        return structure_rows(model, name)
+    except (ValueError, TypeError, RuntimeError):
+        return {}
 
 
 def warn_cannot_shrink(model: Any, example_input: Any = None, *, stacklevel: int = 3) -> list[str]:

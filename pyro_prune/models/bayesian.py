@@ -730,19 +730,15 @@ def link_output_gates(net: nn.Module) -> int:
 
 def _link_by_rows(net: Any, paths: list[str]) -> int:
     """Link the gates over attention heads among ``paths`` to the rows they own."""
-    from pyro_prune.graph import structure_graph, structure_rows
+    from pyro_prune.graph import head_rows
 
-    try:
-        infos = structure_graph(net).gates
-    except (ValueError, TypeError, RuntimeError):
-        return 0  # a network that cannot be traced: its gates name no rows
     links = 0
     for path in paths:
-        info = infos.get(path)
-        if info is None or info.kind != "head":
+        rows_by_layer = head_rows(net, path)
+        if not rows_by_layer:
             continue
         gate = net.net.get_submodule(path)
-        for layer_path, rows in structure_rows(net, path).items():
+        for layer_path, rows in rows_by_layer.items():
             layer = net.net.get_submodule(layer_path)
             if isinstance(layer, BayesianLayer) and bool((rows >= 0).any()) \
                     and tuple(rows.shape) == (layer.num_structures,):

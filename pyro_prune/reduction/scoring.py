@@ -78,16 +78,9 @@ def _per_structure(mats: list[Tensor], owners: list[Tensor], n: int, fill: float
 def _owned_row_inputs(model: PrunableNet, name: str, gate: StructureGate) -> dict[str, Tensor | float]:
     """The weight inputs of a gate over attention heads (no producer): the rows it owns in
     every layer. Other gates without a producer (a gate on a residual stream) have none."""
-    from pyro_prune.graph import structure_graph, structure_rows
+    from pyro_prune.graph import head_rows
 
-    try:
-        info = structure_graph(model).gates.get(name)
-        if info is None or info.kind != "head":
-            return {}
-        rows = structure_rows(model, name)
-    except (ValueError, TypeError, RuntimeError):
-        return {}  # a network that cannot be traced: no rows known
-    owned = [(model.net.get_submodule(path), own) for path, own in rows.items() if bool((own >= 0).any())]
+    owned = [(model.net.get_submodule(path), own) for path, own in head_rows(model, name).items() if bool((own >= 0).any())]
     if not owned:
         return {}
     layers, owners = [m for m, _ in owned], [own for _, own in owned]

@@ -8,6 +8,7 @@ import io
 
 import pytest
 import torch
+from foreign_networks import hf_vit
 from torch import nn
 
 from pyro_prune.inference.elbo import NoisePlan, fast_elbo_loss
@@ -35,6 +36,7 @@ NETS = {
     "mlp": (lambda: MLP(12, [10, 8, 6], 3), (12,)),
     "lenet5": (lambda: LeNet5(1, 3, 28), (1, 28, 28)),
     "plain_cnn": (lambda: bayesianize(_PlainCNN(), example_input=torch.zeros(2, 1, 8, 8)), (1, 8, 8)),
+    "hf_vit": (lambda: bayesianize(hf_vit(), example_input=torch.zeros(2, 1, 8, 8)), (1, 8, 8)),
 }
 
 
