@@ -476,18 +476,49 @@ class _OneTokenClassifier(nn.Module):
         return self.lm(ids[:, None])[:, 0]
 
 
+class _CausalTokenLM(_TokenLM):
+    """A causal language model as a user writes one: embedding, a hidden layer, the running
+    mean over the positions so far (each token reads those before it), a head."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.hidden(self.embed(ids))
+        steps = torch.arange(1, ids.shape[1] + 1, dtype=h.dtype)[:, None]
+        return self.head(torch.relu(h.cumsum(1) / steps))
+
+
+@pytest.mark.parametrize("hessian", ["kron", "diag"])
+def test_ignored_tokens_at_the_end_of_a_causal_model_are_as_if_cut_off(hessian: str) -> None:
+    """Labels -100 on the last two tokens of every sequence of a causal model: nothing counted
+    depends on those positions, so the evidence (K-FAC's too) is that of the sequences cut
+    before them. The ignored prompt at the start is read by the later tokens: the hidden
+    layer's K-FAC keeps its rows (the head's leaves them out), in both."""
+    torch.manual_seed(0)
+    lm = _CausalTokenLM()
+    g = torch.Generator().manual_seed(1)
+    seq = (torch.randint(0, 12, (40, 1), generator=g) + torch.arange(9)) % 12
+    x, y = seq[:, :-1], seq[:, 1:].clone()
+    y[:, :2] = -100
+    ends = y.clone()
+    ends[:, -2:] = -100
+    whole = log_evidence(lm, (x, ends), prior_scale=1.0, hessian=hessian)
+    cut = log_evidence(lm, (x[:, :-2], y[:, :-2]), prior_scale=1.0, hessian=hessian)
+    assert whole.log_likelihood == pytest.approx(cut.log_likelihood, rel=1e-9)
+    assert whole.log_det_precision == pytest.approx(cut.log_det_precision, rel=1e-6)
+    assert float(whole) == pytest.approx(float(cut), rel=1e-6)
+
+
 @pytest.mark.parametrize("hessian", ["diag", "full", "kron"])
 def test_token_labels_give_the_evidence_of_their_counted_tokens(hessian: str) -> None:
     """Logits [N, T, V] with token labels [N, T], some -100: the Laplace evidence is that of a
     classifier on the counted tokens alone (each token's logits depend on it alone, so the
-    two models are one); with K-FAC exactly so without ignored tokens (its input factor also
-    sees the ignored positions' activations)."""
+    two models are one), also with K-FAC: its input factor and normaliser leave out the rows
+    of ignored tokens, which no counted token depends on."""
     torch.manual_seed(0)
     lm = _TokenLM()
     g = torch.Generator().manual_seed(0)
     seq = (torch.randint(0, 12, (40, 1), generator=g) + torch.arange(9)) % 12
     x, y = seq[:, :-1], seq[:, 1:].clone()
-    for ignore in ([False, True] if hessian != "kron" else [False]):
+    for ignore in (False, True):
         labels = y.clone()
         if ignore:
             labels[:, :3] = -100

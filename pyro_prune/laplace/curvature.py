@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Iterator, Mapping
@@ -182,11 +181,55 @@ class _CountedTokenLogits(nn.Module):
         return out.reshape(-1, out.shape[-1])[self.counted.reshape(-1)]
 
 
-def _count_rows(rows: dict[nn.Module, int], module: nn.Module, args: tuple) -> None:
-    """Count the rows a Linear layer is applied to (every position of a token input): the
-    backend's K-FAC factors sum over them, so they are K-FAC's normaliser ``n``."""
-    x = args[0]
-    rows[module] = rows.get(module, 0) + x.numel() // max(int(x.shape[-1]), 1)
+@dataclass
+class _KronInputs:
+    """K-FAC's input factor of a token model's Linear layers over the rows that carry curvature.
+
+    The backend's factor ``A = sum_r a_r a_r^T`` and normaliser ``n`` run over every row a
+    Linear layer is applied to, also the rows of ignored tokens (label ``-100``). A row whose
+    output no counted token depends on carries no curvature (its ``B`` term is 0), yet it
+    would still shape ``A`` and ``n``: a per-position model's K-FAC would then differ from the
+    K-FAC of a classifier on the counted tokens alone, and a causal model's from the same
+    model on sequences cut before their ignored end. :meth:`observe` finds those rows with one
+    probe per batch (the gradient of a random projection of the counted tokens' logits), and
+    ``A`` and ``n`` sum over the other rows: the rows of counted tokens and the rows of
+    ignored tokens that reach a counted one (a prompt read by later tokens through attention).
+    """
+
+    layers: list[nn.Module]
+    factor: dict[nn.Module, Tensor] = field(default_factory=dict)
+    rows: dict[nn.Module, int] = field(default_factory=dict)
+    dropped: dict[nn.Module, int] = field(default_factory=dict)
+
+    def observe(self, target: nn.Module, xb: Tensor, counted: Tensor, seed: int) -> None:
+        """Add one batch's rows to ``factor`` and ``rows`` (``counted``: its labels' mask)."""
+        calls: list[tuple[nn.Module, Tensor, Tensor]] = []
+
+        def record(module: nn.Module, args: tuple, out: Tensor) -> None:
+            calls.append((module, args[0].detach(), out))
+
+        hooks = [m.register_forward_hook(record) for m in self.layers]
+        try:
+            logits = target(xb)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        live = [c for c in calls if c[2].requires_grad]
+        if not live:
+            return
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        probe = torch.randn(logits.shape, generator=g, dtype=logits.dtype).to(logits.device)
+        grads = torch.autograd.grad((logits * probe).sum(), [c[2] for c in live], allow_unused=True)
+        for (module, a, _out), grad in zip(live, grads):
+            rows = a.reshape(-1, a.shape[-1]).double()
+            keep = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
+            if tuple(a.shape[:-1]) == tuple(counted.shape):  # one row per token: its label says
+                reached = torch.zeros_like(keep) if grad is None else grad.reshape(len(rows), -1).ne(0).any(1)
+                keep = counted.reshape(-1).to(rows.device) | reached
+            kept = rows[keep]
+            self.factor[module] = self.factor.get(module, 0) + kept.T @ kept
+            self.rows[module] = self.rows.get(module, 0) + int(keep.sum())
+            self.dropped[module] = self.dropped.get(module, 0) + int((~keep).sum())
 
 
 def _shapes(structure: HessianStructure) -> list[Any]:
@@ -226,9 +269,10 @@ def _compute_curvature(
     num_obs = 0
     was_training = net.training
     net.eval()
-    rows: dict[nn.Module, int] = {}  # token labels: the rows (positions) each Linear saw
-    hooks = [m.register_forward_pre_hook(functools.partial(_count_rows, rows))
-             for m in net.modules() if tokens and isinstance(m, nn.Linear)]
+    # token labels under K-FAC: the input factor and normaliser of each Linear over its rows
+    # that carry curvature (see _KronInputs)
+    inputs = _KronInputs([m for m in net.modules() if isinstance(m, nn.Linear)]) if (
+        tokens and structure is HessianStructure.KRON) else None
     try:
         with torch.enable_grad(), warnings.catch_warnings():
             # ASDL registers module backward hooks that torch flags as deprecated
@@ -238,6 +282,8 @@ def _compute_curvature(
                 counted = yb != IGNORE_INDEX
                 if tokens:  # the GGN of the counted tokens' logits [K, C], tokens as rows
                     target.counted = counted
+                if inputs is not None:
+                    inputs.observe(target, xb, counted, seed=i)
                 maker.setup_model_call(target, xb)
                 out, _ = maker.forward_and_backward(accumulate=i > 0)
                 out = out.detach()
@@ -285,8 +331,12 @@ def _compute_curvature(
                         kron = stats.kron
                         b = kron.B.detach().double()
                         if pname == "weight":
-                            blocks.append(_Block(name, p, "kron", kron_b=b, kron_a=kron.A.detach().double(),
-                                                 kron_n=rows.get(module, len(x))))
+                            a, n = kron.A.detach().double(), len(x)
+                            if inputs is not None and module in inputs.rows:
+                                n = inputs.rows[module]
+                                if inputs.dropped[module]:  # else the backend's own factor
+                                    a = inputs.factor[module].to(a.device)
+                            blocks.append(_Block(name, p, "kron", kron_b=b, kron_a=a, kron_n=n))
                         else:
                             blocks.append(_Block(name, p, "outer", matrix=b))
                     else:
@@ -295,8 +345,6 @@ def _compute_curvature(
                             raise ValueError(f"the curvature backend returned no diagonal for {name!r}")
                         blocks.append(_Block(name, p, "diag", diag=value.detach().double().reshape(p.shape)))
     finally:
-        for hook in hooks:
-            hook.remove()
         net.train(was_training)
         for module in target.modules():
             if hasattr(module, _ATTR):
