@@ -229,9 +229,9 @@ class GradientSync:
     ``sum_r b_r g_r / sum_r b_r``, the gradient of ``(N / B) sum_{all B} nll + KL``: one
     process with the global batch ``B = sum_r b_r``. A rank whose shard of a batch is empty
     (``b_r = 0``) still takes part, with zero weight. The same message carries the step's
-    summed loss and count of correct predictions, so every rank logs global figures.
+    summed loss and counts of correct and counted predictions, so every rank logs global figures.
 
-    :meth:`reduce` returns ``(B, loss, correct)`` (the loss averaged with the same weights) and leaves the averaged gradient in
+    :meth:`reduce` returns ``(B, loss, correct, counted)`` (the loss averaged with the same weights) and leaves the averaged gradient in
     every parameter's ``.grad`` (``None`` where no rank produced one). ``comm_seconds``
     accumulates the wall time spent in the collective (for the benchmark).
     """
@@ -243,11 +243,12 @@ class GradientSync:
         self.comm_seconds = 0.0
         self.steps = 0
 
-    def reduce(self, batch: int, loss: float, correct: float) -> tuple[int, float, float]:
-        """Reduce this rank's gradients, its batch size, loss and correct count (per example:
-        the share of its tokens with token labels)."""
+    def reduce(self, batch: int, loss: float, correct: float, counted: float
+               ) -> tuple[int, float, float, float]:
+        """Reduce this rank's gradients, its batch size, loss, and its counts of correct and
+        of counted predictions (examples; with token labels the tokens not ignored)."""
         if not self.info.active:
-            return batch, loss, correct
+            return batch, loss, correct, counted
         first = self.params[0]
         parts = []
         for p, n in zip(self.params, self.sizes):
@@ -256,7 +257,7 @@ class GradientSync:
                          else g.reshape(-1).to(first.dtype) * batch)
         flags = torch.tensor([0.0 if p.grad is None else 1.0 for p in self.params],
                              dtype=first.dtype, device=first.device)
-        tail = torch.tensor([float(batch), float(loss) * batch, float(correct)],
+        tail = torch.tensor([float(batch), float(loss) * batch, float(correct), float(counted)],
                             dtype=torch.float64 if first.device.type == "cpu" else first.dtype,
                             device=first.device).to(first.dtype)
         flat = torch.cat([*parts, flags, tail])
@@ -266,7 +267,7 @@ class GradientSync:
             torch.cuda.synchronize(flat.device)
         self.comm_seconds += time.perf_counter() - t0
         self.steps += 1
-        grads, flags, tail = flat.split([sum(self.sizes), len(self.params), 3])
+        grads, flags, tail = flat.split([sum(self.sizes), len(self.params), 4])
         total = float(tail[0])
         if total > 0:
             offset = 0
@@ -277,4 +278,4 @@ class GradientSync:
                 else:
                     p.grad = None
                 offset += n
-        return int(round(total)), float(tail[1]) / max(total, 1.0), float(tail[2])
+        return int(round(total)), float(tail[1]) / max(total, 1.0), float(tail[2]), float(tail[3])

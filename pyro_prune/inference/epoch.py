@@ -16,7 +16,7 @@ from pyro_prune.inference.distributed import DistributedInfo, GradientSync
 from pyro_prune.inference.divergence import lr_advice
 from pyro_prune.inference.loop import ElboLoss
 from pyro_prune.inference.metrics import evaluate
-from pyro_prune.models.base import Likelihood, PrunableNet, correct_per_example
+from pyro_prune.models.base import Likelihood, PrunableNet, correct_and_counted
 
 __all__ = ["EpochTrainer", "FitContext"]
 
@@ -48,7 +48,9 @@ class EpochTrainer:
 
     Calling it trains ``ctx.epoch`` and returns the epoch's row of the history: the mean
     loss per example divided by ``num_data`` and, when ``running_accuracy``, the running
-    training accuracy. In a data-parallel run every rank steps in lockstep (a rank whose
+    training accuracy: the share of the epoch's counted predictions the argmax got right
+    (per example for class labels, per token for token labels, tokens labelled the
+    model's ``ignore_index`` left out, as :func:`~pyro_prune.inference.evaluate` counts). In a data-parallel run every rank steps in lockstep (a rank whose
     stream ended early takes part with an empty share) and the row sums over all ranks.
     """
 
@@ -71,14 +73,14 @@ class EpochTrainer:
         ctx, model, optimizer, info = self.ctx, self.ctx.model, self.ctx.optimizer, self.info
         plan = self.loss_fn.plan
         model.train()
-        total, correct, seen = 0.0, 0.0, 0
+        total, correct, counted, seen = 0.0, 0.0, 0.0, 0
         batches = self.source.epoch(ctx.epoch)
         while True:
             batch = next(batches, None)
             if batch is None and (self.source.even or not info.active):
                 break
             optimizer.zero_grad(set_to_none=True)
-            n_local, loss_value, right = 0, 0.0, 0.0
+            n_local, loss_value, right, count = 0, 0.0, 0.0, 0.0
             if info.active and plan is not None and self.shared_noise and batch is not None:
                 plan.rows = (batch[2], info.rank, info.world_size)
             if batch is not None and len(batch[0]) == 0:  # an empty share of a small last batch
@@ -104,8 +106,9 @@ class EpochTrainer:
                 loss.backward()
                 n_local = len(xb)
                 if out is not None and model.likelihood is Likelihood.CATEGORICAL:
-                    right = float(correct_per_example(out.detach(), yb, model.ignore_index).sum())
-            n_step, loss_value, right = self.sync.reduce(n_local, loss_value, right)
+                    hits, labels = correct_and_counted(out.detach(), yb, model.ignore_index)
+                    right, count = float(hits.sum()), float(labels.sum())
+            n_step, loss_value, right, count = self.sync.reduce(n_local, loss_value, right, count)
             if n_step == 0:  # every rank's stream has ended
                 break
             optimizer.step()
@@ -115,9 +118,10 @@ class EpochTrainer:
             total += loss_value * n_step
             seen += n_step
             correct += right
+            counted += count
         row = {"loss": total / max(seen, 1) / cast(int, model.num_data)}
         if self.running_accuracy:
-            row["train_accuracy_running"] = correct / max(seen, 1)
+            row["train_accuracy_running"] = correct / counted if counted else 0.0
         return row
 
     def _advice(self) -> str:

@@ -3,7 +3,10 @@
 :func:`pruning_report` returns a :class:`PruningReport`; its ``str`` is the line
 :func:`~pyro_prune.inference.fit.fit` logs at the end of a run with a pruning schedule and
 the CLI prints. When nothing was removed it says why (every dF below 0, with the largest)
-and what to try, so that "compression 0" never passes unexplained.
+and what to try, so that "compression 0" never passes unexplained. When, besides, every noise
+posterior is still far narrower than its prior (:class:`PosteriorSpread`), the run most
+likely took too few optimizer steps for unneeded structures to widen to their prior (a log
+sigma moves by about ``noise_lr`` per Adam step), and the line says so.
 """
 
 from __future__ import annotations
@@ -14,43 +17,56 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.models.gate import StructureGate
 from pyro_prune.reduction import Criterion
 from pyro_prune.reduction.scoring import as_criterion, structure_scores
 
-__all__ = ["KindCount", "PruningReport", "ScoreRange", "pruning_report", "structure_kind"]
+__all__ = ["KIND_LABELS", "KindCount", "PosteriorSpread", "PruningReport", "ScoreRange", "pruning_report",
+           "structure_kind"]
 
 logger = logging.getLogger("pyro_prune")
 
 #: what to try when a threshold-free criterion removed nothing
-ADVICE = ("try a larger KL weight (kl_scale, a tempered posterior) or a larger noise_lr, so that "
-          "the posteriors of unneeded structures can move away from their initialisation; "
+ADVICE = ("try a larger KL weight (kl_scale, a tempered posterior), a larger noise_lr or more optimizer "
+          "steps, so that the posteriors of unneeded structures can move away from their initialisation; "
           "see docs/guides_and_reports.md")
+#: what to try when nothing was removed and every noise posterior is still narrow
+STEPS_ADVICE = ("either every structure is needed or the run took too few optimizer steps for the "
+                "posteriors of unneeded structures to widen to their prior (a log sigma moves by about "
+                "noise_lr per Adam step: a few hundred steps at the default 0.03); train for more steps "
+                "(more epochs, or a smaller batch_size: each epoch is ceil(num_data / batch_size) steps); "
+                "see docs/guides_and_reports.md")
+#: a posterior at most this share of its prior's width is "still narrow" (a structure the data
+#: does not need widens to about the prior's width, 1, before a dF criterion removes it)
+NARROW = 0.5
+
+
+#: the report's name of each kind of structure (:class:`~pyro_prune.graph.GateInfo` ``kind``)
+KIND_LABELS = {"neuron": "linear neurons", "channel": "conv channels", "head": "attention heads"}
 
 
 def structure_kind(model: PrunableNet, name: str, gate: StructureGate) -> str:
-    """What the structures of gate ``name`` are: ``"linear neurons"``, ``"conv channels"``, ...
-    (the gate's kind in the structure graph, and its producer's type)."""
+    """What the structures of gate ``name`` are: ``"linear neurons"``, ``"conv channels"`` or
+    ``"attention heads"``.
+
+    Decided by what the gate multiplies, not by a layer's class name: the gate's kind in the
+    structure graph (the output features of a linear map, whatever its weight layout, e.g.
+    GPT-2's ``Conv1D``; the channels of a spatial convolution; blocks of attention channels).
+    A gate of a network that cannot be traced is read from the axis it multiplies: the last
+    (features) or another (channels).
+    """
     from pyro_prune.graph import structure_graph
 
     try:
         info = structure_graph(model).gates.get(name)
     except (ValueError, TypeError, RuntimeError):
         info = None
-    if info is not None and info.kind == "head":
-        return "attention heads"
-    producer: nn.Module | None = None
-    if info is not None and info.producer is not None:
-        producer = model.net.get_submodule(info.producer)
-    cls = type(producer).__name__.lower() if producer is not None else ""
-    if "conv" in cls or (info is not None and info.kind == "channel" and producer is None):
-        return "conv channels"
-    if "linear" in cls or (info is not None and info.kind == "neuron" and producer is None):
-        return "linear neurons"
-    return f"{type(producer).__name__} structures" if producer is not None else "structures"
+    if info is not None:
+        return KIND_LABELS[info.kind]
+    return KIND_LABELS["neuron" if gate.dim == -1 else "channel"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,25 @@ class ScoreRange:
 
 
 @dataclass(frozen=True)
+class PosteriorSpread:
+    """How far the noise posteriors of the kept structures have widened towards their prior.
+
+    ``widest``: the largest posterior ``sigma`` (of ``log theta``); ``prior``: the standard
+    deviation of ``log theta`` under that structure's log-uniform prior,
+    ``(log_high - log_low) / sqrt(12)``. A structure the data does not need ends with a
+    posterior about as wide as its prior; one it needs stays far narrower.
+    """
+
+    widest: float
+    prior: float
+
+    @property
+    def narrow(self) -> bool:
+        """Every posterior is at most :data:`NARROW` of its prior's width."""
+        return self.widest <= NARROW * self.prior
+
+
+@dataclass(frozen=True)
 class PruningReport:
     """One run's pruning outcome (``str`` gives the one-line report).
 
@@ -82,6 +117,8 @@ class PruningReport:
         counts: removed / total per layer kind, in network order.
         values: range of dF (threshold-free) or of the score over the structures of the
             last decision (the kept structures when it was taken), or ``None``.
+        spread: the widest noise posterior of the kept structures against its prior's
+            width, ``None`` without noise layers or with a guide of one's own.
     """
 
     criterion: str
@@ -89,6 +126,7 @@ class PruningReport:
     threshold: float | None
     counts: tuple[KindCount, ...]
     values: ScoreRange | None
+    spread: PosteriorSpread | None = None
 
     @property
     def removed(self) -> int:
@@ -112,6 +150,10 @@ class PruningReport:
             return f"{head} ({rng} at the last decision)"
         if self.threshold_free:
             why = f"nothing removed: all dF < 0 (max dF = {self.values.high:.4g})"
+            if self.spread is not None and self.spread.narrow:
+                narrow = (f"the noise posteriors are all still narrow (widest sigma {self.spread.widest:.3g}, "
+                          f"the prior's {self.spread.prior:.3g})")
+                return f"{head}; {why}; {narrow}: {STEPS_ADVICE}"
             return f"{head}; {why}; {ADVICE}"
         why = (f"nothing removed: all {q} >= {self.threshold:g} (min {q} = {self.values.low:.4g})")
         return f"{head}; {why}; lower the threshold or try a threshold-free criterion (bmrs_u)"
@@ -125,6 +167,27 @@ def _range(scores: dict[str, Tensor], masks: dict[str, Tensor], sign: float) -> 
     if flat.numel() == 0:
         return None
     return ScoreRange(low=float(flat.min()), high=float(flat.max()), count=int(flat.numel()))
+
+
+def posterior_spread(model: PrunableNet) -> PosteriorSpread | None:
+    """The widest built-in noise posterior of the kept structures, against its prior's width."""
+    best: PosteriorSpread | None = None
+    for layer in model.noise_layers().values():
+        if not bool(layer.kept.any()):
+            continue
+        prior = (layer.log_high - layer.log_low) / math.sqrt(12.0)
+        widest = float(layer.scale.detach()[layer.kept].max())
+        if best is None or widest / prior > best.widest / best.prior:
+            best = PosteriorSpread(widest=widest, prior=prior)
+    return best
+
+
+def _foreign_guide(model: PrunableNet, guide: Any) -> bool:
+    """Whether the noise posterior is a guide's other than the model's built-in one."""
+    from pyro_prune.inference.guides import attached_guide
+
+    fitted = attached_guide(model) if guide is None else guide
+    return fitted is not None and fitted != model.guide
 
 
 def decision_range(model: PrunableNet, crit: Criterion, scores: dict[str, Tensor],
@@ -167,4 +230,5 @@ def pruning_report(model: PrunableNet, criterion: str | Criterion, *,
     return PruningReport(
         criterion=crit.name, threshold_free=crit.threshold_free, threshold=threshold,
         counts=tuple(KindCount(k, r, t) for k, (r, t) in counts.items()), values=decision,
+        spread=None if _foreign_guide(model, guide) else posterior_spread(model),
     )
