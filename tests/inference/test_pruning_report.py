@@ -89,6 +89,23 @@ def test_the_spread_is_the_widest_kept_posterior_against_its_prior() -> None:
     assert pruning_report(LeNet5(1, 10, 28), "bmrs_n").spread.narrow  # untrained: e^-5 of 5.77
 
 
+def test_an_autoguide_s_posterior_has_no_spread_of_the_built_in_one() -> None:
+    """Fitted with an autoguide, the built-in noise parameters never train: their width says
+    nothing about the run, so the report leaves it out (and gives no step advice from it)."""
+    import pyro
+    from pyro.infer.autoguide import AutoNormal
+
+    train = load_dataset("digits", split="train")
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    net = MLP(64, [16], 10)
+    res = fit(net, train, epochs=1, guide=AutoNormal(net), progress=False, seed=0,
+              schedule=ContinuousPruning("bmrs_u", finetune_epochs=0))
+    assert res.report.spread is None and pruning_report(net, "bmrs_u").spread is None
+    assert "narrow" not in str(res.report)
+    assert pruning_report(MLP(64, [16], 10), "bmrs_u").spread is not None  # the built-in guide's
+
+
 def test_a_network_the_project_did_not_write() -> None:
     torch.manual_seed(0)
     plain = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 8), nn.ReLU(),
