@@ -6,7 +6,8 @@ MLP units), random weights, learning to count modulo its vocabulary; 256 trainin
 sequences of 8 tokens, the first two next tokens of each labelled ``-100`` (ignored).
 Every run is ``fit(model, train, epochs=E, lr=..., batch_size=..., schedule=ContinuousPruning())``
 with every other setting the library's default (``noise_lr`` 0.03, ``kl_scale`` "auto", BMRS
-with 10 fine-tuning epochs). Rows: the optimizer steps, the structures removed, the test
+with 10 fine-tuning epochs), and two runs of the defaults' 80 steps with a larger KL weight
+or noise learning rate. Rows: the optimizer steps, the structures removed, the test
 set's per-token accuracy and loss, and the widest noise posterior left (sigma of its
 log-normal; the log-uniform prior's is 5.77).
 
@@ -30,9 +31,12 @@ from torch.utils.data import TensorDataset
 
 NAME = "language_model_steps"
 VOCAB, LENGTH, PROMPT = 12, 8, 2
-#: (epochs, lr, batch size): the defaults at growing epochs, then smaller batches
-SETTINGS = [(30, 1e-3, 128), (60, 1e-3, 128), (125, 1e-3, 128), (180, 1e-3, 128), (250, 1e-3, 128),
-            (500, 1e-3, 128), (30, 1e-3, 16), (30, 1e-2, 16)]
+#: (epochs, lr, batch size, other fit options): the defaults at growing epochs, smaller
+#: batches, then the defaults' 80 steps with a larger KL weight or noise learning rate
+SETTINGS: list[tuple[int, float, int, dict[str, float]]] = [
+    (30, 1e-3, 128, {}), (60, 1e-3, 128, {}), (125, 1e-3, 128, {}), (180, 1e-3, 128, {}), (250, 1e-3, 128, {}),
+    (500, 1e-3, 128, {}), (30, 1e-3, 16, {}), (30, 1e-2, 16, {}),
+    (30, 1e-3, 128, {"kl_scale": 50.0}), (30, 1e-3, 128, {"noise_lr": 0.1})]
 
 
 def counting(n: int, seed: int) -> TensorDataset:
@@ -44,7 +48,8 @@ def counting(n: int, seed: int) -> TensorDataset:
     return TensorDataset(tokens[:, :-1], labels)
 
 
-def run_one(epochs: int, lr: float, batch_size: int, seed: int, n_train: int) -> dict[str, Any]:
+def run_one(epochs: int, lr: float, batch_size: int, seed: int, n_train: int,
+            options: dict[str, float]) -> dict[str, Any]:
     import transformers
 
     from pyro_prune.inference import ContinuousPruning, evaluate, fit
@@ -56,7 +61,7 @@ def run_one(epochs: int, lr: float, batch_size: int, seed: int, n_train: int) ->
         vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=4, n_positions=16, bos_token_id=1, eos_token_id=1))
     model = bayesianize(lm, example_input=train.tensors[0][:2])
     t0 = time.perf_counter()
-    result = fit(model, train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=False,
+    result = fit(model, train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=False, **options,
                  schedule=ContinuousPruning())
     seconds = time.perf_counter() - t0
     after = evaluate(model, test)
@@ -80,23 +85,24 @@ def main() -> None:
     config = {"train": args.train, "test": 64, "vocab": VOCAB, "length": LENGTH, "ignored_prompt": PROMPT,
               "network": "GPT2LMHeadModel(vocab 12, n_embd 16, 1 layer, 4 heads, 64 MLP units)",
               "fit": "fit(..., schedule=ContinuousPruning()); noise_lr 0.03, kl_scale auto, 10 fine-tuning epochs",
-              "settings (epochs, lr, batch)": SETTINGS}
+              "settings (epochs, lr, batch, options)": SETTINGS}
     common.print_header(__file__, seeds=args.seeds, config=config)
     cache = common.RunCache(common.RESULTS_DIR / f"{NAME}.runs.json")
     rows = []
-    for epochs, lr, batch in SETTINGS:
+    for epochs, lr, batch, options in SETTINGS:
         for seed in args.seeds:
-            key = common.RunCache.key(epochs, lr, batch, seed, args.train)
-            run = cache[key] if key in cache else cache.put(key, run_one(epochs, lr, batch, seed, args.train))
+            key = common.RunCache.key(epochs, lr, batch, seed, args.train, *([options] if options else []))
+            run = cache[key] if key in cache else cache.put(key, run_one(epochs, lr, batch, seed, args.train, options))
             steps = (epochs + 10) * run["steps_per_epoch"]
-            row = {"epochs": epochs, "lr": lr, "batch_size": batch, "seed": seed, "optimizer_steps": steps,
+            row = {"epochs": epochs, "lr": lr, "batch_size": batch, "options": options, "seed": seed,
+                   "optimizer_steps": steps,
                    **{k: v for k, v in run.items() if k != "steps"}}
             row["compression"] = (run["heads_removed"] + run["mlp_removed"]) / run["structures"]
             rows.append(row)
-            print(f"epochs {epochs} lr {lr} batch {batch} seed {seed}: {steps} steps, heads {run['heads_removed']}/4 "
+            print(f"epochs {epochs} lr {lr} batch {batch} {options or ''} seed {seed}: {steps} steps, heads {run['heads_removed']}/4 "
                   f"mlp {run['mlp_removed']}/64, accuracy {run['test_accuracy']:.3f}, "
                   f"widest sigma {run['widest_sigma_kept']:.3g} ({run['time_s']:.0f}s)", flush=True)
-    print(common.format_table(rows, ["epochs", "lr", "batch_size", "seed", "optimizer_steps", "heads_removed",
+    print(common.format_table(rows, ["epochs", "lr", "batch_size", "options", "seed", "optimizer_steps", "heads_removed",
                               "mlp_removed", "compression", "test_accuracy", "test_loss", "widest_sigma_kept"]))
     print(f"wrote {common.write_results(__file__, config=config, seeds=args.seeds, rows=rows)}")
 

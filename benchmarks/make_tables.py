@@ -507,10 +507,11 @@ def language_model_steps(d: dict[str, Any]) -> str:
     """The tiny GPT-2 language model: what continuous pruning removes against the Adam steps."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in d["rows"]:
-        groups.setdefault((r["epochs"], r["lr"], r["batch_size"]), []).append(r)
+        other = ", ".join(f"{k} {v:g}" for k, v in r.get("options", {}).items()) or "-"
+        groups.setdefault((r["epochs"], r["lr"], r["batch_size"], other), []).append(r)
     rows = []
-    for (epochs, lr, batch), rs in groups.items():
-        rows.append([epochs, lr, batch, rs[0]["optimizer_steps"],
+    for (epochs, lr, batch, other), rs in groups.items():
+        rows.append([epochs, lr, batch, other, rs[0]["optimizer_steps"],
                      " / ".join(str(r["heads_removed"]) for r in rs),
                      " / ".join(str(r["mlp_removed"]) for r in rs),
                      f"{100 * statistics.mean(r['compression'] for r in rs):.1f}",
@@ -523,12 +524,13 @@ def language_model_steps(d: dict[str, Any]) -> str:
         f"The tiny GPT-2 of the language-model section ({c['train']} training and {c['test']} test counting "
         f"sequences of {c['length']} tokens, the first {c['ignored_prompt']} next tokens ignored), "
         "`fit(model, train, epochs=E, lr=..., batch_size=..., schedule=ContinuousPruning())`, every "
-        "other setting the default (`noise_lr` 0.03, `kl_scale` \"auto\", 10 fine-tuning epochs). Steps: "
+        "other setting the default (`noise_lr` 0.03, `kl_scale` \"auto\", 10 fine-tuning epochs) unless "
+        "named under other. Steps: "
         "Adam steps of the whole run, fine-tuning included. Per seed: heads removed of 4, MLP units "
         "removed of 64; compression: the mean share of the 68 structures removed; accuracy: the "
         "lowest per-token test accuracy over the seeds; loss: the median test loss per sequence; "
         "sigma: the median over the seeds of the widest noise posterior kept (its prior's: 5.77).",
-        _table(["epochs", "lr", "batch", "steps", "heads removed", "MLP units removed", "compression %",
+        _table(["epochs", "lr", "batch", "other", "steps", "heads removed", "MLP units removed", "compression %",
                 "accuracy %", "test loss", "widest sigma"], rows),
         _reproduce(d),
     ])
