@@ -39,8 +39,9 @@ STEPS_ADVICE = ("either every structure is needed or the run took too few optimi
                 "noise_lr per Adam step: a few hundred steps at the default 0.03); train for more steps "
                 "(more epochs, or a smaller batch_size: each epoch is ceil(num_data / batch_size) steps); "
                 "see docs/guides_and_reports.md")
-#: a posterior at most this share of its prior's width is "still narrow" (a structure the data
-#: does not need widens to about the prior's width, 1, before a dF criterion removes it)
+#: a posterior at most this share of its prior's width is "still narrow" (the posterior of a
+#: structure the data does not need widens to about its prior's width, a share of about 1,
+#: before a dF criterion removes it); the share only chooses the advice, never a removal
 NARROW = 0.5
 
 
