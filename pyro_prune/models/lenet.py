@@ -21,6 +21,16 @@ class LeNet5(PrunableNet):
     network on MNIST); the second pads by 2 only when its input is smaller than 10x10 (the
     8x8 digits), so that every image size from 8 up works. The flattened size is
     computed from ``image_size``.
+
+    Each convolution's gate sits after its ReLU and max-pool, on a quarter of the conv
+    output's elements. It is the same model as a gate between the convolution and its
+    ReLU: a gate multiplies channel ``c`` of example ``n`` by ``theta_nc >= 0`` (a positive
+    noise draw or posterior mean, times the 0/1 ``kept`` mask), and ReLU and max-pool commute
+    with a non-negative per-channel factor, ``pool(relu(theta x)) = theta pool(relu(x))``
+    (exactly in floating point too: multiplying by a positive number preserves order and
+    sign). The noise products and their gradients, the largest cost of a training step
+    after the convolutions, then run on ``[N, 6, 14, 14]`` and ``[N, 16, 5, 5]`` instead of
+    ``[N, 6, 28, 28]`` and ``[N, 16, 10, 10]`` (28x28 inputs).
     """
 
     def __init__(
@@ -48,13 +58,13 @@ class LeNet5(PrunableNet):
         kw = {"prior_scale": prior_scale}
         layers: OrderedDict[str, nn.Module] = OrderedDict(
             conv1=make_conv2d(in_channels, 6, 5, weights, padding=2, **kw),
-            conv1_gate=make_gate(6, 1, gate, **noise_kwargs),
             relu1=nn.ReLU(),
             pool1=nn.MaxPool2d(2),
+            conv1_gate=make_gate(6, 1, gate, **noise_kwargs),
             conv2=make_conv2d(6, 16, 5, weights, padding=pad2, **kw),
-            conv2_gate=make_gate(16, 1, gate, **noise_kwargs),
             relu2=nn.ReLU(),
             pool2=nn.MaxPool2d(2),
+            conv2_gate=make_gate(16, 1, gate, **noise_kwargs),
             flatten=nn.Flatten(),
             fc1=make_linear(flat, 120, weights, **kw),
             fc1_gate=make_gate(120, -1, gate, **noise_kwargs),
