@@ -14,7 +14,10 @@ sums of every step, i.e. what ``fit`` runs per step except the data loading (whi
 plain step does not pay either). Each variant trains its own copy of the network. Median over repeats, interleaved so that machine noise hits every
 variant alike. Each variant runs with Adam's ``foreach=True`` implementation and with its
 fused kernel (what :func:`pyro_prune.inference.fit` uses where the device has it); ratios
-are to the plain step with the same Adam.
+are to the plain step with the same Adam. LeNet5 also runs the default step with each conv
+gate between its convolution and its ReLU (the same model, see
+:class:`~pyro_prune.models.LeNet5`; its gates sit after ReLU and max-pool, on a quarter of
+the elements), so that the placement's cost is measured side by side.
 
 The whole timing runs in ``--runs`` fresh processes (default 3) and the medians of their
 figures are reported (ratios taken within each run). ``--clock cpu`` times the process's CPU
@@ -108,8 +111,20 @@ def _fit_epoch(net: PrunableNet, x: torch.Tensor, y: torch.Tensor, adam: dict[st
     return trainer, loss_fn.plan
 
 
-def _step_fns(make, x, y, adam: dict[str, bool], steps: int):
-    """Each variant's function running ``steps`` training steps, and the noise plans to check."""
+def _gates_before_relu(lenet: LeNet5) -> PrunableNet:
+    """The same LeNet5 (its modules, not copies) with each conv gate between the convolution
+    and its ReLU: the placement that multiplies the full conv outputs."""
+    from collections import OrderedDict
+
+    first = ("conv1", "conv1_gate", "relu1", "pool1", "conv2", "conv2_gate", "relu2", "pool2")
+    names = [*first, *(n for n, _ in lenet.net.named_children() if n not in first)]
+    return PrunableNet(torch.nn.Sequential(OrderedDict((n, lenet.net.get_submodule(n)) for n in names)))
+
+
+def _step_fns(make, x, y, adam: dict[str, bool], steps: int, extra: dict[str, Callable] | None = None):
+    """Each variant's function running ``steps`` training steps, and the noise plans to check;
+    ``extra``: further default (per-example, compiled) variants, each a function of the
+    network ``make`` gives."""
     torch.manual_seed(SEED)
     plain = _plain_copy(make())
     opt_plain = torch.optim.Adam(plain.parameters(), lr=LR, **adam)
@@ -123,14 +138,14 @@ def _step_fns(make, x, y, adam: dict[str, bool], steps: int):
 
     plans = []
 
-    def fresh() -> PrunableNet:
+    def fresh(rebuild: Callable | None = None) -> PrunableNet:
         torch.manual_seed(SEED)
-        net = make()
+        net = make() if rebuild is None else rebuild(make())
         net.train()
         return net
 
-    def fit_steps(per_example: bool, compiled: bool = True):
-        trainer, plan = _fit_epoch(fresh(), x, y, adam, per_example, steps)
+    def fit_steps(per_example: bool, compiled: bool = True, rebuild: Callable | None = None):
+        trainer, plan = _fit_epoch(fresh(rebuild), x, y, adam, per_example, steps)
         plans.append((plan, per_example, compiled))
 
         def run():
@@ -176,6 +191,8 @@ def _step_fns(make, x, y, adam: dict[str, bool], steps: int):
     if noise_kernels_jit.available():
         fns["fast ELBO, one draw per step (per_example_noise=False), compiled kernel"] = fit_steps(False)
         fns["fast ELBO, one draw per example (default), compiled kernel"] = fit_steps(True)
+        for name, rebuild in (extra or {}).items():
+            fns[name] = fit_steps(True, rebuild=rebuild)
     fns.update({
         "fast ELBO, one draw per step, torch kernel": fit_steps(False, compiled=False),
         "fast ELBO, one draw per example, torch kernel": fit_steps(True, compiled=False),
@@ -204,18 +221,20 @@ def _check_kernel_path(plans: list[tuple[NoisePlan, bool, bool]], batch: int) ->
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Time every variant of both models side by side in this process."""
     models = {
-        "MLP 7x100": (lambda: MLP(784, [100] * 7, 10), (1, 28, 28)),
-        "LeNet5": (lambda: LeNet5(1, 10, 28), (1, 28, 28)),
+        "MLP 7x100": (lambda: MLP(784, [100] * 7, 10), (1, 28, 28), {}),
+        "LeNet5": (lambda: LeNet5(1, 10, 28), (1, 28, 28),
+                   {"fast ELBO, one draw per example (default), compiled kernel, "
+                    "conv gates before ReLU and pool": _gates_before_relu}),
     }
     rows = []
-    for model_name, (make, shape) in models.items():
+    for model_name, (make, shape, extra) in models.items():
         g = torch.Generator().manual_seed(SEED)
         x = torch.randn(args.batch, *shape, generator=g)
         y = torch.randint(0, 10, (args.batch,), generator=g)
         fns: dict[tuple[str, str], Any] = {}
         plans = []
         for adam, options in ADAMS.items():
-            variants, variant_plans = _step_fns(make, x, y, options, args.steps)
+            variants, variant_plans = _step_fns(make, x, y, options, args.steps, extra)
             plans += variant_plans
             for name, fn in variants.items():
                 if adam != "foreach" and ("Pyro" in name or "per layer" in name):
