@@ -31,7 +31,7 @@ criterion ``bmrs``), changing one thing per experiment:
   is run here too, so that every rate is measured on the same code);
 * ``kl_warmup``: the default recipe with the KL weight warmed up over the first ``W`` training
   epochs, geometrically from 1 (the ELBO's) to the training weight (method
-  ``bmrs_warmup<W>``; :class:`KLWarmupPruning`): the structures' posteriors are first fitted
+  ``bmrs_warmup<W>``; ``ContinuousPruning(kl_warmup_epochs=W)``): the structures' posteriors are first fitted
   at a low temperature, then tempered;
 * ``paths``: why the start matters (MNIST MLP, seed 0, a few epochs): per epoch, the
   tempered loss, the compression and the state of the kept noise posteriors (median
@@ -118,8 +118,10 @@ PLANS: dict[str, dict[tuple[str, str], list[tuple[str, float, Any]]]] = {
     # the default recipe at a noise learning rate: method "bmrs_noise_lr<value>"
     "noise_lr": {config: [(noise_lr_method(v), 0.0, None) for v in NOISE_LRS] for config in CONFIGS},
     # the KL weight warmed up over the first W epochs: method "bmrs_warmup<W>"
-    "kl_warmup": {config: [(f"bmrs_warmup{w}", 0.0, None) for w in (3, 5)]
-                  for config in (("mnist", "mlp"), ("fashion-mnist", "lenet5"))},
+    # (and "bmrs_warmup<W>_noise_lr<value>": the same at that noise learning rate)
+    "kl_warmup": {config: [(f"bmrs_warmup{w}", init, None) for w in (3, 5) for init in (0.0, -2.0, -4.0)]
+                  + [(f"bmrs_warmup3_{noise_lr_method(0.01).removeprefix('bmrs_')}", 0.0, None)]
+                  for config in CONFIGS},
     # (start, top of the prior range): method "paths_top<B>"
     "paths": {
         ("mnist", "mlp"): [("paths_top0", 0.0, None), ("paths_top0", -4.0, None),
@@ -145,42 +147,6 @@ class RecordingPruning(ContinuousPruning):
         return row
 
 
-class KLWarmupPruning(ContinuousPruning):
-    """The default schedule with the KL weight warmed up over the first ``warmup`` epochs.
-
-    In training epoch ``e <= warmup`` every stochastic module's KL weight is ``k ** ((e - 1) /
-    warmup)`` for its training weight ``k`` (1, the ELBO's, in the first epoch, geometric
-    steps, since the weight acts as a temperature on a log scale); from epoch ``warmup + 1``
-    on it is ``k`` again, and the fine-tuning epochs are the default's.
-    """
-
-    def __init__(self, warmup: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.warmup = warmup
-        self.training_weights: dict[str, float] | None = None
-        self.noise_weight: float | None = None
-
-    def on_epoch_start(self, model: Any, epoch: int, *, epochs: int | None = None) -> None:
-        super().on_epoch_start(model, epoch, epochs=epochs)
-        net = model.model if hasattr(model, "model") else model
-        modules = net.stochastic_modules()
-        if self.training_weights is None:  # the first epoch: fit has set the training weights
-            self.training_weights = {name: float(m.kl_scale) for name, m in modules.items()}
-            self.noise_weight = getattr(getattr(model, "loss_fn", None), "kl_scale", None)
-        if epoch > self.warmup + 1:
-            return
-        frac = min((epoch - 1) / self.warmup, 1.0)
-        for name, m in modules.items():
-            m.kl_scale = self.training_weights[name] ** frac
-        if self.noise_weight is not None:  # fit's record of the noise's weight
-            model.loss_fn.kl_scale = self.noise_weight ** frac
-
-    def on_epoch_end(self, model: Any, epoch: int, *, epochs: int | None = None) -> dict[str, Any]:
-        net = model.model if hasattr(model, "model") else model
-        weights = [float(m.kl_scale) for m in net.stochastic_modules().values()]
-        return {**super().on_epoch_end(model, epoch, epochs=epochs), "kl_weight": max(weights)}
-
-
 def make_model(name: str, info: Any, *, weights: str = "point", init_loc: float = 0.0,
                reference_loc: float | None = None, **noise: float) -> Any:
     if name == "mlp":
@@ -201,7 +167,11 @@ def run_one(dataset: str, model_name: str, seed: int, method: str, init_loc: flo
     method = method.removesuffix("_ref0")
     gaussian = method in ("bmrs_joint", "none_gaussian", "bmrs_gaussian")
     per_example = method != "bmrs_one_draw"
-    warmup = int(method.removeprefix("bmrs_warmup")) if method.startswith("bmrs_warmup") else 0
+    warmup = 0
+    if method.startswith("bmrs_warmup"):  # "bmrs_warmup<W>" or "bmrs_warmup<W>_noise_lr<value>"
+        warmup_part, _, lr_part = method.removeprefix("bmrs_warmup").partition("_")
+        warmup = int(warmup_part)
+        method = f"bmrs_{lr_part}" if lr_part else "bmrs"
     noise_lr = float(method.removeprefix(NOISE_LR_PREFIX)) if method.startswith(NOISE_LR_PREFIX) else None
     if method in ("bmrs_gaussian", "bmrs_one_draw") or noise_lr is not None or warmup:
         method = "bmrs"  # the default criterion
@@ -222,7 +192,8 @@ def run_one(dataset: str, model_name: str, seed: int, method: str, init_loc: flo
             schedule: ContinuousPruning = RecordingPruning(finetune_epochs=args.finetune,
                                                            finetune_kl_scale=finetune_kl)
         elif warmup:
-            schedule = KLWarmupPruning(warmup, finetune_epochs=args.finetune, finetune_kl_scale=finetune_kl)
+            schedule = ContinuousPruning(finetune_epochs=args.finetune, finetune_kl_scale=finetune_kl,
+                                         kl_warmup_epochs=warmup)
         elif method == "bmrs":
             schedule = ContinuousPruning(finetune_epochs=args.finetune, finetune_kl_scale=finetune_kl)
         else:
@@ -241,7 +212,7 @@ def run_one(dataset: str, model_name: str, seed: int, method: str, init_loc: flo
     }
     if warmup:
         run["warmup_epochs"] = warmup
-        run["epochs"] = [{k: h.get(k) for k in ("epoch", "kl_weight", "loss", "val_accuracy", "compression")}
+        run["epochs"] = [{k: h.get(k) for k in ("epoch", "kl_scale", "loss", "val_accuracy", "compression")}
                          for h in res.history]
     if method.startswith("paths"):
         run["log_high"] = noise["log_high"]

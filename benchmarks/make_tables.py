@@ -955,6 +955,16 @@ def _noise_lr_table(table: dict[str, Any] | None, noise_lr: dict[str, Any] | Non
             f"Protocol: {noise_lr['config'].get('protocol', '')}. " + _reproduce(noise_lr)]
 
 
+def _warmup_name(run: dict[str, Any], default_rate: float) -> str:
+    """``W``, with the start and the noise learning rate where they are not the default's."""
+    name = str(run["warmup_epochs"])
+    if run.get("init_loc"):
+        name += f", init_loc {run['init_loc']:g}"
+    if run.get("noise_lr") is not None and float(run["noise_lr"]) != default_rate:
+        name += f", noise_lr {float(run['noise_lr']):g}"
+    return name
+
+
 def _kl_warmup_table(table: dict[str, Any] | None, noise_lr: dict[str, Any] | None,
                      warmup: dict[str, Any] | None) -> list[str]:
     """The default recipe with the KL weight warmed up, against the default of the same seed."""
@@ -963,7 +973,7 @@ def _kl_warmup_table(table: dict[str, Any] | None, noise_lr: dict[str, Any] | No
     table_runs, rows = _runs(table), []
     for dataset, model in _CONFIGS:
         mine = sorted((r for r in _runs(warmup) if (r["dataset"], r["model"]) == (dataset, model)),
-                      key=lambda r: (r["seed"], r["warmup_epochs"]))
+                      key=lambda r: (r["seed"], r["warmup_epochs"], -r["init_loc"], r.get("noise_lr") or 0))
         if not mine:
             continue
         rate = float((noise_lr or {}).get("config", {}).get("default_noise_lr", DEFAULT_NOISE_LR))
@@ -971,7 +981,7 @@ def _kl_warmup_table(table: dict[str, Any] | None, noise_lr: dict[str, Any] | No
         for seed in sorted({r["seed"] for r in mine}):
             ref = _mean_acc(_same_seeds(table_runs, dataset, model, "none", "elbo", {seed}))
             runs = ([("none (default)", default[seed])] if seed in default else []) + \
-                [(str(r["warmup_epochs"]), r) for r in mine if r["seed"] == seed]
+                [(_warmup_name(r, rate), r) for r in mine if r["seed"] == seed]
             for name, r in runs:
                 rows.append([dataset, model, seed, name, f"{100 * r['compression']:.1f}",
                              f"{100 * r['test_accuracy']:.2f}",
@@ -981,7 +991,7 @@ def _kl_warmup_table(table: dict[str, Any] | None, noise_lr: dict[str, Any] | No
     return ["### The KL weight warmed up (default recipe otherwise)",
             "The KL weight of training epoch `e <= W` is `k ** ((e - 1) / W)` for the training weight "
             "`k` (\"auto\" = \"paper\"): the ELBO's weight 1 in the first epoch, then geometric steps "
-            "to `k` from epoch `W + 1` on (`KLWarmupPruning` in `bmrs_defaults.py`); pruning after every "
+            "to `k` from epoch `W + 1` on (`ContinuousPruning(kl_warmup_epochs=W)`); pruning after every "
             "epoch and fine-tuning at the ELBO's weight as the default. \"none (default)\" is the "
             "default recipe's run of the same seed (`--experiment noise_lr`, noise_lr 0.03); \"vs "
             "unpruned (ELBO weight)\" as in the tables above.",

@@ -210,6 +210,9 @@ def _add_fit_arguments(p: argparse.ArgumentParser) -> None:
                    help="KL weight of the fine-tuning epochs, once the structures are chosen: "
                         "as --kl-scale, or 'train' to keep the training weight (default "
                         f"{d.finetune_kl_scale}: the reduced network's untempered posterior)")
+    p.add_argument("--kl-warmup-epochs", type=_nonnegative_int, default=d.kl_warmup_epochs,
+                   help="warm the KL weight up from 1 (the ELBO's) to --kl-scale over the first N "
+                        f"training epochs, geometrically (0: off; default {d.kl_warmup_epochs})")
     p.add_argument("--hidden", type=_int_list, default=None, metavar="W1,W2,...",
                    help="hidden widths of --model mlp (default 100,100)")
     p.add_argument("--val-fraction", type=_fraction, default=d.val_fraction,
@@ -239,7 +242,8 @@ def _config_from(args: argparse.Namespace) -> RunConfig:
     return RunConfig(model=args.model, data=args.data, method=args.method, epochs=args.epochs,
                      finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, lr=args.lr,
                      noise_lr=args.noise_lr, seed=args.seed, kl_scale=str(args.kl_scale),
-                     finetune_kl_scale=str(args.finetune_kl_scale), hidden=args.hidden,
+                     finetune_kl_scale=str(args.finetune_kl_scale),
+                     kl_warmup_epochs=args.kl_warmup_epochs, hidden=args.hidden,
                      val_fraction=args.val_fraction, num_samples=args.num_samples,
                      curve_points=args.curve_points, train_subset=args.train_subset,
                      eval_examples=args.eval_examples, device=args.device)

@@ -35,7 +35,12 @@ from torch import Tensor, nn
 
 from pyro_prune.inference.fit import make_optimizer
 from pyro_prune.inference.loop import ElboLoss, pruning_summary
-from pyro_prune.inference.schedules import ContinuousPruning
+from pyro_prune.inference.optim import DEFAULT_NOISE_LR
+from pyro_prune.inference.schedules import (
+    DEFAULT_KL_WARMUP_EPOCHS,
+    ContinuousPruning,
+    noise_kl_weight,
+)
 from pyro_prune.models.base import KLScale, Likelihood, PrunableNet
 
 __all__ = ["PruningCallback", "PruningModule"]
@@ -47,14 +52,15 @@ class PruningModule(L.LightningModule):
     Args:
         model: the Pyro model to train.
         num_data: size of the whole training set (all ranks together).
-        lr, noise_lr, weight_decay: Adam's settings, as in :func:`fit`.
-        kl_scale: weight of the KL term (``"elbo"``, ``"paper"`` or a number).
+        lr, noise_lr, weight_decay: Adam's settings, with :func:`fit`'s defaults.
+        kl_scale: weight of the KL term (``"auto"``, the default of :func:`fit`;
+            ``"elbo"``, ``"paper"`` or a number).
         per_example_noise: one noise draw per example (default) or per step.
     """
 
     def __init__(self, model: PrunableNet, *, num_data: int, lr: float = 1e-3,
-                 noise_lr: float | None = None, weight_decay: float = 0.0,
-                 kl_scale: float | KLScale | str = KLScale.ELBO, per_example_noise: bool = True) -> None:
+                 noise_lr: float | None = DEFAULT_NOISE_LR, weight_decay: float = 0.0,
+                 kl_scale: float | KLScale | str = KLScale.AUTO, per_example_noise: bool = True) -> None:
         super().__init__()
         if not isinstance(model, PrunableNet):
             raise TypeError(f"model must be a PrunableNet, got {type(model).__name__}")
@@ -99,10 +105,15 @@ class PruningCallback(L.Callback):
 
     Args:
         criterion: a criterion of :mod:`pyro_prune.reduction` with a removal rule of its own
-            (``"bmrs_n"``, ``"bmrs_n_code"``, ``"bmrs_u"``, ``"snr"``, ...).
+            (``"bmrs"``, the default of :class:`ContinuousPruning`; ``"bmrs_n"``,
+            ``"bmrs_u"``, ``"snr"``, ...).
         every: prune after every ``every``-th epoch.
         finetune_epochs: the last ``finetune_epochs`` of ``Trainer(max_epochs=...)`` train
             without pruning.
+        finetune_kl_scale, kl_warmup_epochs: the KL weight of the fine-tuning epochs and the
+            warm-up of the training weight, as for :class:`ContinuousPruning` (the same
+            defaults); the callback sets them on the model's stochastic modules, where the
+            :class:`PruningModule`'s loss reads them.
         convert: build the deterministic network at the end (``converted``).
         criterion_kwargs: passed to the criterion.
 
@@ -111,11 +122,13 @@ class PruningCallback(L.Callback):
         converted: the smaller plain ``nn.Module`` (after ``fit``), or ``None``.
     """
 
-    def __init__(self, criterion: str = "bmrs_n", *, every: int = 1, finetune_epochs: int = 0,
-                 convert: bool = True, **criterion_kwargs: Any) -> None:
-        # the KL weight stays the PruningModule's (its loss owns it) through fine-tuning too
+    def __init__(self, criterion: str = "bmrs", *, every: int = 1, finetune_epochs: int = 0,
+                 finetune_kl_scale: float | str | None = "elbo",
+                 kl_warmup_epochs: int = DEFAULT_KL_WARMUP_EPOCHS, convert: bool = True,
+                 **criterion_kwargs: Any) -> None:
         self.schedule = ContinuousPruning(criterion, every=every, finetune_epochs=finetune_epochs,
-                                          finetune_kl_scale=None, **criterion_kwargs)
+                                          finetune_kl_scale=finetune_kl_scale,
+                                          kl_warmup_epochs=kl_warmup_epochs, **criterion_kwargs)
         self.convert = convert
         self.history: list[dict[str, Any]] = []
         self.converted: nn.Module | None = None
@@ -128,11 +141,23 @@ class PruningCallback(L.Callback):
                             "(e.g. PruningModule)")
         return model
 
+    def _training_epochs(self, trainer: L.Trainer) -> int | None:
+        max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+        return None if max_epochs is None else max_epochs - self.schedule.extra_epochs
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Set the epoch's KL weight (warm-up, training, fine-tuning) on every rank alike."""
+        model = self._model(pl_module)
+        self.schedule.on_epoch_start(model, trainer.current_epoch + 1, epochs=self._training_epochs(trainer))
+        loss_fn = getattr(pl_module, "loss_fn", None)
+        weight = noise_kl_weight(model)
+        if loss_fn is not None and weight is not None:  # the loss's record of the noise's weight
+            loss_fn.kl_scale = weight
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         model = self._model(pl_module)
         epoch = trainer.current_epoch + 1
-        max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
-        epochs = None if max_epochs is None else max_epochs - self.schedule.extra_epochs
+        epochs = self._training_epochs(trainer)
         row: dict[str, Any] = {"epoch": epoch}
         if trainer.is_global_zero:
             row.update(self.schedule.on_epoch_end(model, epoch, epochs=epochs))

@@ -31,6 +31,7 @@ from pyro_prune._io import (
 from pyro_prune.evaluation import evaluate_fitted
 from pyro_prune.export import EXPORTERS, ExportFormat
 from pyro_prune.inference.fit import DEFAULT_NOISE_LR
+from pyro_prune.inference.schedules import DEFAULT_KL_WARMUP_EPOCHS
 from pyro_prune.run_folder import (
     CONFIG_FILE,
     CURVE_FILE,
@@ -205,6 +206,8 @@ class RunConfig:
     #: the KL weight of the fine-tuning epochs: "elbo" (the untempered posterior of the
     #: reduced network), "paper", "auto", a number, or "train" (the training weight)
     finetune_kl_scale: str = "elbo"
+    #: epochs over which the KL weight is warmed up from 1 (``ContinuousPruning(kl_warmup_epochs=...)``)
+    kl_warmup_epochs: int = DEFAULT_KL_WARMUP_EPOCHS
     hidden: list[int] | None = None
     val_fraction: float = 0.2
     num_samples: int = 200
@@ -219,8 +222,10 @@ class RunConfig:
 
     #: settings that define the trained model; a run folder refuses to resume with others
     RESUME_KEYS = ("model", "data", "method", "epochs", "finetune_epochs", "batch_size", "lr",
-                   "noise_lr", "seed", "kl_scale", "finetune_kl_scale", "hidden", "val_fraction",
-                   "train_subset")
+                   "noise_lr", "seed", "kl_scale", "finetune_kl_scale", "kl_warmup_epochs", "hidden",
+                   "val_fraction", "train_subset")
+    #: what a run folder of an older release that lacks a resume key was made with
+    RESUME_KEYS_OF_OLDER = {"kl_warmup_epochs": 0}
 
     def validate(self) -> None:
         if self.model not in MODELS:
@@ -239,7 +244,7 @@ class RunConfig:
                                                not isinstance(self.eval_examples, int) or
                                                self.eval_examples < 1):
             raise UsageError(f"eval_examples must be a positive integer, got {self.eval_examples!r}")
-        for key in ("finetune_epochs", "curve_points"):
+        for key in ("finetune_epochs", "curve_points", "kl_warmup_epochs"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise UsageError(f"{key} must be an integer >= 0, got {value!r}")
@@ -395,8 +400,9 @@ def _check_existing(out: Path, cfg: RunConfig, restart: bool) -> None:
         return
     old = read_json(path).get("run", {})
     now = cfg.to_json()
-    diffs = [f"{k}: {old.get(k)!r} there vs {now[k]!r} now" for k in RunConfig.RESUME_KEYS
-             if old.get(k) != now[k]]
+    then = {k: old.get(k, RunConfig.RESUME_KEYS_OF_OLDER.get(k)) for k in RunConfig.RESUME_KEYS}
+    diffs = [f"{k}: {then[k]!r} there vs {now[k]!r} now" for k in RunConfig.RESUME_KEYS
+             if then[k] != now[k]]
     if diffs:
         raise UsageError(
             f"{out} holds a run with other settings ({'; '.join(diffs)}); use another --out "
@@ -497,7 +503,8 @@ def _run_fit_locked(cfg: RunConfig, out: Path, data: FitData, *,
         schedule, epochs = None, cfg.epochs + cfg.finetune_epochs
     else:
         schedule = ContinuousPruning(method.criterion, every=1, finetune_epochs=cfg.finetune_epochs,
-                                     finetune_kl_scale=parse_finetune_kl_scale(cfg.finetune_kl_scale))
+                                     finetune_kl_scale=parse_finetune_kl_scale(cfg.finetune_kl_scale),
+                                     kl_warmup_epochs=cfg.kl_warmup_epochs)
         epochs = cfg.epochs
     device = device if device is not None else torch.device("cpu")
     model.to(device)

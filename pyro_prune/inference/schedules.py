@@ -33,11 +33,16 @@ from pyro_prune.reduction.scoring import (
 )
 
 __all__ = [
+    "DEFAULT_KL_WARMUP_EPOCHS",
     "ContinuousPruning",
     "Schedule",
+    "noise_kl_weight",
     "post_training_curve",
     "prune_to_compression",
 ]
+
+#: the default ``ContinuousPruning(kl_warmup_epochs=...)`` (see ``docs/defaults.md``)
+DEFAULT_KL_WARMUP_EPOCHS = 0
 
 
 class Schedule:
@@ -92,12 +97,21 @@ class ContinuousPruning(Schedule):
             posteriors of weakly needed structures to their prior, where the criterion
             removes them; once the structures are chosen, the smaller network's posterior is
             fitted at the ELBO's weight (see ``docs/defaults.md``).
+        kl_warmup_epochs: warm the KL weight up over the first ``W`` training epochs: in
+            epoch ``e <= W`` every stochastic module's weight is ``k ** ((e - 1) / W)`` for
+            its training weight ``k`` (``fit(kl_scale=...)``; 1, the ELBO's, in the first
+            epoch, then geometric steps, the weight being a temperature), from epoch
+            ``W + 1`` on ``k``. The structures' posteriors are first fitted cold, then
+            tempered, so the temperature removes what the data do not need rather than
+            what was still untrained. ``W`` never reaches the last training epoch
+            (``min(W, epochs - 1)`` when the number of epochs is known); 0 turns it off.
         criterion_kwargs: passed to the criterion (e.g. ``p1=4`` for BMRS_U,
             ``log_prior_odds=0.0`` for plain BMR).
     """
 
     def __init__(self, criterion: str = "bmrs", every: int = 1, finetune_epochs: int = 10,
-                 finetune_kl_scale: float | str | None = "elbo", **criterion_kwargs: Any) -> None:
+                 finetune_kl_scale: float | str | None = "elbo", *,
+                 kl_warmup_epochs: int = DEFAULT_KL_WARMUP_EPOCHS, **criterion_kwargs: Any) -> None:
         self.criterion = as_criterion(criterion, **criterion_kwargs)
         if not (self.criterion.threshold_free or self.criterion.default_threshold is not None):
             raise ValueError(
@@ -109,6 +123,10 @@ class ContinuousPruning(Schedule):
         self.every = every
         self.extra_epochs = finetune_epochs
         self.finetune_kl_scale = _check_kl_scale(finetune_kl_scale)
+        check_count(kl_warmup_epochs, "kl_warmup_epochs", minimum=0)
+        self.kl_warmup_epochs = kl_warmup_epochs
+        #: the training KL weight of every stochastic module, read at the first warm-up epoch
+        self.training_kl_scales: dict[str, float] | None = None
         self.criterion_kwargs = criterion_kwargs
         self.removed_total = 0
         #: range of dF (or the score) over the kept structures at the last pruning decision
@@ -117,11 +135,21 @@ class ContinuousPruning(Schedule):
     def __repr__(self) -> str:
         return (f"ContinuousPruning(criterion={self.criterion.name!r}, every={self.every}, "
                 f"finetune_epochs={self.extra_epochs}, "
-                f"finetune_kl_scale={self.finetune_kl_scale!r})")
+                f"finetune_kl_scale={self.finetune_kl_scale!r}, "
+                f"kl_warmup_epochs={self.kl_warmup_epochs})")
+
+    def on_fit_start(self, ctx: Any) -> None:
+        """A new run: its training KL weights are read again (a resumed run loads them)."""
+        self.training_kl_scales = None
+
+    def warmup_epochs(self, epochs: int | None) -> int:
+        """The epochs of KL warm-up in a run of ``epochs`` training epochs (``None``: unknown)."""
+        return self.kl_warmup_epochs if epochs is None else max(0, min(self.kl_warmup_epochs, epochs - 1))
 
     def on_epoch_start(self, model: Any, epoch: int, *, epochs: int | None = None) -> None:
-        """Before fine-tuning epoch ``epoch`` (1-based; every one, so that a resumed run
-        agrees), set the KL weight of the fine-tuning phase (``finetune_kl_scale``).
+        """Before epoch ``epoch`` (1-based; every one, so that a resumed run agrees), set the
+        KL weight: warmed up in the first ``kl_warmup_epochs`` training epochs, the training
+        weight after them, ``finetune_kl_scale`` in the fine-tuning phase.
 
         ``model`` and ``epochs`` as for :meth:`on_epoch_end`: the model being trained (a loop
         of one's own) or :func:`fit`'s context. The weight is set on the model's stochastic
@@ -133,11 +161,26 @@ class ContinuousPruning(Schedule):
             epochs = model.epochs if epochs is None else epochs
             loss_fn = getattr(model, "loss_fn", None)
             model = model.model
+        warmup = self.warmup_epochs(epochs)
+        if warmup and epoch <= warmup + 1 and (epochs is None or epoch <= epochs):
+            self._warm_up(model, loss_fn, min((epoch - 1) / warmup, 1.0))
+            return
         if self.finetune_kl_scale is None or epochs is None or epoch <= epochs:
             return
         value = model.set_kl_scale(self.finetune_kl_scale)
         if loss_fn is not None:
             loss_fn.kl_scale = value
+
+    def _warm_up(self, model: PrunableNet, loss_fn: Any, fraction: float) -> None:
+        """Set every stochastic module's KL weight to its training weight ``** fraction``."""
+        modules = model.stochastic_modules()
+        if self.training_kl_scales is None:  # the training weights, as fit (or the user) set them
+            self.training_kl_scales = {name: float(m.kl_scale) for name, m in modules.items()}
+        for name, m in modules.items():
+            m.kl_scale = self.training_kl_scales.get(name, float(m.kl_scale)) ** fraction
+        noise = noise_kl_weight(model)
+        if loss_fn is not None and noise is not None:  # fit's record of the noise's weight
+            loss_fn.kl_scale = noise
 
     def on_epoch_end(self, model: Any, epoch: int, *, epochs: int | None = None) -> dict[str, Any]:
         """Prune ``model`` after training epoch ``epoch`` (1-based) if it is a pruning epoch.
@@ -156,9 +199,10 @@ class ContinuousPruning(Schedule):
             epochs = model.epochs if epochs is None else epochs
             model = model.model
         if epochs is not None and epoch > epochs:
-            return {"phase": "finetune", "removed": 0, "kl_scale": _kl_weight(model)}
+            return {"phase": "finetune", "removed": 0, "kl_scale": noise_kl_weight(model)}
+        weight = {"kl_scale": noise_kl_weight(model)} if self.kl_warmup_epochs else {}
         if epoch % self.every:
-            return {"phase": "train", "removed": 0}
+            return {"phase": "train", "removed": 0, **weight}
         from pyro_prune.inference.pruning_report import decision_range
 
         removed = 0
@@ -168,10 +212,12 @@ class ContinuousPruning(Schedule):
         self.removed_total += removed
         self.last_decision = decision_range(model, self.criterion,
                                             {n: s for n, (s, _) in decisions.items()}, kept)
-        return {"phase": "prune", "removed": removed}
+        return {"phase": "prune", "removed": removed, **weight}
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"removed_total": self.removed_total}
+        if self.training_kl_scales is not None:
+            state["training_kl_scales"] = dict(self.training_kl_scales)
         if self.last_decision is not None:
             state["last_decision"] = [self.last_decision.low, self.last_decision.high,
                                       self.last_decision.count]
@@ -181,6 +227,8 @@ class ContinuousPruning(Schedule):
         from pyro_prune.inference.pruning_report import ScoreRange
 
         self.removed_total = int(state.get("removed_total", 0))
+        scales = state.get("training_kl_scales")
+        self.training_kl_scales = None if scales is None else {str(k): float(v) for k, v in scales.items()}
         last = state.get("last_decision")
         self.last_decision = None if last is None else ScoreRange(float(last[0]), float(last[1]), int(last[2]))
 
@@ -192,7 +240,7 @@ def _check_kl_scale(kl_scale: float | str | None) -> float | str | None:
     return None if kl_scale is None else check_kl_scale(kl_scale, "finetune_kl_scale")
 
 
-def _kl_weight(model: PrunableNet) -> float | None:
+def noise_kl_weight(model: PrunableNet) -> float | None:
     """The KL weight of the structures' noise now (of the stochastic modules in a network
     without noise; ``None`` without any, or if they differ)."""
     modules = model.noise_layers() or model.stochastic_modules()

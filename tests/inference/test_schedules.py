@@ -137,3 +137,91 @@ def test_a_run_resumed_in_its_fine_tuning_phase_keeps_the_fine_tuning_weight(tmp
 def test_finetune_kl_scale_rejects_what_is_not_a_kl_weight(bad) -> None:
     with pytest.raises((ValueError, TypeError), match="finetune_kl_scale"):
         ContinuousPruning(finetune_kl_scale=bad)
+
+
+def _kl_history(result) -> list[float]:
+    return [r["kl_scale"] for r in result.history]
+
+
+def test_kl_warmup_raises_the_weight_geometrically_from_the_elbos_to_the_training_weight() -> None:
+    train = load_dataset("digits", "train")
+    torch.manual_seed(0)
+    model = MLP(64, [16], 10)
+    schedule = ContinuousPruning(finetune_epochs=1, kl_warmup_epochs=3)
+    result = fit(model, train, epochs=5, batch_size=64, lr=1e-2, schedule=schedule, progress=False)
+    k = len(train) / 16  # "auto" = "paper": num_data / num_structures
+    assert result.config["kl_scale"] == pytest.approx(k)
+    assert _kl_history(result) == pytest.approx([1.0, k ** (1 / 3), k ** (2 / 3), k, k, 1.0])
+    assert "kl_warmup_epochs=3" in result.config["schedule"]
+
+
+def test_kl_warmup_warms_every_stochastic_module_to_its_own_training_weight() -> None:
+    """Gaussian weights keep the ELBO's weight 1 under "auto"; the noise is warmed up to its own."""
+    train = load_dataset("digits", "train")
+    torch.manual_seed(0)
+    model = MLP(64, [16], 10, weights="gaussian")
+    seen: list[dict[str, float]] = []
+
+    class Recording(ContinuousPruning):
+        def on_epoch_start(self, ctx, epoch: int, *, epochs=None) -> None:
+            super().on_epoch_start(ctx, epoch, epochs=epochs)
+            seen.append({n: float(m.kl_scale) for n, m in ctx.model.stochastic_modules().items()})
+
+    fit(model, train, epochs=3, batch_size=64, lr=1e-2, progress=False,
+        schedule=Recording(finetune_epochs=0, kl_warmup_epochs=2))
+    k = len(train) / 16
+    noise = set(model.noise_layers())
+    assert noise and set(seen[0]) - noise  # noise and Gaussian layers
+    for epoch, weights in enumerate(seen):
+        for name, w in weights.items():
+            full = k if name in noise else 1.0
+            assert w == pytest.approx(full ** min(epoch / 2, 1.0)), (epoch, name)
+
+
+@pytest.mark.parametrize(("epochs", "expected_powers"), [(1, [1.0]), (2, [0.0, 1.0]), (3, [0.0, 0.5, 1.0])])
+def test_kl_warmup_never_takes_the_last_training_epoch(epochs, expected_powers) -> None:
+    train = load_dataset("digits", "train")
+    torch.manual_seed(0)
+    model = MLP(64, [16], 10)
+    schedule = ContinuousPruning(finetune_epochs=0, kl_warmup_epochs=5)
+    result = fit(model, train, epochs=epochs, batch_size=128, lr=1e-2, schedule=schedule, progress=False)
+    k = result.config["kl_scale"]
+    assert schedule.warmup_epochs(epochs) == max(0, min(5, epochs - 1))
+    assert _kl_history(result) == pytest.approx([k ** p for p in expected_powers])
+
+
+def test_a_run_resumed_during_kl_warmup_continues_it_as_if_never_stopped(tmp_path) -> None:
+    train = load_dataset("digits", "train")
+
+    def run(schedule, folder, model=None):
+        torch.manual_seed(0)
+        model = MLP(64, [16], 10) if model is None else model
+        return model, fit(model, train, epochs=4, batch_size=64, lr=1e-2, schedule=schedule,
+                          checkpoint_dir=folder, progress=False)
+
+    full, straight = run(ContinuousPruning(finetune_epochs=1, kl_warmup_epochs=3), tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):  # killed before its third (warm-up) epoch
+        run(_StopAt(3, finetune_epochs=1, kl_warmup_epochs=3), tmp_path / "resumed")
+    resumed_model, resumed = run(ContinuousPruning(finetune_epochs=1, kl_warmup_epochs=3), tmp_path / "resumed")
+    assert _kl_history(resumed) == pytest.approx(_kl_history(straight))
+    assert [r["removed"] for r in resumed.history] == [r["removed"] for r in straight.history]
+    assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in straight.history], rel=1e-5)
+
+
+def test_kl_warmup_in_a_loop_of_ones_own() -> None:
+    """Without fit: the hooks take the model; the training weight is the one set before."""
+    torch.manual_seed(0)
+    model = MLP(64, [16], 10)
+    model.set_kl_scale(8.0)
+    schedule = ContinuousPruning(finetune_epochs=1, kl_warmup_epochs=3)
+    weights = []
+    for epoch in range(1, 7):
+        schedule.on_epoch_start(model, epoch, epochs=5)
+        weights.append(float(next(iter(model.noise_layers().values())).kl_scale))
+    assert weights == pytest.approx([1.0, 2.0, 4.0, 8.0, 8.0, 1.0])
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "3"])
+def test_kl_warmup_epochs_rejects_what_is_not_a_count(bad) -> None:
+    with pytest.raises((ValueError, TypeError), match="kl_warmup_epochs"):
+        ContinuousPruning(kl_warmup_epochs=bad)
