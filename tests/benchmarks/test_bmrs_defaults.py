@@ -85,7 +85,7 @@ def test_the_kl_warmup_rises_geometrically_from_the_elbo_weight_to_the_training_
     run = defaults.run_one("digits", "mlp", 0, "bmrs_warmup3", 0.0, None, args, digits)
     weight = run["kl_value"]  # "auto" = num_data / num_structures
     assert weight == pytest.approx(len(digits["train"]) / 100)
-    seen = [e["kl_weight"] for e in run["epochs"]]
+    seen = [e["kl_scale"] for e in run["epochs"]]
     assert seen[:5] == pytest.approx([1.0, weight ** (1 / 3), weight ** (2 / 3), weight, weight])
     assert seen[5:] == [1.0, 1.0]  # the default fine-tuning at the ELBO's weight
     assert run["warmup_epochs"] == 3
