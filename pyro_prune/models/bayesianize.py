@@ -24,6 +24,7 @@ its own code and gets the gates through forward hooks, and is traced with ``torc
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -34,7 +35,7 @@ from torch import Tensor, nn
 
 from pyro_prune.models.base import Likelihood, PrunableNet
 from pyro_prune.models.gate import StructureGate
-from pyro_prune.models.layers import GateKind, WeightPrior, make_gate
+from pyro_prune.models.layers import GateKind, WeightPrior, check_noise_options, make_gate
 
 __all__ = ["bayesianize", "BayesianizedNet", "GatedNetwork"]
 
@@ -231,7 +232,9 @@ def bayesianize(
             integer inputs (token ids); by default searched from the first layer.
 
     Raises:
-        TypeError: ``module`` is not an ``nn.Module`` or ``noise_on`` names an unregistered type.
+        TypeError: ``module`` is not an ``nn.Module``, ``noise_on`` names an unregistered type,
+            or a keyword is neither an argument nor a noise option (the message names the
+            closest one).
         ValueError: the network cannot be traced (the message names the failing op), a
             Bayesian layer does not compute what the layer it replaced did (names it), or no
             layer is left to gate.
@@ -246,6 +249,7 @@ def bayesianize(
 
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    check_noise_options(gate, noise_kwargs, own=list(inspect.signature(bayesianize).parameters))
     for sub in module.modules():
         layer_slicer(sub)  # registers the layers of other libraries it knows (GPT-2's Conv1D)
     known = tuple(registered_layers())

@@ -10,7 +10,11 @@ with a Gaussian prior (:mod:`pyro_prune.models.bayesian`).
 
 from __future__ import annotations
 
+import difflib
 import enum
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -18,7 +22,7 @@ from pyro_prune._enums import parse_enum
 from pyro_prune.models.gate import StructureGate, StructureMask
 from pyro_prune.models.noise import MultiplicativeNoise
 
-__all__ = ["GateKind", "WeightPrior", "make_conv2d", "make_gate", "make_linear"]
+__all__ = ["GateKind", "WeightPrior", "check_noise_options", "make_conv2d", "make_gate", "make_linear"]
 
 
 class WeightPrior(enum.Enum):
@@ -39,6 +43,35 @@ class GateKind(enum.Enum):
     MASK = "mask"
 
 
+def noise_option_names() -> tuple[str, ...]:
+    """The keyword options of :class:`~pyro_prune.models.noise.MultiplicativeNoise` a network
+    constructor passes on to its gates (``init_loc``, ``log_low``, ...)."""
+    params = inspect.signature(MultiplicativeNoise.__init__).parameters.values()
+    return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def check_noise_options(gate: GateKind | str, options: Mapping[str, Any],
+                        own: Sequence[str] = ()) -> GateKind:
+    """Check the gate options a network constructor was given before anything is built.
+
+    Raises:
+        TypeError: a name that is not an option of
+            :class:`~pyro_prune.models.noise.MultiplicativeNoise` (with the closest option,
+            or among ``own``, the caller's own keywords: ``example_inputs`` for
+            ``bayesianize``'s ``example_input``), or noise options given with ``gate="mask"``,
+            whose deterministic gates would ignore them.
+    """
+    kind = parse_enum(GateKind, gate, "gate")
+    names = noise_option_names()
+    for key in options:
+        if key not in names:
+            close = difflib.get_close_matches(key, [*names, *own], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"unknown option {key!r}{hint}; the noise gates take {', '.join(names)}")
+    if options and kind is GateKind.MASK:
+        raise TypeError(f"noise options ({', '.join(options)}) given with gate='mask', whose "
+                        "deterministic gates take none")
+    return kind
 
 
 def make_linear(
@@ -73,7 +106,7 @@ def make_conv2d(
 
 def make_gate(num_structures: int, dim: int, gate: GateKind | str = GateKind.NOISE, **noise_kwargs: float) -> StructureGate:
     """The gate that follows a prunable layer of ``num_structures`` outputs along ``dim``."""
-    kind = parse_enum(GateKind, gate, "gate")
+    kind = check_noise_options(gate, noise_kwargs)
     if kind is GateKind.NOISE:
         return MultiplicativeNoise(num_structures, dim, **noise_kwargs)
     return StructureMask(num_structures, dim)
