@@ -273,7 +273,14 @@ def check_guide(model: Any, guide: Any, x: Tensor | None, y: Tensor | None,
                          f"not on this model")
     if x is None:
         return
-    model_sites = _site_names(model, x, y, latent_only=True)
+    training = getattr(model, "training", None)
+    if isinstance(model, torch.nn.Module):
+        model.train()  # the sites SVI fits: a model left in eval mode samples no noise
+    try:
+        model_sites = _site_names(model, x, y, latent_only=True)
+    finally:
+        if isinstance(model, torch.nn.Module):
+            model.train(bool(training))
     try:
         guide_sites = _site_names(guide, x, y, latent_only=False)
     except Exception as err:  # a guide of another architecture fails in its own way

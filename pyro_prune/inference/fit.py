@@ -162,6 +162,8 @@ def fit(
     AutoMultivariateNormal, AutoLowRankMultivariateNormal, AutoDelta), and its own
     parameters train at ``noise_lr``.
     """
+    # an autoguide not run yet starts where its init_loc_fn puts it (checked once attached)
+    fresh_guide = guide is not None and getattr(guide, "prototype_trace", False) is None
     args = resolve_fit_arguments(model, train, epochs=epochs, batch_size=batch_size, lr=lr, val=val,
                                  seed=seed, engine=engine, kl_scale=kl_scale, guide=guide,
                                  weight_decay=weight_decay, noise_lr=noise_lr, num_data=num_data)
@@ -181,6 +183,8 @@ def fit(
             pyro.poutine.trace(guide).get_trace(*(t.to(device) for t in args.sample))
     # the criteria, the posterior mean and the predictive read the guide that is fitted here
     _attach_fitted_guide(model, guide if custom_guide else None)
+    if custom_guide:
+        _check_fitted_guide(model, guide, schedule, fresh=fresh_guide)
     if dist_info.active:  # every rank starts from rank 0's weights
         broadcast_module(model, dist_info)
         if isinstance(guide, nn.Module) and guide is not model:
@@ -296,6 +300,30 @@ def _report(model: PrunableNet, schedule: Any, progress: bool) -> Any:
 
         tqdm.write(str(report), file=sys.stderr)
     return report
+
+
+def _check_fitted_guide(model: PrunableNet, guide: Any, schedule: Any, *, fresh: bool) -> None:
+    """Refuse, before training, an attached autoguide the run cannot learn from: one that
+    starts the network switched off (checked when ``fresh``, run for the first time here) and
+    a point posterior under a schedule pruning by BMR. Detaches it (the model as given)."""
+    from pyro_prune.inference.guides import (
+        attached_guide,
+        check_guide_start,
+        check_point_guide_criterion,
+        detach_guide,
+    )
+    from pyro_prune.reduction import Criterion
+
+    if attached_guide(model) is not guide:  # a guide the criteria cannot read: warned
+        return
+    try:
+        if fresh:
+            check_guide_start(model, guide)
+        if isinstance(criterion := getattr(schedule, "criterion", None), Criterion):
+            check_point_guide_criterion(guide, criterion)
+    except (TypeError, ValueError):
+        detach_guide(model)
+        raise
 
 
 def _attach_fitted_guide(model: PrunableNet, guide: Callable | None) -> None:

@@ -30,7 +30,11 @@ What each criterion becomes under that family (:func:`guide_delta_f`):
   For a point reduced prior this tends to ``log q(theta_r) - log p(theta_r)``; at the edge
   ``A`` a logit-normal density vanishes, which is why BMRS_N keeps far more under these
   guides than BMRS_U.
-* ``AutoDelta`` (a point posterior ``theta*``): ``dF = log p~(theta*) - log p(theta*)``.
+* ``AutoDelta`` (a point posterior ``theta*``, a MAP fit): the BMR criteria are refused
+  (:func:`check_point_guide_criterion`). A point posterior carries no evidence: the limit
+  ``dF = log p~(theta*) - log p(theta*)`` is ``-inf`` outside the reduced prior's support
+  and a constant inside it, a fixed threshold in disguise that keeps the structures MAP
+  drove furthest down (to ``A``, below BMRS_U's interval). ``e_theta`` reads ``theta*``.
 * ``e_theta`` and ``snr``: the moments of ``theta`` by Gauss-Hermite quadrature.
 
 :func:`monte_carlo_delta_f` estimates any of them from draws of the guide, with a standard
@@ -64,6 +68,8 @@ __all__ = [
     "PointNoise",
     "attach_guide",
     "attached_guide",
+    "check_guide_start",
+    "check_point_guide_criterion",
     "check_readable_guide",
     "detach_guide",
     "guide_delta_f",
@@ -289,6 +295,45 @@ def check_readable_guide(model: PrunableNet, guide: Any) -> None:
         )
 
 
+#: the smallest starting multiplier ``E_q[theta] / theta_ref`` (median over a layer's kept
+#: structures) :func:`check_guide_start` accepts: below it a gated layer passes less than a
+#: thousandth of its signal, and two such layers in a chain a millionth
+MIN_START_MULTIPLIER = 1e-3
+
+
+def check_guide_start(model: PrunableNet, guide: Any) -> None:
+    """Refuse a freshly initialised guide that starts the network switched off.
+
+    The model's own guide starts every structure at ``theta = theta_ref`` (multiplier 1). An
+    autoguide starts where its ``init_loc_fn`` puts it: the default of ``AutoDiagonalNormal``,
+    the multivariate guides and ``AutoDelta`` (``init_to_median``) is the prior's median,
+    ``theta = e^((A + B) / 2)`` (``e^-10`` for ``LogU[-20, 0]``), which multiplies every gated
+    layer's output by about ``5e-5``. Such a network predicts from its biases alone, its
+    gradients vanish, it does not train (chance accuracy), and the criteria then remove
+    nearly every structure or, with a point guide, none: a result that says nothing about
+    the data. ``fit`` calls this on a guide it runs for the first time.
+
+    Raises:
+        ValueError: a layer's median starting multiplier is below
+            :data:`MIN_START_MULTIPLIER`; the message names the layer, the multiplier and
+            the fix (``init_loc_fn=init_to_feasible``, ``theta ~ 0.5``).
+    """
+    for name, layer in model.noise_layers().items():
+        kept = layer.kept.detach().cpu()
+        if not bool(kept.any()):
+            continue
+        mean, _ = guide_noise_posterior(guide, layer).moments()
+        multiplier = float((mean.cpu()[kept] * layer.signal_scale).median())
+        if not multiplier >= MIN_START_MULTIPLIER:
+            raise ValueError(
+                f"guide {type(guide).__name__} starts the noise of {name!r} at E[theta] / theta_ref = "
+                f"{multiplier:.2g} (median over its structures): the layer passes almost none of "
+                "its signal, so the network cannot train and the criteria would decide on noise. "
+                f"Build it with init_loc_fn=init_to_feasible (theta ~ 0.5), e.g. "
+                f"{type(guide).__name__}(model, init_loc_fn=pyro.infer.autoguide.init_to_feasible)"
+            )
+
+
 def _continuous_site(guide: autoguide.AutoContinuous, site_name: str) -> tuple[Tensor, Tensor]:
     """The Normal marginal ``(loc, scale)`` of one site of an ``AutoContinuous`` guide."""
     if isinstance(guide, autoguide.AutoMultivariateNormal):
@@ -409,12 +454,44 @@ GUIDE_CRITERIA = ("bmrs", "bmrs_n", "bmrs_n_code", "bmrs_u", "bmrs_u8", "bmrs_u4
                   "e_theta")
 
 
+def check_point_guide_criterion(guide: Any, crit: Criterion) -> None:
+    """Refuse a Bayesian-model-reduction criterion on a point-posterior guide (``AutoDelta``).
+
+    BMR compares the evidence of the full and the reduced model, which a MAP fit does not
+    carry: as the posterior collapses to ``theta*``, ``dF`` tends to
+    ``log p~(theta*) - log p(theta*)``, ``-inf`` wherever the reduced prior has no mass (BMRS_N's
+    spike at ``A`` almost everywhere; below BMRS_U's interval, where MAP drives the structures
+    the data do not need) and a constant inside it. ``fit`` calls this before training.
+
+    Raises:
+        TypeError: ``guide`` is an ``AutoDelta`` and ``crit`` decides by ``dF``; the message
+            names the guides and the criterion that can be used instead.
+    """
+    if isinstance(guide, autoguide.AutoDelta) and crit.threshold_free:
+        raise _point_posterior_error(type(guide).__name__, crit)
+
+
+def _point_posterior_error(guide_name: str, crit: Criterion) -> TypeError:
+    return TypeError(
+        f"criterion {crit.name!r} is Bayesian model reduction, which needs a posterior with a "
+        f"spread; {guide_name} is a point posterior (a MAP fit), for which dF is -inf or a "
+        "constant. Fit a Gaussian autoguide (AutoNormal, AutoDiagonalNormal, AutoMultivariateNormal, "
+        "AutoLowRankMultivariateNormal) or the model's own guide, or rank the point posterior "
+        "with criterion 'e_theta'"
+    )
+
+
 def guide_delta_f(posterior: NoisePosterior, crit: Criterion, args: dict[str, Any] | None = None) -> Tensor:
     """``dF`` of a BMR criterion (BMRS_U, BMRS_N) under a guide's posterior (float64).
 
     ``args`` are the criterion's options (``p1``, ``reduced_var``, ``log_prior_odds``, ...)
     beyond those bound to ``crit``.
+
+    Raises:
+        TypeError: a point posterior (``AutoDelta``, see :func:`check_point_guide_criterion`).
     """
+    if isinstance(posterior, PointNoise):
+        raise _point_posterior_error("AutoDelta", crit)
     options = {**crit.options, **(args or {})}
     low, high = posterior.log_low, posterior.log_high
     reduced, offset = _reduced_prior(crit, options, low, high)

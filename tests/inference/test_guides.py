@@ -140,13 +140,16 @@ def test_closed_forms_match_monte_carlo() -> None:
     torch.testing.assert_close(var.sqrt(), theta.std(0), rtol=0.06, atol=0.0)
 
 
-def test_point_posterior_is_the_density_ratio() -> None:
+@pytest.mark.parametrize("criterion", ["bmrs", "bmrs_n", "bmrs_u8", "bmrs_u4", "bmrs_u_off"])
+def test_point_posterior_refuses_bmr(criterion: str) -> None:
+    # dF -> log p~(theta*) - log p(theta*): -inf below BMRS_U's interval (-19.5, where MAP
+    # drives an unneeded structure) and a constant inside it, so BMR is refused
     theta = torch.exp(torch.tensor([-12.0, -2.0, -19.5], dtype=torch.float64))
     post = PointNoise(theta, A, B)
-    df = guide_delta_f(post, get_criterion("bmrs_u8"))
-    inside = math.log(B - A) - math.log(15 * math.log(2))
-    assert float(df[0]) == pytest.approx(inside)
-    assert df[1] == -math.inf and df[2] == -math.inf
+    with pytest.raises(TypeError, match=f"criterion '{criterion}' is Bayesian model reduction.*point posterior"):
+        guide_delta_f(post, get_criterion(criterion))
+    with pytest.raises(TypeError, match="AutoNormal, AutoDiagonalNormal"):
+        guide_score(post, get_criterion(criterion))
     assert torch.equal(guide_score(post, get_criterion("e_theta")), theta)
 
 
@@ -227,6 +230,57 @@ def test_autodelta_reads_a_point_posterior(digits) -> None:
     torch.testing.assert_close(layer.expected_theta(), theta * layer.kept)
     scores = structure_scores(net, "e_theta")[next(iter(net.noise_layers()))]
     torch.testing.assert_close(scores, theta.double())
+
+
+def test_autodelta_with_a_bmr_schedule_is_refused_before_training(digits) -> None:
+    train, _ = digits
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    net = MLP(64, [16], 10)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(TypeError, match="'bmrs' is Bayesian model reduction.*rank the point posterior with criterion 'e_theta'"):
+        fit(net, train, epochs=2, guide=AutoDelta(net, init_loc_fn=init_to_feasible), progress=False,
+            schedule=ContinuousPruning())
+    assert attached_guide(net) is None  # the model as it was given, untrained
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    net2 = MLP(64, [16], 10)
+    fit(net2, train, epochs=1, guide=AutoDelta(net2, init_loc_fn=init_to_feasible), progress=False)
+    with pytest.raises(TypeError, match="point posterior"):
+        structure_removals(net2, "bmrs_u8")
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: AutoDiagonalNormal(m),
+    lambda m: AutoLowRankMultivariateNormal(m),
+    lambda m: AutoDelta(m),
+], ids=["AutoDiagonalNormal", "AutoLowRankMultivariateNormal", "AutoDelta"])
+def test_a_guide_starting_the_network_switched_off_is_refused(make, digits) -> None:
+    # init_to_median (these guides' default) starts theta at the prior's median e^-10: every
+    # gated layer passes 5e-5 of its signal, the network cannot train (chance accuracy)
+    train, _ = digits
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    net = MLP(64, [16], 10)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match=r"starts the noise of 'fc1_gate' at E\[theta\] / theta_ref = [1-9](\.\d)?e-05 .*"
+                                         r"init_loc_fn=init_to_feasible"):
+        fit(net, train, epochs=1, guide=make(net), progress=False)
+    assert attached_guide(net) is None
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_a_fitted_guide_is_not_judged_by_its_start_again(digits) -> None:
+    # a second fit continues the guide where the first left it, wherever training took the
+    # structures: only a guide run for the first time is checked
+    train, _ = digits
+    net, guide, _ = _fitted("AutoNormal", digits, epochs=1)
+    layer = net.noise_layers()["fc1_gate"]
+    loc, _ = guide._get_loc_and_scale(layer.site_name)
+    with torch.no_grad():
+        loc.fill_(-12.0)  # as if training had driven every structure of fc1 down
+    assert float(guide_noise_posterior(guide, layer).moments()[0].median()) < 1e-3
+    fit(net, train, epochs=1, guide=guide, progress=False, seed=1)
+    assert attached_guide(net) is guide
 
 
 def test_arviz_export_reads_the_fitted_guide(digits) -> None:
