@@ -23,7 +23,13 @@ from pyro_prune.inference.fit import (
     load_checkpoint,
     make_optimizer,
 )
-from pyro_prune.inference.guides import SUPPORTED_GUIDES, attach_guide, attached_guide, detach_guide
+from pyro_prune.inference.guides import (
+    SUPPORTED_GUIDES,
+    attach_guide,
+    attached_guide,
+    detach_guide,
+    init_to_model,
+)
 from pyro_prune.inference.loop import ElboLoss, pruning_summary
 from pyro_prune.inference.pruning_report import PruningReport, pruning_report
 from pyro_prune.inference.schedules import (
@@ -40,6 +46,7 @@ __all__ = [
     "attach_guide",
     "attached_guide",
     "detach_guide",
+    "init_to_model",
     "pruning_report",
     "DEFAULT_LAMBDA",
     "W2PruneResult",

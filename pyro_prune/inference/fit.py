@@ -46,6 +46,7 @@ from pyro_prune.inference.distributed import (
 )
 from pyro_prune.inference.divergence import DivergenceWarning, chance_level, warn_if_diverging
 from pyro_prune.inference.epoch import EpochTrainer, FitContext
+from pyro_prune.inference.guides import attached_guide, copy_weight_posterior
 from pyro_prune.inference.loop import ElboLoss, pruning_summary
 from pyro_prune.inference.metrics import evaluate, model_device
 from pyro_prune.inference.optim import (
@@ -181,10 +182,10 @@ def fit(
     if custom_guide:  # autoguides create their parameters on the first call
         with torch.no_grad():
             pyro.poutine.trace(guide).get_trace(*(t.to(device) for t in args.sample))
+    if custom_guide:  # before it is attached: a refused guide leaves the model as it was
+        _check_fitted_guide(model, guide, schedule, fresh=fresh_guide)
     # the criteria, the posterior mean and the predictive read the guide that is fitted here
     _attach_fitted_guide(model, guide if custom_guide else None)
-    if custom_guide:
-        _check_fitted_guide(model, guide, schedule, fresh=fresh_guide)
     if dist_info.active:  # every rank starts from rank 0's weights
         broadcast_module(model, dist_info)
         if isinstance(guide, nn.Module) and guide is not model:
@@ -256,6 +257,8 @@ def fit(
             row: dict[str, Any] = {"epoch": epoch + 1}
             row.update(ctx.train_epoch())
             row["epoch_time_s"] = time.perf_counter() - t0
+            if custom_guide and attached_guide(model) is guide:  # what evaluate and the rest read
+                copy_weight_posterior(model, guide)
             if main:  # rank 0 evaluates, decides and logs; the other ranks take its state
                 train_metrics = evaluate(model, train) if val is None or epoch + 1 == total_epochs else None
                 if train_metrics is not None:
@@ -303,27 +306,25 @@ def _report(model: PrunableNet, schedule: Any, progress: bool) -> Any:
 
 
 def _check_fitted_guide(model: PrunableNet, guide: Any, schedule: Any, *, fresh: bool) -> None:
-    """Refuse, before training, an attached autoguide the run cannot learn from: one that
-    starts the network switched off (checked when ``fresh``, run for the first time here) and
-    a point posterior under a schedule pruning by BMR. Detaches it (the model as given)."""
+    """Refuse, before training, an autoguide the run cannot learn from: one that starts the
+    network where it cannot train (checked when ``fresh``, run for the first time here) and a
+    point posterior under a schedule pruning by BMR. A guide the criteria cannot read at all
+    is left to :func:`_attach_fitted_guide`, which warns."""
     from pyro_prune.inference.guides import (
-        attached_guide,
         check_guide_start,
         check_point_guide_criterion,
-        detach_guide,
+        check_readable_guide,
     )
     from pyro_prune.reduction import Criterion
 
-    if attached_guide(model) is not guide:  # a guide the criteria cannot read: warned
-        return
     try:
-        if fresh:
-            check_guide_start(model, guide)
-        if isinstance(criterion := getattr(schedule, "criterion", None), Criterion):
-            check_point_guide_criterion(guide, criterion)
+        check_readable_guide(model, guide)
     except (TypeError, ValueError):
-        detach_guide(model)
-        raise
+        return
+    if fresh:
+        check_guide_start(model, guide)
+    if isinstance(criterion := getattr(schedule, "criterion", None), Criterion):
+        check_point_guide_criterion(guide, criterion)
 
 
 def _attach_fitted_guide(model: PrunableNet, guide: Callable | None) -> None:

@@ -71,6 +71,8 @@ __all__ = [
     "check_guide_start",
     "check_point_guide_criterion",
     "check_readable_guide",
+    "copy_weight_posterior",
+    "init_to_model",
     "detach_guide",
     "guide_delta_f",
     "guide_noise_posterior",
@@ -301,23 +303,60 @@ def check_readable_guide(model: PrunableNet, guide: Any) -> None:
 MIN_START_MULTIPLIER = 1e-3
 
 
-def check_guide_start(model: PrunableNet, guide: Any) -> None:
-    """Refuse a freshly initialised guide that starts the network switched off.
+def init_to_model(model: PrunableNet) -> Callable[..., Tensor]:
+    """An ``init_loc_fn`` for an autoguide that starts it where the model stands.
 
-    The model's own guide starts every structure at ``theta = theta_ref`` (multiplier 1). An
-    autoguide starts where its ``init_loc_fn`` puts it: the default of ``AutoDiagonalNormal``,
-    the multivariate guides and ``AutoDelta`` (``init_to_median``) is the prior's median,
-    ``theta = e^((A + B) / 2)`` (``e^-10`` for ``LogU[-20, 0]``), which multiplies every gated
-    layer's output by about ``5e-5``. Such a network predicts from its biases alone, its
-    gradients vanish, it does not train (chance accuracy), and the criteria then remove
-    nearly every structure or, with a point guide, none: a result that says nothing about
-    the data. ``fit`` calls this on a guide it runs for the first time.
+    Gaussian weights (``weights="gaussian"``, or a network given to
+    :func:`~pyro_prune.models.bayesianize` with ``weights="gaussian"``) start at their current
+    posterior means, which are the trained weights of a wrapped network; the noise starts at
+    ``theta ~ 0.5`` (``init_to_feasible``: the interior point ``u = 0``, since the layers' own
+    start ``theta = e^B`` is the edge of the support), every other site as
+    ``init_to_feasible`` puts it. ``AutoNormal(model, init_loc_fn=init_to_model(model))``.
+    Pyro's own defaults start Normal weights at 0 (``init_to_feasible``, and ``init_to_median``
+    at the prior's median, 0 as well) and the noise at the prior's median
+    (``init_to_median``); :func:`check_guide_start` refuses both.
+    """
+    from pyro.infer.autoguide.initialization import init_to_feasible, init_to_value
+
+    from pyro_prune.models.bayesian import BayesianLayer
+
+    values: dict[str, Tensor] = {}
+    for layer in model.stochastic_modules().values():
+        if isinstance(layer, BayesianLayer):
+            values[f"{layer.site_name}.weight"] = layer.weight_loc.detach().clone()
+            if layer.bias_loc is not None:
+                values[f"{layer.site_name}.bias"] = layer.bias_loc.detach().clone()
+    return cast(Callable[..., Tensor], init_to_value(values=values, fallback=init_to_feasible))
+
+
+def check_guide_start(model: PrunableNet, guide: Any) -> None:
+    """Refuse a freshly initialised guide that starts the network where it cannot train.
+
+    The model's own guide starts every structure at ``theta = theta_ref`` (multiplier 1) and
+    the Gaussian weights at their initial (or a wrapped network's trained) values. An
+    autoguide starts where its ``init_loc_fn`` puts it:
+
+    * the noise: the default of ``AutoDiagonalNormal``, the multivariate guides and
+      ``AutoDelta`` (``init_to_median``) is the prior's median, ``theta = e^((A + B) / 2)``
+      (``e^-10`` for ``LogU[-20, 0]``), which multiplies every gated layer's output by about
+      ``5e-5``: the network predicts from its biases alone, its gradients vanish and it does
+      not train, and the criteria then remove nearly every structure or, with a point guide,
+      none: a result that says nothing about the data;
+    * Gaussian weights: every default puts all of a layer's weights at the prior's centre 0,
+      where the layer's units are identical and stay so.
+
+    ``fit`` calls this on a guide it runs for the first time; :func:`init_to_model` is a
+    start it accepts.
 
     Raises:
-        ValueError: a layer's median starting multiplier is below
-            :data:`MIN_START_MULTIPLIER`; the message names the layer, the multiplier and
-            the fix (``init_loc_fn=init_to_feasible``, ``theta ~ 0.5``).
+        ValueError: a layer's median starting multiplier ``E_q[theta] / theta_ref`` is below
+            :data:`MIN_START_MULTIPLIER`, or a Bayesian layer's weights all start at one
+            value; the message names the layer and the fix.
     """
+    from pyro_prune.models.bayesian import BayesianLayer
+
+    fix = (f"start it where the model stands: {type(guide).__name__}(model, "
+           "init_loc_fn=pyro_prune.inference.init_to_model(model))")
     for name, layer in model.noise_layers().items():
         kept = layer.kept.detach().cpu()
         if not bool(kept.any()):
@@ -328,9 +367,21 @@ def check_guide_start(model: PrunableNet, guide: Any) -> None:
             raise ValueError(
                 f"guide {type(guide).__name__} starts the noise of {name!r} at E[theta] / theta_ref = "
                 f"{multiplier:.2g} (median over its structures): the layer passes almost none of "
-                "its signal, so the network cannot train and the criteria would decide on noise. "
-                f"Build it with init_loc_fn=init_to_feasible (theta ~ 0.5), e.g. "
-                f"{type(guide).__name__}(model, init_loc_fn=pyro.infer.autoguide.init_to_feasible)"
+                f"its signal, so the network cannot train and the criteria would decide on noise; {fix} "
+                "(or init_loc_fn=init_to_feasible, theta ~ 0.5)"
+            )
+    medians = None
+    for name, module in model.stochastic_modules().items():
+        if not isinstance(module, BayesianLayer):
+            continue
+        if medians is None:
+            medians = guide.median()
+        weight = medians.get(f"{module.site_name}.weight")
+        if weight is not None and weight.numel() > 1 and bool((weight == weight.reshape(-1)[0]).all()):
+            raise ValueError(
+                f"guide {type(guide).__name__} starts every weight of {name!r} at "
+                f"{float(weight.reshape(-1)[0]):.3g}: the layer's units start identical and get the "
+                f"same updates, so the network cannot train; {fix}"
             )
 
 
@@ -348,6 +399,50 @@ def _continuous_site(guide: autoguide.AutoContinuous, site_name: str) -> tuple[T
         if site["name"] == site_name:
             return lo, sc
     raise ValueError(f"guide {type(guide).__name__} has no site {site_name!r}")
+
+
+def _site_marginal(guide: Any, site: str) -> tuple[Tensor, Tensor]:
+    """The Normal marginal ``(loc, scale)`` a supported autoguide holds for a real-valued site
+    (scale 0 for ``AutoDelta``)."""
+    if isinstance(guide, autoguide.AutoNormal):
+        return guide._get_loc_and_scale(site)
+    if isinstance(guide, autoguide.AutoDelta):
+        value = guide.median()[site]
+        return value, torch.zeros_like(value)
+    return _continuous_site(guide, site)
+
+
+def copy_weight_posterior(model: PrunableNet, guide: Any) -> list[str]:
+    """Copy the posterior an autoguide holds for Gaussian weights into the layers' own
+    parameters (``weight_loc``, ``weight_log_scale``, and the bias's).
+
+    An autoguide over a network with Gaussian weights (``weights="gaussian"``) holds their
+    posterior itself, and the layers' own parameters, which SVI then leaves untouched, would
+    keep their initial values: predictions at the posterior mean (``evaluate``,
+    ``model.predict``), the fast predictive draws, the ArviZ export and
+    :func:`~pyro_prune.convert.to_deterministic` read those. ``fit`` copies the guide's
+    per-site Normal marginals (a low-rank or full-covariance guide's marginals; ``AutoDelta``'s
+    point, with the smallest positive scale) after every epoch, so that every reader sees the
+    fitted posterior. Returns the names of the layers copied.
+    """
+    from pyro_prune.models.bayesian import BayesianLayer
+
+    sites = set(guide.prototype_trace.nodes) if getattr(guide, "prototype_trace", None) else set()
+    copied = []
+    with torch.no_grad():
+        for name, layer in model.stochastic_modules().items():
+            if not isinstance(layer, BayesianLayer) or f"{layer.site_name}.weight" not in sites:
+                continue
+            for part in ("weight", "bias"):
+                loc_param, log_scale_param = getattr(layer, f"{part}_loc"), getattr(layer, f"{part}_log_scale")
+                if loc_param is None or log_scale_param is None:
+                    continue
+                loc, scale = _site_marginal(guide, f"{layer.site_name}.{part}")
+                tiny = torch.finfo(log_scale_param.dtype).tiny
+                loc_param.copy_(loc.detach().reshape(loc_param.shape))
+                log_scale_param.copy_(scale.detach().clamp_min(tiny).log().reshape(log_scale_param.shape))
+            copied.append(name)
+    return copied
 
 
 def guide_noise_posterior(guide: Any, layer: MultiplicativeNoise) -> NoisePosterior:
@@ -385,6 +480,7 @@ def attach_guide(model: PrunableNet, guide: Any) -> None:
         # in __dict__: not a submodule of the layer (no parameters, no state_dict entries)
         layer.__dict__["_guide_posterior"] = partial(guide_noise_posterior, guide, layer)
     model.__dict__["_fitted_guide"] = guide
+    copy_weight_posterior(model, guide)
 
 
 def detach_guide(model: PrunableNet) -> None:

@@ -24,9 +24,11 @@ from pyro_prune.inference.guides import (
     LogitNormalNoise,
     PointNoise,
     attached_guide,
+    copy_weight_posterior,
     guide_delta_f,
     guide_noise_posterior,
     guide_score,
+    init_to_model,
     monte_carlo_delta_f,
 )
 from pyro_prune.models import MLP
@@ -281,6 +283,64 @@ def test_a_fitted_guide_is_not_judged_by_its_start_again(digits) -> None:
     assert float(guide_noise_posterior(guide, layer).moments()[0].median()) < 1e-3
     fit(net, train, epochs=1, guide=guide, progress=False, seed=1)
     assert attached_guide(net) is guide
+
+
+def test_init_to_model_starts_at_the_model() -> None:
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    net = MLP(64, [16], 10, weights="gaussian")
+    guide = AutoNormal(net, init_loc_fn=init_to_model(net))
+    pyro.poutine.trace(guide).get_trace(torch.zeros(2, 64), torch.zeros(2, dtype=torch.long))
+    medians = guide.median()
+    for name in ("fc1", "out"):
+        layer = net.net.get_submodule(name)
+        assert torch.equal(medians[f"{name}.weight"].detach(), layer.weight_loc.detach())
+        assert torch.equal(medians[f"{name}.bias"].detach(), layer.bias_loc.detach())
+    # the noise at the interior point u = 0: theta = a + (b - a) / 2
+    torch.testing.assert_close(medians["fc1_gate.theta"].detach(),
+                               torch.full((16,), (math.exp(A) + math.exp(B)) / 2))
+
+
+def test_a_guide_starting_every_weight_at_zero_is_refused(digits) -> None:
+    train, _ = digits
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    net = MLP(64, [16], 10, weights="gaussian")
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match=r"starts every weight of 'fc1' at 0: .*init_to_model\(model\)"):
+        fit(net, train, epochs=1, guide=AutoNormal(net), progress=False)
+    assert attached_guide(net) is None
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+@pytest.mark.parametrize("make", [AutoNormal, AutoDiagonalNormal], ids=["AutoNormal", "AutoDiagonalNormal"])
+def test_the_guides_weight_posterior_is_what_predictions_read(make, digits) -> None:
+    # the layers' own weight parameters are untouched by SVI under an autoguide: fit copies
+    # the guide's marginals into them, so evaluate and the converted network use the fit
+    from pyro_prune.convert import to_deterministic
+
+    train, test = digits
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    net = MLP(64, [32], 10, weights="gaussian")
+    guide = make(net, init_loc_fn=init_to_model(net))
+    fit(net, train, epochs=3, lr=1e-2, guide=guide, progress=False, seed=0)
+    for name in ("fc1", "out"):
+        layer = net.net.get_submodule(name)
+        if isinstance(guide, AutoNormal):
+            loc, scale = guide._get_loc_and_scale(f"{name}.weight")
+        else:
+            site = {s["name"]: (lo, sc) for (s, lo), (_, sc) in
+                    zip(guide._unpack_latent(guide.loc), guide._unpack_latent(guide.scale))}
+            loc, scale = site[f"{name}.weight"]
+        torch.testing.assert_close(layer.weight_loc.detach(), loc.detach())
+        torch.testing.assert_close(layer.weight_log_scale.detach().exp(), scale.detach())
+    assert evaluate(net, test)["accuracy"] > 0.85
+    x, y = test.tensors
+    with torch.no_grad():
+        converted = to_deterministic(net)(x).argmax(-1)
+        assert torch.equal(converted, net.predict(x).argmax(-1))
+    assert copy_weight_posterior(net, guide) == ["fc1", "out"]
 
 
 def test_arviz_export_reads_the_fitted_guide(digits) -> None:
