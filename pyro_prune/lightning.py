@@ -39,7 +39,7 @@ from pyro_prune.inference.optim import DEFAULT_NOISE_LR
 from pyro_prune.inference.schedules import (
     DEFAULT_KL_WARMUP_EPOCHS,
     ContinuousPruning,
-    noise_kl_weight,
+    set_kl_weight,
 )
 from pyro_prune.models.base import KLScale, Likelihood, PrunableNet
 
@@ -149,10 +149,7 @@ class PruningCallback(L.Callback):
         """Set the epoch's KL weight (warm-up, training, fine-tuning) on every rank alike."""
         model = self._model(pl_module)
         self.schedule.on_epoch_start(model, trainer.current_epoch + 1, epochs=self._training_epochs(trainer))
-        loss_fn = getattr(pl_module, "loss_fn", None)
-        weight = noise_kl_weight(model)
-        if loss_fn is not None and weight is not None:  # the loss's record of the noise's weight
-            loss_fn.kl_scale = weight
+        set_kl_weight(model, getattr(pl_module, "loss_fn", None))  # the loss's record of the weight
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         model = self._model(pl_module)

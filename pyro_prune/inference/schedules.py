@@ -39,6 +39,7 @@ __all__ = [
     "noise_kl_weight",
     "post_training_curve",
     "prune_to_compression",
+    "set_kl_weight",
 ]
 
 #: the default ``ContinuousPruning(kl_warmup_epochs=...)`` (see ``docs/defaults.md``)
@@ -167,9 +168,7 @@ class ContinuousPruning(Schedule):
             return
         if self.finetune_kl_scale is None or epochs is None or epoch <= epochs:
             return
-        value = model.set_kl_scale(self.finetune_kl_scale)
-        if loss_fn is not None:
-            loss_fn.kl_scale = value
+        set_kl_weight(model, loss_fn, self.finetune_kl_scale)
 
     def _warm_up(self, model: PrunableNet, loss_fn: Any, fraction: float) -> None:
         """Set every stochastic module's KL weight to its training weight ``** fraction``."""
@@ -178,9 +177,7 @@ class ContinuousPruning(Schedule):
             self.training_kl_scales = {name: float(m.kl_scale) for name, m in modules.items()}
         for name, m in modules.items():
             m.kl_scale = self.training_kl_scales.get(name, float(m.kl_scale)) ** fraction
-        noise = noise_kl_weight(model)
-        if loss_fn is not None and noise is not None:  # fit's record of the noise's weight
-            loss_fn.kl_scale = noise
+        set_kl_weight(model, loss_fn)
 
     def on_epoch_end(self, model: Any, epoch: int, *, epochs: int | None = None) -> dict[str, Any]:
         """Prune ``model`` after training epoch ``epoch`` (1-based) if it is a pruning epoch.
@@ -246,6 +243,21 @@ def noise_kl_weight(model: PrunableNet) -> float | None:
     modules = model.noise_layers() or model.stochastic_modules()
     weights = {float(m.kl_scale) for m in modules.values()}
     return weights.pop() if len(weights) == 1 else None
+
+
+def set_kl_weight(model: PrunableNet, loss_fn: Any, kl_scale: float | str | None = None) -> float | None:
+    """Set the KL weight of ``model``'s stochastic modules to ``kl_scale``
+    (:meth:`~pyro_prune.models.base.PrunableNet.set_kl_scale`; ``None``: keep the weights they
+    have) and copy the weight of the structures' noise into ``loss_fn.kl_scale``, the loss's
+    record of it (:class:`~pyro_prune.inference.loop.ElboLoss`; ``loss_fn`` may be ``None``).
+
+    Returns the noise's weight (:func:`noise_kl_weight` when ``kl_scale`` is ``None``; the
+    record is left alone when that is ``None``).
+    """
+    weight = noise_kl_weight(model) if kl_scale is None else model.set_kl_scale(kl_scale)
+    if loss_fn is not None and weight is not None:
+        loss_fn.kl_scale = weight
+    return weight
 
 
 def _removal_masks(model: PrunableNet, order: Sequence[tuple[str, int]], k: int) -> dict[str, torch.Tensor]:
