@@ -8,7 +8,7 @@ renders the sections of every page and replaces the text between the page's
 ``<!-- results:begin -->`` and ``<!-- results:end -->`` markers; the prose above the markers
 is written by hand and quotes the tables (a page that does not exist yet is created).
 
-    python benchmarks/make_tables.py           # rewrite the generated part of every page
+    python benchmarks/make_tables.py           # rewrite the pages whose generated part changed
     python benchmarks/make_tables.py --check   # exit 1 if a page is out of date
 
 Figures are written by the benchmarks beside their JSON; a section links them as
@@ -1142,21 +1142,6 @@ def updated_defaults_page(text: str) -> str:
     return _splice(text, defaults_tables(), "docs/defaults.md", DEFAULTS_BEGIN, DEFAULTS_END)
 
 
-def sync_defaults_page(check: bool) -> bool:
-    """Rewrite (or with ``check``, compare) ``docs/defaults.md``; True when it is up to date."""
-    if not DEFAULTS_PAGE.exists():
-        return True
-    text = DEFAULTS_PAGE.read_text()
-    new = updated_defaults_page(text)
-    if check:
-        if new != text:
-            print(f"{DEFAULTS_PAGE.name} tables are out of date: run python benchmarks/make_tables.py")
-        return new == text
-    DEFAULTS_PAGE.write_text(new)
-    print(f"updated {DEFAULTS_PAGE.name}")
-    return True
-
-
 # ------------------------------------------------------------------------------ docs/defaults.md: capacity
 CAPACITY_BEGIN, CAPACITY_END = "<!-- capacity:begin -->", "<!-- capacity:end -->"
 
@@ -1231,41 +1216,53 @@ def _fmt_signed(v: float | None) -> str:
     return "-" if v is None else f"{v:+.2f}"
 
 
-def sync_capacity_block(check: bool) -> bool:
-    """Rewrite (or with ``check``, compare) the capacity block of ``docs/defaults.md``."""
-    if not DEFAULTS_PAGE.exists() or CAPACITY_BEGIN not in DEFAULTS_PAGE.read_text():
-        return True
-    text = DEFAULTS_PAGE.read_text()
-    new = _splice(text, capacity_tables(), "docs/defaults.md", CAPACITY_BEGIN, CAPACITY_END)
-    if check:
-        if new != text:
-            print(f"{DEFAULTS_PAGE.name} capacity table is out of date: run python benchmarks/make_tables.py")
-        return new == text
-    DEFAULTS_PAGE.write_text(new)
+def updated_capacity_block(text: str) -> str:
+    """``docs/defaults.md`` with its capacity block replaced (unchanged without the block)."""
+    if CAPACITY_BEGIN not in text:
+        return text
+    return _splice(text, capacity_tables(), "docs/defaults.md", CAPACITY_BEGIN, CAPACITY_END)
+
+
+def sync_file(path: Path, new: str, *, check: bool) -> bool:
+    """Whether ``path`` is missing or differs from ``new``; unless ``check``, ``new`` is then
+    written there (atomically: a reader sees the old page or the new one). A page whose text
+    is unchanged is never written."""
+    if path.exists() and path.read_text() == new:
+        return False
+    if not check:
+        from pyro_prune._io import atomic_write_text
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, new)
     return True
+
+
+def generated_pages() -> dict[Path, str]:
+    """Every page this script writes -> its text with the generated parts rendered anew."""
+    out: dict[Path, str] = {}
+    if DEFAULTS_PAGE.exists():
+        out[DEFAULTS_PAGE] = updated_capacity_block(updated_defaults_page(DEFAULTS_PAGE.read_text()))
+    for page in pages():
+        path = DOCS / page
+        out[path] = updated_page(path.read_text() if path.exists() else _new_page(page), page)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if a page is out of date")
     args = parser.parse_args(argv)
-    defaults_ok = sync_defaults_page(args.check)
-    stale = [] if sync_capacity_block(args.check) and defaults_ok else ["defaults.md"]
-    for page in pages():
-        path = DOCS / page
-        text = path.read_text() if path.exists() else _new_page(page)
-        new = updated_page(text, page)
-        if path.exists() and new == text:
-            continue
-        stale.append(page)
-        if not args.check:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(new)
-            print(f"updated docs/{page}")
-    if args.check and stale:
-        print(f"result pages out of date ({', '.join('docs/' + p for p in stale)}): "
-              "run python benchmarks/make_tables.py")
+    changed, current = [], []
+    for path, new in generated_pages().items():
+        name = f"docs/{path.relative_to(DOCS).as_posix()}" if path.is_relative_to(DOCS) else str(path)
+        (changed if sync_file(path, new, check=args.check) else current).append(name)
+    if args.check and changed:
+        print(f"result pages out of date ({', '.join(changed)}): run python benchmarks/make_tables.py")
         return 1
+    for name in changed:
+        print(f"updated {name}")
+    if current:
+        print(f"already up to date: {', '.join(current)}")
     return 0
 
 
