@@ -45,8 +45,7 @@ from pyro_prune.models.noise import (
 )
 
 __all__ = ["IGNORE_INDEX", "IgnoringCategorical", "KLScale", "Likelihood", "PrunableNet",
-           "categorical_nll", "check_kl_scale", "check_prunable", "correct_and_counted",
-           "correct_per_example"]
+           "categorical_nll", "check_kl_scale", "check_prunable", "correct_and_counted"]
 
 #: the label a token is ignored by (padding, prompt): ``torch.nn.functional.cross_entropy``'s
 IGNORE_INDEX = -100
@@ -418,15 +417,6 @@ def correct_and_counted(logits: Tensor, y: Tensor, ignore_index: int = IGNORE_IN
     if y.dim() > 1:
         return right.reshape(y.shape[0], -1).sum(-1), counted.reshape(y.shape[0], -1).sum(-1).to(torch.float64)
     return right, counted.to(torch.float64)
-
-
-def correct_per_example(logits: Tensor, y: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """The fraction of an example's labels that the logits' ``argmax`` gets right, ``[N]``
-    floats: 0 or 1 for class labels ``[N]``, the share of its counted tokens for token labels
-    ``[N, T, ...]`` (0 for an example whose every token is ignored; an accuracy over tokens
-    is :func:`correct_and_counted`'s)."""
-    right, counted = correct_and_counted(logits, y, ignore_index)
-    return right / counted.clamp_min(1.0)
 
 
 def check_kl_scale(kl_scale: float | KLScale | str, name: str = "kl_scale") -> float | str:
