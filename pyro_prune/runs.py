@@ -522,10 +522,22 @@ def _run_fit_locked(cfg: RunConfig, out: Path, data: FitData, *,
     say(f"fit {cfg.model} on {cfg.data} with {cfg.method} ({epochs} + "
         f"{cfg.finetune_epochs if schedule else 0} epochs) -> {out}")
     from pyro_prune.inference.fit import DivergenceWarning
+    from pyro_prune.inference.schedules import PruningStepsWarning
+
+    caught: list[warnings.WarningMessage] = []
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        if issubclass(category, PruningStepsWarning):  # one line, at once: before training
+            say(f"warning: {message}; on the command line: --epochs, --batch-size, --noise-lr")
+        else:
+            caught.append(warnings.WarningMessage(message, category, filename, lineno, file, line))
 
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings():
             warnings.simplefilter("always", DivergenceWarning)
+            warnings.simplefilter("always", PruningStepsWarning)
+            warnings.showwarning = show
             result = fit(model, train, epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, val=val,
                          schedule=schedule, seed=cfg.seed, checkpoint_dir=out, progress=progress,
                          kl_scale=parse_kl_scale(cfg.kl_scale), noise_lr=cfg.noise_lr,

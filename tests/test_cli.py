@@ -213,9 +213,18 @@ def test_export(fitted, fmt, tmp_path) -> None:
         onnx.checker.check_model(onnx.load(str(out)))
 
 
-def test_lenet_with_bmrs_end_to_end(tmp_path) -> None:
+def test_lenet_with_bmrs_end_to_end(tmp_path, capsys) -> None:
     out = tmp_path / "lenet"
     assert cli.main(["fit", "--model", "lenet5", "--method", "bmrs_n", *TINY, "--out", str(out)]) == 0
+    # 2 epochs of 18 steps are too few to prune: one plain line says so before training
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    warned = [i for i, line in enumerate(lines) if "optimizer steps up to its last pruning epoch" in line]
+    assert len(warned) == 1 and "Traceback" not in err and "PruningStepsWarning" not in err
+    line = lines[warned[0]]
+    assert line.startswith("warning: this pruning run takes 36 optimizer steps ")
+    assert line.endswith("; on the command line: --epochs, --batch-size, --noise-lr")
+    assert lines[warned[0] - 1].startswith("fit lenet5 on digits with bmrs_n")  # before training
     idata = pa.load(out / run_folder.IDATA_FILE)
     assert idata.posterior["conv2_theta"].dims == ("chain", "draw", "conv2_channel")
     metrics = json.loads((out / run_folder.METRICS_FILE).read_text())
