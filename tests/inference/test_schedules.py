@@ -155,6 +155,27 @@ def test_kl_warmup_raises_the_weight_geometrically_from_the_elbos_to_the_trainin
     assert "kl_warmup_epochs=3" in result.config["schedule"]
 
 
+@pytest.mark.filterwarnings("ignore::pyro_prune.inference.schedules.PruningStepsWarning")  # 3 steps
+def test_kl_warmup_on_a_hugging_face_network_follows_the_geometric_schedule() -> None:
+    """A network the package did not write (GPT-2 from a tiny config, random weights):
+    ContinuousPruning(kl_warmup_epochs=2) with the defaults otherwise (kl_scale "auto",
+    10 fine-tuning epochs at the ELBO's weight) warms the noise's weight up as on the MLP."""
+    import foreign_networks as foreign
+    from torch.utils.data import TensorDataset
+
+    from pyro_prune.models import bayesianize
+
+    torch.manual_seed(0)
+    ids = foreign.token_ids(204)
+    model = bayesianize(foreign.hf_gpt2(), example_input=ids[:2])
+    train = TensorDataset(ids, torch.arange(204) % foreign.CLASSES)
+    result = fit(model, train, epochs=3, schedule=ContinuousPruning(kl_warmup_epochs=2), progress=False)
+    k = len(train) / model.num_structures()  # "auto" = "paper": num_data / num_structures
+    assert result.config["kl_scale"] == pytest.approx(k) and k == pytest.approx(3.0)  # 204 / 68
+    assert _kl_history(result) == pytest.approx([1.0, k ** 0.5, k] + [1.0] * 10)
+    assert [r["phase"] for r in result.history] == ["prune"] * 3 + ["finetune"] * 10
+
+
 def test_kl_warmup_warms_every_stochastic_module_to_its_own_training_weight() -> None:
     """Gaussian weights keep the ELBO's weight 1 under "auto"; the noise is warmed up to its own."""
     train = load_dataset("digits", "train")
