@@ -126,6 +126,9 @@ class ContinuousPruning(Schedule):
     :func:`pruning_steps_needed` (267 at the defaults: from ``log sigma = -5`` to
     ``log(20)`` at ``noise_lr = 0.03``), :meth:`on_fit_start` warns
     (:class:`PruningStepsWarning`) with the steps it takes, those needed and what to change.
+    Not with a KL warm-up: while the weight grows from epoch to epoch, so do the gradients,
+    and Adam's step then exceeds its learning rate (measured: 0.034 to 0.038 of log sigma per
+    step at ``noise_lr`` 0.03; an MLP 100-100 on the digits removed 60 units in 230 steps).
     """
 
     def __init__(self, criterion: str = "bmrs", every: int = 1, finetune_epochs: int = 10,
@@ -176,6 +179,8 @@ class ContinuousPruning(Schedule):
         noise_posterior = {"loc", "scale"} <= set(self.criterion.input_names)
         if not (self.criterion.threshold_free and noise_posterior) or getattr(ctx, "guide", None) != model.guide:
             return  # a thresholded criterion or another guide's posterior: other distances
+        if self.warmup_epochs(epochs):
+            return  # a weight growing from epoch to epoch lets Adam step further than noise_lr
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
             return  # rank 0 says it
         examples = dataset_length(ctx.train)

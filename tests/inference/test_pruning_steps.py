@@ -82,6 +82,14 @@ def test_the_boundary_is_steps_times_noise_lr_against_the_distance() -> None:
     assert len(_start(ContinuousPruning(), model, train, epochs=4, batch_size=16, noise_lr=None)) == 1
 
 
+def test_a_kl_warmup_is_not_warned_about() -> None:
+    """A weight growing from epoch to epoch makes Adam step further than noise_lr: no bound."""
+    train = TensorDataset(torch.randn(64, 64), torch.arange(64) % 10)
+    model = MLP(64, [16], 10)
+    assert len(_start(ContinuousPruning(), model, train, epochs=3, batch_size=64)) == 1
+    assert _start(ContinuousPruning(kl_warmup_epochs=2), model, train, epochs=3, batch_size=64) == []
+
+
 def test_a_thresholded_criterion_is_not_warned_about() -> None:
     """SNR < 1 removes at sigma ~0.8, long before the posterior is as wide as its prior."""
     train = TensorDataset(torch.randn(64, 64), torch.arange(64) % 10)

@@ -155,7 +155,6 @@ def test_kl_warmup_raises_the_weight_geometrically_from_the_elbos_to_the_trainin
     assert "kl_warmup_epochs=3" in result.config["schedule"]
 
 
-@pytest.mark.filterwarnings("ignore::pyro_prune.inference.schedules.PruningStepsWarning")  # 3 steps
 def test_kl_warmup_on_a_hugging_face_network_follows_the_geometric_schedule() -> None:
     """A network the package did not write (GPT-2 from a tiny config, random weights):
     ContinuousPruning(kl_warmup_epochs=2) with the defaults otherwise (kl_scale "auto",
