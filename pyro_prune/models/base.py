@@ -135,6 +135,11 @@ class PrunableNet(PyroModule):
     ) -> None:
         super().__init__()
         self.likelihood = parse_enum(Likelihood, likelihood, "likelihood")
+        if isinstance(net, PyroModule):
+            # A user's PyroModule that already ran on its own (a shape search, a trace, its
+            # training) marks its context used, and Pyro refuses such a module as a submodule;
+            # from here on it runs as part of this model, under this model's context.
+            net._pyro_context.used = False
         self.net = net
         self.num_data = num_data
         if self.likelihood is Likelihood.GAUSSIAN:

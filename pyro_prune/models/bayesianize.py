@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+from pyro.nn import PyroModule
 from torch import Tensor, nn
 
 from pyro_prune.models.base import Likelihood, PrunableNet
@@ -233,8 +234,9 @@ def bayesianize(
 
     Raises:
         TypeError: ``module`` is not an ``nn.Module``, ``noise_on`` names an unregistered type,
-            or a keyword is neither an argument nor a noise option (the message names the
-            closest one).
+            a keyword is neither an argument nor a noise option (the message names the
+            closest one), or a submodule samples its parameters from Pyro priors
+            (``PyroSample``).
         ValueError: the network cannot be traced (the message names the failing op), a
             Bayesian layer does not compute what the layer it replaced did (names it), or no
             layer is left to gate.
@@ -250,6 +252,15 @@ def bayesianize(
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     check_noise_options(gate, noise_kwargs, own=list(inspect.signature(bayesianize).parameters))
+    sampled = [path or type(module).__name__ for path, m in module.named_modules()
+               if isinstance(m, PyroModule) and m._pyro_samples]
+    if sampled:
+        raise TypeError(
+            f"{sampled[:3]} sample parameters from Pyro priors of their own (PyroSample), which "
+            "the pruning model would redraw from the prior at every step; bayesianize puts the "
+            "priors on a network itself: pass it without PyroSample (nn.Linear, or "
+            "PyroModule[nn.Linear] without priors) and weights='gaussian', prior_scale=s for a "
+            "N(0, s^2) prior on every weight")
     for sub in module.modules():
         layer_slicer(sub)  # registers the layers of other libraries it knows (GPT-2's Conv1D)
     known = tuple(registered_layers())
