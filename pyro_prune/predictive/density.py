@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 
 from pyro_prune._deprecation import renamed_keywords
 from pyro_prune._enums import Engine
-from pyro_prune.models.base import Likelihood, PrunableNet, check_prunable
+from pyro_prune.models.base import Likelihood, PrunableNet, check_prunable, correct_and_counted
 from pyro_prune.predictive.draws import Mask, Output, predictive_run
 
 __all__ = ["LpdComparison", "compare_lpd", "evaluate_predictive", "log_predictive_density"]
@@ -67,8 +67,7 @@ def evaluate_predictive(
         log_p = torch.log_softmax(out, -1).logsumexp(0) - log_s  # [N, C] or [N, T, C]
         if y.dim() > 1:  # token labels: per-token accuracy, the nll of an example's tokens
             lpd = _log_lik_draws(model, out, y).logsumexp(0) - log_s
-            counted = y != model.ignore_index  # ignored tokens count in neither
-            right = (log_p.argmax(-1) == y) & counted
+            right, counted = correct_and_counted(log_p, y, model.ignore_index)  # ignored: in neither
             return {"accuracy": float(right.sum() / counted.sum().clamp_min(1)),
                     "nll": float(-lpd.mean())}
         return {"accuracy": float((log_p.argmax(-1) == y).double().mean()),
