@@ -42,7 +42,9 @@ class ElboLoss:
         model: the :class:`~pyro_prune.models.base.PrunableNet` to train.
         num_data: size of the whole training set (in a data-parallel run: of all ranks
             together, not of one rank's shard).
-        kl_scale: weight of the KL term.
+        kl_scale: weight of the KL term: ``"auto"`` (the default, as in ``fit``: the paper's
+            weight for the structures' noise, the ELBO's for Gaussian weights), ``"elbo"``,
+            ``"paper"`` or a number (a tempered posterior, see docs/defaults.md).
         per_example: draw the noise once per example (the default of ``fit``) or once per
             step for the whole batch.
         guide: a custom Pyro guide (e.g. an autoguide): the loss is then Pyro's
@@ -54,7 +56,7 @@ class ElboLoss:
     flips ``kept`` masks).
     """
 
-    def __init__(self, model: PrunableNet, *, num_data: int, kl_scale: float | KLScale | str = KLScale.ELBO,
+    def __init__(self, model: PrunableNet, *, num_data: int, kl_scale: float | KLScale | str = KLScale.AUTO,
                  per_example: bool = True, guide: Callable | None = None, use_pyro: bool = False) -> None:
         if not isinstance(model, PrunableNet):
             raise TypeError(f"model must be a PrunableNet, got {type(model).__name__}")

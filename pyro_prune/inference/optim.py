@@ -58,12 +58,13 @@ def _adam(groups: list[dict[str, Any]], **options: Any) -> torch.optim.Adam:
         return torch.optim.Adam(groups, foreach=True, **options)
 
 
-def make_optimizer(model: PrunableNet, *, lr: float = 1e-3, noise_lr: float | None = None,
+def make_optimizer(model: PrunableNet, *, lr: float = 1e-3, noise_lr: float | None = DEFAULT_NOISE_LR,
                    weight_decay: float = 0.0, guide: Callable | None = None) -> torch.optim.Adam:
     """The Adam optimizer :func:`~pyro_prune.inference.fit` trains with (for a training loop
-    of your own).
+    of your own), with ``fit``'s defaults: the noise posteriors at ``noise_lr``
+    (``DEFAULT_NOISE_LR``), everything else at ``lr``.
 
-    One parameter group at ``lr``, or two when the noise posteriors get ``noise_lr``; the
+    One parameter group at ``lr`` (``noise_lr=None``), or two when the noise posteriors get ``noise_lr``; the
     parameters of a custom ``guide`` module are included; the fused kernel where the device
     has one (:func:`_adam`).
     """
