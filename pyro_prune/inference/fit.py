@@ -46,7 +46,13 @@ from pyro_prune.inference.distributed import (
 )
 from pyro_prune.inference.divergence import DivergenceWarning, chance_level, warn_if_diverging
 from pyro_prune.inference.epoch import EpochTrainer, FitContext
-from pyro_prune.inference.guides import attached_guide, copy_weight_posterior
+from pyro_prune.inference.guides import (
+    attached_guide,
+    check_guide_start,
+    check_point_guide_criterion,
+    check_readable_guide,
+    copy_weight_posterior,
+)
 from pyro_prune.inference.loop import ElboLoss, pruning_summary
 from pyro_prune.inference.metrics import evaluate, model_device
 from pyro_prune.inference.optim import (
@@ -163,7 +169,7 @@ def fit(
     AutoMultivariateNormal, AutoLowRankMultivariateNormal, AutoDelta), and its own
     parameters train at ``noise_lr``.
     """
-    # an autoguide not run yet starts where its init_loc_fn puts it (checked once attached)
+    # an autoguide not run yet starts where its init_loc_fn puts it (checked before training)
     fresh_guide = guide is not None and getattr(guide, "prototype_trace", False) is None
     args = resolve_fit_arguments(model, train, epochs=epochs, batch_size=batch_size, lr=lr, val=val,
                                  seed=seed, engine=engine, kl_scale=kl_scale, guide=guide,
@@ -182,7 +188,7 @@ def fit(
     if custom_guide:  # autoguides create their parameters on the first call
         with torch.no_grad():
             pyro.poutine.trace(guide).get_trace(*(t.to(device) for t in args.sample))
-    if custom_guide:  # before it is attached: a refused guide leaves the model as it was
+        # before it is attached: a refused guide leaves the model as it was
         _check_fitted_guide(model, guide, schedule, fresh=fresh_guide)
     # the criteria, the posterior mean and the predictive read the guide that is fitted here
     _attach_fitted_guide(model, guide if custom_guide else None)
@@ -310,11 +316,6 @@ def _check_fitted_guide(model: PrunableNet, guide: Any, schedule: Any, *, fresh:
     network where it cannot train (checked when ``fresh``, run for the first time here) and a
     point posterior under a schedule pruning by BMR. A guide the criteria cannot read at all
     is left to :func:`_attach_fitted_guide`, which warns."""
-    from pyro_prune.inference.guides import (
-        check_guide_start,
-        check_point_guide_criterion,
-        check_readable_guide,
-    )
     from pyro_prune.reduction import Criterion
 
     try:

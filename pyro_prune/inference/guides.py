@@ -465,7 +465,9 @@ def attach_guide(model: PrunableNet, guide: Any) -> None:
     After it, every criterion (:func:`~pyro_prune.reduction.scoring.structure_removals` and
     friends), :class:`~pyro_prune.inference.schedules.ContinuousPruning`, the posterior mean
     the network predicts with (``model.predict``), the fast predictive draws and the ArviZ
-    export read the guide's posterior. ``guide=model.guide`` (or ``None``) detaches.
+    export read the guide's posterior. ``guide=model.guide`` (or ``None``) detaches. A guide
+    holding the posterior of Gaussian weights has its marginals copied into the layers'
+    own weight parameters (:func:`copy_weight_posterior`).
 
     Raises:
         TypeError: a guide the reduction cannot read (the message names the supported ones).
