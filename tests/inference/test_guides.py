@@ -356,3 +356,59 @@ def test_arviz_export_reads_the_fitted_guide(digits) -> None:
     var = next(n for n in names if n.endswith("_dF"))
     df = guide_delta_f(guide_noise_posterior(guide, layer), get_criterion("bmrs_u8")).numpy()
     np.testing.assert_allclose(np.asarray(red[var].values)[0], df, rtol=1e-6)
+
+
+# ------------------------------------------------------- networks the project did not write
+def test_a_plain_torch_network_with_gaussian_weights_under_an_autoguide(digits) -> None:
+    from torch import nn
+
+    from pyro_prune.convert import to_deterministic
+    from pyro_prune.models import bayesianize
+
+    train, test = digits
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    mine = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    model = bayesianize(mine, weights="gaussian")
+    with pytest.raises(ValueError, match="starts every weight of '1' at 0"):
+        fit(model, train, epochs=1, guide=AutoNormal(model), progress=False)
+    pyro.clear_param_store()
+    guide = AutoNormal(model, init_loc_fn=init_to_model(model))
+    fit(model, train, epochs=5, lr=1e-2, guide=guide, progress=False, seed=0)
+    assert evaluate(model, test)["accuracy"] > 0.9
+    x, _ = test.tensors
+    with torch.no_grad():
+        assert torch.equal(to_deterministic(model)(x).argmax(-1), model.predict(x).argmax(-1))
+
+
+def test_a_tiny_transformer_under_autoguides() -> None:
+    from torch import nn
+    from torch.utils.data import TensorDataset
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from pyro_prune.models import bayesianize
+
+    class Logits(nn.Module):
+        def __init__(self, hf: nn.Module) -> None:
+            super().__init__()
+            self.hf = hf
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.hf(input_ids=ids).logits
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=64, num_labels=2, max_position_embeddings=32)
+    ids = torch.randint(0, 50, (128, 12))
+    data = TensorDataset(ids, (ids[:, 0] < 25).long())
+    for make, starts in ((AutoDiagonalNormal, False), (AutoNormal, True)):
+        pyro.clear_param_store()
+        model = bayesianize(Logits(BertForSequenceClassification(config).eval()), example_input=ids[:2])
+        guide = make(model)
+        if not starts:  # init_to_median: every gate at e^-10
+            with pytest.raises(ValueError, match=r"starts the noise of 'gates\..*_gate' at E\[theta\]"):
+                fit(model, data, epochs=1, batch_size=32, guide=guide, progress=False)
+            continue
+        result = fit(model, data, epochs=2, batch_size=32, guide=guide, progress=False)
+        assert attached_guide(model) is guide
+        assert all(math.isfinite(row["loss"]) for row in result.history)
