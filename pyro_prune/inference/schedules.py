@@ -174,6 +174,7 @@ class ContinuousPruning(Schedule):
     def _warn_if_too_few_steps(self, ctx: Any) -> None:
         """Warn when the steps up to the last pruning epoch are fewer than needed."""
         from pyro_prune.inference.batches import dataset_length
+        from pyro_prune.inference.distributed import distributed_info
 
         model, epochs = ctx.model, ctx.epochs
         noise_posterior = {"loc", "scale"} <= set(self.criterion.input_names)
@@ -181,7 +182,7 @@ class ContinuousPruning(Schedule):
             return  # a thresholded criterion or another guide's posterior: other distances
         if self.warmup_epochs(epochs):
             return  # a weight growing from epoch to epoch lets Adam step further than noise_lr
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+        if not distributed_info(init=False).is_main:
             return  # rank 0 says it
         examples = dataset_length(ctx.train)
         noise_lr = _noise_lr(model, ctx.optimizer)
