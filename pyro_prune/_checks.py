@@ -184,10 +184,14 @@ def check_model_data(model: Any, x: Tensor, y: Tensor | None, arg: str) -> None:
         tokens = tuple(out.shape[1:-1])  # the token axes of a language model's logits
         if y.dtype != torch.int64 or tuple(y.shape[1:]) not in {(), tokens}:
             token_form = f" or token labels of shape [N, {', '.join(map(str, tokens))}]" if tokens else ""
+            hint = ""
+            if y.is_floating_point():
+                hint = ("; for regression targets build the model with likelihood=\"gaussian\" "
+                        "(e.g. MLP(..., likelihood=\"gaussian\"), bayesianize(net, likelihood=\"gaussian\"))")
             raise ValueError(
                 f"{arg}: a categorical model needs integer class labels of dtype torch.int64 and "
                 f"shape [N]{token_form}, found dtype={y.dtype} shape={tuple(y.shape)} (the "
-                f"model's outputs on two examples have shape {tuple(out.shape)})"
+                f"model's outputs on two examples have shape {tuple(out.shape)}){hint}"
             )
         if y.dim() == 1 and tokens:
             raise ValueError(
@@ -210,9 +214,14 @@ def check_model_data(model: Any, x: Tensor, y: Tensor | None, arg: str) -> None:
             )
     else:
         if not y.is_floating_point() or y.dim() != 2 or y.shape[1] != width:
+            hint = ""
+            if not y.is_floating_point():
+                hint = "; for class labels build the model with likelihood=\"categorical\" (the default)"
+            elif y.dim() == 1 and width == 1:
+                hint = "; give the targets as y[:, None]"
             raise ValueError(
                 f"{arg}: a gaussian model with {width} outputs needs float targets of shape "
-                f"[N, {width}], found dtype={y.dtype} shape={tuple(y.shape)}"
+                f"[N, {width}], found dtype={y.dtype} shape={tuple(y.shape)}{hint}"
             )
 
 

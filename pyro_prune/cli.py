@@ -204,8 +204,8 @@ def _add_fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kl-scale", default=d.kl_scale,
                    help="weight of the KL term, a temperature: 'elbo' (1), 'paper' (num_data / "
                         "num_structures, as in the BMRS authors' code, on the noise's KL; "
-                        "Gaussian weights keep 1), 'auto' ('paper' with noise gates, else "
-                        f"'elbo') or a number, for every KL term (default {d.kl_scale})")
+                        "Gaussian weights keep 1), 'auto' ('paper' for a classifier with noise "
+                        f"gates, else 'elbo') or a number, for every KL term (default {d.kl_scale})")
     p.add_argument("--finetune-kl-scale", default=d.finetune_kl_scale,
                    help="KL weight of the fine-tuning epochs, once the structures are chosen: "
                         "as --kl-scale, or 'train' to keep the training weight (default "

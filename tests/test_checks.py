@@ -145,8 +145,15 @@ def test_regression_targets_must_match_the_output() -> None:
     net = MLP(12, [6], 1, likelihood="gaussian")
     with pytest.raises(ValueError, match=r"\[N, 1\], found .*\(48, 3\)"):
         fit(net, TensorDataset(X, torch.randn(48, 3)), epochs=1, progress=False)
-    with pytest.raises(ValueError, match=r"found dtype=torch.float32 shape=\(48,\)"):
+    with pytest.raises(ValueError, match=r"found dtype=torch.float32 shape=\(48,\); give the targets as y\[:, None\]"):
         fit(net, TensorDataset(X, torch.randn(48)), epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"dtype=torch.int64 .*; for class labels build the model with likelihood=\"categorical\""):
+        fit(net, TensorDataset(X, Y[:, None]), epochs=1, progress=False)
+
+
+def test_float_targets_for_a_classifier_point_to_the_gaussian_likelihood() -> None:
+    with pytest.raises(ValueError, match=r"class labels .*float32 shape=\(48, 1\).*likelihood=\"gaussian\""):
+        fit(_mlp(), TensorDataset(X, torch.randn(48, 1)), epochs=1, progress=False)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [

@@ -131,8 +131,8 @@ def fit(
         engine: ``"auto"``, ``"fast"`` or ``"pyro"`` (see :class:`Engine`).
         kl_scale: weight of the KL term, a temperature of the posterior: a number,
             ``"elbo"`` (1), ``"paper"`` (``num_data / num_structures``) or ``"auto"`` (the
-            default: ``"paper"`` for a network with multiplicative noise, ``"elbo"``
-            otherwise). A name weights the structures' noise; Gaussian weights beside
+            default: ``"paper"`` for a classifier with multiplicative noise, ``"elbo"``
+            otherwise, regression included). A name weights the structures' noise; Gaussian weights beside
             noise keep the ELBO's weight. See :class:`~pyro_prune.models.base.KLScale` and
             ``docs/defaults.md``.
         guide: a custom Pyro guide (e.g. ``AutoDelta``); defaults to ``model.guide``.

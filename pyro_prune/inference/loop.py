@@ -42,8 +42,9 @@ class ElboLoss:
         model: the :class:`~pyro_prune.models.base.PrunableNet` to train.
         num_data: size of the whole training set (in a data-parallel run: of all ranks
             together, not of one rank's shard).
-        kl_scale: weight of the KL term: ``"auto"`` (the default, as in ``fit``: the paper's
-            weight for the structures' noise, the ELBO's for Gaussian weights), ``"elbo"``,
+        kl_scale: weight of the KL term: ``"auto"`` (the default, as in ``fit``: for a
+            classifier the paper's weight for the structures' noise and the ELBO's for
+            Gaussian weights; for a regression network the ELBO's), ``"elbo"``,
             ``"paper"`` or a number (a tempered posterior, see docs/defaults.md).
         per_example: draw the noise once per example (the default of ``fit``) or once per
             step for the whole batch.

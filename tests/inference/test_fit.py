@@ -128,7 +128,7 @@ def test_pyro_engine_trains_too(digits) -> None:
     assert train_val_split  # the helper is importable from data
 
 
-def test_kl_scale_auto_tempers_noise_networks_only(digits) -> None:
+def test_kl_scale_auto_tempers_noisy_classifiers_only(digits) -> None:
     train, _ = digits
     noisy = MLP(64, [16, 8], 10)
     assert fit(noisy, train, epochs=0, progress=False).config["kl_scale"] == pytest.approx(len(train) / 24)
@@ -136,6 +136,12 @@ def test_kl_scale_auto_tempers_noise_networks_only(digits) -> None:
     bayesian = MLP(64, [16], 10, weights="gaussian", gate="mask")  # no structure noise: the ELBO
     assert fit(bayesian, train, epochs=0, progress=False).config["kl_scale"] == 1.0
     assert fit(noisy, train, epochs=0, progress=False, kl_scale="elbo").config["kl_scale"] == 1.0
+    x = train.tensors[0]
+    targets = TensorDataset(x, x.flatten(1)[:, :2].clone())  # a regression with noise gates: the ELBO
+    regression = MLP(64, [16, 8], 2, likelihood="gaussian")
+    assert fit(regression, targets, epochs=0, progress=False).config["kl_scale"] == 1.0
+    assert all(g.kl_scale == 1.0 for g in regression.noise_layers().values())
+    assert regression.resolve_kl_scale("paper", num_data=240) == pytest.approx(10.0)  # named: as asked
 
 
 @pytest.mark.parametrize("kl_scale", ["auto", "paper", 3.0])
