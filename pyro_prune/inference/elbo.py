@@ -141,8 +141,20 @@ class NoisePlan:
         if self.rows is not None and self.layers:
             loc = self.layers[0]._parameters["loc"]
             assert loc is not None
-            for n in self.sizes:
-                torch.rand(self.rows[0], n, dtype=loc.dtype, device=loc.device)
+            self.global_uniforms(loc.dtype, loc.device)
+
+    def global_uniforms(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """The ``[global_batch, structures]`` uniforms of a data-parallel step (``rows``), drawn
+        as one process drawing the per-example noise of the whole global batch would draw them:
+        counter-based (:class:`~pyro_prune.models.noise_kernels_jit.CounterUniforms`, keyed by
+        one draw from torch's generator) where the compiled kernel would take that batch, else
+        layer by layer from torch's generator. A rank keeps the rows ``rank::world_size``."""
+        assert self.rows is not None
+        total, n = self.rows[0], sum(self.sizes)
+        if noise_kernels_jit.usable_counter(dtype, device, total * n):
+            drawn = noise_kernels_jit.CounterUniforms(noise_kernels_jit.draw_key(), total)
+            return noise_kernels_jit.counter_uniforms(drawn, n, dtype)
+        return torch.cat([torch.rand(total, k, dtype=dtype, device=device) for k in self.sizes], dim=-1)
 
     def params(self) -> tuple[list[Tensor], list[Tensor]]:
         """The tensors the noise node takes: their concatenation is every layer's ``loc``
@@ -239,10 +251,9 @@ def _fused_noise(plan: NoisePlan, batch: int | None) -> Tensor | None:
         for n in plan.sizes:
             u[:, start:start + n].uniform_()
             start += n
-    else:  # a rank's share of the draws of the global batch
-        total, rank, world = plan.rows
-        u = torch.cat([torch.rand(total, n, dtype=dtype, device=device) for n in plan.sizes],
-                      dim=-1)[rank::world]
+    else:  # a rank's share of the draws of the global batch: the uniforms one process would use
+        _, rank, world = plan.rows
+        u = plan.global_uniforms(dtype, device)[rank::world]
         if len(u) != batch:
             raise ValueError(f"plan.rows={plan.rows} gives {len(u)} rows for a batch of {batch}")
     drawn = network_theta_and_kl(locs, log_scales, *plan.bounds, u, kept, weight, sizes=plan.sizes)

@@ -164,3 +164,33 @@ def test_fused_noise_kernel_follows_the_signal_reference(torch_kernel: None) -> 
     net = _net(init_loc=-3.0)
     x, y = torch.randn(9, 6), torch.randint(0, 3, (9,))
     _assert_fused_equals_per_layer(net, x, y, seed=2, grad=lambda: net.net.fc1.weight.grad.clone())
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_ranks_share_of_a_global_batch_draws_what_one_process_draws(compiled: bool) -> None:
+    """Data-parallel rows (``plan.rows``): rank r's outputs are rows r::2 of one process's on
+    the global batch, with the compiled kernel's counter-based uniforms as with torch's; a rank
+    with an empty share (``advance``) leaves torch's generator where the others leave it."""
+    from pyro_prune.inference.elbo import NoisePlan
+
+    old = noise_kernels_jit.set_enabled(compiled)
+    try:
+        if compiled and not noise_kernels_jit.available():
+            pytest.skip("the compiled kernel needs Numba (the 'fast' extra)")
+        net = _net(init_loc=-1.0)
+        x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+        plan = NoisePlan(net)
+        torch.manual_seed(3)
+        _, whole = fast_elbo_loss(net, x, y, plan=plan)
+        after = torch.get_rng_state()
+        for rank in (0, 1):
+            plan.rows = (8, rank, 2)
+            torch.manual_seed(3)
+            _, share = fast_elbo_loss(net, x[rank::2], y[rank::2], plan=plan)
+            torch.testing.assert_close(share, whole[rank::2], rtol=1e-5, atol=1e-6)
+            assert torch.equal(torch.get_rng_state(), after)
+            torch.manual_seed(3)
+            plan.advance()
+            assert torch.equal(torch.get_rng_state(), after)
+    finally:
+        noise_kernels_jit.set_enabled(old)
