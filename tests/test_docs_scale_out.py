@@ -63,9 +63,21 @@ def test_augmented_dataset_trains() -> None:
     assert result.history[-1]["compression"] > 0.2  # the defaults prune in its 315 steps
 
 
+#: how far 2 processes may end from 1 (test accuracy, compression), the same random numbers
+#: but the gradient summed in another order. Measured on the script's recipe (8 + 1 epochs,
+#: batch 32, the defaults) over seeds 0-6: the MLP's epoch losses agree to about 1e-7
+#: (relative) to the end, and kept structures and accuracy were equal in all 7; LeNet-5's
+#: agree as closely for 4 epochs (at most 6e-7), then the rounding grows once the noise
+#: widens (1e-2 to 6e-2 in the last epochs in 6 of 7): one structure more or fewer in 5 of 7
+#: (compression at most 0.005 apart) and the accuracy 0, 1, 3 or 7 of the 359 test examples
+#: apart (at most 0.0195; at seed 0, 0.0028). One process's spread over those seeds was 0.933 to 0.975 (MLP) and 0.964
+#: to 0.969 (LeNet-5) in accuracy, 0.63 to 0.81 in compression.
+ROUNDING = {"mlp": (1 / 359, 0.0), "lenet5": (0.025, 0.02)}
+
+
 @pytest.mark.slow
 def test_two_gloo_processes_reproduce_one(tmp_path, subprocess_env) -> None:
-    """2 processes with global batch 32 against 1 process: same kept structures, same accuracy."""
+    """2 processes with global batch 32 against 1 process: the same run up to rounding."""
     script = tmp_path / "train_ddp.py"
     script.write_text(block("train_ddp.py"))
     subprocess_env = {**subprocess_env, "OMP_NUM_THREADS": "1"}  # one thread in every process
@@ -73,12 +85,14 @@ def test_two_gloo_processes_reproduce_one(tmp_path, subprocess_env) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
     single = _single_process(script, tmp_path, subprocess_env)  # the same script, one process
-    for name in ("mlp", "lenet5"):
-        assert ranks[0][name]["kept"] == ranks[1][name]["kept"]
-        assert ranks[0][name]["world_size"] == 2 and ranks[0][name]["backend"] == "gloo"
-        assert abs(ranks[0][name]["accuracy"] - single[name]["accuracy"]) <= 0.01
-        assert abs(ranks[0][name]["compression"] - single[name]["compression"]) <= 0.05
-        assert ranks[0][name]["compression"] > 0.2
+    for name, (accuracy, compression) in ROUNDING.items():
+        two, one = ranks[0][name], single[name]
+        assert two["kept"] == ranks[1][name]["kept"]
+        assert two["world_size"] == 2 and two["backend"] == "gloo"
+        assert abs(two["accuracy"] - one["accuracy"]) <= accuracy + 1e-9, (name, two, one)
+        assert abs(two["compression"] - one["compression"]) <= compression + 1e-9, (name, two, one)
+        assert two["compression"] > 0.5 and one["compression"] > 0.5  # the defaults prune in 360 steps
+    assert ranks[0]["mlp"]["kept"] == single["mlp"]["kept"]
 
 
 def _single_process(script: Path, tmp_path: Path, env: dict[str, str]) -> dict:
