@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 __all__ = [
     "SEED_MAX",
+    "as_dataset",
     "check_bool",
     "check_count",
     "check_counts",
@@ -81,11 +82,15 @@ def check_counts(**values: object) -> None:
 
 
 def check_inputs(data: Any, arg: str = "data") -> Tensor:
-    """The input tensor of ``data`` (a Tensor, or the first tensor of a ``TensorDataset``)."""
+    """The input tensor of ``data``: a Tensor, or the inputs of a ``TensorDataset`` or of an
+    ``(inputs, targets)`` pair (:func:`as_dataset`)."""
+    if isinstance(data, (tuple, list)):
+        data = as_dataset(data, arg, tensors_only=True)
     if isinstance(data, TensorDataset):
         data = data.tensors[0]
     if not isinstance(data, Tensor):
-        raise TypeError(f"{arg} must be a Tensor of inputs or a TensorDataset, got {type(data).__name__}")
+        raise TypeError(f"{arg} must be a Tensor of inputs, a TensorDataset or an (inputs, targets) "
+                        f"pair of tensors, got {type(data).__name__}")
     if data.dim() < 1 or data.shape[0] == 0:
         raise ValueError(f"{arg} is empty")
     return data
@@ -114,13 +119,70 @@ def check_number(value: object, arg: str, *, minimum: float | None = None,
 
 
 # ============================================================================ data
+#: how the package names the forms a data set may take (the messages of :func:`as_dataset`)
+DATA_FORMS = "a torch Dataset, IterableDataset or DataLoader, or an (inputs, targets) pair of tensors"
+TENSOR_FORMS = "a TensorDataset(inputs, targets) or an (inputs, targets) pair of tensors"
+
+
+def _pair_dataset(pair: tuple[Any, ...] | list[Any], arg: str) -> TensorDataset:
+    """``TensorDataset(inputs, targets)`` of a tuple or list of two tensors, or the error
+    naming what is wrong with it."""
+    kind = type(pair).__name__
+    if len(pair) != 2:
+        if len(pair) == 1 and isinstance(pair[0], Tensor):
+            raise ValueError(f"{arg} is a {kind} of one tensor, inputs without targets: give "
+                             f"(inputs, targets)")
+        if len(pair) == 1 and isinstance(pair[0], (tuple, list)):
+            raise ValueError(f"{arg} is a {kind} holding one {type(pair[0]).__name__}: give the pair "
+                             f"(inputs, targets) itself")
+        items = "one item" if len(pair) == 1 else f"{len(pair)} items"
+        raise ValueError(f"{arg} is a {kind} of {items}: give two tensors, (inputs, targets)")
+    for i, part in enumerate(pair):
+        if isinstance(part, (tuple, list)):
+            raise TypeError(f"{arg}[{i}] is a {type(part).__name__}, not a tensor: a {kind} of examples "
+                            f"is not read; stack them into two tensors, (inputs, targets)")
+        if not isinstance(part, Tensor):
+            raise TypeError(f"{arg}[{i}] is a {type(part).__name__}, not a torch Tensor: give "
+                            f"(inputs, targets) as tensors (torch.as_tensor converts an array)")
+        if part.dim() == 0:
+            raise ValueError(f"{arg}[{i}] is a 0-dimensional tensor: the first dimension of inputs "
+                             f"and targets counts the examples")
+    x, y = pair
+    if len(x) != len(y):
+        raise ValueError(f"{arg}: {len(x)} inputs but {len(y)} targets (the first dimension of "
+                         f"both tensors counts the examples)")
+    return TensorDataset(x, y)
+
+
+def as_dataset(data: Any, arg: str, *, tensors_only: bool = False) -> Any:
+    """``data`` in a form the package reads, for every public function that takes data.
+
+    A tuple or list of two tensors ``(inputs, targets)`` with the same first dimension becomes
+    ``TensorDataset(inputs, targets)`` (the same tensors, not copied); a torch ``Dataset``,
+    ``IterableDataset`` or ``DataLoader`` is returned as it is. Anything else is an error
+    naming ``arg`` and what is wrong: a lone tensor (inputs without targets), a pair of
+    unequal lengths, of something other than tensors, of more or fewer than two items. With
+    ``tensors_only`` (functions that read all the data at once) only a ``TensorDataset`` or
+    a pair is accepted.
+    """
+    if isinstance(data, (tuple, list)):
+        return _pair_dataset(data, arg)
+    if isinstance(data, Tensor):
+        raise TypeError(f"{arg} is a single tensor, inputs without targets: give (inputs, targets), "
+                        f"a pair of tensors with the same first dimension")
+    if isinstance(data, TensorDataset) or (not tensors_only and isinstance(data, (Dataset, DataLoader))):
+        return data
+    forms = TENSOR_FORMS if tensors_only else DATA_FORMS
+    raise TypeError(f"{arg} must be {forms}, got {type(data).__name__}")
+
+
 def check_dataset(dataset: Any, arg: str) -> tuple[Tensor, Tensor]:
-    """``(inputs, targets)`` of a non-empty ``TensorDataset`` with finite real inputs
-    (or integer token ids)."""
-    if not isinstance(dataset, TensorDataset) or len(dataset.tensors) != 2:
-        raise TypeError(
-            f"{arg} must be a TensorDataset of (inputs, targets), got {type(dataset).__name__}"
-        )
+    """``(inputs, targets)`` of a non-empty ``TensorDataset`` (or ``(inputs, targets)`` pair,
+    :func:`as_dataset`) with finite real inputs (or integer token ids)."""
+    dataset = as_dataset(dataset, arg, tensors_only=True)
+    if len(dataset.tensors) != 2:
+        raise TypeError(f"{arg} must be a TensorDataset of (inputs, targets), got one of "
+                        f"{len(dataset.tensors)} tensors")
     x, y = dataset.tensors
     if len(x) == 0:
         raise ValueError(f"{arg} is empty")

@@ -10,7 +10,8 @@ the user's data, in one of two forms:
     ``"regression"``), ``"num_data"`` (the training examples, for a stream without
     ``len()``) and ``"name"``. ``train``, ``test`` and ``val`` are each a
     ``torch.utils.data.Dataset``, an ``IterableDataset`` or a ``DataLoader`` of
-    ``(input, target)`` pairs. The module is imported from ``PYTHONPATH`` or the current
+    ``(input, target)`` pairs, or an ``(inputs, targets)`` pair of tensors (read as a
+    ``TensorDataset``, as :func:`~pyro_prune.inference.fit` reads one). The module is imported from ``PYTHONPATH`` or the current
     folder.
 ``path/to/file.pt``
     A file written by ``torch.save`` holding the same mapping with ``(inputs, targets)``
@@ -38,6 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
+
+from pyro_prune._checks import as_dataset
 
 __all__ = ["UserData", "UserDataError", "is_user_data", "load_user_data", "random_split_of",
            "to_tensors"]
@@ -118,19 +121,7 @@ def _read_file(spec: str) -> dict[str, Any]:
     if not isinstance(raw, Mapping) or not {"train", "test"} <= set(raw):
         raise UserDataError(f"data file {spec!r} must hold a dict with 'train' and 'test' "
                             f"(inputs, targets) pairs")
-    out = dict(raw)
-    for key in ("train", "test", "val"):
-        if key not in out:
-            continue
-        part = out[key]
-        if not (isinstance(part, (tuple, list)) and len(part) == 2
-                and all(isinstance(t, Tensor) for t in part)):
-            raise UserDataError(f"data file {spec!r}: {key!r} must be an (inputs, targets) pair of tensors")
-        if len(part[0]) != len(part[1]):
-            raise UserDataError(f"data file {spec!r}: {key!r} has {len(part[0])} inputs but "
-                                f"{len(part[1])} targets")
-        out[key] = TensorDataset(part[0], part[1])
-    return out
+    return dict(raw)
 
 
 def _describe(spec: str, raw: Any) -> UserData:
@@ -146,10 +137,12 @@ def _describe(spec: str, raw: Any) -> UserData:
     else:
         raise UserDataError(f"data {spec!r} must give (train, test) or a dict with 'train' and "
                             f"'test', got {type(raw).__name__}")
-    for key in ("train", "test", "val"):
-        if key in parts and not isinstance(parts[key], (Dataset, DataLoader)):
-            raise UserDataError(f"data {spec!r}: {key} must be a torch Dataset, IterableDataset or "
-                                f"DataLoader, got {type(parts[key]).__name__}")
+    for key in ("train", "test", "val"):  # an (inputs, targets) pair becomes a TensorDataset
+        if key in parts:
+            try:
+                parts[key] = as_dataset(parts[key], key)
+            except (TypeError, ValueError) as err:
+                raise UserDataError(f"data {spec!r}: {err}") from None
     x, y = _first_example(spec, parts["train"], "train")
     _first_example(spec, parts["test"], "test")
     task = parts.get("task") or ("regression" if y.is_floating_point() else "classification")

@@ -16,6 +16,7 @@ from torch.utils.data import TensorDataset
 from pyro_prune import inspect as pa
 from pyro_prune._checks import (
     SEED_MAX,
+    as_dataset,
     check_bool,
     check_count,
     check_counts,
@@ -140,6 +141,87 @@ def test_bad_data_is_named_at_every_entry_point(case: str, entry: str) -> None:
         calls[entry]()
 
 
+def test_a_pair_of_tensors_is_read_as_a_tensor_dataset() -> None:
+    from torch.utils.data import DataLoader
+
+    for pair in ((X, Y), [X, Y]):
+        data = as_dataset(pair, "train")
+        assert isinstance(data, TensorDataset)
+        assert data.tensors[0] is X and data.tensors[1] is Y  # the same tensors, not copies
+    # the forms that were accepted before pass as they are
+    for data in (TensorDataset(X, Y), DataLoader(TensorDataset(X, Y), batch_size=4)):
+        assert as_dataset(data, "train") is data
+    with pytest.raises(TypeError, match="val must be a TensorDataset"):
+        as_dataset(DataLoader(TensorDataset(X, Y)), "val", tensors_only=True)
+
+
+#: an (inputs, targets) pair gone wrong: the error, and what its message says after the name
+BAD_PAIRS: dict[str, tuple[Any, type[Exception], str]] = {
+    "lone tensor": (X, TypeError, r" is a single tensor, inputs without targets: give \(inputs, targets\)"),
+    "one tensor": ((X,), ValueError, r" is a tuple of one tensor, inputs without targets"),
+    "three tensors": ((X, Y, Y), ValueError, r" is a tuple of 3 items: give two tensors"),
+    "lengths differ": ((X, Y[:40]), ValueError, r": 48 inputs but 40 targets \(the first dimension"),
+    "an array": ((X.numpy(), Y), TypeError, r"\[0\] is a ndarray, not a torch Tensor"),
+    "targets a list": ((X, Y.tolist()), TypeError, r"\[1\] is a list, not a tensor"),
+    "examples": ([(X[0], Y[0]), (X[1], Y[1])], TypeError, r"\[0\] is a tuple, not a tensor: a list of examples"),
+    "pair in a list": ([(X, Y)], ValueError, r" is a list holding one tuple: give the pair \(inputs, targets\) itself"),
+    "0-d targets": ((X, torch.tensor(1)), ValueError, r"\[1\] is a 0-dimensional tensor"),
+    "a dict": ({"x": X, "y": Y}, TypeError, r" must be .*\(inputs, targets\) pair of tensors, got dict"),
+}
+
+
+def _entries() -> dict[str, tuple[str, Callable[[Any], Any]]]:
+    """Every public function that takes labelled data: the argument's name and a call."""
+    from pyro_prune.inference import post_training_curve
+    from pyro_prune.predictive import evaluate_predictive, log_predictive_density
+    from pyro_prune.reduction import log_posterior
+
+    return {
+        "fit": ("train", lambda d: fit(_mlp(), d, epochs=1, progress=False)),
+        "fit val": ("val", lambda d: fit(_mlp(), TensorDataset(X, Y), val=d, epochs=1, progress=False)),
+        "evaluate": ("dataset", lambda d: evaluate(_mlp(), d)),
+        "to_inference_data": ("data", lambda d: pa.to_inference_data(_mlp(), data=d, num_samples=2)),
+        "evaluate_predictive": ("dataset", lambda d: evaluate_predictive(_mlp(), d, draws=2)),
+        "log_predictive_density": ("dataset", lambda d: log_predictive_density(_mlp(), d, draws=2)),
+        "log_posterior": ("dataset", lambda d: log_posterior(_mlp(), d)),
+        "post_training_curve": ("test", lambda d: post_training_curve(_mlp(), TensorDataset(X, Y), d, "snr",
+                                                                      fractions=[0.0], progress=False)),
+    }
+
+
+@pytest.mark.parametrize("case", list(BAD_PAIRS))
+@pytest.mark.parametrize("entry", list(_entries()))
+def test_a_bad_pair_is_named_at_every_entry_point(case: str, entry: str) -> None:
+    data, error, match = BAD_PAIRS[case]
+    arg, call = _entries()[entry]
+    if case == "a dict" and entry not in ("fit", "fit val", "evaluate", "post_training_curve"):
+        match = match.replace(".*", r"a TensorDataset\(inputs, targets\) or an ")  # read all at once
+    with pytest.raises(error, match="^" + re.escape(arg) + match):
+        call(data)
+
+
+@pytest.mark.parametrize("entry", list(_entries()))
+def test_a_pair_gives_what_its_tensor_dataset_gives(entry: str) -> None:
+    import pyro
+
+    _, call = _entries()[entry]
+    results = []
+    for data in ((X, Y), TensorDataset(X, Y)):
+        pyro.set_rng_seed(0)
+        out = call(data)
+        results.append(out.history if hasattr(out, "history") else out)
+    if entry == "to_inference_data":
+        assert results[0].posterior.equals(results[1].posterior)
+        assert results[0].log_likelihood.equals(results[1].log_likelihood)
+    elif isinstance(results[0], torch.Tensor):
+        assert torch.equal(results[0], results[1])
+    else:  # fit's history (epoch times aside), the metrics, the curve
+        drop = ("epoch_time_s",)
+        clean = [[{k: v for k, v in r.items() if k not in drop} for r in res] if isinstance(res, list) else res
+                 for res in results]
+        assert clean[0] == clean[1]
+
+
 def test_regression_targets_must_match_the_output() -> None:
     torch.manual_seed(0)
     net = MLP(12, [6], 1, likelihood="gaussian")
@@ -236,8 +318,12 @@ def test_check_inputs_and_check_prunable() -> None:
     assert check_inputs(TensorDataset(x, torch.zeros(5))) is x
     with pytest.raises(ValueError, match="^inputs is empty$"):
         check_inputs(torch.zeros(0, 3), "inputs")
-    with pytest.raises(TypeError, match="data must be a Tensor of inputs or a TensorDataset, got list"):
+    assert check_inputs((x, torch.zeros(5))) is x  # an (inputs, targets) pair
+    with pytest.raises(TypeError, match=r"data\[0\] is a float, not a torch Tensor"):
         check_inputs([1.0, 2.0])
+    with pytest.raises(TypeError, match="data must be a Tensor of inputs, a TensorDataset or an "
+                                        r"\(inputs, targets\) pair of tensors, got dict"):
+        check_inputs({"x": x})
     net = MLP(3, [4], 2)
     assert check_prunable(net) is net
     with pytest.raises(TypeError, match="model must be a PrunableNet, got Linear"):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from pyro_prune import cli
 from pyro_prune.user_data import is_user_data, load_user_data, to_tensors
@@ -31,6 +32,11 @@ def regression():
 
 def inferred():
     return Digits("train"), Digits("test")
+
+
+def pairs():
+    train, test = Digits("train"), Digits("test")
+    return (train.x, train.y), [test.x, test.y]
 
 
 def broken():
@@ -78,6 +84,9 @@ def test_shapes_and_classes_are_inferred_or_given(user_module) -> None:
     assert (inferred.input_shape, inferred.output_dim, inferred.name) == ((1, 8, 8), 10, f"{user_module}:inferred")
     loaders = load_user_data(f"{user_module}:make_loaders")
     assert (loaders.input_shape, loaders.output_dim, loaders.name) == ((1, 8, 8), 10, "my digits")
+    pairs = load_user_data(f"{user_module}:pairs")  # (inputs, targets) pairs: TensorDatasets
+    assert isinstance(pairs.train, TensorDataset) and isinstance(pairs.test, TensorDataset)
+    assert (pairs.input_shape, pairs.output_dim, len(pairs.train)) == ((1, 8, 8), 10, 1438)
     reg = load_user_data(f"{user_module}:regression")
     assert (reg.input_shape, reg.output_dim, reg.task) == ((3,), 2, "regression")
     # a sample of a map-style set as tensors: seeded, the requested size
@@ -92,7 +101,7 @@ def test_shapes_and_classes_are_inferred_or_given(user_module) -> None:
     ("{m}:NOT_A_FUNCTION", "is a int, not a function"),
     ("{m}:broken", "broken() raised RuntimeError: no such bucket"),
     ("{m}:wrong_type", "must give (train, test) or a dict with 'train' and 'test', got int"),
-    ("{m}:not_datasets", "train must be a torch Dataset, IterableDataset or DataLoader, got list"),
+    ("{m}:not_datasets", "train is a list of 3 items: give two tensors, (inputs, targets)"),
     ("{m}:unpaired", "train must give (input, target) pairs of tensors"),
     ("{m}:unknown_key", "unknown keys ['classes']"),
     ("missing_file.pt", "data file 'missing_file.pt' not found"),
@@ -109,8 +118,8 @@ def test_bad_tensor_files_are_one_line_exit_2(tmp_path, error_line) -> None:
     x, y = torch.zeros(6, 4), torch.zeros(6, dtype=torch.long)
     cases = {
         "list.pt": ([x, y], "must hold a dict with 'train' and 'test'"),
-        "pairs.pt": ({"train": (x, y), "test": x}, "'test' must be an (inputs, targets) pair"),
-        "lengths.pt": ({"train": (x, y[:5]), "test": (x, y)}, "'train' has 6 inputs but 5 targets"),
+        "pairs.pt": ({"train": (x, y), "test": x}, "test is a single tensor, inputs without targets"),
+        "lengths.pt": ({"train": (x, y[:5]), "test": (x, y)}, "train: 6 inputs but 5 targets"),
     }
     for name, (payload, message) in cases.items():
         torch.save(payload, tmp_path / name)

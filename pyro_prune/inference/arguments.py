@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
 from pyro_prune._checks import (
+    as_dataset,
     check_dataset,
     check_guide,
     check_model_data,
@@ -28,6 +29,12 @@ __all__ = ["FitArguments", "guide_name", "resolve_fit_arguments", "schedule_name
 @dataclass(frozen=True)
 class FitArguments:
     """What :func:`resolve_fit_arguments` settles before training starts."""
+
+    #: the training set as :func:`~pyro_prune._checks.as_dataset` reads it (an ``(inputs,
+    #: targets)`` pair becomes a ``TensorDataset``)
+    train: Any
+    #: the validation set likewise, or ``None``
+    val: Any
 
     #: two training examples ``(x, y)`` (an autoguide creates its parameters on them)
     sample: tuple[Tensor, Tensor]
@@ -71,9 +78,8 @@ def resolve_fit_arguments(model: PrunableNet, train: Any, *, epochs: int, batch_
         check_number(noise_lr, "noise_lr", positive=True)
     check_number(weight_decay, "weight_decay", minimum=0.0)
     check_seed(seed)
-    if not isinstance(train, (Dataset, DataLoader)):
-        raise TypeError(f"train must be a torch Dataset, IterableDataset or DataLoader, "
-                        f"got {type(train).__name__}")
+    train = as_dataset(train, "train")
+    val = as_dataset(val, "val") if val is not None else None
     x_train, y_train = _labelled(train, "train")
     check_model_data(model, x_train, y_train, "train")
     if val is not None:
@@ -97,7 +103,7 @@ def resolve_fit_arguments(model: PrunableNet, train: Any, *, epochs: int, batch_
         engine = Engine.PYRO if custom_guide else Engine.FAST
     if engine is Engine.FAST and custom_guide:
         raise ValueError("engine='fast' works with the model's own guide only; use engine='pyro'")
-    return FitArguments(sample=(x_train[:2], y_train[:2]), num_data=num_data, engine=engine,
+    return FitArguments(train=train, val=val, sample=(x_train[:2], y_train[:2]), num_data=num_data, engine=engine,
                         kl_scale=kl_value, kl_spec=kl_spec, guide=guide if guide is not None else model.guide,
                         custom_guide=custom_guide)
 

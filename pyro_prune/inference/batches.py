@@ -2,7 +2,9 @@
 
 :func:`batch_source` turns what the user passes as ``train`` into a :class:`BatchSource`:
 
-* a ``TensorDataset(inputs, targets)``: minibatches by index slicing of the tensors
+* a ``TensorDataset(inputs, targets)``, or the pair of tensors ``(inputs, targets)``
+  itself (:func:`~pyro_prune._checks.as_dataset` makes it one): minibatches by index slicing
+  of the tensors
   (:class:`TensorBatches`; several times faster than a ``DataLoader`` collating single
   examples, and the random order is the one :func:`fit` has always drawn, so results with
   a given seed do not depend on the release);
@@ -27,8 +29,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, TensorDataset
 
+from pyro_prune._checks import as_dataset
 from pyro_prune.inference.distributed import DistributedInfo
 
 SINGLE_PROCESS = DistributedInfo()
@@ -151,6 +154,7 @@ def batch_source(train: Any, batch_size: int, *, generator: torch.Generator, see
                  info: DistributedInfo | None = None) -> BatchSource:
     """The :class:`BatchSource` of ``train`` (see the module docstring for what is accepted)."""
     info = info if info is not None else SINGLE_PROCESS
+    train = as_dataset(train, "train")
     if isinstance(train, TensorDataset) and len(train.tensors) == 2:
         x, y = train.tensors
         return TensorBatches(x, y, batch_size, generator, info)
@@ -163,11 +167,8 @@ def batch_source(train: Any, batch_size: int, *, generator: torch.Generator, see
         if isinstance(train.sampler, DistributedSampler):  # already sharded by the user
             return LoaderBatches(train, global_batch * info.world_size, even=True,
                                  world=info.world_size)
-    elif isinstance(train, Dataset):
-        data, options, global_batch = train, {}, batch_size
     else:
-        raise TypeError(f"train must be a torch Dataset, IterableDataset or DataLoader, "
-                        f"got {type(train).__name__}")
+        data, options, global_batch = train, {}, batch_size
     local = _per_rank(global_batch, info, "batch_size") if info.active else global_batch
     if isinstance(data, IterableDataset):
         stream = _Strided(data, info.rank, info.world_size) if info.active else data
@@ -182,8 +183,10 @@ def batch_source(train: Any, batch_size: int, *, generator: torch.Generator, see
                                     **options), global_batch, even=True)
 
 
-def eval_batches(data: Any, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Every example of ``data`` once, in order, in batches (for evaluation)."""
+def eval_batches(data: Any, batch_size: int, arg: str = "dataset") -> Iterator[tuple[Tensor, Tensor]]:
+    """Every example of ``data`` (named ``arg`` in errors) once, in order, in batches (for
+    evaluation)."""
+    data = as_dataset(data, arg)
     if isinstance(data, TensorDataset) and len(data.tensors) == 2:
         x, y = data.tensors
         for i in range(0, len(x), batch_size):
@@ -194,9 +197,7 @@ def eval_batches(data: Any, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         if isinstance(data.sampler, DistributedSampler) or not isinstance(data.dataset, IterableDataset):
             loader = DataLoader(data.dataset, batch_size=data.batch_size or batch_size, shuffle=False,
                                 **{**_loader_options(data), "drop_last": False})
-    elif isinstance(data, Dataset):
-        loader = DataLoader(data, batch_size=batch_size, shuffle=False)
     else:
-        raise TypeError(f"data must be a torch Dataset or DataLoader, got {type(data).__name__}")
+        loader = DataLoader(data, batch_size=batch_size, shuffle=False)
     for batch in loader:
-        yield pair(batch, "dataset")
+        yield pair(batch, arg)

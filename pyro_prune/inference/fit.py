@@ -110,8 +110,9 @@ def fit(
 
     Args:
         model: a :class:`PrunableNet` (its ``num_data`` is set to ``num_data``).
-        train: the training set: a ``TensorDataset(inputs, targets)`` (minibatches by
-            index slicing, the fastest), any map-style ``Dataset`` or ``IterableDataset``
+        train: the training set: a ``TensorDataset(inputs, targets)`` or simply the pair
+            of tensors ``(inputs, targets)`` (a tuple or list, the same first dimension; read
+            as that ``TensorDataset``: minibatches by index slicing, the fastest), any map-style ``Dataset`` or ``IterableDataset``
             of ``(input, target)`` pairs (read through a ``DataLoader``, one batch in
             memory at a time, so per-example transforms and augmentation work), or a
             ``DataLoader`` (its own batch size, workers and collate function apply; its
@@ -120,8 +121,8 @@ def fit(
             fine-tuning).
         batch_size, lr: minibatch size and Adam learning rate. Under ``torchrun`` the
             batch is global: each of the N processes takes ``batch_size / N`` of it.
-        val: validation data (like ``train``), evaluated at the posterior mean after
-            every epoch.
+        val: validation data (any form ``train`` takes, a pair ``(inputs, targets)``
+            too), evaluated at the posterior mean after every epoch.
         schedule: a :class:`~pyro_prune.inference.schedules.Schedule` (or ``None``).
         seed: seeds torch, Pyro and the data order.
         checkpoint_dir: if given, a checkpoint is written there after every epoch and an
@@ -174,6 +175,7 @@ def fit(
     args = resolve_fit_arguments(model, train, epochs=epochs, batch_size=batch_size, lr=lr, val=val,
                                  seed=seed, engine=engine, kl_scale=kl_scale, guide=guide,
                                  weight_decay=weight_decay, noise_lr=noise_lr, num_data=num_data)
+    train, val = args.train, args.val  # an (inputs, targets) pair is a TensorDataset from here on
     guide, custom_guide = args.guide, args.custom_guide
     device = model_device(model)
     dist_info = distributed_info(device)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from pyro_prune._checks import check_dataset, check_model_data
+from pyro_prune._checks import as_dataset, check_dataset, check_model_data
 from pyro_prune.inference.batches import eval_batches
 from pyro_prune.models.base import Likelihood, PrunableNet, correct_and_counted
 
@@ -24,9 +24,11 @@ def evaluate(model: PrunableNet, dataset: Any, *, batch_size: int = 2048) -> dic
     an example's is the sum over its tokens and the accuracy is per token, tokens labelled
     the model's ``ignore_index`` (``-100``) left out of both.
 
-    ``dataset``: a ``TensorDataset(inputs, targets)``, any map-style or iterable ``Dataset``
-    of ``(input, target)`` pairs, or a ``DataLoader`` (read in order, batch by batch).
+    ``dataset``: a ``TensorDataset(inputs, targets)`` or the pair of tensors ``(inputs,
+    targets)`` itself, any map-style or iterable ``Dataset`` of ``(input, target)`` pairs, or a
+    ``DataLoader`` (read in order, batch by batch).
     """
+    dataset = as_dataset(dataset, "dataset")
     if isinstance(dataset, TensorDataset):
         x, y = check_dataset(dataset, "dataset")
         check_model_data(model, x, y, "dataset")
@@ -63,7 +65,7 @@ def evaluate(model: PrunableNet, dataset: Any, *, batch_size: int = 2048) -> dic
 def first_batch(data: Any, arg: str) -> tuple[Tensor, Tensor]:
     """Two examples of a data set of any kind (for the checks of inputs and targets)."""
     try:
-        return next(eval_batches(data, 2))
+        return next(eval_batches(data, 2, arg))
     except StopIteration:
         raise ValueError(f"{arg} is empty") from None
 

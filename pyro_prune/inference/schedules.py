@@ -21,9 +21,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import TensorDataset
 
-from pyro_prune._checks import check_count
+from pyro_prune._checks import as_dataset, check_count
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.models.gate import removals_in_order
 from pyro_prune.progress import progress_bar
@@ -406,8 +405,8 @@ def prune_to_compression(model: PrunableNet, criterion: str, target: float, **cr
 
 def post_training_curve(
     model: PrunableNet,
-    train: TensorDataset,
-    test: TensorDataset,
+    train: Any,
+    test: Any,
     criterion: str,
     *,
     fractions: Sequence[float] | None = None,
@@ -424,7 +423,9 @@ def post_training_curve(
 
     The structures are ranked once on the trained model (lowest score first). For each
     fraction of structures removed, a copy of the trained model has that many removed,
-    is fine-tuned for ``finetune_epochs`` epochs, and is evaluated on ``test``.
+    is fine-tuned for ``finetune_epochs`` epochs, and is evaluated on ``test``. ``train`` and
+    ``test`` take the forms :func:`~pyro_prune.inference.fit` takes (a ``TensorDataset``, the
+    pair of tensors ``(inputs, targets)``, any ``Dataset`` or ``DataLoader``).
 
     Each returned point has ``fraction`` (of structures removed), ``removed``,
     ``compression``, ``accuracy`` (or ``rmse``), ``loss`` and ``before_stop``: True up to
@@ -439,6 +440,7 @@ def post_training_curve(
     from pyro_prune.convert import compression
     from pyro_prune.inference.fit import evaluate, fit
 
+    train, test = as_dataset(train, "train"), as_dataset(test, "test")
     order = global_ranking(model, criterion, **criterion_kwargs)
     total = len(order)
     if fractions is None:

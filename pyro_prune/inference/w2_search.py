@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,7 +170,7 @@ def _next_removals(kept: dict[str, Tensor], scores: dict[str, Tensor], k: int) -
 @renamed_keywords(method="engine")
 def w2_prune(
     model: PrunableNet,
-    data: Tensor | TensorDataset,
+    data: Tensor | TensorDataset | Sequence[Tensor],
     *,
     lam: float = DEFAULT_LAMBDA,
     batch: int | float = 0.02,
@@ -189,7 +189,7 @@ def w2_prune(
     Args:
         model: a trained :class:`PrunableNet` with structure gates (Bayesian weights, or
             multiplicative noise).
-        data: inputs (or a ``TensorDataset``) on which the predictive is compared, usually
+        data: inputs (or a ``TensorDataset`` or ``(inputs, targets)`` pair) on which the predictive is compared, usually
             training inputs.
         lam: weight of the sparsity cost (default 0.3; see the module docstring).
         batch: structures removed per step: an int, or a fraction of all structures.

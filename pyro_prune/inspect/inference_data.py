@@ -67,7 +67,7 @@ import xarray as xr
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from pyro_prune._checks import check_count, check_guide, check_model_data
+from pyro_prune._checks import check_count, check_dataset, check_guide, check_model_data
 from pyro_prune.inspect.arviz_compat import make_inference_data
 from pyro_prune.inspect.names import OBS, OBS_DIM, safe_name, site_layout
 from pyro_prune.inspect.reduction_group import reduction_dataset
@@ -78,24 +78,6 @@ __all__ = ["DEFAULT_CRITERIA", "MaskSpec", "to_inference_data"]
 
 #: criteria evaluated for the ``reduction`` group when none are named
 DEFAULT_CRITERIA: tuple[str, ...] = ("bmrs_n", "bmrs_u", "snr", "e_theta")
-
-
-def _check_data(data: Any) -> tuple[Tensor, Tensor]:
-    if isinstance(data, TensorDataset):
-        tensors = data.tensors
-    elif isinstance(data, (tuple, list)):
-        tensors = tuple(data)
-    else:
-        raise TypeError(
-            f"data must be a TensorDataset or a tuple (inputs, targets), got {type(data).__name__}"
-        )
-    if len(tensors) != 2 or not all(isinstance(t, Tensor) for t in tensors):
-        raise TypeError("data must hold exactly two tensors: (inputs, targets)")
-    x, y = tensors
-    if len(x) == 0 or len(x) != len(y):
-        raise ValueError(f"data must be non-empty with as many targets as inputs, got {len(x)} and {len(y)}")
-    return x, y
-
 
 
 MaskSpec = Mapping[str, Tensor] | str | None
@@ -252,7 +234,7 @@ def to_inference_data(
         criteria = (*criteria, str(own))
     x = y = None
     if data is not None:
-        x, y = _check_data(data)
+        x, y = check_dataset(data, "data")
     if x is not None:
         check_model_data(model, x, y, "data")
     if guide is not None and guide != model.guide:

@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import TensorDataset
 
 from pyro_prune._checks import check_dataset, check_number
 from pyro_prune._enums import HessianStructure, parse_enum
@@ -57,12 +56,6 @@ def _positive(value: object, arg: str) -> float:
 
 
 def _tensors(data: Any) -> tuple[Tensor, Tensor]:
-    if isinstance(data, (tuple, list)):
-        if len(data) != 2 or not all(isinstance(t, Tensor) for t in data):
-            raise TypeError("data must hold exactly two tensors: inputs and targets")
-        if len(data[0]) != len(data[1]):
-            raise ValueError(f"data: {len(data[0])} inputs but {len(data[1])} targets")
-        data = TensorDataset(*data)
     return check_dataset(data, "data")
 
 

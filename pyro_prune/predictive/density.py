@@ -4,13 +4,14 @@ the pointwise log predictive density of held-out data and a paired comparison of
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+from pyro_prune._checks import as_dataset
 from pyro_prune._deprecation import renamed_keywords
 from pyro_prune._enums import Engine
 from pyro_prune.models.base import Likelihood, PrunableNet, check_prunable, correct_and_counted
@@ -19,14 +20,12 @@ from pyro_prune.predictive.draws import Mask, Output, predictive_run
 __all__ = ["LpdComparison", "compare_lpd", "evaluate_predictive", "log_predictive_density"]
 
 
-def _draws_on_labelled(model: PrunableNet, dataset: TensorDataset, *, guide: Callable | None,
+def _draws_on_labelled(model: PrunableNet, dataset: TensorDataset | Sequence[Tensor], *, guide: Callable | None,
                        draws: int, mask: Mask | None, engine: Engine | str, seed: int
                        ) -> tuple[Tensor, Tensor]:
     """The network outputs ``[S, N, ...]`` (logits for a classifier, the mean otherwise) of
     ``draws`` posterior draws on a labelled data set, and its targets."""
-    if not isinstance(dataset, TensorDataset) or len(dataset.tensors) != 2:
-        raise TypeError("dataset must be a TensorDataset of (inputs, targets)")
-    x, y = dataset.tensors
+    x, y = as_dataset(dataset, "dataset", tensors_only=True).tensors
     output = Output.LOGITS if model.likelihood is Likelihood.CATEGORICAL else Output.MEAN
     out = predictive_run(model, x, guide=guide, draws=draws, mask=mask, engine=engine,
                          output=output, seed=seed).samples
@@ -37,7 +36,7 @@ def _draws_on_labelled(model: PrunableNet, dataset: TensorDataset, *, guide: Cal
 @torch.no_grad()
 def evaluate_predictive(
     model: PrunableNet,
-    dataset: TensorDataset,
+    dataset: TensorDataset | Sequence[Tensor],
     *,
     guide: Callable | None = None,
     draws: int = 100,
@@ -99,7 +98,7 @@ def _log_lik_draws(model: PrunableNet, out: Tensor, y: Tensor) -> Tensor:
 @torch.no_grad()
 def log_predictive_density(
     model: PrunableNet,
-    dataset: TensorDataset,
+    dataset: TensorDataset | Sequence[Tensor],
     *,
     guide: Callable | None = None,
     draws: int = 100,

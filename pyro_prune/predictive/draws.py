@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -232,7 +232,7 @@ def _pyro_draws(model: PrunableNet, guide: Callable, x: Tensor, draws: int, outp
 @torch.no_grad()
 def predictive_run(
     model: PrunableNet,
-    data: Tensor | TensorDataset,
+    data: Tensor | TensorDataset | Sequence[Tensor],
     *,
     guide: Callable | None = None,
     draws: int = DEFAULT_DRAWS,
@@ -283,7 +283,7 @@ def predictive_run(
 @renamed_keywords(method="engine")
 def posterior_predictive(
     model: PrunableNet,
-    data: Tensor | TensorDataset,
+    data: Tensor | TensorDataset | Sequence[Tensor],
     *,
     guide: Callable | None = None,
     draws: int = 100,
@@ -298,7 +298,8 @@ def posterior_predictive(
 
     Args:
         model: the :class:`PrunableNet`.
-        data: inputs ``[N, ...]`` (or a ``TensorDataset`` whose first tensor they are).
+        data: inputs ``[N, ...]`` (or a ``TensorDataset`` or ``(inputs, targets)`` pair whose
+            first tensor they are).
         guide: the guide (default: the autoguide ``fit`` trained, else ``model.guide``);
             ``engine="fast"`` needs the default.
         draws: number of posterior draws.

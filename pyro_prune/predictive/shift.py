@@ -12,7 +12,7 @@ it would put there (the score itself is :mod:`~pyro_prune.reduction.neuron_score
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +63,7 @@ def w2_shift(
     model: PrunableNet,
     guide: Callable | None,
     mask: Mask | None,
-    data: Tensor | TensorDataset,
+    data: Tensor | TensorDataset | Sequence[Tensor],
     *,
     draws: int = DEFAULT_DRAWS,
     engine: Engine | str = Engine.FAST,
@@ -95,7 +95,7 @@ def w2_shift(
 def neuron_w2(
     model: PrunableNet,
     guide: Callable | None,
-    data: Tensor | TensorDataset,
+    data: Tensor | TensorDataset | Sequence[Tensor],
     *,
     draws: int = DEFAULT_DRAWS,
     mask: Mask | None = None,

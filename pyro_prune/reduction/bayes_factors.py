@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+from pyro_prune._checks import as_dataset
 from pyro_prune._enums import HessianStructure
 from pyro_prune.models.base import Likelihood, PrunableNet, correct_and_counted
 from pyro_prune.models.fcn import MAPNet, prunable_layers, weight_masks
@@ -183,7 +184,8 @@ def _log_prior_value(model: PrunableNet) -> float:
 
 
 @torch.no_grad()
-def log_posterior(model: PrunableNet, dataset: TensorDataset, *, batch_size: int = 4096) -> LogPosterior:
+def log_posterior(model: PrunableNet, dataset: TensorDataset | Sequence[Tensor], *,
+                  batch_size: int = 4096) -> LogPosterior:
     """``log p(D | w)`` over all of ``dataset`` (``no_grad``, in batches) and ``log p(w)``.
 
     The network is evaluated in ``eval`` mode with every stochastic gate at ``E[theta]``
@@ -191,11 +193,13 @@ def log_posterior(model: PrunableNet, dataset: TensorDataset, *, batch_size: int
     """
     if not isinstance(model, PrunableNet):
         raise TypeError(f"model must be a PrunableNet, got {type(model).__name__}")
-    if not isinstance(dataset, TensorDataset) or len(dataset.tensors) != 2:
-        raise TypeError(f"dataset must be a TensorDataset of (inputs, targets), got {type(dataset).__name__}")
+    tensors = as_dataset(dataset, "dataset", tensors_only=True).tensors
+    if len(tensors) != 2:
+        raise TypeError(f"dataset must be a TensorDataset of (inputs, targets), got one of "
+                        f"{len(tensors)} tensors")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    x, y = dataset.tensors
+    x, y = tensors
     if len(x) == 0:
         raise ValueError("dataset is empty")
     was_training = model.training
@@ -225,7 +229,7 @@ def log_posterior(model: PrunableNet, dataset: TensorDataset, *, batch_size: int
 def bayes_factor(
     model: PrunableNet,
     masks: Mapping[str, Tensor],
-    dataset: TensorDataset,
+    dataset: TensorDataset | Sequence[Tensor],
     *,
     full: LogPosterior | None = None,
     batch_size: int = 4096,
@@ -297,7 +301,7 @@ def _parameter_masks(masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def laplace_bayes_factor(
     model: MAPNet,
     masks: Mapping[str, Tensor],
-    dataset: TensorDataset,
+    dataset: TensorDataset | Sequence[Tensor],
     *,
     current: Any = None,
     hessian: HessianStructure | str = HessianStructure.KRON,
@@ -332,7 +336,7 @@ def laplace_bayes_factor(
                                    hessian=hessian, batch_size=batch_size, curvature_subset=curvature_subset)
     if model.likelihood is Likelihood.GAUSSIAN:
         options["obs_scale"] = float(model.obs_scale)
-    data = dataset.tensors
+    data = as_dataset(dataset, "dataset", tensors_only=True).tensors
     evidence = log_evidence
     if fit_prior_scale:
         evidence = fit_evidence  # type: ignore[assignment]

@@ -60,6 +60,23 @@ def test_tensor_shards_are_the_one_process_batches(n: int, batch: int) -> None:
         assert _ids(ranks[0][k][0]) == _ids(xb)[0::2] and _ids(ranks[1][k][0]) == _ids(xb)[1::2]
 
 
+def test_a_pair_of_tensors_takes_the_tensor_path_and_its_shards() -> None:
+    x, y = _data(49)
+
+    def batches(data, info=None):
+        source = batch_source(data, 16, generator=torch.Generator().manual_seed(3), seed=3, info=info)
+        return type(source).__name__, [(_ids(xb), yb.tolist(), total) for xb, yb, total in source.epoch(0)]
+
+    for pair in ((x, y), [x, y]):
+        assert batches(pair) == batches(TensorDataset(x, y))
+        assert batches(pair)[0] == "TensorBatches"
+        for r in (0, 1):  # each rank's share of every global batch, as for the TensorDataset
+            info = DistributedInfo(r, 2, r, "gloo")
+            assert batches(pair, info) == batches(TensorDataset(x, y), info)
+    with pytest.raises(ValueError, match=r"^train: 49 inputs but 48 targets"):
+        batch_source((x, y[:48]), 16, generator=torch.Generator(), seed=0)
+
+
 @pytest.mark.parametrize("kind", ["dataset", "stream", "loader"])
 def test_other_data_sets_shard_without_overlap(kind: str) -> None:
     x, y = _data(48)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -60,19 +61,25 @@ with open(os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.json"), "w") as f
 '''
 
 
+def _two_ranks(script: str, tmp_path: Path, env: dict[str, str]) -> tuple[dict, dict]:
+    """What ranks 0 and 1 of ``torchrun --nproc_per_node=2 script`` wrote (one thread each)."""
+    path = tmp_path / "script.py"
+    path.write_text(script)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0", str(path), str(tmp_path)]
+    done = subprocess.run(command, env={**env, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    return rank0, rank1
+
+
 @pytest.mark.slow
 def test_two_gloo_processes_make_the_same_pruning_decisions(tmp_path, subprocess_env) -> None:
     """BayesFactorPruning (Laplace gate; random candidates) decides on rank 0 and broadcasts
     masks, weights and the candidate generator; W2 search after the fit finds one mask."""
     pytest.importorskip("asdl")  # the Laplace evidence (the laplace extra)
-    script = tmp_path / "decide.py"
-    script.write_text(SCRIPT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-               "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0", str(script), str(tmp_path)]
-    done = subprocess.run(command, env={**subprocess_env, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    rank0, rank1 = _two_ranks(SCRIPT, tmp_path, subprocess_env)
     assert rank0 == rank1
     for case in ("laplace_magnitude", "random"):
         assert rank0[case]["world_size"] == 2
@@ -80,3 +87,45 @@ def test_two_gloo_processes_make_the_same_pruning_decisions(tmp_path, subprocess
     assert rank0["laplace_magnitude"]["decision"][1] > 0  # the Laplace gate opened
     assert rank0["random"]["decision"][2] == pytest.approx(0.5)
     assert sum(rank0["w2"]["kept"].values()) < 64  # the W2 search removed neurons
+
+
+#: run by ``torchrun --nproc_per_node=2``: the same fit on an (inputs, targets) pair and on
+#: its TensorDataset, every rank recording the weights it ends with
+PAIR_SCRIPT = '''
+import hashlib
+import json
+import os
+import sys
+
+import torch
+from torch.utils.data import TensorDataset
+
+from pyro_prune.data import load_dataset
+from pyro_prune.inference import fit
+from pyro_prune.models import MLP
+
+x, y = load_dataset("digits", "train").tensors
+report = {}
+for name, data in {"pair": (x, y), "tensor_dataset": TensorDataset(x, y)}.items():
+    torch.manual_seed(0)
+    net = MLP(64, [32], 10)
+    result = fit(net, data, epochs=2, batch_size=64, lr=1e-2, seed=0, progress=False)
+    h = hashlib.sha256()
+    for key, value in sorted(net.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().contiguous().numpy().tobytes())
+    report[name] = {"weights": h.hexdigest(), "world_size": result.config["world_size"],
+                    "train_accuracy": result.history[-1]["train_accuracy"]}
+with open(os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.json"), "w") as f:
+    json.dump(report, f)
+'''
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_shard_a_pair_as_its_tensor_dataset(tmp_path, subprocess_env) -> None:
+    """fit(model, (x, y)) under torchrun: the ranks share each global batch as they share a
+    TensorDataset's, and end with the same weights as the TensorDataset run."""
+    rank0, rank1 = _two_ranks(PAIR_SCRIPT, tmp_path, subprocess_env)
+    assert rank0 == rank1
+    assert rank0["pair"] == rank0["tensor_dataset"]
+    assert rank0["pair"]["world_size"] == 2 and rank0["pair"]["train_accuracy"] > 0.8

@@ -84,8 +84,10 @@ def test_bad_input_is_named(digits) -> None:
         fit(net, bad, epochs=1)
     with pytest.raises(ValueError, match="class labels"):
         fit(net, TensorDataset(x, y.float()), epochs=1)
-    with pytest.raises(TypeError, match="Dataset"):
-        fit(net, [(x, y)], epochs=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"train is a list holding one tuple: give the pair \(inputs, targets\) itself"):
+        fit(net, [(x, y)], epochs=1)
+    with pytest.raises(TypeError, match="train must be a torch Dataset, IterableDataset or DataLoader, or an "):
+        fit(net, {"train": (x, y)}, epochs=1)
     with pytest.raises(ValueError, match="engine"):
         fit(net, train, epochs=1, engine="jax")
     with pytest.raises(ValueError, match="noise_lr"):
