@@ -270,6 +270,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
           f"{m['test_lpd_diff_se']:.1f})")
     if m.get("pruning_report"):
         print(m["pruning_report"])
+    if m.get("chance_note"):
+        print(m["chance_note"])
     print(f"run folder: {out}")
     return 0
 

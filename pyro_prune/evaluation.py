@@ -170,6 +170,23 @@ def accuracy_curves(model: Any, train: Any, test: Any, criteria: Sequence[str], 
     return curves
 
 
+def _test_chance_note(cfg: Any, model: Any, result: Any, train: Any, test: Any,
+                      test_metrics: dict[str, float]) -> str | None:
+    """The note of a classifier whose test accuracy is at chance (none after a divergence,
+    which the run said already), with what to change on the command line."""
+    from pyro_prune.inference.batches import dataset_length
+    from pyro_prune.inference.divergence import chance_level, chance_note
+
+    labels = train.tensors[1] if isinstance(train, TensorDataset) else None
+    chance = chance_level(model, labels) if labels is not None and labels.dim() == 1 else None
+    if chance is None or any(row.get("diverged") for row in result.history):
+        return None
+    checks = (f"the learning rate (--lr {cfg.lr:g}), the KL weight (--kl-scale {cfg.kl_scale}) and "
+              f"the number of epochs (--epochs {cfg.epochs})")
+    return chance_note(test_metrics.get("accuracy"), chance[0], dataset_length(test), where="test",
+                       checks=checks)
+
+
 def evaluate_fitted(cfg: Any, out: Path, model: Any, result: Any, train: Any, test: Any, *,
                     criterion: str | None, user_data: bool, num_data: int | None, measure: bool,
                     progress: bool, say: Callable[[str], None],
@@ -230,6 +247,7 @@ def evaluate_fitted(cfg: Any, out: Path, model: Any, result: Any, train: Any, te
         "structures": {n: g.num_structures for n, g in model.gates().items()},
         "epochs_run": len(result.history), "fit_time_s": fit_time,
         "pruning_report": str(result.report) if result.report is not None else None,
+        "chance_note": _test_chance_note(cfg, model, result, train_t, test, test_metrics),
     }
     if measure:
         stage("latency (batch 256)")

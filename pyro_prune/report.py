@@ -181,6 +181,7 @@ def _write_report_locked(out: str | os.PathLike, idata: Any) -> Path:
         markdown_table([m], _METRIC_COLUMNS["results"]),
         "",
         *([f"Pruning: {m['pruning_report']}", ""] if m.get("pruning_report") else []),
+        *([f"**Note:** {m['chance_note'].removeprefix('note: ')}", ""] if m.get("chance_note") else []),
         *([f"*{backfill.note()}*", ""] if backfill.note() else []),
         "Uncertainty cost on the test set: log predictive density (sum over the test points of "
         "log mean_s p(y | x, z_s)) of the pruned network and of the same network with every "

@@ -113,6 +113,7 @@ def test_fit_writes_a_complete_run_folder(fitted) -> None:
     assert 0.0 <= metrics["compression"] < 1.0
     assert metrics["params_pruned"] <= metrics["params_full"] and metrics["macs_pruned"] <= metrics["macs_full"]
     assert metrics["speedup"] > 0 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert metrics["chance_note"] is None  # it learned: no note
     idata = pa.load(fitted / run_folder.IDATA_FILE)
     assert idata.posterior["fc1_theta"].shape == (1, 8, 16)
     assert idata.log_likelihood["obs"].shape == (1, 8, 100)  # --eval-examples

@@ -169,5 +169,29 @@ def test_fit_on_a_tensor_file(tmp_path, capsys) -> None:
     config = json.loads((out / "config.json").read_text())
     assert config["data"]["input_shape"] == [64] and config["data"]["output_dim"] == 10
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["test_accuracy"] > 0.7
-    assert "run folder" in capsys.readouterr().out
+    assert metrics["test_accuracy"] > 0.7 and metrics["chance_note"] is None
+    shown = capsys.readouterr().out
+    assert "run folder" in shown and "no better than chance" not in shown
+
+
+def test_a_run_at_chance_ends_with_a_note(tmp_path, capsys) -> None:
+    """Inputs that are all 0 carry nothing to learn: the network predicts the majority class
+    and the summary says so, with what to change on the command line."""
+    from pyro_prune.data import load_dataset
+
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    path = tmp_path / "blank.pt"
+    torch.save({"train": (torch.zeros(len(train), 64), train.tensors[1]),
+                "test": (torch.zeros(len(test), 64), test.tensors[1])}, path)
+    out = tmp_path / "run"
+    assert cli.main(["fit", "--data", str(path), *TINY, "--train-subset", "600", "--lr", "0.001",
+                     "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    note = metrics["chance_note"]
+    assert metrics["test_accuracy"] < 0.11 and note is not None
+    assert note.startswith(f"note: the test accuracy {metrics['test_accuracy']:.3f} is no better than chance")
+    assert "on 359 examples" in note and "--lr 0.001" in note and "--kl-scale auto" in note
+    shown = capsys.readouterr().out.splitlines()
+    assert note in shown and shown.index(note) < len(shown) - 1  # before the run folder's line
+    assert cli.main(["report", str(out)]) == 0
+    assert note.removeprefix("note: ") in (out / "report.md").read_text()

@@ -9,6 +9,12 @@ regulariser can be tens to hundreds of nats per example while the network learns
 (LeNet-5 with Gaussian weights on the 1,438 digits after one epoch: KL / N ~ 67 against a
 likelihood term of ~ 2.3), so the likelihood is judged on its own term, never through the
 total.
+
+A classifier that is only slow, or that never learns (a learning rate too small, a guide
+that starts where nothing moves, a KL weight that holds the weights at their prior), ends
+at chance without diverging: :func:`chance_note` says so in one line, which
+:func:`~pyro_prune.inference.fit` and ``pyro-prune fit`` add to their summary at the end of
+a run.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ from torch import Tensor
 
 from pyro_prune.models.base import Likelihood, PrunableNet
 
-__all__ = ["CHANCE_NLL_FACTOR", "DIVERGENCE_FACTOR", "FIRST_EPOCH_LIMIT", "DivergenceWarning",
-           "chance_level", "divergence_reason", "lr_advice", "warn_if_diverging"]
+__all__ = ["CHANCE_ACCURACY_MARGIN", "CHANCE_NLL_FACTOR", "CHANCE_STANDARD_ERRORS", "DIVERGENCE_FACTOR",
+           "FIRST_EPOCH_LIMIT", "DivergenceWarning", "at_chance", "chance_level", "chance_margin",
+           "chance_note", "divergence_reason", "lr_advice", "warn_if_diverging"]
 
 
 class DivergenceWarning(RuntimeWarning):
@@ -42,6 +49,14 @@ FIRST_EPOCH_LIMIT = 1e6
 #: worse than knowing nothing, it was confidently wrong, not slow (a network still learning
 #: stays near ``log C``)
 CHANCE_NLL_FACTOR = 2.0
+#: an accuracy "at chance" is at most the majority class's share of the training targets plus
+#: a margin: at least this much ...
+CHANCE_ACCURACY_MARGIN = 0.02
+#: ... and at least this many standard errors ``sqrt(p (1 - p) / n)`` of the accuracy, on
+#: ``n`` examples, of a classifier that is right with probability ``p``, the majority share
+#: (a network that learned nothing scores about ``p`` or less; its measured accuracy exceeds
+#: ``p`` by three standard errors with probability about 0.001)
+CHANCE_STANDARD_ERRORS = 3.0
 
 
 def chance_level(model: PrunableNet, targets: Tensor) -> tuple[float, float] | None:
@@ -97,8 +112,8 @@ def divergence_reason(history: list[dict[str, Any]], chance: tuple[float, float]
       above its best epoch, or is above ``FIRST_EPOCH_LIMIT`` in the first epoch;
     - the evaluated negative log likelihood (``val_loss``, else ``train_loss``) rose more
       than ``DIVERGENCE_FACTOR`` x its scale above its best epoch;
-    - at the end (``final``), a classifier predicts at chance (accuracy within 0.02 of the
-      majority class's rate) *and* its likelihood says it failed: the negative log
+    - at the end (``final``), a classifier predicts at chance (accuracy within
+      ``CHANCE_ACCURACY_MARGIN`` of the majority class's rate) *and* its likelihood says it failed: the negative log
       likelihood was above ``CHANCE_NLL_FACTOR x log C`` at some epoch.
 
     A classifier that is only slow (at chance with a likelihood term near ``log C``) is
@@ -127,7 +142,7 @@ def divergence_reason(history: list[dict[str, Any]], chance: tuple[float, float]
                     f"up from {risen[1]:.3g} at epoch {risen[0]}, its best")
     acc_key = "val_accuracy" if key == "val_loss" else "train_accuracy"
     acc = row.get(acc_key)
-    if not final or chance is None or acc is None or acc > chance[0] + 0.02 or not nlls:
+    if not final or chance is None or acc is None or acc > chance[0] + CHANCE_ACCURACY_MARGIN or not nlls:
         return None
     worst_epoch, worst = max(nlls, key=lambda item: item[1])
     if worst <= CHANCE_NLL_FACTOR * log_classes:
@@ -164,3 +179,34 @@ def warn_if_diverging(history: list[dict[str, Any]], chance: tuple[float, float]
     warnings.warn(f"training diverged at epoch {row.get('epoch', len(history))}: {reason}; "
                   f"{lr_advice(lr, noise_lr)}",
                   DivergenceWarning, stacklevel=3)
+
+
+def chance_margin(majority: float, n: int | None) -> float:
+    """How far above the majority share ``majority`` an accuracy on ``n`` examples must be to
+    count as learned: ``max(CHANCE_ACCURACY_MARGIN, CHANCE_STANDARD_ERRORS * sqrt(p (1 - p) /
+    n))`` (the floor alone when ``n`` is unknown)."""
+    if not n:
+        return CHANCE_ACCURACY_MARGIN
+    return max(CHANCE_ACCURACY_MARGIN, CHANCE_STANDARD_ERRORS * math.sqrt(majority * (1.0 - majority) / n))
+
+
+def at_chance(accuracy: float, majority: float, n: int | None) -> bool:
+    """Whether ``accuracy`` (on ``n`` examples) is no better than predicting the majority class,
+    whose share of the training targets is ``majority``, within :func:`chance_margin`."""
+    return accuracy <= majority + chance_margin(majority, n)
+
+
+def chance_note(accuracy: float | None, majority: float | None, n: int | None, *, where: str,
+                checks: str) -> str | None:
+    """The one-line note of a classifier whose final ``where`` accuracy is at chance
+    (:func:`at_chance`), naming ``checks``, what to look at; ``None`` when it learned, or when
+    there is nothing to judge (no accuracy, no majority share)."""
+    if accuracy is None or majority is None or not math.isfinite(accuracy):
+        return None
+    if not at_chance(accuracy, majority, n):
+        return None
+    on = f" on {n} examples" if n else ""
+    return (f"note: the {where} accuracy {accuracy:.3f} is no better than chance (predicting the "
+            f"majority class scores {majority:.3f}; learned means above "
+            f"{majority + chance_margin(majority, n):.3f}{on}): the network has not learned; "
+            f"check {checks}")

@@ -29,7 +29,7 @@ from torch.utils.data import TensorDataset
 
 from pyro_prune._enums import Engine
 from pyro_prune.inference.arguments import guide_name, resolve_fit_arguments, schedule_name
-from pyro_prune.inference.batches import batch_source
+from pyro_prune.inference.batches import batch_source, dataset_length
 from pyro_prune.inference.checkpoint import (
     CHECKPOINT_NAME,
     dataset_fingerprint,
@@ -44,7 +44,12 @@ from pyro_prune.inference.distributed import (
     broadcast_state,
     distributed_info,
 )
-from pyro_prune.inference.divergence import DivergenceWarning, chance_level, warn_if_diverging
+from pyro_prune.inference.divergence import (
+    DivergenceWarning,
+    chance_level,
+    chance_note,
+    warn_if_diverging,
+)
 from pyro_prune.inference.epoch import EpochTrainer, FitContext
 from pyro_prune.inference.guides import (
     attached_guide,
@@ -79,6 +84,9 @@ class FitResult:
     #: the one-line pruning report (:class:`~pyro_prune.inference.pruning_report.PruningReport`)
     #: of a run whose schedule prunes with a criterion, else ``None``
     report: Any = None
+    #: the note of a classifier whose final accuracy is at chance, the network not learned
+    #: (:func:`~pyro_prune.inference.divergence.chance_note`; also logged), else ``None``
+    chance_note: str | None = None
 
     @property
     def last(self) -> dict[str, Any]:
@@ -292,25 +300,51 @@ def fit(
                                 generator=generator)
     bar.close()
     model.eval()
-    report = _report(model, schedule, progress)
-    return FitResult(model=model, guide=guide, history=history, config=config, report=report)
+    report = _report(model, schedule)
+    note = _chance_note(history, chance, val=val, evaluated=val if val is not None else train, lr=lr,
+                        kl_spec=args.kl_spec, kl_value=args.kl_scale)
+    if main:
+        _write_summary([line for line in (report, note) if line is not None], progress)
+    return FitResult(model=model, guide=guide, history=history, config=config, report=report,
+                     chance_note=note)
 
 
-def _report(model: PrunableNet, schedule: Any, progress: bool) -> Any:
-    """The one-line pruning report of a run whose schedule prunes with a criterion (logged)."""
-    from pyro_prune.inference.pruning_report import logger, pruning_report
+def _report(model: PrunableNet, schedule: Any) -> Any:
+    """The one-line pruning report of a run whose schedule prunes with a criterion."""
+    from pyro_prune.inference.pruning_report import pruning_report
     from pyro_prune.reduction import Criterion
 
     criterion = getattr(schedule, "criterion", None)
     if not isinstance(criterion, Criterion):
         return None
-    report = pruning_report(model, criterion, decision=getattr(schedule, "last_decision", None))
-    logger.info("%s", report)
-    if progress:  # below the progress bar, not through it
-        from tqdm.auto import tqdm
+    return pruning_report(model, criterion, decision=getattr(schedule, "last_decision", None))
 
-        tqdm.write(str(report), file=sys.stderr)
-    return report
+
+def _chance_note(history: list[dict[str, Any]], chance: tuple[float, float] | None, *, val: Any,
+                 evaluated: Any, lr: float, kl_spec: float | str, kl_value: float) -> str | None:
+    """The note of a classifier whose last evaluated accuracy (on ``val``, else on the
+    training data) is at chance; none after a divergence, which was warned of already."""
+    if not history or chance is None or any(row.get("diverged") for row in history):
+        return None
+    where = "validation" if val is not None else "training"
+    accuracy = history[-1].get("val_accuracy" if val is not None else "train_accuracy")
+    checks = (f"the learning rate (lr={lr:g}), the guide's start (where its means and scales begin: "
+              f"an autoguide's init_loc_fn and init_scale) and the KL weight (kl_scale={kl_spec!r}, "
+              f"{kl_value:.3g}: a large weight holds the posterior at the prior)")
+    return chance_note(accuracy, chance[0], dataset_length(evaluated), where=where, checks=checks)
+
+
+def _write_summary(lines: list[Any], progress: bool) -> None:
+    """The end-of-run lines (the pruning report, the chance note): logged and, with
+    ``progress``, written below the progress bar."""
+    from pyro_prune.inference.pruning_report import logger
+
+    for line in lines:
+        logger.info("%s", line)
+        if progress:  # below the progress bar, not through it
+            from tqdm.auto import tqdm
+
+            tqdm.write(str(line), file=sys.stderr)
 
 
 def _check_fitted_guide(model: PrunableNet, guide: Any, schedule: Any, *, fresh: bool) -> None:

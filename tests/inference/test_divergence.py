@@ -112,3 +112,65 @@ def test_parameters_made_nan_by_a_step_stop_with_their_name(digits: TensorDatase
                                                  r"step \d+; lower lr \(now 10\)$"), \
             pytest.warns(DivergenceWarning, match="at epoch 1: loss .* per example in its first epoch"):
         fit(MLP(64, [50], 10, weights="gaussian"), digits, epochs=3, lr=10.0, noise_lr=None, progress=False)
+
+
+def test_the_chance_margin_is_three_standard_errors_or_two_points() -> None:
+    from pyro_prune.inference.divergence import at_chance, chance_margin, chance_note
+
+    # the 359 test digits, majority share 0.102: sqrt(0.102 * 0.898 / 359) = 0.0160
+    assert chance_margin(0.102, 359) == pytest.approx(3 * math.sqrt(0.102 * 0.898 / 359))
+    assert chance_margin(0.102, 359) == pytest.approx(0.0479, abs=1e-4)
+    assert chance_margin(0.102, 10_000) == 0.02 and chance_margin(0.102, None) == 0.02
+    assert at_chance(0.149, 0.102, 359) and not at_chance(0.151, 0.102, 359)
+    assert at_chance(0.121, 0.102, None) and not at_chance(0.123, 0.102, None)
+    assert chance_note(None, 0.102, 359, where="test", checks="x") is None
+    assert chance_note(0.1, None, 359, where="test", checks="x") is None
+    assert chance_note(0.9, 0.102, 359, where="test", checks="x") is None
+    assert chance_note(0.1003, 0.102, 359, where="test", checks="the learning rate") == (
+        "note: the test accuracy 0.100 is no better than chance (predicting the majority class "
+        "scores 0.102; learned means above 0.150 on 359 examples): the network has not learned; "
+        "check the learning rate")
+
+
+def _zeroed(net: MLP) -> MLP:
+    """Every weight and bias 0: the hidden units are 0 and stay so (their gradients are 0),
+    so only the output bias learns, the class frequencies, whatever the inputs."""
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith(("weight", "bias")):
+                p.zero_()
+    return net
+
+
+@pytest.mark.parametrize("val", [True, False], ids=["val", "train"])
+def test_a_run_at_chance_gets_a_note_and_one_that_learns_none(val: bool, digits: TensorDataset,
+                                                               caplog: pytest.LogCaptureFixture,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    test = load_dataset("digits", "test")
+    notes, accuracies = {}, {}
+    for name in ("zeroed", "learns"):
+        torch.manual_seed(0)
+        net = MLP(64, [32], 10)
+        if name == "zeroed":
+            _zeroed(net)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="pyro_prune"), warnings.catch_warnings():
+            warnings.simplefilter("error", DivergenceWarning)  # at chance, not diverged
+            result = fit(net, digits, val=test if val else None, epochs=3, batch_size=64, lr=1e-2,
+                         seed=0, progress=True)
+        where = "val" if val else "train"
+        accuracies[name] = result.history[-1][f"{where}_accuracy"]
+        notes[name] = result.chance_note
+        logged = [r.getMessage() for r in caplog.records if "no better than chance" in r.getMessage()]
+        shown = [line for line in capsys.readouterr().err.splitlines() if "no better than chance" in line]
+        assert logged == shown == ([] if notes[name] is None else [notes[name]])
+    # zeroed: the majority class of the training digits (0.102 of them) and nothing more
+    assert accuracies["zeroed"] < 0.11 and accuracies["learns"] > 0.9
+    assert notes["learns"] is None
+    note = notes["zeroed"]
+    assert note is not None
+    n, what = (359, "validation") if val else (1438, "training")
+    assert note.startswith(f"note: the {what} accuracy {accuracies['zeroed']:.3f} is no better than chance")
+    assert f"on {n} examples" in note
+    for check in ("lr=0.01", "the guide's start", "kl_scale='auto'"):
+        assert check in note
