@@ -68,7 +68,15 @@ from pyro_prune._io import FolderLockedError
 from pyro_prune.export import ExportFormat
 from pyro_prune.report import write_report
 from pyro_prune.run_folder import EXIT_USAGE, PROG, UsageError, one_line
-from pyro_prune.runs import METHODS, MODELS, RunConfig, export_run, run_fit
+from pyro_prune.runs import (
+    DEFAULT_EPOCHS,
+    METHODS,
+    MODELS,
+    PRUNING_STEPS_MARGIN,
+    RunConfig,
+    export_run,
+    run_fit,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -192,7 +200,9 @@ def _add_fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=list(METHODS), default=d.method,
                    help=f"pruning method (default {d.method}). {_choices_help(METHODS)}")
     p.add_argument("--epochs", type=_positive_int, default=d.epochs,
-                   help=f"training epochs with pruning after each (default {d.epochs})")
+                   help=f"training epochs with pruning after each (default {DEFAULT_EPOCHS}, or more on "
+                        f"a small data set: enough for {PRUNING_STEPS_MARGIN:g}x the optimizer steps the "
+                        "noise posteriors need to reach their prior, 534 at the default --noise-lr)")
     p.add_argument("--finetune-epochs", type=_nonnegative_int, default=d.finetune_epochs,
                    help=f"epochs without pruning afterwards (default {d.finetune_epochs})")
     p.add_argument("--batch-size", type=_positive_int, default=d.batch_size,

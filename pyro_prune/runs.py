@@ -15,7 +15,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +195,9 @@ class RunConfig:
     model: str = "mlp"
     data: str = "digits"
     method: str = "bmrs"
-    epochs: int = 20
+    #: training epochs (with pruning after each); ``None``: :func:`default_epochs`, resolved
+    #: once the data are loaded (``config.json`` stores the number)
+    epochs: int | None = None
     finetune_epochs: int = 5
     batch_size: int = 64
     lr: float = 1e-2
@@ -234,6 +236,8 @@ class RunConfig:
             raise UsageError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         for key in ("epochs", "batch_size", "num_samples"):
             value = getattr(self, key)
+            if key == "epochs" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"{key} must be a positive integer, got {value!r}")
         if self.noise_lr is not None and (isinstance(self.noise_lr, bool)
@@ -306,6 +310,49 @@ class FitData:
     val: Any = None
     num_data: int | None = None
     user: bool = False
+
+
+#: the training epochs of a run that does not name them, on a data set large enough
+DEFAULT_EPOCHS = 20
+#: a run that does not name its epochs gets at least this many times the optimizer steps its
+#: noise posteriors need to reach their prior's width (:func:`pruning_steps_needed`): at 1x
+#: nothing is removed yet (concrete: 240 steps for 267 needed, 0 of 200 neurons; a tiny GPT-2,
+#: 250 steps), at 2x the posteriors of unneeded structures have arrived (concrete: 540
+#: steps, 101 of 200 removed)
+PRUNING_STEPS_MARGIN = 2.0
+
+
+def default_epochs(cfg: RunConfig, train: Any, shape: DataShape) -> tuple[int, str | None]:
+    """The training epochs of a run whose ``cfg.epochs`` is ``None``, and, when they are more
+    than :data:`DEFAULT_EPOCHS`, a line saying why (else ``None``).
+
+    :data:`DEFAULT_EPOCHS`, or more on a small data set: enough epochs that the pruning
+    epochs take :data:`PRUNING_STEPS_MARGIN` times the optimizer steps the noise posteriors
+    need to widen to their prior (:func:`~pyro_prune.inference.schedules.pruning_steps_needed`
+    of the run's model, 267 at the default ``noise_lr``). An epoch of ``train`` (the training
+    set after the validation split) is ``ceil(len(train) / batch_size)`` steps (the batch is
+    the global one under torchrun); a stream without a length keeps the default.
+    """
+    from pyro_prune.inference.schedules import pruning_steps_needed
+
+    if METHODS[cfg.method].criterion is None:
+        return DEFAULT_EPOCHS, None
+    try:
+        steps_per_epoch = len(train) if isinstance(train, DataLoader) else math.ceil(len(train) / cfg.batch_size)
+    except TypeError:  # an IterableDataset without a length
+        return DEFAULT_EPOCHS, None
+    noise_lr = cfg.noise_lr if cfg.noise_lr is not None else cfg.lr
+    needed = pruning_steps_needed(build_model(cfg, shape), noise_lr)
+    if needed is None or steps_per_epoch < 1:
+        return DEFAULT_EPOCHS, None
+    wanted = math.ceil(PRUNING_STEPS_MARGIN * needed)
+    epochs = max(DEFAULT_EPOCHS, math.ceil(wanted / steps_per_epoch))
+    if epochs == DEFAULT_EPOCHS:
+        return epochs, None
+    return epochs, (f"epochs: {epochs}, not {DEFAULT_EPOCHS}: an epoch is {steps_per_epoch} optimizer steps "
+                    f"at batch size {cfg.batch_size}, and the noise posteriors need about {needed} steps "
+                    f"at noise_lr={noise_lr:g} to widen to their prior; {epochs} epochs give "
+                    f"{epochs * steps_per_epoch} (--epochs to choose)")
 
 
 def load_data(name: str, *, root: str | None = None, train_subset: int | None = None,
@@ -391,6 +438,25 @@ class RunResult:
     lpd_pointwise: Any = None
 
 
+def _with_validation_split(cfg: RunConfig, data: FitData, say: Callable[[str], None]) -> FitData:
+    """``data`` with ``cfg.val_fraction`` of its training set held out for validation (seeded),
+    unless it brings its own validation set or cannot be split."""
+    from pyro_prune.data import train_val_split
+    from pyro_prune.user_data import random_split_of
+
+    train, val = data.train, data.val
+    if val is not None or cfg.val_fraction <= 0:
+        return data
+    if isinstance(train, TensorDataset):
+        train, val = train_val_split(train, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    elif isinstance(train, (DataLoader, IterableDataset)):
+        say(f"no validation set: a {type(train).__name__} cannot be split (give 'val' with "
+            "the data, or --val-fraction 0)")
+    else:
+        train, val = random_split_of(train, cfg.val_fraction, cfg.seed)
+    return replace(data, train=train, val=val)
+
+
 def _check_existing(out: Path, cfg: RunConfig, restart: bool) -> None:
     path = out / CONFIG_FILE
     if restart:
@@ -433,7 +499,13 @@ def run_fit(cfg: RunConfig, out: str | os.PathLike, *, data_root: str | None = N
     device = resolve_device(cfg.device)
     ranks = distributed_info(device)  # under torchrun: join its process group (gloo / nccl)
     say = (log or (lambda msg: None)) if ranks.is_main else (lambda msg: None)
-    data = load_fit_data(cfg.data, root=data_root, train_subset=cfg.train_subset, seed=cfg.seed)
+    data = _with_validation_split(cfg, load_fit_data(cfg.data, root=data_root, train_subset=cfg.train_subset,
+                                                     seed=cfg.seed), say)
+    if cfg.epochs is None:
+        epochs, why = default_epochs(cfg, data.train, data.shape)
+        cfg = replace(cfg, epochs=epochs)
+        if why:
+            say(why)
     if not ranks.is_main:  # rank 0 owns the run folder; the others train along
         problem = broadcast_object(None, ranks, device)
         if problem is not None:
@@ -475,19 +547,10 @@ def _run_fit_locked(cfg: RunConfig, out: Path, data: FitData, *,
                     progress: bool, measure: bool, say: Callable[[str], None],
                     t_start: float, ranks: Any = None,
                     device: torch.device | None = None) -> RunResult:
-    from pyro_prune.data import train_val_split
     from pyro_prune.inference import ContinuousPruning, fit
-    from pyro_prune.user_data import random_split_of
 
+    assert cfg.epochs is not None, "run_fit resolves the default epochs"
     train, test, shape, val = data.train, data.test, data.shape, data.val
-    if val is None and cfg.val_fraction > 0:
-        if isinstance(train, TensorDataset):
-            train, val = train_val_split(train, val_fraction=cfg.val_fraction, seed=cfg.seed)
-        elif isinstance(train, (DataLoader, IterableDataset)):
-            say(f"no validation set: a {type(train).__name__} cannot be split (give 'val' with "
-                "the data, or --val-fraction 0)")
-        else:
-            train, val = random_split_of(train, cfg.val_fraction, cfg.seed)
     model = build_model(cfg, shape)
     method = METHODS[cfg.method]
     if all((out / name).exists() for name in FINISHED_RUN_FILES):
