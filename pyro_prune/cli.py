@@ -202,7 +202,7 @@ def _add_fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=_positive_int, default=d.epochs,
                    help=f"training epochs with pruning after each (default {DEFAULT_EPOCHS}, or more on "
                         f"a small data set: enough for {PRUNING_STEPS_MARGIN:g}x the optimizer steps the "
-                        "noise posteriors need to reach their prior, 534 at the default --noise-lr)")
+                        "noise posteriors need to reach their prior, 801 at the default --noise-lr)")
     p.add_argument("--finetune-epochs", type=_nonnegative_int, default=d.finetune_epochs,
                    help=f"epochs without pruning afterwards (default {d.finetune_epochs})")
     p.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
