@@ -183,6 +183,11 @@ class RunCache:
     def keys(self) -> list[str]:
         return list(self.runs)
 
+    def get_or_run(self, run: Callable[..., Any], *settings: Any) -> Any:
+        """The stored run of ``settings`` (:meth:`key`), or ``run(*settings)``, stored under them."""
+        key = self.key(*settings)
+        return self[key] if key in self else self.put(key, run(*settings))
+
     def put(self, key: str, run: Any) -> Any:
         """Store ``run`` under ``key`` and write the file; returns ``run``.
 
@@ -203,6 +208,13 @@ class RunCache:
         finally:
             os.close(folder)  # closing releases the flock
         return run
+
+
+def finish_with_summary(script: str, *, config: dict[str, Any], seeds: Sequence[int],
+                        rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]]) -> None:
+    """Print the summary table and write the results (the rows, the summary beside them)."""
+    print(format_table(summary))
+    print(f"wrote {write_results(script, config=config, seeds=seeds, rows=rows, extra={'summary': list(summary)})}")
 
 
 def print_header(script: str, *, seeds: Sequence[int], config: dict[str, Any]) -> None:

@@ -85,15 +85,12 @@ def main() -> None:
     for dataset in args.datasets:
         for multiple in MULTIPLES:
             for seed in args.seeds:
-                key = common.RunCache.key(dataset, multiple, seed)
-                run = cache[key] if key in cache else cache.put(key, run_one(dataset, multiple, seed))
+                run = cache.get_or_run(run_one, dataset, multiple, seed)
                 rows.append({"dataset": dataset, "multiple": multiple, "seed": seed, **run})
                 print(f"{dataset} x{multiple} seed {seed}: {run['epochs']} epochs, {run['pruning_steps']} steps, "
                       f"compression {run['compression']:.3f}, rmse {run['test_rmse']:.4f} ({run['time_s']:.0f}s)",
                       flush=True)
-    summary = summarise(rows)
-    print(common.format_table(summary))
-    print(f"wrote {common.write_results(__file__, config=config, seeds=args.seeds, rows=rows, extra={'summary': summary})}")
+    common.finish_with_summary(__file__, config=config, seeds=args.seeds, rows=rows, summary=summarise(rows))
 
 
 if __name__ == "__main__":

@@ -109,15 +109,12 @@ def main() -> None:
     for dataset in args.datasets:
         for seed in args.seeds:
             for setting in SETTINGS:
-                key = common.RunCache.key(dataset, setting, seed, args.steps)
-                run = cache[key] if key in cache else cache.put(key, run_one(dataset, setting, seed, args.steps))
+                run = cache.get_or_run(run_one, dataset, setting, seed, args.steps)
                 rows.append({"dataset": dataset, "setting": setting, "seed": seed, **run})
                 print(f"{dataset} split {seed} {setting}: kept {run['kept']}, compression {run['compression']:.3f}, "
                       f"rmse {run['test_rmse']:.4g}, log lik {run['test_log_likelihood']:.3f} ({run['time_s']:.0f}s)",
                       flush=True)
-    summary = summarise(rows)
-    print(common.format_table(summary))
-    print(f"wrote {common.write_results(__file__, config=config, seeds=args.seeds, rows=rows, extra={'summary': summary})}")
+    common.finish_with_summary(__file__, config=config, seeds=args.seeds, rows=rows, summary=summarise(rows))
 
 
 if __name__ == "__main__":
