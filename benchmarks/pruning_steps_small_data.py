@@ -16,6 +16,7 @@ on a small data set (``PRUNING_STEPS_MARGIN``).
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import statistics
 import time
@@ -82,14 +83,11 @@ def main() -> None:
     common.print_header(__file__, seeds=args.seeds, config=config)
     cache = common.RunCache(common.RESULTS_DIR / f"{NAME}.runs.json")
     rows = []
-    for dataset in args.datasets:
-        for multiple in MULTIPLES:
-            for seed in args.seeds:
-                run = cache.get_or_run(run_one, dataset, multiple, seed)
-                rows.append({"dataset": dataset, "multiple": multiple, "seed": seed, **run})
-                print(f"{dataset} x{multiple} seed {seed}: {run['epochs']} epochs, {run['pruning_steps']} steps, "
-                      f"compression {run['compression']:.3f}, rmse {run['test_rmse']:.4f} ({run['time_s']:.0f}s)",
-                      flush=True)
+    for dataset, multiple, seed in itertools.product(args.datasets, MULTIPLES, args.seeds):
+        run = cache.get_or_run(run_one, dataset, multiple, seed)
+        rows.append({"dataset": dataset, "multiple": multiple, "seed": seed, **run})
+        print(f"{dataset} x{multiple} seed {seed}: {run['epochs']} epochs, {run['pruning_steps']} steps, "
+              f"compression {run['compression']:.3f}, rmse {run['test_rmse']:.4f} ({run['time_s']:.0f}s)", flush=True)
     common.finish_with_summary(__file__, config=config, seeds=args.seeds, rows=rows, summary=summarise(rows))
 
 
