@@ -39,6 +39,13 @@ STEPS_ADVICE = ("either every structure is needed or the run took too few optimi
                 "noise_lr per Adam step: a few hundred steps at the default 0.03); train for more steps "
                 "(more epochs, or a smaller batch_size: each epoch is ceil(num_data / batch_size) steps); "
                 "see docs/guides_and_reports.md")
+#: the criteria whose reduced prior is a spike at the bottom ``A`` of the range (BMRS_N)
+SPIKE_AT_A = frozenset({"bmrs", "bmrs_n", "bmrs_n_code"})
+#: what to try when such a criterion removed nothing from the posterior of a Pyro autoguide
+GUIDE_ADVICE = ("under a Pyro autoguide each structure's posterior is logit-normal, whose density "
+                "vanishes at the edge A where this criterion's reduced prior sits, so it removes little; "
+                "use ContinuousPruning(\"bmrs_u8\") (--method bmrs_u8), whose reduced prior lies inside the "
+                "range; see docs/guides_and_reports.md")
 #: a posterior at most this share of its prior's width is "still narrow" (the posterior of a
 #: structure the data does not need widens to about its prior's width, a share of about 1,
 #: before a dF criterion removes it); the share only chooses the advice, never a removal
@@ -120,6 +127,8 @@ class PruningReport:
             last decision (the kept structures when it was taken), or ``None``.
         spread: the widest noise posterior of the kept structures against its prior's
             width, ``None`` without noise layers or with a guide of one's own.
+        foreign_guide: the posterior is a guide's other than the model's built-in one (an
+            autoguide): a BMRS_N criterion that removed nothing then says to use ``bmrs_u8``.
     """
 
     criterion: str
@@ -128,6 +137,8 @@ class PruningReport:
     counts: tuple[KindCount, ...]
     values: ScoreRange | None
     spread: PosteriorSpread | None = None
+    #: whether the noise posterior is a guide's other than the model's built-in one
+    foreign_guide: bool = False
 
     @property
     def removed(self) -> int:
@@ -151,6 +162,8 @@ class PruningReport:
             return f"{head} ({rng} at the last decision)"
         if self.threshold_free:
             why = f"nothing removed: all dF < 0 (max dF = {self.values.high:.4g})"
+            if self.foreign_guide and self.criterion in SPIKE_AT_A:
+                return f"{head}; {why}; {GUIDE_ADVICE}"
             if self.spread is not None and self.spread.narrow:
                 narrow = (f"the noise posteriors are all still narrow (widest sigma {self.spread.widest:.3g}, "
                           f"the prior's {self.spread.prior:.3g})")
@@ -225,11 +238,12 @@ def pruning_report(model: PrunableNet, criterion: str | Criterion, *,
             logger.debug("pruning_report: %s", err)
         else:
             decision = decision_range(model, crit, scores, {n: g.kept for n, g in model.gates().items()})
+    foreign = _foreign_guide(model, guide)
     threshold = None if crit.threshold_free else crit.default_threshold
     if threshold is not None and not math.isfinite(threshold):
         threshold = None
     return PruningReport(
         criterion=crit.name, threshold_free=crit.threshold_free, threshold=threshold,
         counts=tuple(KindCount(k, r, t) for k, (r, t) in counts.items()), values=decision,
-        spread=None if _foreign_guide(model, guide) else posterior_spread(model),
+        spread=None if foreign else posterior_spread(model), foreign_guide=foreign,
     )

@@ -14,6 +14,7 @@ from pyro_prune.data import load_dataset
 from pyro_prune.inference import ContinuousPruning, PruningReport, fit, pruning_report
 from pyro_prune.inference.pruning_report import (
     ADVICE,
+    GUIDE_ADVICE,
     STEPS_ADVICE,
     KindCount,
     PosteriorSpread,
@@ -104,6 +105,22 @@ def test_an_autoguide_s_posterior_has_no_spread_of_the_built_in_one() -> None:
     assert res.report.spread is None and pruning_report(net, "bmrs_u").spread is None
     assert "narrow" not in str(res.report)
     assert pruning_report(MLP(64, [16], 10), "bmrs_u").spread is not None  # the built-in guide's
+    assert res.report.foreign_guide and pruning_report(net, "bmrs").foreign_guide
+    assert not pruning_report(MLP(64, [16], 10), "bmrs").foreign_guide
+
+
+@pytest.mark.parametrize("criterion", ["bmrs", "bmrs_n", "bmrs_n_code", "bmrs_u8"])
+@pytest.mark.parametrize("foreign", [True, False])
+def test_nothing_removed_under_an_autoguide_by_bmrs_n_points_to_bmrs_u8(criterion: str, foreign: bool) -> None:
+    """A logit-normal posterior (a Pyro autoguide's) has no density at the edge A, where the
+    reduced prior of BMRS_N sits: when such a criterion removed nothing the line names
+    bmrs_u8; BMRS_U itself and the built-in posterior keep the general advice."""
+    s = PruningReport(criterion, True, None, (KindCount("linear neurons", 0, 64),), ScoreRange(-3e3, -225.0, 64),
+                      None, foreign_guide=foreign)
+    advice = GUIDE_ADVICE if foreign and criterion != "bmrs_u8" else ADVICE
+    assert str(s) == (f"{criterion}: removed 0 of 64 linear neurons; nothing removed: all dF < 0 "
+                      f"(max dF = -225); {advice}")
+    assert ("--method bmrs_u8" in str(s)) is (advice is GUIDE_ADVICE)
 
 
 def test_a_network_the_project_did_not_write() -> None:
