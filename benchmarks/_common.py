@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -98,6 +99,11 @@ def add_w2_args(parser: argparse.ArgumentParser, *, lr: float, batch_size: int, 
     parser.add_argument("--draws", type=int, default=32, help="posterior draws of the W2 search")
     parser.add_argument("--eval-draws", type=int, default=eval_draws,
                         help="posterior draws of the test metrics")
+
+
+def epochs_for(n_train: int, batch_size: int, steps: int) -> int:
+    """Epochs that give about ``steps`` optimiser steps on ``n_train`` examples."""
+    return max(1, math.ceil(steps / math.ceil(n_train / batch_size)))
 
 
 def median_time(fn: Callable[[], Any], *, repeats: int = 7, warmup: int = 2, number: int = 1) -> float:

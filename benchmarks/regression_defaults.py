@@ -37,11 +37,6 @@ HIDDEN = [50, 50]
 LR, BATCH = 1e-2, 32
 
 
-def epochs_for(n_train: int, steps: int) -> int:
-    """Training epochs that give about ``steps`` optimizer steps at batch ``BATCH``."""
-    return max(1, math.ceil(steps / math.ceil(n_train / BATCH)))
-
-
 def run_one(dataset: str, setting: str, split: int, steps: int) -> dict[str, Any]:
     from pyro_prune import compression
     from pyro_prune.data import load_dataset
@@ -53,7 +48,7 @@ def run_one(dataset: str, setting: str, split: int, steps: int) -> dict[str, Any
     target_std = float(train.info.normalization.target_std)
     torch.manual_seed(split)
     model = MLP(train.tensors[0].shape[1], HIDDEN, 1, likelihood="gaussian")
-    epochs = epochs_for(len(train), steps)
+    epochs = common.epochs_for(len(train), BATCH, steps)
     options: dict[str, Any] = {"kl_scale": "elbo"} if setting in ("unpruned", "elbo") else {"kl_scale": "paper"}
     if setting != "unpruned":
         options["schedule"] = ContinuousPruning()

@@ -20,7 +20,6 @@ training seed per split, a fixed step budget instead of tuned epochs.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from typing import Any
 
@@ -32,6 +31,7 @@ import torch  # noqa: E402
 from _common import (  # noqa: E402
     RESULTS_DIR,
     add_w2_args,
+    epochs_for,
     format_table,
     parse_benchmark_args,
     print_header,
@@ -49,11 +49,6 @@ SCRIPT = "w2_uci"
 LAMBDAS = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0]
 SCORES = ("activation", "contribution")
 SWEEP_SCORE = "activation"  # the default score of w2_prune
-
-
-def epochs_for(n_train: int, batch_size: int, steps: int) -> int:
-    """Epochs that give about ``steps`` optimiser steps."""
-    return max(1, math.ceil(steps / math.ceil(n_train / batch_size)))
 
 
 def train_uci(name: str, split: int, hidden: list[int], *, steps: int, batch_size: int, lr: float,
