@@ -179,12 +179,12 @@ def _test_chance_note(cfg: Any, model: Any, result: Any, train: Any, test: Any,
 
     labels = train.tensors[1] if isinstance(train, TensorDataset) else None
     chance = chance_level(model, labels) if labels is not None and labels.dim() == 1 else None
-    if chance is None or any(row.get("diverged") for row in result.history):
+    if chance is None:
         return None
     checks = (f"the learning rate (--lr {cfg.lr:g}), the KL weight (--kl-scale {cfg.kl_scale}) and "
               f"the number of epochs (--epochs {cfg.epochs})")
     return chance_note(test_metrics.get("accuracy"), chance[0], dataset_length(test), where="test",
-                       checks=checks)
+                       checks=checks, history=result.history)
 
 
 def evaluate_fitted(cfg: Any, out: Path, model: Any, result: Any, train: Any, test: Any, *,

@@ -197,11 +197,14 @@ def at_chance(accuracy: float, majority: float, n: int | None) -> bool:
 
 
 def chance_note(accuracy: float | None, majority: float | None, n: int | None, *, where: str,
-                checks: str) -> str | None:
+                checks: str, history: list[dict[str, Any]] | None = None) -> str | None:
     """The one-line note of a classifier whose final ``where`` accuracy is at chance
-    (:func:`at_chance`), naming ``checks``, what to look at; ``None`` when it learned, or when
-    there is nothing to judge (no accuracy, no majority share)."""
+    (:func:`at_chance`), naming ``checks``, what to look at; ``None`` when it learned, when
+    there is nothing to judge (no accuracy, no majority share) or when an epoch of the run's
+    ``history`` diverged (the divergence warning has said what went wrong)."""
     if accuracy is None or majority is None or not math.isfinite(accuracy):
+        return None
+    if history is not None and any(row.get("diverged") for row in history):
         return None
     if not at_chance(accuracy, majority, n):
         return None

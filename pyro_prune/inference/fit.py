@@ -324,14 +324,15 @@ def _chance_note(history: list[dict[str, Any]], chance: tuple[float, float] | No
                  evaluated: Any, lr: float, kl_spec: float | str, kl_value: float) -> str | None:
     """The note of a classifier whose last evaluated accuracy (on ``val``, else on the
     training data) is at chance; none after a divergence, which was warned of already."""
-    if not history or chance is None or any(row.get("diverged") for row in history):
+    if not history or chance is None:
         return None
     where = "validation" if val is not None else "training"
     accuracy = history[-1].get("val_accuracy" if val is not None else "train_accuracy")
     checks = (f"the learning rate (lr={lr:g}), the guide's start (where its means and scales begin: "
               f"an autoguide's init_loc_fn and init_scale) and the KL weight (kl_scale={kl_spec!r}, "
               f"{kl_value:.3g}: a large weight holds the posterior at the prior)")
-    return chance_note(accuracy, chance[0], dataset_length(evaluated), where=where, checks=checks)
+    return chance_note(accuracy, chance[0], dataset_length(evaluated), where=where, checks=checks,
+                       history=history)
 
 
 def _write_summary(lines: list[Any], progress: bool) -> None:
