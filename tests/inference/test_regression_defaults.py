@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import os
 
+import foreign_networks as foreign
 import pytest
 import torch
+from torch import nn
 
 from pyro_prune import compression
+from pyro_prune.convert import to_deterministic
 from pyro_prune.data import load_dataset
 from pyro_prune.inference import ContinuousPruning, evaluate, fit
-from pyro_prune.models import MLP
+from pyro_prune.models import MLP, bayesianize
 
-pytestmark = pytest.mark.skipif(not os.environ.get("PYRO_PRUNE_DATA"),
+needs_data = pytest.mark.skipif(not os.environ.get("PYRO_PRUNE_DATA"),
                                 reason="set PYRO_PRUNE_DATA to the folder with the real data sets")
 
 EPOCHS = 40  # 27 steps each at batch 32 on concrete's 927 training rows
@@ -31,6 +34,7 @@ def _fit(train, **options) -> MLP:
     return model
 
 
+@needs_data
 def test_the_defaults_prune_a_regression_network_at_its_unpruned_error() -> None:
     train, test = load_dataset("uci/concrete", "train"), load_dataset("uci/concrete", "test")
     unpruned = evaluate(_fit(train, kl_scale="elbo"), test)["rmse"]
@@ -42,3 +46,37 @@ def test_the_defaults_prune_a_regression_network_at_its_unpruned_error() -> None
     paper = _fit(train, kl_scale="paper", schedule=ContinuousPruning())
     assert compression(paper) > compression(model)
     assert evaluate(paper, test)["rmse"] > 1.15 * unpruned
+
+
+@needs_data
+def test_a_plain_torch_regression_network_prunes_on_the_defaults() -> None:
+    """A network as its author writes it (SiLU, no library layer), bayesianized with a Gaussian
+    likelihood and fitted on the pair of tensors of concrete: the ELBO's weight, most of it
+    removed at an error far below the target's spread (1, the targets are standardised), and
+    the converted plain network predicts as the Pyro model does."""
+    train, test = load_dataset("uci/concrete", "train"), load_dataset("uci/concrete", "test")
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(8, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(), nn.Linear(64, 1))
+    model = bayesianize(plain, likelihood="gaussian")
+    result = fit(model, train.tensors, epochs=EPOCHS, lr=1e-2, batch_size=32, seed=0, progress=False,
+                 schedule=ContinuousPruning())
+    assert result.config["kl_scale"] == 1.0
+    assert compression(model) > 0.5
+    assert evaluate(model, test.tensors)["rmse"] < 0.45
+    x = test.tensors[0][:64]
+    assert torch.allclose(to_deterministic(model)(x), model.predict(x), atol=1e-5)
+
+
+def test_a_hugging_face_regression_head_gets_the_elbo_weight() -> None:
+    """A tiny ``ViTForImageClassification`` from its config (random weights) used as a
+    regressor: ``"auto"`` is the ELBO's weight for its gates, as for the library's MLP, and a
+    classifier built the same way keeps the paper's."""
+    x = foreign.images(32)
+    y = x.mean(dim=(1, 2, 3))[:, None].repeat(1, foreign.CLASSES)
+    torch.manual_seed(0)
+    regressor = bayesianize(foreign.hf_vit(), likelihood="gaussian", example_input=x[:2])
+    assert fit(regressor, (x, y), epochs=1, batch_size=16, progress=False).config["kl_scale"] == 1.0
+    classifier = bayesianize(foreign.hf_vit(), example_input=x[:2])
+    labels = torch.arange(32) % foreign.CLASSES
+    structures = sum(g.num_structures for g in classifier.gates().values())
+    assert fit(classifier, (x, labels), epochs=0, progress=False).config["kl_scale"] == pytest.approx(32 / structures)
