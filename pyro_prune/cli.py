@@ -66,13 +66,12 @@ from pyro_prune._checks import SEED_MAX
 from pyro_prune._deprecation import moved_names
 from pyro_prune._io import FolderLockedError
 from pyro_prune.export import ExportFormat
+from pyro_prune.inference.schedules import DEFAULT_EPOCHS, PRUNING_STEPS_MARGIN
 from pyro_prune.report import write_report
 from pyro_prune.run_folder import EXIT_USAGE, PROG, UsageError, one_line
 from pyro_prune.runs import (
-    DEFAULT_EPOCHS,
     METHODS,
     MODELS,
-    PRUNING_STEPS_MARGIN,
     RunConfig,
     export_run,
     run_fit,

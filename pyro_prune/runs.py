@@ -31,7 +31,7 @@ from pyro_prune._io import (
 from pyro_prune.evaluation import evaluate_fitted
 from pyro_prune.export import EXPORTERS, ExportFormat
 from pyro_prune.inference.fit import DEFAULT_NOISE_LR
-from pyro_prune.inference.schedules import DEFAULT_KL_WARMUP_EPOCHS
+from pyro_prune.inference.schedules import DEFAULT_EPOCHS, DEFAULT_KL_WARMUP_EPOCHS
 from pyro_prune.run_folder import (
     CONFIG_FILE,
     CURVE_FILE,
@@ -312,14 +312,6 @@ class FitData:
     user: bool = False
 
 
-#: the training epochs of a run that does not name them, on a data set large enough
-DEFAULT_EPOCHS = 20
-#: a run that does not name its epochs gets at least this many times the optimizer steps its
-#: noise posteriors need to reach their prior's width (:func:`pruning_steps_needed`). Measured
-#: on four small UCI sets (``benchmarks/pruning_steps_small_data.py``, 3 seeds): at 1x nothing
-#: is removed, from 1.25x on the compression grows with the steps (at 3x 82 to 96%) while the
-#: test RMSE stays within 0.004 of the 1x run's (which removed nothing) or below it
-PRUNING_STEPS_MARGIN = 3.0
 
 
 def default_epochs(cfg: RunConfig, train: Any, shape: DataShape) -> tuple[int, str | None]:
@@ -333,7 +325,7 @@ def default_epochs(cfg: RunConfig, train: Any, shape: DataShape) -> tuple[int, s
     set after the validation split) is ``ceil(len(train) / batch_size)`` steps (the batch is
     the global one under torchrun); a stream without a length keeps the default.
     """
-    from pyro_prune.inference.schedules import pruning_steps_needed
+    from pyro_prune.inference.schedules import default_epochs as pruning_epochs
 
     if METHODS[cfg.method].criterion is None:
         return DEFAULT_EPOCHS, None
@@ -342,11 +334,7 @@ def default_epochs(cfg: RunConfig, train: Any, shape: DataShape) -> tuple[int, s
     except TypeError:  # an IterableDataset without a length
         return DEFAULT_EPOCHS, None
     noise_lr = cfg.noise_lr if cfg.noise_lr is not None else cfg.lr
-    needed = pruning_steps_needed(build_model(cfg, shape), noise_lr)
-    if needed is None or steps_per_epoch < 1:
-        return DEFAULT_EPOCHS, None
-    wanted = math.ceil(PRUNING_STEPS_MARGIN * needed)
-    epochs = max(DEFAULT_EPOCHS, math.ceil(wanted / steps_per_epoch))
+    epochs, needed = pruning_epochs(build_model(cfg, shape), steps_per_epoch, noise_lr)
     if epochs == DEFAULT_EPOCHS:
         return epochs, None
     return epochs, (f"epochs: {epochs}, not {DEFAULT_EPOCHS}: an epoch is {steps_per_epoch} optimizer steps "

@@ -60,7 +60,7 @@ def _labelled(data: Any, arg: str) -> tuple[Tensor, Tensor]:
     return first_batch(data, arg)
 
 
-def resolve_fit_arguments(model: PrunableNet, train: Any, *, epochs: int, batch_size: int, lr: float,
+def resolve_fit_arguments(model: PrunableNet, train: Any, *, epochs: int | None, batch_size: int, lr: float,
                           val: Any, seed: int, engine: Engine | str, kl_scale: float | KLScale | str,
                           guide: Callable | None, weight_decay: float, noise_lr: float | None,
                           num_data: int | None) -> FitArguments:
@@ -69,8 +69,8 @@ def resolve_fit_arguments(model: PrunableNet, train: Any, *, epochs: int, batch_
     and the data-set size."""
     if not isinstance(model, PrunableNet):
         raise TypeError(f"model must be a PrunableNet, got {type(model).__name__}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0):
+        raise ValueError(f"epochs must be an int >= 0 or None (chosen from the data), got {epochs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     check_number(lr, "lr", positive=True)

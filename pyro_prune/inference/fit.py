@@ -97,7 +97,7 @@ def fit(
     model: PrunableNet,
     train: Any,
     *,
-    epochs: int,
+    epochs: int | None = None,
     batch_size: int = 128,
     lr: float = 1e-3,
     val: Any = None,
@@ -126,7 +126,12 @@ def fit(
             ``DataLoader`` (its own batch size, workers and collate function apply; its
             ``batch_size`` is the global batch). See :mod:`pyro_prune.inference.batches`.
         epochs: number of training epochs (a schedule may add ``extra_epochs`` of
-            fine-tuning).
+            fine-tuning). ``None`` (the default): 20, or, under
+            :class:`~pyro_prune.inference.schedules.ContinuousPruning` on a small data set,
+            enough epochs for 3x the optimizer steps the noise posteriors need to widen to
+            their prior (:func:`~pyro_prune.inference.schedules.default_epochs`; 801 steps
+            at the default ``noise_lr``), with a line saying why; ``config["epochs"]``
+            records the number.
         batch_size, lr: minibatch size and Adam learning rate. Under ``torchrun`` the
             batch is global: each of the N processes takes ``batch_size / N`` of it.
         val: validation data (any form ``train`` takes, a pair ``(inputs, targets)``
@@ -184,10 +189,16 @@ def fit(
                                  seed=seed, engine=engine, kl_scale=kl_scale, guide=guide,
                                  weight_decay=weight_decay, noise_lr=noise_lr, num_data=num_data)
     train, val = args.train, args.val  # an (inputs, targets) pair is a TensorDataset from here on
+    why_epochs = None
+    if epochs is None:
+        epochs, why_epochs = _default_epochs(model, train, batch_size=batch_size,
+                                             noise_lr=noise_lr if noise_lr is not None else lr, schedule=schedule)
     guide, custom_guide = args.guide, args.custom_guide
     device = model_device(model)
     dist_info = distributed_info(device)
     main = dist_info.is_main
+    if why_epochs is not None and main:
+        _write_summary([why_epochs], progress)
 
     torch.manual_seed(seed)
     pyro.set_rng_seed(seed)
@@ -307,6 +318,32 @@ def fit(
         _write_summary([line for line in (report, note) if line is not None], progress)
     return FitResult(model=model, guide=guide, history=history, config=config, report=report,
                      chance_note=note)
+
+
+def _default_epochs(model: PrunableNet, train: Any, *, batch_size: int, noise_lr: float,
+                    schedule: Any) -> tuple[int, str | None]:
+    """The epochs of a run that does not name them (see :func:`fit`), and, when they are
+    more than :data:`~pyro_prune.inference.schedules.DEFAULT_EPOCHS`, a line saying why."""
+    from torch.utils.data import DataLoader
+
+    from pyro_prune.inference.schedules import DEFAULT_EPOCHS, ContinuousPruning, default_epochs
+
+    if not isinstance(schedule, ContinuousPruning):
+        return DEFAULT_EPOCHS, None
+    if isinstance(train, DataLoader):
+        try:
+            steps_per_epoch: int | None = len(train)
+        except TypeError:  # a stream without a length
+            steps_per_epoch = None
+    else:
+        examples = dataset_length(train)
+        steps_per_epoch = None if examples is None else -(-examples // batch_size)
+    epochs, needed = default_epochs(model, steps_per_epoch, noise_lr)
+    if epochs == DEFAULT_EPOCHS or steps_per_epoch is None:
+        return epochs, None
+    return epochs, (f"epochs: {epochs}, not {DEFAULT_EPOCHS}: an epoch is {steps_per_epoch} optimizer steps, "
+                    f"and the noise posteriors need about {needed} steps at noise_lr={noise_lr:g} to widen to "
+                    f"their prior; {epochs} epochs give {epochs * steps_per_epoch} (epochs= to choose)")
 
 
 def _report(model: PrunableNet, schedule: Any) -> Any:

@@ -127,3 +127,36 @@ def test_the_rule_agrees_with_the_language_model_measurement() -> None:
     [warned] = _start(ContinuousPruning(), model, train, epochs=125, batch_size=128)
     assert "takes 250 optimizer steps" in str(warned.message) and f"the {DEFAULT_STEPS} " in str(warned.message)
     assert _start(ContinuousPruning(), model, train, epochs=180, batch_size=128) == []
+
+
+@pytest.mark.parametrize(("examples", "batch_size", "noise_lr", "expected"), [
+    (64, 16, 0.1, 60),  # 4 steps an epoch; 80 needed, 3x = 240 steps
+    (64, 16, 0.5, 20),  # 16 needed, 48 steps in 12 epochs: the default 20
+    (640, 16, 0.1, 20),  # 40 steps an epoch: the default 20
+])
+@pytest.mark.filterwarnings("ignore:pruning would empty")  # random labels: nothing is needed
+def test_fit_without_epochs_gives_a_pruning_run_three_times_the_steps_its_noise_needs(
+        examples: int, batch_size: int, noise_lr: float, expected: int, caplog) -> None:
+    train = TensorDataset(torch.randn(examples, 8), torch.arange(examples) % 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PruningStepsWarning)  # enough steps: never warned about
+        with caplog.at_level("INFO", logger="pyro_prune"):
+            result = fit(MLP(8, [4], 3), train, batch_size=batch_size, noise_lr=noise_lr, progress=False,
+                         schedule=ContinuousPruning(finetune_epochs=1))
+    assert result.config["epochs"] == expected and len(result.history) == expected + 1
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epochs: ")]
+    if expected == 20:
+        assert said == []
+    else:  # one line saying why
+        assert said == [f"epochs: {expected}, not 20: an epoch is 4 optimizer steps, and the noise posteriors "
+                        f"need about 80 steps at noise_lr=0.1 to widen to their prior; {expected} epochs "
+                        f"give {4 * expected} (epochs= to choose)"]
+
+
+@pytest.mark.filterwarnings("ignore:pruning would empty")
+def test_fit_without_epochs_counts_a_data_loaders_batches_and_keeps_20_without_pruning() -> None:
+    data = TensorDataset(torch.randn(64, 8), torch.arange(64) % 3)
+    loader = torch.utils.data.DataLoader(data, batch_size=32)  # 2 steps an epoch
+    result = fit(MLP(8, [4], 3), loader, noise_lr=0.1, progress=False, schedule=ContinuousPruning(finetune_epochs=0))
+    assert result.config["epochs"] == 120  # 240 steps
+    assert fit(MLP(8, [4], 3), data, progress=False).config["epochs"] == 20  # nothing to prune

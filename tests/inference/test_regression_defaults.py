@@ -49,6 +49,25 @@ def test_the_defaults_prune_a_regression_network_at_its_unpruned_error() -> None
 
 
 @needs_data
+def test_fit_on_nothing_but_the_defaults_chooses_enough_epochs_to_prune_a_small_data_set(caplog) -> None:
+    """``fit(model, data, schedule=ContinuousPruning())`` and nothing else: concrete's 927 rows
+    are 8 steps an epoch at the default batch 128, so the default 20 epochs (160 steps) would
+    remove nothing; ``fit`` takes 101 (3x the 267 steps the noise needs) and says why."""
+    train, test = load_dataset("uci/concrete", "train"), load_dataset("uci/concrete", "test")
+    torch.manual_seed(0)
+    model = MLP(8, [50, 50], 1, likelihood="gaussian")
+    with caplog.at_level("INFO", logger="pyro_prune"):
+        result = fit(model, train, seed=0, progress=False, schedule=ContinuousPruning())
+    assert result.config["epochs"] == 101
+    assert any(r.getMessage().startswith("epochs: 101, not 20: an epoch is 8 optimizer steps") for r in caplog.records)
+    torch.manual_seed(0)
+    unpruned = MLP(8, [50, 50], 1, likelihood="gaussian")
+    fit(unpruned, train, epochs=101 + 10, seed=0, progress=False)
+    assert compression(model) > 0.5
+    assert evaluate(model, test)["rmse"] < 1.15 * evaluate(unpruned, test)["rmse"]
+
+
+@needs_data
 def test_a_plain_torch_regression_network_prunes_on_the_defaults() -> None:
     """A network as its author writes it (SiLU, no library layer), bayesianized with a Gaussian
     likelihood and fitted on the pair of tensors of concrete: the ELBO's weight, most of it
