@@ -86,6 +86,9 @@ def noise_lr_method(noise_lr: float) -> str:
 #: (method, init_loc, kl_scale) per experiment and configuration; ``None`` = the default.
 #: Rows that ``bmrs_table.py`` already has (every criterion at init_loc 0 with the KL weights
 #: "elbo" and "paper", 3 seeds) are not repeated here.
+#: the KL warm-up over 3 epochs at noise_lr 0.01 (its init sweep on the MNIST MLP alone)
+WARMUP3_NOISE_LR001 = f"bmrs_warmup3_{noise_lr_method(0.01).removeprefix('bmrs_')}"
+
 PLANS: dict[str, dict[tuple[str, str], list[tuple[str, float, Any]]]] = {
     "init": {
         ("mnist", "mlp"): [("bmrs", init, None) for init in (0.0, -2.0, -4.0)]
@@ -120,7 +123,8 @@ PLANS: dict[str, dict[tuple[str, str], list[tuple[str, float, Any]]]] = {
     # the KL weight warmed up over the first W epochs: method "bmrs_warmup<W>"
     # (and "bmrs_warmup<W>_noise_lr<value>": the same at that noise learning rate)
     "kl_warmup": {config: [(f"bmrs_warmup{w}", init, None) for w in (3, 5) for init in (0.0, -2.0, -4.0)]
-                  + [(f"bmrs_warmup3_{noise_lr_method(0.01).removeprefix('bmrs_')}", 0.0, None)]
+                  + [(WARMUP3_NOISE_LR001, init, None)
+                     for init in ((0.0, -2.0, -4.0) if config == ("mnist", "mlp") else (0.0,))]
                   for config in CONFIGS},
     # (start, top of the prior range): method "paths_top<B>"
     "paths": {

@@ -1104,31 +1104,41 @@ def _init_cells(found: dict[float, list[dict[str, Any]]]) -> tuple[dict[float, f
     return comps, cells
 
 
-#: the init sweep's result files at longer epoch budgets (``bmrs_defaults.py --suffix``)
-_INIT_BUDGETS = ("", "_20+3", "_50+10")
+#: the init sweeps at each epoch budget: (result file, recipe shown, its runs' method); the
+#: longer budgets are ``bmrs_defaults.py --suffix`` runs of the same experiment
+_INIT_BUDGETS = (
+    ("bmrs_defaults_init", "default", "bmrs"),
+    ("bmrs_defaults_init_20+3", "default", "bmrs"),
+    ("bmrs_defaults_init_50+10", "default", "bmrs"),
+    ("bmrs_defaults_kl_warmup", "W = 3", "bmrs_warmup3"),
+    ("bmrs_defaults_kl_warmup", "W = 3, noise_lr 0.01", "bmrs_warmup3_noise_lr0.01"),
+    ("bmrs_defaults_kl_warmup_50+10", "W = 3", "bmrs_warmup3"),
+    ("bmrs_defaults_kl_warmup_50+10", "W = 3, noise_lr 0.01", "bmrs_warmup3_noise_lr0.01"),
+)
 
 
 def _init_budget_table(init: dict[str, Any] | None, recipe: dict[str, Any] | None) -> list[str]:
-    """The default's init sweep at each epoch budget: the dependence on the start fades."""
+    """The init sweep of the default, and of the KL warm-up, at each epoch budget: the
+    dependence on the start fades with training."""
     rows, sources = [], []
-    for suffix in _INIT_BUDGETS:
-        d = init if suffix == "" else _load(f"bmrs_defaults_init{suffix}")
+    for name, label, method in _INIT_BUDGETS:
+        d = init if name == "bmrs_defaults_init" else _load(name)
         if d is None:
             continue
         budget = f"{d['config']['epochs']} + {d['config']['finetune']}"
         for dataset, model in _CONFIGS:
             found: dict[float, list[dict[str, Any]]] = {}
             for x in _runs(d):
-                if ((x["dataset"], x["model"], x["method"], x.get("finetune_kl")) == (dataset, model, "bmrs", "elbo")):
+                if ((x["dataset"], x["model"], x["method"], x.get("finetune_kl")) == (dataset, model, method, "elbo")):
                     found.setdefault(x["init_loc"], []).append(x)
-            if not found:
-                continue
-            if suffix == "" and 0.0 not in found:  # the default recipe's runs: init_loc 0, same budget
+            if d is init and 0.0 not in found and found:  # the default recipe's runs: init_loc 0, same budget
                 seeds = {x["seed"] for xs in found.values() for x in xs}
                 same = [x for x in _runs(recipe) if (x["dataset"], x["model"], x["method"], x["init_loc"],
                         x.get("finetune_kl")) == (dataset, model, "bmrs", 0.0, "elbo") and x["seed"] in seeds]
                 if same:
                     found[0.0] = same
+            if len(found) < 2:  # no sweep
+                continue
             comps, cells = _init_cells(found)
             # the spread over the seeds every start has, seed by seed
             common = set.intersection(*({x["seed"] for x in xs} for xs in found.values()))
@@ -1136,19 +1146,20 @@ def _init_budget_table(init: dict[str, Any] | None, recipe: dict[str, Any] | Non
             for seed in sorted(common):
                 c = [100 * x["compression"] for xs in found.values() for x in xs if x["seed"] == seed]
                 per_seed.append(max(c) - min(c))
-            rows.append([dataset, model, budget, *cells,
-                         f"{max(comps.values()) - min(comps.values()):.1f}" if len(comps) > 1 else "-",
-                         " / ".join(f"{v:.1f}" for v in per_seed) if len(found) > 1 else "-"])
-        if suffix:
+            rows.append([dataset, model, label, budget, *cells,
+                         f"{max(comps.values()) - min(comps.values()):.1f}",
+                         " / ".join(f"{v:.1f}" for v in per_seed) or "-"])
+        if d is not init and _reproduce(d) not in sources:
             sources.append(_reproduce(d))
     if not rows:
         return []
     return [
-        "### The default's init sweep against the epoch budget "
+        "### The init sweep against the epoch budget "
         "(compression % / test accuracy %, mean over seeds, their number in brackets)",
-        "The default recipe (fine-tuned at the ELBO's weight) from each start; the spread is "
-        "that of the means, and per seed (over the seeds every start has).",
-        _table(["data", "model", "epochs + fine-tuning", "init_loc 0", "init_loc -2", "init_loc -4",
+        "The default recipe (fine-tuned at the ELBO's weight), and the same with the KL weight "
+        "warmed up over `W` epochs (`ContinuousPruning(kl_warmup_epochs=W)`), from each start; "
+        "the spread is that of the means, and per seed (over the seeds every start has).",
+        _table(["data", "model", "recipe", "epochs + fine-tuning", "init_loc 0", "init_loc -2", "init_loc -4",
                 "spread (points)", "spread per seed"], rows),
         " ".join(sources),
     ]
