@@ -558,6 +558,24 @@ def pruning_steps_small_data(d: dict[str, Any]) -> str:
     ])
 
 
+def autoguide_criteria(d: dict[str, Any]) -> str:
+    """Continuous pruning under Pyro's Gaussian autoguides: the criteria side by side."""
+    rows = [[r["weights"], r["guide"], r["criterion"] + (" (default)" if r["default"] else ""), r["epochs"],
+             r["seeds"], f"{r['compression_%']:.1f} ± {r['compression_std']:.1f}",
+             f"{r['accuracy_%']:.2f} ± {r['accuracy_std']:.2f}"] for r in d["summary"]]
+    c = d["config"]
+    return "\n\n".join([
+        "### Criteria under Pyro's autoguides (digits)",
+        f"{c['network']} on the digits, Adam lr {c['lr']}, batch {c['batch_size']}, `ContinuousPruning(criterion)` "
+        f"(10 fine-tuning epochs), `kl_scale` \"{c['kl_scale']}\", `noise_lr` {c['noise_lr']} (the guide's "
+        f"parameters too), each autoguide started by `{c['guide_start']}`; \"builtin\" is the network's own "
+        "guide. Mean ± standard deviation over the seeds; epochs are the training epochs, before the "
+        "fine-tuning.",
+        _table(["weights", "guide", "criterion", "epochs", "seeds", "compression %", "test accuracy %"], rows),
+        _reproduce(d),
+    ])
+
+
 def regression_defaults(d: dict[str, Any]) -> str:
     """Continuous pruning of UCI regression networks at the KL weights "paper" and "elbo"."""
     rows = [[r["dataset"], r["kl_scale"] + (" (default)" if r["kl_scale"] == "elbo" else ""), r["splits"],
@@ -651,6 +669,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "language_model_steps": language_model_steps,
     "regression_defaults": regression_defaults,
     "pruning_steps_small_data": pruning_steps_small_data,
+    "autoguide_criteria": autoguide_criteria,
 }
 
 
@@ -662,6 +681,7 @@ PAGE_OF: dict[str, str] = {
     "language_model_steps": "transformers.md",
     "regression_defaults": "results/bmrs.md",
     "pruning_steps_small_data": "results/bmrs.md",
+    "autoguide_criteria": "guides_and_reports.md",
     "training_speed": "results/speed.md",
     "bmrs_table_estimator_mlp": "results/speed.md",
     "bmrs_table_estimator_lenet": "results/speed.md",
@@ -701,14 +721,19 @@ def pages() -> dict[str, list[str]]:
     return out
 
 
+#: pages whose generated sections sit inside one of the page's own sections: their headings
+#: keep their level
+NESTED_PAGES = frozenset({"guides_and_reports.md"})
+
+
 def _for_page(markdown: str, page: str) -> str:
     """A section's Markdown as it reads on ``page``: its headings one level up (each page
-    has one title), its figure links relative to the page (the site serves
-    ``benchmarks/results/`` at its root)."""
+    has one title; not on :data:`NESTED_PAGES`), its figure links relative to the page (the
+    site serves ``benchmarks/results/`` at its root)."""
     up = os.path.relpath(DOCS, (DOCS / page).parent).replace(os.sep, "/")
     lines = []
     for line in markdown.split("\n"):
-        if line.startswith("### "):
+        if line.startswith("### ") and page not in NESTED_PAGES:
             line = line[1:]
         lines.append(line.replace(f"]({FIGURES}", f"]({up}/{FIGURES}"))
     return "\n".join(lines)

@@ -24,7 +24,8 @@ class Engine(enum.Enum):
     #: plain torch: per-example reparameterised draws of the noise (fit), local
     #: reparameterisation with one draw per input (predictive)
     FAST = "fast"
-    #: Pyro: ``TraceMeanField_ELBO`` on the model and guide (fit),
+    #: Pyro: ``TraceMeanField_ELBO`` on the model and its own guide, ``Trace_ELBO`` on a custom
+    #: guide (fit, :func:`~pyro_prune.inference.elbo.pyro_elbo_loss`),
     #: :class:`pyro.infer.Predictive` with one weight draw for all inputs (predictive)
     PYRO = "pyro"
 

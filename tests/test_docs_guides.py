@@ -14,7 +14,7 @@ def test_the_page_runs_block_by_block(capsys, run_docs_page) -> None:
     count, namespace = run_docs_page(PAGE)
     assert count == 4
     out = capsys.readouterr().out
-    assert "bmrs_u8: removed" in out and "linear neurons" in out
+    assert "bmrs_u4: removed" in out and "linear neurons" in out  # the default under an autoguide
     assert "bmrs_n: removed 0 of 22 conv channels, 0 of 204 linear neurons" in out
     assert "nothing removed: all dF < 0" in out
     assert namespace["lpd"].shape == (len(namespace["test"]),)

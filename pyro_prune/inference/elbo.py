@@ -25,9 +25,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from pyro.infer import TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch import Tensor
 
+from pyro_prune.inference.tempered_guide import tempered_guide
 from pyro_prune.models import noise_kernels_jit
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.models.noise import MultiplicativeNoise, NoiseMode, StochasticModule, noise_mode
@@ -286,11 +287,23 @@ def pyro_elbo_loss(
     y: Tensor,
     *,
     guide: Callable | None = None,
-    elbo: TraceMeanField_ELBO | None = None,
+    elbo: Trace_ELBO | None = None,
 ) -> Tensor:
-    """Negative ELBO of the Pyro program ``model``/``guide`` (``TraceMeanField_ELBO``)."""
-    elbo = elbo or TraceMeanField_ELBO()
-    guide = guide if guide is not None else model.guide
+    """Negative ELBO of the Pyro program ``model``/``guide``.
+
+    The model's own guide: ``TraceMeanField_ELBO``, with the closed-form KL of each site. A
+    custom guide (an autoguide): ``Trace_ELBO`` (``log q - log p`` of the draws), each guide
+    site weighted by the model's KL weight
+    (:func:`~pyro_prune.inference.tempered_guide.tempered_guide`). Not
+    ``TraceMeanField_ELBO``: an autoguide returns each constrained site as a ``Delta`` whose
+    ``log_density`` is the log-Jacobian of the map from the unconstrained draw, and Pyro's
+    ``KL(Delta || p) = -log p(value)`` leaves it out, so the objective would lack the part of
+    the entropy that the constraining map contributes (``log q(theta) = log q(u) - log|dtheta/du|``).
+    """
+    if guide is None or guide == model.guide:
+        guide, elbo = model.guide, elbo or TraceMeanField_ELBO()
+    else:  # an autoguide's sites weighted by the model's KL weights, as the built-in guide's are
+        guide, elbo = tempered_guide(model, guide), elbo or Trace_ELBO()
     with noise_mode(model.net, NoiseMode.SAMPLE):
         return elbo.differentiable_loss(model, guide, x, y)
 

@@ -66,6 +66,7 @@ from pyro_prune.inference.optim import (
     make_optimizer,
     trainable_parameters,
 )
+from pyro_prune.inference.tempered_guide import check_guide_kl_weights
 from pyro_prune.models.base import KLScale, Likelihood, PrunableNet
 from pyro_prune.progress import progress_bar
 
@@ -211,8 +212,15 @@ def fit(
             pyro.poutine.trace(guide).get_trace(*(t.to(device) for t in args.sample))
         # before it is attached: a refused guide leaves the model as it was
         _check_fitted_guide(model, guide, schedule, fresh=fresh_guide)
+        check_guide_kl_weights(model, guide, args.kl_spec)
     # the criteria, the posterior mean and the predictive read the guide that is fitted here
     _attach_fitted_guide(model, guide if custom_guide else None)
+    from pyro_prune.inference.schedules import ContinuousPruning
+
+    if isinstance(schedule, ContinuousPruning):  # the default criterion follows the posterior's family
+        why_criterion = schedule.choose_criterion(model)
+        if why_criterion is not None and main:
+            _write_summary([why_criterion], progress)
     if dist_info.active:  # every rank starts from rank 0's weights
         broadcast_module(model, dist_info)
         if isinstance(guide, nn.Module) and guide is not model:

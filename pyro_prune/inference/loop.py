@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pyro.infer import TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch import Tensor
 
 from pyro_prune._checks import check_count
@@ -49,7 +49,8 @@ class ElboLoss:
         per_example: draw the noise once per example (the default of ``fit``) or once per
             step for the whole batch.
         guide: a custom Pyro guide (e.g. an autoguide): the loss is then Pyro's
-            ``TraceMeanField_ELBO`` of the model and this guide.
+            ``Trace_ELBO`` of the model and this guide, its sites weighted by the model's KL
+            weights (:func:`~pyro_prune.inference.elbo.pyro_elbo_loss`).
         use_pyro: use Pyro's ELBO estimator with the model's own guide.
 
     The model's noise layers are resolved once (:class:`~pyro_prune.inference.elbo.NoisePlan`);
@@ -69,7 +70,8 @@ class ElboLoss:
         self.per_example = per_example
         self.guide = guide
         self.use_pyro = use_pyro or guide is not None
-        self._elbo = TraceMeanField_ELBO() if self.use_pyro else None
+        # a custom guide: Trace_ELBO (see pyro_elbo_loss); the model's own: closed-form KL
+        self._elbo = (Trace_ELBO() if guide is not None else TraceMeanField_ELBO()) if self.use_pyro else None
         self.plan = None if self.use_pyro else NoisePlan(model)
 
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:

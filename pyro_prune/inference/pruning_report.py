@@ -44,8 +44,8 @@ SPIKE_AT_A = frozenset({"bmrs", "bmrs_n", "bmrs_n_code"})
 #: what to try when such a criterion removed nothing from the posterior of a Pyro autoguide
 GUIDE_ADVICE = ("under a Pyro autoguide each structure's posterior is logit-normal, whose density "
                 "vanishes at the edge A where this criterion's reduced prior sits, so it removes little; "
-                "use ContinuousPruning(\"bmrs_u8\") (--method bmrs_u8), whose reduced prior lies inside the "
-                "range; see docs/guides_and_reports.md")
+                "use ContinuousPruning() (its default criterion under an autoguide, bmrs_u4, whose reduced "
+                "prior lies inside the range); see docs/guides_and_reports.md")
 #: a posterior at most this share of its prior's width is "still narrow" (the posterior of a
 #: structure the data does not need widens to about its prior's width, a share of about 1,
 #: before a dF criterion removes it); the share only chooses the advice, never a removal
@@ -128,7 +128,8 @@ class PruningReport:
         spread: the widest noise posterior of the kept structures against its prior's
             width, ``None`` without noise layers or with a guide of one's own.
         foreign_guide: the posterior is a guide's other than the model's built-in one (an
-            autoguide): a BMRS_N criterion that removed nothing then says to use ``bmrs_u8``.
+            autoguide): a BMRS_N criterion that removed nothing then says to use
+            ``ContinuousPruning()``'s default under an autoguide, ``bmrs_u4``.
     """
 
     criterion: str

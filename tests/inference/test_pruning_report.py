@@ -111,16 +111,17 @@ def test_an_autoguide_s_posterior_has_no_spread_of_the_built_in_one() -> None:
 
 @pytest.mark.parametrize("criterion", ["bmrs", "bmrs_n", "bmrs_n_code", "bmrs_u8"])
 @pytest.mark.parametrize("foreign", [True, False])
-def test_nothing_removed_under_an_autoguide_by_bmrs_n_points_to_bmrs_u8(criterion: str, foreign: bool) -> None:
+def test_nothing_removed_under_an_autoguide_by_bmrs_n_points_to_bmrs_u4(criterion: str, foreign: bool) -> None:
     """A logit-normal posterior (a Pyro autoguide's) has no density at the edge A, where the
-    reduced prior of BMRS_N sits: when such a criterion removed nothing the line names
-    bmrs_u8; BMRS_U itself and the built-in posterior keep the general advice."""
+    reduced prior of BMRS_N sits: when such a criterion removed nothing the line names the
+    default under an autoguide, bmrs_u4; BMRS_U itself and the built-in posterior keep the
+    general advice."""
     s = PruningReport(criterion, True, None, (KindCount("linear neurons", 0, 64),), ScoreRange(-3e3, -225.0, 64),
                       None, foreign_guide=foreign)
     advice = GUIDE_ADVICE if foreign and criterion != "bmrs_u8" else ADVICE
     assert str(s) == (f"{criterion}: removed 0 of 64 linear neurons; nothing removed: all dF < 0 "
                       f"(max dF = -225); {advice}")
-    assert ("--method bmrs_u8" in str(s)) is (advice is GUIDE_ADVICE)
+    assert ("ContinuousPruning() (its default criterion under an autoguide, bmrs_u4" in str(s)) is (advice is GUIDE_ADVICE)
 
 
 def test_a_network_the_project_did_not_write() -> None:
