@@ -199,7 +199,7 @@ def test_continuous_pruning_with_an_autoguide_prunes_on_the_defaults(weights: st
     assert any(r.getMessage().startswith(f"criterion: bmrs_u4, the default under a Gaussian autoguide ({make.__name__}")
                for r in caplog.records)
     assert res.last["compression"] > 0.15
-    assert evaluate(net, test)["accuracy"] > 0.95
+    assert evaluate(net, test)["accuracy"] > 0.92
 
 
 def test_unsupported_guide_is_refused_by_name(digits) -> None:
