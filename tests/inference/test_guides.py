@@ -427,3 +427,61 @@ def test_a_tiny_transformer_under_autoguides() -> None:
         result = fit(model, data, epochs=2, batch_size=32, guide=guide, progress=False)
         assert attached_guide(model) is guide
         assert all(math.isfinite(row["loss"]) for row in result.history)
+
+
+def _plain_cnn() -> torch.nn.Module:
+    from torch import nn
+
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def _hf_vit() -> torch.nn.Module:
+    from torch import nn
+
+    transformers = pytest.importorskip("transformers")
+
+    class Logits(nn.Module):
+        def __init__(self, hf: nn.Module) -> None:
+            super().__init__()
+            self.hf = hf
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            return self.hf(pixel_values=pixels).logits
+
+    config = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=32,
+                                    num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                                    num_labels=10)
+    return Logits(transformers.ViTForImageClassification(config).eval())
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:pruning would empty")
+@pytest.mark.parametrize(("make", "conv"), [(_plain_cnn, True), (_hf_vit, False)], ids=["plain_cnn", "hf_vit"])
+def test_networks_the_project_did_not_write_prune_under_an_autoguide_on_the_defaults(make, conv: bool, digits) -> None:
+    """A CNN as its author writes it and a tiny Hugging Face ViT, bayesianized, fitted under
+    AutoNormal with nothing but ContinuousPruning(): the default criterion under the guide
+    (bmrs_u4) removes structures of the guide's tempered posterior, the accuracy holds and
+    the converted network predicts as the model does."""
+    from torch import nn
+
+    from pyro_prune import compression
+    from pyro_prune.convert import to_deterministic
+    from pyro_prune.models import bayesianize
+
+    (train, test) = digits
+    x, y = train.tensors[0].reshape(-1, 1, 8, 8), train.tensors[1]
+    xt, yt = test.tensors[0].reshape(-1, 1, 8, 8), test.tensors[1]
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    options = {"noise_on": (nn.Linear, nn.Conv2d)} if conv else {}  # the ViT: neurons and heads
+    model = bayesianize(make(), example_input=x[:2], **options)
+    guide = AutoNormal(model, init_loc_fn=init_to_model(model))
+    result = fit(model, (x, y), epochs=20, lr=1e-2, batch_size=64, guide=guide, progress=False, seed=0,
+                 schedule=ContinuousPruning())
+    assert result.report.criterion == "bmrs_u4" and result.report.removed > 0
+    assert compression(model) > 0.2
+    assert evaluate(model, (xt, yt))["accuracy"] > 0.93
+    with torch.no_grad():
+        assert torch.equal(to_deterministic(model)(xt).argmax(-1), model.predict(xt).argmax(-1))
