@@ -190,8 +190,9 @@ class ContinuousPruning(Schedule):
     def choose_criterion(self, model: PrunableNet) -> str | None:
         """With the default criterion, the one for the posterior ``model`` reads: ``"bmrs"``
         for its own, :data:`AUTOGUIDE_CRITERION` (``"bmrs_u4"``) for a Gaussian autoguide's
-        logit-normal one (:mod:`pyro_prune.inference.guides`). Returns a line saying so when
-        it is not ``"bmrs"`` (``fit`` calls this once the guide is attached)."""
+        logit-normal one (:mod:`pyro_prune.inference.guides`). ``fit`` calls this once the
+        guide is attached, :meth:`on_epoch_end` before each decision (a loop of one's own).
+        Returns a line saying so when it switches to the autoguide's criterion."""
         from pyro.infer.autoguide import AutoDelta
 
         from pyro_prune.inference.guides import attached_guide
@@ -199,10 +200,13 @@ class ContinuousPruning(Schedule):
         if not self.default_criterion:
             return None
         guide = attached_guide(model)
-        if guide is None or isinstance(guide, AutoDelta):  # AutoDelta: BMR is refused anyway
-            self.criterion = as_criterion(DEFAULT_CRITERION)
+        autoguide = guide is not None and not isinstance(guide, AutoDelta)  # AutoDelta: BMR is refused
+        name = AUTOGUIDE_CRITERION if autoguide else DEFAULT_CRITERION
+        if name == self.criterion.name:
             return None
-        self.criterion = as_criterion(AUTOGUIDE_CRITERION)
+        self.criterion = as_criterion(name)
+        if not autoguide:
+            return None
         return (f"criterion: {AUTOGUIDE_CRITERION}, the default under a Gaussian autoguide "
                 f"({type(guide).__name__}: logit-normal posteriors, whose density vanishes at the "
                 f"edge where {DEFAULT_CRITERION}'s reduced prior sits; ContinuousPruning(criterion=...) "
@@ -312,8 +316,11 @@ class ContinuousPruning(Schedule):
         weight = {"kl_scale": noise_kl_weight(model)} if self.kl_warmup_epochs else {}
         if epoch % self.every:
             return {"phase": "train", "removed": 0, **weight}
-        from pyro_prune.inference.pruning_report import decision_range
+        from pyro_prune.inference.pruning_report import decision_range, logger
 
+        chosen = self.choose_criterion(model)  # fit chose it already; a loop of one's own here
+        if chosen is not None:
+            logger.info("%s", chosen)
         removed = 0
         kept = model.kept_mask()
         decisions = structure_decisions(model, self.criterion)

@@ -245,3 +245,36 @@ def test_kl_warmup_in_a_loop_of_ones_own() -> None:
 def test_kl_warmup_epochs_rejects_what_is_not_a_count(bad) -> None:
     with pytest.raises((ValueError, TypeError), match="kl_warmup_epochs"):
         ContinuousPruning(kl_warmup_epochs=bad)
+
+
+def test_the_default_criterion_follows_the_posterior_in_a_loop_of_ones_own(caplog) -> None:
+    """ContinuousPruning() decides with bmrs on the network's own posterior and with bmrs_u4
+    (said once, in one line) once a Gaussian autoguide is attached; a named criterion stays."""
+    import pyro
+    from pyro.infer.autoguide import AutoNormal
+
+    from pyro_prune.inference import attach_guide, detach_guide, init_to_model
+
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    model = MLP(8, [6], 3)
+    x, y = torch.randn(4, 8), torch.arange(4) % 3
+    guide = AutoNormal(model, init_loc_fn=init_to_model(model))
+    guide(x, y)
+    default, named = ContinuousPruning(), ContinuousPruning("bmrs")
+    default.on_epoch_end(model, 1)
+    assert default.criterion.name == "bmrs"
+    attach_guide(model, guide)
+    with caplog.at_level("INFO", logger="pyro_prune"):
+        default.on_epoch_end(model, 2)
+        default.on_epoch_end(model, 3)
+        named.on_epoch_end(model, 3)
+    assert default.criterion.name == "bmrs_u4" and named.criterion.name == "bmrs"
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("criterion: ")]
+    assert said == ["criterion: bmrs_u4, the default under a Gaussian autoguide (AutoNormal: logit-normal "
+                    "posteriors, whose density vanishes at the edge where bmrs's reduced prior sits; "
+                    "ContinuousPruning(criterion=...) to choose)"]
+    detach_guide(model)
+    default.on_epoch_end(model, 4)
+    assert default.criterion.name == "bmrs"
+    assert not ContinuousPruning(log_prior_odds=0.0).default_criterion  # options of bmrs: bmrs it stays
