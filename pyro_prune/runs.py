@@ -325,22 +325,17 @@ def default_epochs(cfg: RunConfig, train: Any, shape: DataShape) -> tuple[int, s
     set after the validation split) is ``ceil(len(train) / batch_size)`` steps (the batch is
     the global one under torchrun); a stream without a length keeps the default.
     """
+    from pyro_prune.inference.batches import steps_per_epoch
     from pyro_prune.inference.schedules import default_epochs as pruning_epochs
+    from pyro_prune.inference.schedules import default_epochs_note
 
-    if METHODS[cfg.method].criterion is None:
-        return DEFAULT_EPOCHS, None
-    try:
-        steps_per_epoch = len(train) if isinstance(train, DataLoader) else math.ceil(len(train) / cfg.batch_size)
-    except TypeError:  # an IterableDataset without a length
+    steps = steps_per_epoch(train, cfg.batch_size)
+    if METHODS[cfg.method].criterion is None or steps is None:
         return DEFAULT_EPOCHS, None
     noise_lr = cfg.noise_lr if cfg.noise_lr is not None else cfg.lr
-    epochs, needed = pruning_epochs(build_model(cfg, shape), steps_per_epoch, noise_lr)
-    if epochs == DEFAULT_EPOCHS:
-        return epochs, None
-    return epochs, (f"epochs: {epochs}, not {DEFAULT_EPOCHS}: an epoch is {steps_per_epoch} optimizer steps "
-                    f"at batch size {cfg.batch_size}, and the noise posteriors need about {needed} steps "
-                    f"at noise_lr={noise_lr:g} to widen to their prior; {epochs} epochs give "
-                    f"{epochs * steps_per_epoch} (--epochs to choose)")
+    epochs, needed = pruning_epochs(build_model(cfg, shape), steps, noise_lr)
+    return epochs, default_epochs_note(epochs, steps, needed, noise_lr, batch_size=cfg.batch_size,
+                                       choose="--epochs")
 
 
 def load_data(name: str, *, root: str | None = None, train_subset: int | None = None,

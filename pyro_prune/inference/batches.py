@@ -48,6 +48,18 @@ def dataset_length(data: Any) -> int | None:
         return None
 
 
+def steps_per_epoch(data: Any, batch_size: int) -> int | None:
+    """The optimizer steps of an epoch over ``data`` at ``batch_size`` (a ``DataLoader``: its
+    own batches); ``None`` for a stream without a length."""
+    if isinstance(data, DataLoader):
+        try:
+            return len(data)
+        except TypeError:  # an IterableDataset without a length
+            return None
+    examples = dataset_length(data)
+    return None if examples is None else -(-examples // batch_size)
+
+
 def pair(batch: Any, arg: str = "train") -> tuple[Tensor, Tensor]:
     """``(inputs, targets)`` of a collated batch, or a ``TypeError`` saying what it is."""
     if isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, Tensor) for t in batch):

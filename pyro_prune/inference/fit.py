@@ -29,7 +29,7 @@ from torch.utils.data import TensorDataset
 
 from pyro_prune._enums import Engine
 from pyro_prune.inference.arguments import guide_name, resolve_fit_arguments, schedule_name
-from pyro_prune.inference.batches import batch_source, dataset_length
+from pyro_prune.inference.batches import batch_source, dataset_length, steps_per_epoch
 from pyro_prune.inference.checkpoint import (
     CHECKPOINT_NAME,
     dataset_fingerprint,
@@ -332,26 +332,18 @@ def _default_epochs(model: PrunableNet, train: Any, *, batch_size: int, noise_lr
                     schedule: Any) -> tuple[int, str | None]:
     """The epochs of a run that does not name them (see :func:`fit`), and, when they are
     more than :data:`~pyro_prune.inference.schedules.DEFAULT_EPOCHS`, a line saying why."""
-    from torch.utils.data import DataLoader
+    from pyro_prune.inference.schedules import (
+        DEFAULT_EPOCHS,
+        ContinuousPruning,
+        default_epochs,
+        default_epochs_note,
+    )
 
-    from pyro_prune.inference.schedules import DEFAULT_EPOCHS, ContinuousPruning, default_epochs
-
-    if not isinstance(schedule, ContinuousPruning):
+    steps = steps_per_epoch(train, batch_size)
+    if not isinstance(schedule, ContinuousPruning) or steps is None:
         return DEFAULT_EPOCHS, None
-    if isinstance(train, DataLoader):
-        try:
-            steps_per_epoch: int | None = len(train)
-        except TypeError:  # a stream without a length
-            steps_per_epoch = None
-    else:
-        examples = dataset_length(train)
-        steps_per_epoch = None if examples is None else -(-examples // batch_size)
-    epochs, needed = default_epochs(model, steps_per_epoch, noise_lr)
-    if epochs == DEFAULT_EPOCHS or steps_per_epoch is None:
-        return epochs, None
-    return epochs, (f"epochs: {epochs}, not {DEFAULT_EPOCHS}: an epoch is {steps_per_epoch} optimizer steps, "
-                    f"and the noise posteriors need about {needed} steps at noise_lr={noise_lr:g} to widen to "
-                    f"their prior; {epochs} epochs give {epochs * steps_per_epoch} (epochs= to choose)")
+    epochs, needed = default_epochs(model, steps, noise_lr)
+    return epochs, default_epochs_note(epochs, steps, needed, noise_lr)
 
 
 def _report(model: PrunableNet, schedule: Any) -> Any:

@@ -43,6 +43,7 @@ __all__ = [
     "PruningStepsWarning",
     "Schedule",
     "default_epochs",
+    "default_epochs_note",
     "noise_kl_weight",
     "post_training_curve",
     "pruning_steps_needed",
@@ -405,6 +406,18 @@ def default_epochs(model: PrunableNet, steps_per_epoch: int | None, noise_lr: fl
         return DEFAULT_EPOCHS, needed
     wanted = math.ceil(PRUNING_STEPS_MARGIN * needed)
     return max(DEFAULT_EPOCHS, math.ceil(wanted / steps_per_epoch)), needed
+
+
+def default_epochs_note(epochs: int, steps_per_epoch: int, needed: int | None, noise_lr: float, *,
+                        batch_size: int | None = None, choose: str = "epochs=") -> str | None:
+    """The line saying why a run that does not name its epochs trains ``epochs`` of them
+    (:func:`default_epochs`), or ``None`` when they are the default."""
+    if epochs == DEFAULT_EPOCHS or needed is None:
+        return None
+    batch = f" at batch size {batch_size}" if batch_size is not None else ""
+    return (f"epochs: {epochs}, not {DEFAULT_EPOCHS}: an epoch is {steps_per_epoch} optimizer steps{batch}, "
+            f"and the noise posteriors need about {needed} steps at noise_lr={noise_lr:g} to widen to "
+            f"their prior; {epochs} epochs give {epochs * steps_per_epoch} ({choose} to choose)")
 
 
 def _noise_lr(model: PrunableNet, optimizer: Any) -> float | None:

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from pyro_prune.inference import evaluate, fit
-from pyro_prune.inference.batches import batch_source
+from pyro_prune.inference.batches import batch_source, steps_per_epoch
 from pyro_prune.inference.distributed import DistributedInfo
 from pyro_prune.models import MLP
 
@@ -131,3 +131,14 @@ def test_a_stream_without_length_needs_num_data(digits) -> None:
         fit(MLP(64, [8], 10), Pairs(x, y), epochs=1, progress=False, num_data=0)
     with pytest.raises(TypeError, match="pairs"):
         fit(MLP(64, [8], 10), DataLoader(x, batch_size=8), epochs=1, progress=False)
+
+
+def test_steps_per_epoch_counts_batches_or_says_it_cannot() -> None:
+    class Stream(IterableDataset):
+        def __iter__(self):
+            yield from ((torch.zeros(2), torch.tensor(0)) for _ in range(5))
+
+    data = TensorDataset(torch.zeros(10, 2), torch.zeros(10, dtype=torch.long))
+    assert steps_per_epoch(data, 4) == 3 and steps_per_epoch(data, 10) == 1
+    assert steps_per_epoch(DataLoader(data, batch_size=3), 64) == 4  # the loader's own batches
+    assert steps_per_epoch(Stream(), 4) is None and steps_per_epoch(DataLoader(Stream(), batch_size=2), 4) is None
