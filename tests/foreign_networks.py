@@ -26,12 +26,12 @@ def transformers() -> Any:
     return pytest.importorskip("transformers")
 
 
-def hf_vit(layers: int = 1, intermediate: int = 24) -> nn.Module:
+def hf_vit(layers: int = 1, intermediate: int = 24, labels: int = CLASSES) -> nn.Module:
     """``ViTForImageClassification``: 8x8 one-channel images, 4 heads of width 4."""
     tf = transformers()
     return tf.ViTForImageClassification(tf.ViTConfig(
         image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=layers,
-        num_attention_heads=4, intermediate_size=intermediate, num_labels=CLASSES))
+        num_attention_heads=4, intermediate_size=intermediate, num_labels=labels))
 
 
 def hf_gpt2(layers: int = 1) -> nn.Module:

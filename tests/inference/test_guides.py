@@ -438,22 +438,9 @@ def _plain_cnn() -> torch.nn.Module:
 
 
 def _hf_vit() -> torch.nn.Module:
-    from torch import nn
+    import foreign_networks as foreign
 
-    transformers = pytest.importorskip("transformers")
-
-    class Logits(nn.Module):
-        def __init__(self, hf: nn.Module) -> None:
-            super().__init__()
-            self.hf = hf
-
-        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-            return self.hf(pixel_values=pixels).logits
-
-    config = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=32,
-                                    num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-                                    num_labels=10)
-    return Logits(transformers.ViTForImageClassification(config).eval())
+    return foreign.hf_vit(intermediate=64, labels=10)  # the digits' 8x8 images, 10 classes
 
 
 @pytest.mark.slow
