@@ -9,8 +9,9 @@ with the KL terms in closed form (the truncated log-normal / log-uniform KL of
 :mod:`pyro_prune.distributions`, and the Gaussian KL of Bayesian weights).
 
 * :func:`pyro_elbo_loss` runs the Pyro program (``model`` and ``guide``) through
-  :class:`pyro.infer.TraceMeanField_ELBO`, which picks up the registered closed-form KL.
-  One draw of every latent per step.
+  :class:`pyro.infer.TraceMeanField_ELBO`, which picks up the registered closed-form KL
+  (a custom guide, such as an autoguide: ``Trace_ELBO``, its sites weighted by the model's
+  KL weights). One draw of every latent per step.
 * :func:`fast_elbo_loss` computes the same quantity as plain torch: each stochastic module
   draws its latents by reparameterisation inside the forward pass (``NoiseMode.REPARAM``),
   one independent draw per example, as in the local reparameterisation of Kingma et al.
