@@ -96,8 +96,8 @@ def _common_weight(weights: dict[str, float], guide_name: str) -> float:
 def tempered_guide(model: PrunableNet, guide: Callable) -> Callable:
     """``guide`` with each of its sites weighted by the KL weight of the model site it stands
     for (see the module docstring); the weights are read at every call, so a schedule that
-    changes ``kl_scale`` (warm-up, fine-tuning) is followed. A guide of unit weights is
-    returned as it is."""
+    changes ``kl_scale`` (warm-up, fine-tuning) is followed. While every weight is 1 the
+    guide runs unchanged."""
 
     def weighted(*args: Any, **kwargs: Any) -> Any:
         weights = site_kl_weights(model)
