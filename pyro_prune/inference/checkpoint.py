@@ -42,8 +42,9 @@ def dataset_fingerprint(data: Any) -> str:
 
 def save_checkpoint(path: Path, *, model: PrunableNet, optimizer: torch.optim.Optimizer,
                     schedule: Any, history: list, epoch: int, step: int, config: dict,
-                    generator: torch.Generator) -> None:
-    """Write the whole training state after ``epoch`` epochs (atomically)."""
+                    generator: torch.Generator, guide: torch.nn.Module | None = None) -> None:
+    """Write the whole training state after ``epoch`` epochs (atomically); ``guide``: a custom
+    guide (an autoguide), whose parameters are the posterior being fitted."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -57,17 +58,20 @@ def save_checkpoint(path: Path, *, model: PrunableNet, optimizer: torch.optim.Op
         "step": step,
         "rng": {"torch": torch.get_rng_state(), "data": generator.get_state()},
     }
+    if guide is not None:
+        state["guide"] = guide.state_dict()
     save_torch(state, path)
 
 
 def load_checkpoint(path: str | os.PathLike, *, model: PrunableNet | None = None,
-                    config: dict | None = None) -> dict[str, Any]:
+                    config: dict | None = None, guide: torch.nn.Module | None = None) -> dict[str, Any]:
     """Load a :func:`~pyro_prune.inference.fit` checkpoint (``weights_only=True``) and, given
-    ``model``, restore it.
+    ``model`` (and the custom ``guide`` it was fitted with), restore it.
 
     Raises:
         ValueError: the file is not a pyro_prune checkpoint, or it was written for another
-            model class, other parameter shapes or other fit settings (named in the message).
+            model class, other parameter shapes or other fit settings, or without the state
+            of the custom guide (named in the message).
     """
     path = Path(path)
     try:
@@ -90,20 +94,33 @@ def load_checkpoint(path: str | os.PathLike, *, model: PrunableNet | None = None
                      if k in state["config"] and state["config"].get(k) != config.get(k)]
             if diffs:
                 raise ValueError(f"checkpoint {path} was written with other settings: " + "; ".join(diffs))
-        own = model.state_dict()
-        bad = [k for k, v in state["model"].items() if k not in own or own[k].shape != v.shape]
-        missing = [k for k in own if k not in state["model"]]
-        if bad or missing:
-            raise ValueError(
-                f"checkpoint {path} does not match the model: unexpected or reshaped "
-                f"{bad[:5]}, missing {missing[:5]}"
-            )
+        _check_state(path, "the model", model.state_dict(), state["model"])
+        if guide is not None:
+            if "guide" not in state:
+                raise ValueError(
+                    f"checkpoint {path} holds no state of the guide {type(guide).__name__} (written "
+                    f"before fit saved a custom guide's parameters): the posterior it fitted is lost; "
+                    f"train again in a new folder")
+            _check_state(path, f"the guide {type(guide).__name__}", guide.state_dict(), state["guide"])
         model.load_state_dict(state["model"])
+        if guide is not None:
+            guide.load_state_dict(state["guide"])
     return state
 
 
+def _check_state(path: Path, what: str, own: dict[str, Any], saved: dict[str, Any]) -> None:
+    """A ``ValueError`` when ``saved`` does not have the keys and shapes of ``own``."""
+    bad = [k for k, v in saved.items() if k not in own or own[k].shape != v.shape]
+    missing = [k for k in own if k not in saved]
+    if bad or missing:
+        raise ValueError(
+            f"checkpoint {path} does not match {what}: unexpected or reshaped {bad[:5]}, missing {missing[:5]}"
+        )
+
+
 def read_checkpoint(path: Path | None, *, model: PrunableNet, config: dict,
-                    info: DistributedInfo, device: torch.device) -> dict[str, Any] | None:
+                    info: DistributedInfo, device: torch.device,
+                    guide: torch.nn.Module | None = None) -> dict[str, Any] | None:
     """The checkpoint at ``path`` restored into ``model`` on every rank, or ``None`` if there
     is none; rank 0 reads it and the other ranks take its model and state.
 
@@ -119,7 +136,7 @@ def read_checkpoint(path: Path | None, *, model: PrunableNet, config: dict,
     problem = None
     if info.is_main:
         try:
-            state = load_checkpoint(path, model=model, config=config)
+            state = load_checkpoint(path, model=model, config=config, guide=guide)
         except ValueError as err:  # every rank stops with rank 0's message
             if not info.active:
                 raise
@@ -128,5 +145,7 @@ def read_checkpoint(path: Path | None, *, model: PrunableNet, config: dict,
     if problem is not None:
         raise ValueError(problem)
     broadcast_module(model, info)
+    if guide is not None:
+        broadcast_module(guide, info)
     return broadcast_object({k: state[k] for k in _SHARED_STATE} if info.is_main else None,
                             info, device)

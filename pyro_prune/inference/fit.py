@@ -265,7 +265,10 @@ def fit(
     start_epoch = 0
     if schedule is not None:
         schedule.on_fit_start(ctx)
-    state = read_checkpoint(ckpt_path, model=model, config=config, info=dist_info, device=device)
+    # a custom guide's parameters are the posterior being fitted: saved and restored with the model
+    saved_guide = guide if custom_guide and isinstance(guide, nn.Module) and guide is not model else None
+    state = read_checkpoint(ckpt_path, model=model, config=config, info=dist_info, device=device,
+                            guide=saved_guide)
     if state is not None:
         load_optimizer_state(optimizer, state["optimizer"], model)
         if schedule is not None:
@@ -314,7 +317,7 @@ def fit(
                              if k in ("loss", "val_accuracy", "compression") and v is not None})
             bar.update(1)
             if ckpt_path is not None and main:
-                save_checkpoint(ckpt_path, model=model, optimizer=optimizer, schedule=schedule,
+                save_checkpoint(ckpt_path, model=model, guide=saved_guide, optimizer=optimizer, schedule=schedule,
                                 history=history, epoch=epoch + 1, step=ctx.step, config=config,
                                 generator=generator)
     bar.close()
