@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
 import pytest
 import torch
 
 from pyro_prune.inference import ContinuousPruning, fit, load_checkpoint
 from pyro_prune.models import MLP
+
+
+class Stop(Exception):
+    """Raised by :func:`_stop_after_saves` to interrupt a run."""
+
+
+def _stop_after_saves(monkeypatch, saves: int) -> Callable[[], None]:
+    """Make ``fit`` raise :class:`Stop` right after its ``saves``-th checkpoint, as a killed
+    run would stop; returns the function that undoes it."""
+    fit_mod = importlib.import_module("pyro_prune.inference.fit")  # the module, not the function
+    orig_save, calls = fit_mod.save_checkpoint, {"n": 0}
+
+    def save_then_stop(*args, **kwargs):
+        orig_save(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == saves:
+            raise Stop
+
+    monkeypatch.setattr(fit_mod, "save_checkpoint", save_then_stop)
+    return lambda: monkeypatch.setattr(fit_mod, "save_checkpoint", orig_save)
 
 
 def test_rerunning_a_finished_run_restores_it(digits, tmp_path) -> None:
@@ -38,9 +59,6 @@ def test_interrupted_run_resumes_where_it_stopped(digits, tmp_path, monkeypatch)
     torch.manual_seed(0)
     reference = fit(MLP(64, [16], 10), train, epochs=4, batch_size=128, seed=2, progress=False)
 
-    class Stop(Exception):
-        pass
-
     class StopAfter:
         extra_epochs = 0
 
@@ -57,21 +75,11 @@ def test_interrupted_run_resumes_where_it_stopped(digits, tmp_path, monkeypatch)
 
     torch.manual_seed(0)
     net = MLP(64, [16], 10)
-    calls = {"n": 0}
-    fit_mod = importlib.import_module("pyro_prune.inference.fit")  # the module, not the function
-    orig_save = fit_mod.save_checkpoint
-
-    def save_then_stop(*args, **kwargs):
-        orig_save(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise Stop
-
-    monkeypatch.setattr(fit_mod, "save_checkpoint", save_then_stop)
+    undo = _stop_after_saves(monkeypatch, 2)
     with pytest.raises(Stop):
         fit(net, train, epochs=4, batch_size=128, seed=2, progress=False,
             checkpoint_dir=tmp_path, schedule=StopAfter(2))
-    monkeypatch.setattr(fit_mod, "save_checkpoint", orig_save)
+    undo()
     torch.manual_seed(99)  # a different initial state: the checkpoint must override it
     net2 = MLP(64, [16], 10)
     resumed = fit(net2, train, epochs=4, batch_size=128, seed=2, progress=False,
@@ -172,22 +180,10 @@ def test_a_run_under_an_autoguide_resumes_with_the_guides_posterior(digits, tmp_
 
     train, test = digits
     reference, _, full = _autoguide_fit(train, tmp_path / "full", epochs=3)
-    fit_mod = importlib.import_module("pyro_prune.inference.fit")
-    orig_save, calls = fit_mod.save_checkpoint, {"n": 0}
-
-    class Stop(Exception):
-        pass
-
-    def save_then_stop(*args, **kwargs):
-        orig_save(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise Stop
-
-    monkeypatch.setattr(fit_mod, "save_checkpoint", save_then_stop)
+    undo = _stop_after_saves(monkeypatch, 2)
     with pytest.raises(Stop):
         _autoguide_fit(train, tmp_path / "stopped", epochs=3)
-    monkeypatch.setattr(fit_mod, "save_checkpoint", orig_save)
+    undo()
     net, guide, resumed = _autoguide_fit(train, tmp_path / "stopped", epochs=3, seed=7)  # another start
     assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in full.history], rel=1e-5)
     assert evaluate(net, test)["accuracy"] == evaluate(reference, test)["accuracy"]
