@@ -312,8 +312,6 @@ class FitData:
     user: bool = False
 
 
-
-
 def default_epochs(cfg: RunConfig, train: Any, shape: DataShape) -> tuple[int, str | None]:
     """The training epochs of a run whose ``cfg.epochs`` is ``None``, and, when they are more
     than :data:`DEFAULT_EPOCHS`, a line saying why (else ``None``).

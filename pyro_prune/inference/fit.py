@@ -66,6 +66,12 @@ from pyro_prune.inference.optim import (
     make_optimizer,
     trainable_parameters,
 )
+from pyro_prune.inference.schedules import (
+    DEFAULT_EPOCHS,
+    ContinuousPruning,
+    default_epochs,
+    default_epochs_note,
+)
 from pyro_prune.inference.tempered_guide import check_guide_kl_weights
 from pyro_prune.models.base import KLScale, Likelihood, PrunableNet
 from pyro_prune.progress import progress_bar
@@ -215,8 +221,6 @@ def fit(
         check_guide_kl_weights(model, guide, args.kl_spec)
     # the criteria, the posterior mean and the predictive read the guide that is fitted here
     _attach_fitted_guide(model, guide if custom_guide else None)
-    from pyro_prune.inference.schedules import ContinuousPruning
-
     if isinstance(schedule, ContinuousPruning):  # the default criterion follows the posterior's family
         why_criterion = schedule.choose_criterion(model)
         if why_criterion is not None and main:
@@ -335,13 +339,6 @@ def _default_epochs(model: PrunableNet, train: Any, *, batch_size: int, noise_lr
                     schedule: Any) -> tuple[int, str | None]:
     """The epochs of a run that does not name them (see :func:`fit`), and, when they are
     more than :data:`~pyro_prune.inference.schedules.DEFAULT_EPOCHS`, a line saying why."""
-    from pyro_prune.inference.schedules import (
-        DEFAULT_EPOCHS,
-        ContinuousPruning,
-        default_epochs,
-        default_epochs_note,
-    )
-
     steps = steps_per_epoch(train, batch_size)
     if not isinstance(schedule, ContinuousPruning) or steps is None:
         return DEFAULT_EPOCHS, None

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch import Tensor
 
 from pyro_prune._checks import check_count
@@ -70,13 +69,11 @@ class ElboLoss:
         self.per_example = per_example
         self.guide = guide
         self.use_pyro = use_pyro or guide is not None
-        # a custom guide: Trace_ELBO (see pyro_elbo_loss); the model's own: closed-form KL
-        self._elbo = (Trace_ELBO() if guide is not None else TraceMeanField_ELBO()) if self.use_pyro else None
         self.plan = None if self.use_pyro else NoisePlan(model)
 
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:
         if self.use_pyro:
-            return pyro_elbo_loss(self.model, x, y, guide=self.guide, elbo=self._elbo), None
+            return pyro_elbo_loss(self.model, x, y, guide=self.guide), None
         return fast_elbo_loss(self.model, x, y, per_example=self.per_example, plan=self.plan)
 
     def __repr__(self) -> str:

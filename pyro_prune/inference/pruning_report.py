@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pyro_prune.inference.schedules import AUTOGUIDE_CRITERION
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.models.gate import StructureGate
 from pyro_prune.reduction import Criterion
@@ -44,8 +45,8 @@ SPIKE_AT_A = frozenset({"bmrs", "bmrs_n", "bmrs_n_code"})
 #: what to try when such a criterion removed nothing from the posterior of a Pyro autoguide
 GUIDE_ADVICE = ("under a Pyro autoguide each structure's posterior is logit-normal, whose density "
                 "vanishes at the edge A where this criterion's reduced prior sits, so it removes little; "
-                "use ContinuousPruning() (its default criterion under an autoguide, bmrs_u4, whose reduced "
-                "prior lies inside the range); see docs/guides_and_reports.md")
+                f"use ContinuousPruning() (its default criterion under an autoguide, {AUTOGUIDE_CRITERION}, "
+                "whose reduced prior lies inside the range); see docs/guides_and_reports.md")
 #: a posterior at most this share of its prior's width is "still narrow" (the posterior of a
 #: structure the data does not need widens to about its prior's width, a share of about 1,
 #: before a dF criterion removes it); the share only chooses the advice, never a removal
