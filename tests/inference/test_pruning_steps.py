@@ -160,3 +160,28 @@ def test_fit_without_epochs_counts_a_data_loaders_batches_and_keeps_20_without_p
     result = fit(MLP(8, [4], 3), loader, noise_lr=0.1, progress=False, schedule=ContinuousPruning(finetune_epochs=0))
     assert result.config["epochs"] == 120  # 240 steps
     assert fit(MLP(8, [4], 3), data, progress=False).config["epochs"] == 20  # nothing to prune
+
+
+@pytest.mark.filterwarnings("ignore:pruning would empty")  # random labels: nothing is needed
+@pytest.mark.parametrize("network", ["plain_torch", "hf_vit"])
+def test_fit_without_epochs_on_networks_the_project_did_not_write(network: str, caplog) -> None:
+    """A plain-torch MLP and a tiny Hugging Face ViT, bayesianized: the same rule counts their
+    noise layers (log sigma -5 at the start: 27 steps at noise_lr 0.3, 81 wanted, 3 steps an
+    epoch of 48 examples at batch 16, so 27 epochs)."""
+    import foreign_networks as foreign
+    from torch import nn
+
+    torch.manual_seed(0)
+    if network == "plain_torch":
+        x = foreign.vectors(48)
+        model = bayesianize(nn.Sequential(nn.Linear(x.shape[1], 16), nn.GELU(), nn.Linear(16, foreign.CLASSES)))
+    else:
+        x = foreign.images(48)
+        model = bayesianize(foreign.hf_vit(), example_input=x[:2])
+    y = torch.arange(48) % foreign.CLASSES
+    assert pruning_steps_needed(model, 0.3) == 27
+    with caplog.at_level("INFO", logger="pyro_prune"):
+        result = fit(model, (x, y), batch_size=16, noise_lr=0.3, progress=False,
+                     schedule=ContinuousPruning(finetune_epochs=1))
+    assert result.config["epochs"] == 27 and len(result.history) == 28
+    assert any(r.getMessage().startswith("epochs: 27, not 20: an epoch is 3 optimizer steps") for r in caplog.records)
