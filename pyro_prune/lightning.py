@@ -7,7 +7,9 @@ Needs the ``lightning`` extra (``pip install 'pyro_prune[lightning]'``).
   negative ELBO as :func:`~pyro_prune.inference.fit`
   (:class:`~pyro_prune.inference.loop.ElboLoss`) with the same Adam
   (:func:`~pyro_prune.inference.fit.make_optimizer`); ``validation_step`` logs the accuracy
-  (or RMSE) at the posterior mean.
+  (or RMSE) at the posterior mean. Like ``fit`` it trains the model's own guide or a Pyro
+  autoguide (``guide=AutoNormal(model)``), checked and attached before training as ``fit``
+  does it (:func:`~pyro_prune.inference.custom_guide.prepare_guide`).
 * :class:`PruningCallback` — prunes at the end of every training epoch with a criterion of
   :mod:`pyro_prune.reduction` (:class:`~pyro_prune.inference.schedules.ContinuousPruning`),
   keeps ``history`` (kept structures, compression), and converts the network to a smaller
@@ -24,6 +26,7 @@ batch's noise, as :func:`~pyro_prune.inference.fit` does under ``torchrun``.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 try:
@@ -33,9 +36,22 @@ except ImportError as err:  # pragma: no cover - the optional extra is missing
 import torch
 from torch import Tensor, nn
 
+from pyro_prune._checks import check_guide
+from pyro_prune.inference.custom_guide import (
+    GuideStart,
+    guide_start,
+    prepare_guide,
+    replaced_parameters,
+)
 from pyro_prune.inference.fit import make_optimizer
+from pyro_prune.inference.guides import (
+    attached_guide,
+    check_point_guide_criterion,
+    copy_weight_posterior,
+)
 from pyro_prune.inference.loop import ElboLoss, pruning_summary
 from pyro_prune.inference.optim import DEFAULT_NOISE_LR
+from pyro_prune.inference.pruning_report import logger
 from pyro_prune.inference.schedules import (
     DEFAULT_KL_WARMUP_EPOCHS,
     ContinuousPruning,
@@ -45,6 +61,9 @@ from pyro_prune.models.base import KLScale, Likelihood, PrunableNet
 
 __all__ = ["PruningCallback", "PruningModule"]
 
+#: Pyro's warning when a module's parameter that does not train is met in a model run
+_FROZEN_NOTE = r".* was not registered in the param store because requires_grad=False"
+
 
 class PruningModule(L.LightningModule):
     """A :class:`PrunableNet` as a ``LightningModule`` (the loss and optimizer of ``fit``).
@@ -52,26 +71,88 @@ class PruningModule(L.LightningModule):
     Args:
         model: the Pyro model to train.
         num_data: size of the whole training set (all ranks together).
+        guide: a Pyro guide of ``model`` to train instead of its own (an autoguide such as
+            ``AutoNormal(model)``; see :mod:`pyro_prune.inference.guides` for those the
+            criteria read). It is checked and attached to the model here, as ``fit`` does,
+            and becomes a submodule (``module.guide``): its parameters train at
+            ``noise_lr`` and are saved in Lightning's checkpoints.
+        example_batch: inputs and targets of a few training examples, ``(x, y)``: an
+            autoguide creates its parameters on its first call, so one not run yet is run
+            on the first two examples (Lightning builds the optimizer before the first batch).
         lr, noise_lr, weight_decay: Adam's settings, with :func:`fit`'s defaults.
         kl_scale: weight of the KL term (``"auto"``, the default of :func:`fit`;
             ``"elbo"``, ``"paper"`` or a number).
-        per_example_noise: one noise draw per example (default) or per step.
+        per_example_noise: one noise draw per example (default) or per step (the model's
+            own guide; an autoguide's ELBO draws once per step).
+
+    Raises:
+        ValueError: a guide of another model, or one not run yet without ``example_batch``;
+            one :func:`~pyro_prune.inference.custom_guide.prepare_guide` refuses.
+        TypeError: a guide that is not a ``torch.nn.Module`` (its parameters would not
+            train: Lightning optimises the module's parameters).
     """
 
-    def __init__(self, model: PrunableNet, *, num_data: int, lr: float = 1e-3,
+    def __init__(self, model: PrunableNet, *, num_data: int, guide: Any = None,
+                 example_batch: tuple[Tensor, Tensor] | None = None, lr: float = 1e-3,
                  noise_lr: float | None = DEFAULT_NOISE_LR, weight_decay: float = 0.0,
                  kl_scale: float | KLScale | str = KLScale.AUTO, per_example_noise: bool = True) -> None:
         super().__init__()
         if not isinstance(model, PrunableNet):
             raise TypeError(f"model must be a PrunableNet, got {type(model).__name__}")
+        custom = guide is not None and guide != model.guide
+        if custom and not isinstance(guide, nn.Module):
+            raise TypeError(f"guide must be a torch.nn.Module (an autoguide such as AutoNormal(model)), "
+                            f"got {type(guide).__name__}: Lightning trains the module's parameters")
         self.model = model
         self.lr, self.noise_lr, self.weight_decay = lr, noise_lr, weight_decay
         self.loss_fn = ElboLoss(model, num_data=num_data, kl_scale=kl_scale,
-                                per_example=per_example_noise)
+                                per_example=per_example_noise, guide=guide if custom else None)
+        self._frozen: list[nn.Parameter] = []
+        if custom:
+            start = guide_start(guide)
+            sample = self._sample(guide, start, example_batch)
+            check_guide(model, guide, *sample)  # another model's guide, other sites
+            prepare_guide(model, guide, sample, kl_scale=kl_scale, start=start)
+            self.guide = guide  # a submodule: trained, moved, checkpointed with the module
+        else:
+            self.guide = None
+
+    @staticmethod
+    def _sample(guide: Any, start: GuideStart, example_batch: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+        """Two examples to run the guide on; a guide not run yet needs ``example_batch``."""
+        if example_batch is None:
+            if start.fresh:
+                raise ValueError(
+                    f"guide {type(guide).__name__} has not been run yet, so it has no parameters "
+                    f"for Lightning's optimizer: pass example_batch=(x, y), a few training examples")
+            raise ValueError("pass example_batch=(x, y), a few training examples: the guide is "
+                             "checked against the model on them")
+        try:
+            x, y = example_batch
+        except (TypeError, ValueError):
+            raise ValueError("example_batch must be a pair (inputs, targets) of tensors") from None
+        if not (isinstance(x, Tensor) and isinstance(y, Tensor)) or len(x) == 0 or len(x) != len(y):
+            raise ValueError("example_batch must be a pair (inputs, targets) of tensors with the same "
+                             "number of examples (at least one)")
+        return x[:2], y[:2]
 
     def forward(self, x: Tensor) -> Tensor:
         """The network's output at the posterior mean."""
         return self.model.predict(x)
+
+    def setup(self, stage: str) -> None:
+        """Under a custom guide, the model's own posterior parameters take no gradient: they
+        are left out of training (restored in :meth:`teardown`), so DDP, which expects a
+        gradient for every trainable parameter, runs with its defaults."""
+        if self.guide is not None and stage == "fit" and not self._frozen:
+            self._frozen = [p for p in replaced_parameters(self.model, self.guide) if p.requires_grad]
+            for param in self._frozen:
+                param.requires_grad_(False)
+
+    def teardown(self, stage: str) -> None:
+        for param in self._frozen:
+            param.requires_grad_(True)
+        self._frozen = []
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch
@@ -79,11 +160,28 @@ class PruningModule(L.LightningModule):
         world = self.trainer.world_size if self._trainer is not None else 1
         if plan is not None and world > 1 and self.loss_fn.per_example and plan.draws_global_batch:
             plan.rows = (len(x) * world, self.global_rank, world)
-        loss, out = self.loss_fn(x, y)
+        if self._frozen:  # Pyro notes each parameter left out of training; they are so on purpose
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_FROZEN_NOTE, category=UserWarning)
+                loss, out = self.loss_fn(x, y)
+        else:
+            loss, out = self.loss_fn(x, y)
         num_data = float(self.model.num_data or 1)
         self.log("train_loss", loss.detach() / num_data, on_step=False, on_epoch=True,
                  sync_dist=True, batch_size=len(x))
         return loss
+
+    def sync_guide_posterior(self) -> None:
+        """Copy a custom guide's posterior of Gaussian weights into the layers' parameters,
+        which ``predict``, the conversion and the export read (as ``fit`` does every epoch)."""
+        if self.guide is not None and attached_guide(self.model) is self.guide:
+            copy_weight_posterior(self.model, self.guide)
+
+    def on_validation_epoch_start(self) -> None:
+        self.sync_guide_posterior()
+
+    def on_train_epoch_end(self) -> None:
+        self.sync_guide_posterior()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
@@ -97,7 +195,7 @@ class PruningModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return make_optimizer(self.model, lr=self.lr, noise_lr=self.noise_lr,
-                              weight_decay=self.weight_decay)
+                              weight_decay=self.weight_decay, guide=self.guide)
 
 
 class PruningCallback(L.Callback):
@@ -105,8 +203,9 @@ class PruningCallback(L.Callback):
 
     Args:
         criterion: a criterion of :mod:`pyro_prune.reduction` with a removal rule of its own
-            (``"bmrs"``, the default of :class:`ContinuousPruning`; ``"bmrs_n"``,
-            ``"bmrs_u"``, ``"snr"``, ...).
+            (``"bmrs_n"``, ``"bmrs_u"``, ``"snr"``, ...). By default that of
+            :class:`ContinuousPruning`: ``"bmrs"``, or ``"bmrs_u4"`` when the module trains
+            a Gaussian autoguide (chosen, and said in one logged line, when training starts).
         every: prune after every ``every``-th epoch.
         finetune_epochs: the last ``finetune_epochs`` of ``Trainer(max_epochs=...)`` train
             without pruning.
@@ -122,7 +221,7 @@ class PruningCallback(L.Callback):
         converted: the smaller plain ``nn.Module`` (after ``fit``), or ``None``.
     """
 
-    def __init__(self, criterion: str = "bmrs", *, every: int = 1, finetune_epochs: int = 0,
+    def __init__(self, criterion: str | None = None, *, every: int = 1, finetune_epochs: int = 0,
                  finetune_kl_scale: float | str | None = "elbo",
                  kl_warmup_epochs: int = DEFAULT_KL_WARMUP_EPOCHS, convert: bool = True,
                  **criterion_kwargs: Any) -> None:
@@ -145,6 +244,17 @@ class PruningCallback(L.Callback):
         max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
         return None if max_epochs is None else max_epochs - self.schedule.extra_epochs
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The criterion for the posterior the module trains (its own, or an autoguide's);
+        a point posterior under a criterion of model reduction is refused before training."""
+        model = self._model(pl_module)
+        guide = attached_guide(model)
+        if guide is not None:
+            check_point_guide_criterion(guide, self.schedule.criterion)
+        why = self.schedule.choose_criterion(model)
+        if why is not None and trainer.is_global_zero:
+            logger.info("%s", why)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Set the epoch's KL weight (warm-up, training, fine-tuning) on every rank alike."""
         model = self._model(pl_module)
@@ -156,6 +266,9 @@ class PruningCallback(L.Callback):
         epoch = trainer.current_epoch + 1
         epochs = self._training_epochs(trainer)
         row: dict[str, Any] = {"epoch": epoch}
+        sync = getattr(pl_module, "sync_guide_posterior", None)
+        if callable(sync):  # an autoguide's posterior of Gaussian weights, for the decision
+            sync()
         if trainer.is_global_zero:
             row.update(self.schedule.on_epoch_end(model, epoch, epochs=epochs))
         gates = model.gates()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pyro
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -38,3 +39,169 @@ def test_lightning_defaults_are_fits_recipe_and_prune() -> None:
     assert pruning.history[-1]["compression"] > 0.2
     x = train.tensors[0][:64]
     assert torch.allclose(pruning.converted(x), model.predict(x), atol=1e-4)
+
+
+def _trainer(max_epochs: int, callbacks: list, **options) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, callbacks=callbacks, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     **options)
+
+
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step`")
+@pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated")
+def test_lightning_trains_an_autoguide_and_prunes_on_the_defaults(caplog) -> None:
+    """guide=AutoNormal(model): the guide's parameters train (the model's own posterior is
+    left out of training and given back after it), the criterion follows the guide
+    (bmrs_u4, said in one line), structures are removed, the converted network predicts as
+    the model does, and a Lightning checkpoint of the module restores the guide."""
+    from pyro.infer.autoguide import AutoNormal
+
+    from pyro_prune.inference.guides import attached_guide
+
+    pyro.clear_param_store()
+    train = load_dataset("digits", "train")
+    L.seed_everything(0)
+    model = MLP(64, [100, 100], 10)
+    guide = AutoNormal(model)
+    module = PruningModule(model, num_data=len(train), lr=1e-2, guide=guide, example_batch=train.tensors)
+    assert attached_guide(model) is guide and module.guide is guide
+    start = {k: v.clone() for k, v in guide.state_dict().items()}
+    own = {k: v.clone() for k, v in model.state_dict().items() if k.endswith(("loc", "log_scale"))}
+    pruning = PruningCallback(finetune_epochs=1)
+    with caplog.at_level("INFO", logger="pyro_prune"):
+        _trainer(12, [pruning]).fit(module, DataLoader(train, batch_size=32, shuffle=True))
+    assert pruning.schedule.criterion.name == "bmrs_u4"
+    assert any("criterion: bmrs_u4, the default under a Gaussian autoguide (AutoNormal" in r.message
+               for r in caplog.records)
+    assert pruning.history[-1]["compression"] > 0.15
+    assert any(not torch.equal(start[k], v) for k, v in guide.state_dict().items())  # the guide trained
+    assert all(torch.equal(own[k], model.state_dict()[k]) for k in own)  # its own posterior did not
+    assert all(p.requires_grad for p in model.parameters())  # and is trainable again
+    x, y = load_dataset("digits", "test").tensors
+    assert torch.allclose(pruning.converted(x), model.predict(x), atol=1e-4)
+    assert (model.predict(x).argmax(-1) == y).float().mean() > 0.9
+    # the module's state holds the guide's parameters: a fresh module built alike loads them
+    fitted, state = model.predict(x), {k: v.clone() for k, v in module.state_dict().items()}
+    pyro.clear_param_store()  # else the new AutoNormal takes the fitted one's values (warned)
+    fresh_model = MLP(64, [100, 100], 10)
+    fresh = PruningModule(fresh_model, num_data=len(train), guide=AutoNormal(fresh_model),
+                          example_batch=train.tensors)
+    assert not torch.allclose(fresh_model.predict(x), fitted, atol=1e-2)
+    fresh.load_state_dict(state)
+    assert torch.allclose(fresh_model.predict(x), fitted, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step`")
+@pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated")
+def test_lightning_copies_an_autoguides_gaussian_weights_into_the_layers() -> None:
+    """Gaussian weights under AutoNormal: validation, the decision and the conversion read
+    the guide's posterior of the weights (copied into the layers, as fit does)."""
+    from pyro.infer.autoguide import AutoNormal
+
+    from pyro_prune.inference.guides import init_to_model
+    from pyro_prune.models.bayesian import BayesianLayer
+
+    pyro.clear_param_store()
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    L.seed_everything(0)
+    model = MLP(64, [32], 10, weights="gaussian")
+    guide = AutoNormal(model, init_loc_fn=init_to_model(model))
+    module = PruningModule(model, num_data=len(train), lr=1e-2, guide=guide, example_batch=train.tensors)
+    layers = [m for m in model.stochastic_modules().values() if isinstance(m, BayesianLayer)]
+    before = [layer.weight_loc.detach().clone() for layer in layers]
+    pruning = PruningCallback(finetune_epochs=1)
+    trainer = _trainer(4, [pruning])
+    trainer.fit(module, DataLoader(train, batch_size=32, shuffle=True), DataLoader(test, batch_size=512))
+    assert len(layers) == 2
+    for layer, start in zip(layers, before):
+        loc, scale = guide._get_loc_and_scale(f"{layer.site_name}.weight")
+        assert not torch.allclose(layer.weight_loc, start, atol=1e-3)  # trained, and copied
+        assert torch.allclose(layer.weight_loc, loc.reshape(layer.weight_loc.shape))
+        assert torch.allclose(layer.weight_log_scale.exp(), scale.reshape(layer.weight_loc.shape))
+    x, y = test.tensors
+    accuracy = float((model.predict(x).argmax(-1) == y).float().mean())
+    assert accuracy > 0.85 and float(trainer.callback_metrics["val_accuracy"]) == pytest.approx(accuracy, abs=1e-6)
+    assert torch.allclose(pruning.converted(x), model.predict(x), atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step`")
+def test_lightning_refuses_a_guide_it_cannot_train_and_leaves_the_model_as_it_was() -> None:
+    from pyro.infer.autoguide import AutoDelta, AutoDiagonalNormal, AutoNormal
+
+    from pyro_prune.inference.guides import attached_guide, init_to_model
+
+    pyro.clear_param_store()
+    train = load_dataset("digits", "train")
+    model = MLP(64, [16], 10)
+    with pytest.raises(ValueError, match=r"AutoNormal has not been run yet.*example_batch=\(x, y\)"):
+        PruningModule(model, num_data=len(train), guide=AutoNormal(model))
+    other = MLP(64, [16], 10)
+    with pytest.raises(ValueError, match="autoguide built on another MLP"):
+        PruningModule(model, num_data=len(train), guide=AutoNormal(other), example_batch=train.tensors)
+    with pytest.raises(TypeError, match="guide must be a torch.nn.Module"):
+        PruningModule(model, num_data=len(train), guide=lambda x, y=None: None, example_batch=train.tensors)
+    with pytest.raises(ValueError, match="example_batch must be a pair"):
+        PruningModule(model, num_data=len(train), guide=AutoNormal(model), example_batch=train.tensors[0])
+    # one joint Normal over sites the default KL weight weights differently
+    gaussian = MLP(64, [16], 10, weights="gaussian")
+    before = {k: v.clone() for k, v in gaussian.state_dict().items()}
+    with pytest.raises(ValueError, match="the KL weights differ"):
+        PruningModule(gaussian, num_data=len(train), example_batch=train.tensors,
+                      guide=AutoDiagonalNormal(gaussian, init_loc_fn=init_to_model(gaussian)))
+    assert attached_guide(gaussian) is None
+    assert all(torch.equal(before[k], v) for k, v in gaussian.state_dict().items())
+    # a point posterior under the default criterion (BMR): refused when training starts
+    point = AutoDelta(model, init_loc_fn=init_to_model(model))
+    module = PruningModule(model, num_data=len(train), guide=point, example_batch=train.tensors)
+    with pytest.raises(TypeError, match="AutoDelta"):
+        _trainer(1, [PruningCallback()]).fit(module, DataLoader(train, batch_size=64))
+    assert attached_guide(model) is point
+
+
+#: run by Lightning's ``ddp`` strategy (two processes): an autoguide, DDP's own defaults
+DDP_AUTOGUIDE = '''
+import json, os, sys
+import lightning as L
+from torch.utils.data import DataLoader
+from pyro.infer.autoguide import AutoNormal
+from pyro_prune.data import load_dataset
+from pyro_prune.lightning import PruningCallback, PruningModule
+from pyro_prune.models import MLP
+
+train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+L.seed_everything(0)
+model = MLP(64, [100, 100], 10)
+guide = AutoNormal(model)
+module = PruningModule(model, num_data=len(train), lr=1e-2, guide=guide, example_batch=train.tensors)
+pruning = PruningCallback(finetune_epochs=1)
+trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=12, callbacks=[pruning],
+                    logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False)
+trainer.fit(module, DataLoader(train, batch_size=16, shuffle=True), DataLoader(test, batch_size=512))
+os.makedirs(sys.argv[1], exist_ok=True)
+with open(os.path.join(sys.argv[1], f"rank{trainer.global_rank}.json"), "w") as f:
+    json.dump({"kept": pruning.history[-1]["kept"], "compression": pruning.history[-1]["compression"],
+               "criterion": pruning.schedule.criterion.name,
+               "guide": {k: v.tolist() for k, v in guide.state_dict().items()},
+               "val_accuracy": float(trainer.callback_metrics["val_accuracy"])}, f)
+'''
+
+
+@pytest.mark.slow
+def test_lightning_ddp_trains_an_autoguide_with_ddps_defaults(tmp_path, subprocess_env) -> None:
+    """strategy="ddp" (no find_unused_parameters) with AutoNormal: the model's own posterior,
+    which the guide replaces, is not trained, so DDP runs; both ranks end with the same
+    guide and the same structures."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_autoguide.py"
+    script.write_text(DDP_AUTOGUIDE)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "out")], env=subprocess_env,
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    assert ranks[0]["criterion"] == "bmrs_u4"
+    assert ranks[0]["compression"] > 0.2 and ranks[0]["val_accuracy"] > 0.9

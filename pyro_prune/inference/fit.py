@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from pyro_prune.inference.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from pyro_prune.inference.custom_guide import guide_start, prepare_guide
 from pyro_prune.inference.denormals import flush_denormals
 from pyro_prune.inference.distributed import (
     GradientSync,
@@ -51,13 +51,7 @@ from pyro_prune.inference.divergence import (
     warn_if_diverging,
 )
 from pyro_prune.inference.epoch import EpochTrainer, FitContext
-from pyro_prune.inference.guides import (
-    attached_guide,
-    check_guide_start,
-    check_point_guide_criterion,
-    check_readable_guide,
-    copy_weight_posterior,
-)
+from pyro_prune.inference.guides import attached_guide, copy_weight_posterior, detach_guide
 from pyro_prune.inference.loop import ElboLoss, pruning_summary
 from pyro_prune.inference.metrics import evaluate, model_device
 from pyro_prune.inference.optim import (
@@ -72,7 +66,6 @@ from pyro_prune.inference.schedules import (
     default_epochs,
     default_epochs_note,
 )
-from pyro_prune.inference.tempered_guide import check_guide_kl_weights
 from pyro_prune.models.base import KLScale, Likelihood, PrunableNet
 from pyro_prune.progress import progress_bar
 
@@ -190,8 +183,9 @@ def fit(
     AutoMultivariateNormal, AutoLowRankMultivariateNormal, AutoDelta), and its own
     parameters train at ``noise_lr``.
     """
-    # an autoguide not run yet starts where its init_loc_fn puts it (checked before training)
-    fresh_guide = guide is not None and getattr(guide, "prototype_trace", False) is None
+    # an autoguide not run yet starts where its init_loc_fn puts it, or where Pyro's param
+    # store holds its names (both checked before training)
+    start = guide_start(guide) if guide is not None else None
     args = resolve_fit_arguments(model, train, epochs=epochs, batch_size=batch_size, lr=lr, val=val,
                                  seed=seed, engine=engine, kl_scale=kl_scale, guide=guide,
                                  weight_decay=weight_decay, noise_lr=noise_lr, num_data=num_data)
@@ -213,14 +207,12 @@ def fit(
                        guide=guide if custom_guide else None, use_pyro=args.engine is Engine.PYRO)
     model.train()
 
-    if custom_guide:  # autoguides create their parameters on the first call
-        with torch.no_grad():
-            pyro.poutine.trace(guide).get_trace(*(t.to(device) for t in args.sample))
-        # before it is attached: a refused guide leaves the model as it was
-        _check_fitted_guide(model, guide, schedule, fresh=fresh_guide)
-        check_guide_kl_weights(model, guide, args.kl_spec)
     # the criteria, the posterior mean and the predictive read the guide that is fitted here
-    _attach_fitted_guide(model, guide if custom_guide else None)
+    if custom_guide:
+        prepare_guide(model, guide, tuple(t.to(device) for t in args.sample), kl_scale=args.kl_spec,
+                      criterion=getattr(schedule, "criterion", None), start=start)
+    else:
+        detach_guide(model)
     if isinstance(schedule, ContinuousPruning):  # the default criterion follows the posterior's family
         why_criterion = schedule.choose_criterion(model)
         if why_criterion is not None and main:
@@ -383,44 +375,6 @@ def _write_summary(lines: list[Any], progress: bool) -> None:
             from tqdm.auto import tqdm
 
             tqdm.write(str(line), file=sys.stderr)
-
-
-def _check_fitted_guide(model: PrunableNet, guide: Any, schedule: Any, *, fresh: bool) -> None:
-    """Refuse, before training, an autoguide the run cannot learn from: one that starts the
-    network where it cannot train (checked when ``fresh``, run for the first time here) and a
-    point posterior under a schedule pruning by BMR. A guide the criteria cannot read at all
-    is left to :func:`_attach_fitted_guide`, which warns."""
-    from pyro_prune.reduction import Criterion
-
-    try:
-        check_readable_guide(model, guide)
-    except (TypeError, ValueError):
-        return
-    if fresh:
-        check_guide_start(model, guide)
-    if isinstance(criterion := getattr(schedule, "criterion", None), Criterion):
-        check_point_guide_criterion(guide, criterion)
-
-
-def _attach_fitted_guide(model: PrunableNet, guide: Callable | None) -> None:
-    """Remember the fitted guide on ``model`` (see :mod:`pyro_prune.inference.guides`).
-
-    A guide whose noise posterior the reduction cannot read is still trained (its weights
-    may be all the user wants), with a warning that the criteria will refuse it.
-    """
-    from pyro_prune.inference.guides import attach_guide, detach_guide
-
-    if guide is None:
-        detach_guide(model)
-        return
-    try:
-        attach_guide(model, guide)
-    except (TypeError, ValueError) as err:
-        detach_guide(model)
-        model.__dict__["_fitted_guide_error"] = str(err)
-        warnings.warn(f"{err}; the pruning criteria cannot use this fit", RuntimeWarning, stacklevel=3)
-    else:
-        model.__dict__.pop("_fitted_guide_error", None)
 
 
 def _rank_seed(seed: int, rank: int, epoch: int = 0) -> int:

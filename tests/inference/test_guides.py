@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pyro
@@ -295,6 +296,26 @@ def test_a_fitted_guide_is_not_judged_by_its_start_again(digits) -> None:
     assert float(guide_noise_posterior(guide, layer).moments()[0].median()) < 1e-3
     fit(net, train, epochs=1, guide=guide, progress=False, seed=1)
     assert attached_guide(net) is guide
+
+
+def test_a_new_guide_taking_another_guides_parameters_is_warned_of(digits) -> None:
+    """Pyro's param store keys an autoguide's parameters by its name: a second AutoNormal of a
+    network of the same layout starts from the first one's fitted values and trains them
+    for both. fit says so (and not after pyro.clear_param_store())."""
+    train, _ = digits
+    first, first_guide, _ = _fitted("AutoNormal", digits, epochs=1)
+    fitted = {k: v.clone() for k, v in first_guide.state_dict().items()}
+    second = MLP(64, [32, 32], 10)
+    with pytest.warns(RuntimeWarning, match=r"guide AutoNormal had not been run, yet Pyro's param store "
+                                            r"already held \d+ of its parameters \('AutoNormal\.locs\..*"
+                                            r"pyro\.clear_param_store\(\)"):
+        fit(second, train, epochs=1, guide=AutoNormal(second), progress=False, seed=1)
+    assert any(not torch.equal(fitted[k], v) for k, v in first_guide.state_dict().items())  # shared
+    pyro.clear_param_store()
+    third = MLP(64, [32, 32], 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fit(third, train, epochs=1, guide=AutoNormal(third), progress=False, seed=1)
 
 
 def test_init_to_model_starts_at_the_model() -> None:
