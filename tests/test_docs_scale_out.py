@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from launch import torchrun
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "scale_out.md"
@@ -25,12 +26,6 @@ def run_block(title: str) -> dict:
     namespace: dict = {"__name__": "__main__"}
     exec(compile(block(title), f"{PAGE.name}:{title}", "exec"), namespace)
     return namespace
-
-
-def torchrun(args: list[str], env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-               "--master_port=0", "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0", *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, **kwargs)
 
 
 def test_own_loop_reproduces_fit() -> None:
@@ -81,8 +76,7 @@ def test_two_gloo_processes_reproduce_one(tmp_path, subprocess_env) -> None:
     script = tmp_path / "train_ddp.py"
     script.write_text(block("train_ddp.py"))
     subprocess_env = {**subprocess_env, "OMP_NUM_THREADS": "1"}  # one thread in every process
-    done = torchrun([str(script), str(tmp_path / "two")], subprocess_env, timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun([str(script), str(tmp_path / "two")], subprocess_env)
     ranks = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
     single = _single_process(script, tmp_path, subprocess_env)  # the same script, one process
     for name, (accuracy, compression) in ROUNDING.items():
