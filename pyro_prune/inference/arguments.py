@@ -3,6 +3,7 @@ weight as a number, the guide, the data-set size) and described for the run's re
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -121,4 +122,6 @@ def guide_name(guide: Callable, custom: bool) -> str:
     """The guide as the run's record names it."""
     if not custom:
         return "model.guide"
+    if isinstance(guide, types.FunctionType):  # a guide function: its own name
+        return guide.__name__
     return type(getattr(guide, "__self__", guide)).__name__

@@ -14,6 +14,11 @@ the first step, :func:`prepare_guide`
 * and attaches it to the model (:func:`~pyro_prune.inference.guides.attach_guide`), so that
   the criteria, the posterior mean and the predictive read its posterior.
 
+It returns the module that holds the guide's parameters: the guide itself when it is a
+module (every autoguide), else a :class:`GuideParameters` over the ``pyro.param``
+parameters a guide function uses, so that they train, are kept equal across ranks and are
+saved in checkpoints as an autoguide's are.
+
 A refused guide leaves the model as it was given. A guide whose noise posterior the criteria
 cannot read at all (a custom callable, a normalising flow) still trains, with a warning:
 its weights may be all its user wants.
@@ -39,7 +44,7 @@ from pyro_prune.inference.guides import (
 from pyro_prune.inference.tempered_guide import check_guide_kl_weights
 from pyro_prune.models.base import PrunableNet
 
-__all__ = ["GuideStart", "guide_start", "prepare_guide", "replaced_parameters"]
+__all__ = ["GuideParameters", "GuideStart", "guide_start", "prepare_guide", "replaced_parameters"]
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,37 @@ def guide_start(guide: Any) -> GuideStart:
     return GuideStart(fresh, frozenset(pyro.get_param_store().keys()) if fresh else frozenset())
 
 
+class GuideParameters(nn.Module):
+    """The ``pyro.param`` parameters of a guide function, held by one module.
+
+    The tensors are the unconstrained leaves in Pyro's param store that the guide reads, held
+    as buffers (the same tensors, not copies): :func:`~pyro_prune.inference.optim.make_optimizer`
+    trains them (:meth:`tensors`), and ``state_dict`` / ``load_state_dict`` read and write the
+    store's values in place, which is how ``fit``'s checkpoints keep them.
+    """
+
+    def __init__(self, tensors: dict[str, Tensor]) -> None:
+        super().__init__()
+        #: the param store's names, in the order of :meth:`tensors`
+        self.names = list(tensors)
+        for name, value in tensors.items():
+            self.register_buffer(name.replace(".", "__"), value)
+
+    @classmethod
+    def of(cls, guide: Any, sample: tuple[Tensor, ...]) -> GuideParameters | None:
+        """Those of ``guide`` run on ``sample``; ``None`` when it reads none."""
+        trace = pyro.poutine.trace(guide, param_only=True).get_trace(*sample)
+        found = {name: site["value"].unconstrained() for name, site in trace.nodes.items()
+                 if site["type"] == "param"}
+        return cls(found) if found else None
+
+    def tensors(self) -> list[Tensor]:
+        """The parameters to train."""
+        return list(self.buffers())
+
+
 def prepare_guide(model: PrunableNet, guide: Any, sample: tuple[Tensor, ...], *, kl_scale: Any,
-                  criterion: Any = None, start: GuideStart | None = None) -> None:
+                  criterion: Any = None, start: GuideStart | None = None) -> nn.Module | None:
     """Make the custom ``guide`` of ``model`` ready to train (see the module docstring).
 
     Args:
@@ -72,6 +106,10 @@ def prepare_guide(model: PrunableNet, guide: Any, sample: tuple[Tensor, ...], *,
             (a :class:`~pyro_prune.reduction.Criterion`).
         start: where the guide stood before the run first called it (:func:`guide_start`,
             recorded before anything ran it); by default recorded now.
+
+    Returns:
+        The module holding the guide's parameters (see the module docstring), or ``None``
+        for a guide function that reads none.
 
     Raises:
         ValueError: the guide starts the network where it cannot train, or holds sites of
@@ -97,6 +135,9 @@ def prepare_guide(model: PrunableNet, guide: Any, sample: tuple[Tensor, ...], *,
         check_point_guide_criterion(guide, criterion)
     check_guide_kl_weights(model, guide, kl_scale)
     _attach(model, guide)
+    if isinstance(guide, nn.Module):
+        return guide if guide is not model else None
+    return GuideParameters.of(guide, sample)
 
 
 def _warn_if_shared(guide: Any, stored: frozenset[str]) -> None:

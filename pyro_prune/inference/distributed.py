@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = [
     "DeviceChoice",
@@ -236,7 +236,7 @@ class GradientSync:
     accumulates the wall time spent in the collective (for the benchmark).
     """
 
-    def __init__(self, params: list[nn.Parameter], info: DistributedInfo) -> None:
+    def __init__(self, params: list[Tensor], info: DistributedInfo) -> None:
         self.params = params
         self.info = info
         self.sizes = [p.numel() for p in params]

@@ -208,19 +208,24 @@ def fit(
     model.train()
 
     # the criteria, the posterior mean and the predictive read the guide that is fitted here
+    # the module holding a custom guide's parameters (the guide, or a guide function's
+    # pyro.params): trained, kept equal across ranks and checkpointed
+    guide_state: nn.Module | None = None
     if custom_guide:
-        prepare_guide(model, guide, tuple(t.to(device) for t in args.sample), kl_scale=args.kl_spec,
-                      criterion=getattr(schedule, "criterion", None), start=start)
+        guide_state = prepare_guide(model, guide, tuple(t.to(device) for t in args.sample),
+                                    kl_scale=args.kl_spec, criterion=getattr(schedule, "criterion", None),
+                                    start=start)
     else:
         detach_guide(model)
+    trained_guide = guide_state if guide_state is not None else guide
     if isinstance(schedule, ContinuousPruning):  # the default criterion follows the posterior's family
         why_criterion = schedule.choose_criterion(model)
         if why_criterion is not None and main:
             _write_summary([why_criterion], progress)
     if dist_info.active:  # every rank starts from rank 0's weights
         broadcast_module(model, dist_info)
-        if isinstance(guide, nn.Module) and guide is not model:
-            broadcast_module(guide, dist_info)
+        if guide_state is not None:
+            broadcast_module(guide_state, dist_info)
     # Ranks share one noise generator when the whole network's per-example noise comes from
     # one draw (each rank keeps its rows of the global batch's draw: exactly the draws of one
     # process), or when one draw serves the whole batch; otherwise each rank draws its own.
@@ -228,7 +233,7 @@ def fit(
     shared_noise = plan is None or not per_example_noise or plan.draws_global_batch
     if dist_info.active and dist_info.rank and not shared_noise:
         torch.manual_seed(_rank_seed(seed, dist_info.rank))
-    optimizer = make_optimizer(model, lr=lr, noise_lr=noise_lr, weight_decay=weight_decay, guide=guide)
+    optimizer = make_optimizer(model, lr=lr, noise_lr=noise_lr, weight_decay=weight_decay, guide=trained_guide)
     generator = torch.Generator().manual_seed(seed)
     source = batch_source(train, batch_size, generator=generator, seed=seed, info=dist_info)
 
@@ -236,7 +241,7 @@ def fit(
         model=model, guide=guide, optimizer=optimizer, train=train, val=val,
         batch_size=source.batch_size, seed=seed, epochs=epochs, loss_fn=loss_fn,
     )
-    sync = GradientSync(trainable_parameters(model, guide), dist_info)
+    sync = GradientSync(trainable_parameters(model, trained_guide), dist_info)
     ctx.train_epoch = EpochTrainer(
         ctx, source=source, loss_fn=loss_fn, sync=sync,
         info=dist_info, schedule=schedule, device=device, shared_noise=shared_noise,
@@ -262,7 +267,7 @@ def fit(
     if schedule is not None:
         schedule.on_fit_start(ctx)
     # a custom guide's parameters are the posterior being fitted: saved and restored with the model
-    saved_guide = guide if custom_guide and isinstance(guide, nn.Module) and guide is not model else None
+    saved_guide = guide_state
     state = read_checkpoint(ckpt_path, model=model, config=config, info=dist_info, device=device,
                             guide=saved_guide)
     if state is not None:

@@ -17,12 +17,23 @@ __all__ = ["DEFAULT_NOISE_LR", "load_optimizer_state", "make_optimizer", "traina
 DEFAULT_NOISE_LR = 0.03
 
 
-def trainable_parameters(model: nn.Module, guide: Callable) -> list[nn.Parameter]:
-    """The parameters that train: the model's, then a guide module's own, each once."""
-    params = list(model.parameters())
+def _guide_tensors(model: nn.Module, guide: Callable) -> list[Tensor]:
+    """A custom guide's own parameters: a guide module's, or those a
+    :class:`~pyro_prune.inference.custom_guide.GuideParameters` holds for a guide function."""
+    from pyro_prune.inference.custom_guide import GuideParameters
+
+    if isinstance(guide, GuideParameters):
+        return guide.tensors()
     if isinstance(guide, nn.Module) and guide is not model:
-        seen = {id(p) for p in params}
-        params += [p for p in guide.parameters() if id(p) not in seen]
+        return list(guide.parameters())
+    return []
+
+
+def trainable_parameters(model: nn.Module, guide: Callable) -> list[Tensor]:
+    """The parameters that train: the model's, then a custom guide's own, each once."""
+    params: list[Tensor] = list(model.parameters())
+    seen = {id(p) for p in params}
+    params += [p for p in _guide_tensors(model, guide) if id(p) not in seen]
     return [p for p in params if p.requires_grad]
 
 
@@ -36,9 +47,8 @@ def _param_groups(model: nn.Module, guide: Callable, lr: float,
 
     noise_ids = {id(p) for m in model.modules() if isinstance(m, MultiplicativeNoise)
                  for p in m.parameters()}
-    if isinstance(guide, nn.Module) and guide is not model:  # an autoguide's own parameters
-        own = {id(p) for p in model.parameters()}
-        noise_ids |= {id(p) for p in guide.parameters() if id(p) not in own}
+    own = {id(p) for p in model.parameters()}  # a custom guide's own parameters: the posterior's
+    noise_ids |= {id(p) for p in _guide_tensors(model, guide) if id(p) not in own}
     groups = [{"params": [p for p in params if id(p) not in noise_ids], "lr": lr},
               {"params": [p for p in params if id(p) in noise_ids], "lr": noise_lr}]
     return [g for g in groups if g["params"]]
@@ -65,8 +75,9 @@ def make_optimizer(model: PrunableNet, *, lr: float = 1e-3, noise_lr: float | No
     (``DEFAULT_NOISE_LR``), everything else at ``lr``.
 
     One parameter group at ``lr`` (``noise_lr=None``), or two when the noise posteriors get ``noise_lr``; the
-    parameters of a custom ``guide`` module are included; the fused kernel where the device
-    has one (:func:`_adam`).
+    parameters of a custom ``guide`` module (or of the
+    :class:`~pyro_prune.inference.custom_guide.GuideParameters` of a guide function) are
+    included, at ``noise_lr``; the fused kernel where the device has one (:func:`_adam`).
     """
     guide = guide if guide is not None else model.guide
     return _adam(_param_groups(model, guide, lr, noise_lr), lr=lr, weight_decay=weight_decay)
