@@ -205,3 +205,62 @@ def test_lightning_ddp_trains_an_autoguide_with_ddps_defaults(tmp_path, subproce
     assert ranks[0] == ranks[1]
     assert ranks[0]["criterion"] == "bmrs_u4"
     assert ranks[0]["compression"] > 0.2 and ranks[0]["val_accuracy"] > 0.9
+
+
+class _StopAfter(L.Callback):
+    """Ends training after epoch ``epoch``, as an interrupted run would."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch + 1 == self.epoch:
+            trainer.should_stop = True
+
+
+class _AtStart(L.Callback):
+    """Records the guide's parameters when training (re)starts."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.guide = {k: v.detach().clone() for k, v in pl_module.guide.state_dict().items()}
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step`")
+@pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated")
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_lightning_resumes_an_autoguide_run_from_its_checkpoint(tmp_path) -> None:
+    """An autoguide run stopped after 3 of 6 epochs and resumed with ``ckpt_path`` starts
+    again from the guide it had fitted (a new AutoNormal, built as before, takes the
+    checkpoint's values) and the pruning schedule's state, and ends where the run that was
+    never stopped ends, up to the data order (Lightning does not restore the shuffling)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from pyro.infer.autoguide import AutoNormal
+
+    train = load_dataset("digits", "train")
+
+    def run(folder, *, stop=None, resume=None):
+        L.seed_everything(0)
+        pyro.clear_param_store()
+        model = MLP(64, [100, 100], 10)
+        module = PruningModule(model, num_data=len(train), lr=1e-2, guide=AutoNormal(model),
+                               example_batch=train.tensors)
+        pruning, start = PruningCallback(finetune_epochs=1), _AtStart()
+        callbacks = [pruning, start, ModelCheckpoint(dirpath=folder, save_last=True)]
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=6, logger=False,
+                            callbacks=callbacks + ([_StopAfter(stop)] if stop else []),
+                            enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(module, DataLoader(train, batch_size=32, shuffle=True), ckpt_path=resume)
+        return pruning, start
+
+    full, _ = run(tmp_path / "full")
+    stopped, _ = run(tmp_path / "stopped", stop=3)
+    assert len(stopped.history) == 3
+    saved = torch.load(tmp_path / "stopped" / "last.ckpt", weights_only=True)
+    resumed, start = run(tmp_path / "stopped", resume=tmp_path / "stopped" / "last.ckpt")
+    for name, value in start.guide.items():
+        assert torch.equal(value, saved["state_dict"][f"guide.{name}"]), name
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3, 4, 5, 6]  # the history goes on
+    assert [row["phase"] for row in resumed.history][-1] == "finetune"
+    assert resumed.history[-1]["compression"] > 0.15 and full.history[-1]["compression"] > 0.15
+    assert abs(resumed.history[-1]["compression"] - full.history[-1]["compression"]) < 0.05
