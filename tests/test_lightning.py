@@ -264,3 +264,42 @@ def test_lightning_resumes_an_autoguide_run_from_its_checkpoint(tmp_path) -> Non
     assert [row["phase"] for row in resumed.history][-1] == "finetune"
     assert resumed.history[-1]["compression"] > 0.15 and full.history[-1]["compression"] > 0.15
     assert abs(resumed.history[-1]["compression"] - full.history[-1]["compression"]) < 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated")
+@pytest.mark.filterwarnings("ignore:pruning would empty")
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step`")
+def test_lightning_prunes_a_plain_torch_cnn_under_an_autoguide_on_the_defaults() -> None:
+    """A CNN as its author writes it, bayesianized (noise on its convolutions and Linear
+    layers), trained by Lightning under AutoNormal with nothing but the callback's defaults:
+    channels and neurons are removed, the accuracy holds, the converted network predicts as
+    the model does."""
+    from pyro.infer.autoguide import AutoNormal
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from pyro_prune.inference.guides import init_to_model
+    from pyro_prune.models import bayesianize
+
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    x, y = train.tensors[0].reshape(-1, 1, 8, 8), train.tensors[1]
+    xt, yt = test.tensors[0].reshape(-1, 1, 8, 8), test.tensors[1]
+    L.seed_everything(0)
+    pyro.clear_param_store()
+    cnn = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10))
+    model = bayesianize(cnn, example_input=x[:2], noise_on=(nn.Linear, nn.Conv2d))
+    guide = AutoNormal(model, init_loc_fn=init_to_model(model))
+    module = PruningModule(model, num_data=len(x), lr=1e-2, guide=guide, example_batch=(x, y))
+    pruning = PruningCallback()
+    trainer = _trainer(20, [pruning])
+    trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True))
+    assert pruning.schedule.criterion.name == "bmrs_u4"
+    kept = pruning.history[-1]["kept"]
+    assert sum(kept.values()) < 16 + 32 + 64 and pruning.history[-1]["compression"] > 0.2
+    with torch.no_grad():
+        predicted = model.predict(xt)
+        assert (predicted.argmax(-1) == yt).float().mean() > 0.93
+        assert torch.equal(pruning.converted(xt).argmax(-1), predicted.argmax(-1))
