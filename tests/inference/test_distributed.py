@@ -124,3 +124,56 @@ def test_two_gloo_processes_shard_a_pair_as_its_tensor_dataset(tmp_path, subproc
     rank0, _ = _two_ranks(PAIR_SCRIPT, tmp_path, subprocess_env)
     assert rank0["pair"] == rank0["tensor_dataset"], differences(rank0["pair"], rank0["tensor_dataset"])
     assert rank0["pair"]["world_size"] == 2 and rank0["pair"]["train_accuracy"] > 0.8
+
+
+#: run by ``torchrun --nproc_per_node=2`` and by one process: fit under AutoNormal, pruning on
+#: the defaults; every rank records what it kept and a digest of its guide
+AUTOGUIDE_SCRIPT = '''
+import hashlib, json, os, sys
+import pyro
+import torch
+from pyro.infer.autoguide import AutoNormal
+from pyro_prune.data import load_dataset
+from pyro_prune.inference import ContinuousPruning, evaluate, fit
+from pyro_prune.models import MLP
+
+train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+torch.manual_seed(0)
+pyro.clear_param_store()
+net = MLP(64, [100, 100], 10)
+guide = AutoNormal(net)
+result = fit(net, train, epochs=12, batch_size=32, lr=1e-2, guide=guide, seed=0, progress=False,
+             schedule=ContinuousPruning(finetune_epochs=1))
+h = hashlib.sha256()
+for key, value in sorted(guide.state_dict().items()):
+    h.update(key.encode())
+    h.update(value.detach().contiguous().numpy().tobytes())
+row = result.history[-1]
+with open(os.path.join(sys.argv[1], f"rank{os.environ.get('RANK', '0')}.json"), "w") as f:
+    json.dump({"kept": row["kept"], "compression": row["compression"], "criterion": result.report.criterion,
+               "guide": h.hexdigest(), "losses": [r["loss"] for r in result.history],
+               "world_size": result.config["world_size"], "accuracy": evaluate(net, test)["accuracy"]}, f)
+'''
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_fit_an_autoguide_as_one_process(tmp_path, subprocess_env) -> None:
+    """fit under AutoNormal on 2 ranks: the guide is broadcast, its gradients combined and its
+    draws shared, so both ranks end with the same guide, and with the structures, accuracy
+    and losses (up to rounding) of one process with the same global batch."""
+    import subprocess
+    import sys
+
+    rank0, _ = _two_ranks(AUTOGUIDE_SCRIPT, tmp_path, subprocess_env)
+    one = tmp_path / "one"
+    one.mkdir()
+    done = subprocess.run([sys.executable, str(tmp_path / "script.py"), str(one)],
+                          env={**subprocess_env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = json.loads((one / "rank0.json").read_text())
+    assert rank0["world_size"] == 2 and single["world_size"] == 1
+    assert rank0["criterion"] == single["criterion"] == "bmrs_u4"
+    assert rank0["kept"] == single["kept"] and rank0["compression"] > 0.2
+    assert abs(rank0["accuracy"] - single["accuracy"]) <= 1 / 359 + 1e-9  # one test digit
+    assert rank0["losses"] == pytest.approx(single["losses"], rel=1e-5)
