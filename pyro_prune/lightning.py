@@ -12,8 +12,9 @@ Needs the ``lightning`` extra (``pip install 'pyro_prune[lightning]'``).
   does it (:func:`~pyro_prune.inference.custom_guide.prepare_guide`).
 * :class:`PruningCallback` — prunes at the end of every training epoch with a criterion of
   :mod:`pyro_prune.reduction` (:class:`~pyro_prune.inference.schedules.ContinuousPruning`),
-  keeps ``history`` (kept structures, compression), and converts the network to a smaller
-  plain ``nn.Module`` when training ends (``callback.converted``).
+  keeps ``history`` (kept structures, compression), and when training ends logs the
+  one-line pruning report ``fit`` ends with (``callback.report``) and converts the network
+  to a smaller plain ``nn.Module`` (``callback.converted``).
 
 Under a distributed strategy (``strategy="ddp"``, ``devices=N``) Lightning's
 ``DistributedSampler`` shards the data and DDP averages the gradients, so the per-rank loss
@@ -51,7 +52,7 @@ from pyro_prune.inference.guides import (
 )
 from pyro_prune.inference.loop import ElboLoss, pruning_summary
 from pyro_prune.inference.optim import DEFAULT_NOISE_LR
-from pyro_prune.inference.pruning_report import logger
+from pyro_prune.inference.pruning_report import PruningReport, logger, pruning_report
 from pyro_prune.inference.schedules import (
     DEFAULT_KL_WARMUP_EPOCHS,
     ContinuousPruning,
@@ -218,6 +219,10 @@ class PruningCallback(L.Callback):
 
     Attributes:
         history: one row per epoch: ``epoch``, ``phase``, ``removed``, ``kept``, ``compression``.
+        report: the pruning report of the run (after ``fit``;
+            :class:`~pyro_prune.inference.pruning_report.PruningReport`: removed of total per
+            layer kind, the criterion, the range of dF of the last decision and, when nothing
+            was removed, why and what to try), logged by rank 0 as ``fit`` logs it.
         converted: the smaller plain ``nn.Module`` (after ``fit``), or ``None``.
     """
 
@@ -230,6 +235,7 @@ class PruningCallback(L.Callback):
                                           kl_warmup_epochs=kl_warmup_epochs, **criterion_kwargs)
         self.convert = convert
         self.history: list[dict[str, Any]] = []
+        self.report: PruningReport | None = None
         self.converted: nn.Module | None = None
 
     @staticmethod
@@ -285,6 +291,10 @@ class PruningCallback(L.Callback):
         pl_module.log("kept", float(sum(row["kept"].values())), sync_dist=True)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        model = self._model(pl_module)
+        self.report = pruning_report(model, self.schedule.criterion, decision=self.schedule.last_decision)
+        if trainer.is_global_zero:
+            logger.info("%s", self.report)
         if self.convert:
             from pyro_prune.convert import to_deterministic
 

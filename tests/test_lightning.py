@@ -37,6 +37,9 @@ def test_lightning_defaults_are_fits_recipe_and_prune() -> None:
     assert [row["phase"] for row in pruning.history][-1] == "finetune"
     assert module.loss_fn.kl_scale == pytest.approx(1.0)
     assert pruning.history[-1]["compression"] > 0.2
+    report = pruning.report  # the line fit ends with, for the same run
+    assert report.criterion == "bmrs" and report.removed == 32 - pruning.history[-1]["kept"]["fc1_gate"]
+    assert str(report).startswith(f"bmrs: removed {report.removed} of 32 linear neurons (dF from ")
     x = train.tensors[0][:64]
     assert torch.allclose(pruning.converted(x), model.predict(x), atol=1e-4)
 
@@ -73,6 +76,8 @@ def test_lightning_trains_an_autoguide_and_prunes_on_the_defaults(caplog) -> Non
     assert pruning.schedule.criterion.name == "bmrs_u4"
     assert any("criterion: bmrs_u4, the default under a Gaussian autoguide (AutoNormal" in r.message
                for r in caplog.records)
+    assert [r.getMessage() for r in caplog.records if r.name == "pyro_prune"][-1] == str(pruning.report)
+    assert str(pruning.report).startswith("bmrs_u4: removed ")
     assert pruning.history[-1]["compression"] > 0.15
     assert any(not torch.equal(start[k], v) for k, v in guide.state_dict().items())  # the guide trained
     assert all(torch.equal(own[k], model.state_dict()[k]) for k in own)  # its own posterior did not
