@@ -51,6 +51,7 @@ from pyro_prune.inference.guides import (
     copy_weight_posterior,
 )
 from pyro_prune.inference.loop import ElboLoss, pruning_summary
+from pyro_prune.inference.metrics import model_device
 from pyro_prune.inference.optim import DEFAULT_NOISE_LR
 from pyro_prune.inference.pruning_report import PruningReport, logger, pruning_report
 from pyro_prune.inference.schedules import (
@@ -111,8 +112,10 @@ class PruningModule(L.LightningModule):
         self._frozen: list[nn.Parameter] = []
         if custom:
             start = guide_start(guide)
-            sample = self._sample(guide, start, example_batch)
-            check_guide(model, guide, *sample)  # another model's guide, other sites
+            device = model_device(model)
+            x, y = (t.to(device) for t in self._sample(guide, start, example_batch))
+            sample = (x, y)
+            check_guide(model, guide, x, y)  # another model's guide, other sites
             prepare_guide(model, guide, sample, kl_scale=kl_scale, start=start)
             self.guide = guide  # a submodule: trained, moved, checkpointed with the module
         else:
