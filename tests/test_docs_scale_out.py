@@ -116,12 +116,3 @@ def test_lightning_ddp_recipe_prunes_alike_on_two_processes(tmp_path, subprocess
 
     assert ranks[0]["params"] < sum(p.numel() for p in MLP(64, [100, 100], 10).net.parameters())
 
-
-@pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated")
-def test_lightning_autoguide_block_prints_what_the_page_says(capsys) -> None:
-    """The Lightning autoguide recipe runs in one process and prints the figures quoted below it."""
-    pytest.importorskip("lightning")
-    namespace = run_block("lightning_autoguide.py")
-    printed = capsys.readouterr().out.strip().splitlines()[-1]
-    assert f"It prints `{printed}`" in PAGE.read_text()
-    assert namespace["pruning"].history[-1]["compression"] > 0.2
