@@ -76,7 +76,8 @@ def test_two_gloo_processes_reproduce_one(tmp_path, subprocess_env) -> None:
     script = tmp_path / "train_ddp.py"
     script.write_text(block("train_ddp.py"))
     subprocess_env = {**subprocess_env, "OMP_NUM_THREADS": "1"}  # one thread in every process
-    torchrun([str(script), str(tmp_path / "two")], subprocess_env)
+    torchrun([str(script), str(tmp_path / "two")], subprocess_env,
+             results=[tmp_path / "two" / f"rank{r}.json" for r in (0, 1)])
     ranks = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
     single = _single_process(script, tmp_path, subprocess_env)  # the same script, one process
     for name, (accuracy, compression) in ROUNDING.items():

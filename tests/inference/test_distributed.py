@@ -65,7 +65,8 @@ def _two_ranks(script: str, tmp_path: Path, env: dict[str, str]) -> tuple[dict, 
     after checking that they wrote the same."""
     path = tmp_path / "script.py"
     path.write_text(script)
-    done = torchrun([str(path), str(tmp_path)], {**env, "OMP_NUM_THREADS": "1"})
+    done = torchrun([str(path), str(tmp_path)], {**env, "OMP_NUM_THREADS": "1"},
+                    results=[tmp_path / f"rank{r}.json" for r in (0, 1)])
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert rank0 == rank1, ("the ranks differ", differences(rank0, rank1), describe(done))
     return rank0, rank1
@@ -197,10 +198,10 @@ print(dist.is_initialized())
 @pytest.mark.parametrize(("how", "left"), [("normal", "False"), ("exception", "True")])
 def test_the_group_fit_initialised_is_torn_down_at_a_normal_exit(how: str, left: str, tmp_path,
                                                                  subprocess_env) -> None:
-    """Left to the interpreter's finalisation, gloo's threads can abort the process after
-    training (SIGABRT, "terminate called without an active exception"; seen once in about 10
-    two-process runs here): the group distributed_info initialises is destroyed at exit,
-    but not after an uncaught exception, when other ranks may wait in a collective."""
+    """The group distributed_info initialises is destroyed at a normal exit, as torch
+    recommends (left to the interpreter's finalisation, gloo's threads can abort the process
+    after its work: SIGABRT, "terminate called without an active exception"), but not after
+    an uncaught exception, when other ranks may wait in a collective."""
     import subprocess
     import sys
 
