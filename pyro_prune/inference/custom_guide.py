@@ -20,8 +20,9 @@ parameters a guide function uses, so that they train, are kept equal across rank
 saved in checkpoints as an autoguide's are.
 
 A refused guide leaves the model as it was given. A guide whose noise posterior the criteria
-cannot read at all (a custom callable, a normalising flow) still trains, with a warning:
-its weights may be all its user wants.
+cannot read at all (a custom callable, a normalising flow) still trains, with a warning that
+says what does not read it: the criteria, and predictions at the posterior mean, which keep
+the model's own noise posterior (its weights may be all its user wants).
 """
 
 from __future__ import annotations
@@ -170,7 +171,10 @@ def _attach(model: PrunableNet, guide: Any) -> None:
     except (TypeError, ValueError) as err:
         detach_guide(model)
         model.__dict__["_fitted_guide_error"] = str(err)
-        warnings.warn(f"{err}; the pruning criteria cannot use this fit", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"{err}; the pruning criteria cannot use this fit, and predictions at the posterior "
+                      f"mean (model.predict, evaluate, the conversion) read the model's own noise posterior, "
+                      f"not this guide's (pyro.infer.Predictive with the guide draws from it)",
+                      RuntimeWarning, stacklevel=4)
     else:
         model.__dict__.pop("_fitted_guide_error", None)
 
