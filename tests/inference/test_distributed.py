@@ -209,3 +209,61 @@ def test_the_group_fit_initialised_is_torn_down_at_a_normal_exit(how: str, left:
                           env=subprocess_env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == [left]
+
+
+#: run by ``torchrun --nproc_per_node=2`` and by one process: fit with a hand-written guide
+#: function (one ``pyro.param`` per gated layer); every rank records its trained values
+FUNCTION_GUIDE_SCRIPT = '''
+import json, math, os, sys, warnings
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions.transforms import AffineTransform, SigmoidTransform
+from pyro_prune.data import load_dataset
+from pyro_prune.inference import fit
+from pyro_prune.models import MLP
+
+train = load_dataset("digits", "train")
+torch.manual_seed(0)
+pyro.clear_param_store()
+net = MLP(64, [32], 10)
+layers = list(net.noise_layers().values())
+
+
+def guide(x, y=None):
+    for layer in layers:
+        low, high = math.exp(layer.log_low), math.exp(layer.log_high)
+        loc = pyro.param(f"{layer.site_name}.u_loc", torch.zeros(layer.num_structures))
+        with pyro.plate(f"{layer.site_name}_plate", layer.num_structures):
+            pyro.sample(layer.site_name, dist.TransformedDistribution(
+                dist.Normal(loc, 0.1), [SigmoidTransform(), AffineTransform(low, high - low)]))
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # the criteria cannot read a guide function
+    result = fit(net, train, epochs=2, batch_size=32, lr=1e-2, guide=guide, seed=0, progress=False)
+with open(os.path.join(sys.argv[1], f"rank{os.environ.get('RANK', '0')}.json"), "w") as f:
+    json.dump({"u_loc": pyro.param(f"{layers[0].site_name}.u_loc").tolist(),
+               "losses": [r["loss"] for r in result.history], "world_size": result.config["world_size"]}, f)
+'''
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_a_guide_functions_params_as_one_process(tmp_path, subprocess_env) -> None:
+    """A guide function's pyro.params under torchrun: broadcast from rank 0 and their gradients
+    combined with the network's, so both ranks end with the same values, those of one process."""
+    import subprocess
+    import sys
+
+    rank0, _ = _two_ranks(FUNCTION_GUIDE_SCRIPT, tmp_path, subprocess_env)
+    one = tmp_path / "one"
+    one.mkdir()
+    done = subprocess.run([sys.executable, str(tmp_path / "script.py"), str(one)],
+                          env={**subprocess_env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = json.loads((one / "rank0.json").read_text())
+    assert rank0["world_size"] == 2 and single["world_size"] == 1
+    assert min(abs(v) for v in rank0["u_loc"]) > 0.05  # trained
+    assert rank0["u_loc"] == pytest.approx(single["u_loc"], rel=1e-4, abs=1e-5)
+    assert rank0["losses"] == pytest.approx(single["losses"], rel=1e-5)
