@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyro
 import pytest
 import torch
+from guide_functions import logit_normal_noise_guide
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal
 
 from pyro_prune.inference.custom_guide import guide_start, prepare_guide, replaced_parameters
@@ -43,27 +44,6 @@ def test_guide_start_is_recorded_before_the_first_call() -> None:
     assert not guide_start(guide).fresh  # run once: a second run continues it
 
 
-def _guide_function(net: MLP):
-    """A hand-written guide of ``net``'s noise (Gaussian in the logit of theta), reading one
-    ``pyro.param`` per gated layer."""
-    import math
-
-    import pyro.distributions as dist
-    from pyro.distributions.transforms import AffineTransform, SigmoidTransform
-
-    layers = list(net.noise_layers().values())
-
-    def guide(x, y=None):
-        for layer in layers:
-            low, high = math.exp(layer.log_low), math.exp(layer.log_high)
-            loc = pyro.param(f"{layer.site_name}.u_loc", torch.zeros(layer.num_structures))
-            with pyro.plate(f"{layer.site_name}_plate", layer.num_structures):
-                pyro.sample(layer.site_name, dist.TransformedDistribution(
-                    dist.Normal(loc, 0.1), [SigmoidTransform(), AffineTransform(low, high - low)]))
-
-    return guide
-
-
 def test_a_guide_functions_pyro_params_train_and_are_checkpointed(tmp_path) -> None:
     """fit trains the pyro.param parameters of a guide function (before, they kept their
     initial values while fit reported a finished run), at noise_lr, and its checkpoints keep
@@ -75,7 +55,7 @@ def test_a_guide_functions_pyro_params_train_and_are_checkpointed(tmp_path) -> N
     pyro.clear_param_store()
     torch.manual_seed(0)
     net = MLP(8, [6], 3)
-    guide = _guide_function(net)
+    guide = logit_normal_noise_guide(net)
     site = f"{net.noise_layers()['fc1_gate'].site_name}.u_loc"
     data = TensorDataset(torch.randn(64, 8), torch.arange(64) % 3)
     with pytest.warns(RuntimeWarning, match=r"cannot be read by the reduction.*predictions at the posterior "

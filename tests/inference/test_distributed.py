@@ -60,6 +60,19 @@ with open(os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.json"), "w") as f
 '''
 
 
+def _one_process(tmp_path: Path, env: dict[str, str]) -> dict:
+    """What the script :func:`_two_ranks` ran wrote when run by one process (one thread)."""
+    import subprocess
+    import sys
+
+    one = tmp_path / "one"
+    one.mkdir()
+    done = subprocess.run([sys.executable, str(tmp_path / "script.py"), str(one)],
+                          env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((one / "rank0.json").read_text())
+
+
 def _two_ranks(script: str, tmp_path: Path, env: dict[str, str]) -> tuple[dict, dict]:
     """What ranks 0 and 1 of ``torchrun --nproc_per_node=2 script`` wrote (one thread each),
     after checking that they wrote the same."""
@@ -162,17 +175,8 @@ def test_two_gloo_processes_fit_an_autoguide_as_one_process(tmp_path, subprocess
     """fit under AutoNormal on 2 ranks: the guide is broadcast, its gradients combined and its
     draws shared, so both ranks end with the same guide, and with the structures, accuracy
     and losses (up to rounding) of one process with the same global batch."""
-    import subprocess
-    import sys
-
     rank0, _ = _two_ranks(AUTOGUIDE_SCRIPT, tmp_path, subprocess_env)
-    one = tmp_path / "one"
-    one.mkdir()
-    done = subprocess.run([sys.executable, str(tmp_path / "script.py"), str(one)],
-                          env={**subprocess_env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
-    single = json.loads((one / "rank0.json").read_text())
+    single = _one_process(tmp_path, subprocess_env)
     assert rank0["world_size"] == 2 and single["world_size"] == 1
     assert rank0["criterion"] == single["criterion"] == "bmrs_u4"
     assert rank0["kept"] == single["kept"] and rank0["compression"] > 0.2
@@ -214,11 +218,10 @@ def test_the_group_fit_initialised_is_torn_down_at_a_normal_exit(how: str, left:
 #: run by ``torchrun --nproc_per_node=2`` and by one process: fit with a hand-written guide
 #: function (one ``pyro.param`` per gated layer); every rank records its trained values
 FUNCTION_GUIDE_SCRIPT = '''
-import json, math, os, sys, warnings
+import json, os, sys, warnings
 import pyro
-import pyro.distributions as dist
 import torch
-from pyro.distributions.transforms import AffineTransform, SigmoidTransform
+from guide_functions import logit_normal_noise_guide
 from pyro_prune.data import load_dataset
 from pyro_prune.inference import fit
 from pyro_prune.models import MLP
@@ -228,17 +231,7 @@ torch.manual_seed(0)
 pyro.clear_param_store()
 net = MLP(64, [32], 10)
 layers = list(net.noise_layers().values())
-
-
-def guide(x, y=None):
-    for layer in layers:
-        low, high = math.exp(layer.log_low), math.exp(layer.log_high)
-        loc = pyro.param(f"{layer.site_name}.u_loc", torch.zeros(layer.num_structures))
-        with pyro.plate(f"{layer.site_name}_plate", layer.num_structures):
-            pyro.sample(layer.site_name, dist.TransformedDistribution(
-                dist.Normal(loc, 0.1), [SigmoidTransform(), AffineTransform(low, high - low)]))
-
-
+guide = logit_normal_noise_guide(net)
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)  # the criteria cannot read a guide function
     result = fit(net, train, epochs=2, batch_size=32, lr=1e-2, guide=guide, seed=0, progress=False)
@@ -252,17 +245,12 @@ with open(os.path.join(sys.argv[1], f"rank{os.environ.get('RANK', '0')}.json"), 
 def test_two_gloo_processes_train_a_guide_functions_params_as_one_process(tmp_path, subprocess_env) -> None:
     """A guide function's pyro.params under torchrun: broadcast from rank 0 and their gradients
     combined with the network's, so both ranks end with the same values, those of one process."""
-    import subprocess
-    import sys
+    import os
 
-    rank0, _ = _two_ranks(FUNCTION_GUIDE_SCRIPT, tmp_path, subprocess_env)
-    one = tmp_path / "one"
-    one.mkdir()
-    done = subprocess.run([sys.executable, str(tmp_path / "script.py"), str(one)],
-                          env={**subprocess_env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
-    single = json.loads((one / "rank0.json").read_text())
+    env = {**subprocess_env,  # the script imports the tests' guide function
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), subprocess_env["PYTHONPATH"]])}
+    rank0, _ = _two_ranks(FUNCTION_GUIDE_SCRIPT, tmp_path, env)
+    single = _one_process(tmp_path, env)
     assert rank0["world_size"] == 2 and single["world_size"] == 1
     assert min(abs(v) for v in rank0["u_loc"]) > 0.05  # trained
     assert rank0["u_loc"] == pytest.approx(single["u_loc"], rel=1e-4, abs=1e-5)
