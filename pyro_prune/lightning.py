@@ -301,7 +301,7 @@ class PruningCallback(L.Callback):
         if self.convert:
             from pyro_prune.convert import to_deterministic
 
-            self.converted = to_deterministic(self._model(pl_module))
+            self.converted = to_deterministic(model)
 
     def state_dict(self) -> dict[str, Any]:
         return {"schedule": self.schedule.state_dict(), "history": self.history}

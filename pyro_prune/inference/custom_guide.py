@@ -82,9 +82,8 @@ class GuideParameters(nn.Module):
             self.register_buffer(name.replace(".", "__"), value)
 
     @classmethod
-    def of(cls, guide: Any, sample: tuple[Tensor, ...]) -> GuideParameters | None:
-        """Those of ``guide`` run on ``sample``; ``None`` when it reads none."""
-        trace = pyro.poutine.trace(guide, param_only=True).get_trace(*sample)
+    def of(cls, trace: Any) -> GuideParameters | None:
+        """Those a guide read in its run ``trace`` (a Pyro trace); ``None`` when it read none."""
         found = {name: site["value"].unconstrained() for name, site in trace.nodes.items()
                  if site["type"] == "param"}
         return cls(found) if found else None
@@ -121,7 +120,7 @@ def prepare_guide(model: PrunableNet, guide: Any, sample: tuple[Tensor, ...], *,
 
     start = guide_start(guide) if start is None else start
     with torch.no_grad():  # an autoguide creates its parameters on its first call
-        pyro.poutine.trace(guide).get_trace(*sample)
+        trace = pyro.poutine.trace(guide).get_trace(*sample)
     if start.fresh:
         _warn_if_shared(guide, start.stored)
     try:
@@ -138,7 +137,7 @@ def prepare_guide(model: PrunableNet, guide: Any, sample: tuple[Tensor, ...], *,
     _attach(model, guide)
     if isinstance(guide, nn.Module):
         return guide if guide is not model else None
-    return GuideParameters.of(guide, sample)
+    return GuideParameters.of(trace)
 
 
 def _warn_if_shared(guide: Any, stored: frozenset[str]) -> None:

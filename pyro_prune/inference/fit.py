@@ -207,9 +207,9 @@ def fit(
                        guide=guide if custom_guide else None, use_pyro=args.engine is Engine.PYRO)
     model.train()
 
-    # the criteria, the posterior mean and the predictive read the guide that is fitted here
-    # the module holding a custom guide's parameters (the guide, or a guide function's
-    # pyro.params): trained, kept equal across ranks and checkpointed
+    # the criteria, the posterior mean and the predictive read the guide that is fitted here;
+    # guide_state: the module holding a custom guide's parameters (the guide, or a guide
+    # function's pyro.params), trained, kept equal across ranks and checkpointed
     guide_state: nn.Module | None = None
     if custom_guide:
         guide_state = prepare_guide(model, guide, tuple(t.to(device) for t in args.sample),
@@ -217,7 +217,6 @@ def fit(
                                     start=start)
     else:
         detach_guide(model)
-    trained_guide = guide_state if guide_state is not None else guide
     if isinstance(schedule, ContinuousPruning):  # the default criterion follows the posterior's family
         why_criterion = schedule.choose_criterion(model)
         if why_criterion is not None and main:
@@ -233,7 +232,7 @@ def fit(
     shared_noise = plan is None or not per_example_noise or plan.draws_global_batch
     if dist_info.active and dist_info.rank and not shared_noise:
         torch.manual_seed(_rank_seed(seed, dist_info.rank))
-    optimizer = make_optimizer(model, lr=lr, noise_lr=noise_lr, weight_decay=weight_decay, guide=trained_guide)
+    optimizer = make_optimizer(model, lr=lr, noise_lr=noise_lr, weight_decay=weight_decay, guide=guide_state)
     generator = torch.Generator().manual_seed(seed)
     source = batch_source(train, batch_size, generator=generator, seed=seed, info=dist_info)
 
@@ -241,7 +240,7 @@ def fit(
         model=model, guide=guide, optimizer=optimizer, train=train, val=val,
         batch_size=source.batch_size, seed=seed, epochs=epochs, loss_fn=loss_fn,
     )
-    sync = GradientSync(trainable_parameters(model, trained_guide), dist_info)
+    sync = GradientSync(trainable_parameters(model, guide_state), dist_info)
     ctx.train_epoch = EpochTrainer(
         ctx, source=source, loss_fn=loss_fn, sync=sync,
         info=dist_info, schedule=schedule, device=device, shared_noise=shared_noise,
@@ -267,9 +266,8 @@ def fit(
     if schedule is not None:
         schedule.on_fit_start(ctx)
     # a custom guide's parameters are the posterior being fitted: saved and restored with the model
-    saved_guide = guide_state
     state = read_checkpoint(ckpt_path, model=model, config=config, info=dist_info, device=device,
-                            guide=saved_guide)
+                            guide=guide_state)
     if state is not None:
         load_optimizer_state(optimizer, state["optimizer"], model)
         if schedule is not None:
@@ -318,7 +316,7 @@ def fit(
                              if k in ("loss", "val_accuracy", "compression") and v is not None})
             bar.update(1)
             if ckpt_path is not None and main:
-                save_checkpoint(ckpt_path, model=model, guide=saved_guide, optimizer=optimizer, schedule=schedule,
+                save_checkpoint(ckpt_path, model=model, guide=guide_state, optimizer=optimizer, schedule=schedule,
                                 history=history, epoch=epoch + 1, step=ctx.step, config=config,
                                 generator=generator)
     bar.close()

@@ -17,7 +17,7 @@ __all__ = ["DEFAULT_NOISE_LR", "load_optimizer_state", "make_optimizer", "traina
 DEFAULT_NOISE_LR = 0.03
 
 
-def _guide_tensors(model: nn.Module, guide: Callable) -> list[Tensor]:
+def _guide_tensors(model: nn.Module, guide: Callable | None) -> list[Tensor]:
     """A custom guide's own parameters: a guide module's, or those a
     :class:`~pyro_prune.inference.custom_guide.GuideParameters` holds for a guide function."""
     from pyro_prune.inference.custom_guide import GuideParameters
@@ -29,7 +29,7 @@ def _guide_tensors(model: nn.Module, guide: Callable) -> list[Tensor]:
     return []
 
 
-def trainable_parameters(model: nn.Module, guide: Callable) -> list[Tensor]:
+def trainable_parameters(model: nn.Module, guide: Callable | None) -> list[Tensor]:
     """The parameters that train: the model's, then a custom guide's own, each once."""
     params: list[Tensor] = list(model.parameters())
     seen = {id(p) for p in params}
