@@ -34,6 +34,26 @@ def hf_vit(layers: int = 1, intermediate: int = 24, labels: int = CLASSES) -> nn
         num_attention_heads=4, intermediate_size=intermediate, num_labels=labels))
 
 
+class Logits(nn.Module):
+    """A Hugging Face classifier as a network of its token ids that returns its logits."""
+
+    def __init__(self, hf: nn.Module) -> None:
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.hf(input_ids=ids).logits
+
+
+def hf_bert_logits() -> nn.Module:
+    """``BertForSequenceClassification`` (eval mode, :class:`Logits`): 50 tokens, width 32, one
+    layer of 4 heads and 64 MLP units, 2 labels, sequences of up to 32 tokens."""
+    tf = transformers()
+    config = tf.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                           intermediate_size=64, num_labels=2, max_position_embeddings=32)
+    return Logits(tf.BertForSequenceClassification(config).eval())
+
+
 def hf_gpt2(layers: int = 1) -> nn.Module:
     """``GPT2ForSequenceClassification`` (its ``Conv1D`` layers): 4 heads of width 4."""
     tf = transformers()

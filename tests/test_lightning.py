@@ -313,29 +313,17 @@ def test_lightning_prunes_a_hugging_face_bert_under_an_autoguide_on_the_defaults
     """A tiny Hugging Face BERT (random weights, token inputs), bayesianized, trained by
     Lightning under AutoNormal on the callback's defaults: neurons are removed, the task is
     learned, the converted network predicts as the model does."""
+    import foreign_networks as foreign
     from pyro.infer.autoguide import AutoNormal
-    from torch import nn
     from torch.utils.data import TensorDataset
 
     from pyro_prune.models import bayesianize
 
-    transformers = pytest.importorskip("transformers")
-
-    class Logits(nn.Module):
-        def __init__(self, hf: nn.Module) -> None:
-            super().__init__()
-            self.hf = hf
-
-        def forward(self, ids: torch.Tensor) -> torch.Tensor:
-            return self.hf(input_ids=ids).logits
-
     L.seed_everything(0)
     pyro.clear_param_store()
-    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                                     intermediate_size=64, num_labels=2, max_position_embeddings=32)
     ids = torch.randint(0, 50, (512, 12))
     labels = (ids[:, 0] < 25).long()
-    model = bayesianize(Logits(transformers.BertForSequenceClassification(config).eval()), example_input=ids[:2])
+    model = bayesianize(foreign.hf_bert_logits(), example_input=ids[:2])
     module = PruningModule(model, num_data=len(ids), lr=1e-2, guide=AutoNormal(model), example_batch=(ids, labels))
     pruning = PruningCallback(finetune_epochs=1)
     _trainer(15, [pruning]).fit(module, DataLoader(TensorDataset(ids, labels), batch_size=32, shuffle=True))

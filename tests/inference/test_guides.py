@@ -418,28 +418,17 @@ def test_a_plain_torch_network_with_gaussian_weights_under_an_autoguide(digits) 
 
 
 def test_a_tiny_transformer_under_autoguides() -> None:
-    from torch import nn
+    import foreign_networks as foreign
     from torch.utils.data import TensorDataset
-    from transformers import BertConfig, BertForSequenceClassification
 
     from pyro_prune.models import bayesianize
 
-    class Logits(nn.Module):
-        def __init__(self, hf: nn.Module) -> None:
-            super().__init__()
-            self.hf = hf
-
-        def forward(self, ids: torch.Tensor) -> torch.Tensor:
-            return self.hf(input_ids=ids).logits
-
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                        intermediate_size=64, num_labels=2, max_position_embeddings=32)
     ids = torch.randint(0, 50, (128, 12))
     data = TensorDataset(ids, (ids[:, 0] < 25).long())
     for make, starts in ((AutoDiagonalNormal, False), (AutoNormal, True)):
         pyro.clear_param_store()
-        model = bayesianize(Logits(BertForSequenceClassification(config).eval()), example_input=ids[:2])
+        model = bayesianize(foreign.hf_bert_logits(), example_input=ids[:2])
         guide = make(model)
         if not starts:  # init_to_median: every gate at e^-10
             with pytest.raises(ValueError, match=r"starts the noise of 'gates\..*_gate' at E\[theta\]"):
