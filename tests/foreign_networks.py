@@ -62,6 +62,24 @@ def hf_gpt2(layers: int = 1) -> nn.Module:
         pad_token_id=0, bos_token_id=1, eos_token_id=1))
 
 
+def hf_opt(layers: int = 1) -> nn.Module:
+    """``OPTForSequenceClassification``: its decoder layers flatten ``[batch, tokens, width]`` to
+    ``[batch * tokens, width]`` around their MLP; 4 heads of width 4."""
+    tf = transformers()
+    return tf.OPTForSequenceClassification(tf.OPTConfig(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=layers, num_attention_heads=4, ffn_dim=24,
+        word_embed_proj_dim=16, max_position_embeddings=16, num_labels=CLASSES, pad_token_id=0))
+
+
+def hf_mobilevit() -> nn.Module:
+    """``MobileViTForImageClassification`` on 32x32 one-channel images: convolutions, then
+    transformer blocks over the patches unfolded to ``[batch * patch_area, patches, width]``."""
+    tf = transformers()
+    return tf.MobileViTForImageClassification(tf.MobileViTConfig(
+        image_size=32, patch_size=2, num_channels=1, hidden_sizes=[8, 8, 8],
+        neck_hidden_sizes=[4, 4, 8, 8, 8, 8, 16], num_attention_heads=2, num_labels=CLASSES))
+
+
 def _generator() -> torch.Generator:
     return torch.Generator().manual_seed(1)
 
@@ -74,6 +92,11 @@ def token_ids(n: int = 48) -> Tensor:
 def images(n: int = 48) -> Tensor:
     """``[n, 1, 8, 8]`` standard normal images."""
     return torch.randn(n, 1, 8, 8, generator=_generator())
+
+
+def large_images(n: int = 48) -> Tensor:
+    """``[n, 1, 32, 32]`` standard normal images."""
+    return torch.randn(n, 1, 32, 32, generator=_generator())
 
 
 def sequences(n: int = 48) -> Tensor:

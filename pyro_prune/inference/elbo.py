@@ -72,13 +72,13 @@ def fast_elbo_loss(
     if kl is not None:
         assert plan is not None
         if plan.others:  # e.g. Bayesian weights: their own per-example draws
-            with noise_mode(model.net, NoiseMode.REPARAM):
+            with noise_mode(model.net, NoiseMode.REPARAM, examples=x.shape[0]):
                 out = model.net(x)
             kl = kl + torch.stack([m.kl_divergence() for m in plan.others]).sum()
         else:  # the noise layers use the drawn theta whatever their mode
             out = model.net(x)
     elif per_example:
-        with noise_mode(model.net, NoiseMode.REPARAM):
+        with noise_mode(model.net, NoiseMode.REPARAM, examples=x.shape[0]):
             out = model.net(x)
     else:
         out = _one_draw_forward(model, x)

@@ -397,7 +397,7 @@ class PrunableNet(PyroModule):
 
     def sample_outputs(self, x: Tensor) -> Tensor:
         """One backbone output with the latents drawn from the guide (per example)."""
-        with noise_mode(self.net, NoiseMode.REPARAM):
+        with noise_mode(self.net, NoiseMode.REPARAM, examples=x.shape[0]):
             return self.net(x)
 
     def iter_latents(self) -> Iterator[tuple[str, StochasticModule]]:

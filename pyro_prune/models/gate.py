@@ -108,10 +108,36 @@ class StructureGate(PyroModule):
         if values.dim() == 1:
             return values.reshape(values.shape + (1,) * trailing)
         # per-example values [batch, n]: the batch axis is dim 0 of x
+        values = fold_examples(values, x.shape[0], self.site_name)
         return values.reshape(values.shape[:1] + (1,) * (dim - 1) + values.shape[1:] + (1,) * trailing)
 
     def extra_repr(self) -> str:
         return f"num_structures={self.num_structures}, dim={self.dim}, kept={int(self.kept.sum())}"
+
+
+def fold_examples(values: Tensor, rows: int, site: str) -> Tensor:
+    """Per-example ``values`` (``[batch, ...]``) for an input whose leading axis has ``rows`` rows.
+
+    A network may fold the positions of each example into the leading axis: a decoder's
+    ``hidden.reshape(-1, width)`` over ``[batch, tokens, width]`` (OPT), the windows of a
+    Swin block, the patches of MobileViT. ``reshape`` keeps the batch outermost, so the
+    ``rows = k * batch`` rows are the example's ``k`` positions in turn, and each takes its
+    example's values (a draw of the noise is one per example, never one per position).
+
+    Raises:
+        ValueError: ``rows`` is not a multiple of the batch (the network moved the batch
+            off the leading axis, e.g. a sequence-first layout).
+    """
+    batch = values.shape[0]
+    if rows == batch:
+        return values
+    if batch > 0 and rows > batch and rows % batch == 0:
+        return values.repeat_interleave(rows // batch, dim=0)
+    raise ValueError(
+        f"{site}: per-example noise was drawn for {batch} examples, but this gate's input has "
+        f"{rows} rows on its leading axis, not a multiple of {batch}: the network moves the batch "
+        f"off the leading axis here (e.g. a sequence-first [tokens, batch, width] layout). Train with "
+        f"one draw per step (fit(per_example_noise=False)), or keep the batch first")
 
 
 class StructureMask(StructureGate):

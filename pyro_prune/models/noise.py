@@ -102,6 +102,9 @@ class StochasticModule(PyroModule):
 
     #: the mode forced by :func:`noise_mode`; ``None`` follows ``self.training``.
     _forced_mode: NoiseMode | None = None
+    #: the examples of the network's input in a per-example draw (:func:`noise_mode`);
+    #: ``None``: the rows of the module's own input
+    _forced_examples: int | None = None
     #: multiplies this module's KL term (and its sites' log densities in the ELBO).
     kl_scale: float = 1.0
 
@@ -119,22 +122,29 @@ class StochasticModule(PyroModule):
 
 
 @contextlib.contextmanager
-def noise_mode(module: nn.Module, mode: NoiseMode | str) -> Iterator[nn.Module]:
+def noise_mode(module: nn.Module, mode: NoiseMode | str, *,
+               examples: int | None = None) -> Iterator[nn.Module]:
     """Force every :class:`StochasticModule` inside ``module`` into ``mode``.
+
+    ``examples``: with ``NoiseMode.REPARAM``, the number of examples in the network's input.
+    A noise layer then draws once per example even where the network has folded each
+    example's positions into its input's leading axis (``[examples * k, ...]``: tokens,
+    windows, patches; :func:`~pyro_prune.models.gate.fold_examples`); by default it draws
+    once per row of its own input.
 
     >>> with noise_mode(net, NoiseMode.SAMPLE):   # draw theta ~ q in a posterior predictive
     ...     ...
     """
     mode = NoiseMode(mode)
     layers = [m for m in module.modules() if isinstance(m, StochasticModule)]
-    previous = [m._forced_mode for m in layers]
+    previous = [(m._forced_mode, m._forced_examples) for m in layers]
     try:
         for m in layers:
-            m._forced_mode = mode
+            m._forced_mode, m._forced_examples = mode, examples
         yield module
     finally:
-        for m, p in zip(layers, previous):
-            m._forced_mode = p
+        for m, (p, e) in zip(layers, previous):
+            m._forced_mode, m._forced_examples = p, e
 
 
 def share_noise_storage(layers: list[MultiplicativeNoise]) -> bool:
@@ -419,7 +429,8 @@ class MultiplicativeNoise(StructureGate, StochasticModule):
         drawn = self.__dict__.get("_drawn_theta")
         if drawn is not None:
             self.__dict__["_drawn_theta"] = None
-            if x.dim() == 2 and self.dim % 2 == 1 and x.shape[1] == drawn.shape[-1]:  # no reshape
+            if x.dim() == 2 and self.dim % 2 == 1 and x.shape[1] == drawn.shape[-1] and (
+                    drawn.dim() == 1 or x.shape[0] == drawn.shape[0]):  # no reshape
                 return x * drawn
             return x * self.broadcast(drawn, x)
         mode = self.mode
@@ -427,8 +438,8 @@ class MultiplicativeNoise(StructureGate, StochasticModule):
             return x * self.broadcast(self.output_scale(), x)
         if mode is NoiseMode.SAMPLE:
             theta = self._model_sample()
-        else:  # REPARAM: one draw per example
-            theta = self.rsample_per_example(x.shape[0])
+        else:  # REPARAM: one draw per example (of the network's input, see noise_mode)
+            theta = self.rsample_per_example(self._forced_examples or x.shape[0])
         theta = theta * self.kept.to(theta.dtype)
         if self.signal_scale != 1.0:
             theta = theta * self.signal_scale

@@ -175,17 +175,17 @@ def _fast_draws(model: PrunableNet, x: Tensor, draws: int, output: Output,
     n = x.shape[0]
     draw_chunk = max(1, min(draws, rows_per_pass // max(1, n)))
     data_chunk = n if draw_chunk > 1 else max(1, min(n, rows_per_pass))
-    with noise_mode(model.net, NoiseMode.REPARAM):
-        for d0 in range(0, draws, draw_chunk):
-            d = min(draw_chunk, draws - d0)
-            per_draw = []
-            for i in range(0, n, data_chunk):
-                xb = x[i : i + data_chunk]
-                rep = xb.unsqueeze(0).expand(d, *xb.shape).reshape(d * xb.shape[0], *xb.shape[1:])
+    for d0 in range(0, draws, draw_chunk):
+        d = min(draw_chunk, draws - d0)
+        per_draw = []
+        for i in range(0, n, data_chunk):
+            xb = x[i : i + data_chunk]
+            rep = xb.unsqueeze(0).expand(d, *xb.shape).reshape(d * xb.shape[0], *xb.shape[1:])
+            with noise_mode(model.net, NoiseMode.REPARAM, examples=rep.shape[0]):
                 out = model.net(rep)
-                out = _transform(model, out, output)
-                per_draw.append(out.reshape(d, xb.shape[0], *out.shape[1:]))
-            chunks.append(torch.cat(per_draw, dim=1))
+            out = _transform(model, out, output)
+            per_draw.append(out.reshape(d, xb.shape[0], *out.shape[1:]))
+        chunks.append(torch.cat(per_draw, dim=1))
     return torch.cat(chunks, dim=0)
 
 

@@ -253,8 +253,11 @@ CASES = foreign.cases(
     pyro_linear_bnn=(_pyro_linear_bnn, foreign.vectors), transformer_encoder_mha=(_EncoderClassifier, foreign.sequences),
     functional_batchnorm_silu_gelu=(_FunctionalBatchNormNet, foreign.images),
     functional_batchnorm_inline_export=(_InlineBatchNormNet, foreign.images),
-    multihead_attention=(_AttentionPool, foreign.sequences))
-SLOW = {"hf_gpt2", "hf_llama_gqa", "hf_vit", "hf_bert_eager", "transformer_encoder_mha", "multihead_attention"}
+    multihead_attention=(_AttentionPool, foreign.sequences),
+    hf_opt_tokens_folded=(foreign.hf_opt, foreign.token_ids),
+    hf_mobilevit_patches_folded=(foreign.hf_mobilevit, foreign.large_images))
+SLOW = {"hf_gpt2", "hf_llama_gqa", "hf_vit", "hf_bert_eager", "transformer_encoder_mha", "multihead_attention",
+        "hf_opt_tokens_folded", "hf_mobilevit_patches_folded"}
 #: networks with nn.MultiheadAttention: its 4 heads get one gate, 40% of it (2 heads) go
 MHA = {"transformer_encoder_mha", "multihead_attention"}
 
@@ -431,3 +434,45 @@ def test_attention_split_from_a_fused_layer_gets_its_heads_on_any_input(sdpa: bo
     widths = {k: tuple(v.shape) for k, v in det.state_dict().items() if k.endswith("c_attn.weight")
               or k.endswith("c_proj.weight")}
     assert sorted(widths.values()) == [(16, 8), (24, 16)]  # two of four heads left q, k, v
+
+
+@pytest.mark.filterwarnings("ignore:pruning would empty")  # the task needs one neuron
+def test_the_default_recipe_prunes_a_decoder_that_folds_its_tokens_into_the_batch() -> None:
+    """OPT's decoder layers run their MLP on ``[batch * tokens, width]``: on the defaults each
+    example's tokens share one noise draw, the run prunes, and the result converts."""
+    from pyro_prune.inference import ContinuousPruning, evaluate
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, VOCAB, (640, 8), generator=gen)
+    labels = ((ids == 5) | (ids == 7)).any(1).long()  # a token the network must find
+    train, test = TensorDataset(ids[:384], labels[:384]), TensorDataset(ids[384:], labels[384:])
+    torch.manual_seed(0)
+    model = bayesianize(foreign.hf_opt().eval(), example_input=ids[:2])
+    result = fit(model, train, batch_size=32, lr=1e-2, progress=False, seed=0, schedule=ContinuousPruning())
+    neurons = [g for n, g in model.gates().items() if n.endswith("fc1_gate")]
+    assert neurons and sum(int(g.kept.sum()) for g in neurons) <= sum(g.num_structures for g in neurons) // 2
+    assert evaluate(model, test)["accuracy"] >= 0.9
+    assert "removed" in str(result.report)
+    det = to_deterministic(model, example_input=ids[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(det(ids[384:]), model.predict(ids[384:]), rtol=1e-5, atol=1e-5)
+    assert count_params(det) < count_params(foreign.hf_opt())
+
+
+def test_a_converted_network_that_cannot_run_is_refused_with_what_went_wrong() -> None:
+    """Swin's attention adds a per-head bias gathered from a table to its scores; slicing its
+    heads is not supported yet, and the conversion says so instead of failing inside torch."""
+    config = transformers.SwinConfig(image_size=32, patch_size=4, num_channels=1, embed_dim=16, depths=[1],
+                                     num_heads=[2], window_size=4, num_labels=CLASSES)
+    torch.manual_seed(0)
+    x = foreign.large_images(4)
+    model = bayesianize(transformers.SwinForImageClassification(config).eval(), example_input=x[:2])
+    heads = [g for n, g in model.gates().items() if n.endswith("head_gate")]
+    assert heads
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        heads[0].prune(torch.tensor([True, False]))
+    with pytest.raises(RuntimeError, match=r"conversion check failed: the converted network does not run .*"
+                                           r"head_gate.*per-head bias.*model.predict.*is unaffected"):
+        to_deterministic(model, example_input=x[:2])
+    assert torch.isfinite(model.predict(x)).all()

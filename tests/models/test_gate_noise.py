@@ -35,6 +35,74 @@ def test_per_example_draws_broadcast_over_channels() -> None:
     assert torch.all((out > 0) & (out <= 1.0))
 
 
+class _FoldsTokens(torch.nn.Module):
+    """A decoder block's habit (OPT): ``[batch, tokens, width]`` flattened to
+    ``[batch * tokens, width]`` before a gated layer, unflattened after it."""
+
+    def __init__(self, gate: MultiplicativeNoise) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_per_example_draws_are_one_per_example_where_the_batch_is_folded_with_tokens(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    net = _FoldsTokens(MultiplicativeNoise(5, -1).to(dtype))
+    with torch.no_grad():
+        net.gate.log_scale.fill_(0.0)  # wide: draws of different examples differ clearly
+    x = torch.ones(3, 4, 5, dtype=dtype)  # 3 examples of 4 tokens
+    with noise_mode(net, NoiseMode.REPARAM, examples=3):
+        out = net(x)
+    # every token of an example carries its example's draw; the examples' draws differ
+    torch.testing.assert_close(out, out[:, :1].expand_as(out), rtol=0, atol=0)
+    assert not torch.allclose(out[0, 0], out[1, 0]) and not torch.allclose(out[1, 0], out[2, 0])
+    # without the count, each row of the gate's own input is an example (one draw per token)
+    with noise_mode(net, NoiseMode.REPARAM):
+        per_row = net(x)
+    assert not torch.allclose(per_row[0, 0], per_row[0, 1])
+
+
+def test_the_network_wide_draw_folds_as_the_layer_draw_does() -> None:
+    from pyro_prune.inference.elbo import fast_elbo_loss
+    from pyro_prune.models import bayesianize
+
+    class TokenMLP(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = torch.nn.Linear(6, 8), torch.nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.fc1(x.reshape(-1, 6)))  # [batch * tokens, 8]: the batch folded
+            return self.fc2(h).reshape(x.shape[0], -1, 2).mean(1)
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 6)
+    model = bayesianize(TokenMLP(), example_input=x[:2], num_data=4)
+    gate = next(iter(model.gates().values()))
+    with torch.no_grad():
+        gate.log_scale.fill_(0.0)
+    seen: list[torch.Tensor] = []
+    handle = gate.register_forward_hook(lambda m, args, out: seen.append(out / args[0]))
+    try:
+        loss, _ = fast_elbo_loss(model, x, torch.zeros(4, dtype=torch.long))
+    finally:
+        handle.remove()
+    theta = seen[0].reshape(4, 3, 8)  # the multiplier each row met
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(theta, theta[:, :1].expand_as(theta), rtol=1e-6, atol=0)
+    assert not torch.allclose(theta[0, 0], theta[1, 0])
+
+
+def test_per_example_draws_refuse_rows_that_are_not_a_multiple_of_the_examples() -> None:
+    layer = MultiplicativeNoise(5, -1)
+    with noise_mode(layer, NoiseMode.REPARAM, examples=3), \
+            pytest.raises(ValueError, match=r"drawn for 3 examples.*7 rows.*per_example_noise=False"):
+        layer(torch.ones(7, 5))
+
+
 def test_removed_structures_are_zero_in_every_mode() -> None:
     layer = MultiplicativeNoise(4, -1)
     layer.prune(torch.tensor([True, False, True, False]))
