@@ -227,6 +227,24 @@ def _removed_from_kept(an: DependencyAnalysis, kept: dict[fx.Node, Tensor]) -> T
                     removed = ~bad[an.root]
                     changed = True
                     break
+    return _keep_a_channel_of_every_layer(an, removed)
+
+
+def _keep_a_channel_of_every_layer(an: DependencyAnalysis, removed: Tensor) -> Tensor:
+    """Keep (as exact zeros) one channel group of a layer that would lose all its channels.
+
+    A gate never empties itself, but gates tied through an elementwise product can: in a
+    gated MLP ``down(act(gate(x)) * up(x))`` the gate over ``gate(x)`` keeping neuron 35 and
+    the one over ``up(x)`` keeping neuron 56 leave no product that is not zero, so every
+    neuron of both layers is dead. The layer is then an exact zero, not an absent one: its
+    first channel group stays, its gates' ``E[theta] * kept = 0`` folded in, so the outputs
+    do not change and the layers around it keep a width of at least one.
+    """
+    for nodes in an.producers.values():
+        op = an.ops[nodes[0]]
+        ids = torch.arange(op.offset, op.offset + op.channels)
+        if op.channels and bool(removed[ids].all()):
+            removed = removed & ~torch.isin(an.root, an.root[ids[:1]])
     return removed
 
 

@@ -476,3 +476,41 @@ def test_a_converted_network_that_cannot_run_is_refused_with_what_went_wrong() -
                                            r"head_gate.*per-head bias.*model.predict.*is unaffected"):
         to_deterministic(model, example_input=x[:2])
     assert torch.isfinite(model.predict(x)).all()
+
+
+class _GatedMLP(nn.Module):
+    """A SwiGLU block as Llama-style code writes it: ``w2(silu(w1(x)) * w3(x))``, residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(5, 8)
+        self.w1, self.w3, self.w2 = nn.Linear(8, 6, bias=False), nn.Linear(8, 6, bias=False), nn.Linear(6, 8)
+        self.head = nn.Linear(8, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.embed(x)
+        h = h + self.w2(torch.nn.functional.silu(self.w1(h)) * self.w3(h))
+        return self.head(h)
+
+
+def test_gates_tied_by_a_product_that_leave_no_neuron_alive_convert_to_a_zero_layer() -> None:
+    """The gate after ``w1`` keeps neuron 0, the one after ``w3`` neuron 5: every product
+    ``silu(w1 x)_i * (w3 x)_i`` is zero. The converted block keeps one zero neuron (it is not
+    absent: the layers around it need a width) and equals the model."""
+    torch.manual_seed(0)
+    x = foreign.vectors(16)
+    model = bayesianize(_GatedMLP().eval(), example_input=x[:2])
+    gates = {n.rsplit("_", 2)[0].rsplit("_", 1)[-1]: g for n, g in model.gates().items()}
+    assert {"w1", "w3"} <= set(gates)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        gates["w1"].prune(torch.arange(6) != 0)
+        gates["w3"].prune(torch.arange(6) != 5)
+    model.eval()
+    det = to_deterministic(model, example_input=x[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(det(x), model.predict(x), rtol=1e-5, atol=1e-5)
+    widths = {k.split(".")[-2]: tuple(v.shape) for k, v in det.state_dict().items() if k.endswith(".weight")}
+    assert widths["w1"] == (1, 8) and widths["w3"] == (1, 8) and widths["w2"] == (8, 1)
+    # the counters see the same network: 5 of 6 rows of w1 and w3 and 5 of 6 columns of w2 gone
+    assert count_params(det) == count_params(model) == count_params(_GatedMLP()) - 2 * 5 * 8 - 5 * 8
