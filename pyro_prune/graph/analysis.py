@@ -109,6 +109,9 @@ class DependencyAnalysis:
     # (channel tags, axes): channels combined with a tensor that spans those axes (and has
     # no structures): removable only while no index along those axes disappears
     conditional: list[tuple[Tensor, tuple[int, ...]]] = dataclasses.field(default_factory=list)
+    # [n_ids] bool, indexed by root: channels an op the converter cannot trace reaches (a gate
+    # on any of them would make the analysis of the gated network fail)
+    untraceable_root: Tensor | None = None
     last_kept: Tensor | None = None  # memo of the last removed_channels call
     last_removed: Tensor | None = None
 
@@ -236,7 +239,11 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
             continue
         op = _classify(node, net, args, kwargs, value)
         if op.kind is OpKind.ELEMENTWISE and len(op.inputs) > 1:  # main operand first
-            op.inputs = tuple(sorted(op.inputs, key=lambda n: -env[n].dim()))
+            # the operand of most dims that the output has room for: an input with more dims
+            # than the output (type_as's dtype source, Funnel's ``ones.type_as(hidden)``)
+            # gives no values to it
+            out_dim = value.dim() if is_tensor else 0
+            op.inputs = tuple(sorted(op.inputs, key=lambda n: (env[n].dim() > out_dim, -env[n].dim())))
         ops[node] = op
         kind = op.kind
         in_tags = [tags[n] for n in op.inputs]
@@ -420,10 +427,14 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
     for ids in pinned:
         if ids.numel():
             pinned_root[root[ids.reshape(-1)]] = True
+    untraceable_root = torch.zeros(n_ids, dtype=torch.bool)
+    for _op, ids in unsupported:
+        if ids.numel():
+            untraceable_root[root[ids.reshape(-1)]] = True
     values = {n: v for n, v in env.items() if not isinstance(v, Tensor)}
     an = DependencyAnalysis(graph=graph, tracer=tracer, constants=constants, input_dtype=input_dtype, ops=ops, tags=tags, values=values, input_shape=tuple(input_shape),
                    dtype=dtype, device=device, n_ids=n_ids, root=root, pinned_root=pinned_root, conditional=conditional, gates=gates,
-                   producers=producers, outputs=outputs)
+                   producers=producers, outputs=outputs, untraceable_root=untraceable_root)
     return an
 
 

@@ -202,6 +202,7 @@ def bayesianize(
     num_data: int | None = None,
     heads: bool = True,
     example_input: Any = None,
+    check_conversion: bool = True,
     **noise_kwargs: float,
 ) -> BayesianizedNet:
     """Make a Pyro model with gates on the structures of ``module`` that can shrink.
@@ -231,6 +232,13 @@ def bayesianize(
             first, whose q/k/v/output projections are layers the gate and the converter see.
         example_input: a batch (or the shape of one input) the network accepts; needed for
             integer inputs (token ids); by default searched from the first layer.
+        check_conversion: try each gate's removals through the converter before returning
+            (its first structure removed, :func:`~pyro_prune.convert.to_deterministic` with its
+            check): a gate whose removals the converter cannot carry out (attention heads whose
+            scores add a per-head bias gathered from a table, as in Swin, MPNet and T5; single
+            q/k/v neurons where the heads are not found, as in DeBERTa) is left out, with one
+            warning naming it and why, so that every structure the model can remove also leaves
+            the converted network. One conversion of the network (more when a gate fails).
 
     Raises:
         TypeError: ``module`` is not an ``nn.Module``, ``noise_on`` names an unregistered type,
@@ -241,6 +249,86 @@ def bayesianize(
             Bayesian layer does not compute what the layer it replaced did (names it), or no
             layer is left to gate.
     """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    check_noise_options(gate, noise_kwargs, own=list(inspect.signature(bayesianize).parameters))
+    options = dict(likelihood=likelihood, gate=gate, weights=weights, prior_scale=prior_scale,
+                   num_data=num_data, heads=heads, example_input=example_input, **noise_kwargs)
+    excluded = set(exclude)
+    refused: dict[str, str] = {}
+    while True:
+        try:
+            net, paths, example = _gated_network(module, noise_on, exclude=excluded, **options)
+        except ValueError as err:
+            if not refused:
+                raise
+            raise ValueError(f"{err}; the gates it could place were left out because removing their "
+                             f"structures cannot be converted into a smaller network: "
+                             f"{_reasons(refused)}") from err
+        if not check_conversion:
+            return net
+        failing = _unconvertible_gates(net, example)
+        if not failing:
+            break
+        for name, why in failing.items():
+            refused[paths[name]] = why
+            excluded.add(paths[name])
+    if refused:
+        warnings.warn(
+            f"no gate on {sorted(refused)}: removing their structures cannot be converted into a smaller "
+            f"network ({_reasons(refused)}); the rest of the network is gated as usual (check_conversion=False "
+            f"keeps these gates for a model that is never converted)", RuntimeWarning, stacklevel=2)
+    return net
+
+
+def _reasons(refused: dict[str, str]) -> str:
+    """``path: the converter's reason`` for each gate left out, one short line each."""
+    return "; ".join(f"{path}: {why.splitlines()[0][:300]}" for path, why in refused.items())
+
+
+def _unconvertible_gates(net: BayesianizedNet, example: Tensor) -> dict[str, str]:
+    """The gates of ``net`` whose removals :func:`~pyro_prune.convert.to_deterministic` cannot
+    carry out (its first structure removed), with the converter's reason: all the gates at once
+    first (one conversion), one by one only when that fails."""
+    from pyro_prune.convert import to_deterministic
+
+    gates = net.gates()
+
+    def failure(names: Iterable[str]) -> str | None:
+        keep = {n: torch.arange(gates[n].num_structures, device=gates[n].kept.device) != 0
+                for n in names if gates[n].num_structures > 1}
+        if not keep:
+            return None
+        with net.masked(keep), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                to_deterministic(net, example_input=example)
+            except (ValueError, RuntimeError) as err:  # UnsupportedOpError is a ValueError
+                return str(err)
+        return None
+
+    if failure(gates) is None:
+        return {}
+    found = {name: failure([name]) for name in gates}
+    return {name: why for name, why in found.items() if why is not None}
+
+
+def _gated_network(
+    module: nn.Module,
+    noise_on: Sequence[type[nn.Module]] | None,
+    *,
+    likelihood: Likelihood | str,
+    gate: GateKind | str,
+    weights: WeightPrior | str,
+    prior_scale: float,
+    exclude: Iterable[str],
+    num_data: int | None,
+    heads: bool,
+    example_input: Any,
+    **noise_kwargs: float,
+) -> tuple[BayesianizedNet, dict[str, str], Tensor]:
+    """:func:`bayesianize` without the conversion check: the network, each gate's module path
+    (by the gate's name in ``net.gates()``) and the example input it was traced with."""
     from pyro_prune.graph import (
         OpKind,
         attention_heads,
@@ -249,9 +337,6 @@ def bayesianize(
         registered_layers,
     )
 
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    check_noise_options(gate, noise_kwargs, own=list(inspect.signature(bayesianize).parameters))
     sampled = [path or type(module).__name__ for path, m in module.named_modules()
                if isinstance(m, PyroModule) and m._pyro_samples]
     if sampled:
@@ -323,6 +408,8 @@ def bayesianize(
         roots = an.root[ids]
         if bool(an.pinned_root[roots].all()):
             continue  # nothing of it can be removed (output layer, residual stream, ...)
+        if an.untraceable_root is not None and bool(an.untraceable_root[roots].any()):
+            continue  # some of its channels meet an op the converter cannot trace (Bloom's baddbmm)
         if set(roots.tolist()) & in_attention:
             continue  # q, k, v: covered by the head gate
         at, at_path = node, path
@@ -407,7 +494,10 @@ def bayesianize(
         net.input_dtype = example.dtype
     net.record_config(example.shape[1:], source=type(module).__name__, gate=GateKind(gate),
                       weights=WeightPrior(weights), likelihood=net.likelihood)
-    return net  # record_config linked every gate to its Bayesian rows (a head's q, k and v too)
+    # record_config linked every gate to its Bayesian rows (a head's q, k and v too)
+    paths = {gate_name(path, "gate"): path for _node, path, _n, _dim in sites}
+    paths.update({gate_name(path, "head_gate"): path for _proj, _n, path in head_sites})
+    return net, {name: paths[name.rsplit(".", 1)[-1]] for name in net.gates()}, example
 
 
 def _is_kind(m: Any, kinds: tuple[type, ...]) -> bool:

@@ -52,6 +52,27 @@ def _llama_gqa() -> nn.Module:
     return transformers.LlamaForSequenceClassification(cfg)
 
 
+def _funnel() -> nn.Module:
+    """Funnel: its encoder builds a mask with ``ones(...).type_as(hidden)``, an op whose second
+    operand has more dims than its output."""
+    return transformers.FunnelForSequenceClassification(transformers.FunnelConfig(
+        vocab_size=VOCAB, block_sizes=[1, 1], d_model=16, n_head=4, d_head=4, d_inner=24, num_labels=CLASSES))
+
+
+def _bloom() -> nn.Module:
+    """BLOOM: its attention scores are ``baddbmm(alibi, q, k^T)``, an op the converter does not
+    trace, so q, k and v get no gate and the MLP does."""
+    return transformers.BloomForSequenceClassification(transformers.BloomConfig(
+        vocab_size=VOCAB, hidden_size=16, n_layer=1, n_head=4, pad_token_id=0, num_labels=CLASSES))
+
+
+def _qwen2() -> nn.Module:
+    """Qwen2 (a gated MLP: down(silu(gate(x)) * up(x)), grouped-query attention with q/k/v biases)."""
+    return transformers.Qwen2ForSequenceClassification(transformers.Qwen2Config(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=24, max_position_embeddings=16, pad_token_id=0, num_labels=CLASSES))
+
+
 class _SequenceMLP(nn.Module):
     """[N, T, F] inputs: a per-token MLP, mean over tokens, a classifier."""
 
@@ -255,8 +276,10 @@ CASES = foreign.cases(
     functional_batchnorm_inline_export=(_InlineBatchNormNet, foreign.images),
     multihead_attention=(_AttentionPool, foreign.sequences),
     hf_opt_tokens_folded=(foreign.hf_opt, foreign.token_ids),
-    hf_mobilevit_patches_folded=(foreign.hf_mobilevit, foreign.large_images))
-SLOW = {"hf_gpt2", "hf_llama_gqa", "hf_vit", "hf_bert_eager", "transformer_encoder_mha", "multihead_attention",
+    hf_mobilevit_patches_folded=(foreign.hf_mobilevit, foreign.large_images),
+    hf_funnel_type_as=(lambda: _funnel(), foreign.token_ids), hf_bloom_alibi_baddbmm=(lambda: _bloom(), foreign.token_ids),
+    hf_qwen2=(lambda: _qwen2(), foreign.token_ids))
+SLOW = {"hf_funnel_type_as", "hf_bloom_alibi_baddbmm", "hf_qwen2", "hf_gpt2", "hf_llama_gqa", "hf_vit", "hf_bert_eager", "transformer_encoder_mha", "multihead_attention",
         "hf_opt_tokens_folded", "hf_mobilevit_patches_folded"}
 #: networks with nn.MultiheadAttention: its 4 heads get one gate, 40% of it (2 heads) go
 MHA = {"transformer_encoder_mha", "multihead_attention"}
@@ -466,7 +489,8 @@ def test_a_converted_network_that_cannot_run_is_refused_with_what_went_wrong() -
                                      num_heads=[2], window_size=4, num_labels=CLASSES)
     torch.manual_seed(0)
     x = foreign.large_images(4)
-    model = bayesianize(transformers.SwinForImageClassification(config).eval(), example_input=x[:2])
+    model = bayesianize(transformers.SwinForImageClassification(config).eval(), example_input=x[:2],
+                        check_conversion=False)  # the head gates bayesianize would leave out
     heads = [g for n, g in model.gates().items() if n.endswith("head_gate")]
     assert heads
     with warnings.catch_warnings():
@@ -514,3 +538,33 @@ def test_gates_tied_by_a_product_that_leave_no_neuron_alive_convert_to_a_zero_la
     assert widths["w1"] == (1, 8) and widths["w3"] == (1, 8) and widths["w2"] == (8, 1)
     # the counters see the same network: 5 of 6 rows of w1 and w3 and 5 of 6 columns of w2 gone
     assert count_params(det) == count_params(model) == count_params(_GatedMLP()) - 2 * 5 * 8 - 5 * 8
+
+
+def _swin() -> nn.Module:
+    return transformers.SwinForImageClassification(transformers.SwinConfig(
+        image_size=32, patch_size=4, num_channels=1, embed_dim=16, depths=[1], num_heads=[2], window_size=4,
+        num_labels=CLASSES))
+
+
+def _deberta_v2() -> nn.Module:
+    return transformers.DebertaV2ForSequenceClassification(transformers.DebertaV2Config(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=4, intermediate_size=24,
+        max_position_embeddings=16, num_labels=CLASSES))
+
+
+@pytest.mark.parametrize(("make", "data", "left_out"), [
+    (_swin, foreign.large_images, r"attention\.o_proj.*does not run"),  # a per-head bias table
+    (_deberta_v2, foreign.token_ids, r"query_proj.*rectangular block"),  # q/k/v neurons, no heads found
+], ids=["swin_head_bias_table", "deberta_v2_disentangled_attention"])
+def test_gates_the_converter_cannot_carry_out_are_left_out_with_the_reason(make, data, left_out: str) -> None:
+    torch.manual_seed(0)
+    x = data(16)
+    with pytest.warns(RuntimeWarning, match=r"no gate on .*cannot be converted into a smaller network \(.*" + left_out):
+        model = bayesianize(make().eval(), example_input=x[:2])
+    assert model.gates(), "the MLPs keep their gates"
+    _prune_fraction(model, 0.4, seed=3)
+    model.eval()
+    det = to_deterministic(model, example_input=x[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(det(x), model.predict(x), rtol=1e-5, atol=1e-5)
+    assert count_params(det) < count_params(make())
