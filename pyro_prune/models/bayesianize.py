@@ -234,7 +234,7 @@ def bayesianize(
             integer inputs (token ids); by default searched from the first layer.
         check_conversion: try each gate's removals through the converter before returning
             (its first structure removed, :func:`~pyro_prune.convert.to_deterministic` with its
-            check): a gate whose removals the converter cannot carry out (attention heads whose
+            check; all gates in one conversion, halves of a failing set down to the gates that fail): a gate whose removals the converter cannot carry out (attention heads whose
             scores add a per-head bias gathered from a table, as in Swin, MPNet and T5; single
             q/k/v neurons where the heads are not found, as in DeBERTa) is left out, with one
             warning naming it and why, so that every structure the model can remove also leaves
@@ -281,6 +281,13 @@ def bayesianize(
     return net
 
 
+def _untraced_note(untraced: dict[str, list[str]]) -> str:
+    """Which layers get no gate because their channels reach ops the converter cannot trace."""
+    ops = sorted({o for names in untraced.values() for o in names})
+    return (f"{sorted(untraced)} get no gate: their channels reach ops the converter cannot trace ({ops}), "
+            f"so none of their structures could leave the converted network")
+
+
 def _reasons(refused: dict[str, str]) -> str:
     """``path: the converter's reason`` for each gate left out, one short line each."""
     return "; ".join(f"{path}: {why.splitlines()[0][:300]}" for path, why in refused.items())
@@ -289,7 +296,7 @@ def _reasons(refused: dict[str, str]) -> str:
 def _unconvertible_gates(net: BayesianizedNet, example: Tensor) -> dict[str, str]:
     """The gates of ``net`` whose removals :func:`~pyro_prune.convert.to_deterministic` cannot
     carry out (its first structure removed), with the converter's reason: all the gates at once
-    first (one conversion), one by one only when that fails."""
+    (one conversion), and when that fails, halves of the failing set down to single gates."""
     from pyro_prune.convert import to_deterministic
 
     gates = net.gates()
@@ -307,10 +314,19 @@ def _unconvertible_gates(net: BayesianizedNet, example: Tensor) -> dict[str, str
                 return str(err)
         return None
 
-    if failure(gates) is None:
-        return {}
-    found = {name: failure([name]) for name in gates}
-    return {name: why for name, why in found.items() if why is not None}
+    def culprits(names: list[str], why: str) -> dict[str, str]:
+        """The failing gates among ``names`` (which fail together with ``why``), by halves."""
+        if len(names) == 1:
+            return {names[0]: why}
+        found: dict[str, str] = {}
+        for part in (names[: len(names) // 2], names[len(names) // 2:]):
+            part_why = failure(part)
+            if part_why is not None:
+                found.update(culprits(part, part_why))
+        return found  # empty when only the two halves together fail: nothing to blame alone
+
+    why = failure(gates)
+    return {} if why is None else culprits(list(gates), why)
 
 
 def _gated_network(
@@ -396,6 +412,8 @@ def _gated_network(
     sites: list[tuple[fx.Node, str, int, int]] = []  # (node, path, n, dim)
     hooked: dict[str, tuple[str, bool]] = {}  # export path: producer -> (hooked module, on its input)
     unplaced: list[str] = []
+    untraced: dict[str, list[str]] = {}  # producer path -> the untraceable ops its channels reach
+    pinned_untraced: dict[str, list[str]] = {}  # the same among producers nothing of which can go
     for path, nodes in an.producers.items():
         if len(nodes) != 1 or path in exclude:
             continue
@@ -406,10 +424,14 @@ def _gated_network(
         assert slicer is not None
         ids = torch.arange(op.offset, op.offset + op.channels)
         roots = an.root[ids]
+        reaches = sorted({name for name, reached in an.untraceable if bool(torch.isin(roots, reached).any())})
         if bool(an.pinned_root[roots].all()):
+            if reaches:  # said if no layer is left at all (it may be the output layer)
+                pinned_untraced[path] = reaches
             continue  # nothing of it can be removed (output layer, residual stream, ...)
-        if an.untraceable_root is not None and bool(an.untraceable_root[roots].any()):
-            continue  # some of its channels meet an op the converter cannot trace (Bloom's baddbmm)
+        if reaches:  # some of its channels meet an op the converter cannot trace (BLOOM's baddbmm)
+            untraced[path] = reaches
+            continue
         if set(roots.tolist()) & in_attention:
             continue  # q, k, v: covered by the head gate
         at, at_path = node, path
@@ -440,9 +462,13 @@ def _gated_network(
             f"moved past, and a gate before a BatchNorm would be normalised away; write the BatchNorm "
             f"as a module (nn.BatchNorm*d) or as the last op of a module", RuntimeWarning, stacklevel=2)
     if not sites and not head_sites:
+        both = {**pinned_untraced, **untraced}
         raise ValueError(
             f"bayesianize found no layer of types {[k.__name__ for k in noise_on]} whose "
-            f"structures can be removed (output layers, residual streams and excluded paths get no gate)")
+            f"structures can be removed (output layers, residual streams and excluded paths get no gate)"
+            + (f"; {_untraced_note(both)}" if both else ""))
+    if untraced:
+        warnings.warn(_untraced_note(untraced), RuntimeWarning, stacklevel=3)
 
     def gate_name(path: str, suffix: str) -> str:
         return f"{path[len(prefix):].replace('.', '_')}_{suffix}"

@@ -568,3 +568,26 @@ def test_gates_the_converter_cannot_carry_out_are_left_out_with_the_reason(make,
     with torch.no_grad():
         torch.testing.assert_close(det(x), model.predict(x), rtol=1e-5, atol=1e-5)
     assert count_params(det) < count_params(make())
+
+
+class _GRUClassifier(nn.Module):
+    """A recurrent classifier: the embedding's channels feed ``nn.GRU``, an op the converter
+    does not trace; the output layer cannot shrink."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.gru, self.fc = nn.Linear(6, 12), nn.GRU(12, 12, batch_first=True), nn.Linear(12, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.gru(torch.relu(self.emb(x)))
+        return self.fc(out[:, -1])
+
+
+def test_layers_whose_channels_reach_an_op_the_converter_cannot_trace_get_no_gate_and_are_named() -> None:
+    x = foreign.sequences(4)
+    with pytest.raises(ValueError, match=r"no layer .*\['module\.emb'\] get no gate: their channels reach ops the "
+                                         r"converter cannot trace \(\['torch\.ops\.aten\.gru"):
+        bayesianize(_GRUClassifier(), example_input=x[:2])
+    with pytest.warns(RuntimeWarning, match=r"query_key_value'\] get no gate: .*aten\.baddbmm"):
+        model = bayesianize(_bloom().eval(), example_input=foreign.token_ids(2))
+    assert [n for n in model.gates() if "query_key_value" in n] == [] and model.gates()
