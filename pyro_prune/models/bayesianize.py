@@ -232,13 +232,15 @@ def bayesianize(
             first, whose q/k/v/output projections are layers the gate and the converter see.
         example_input: a batch (or the shape of one input) the network accepts; needed for
             integer inputs (token ids); by default searched from the first layer.
-        check_conversion: try each gate's removals through the converter before returning
-            (its first structure removed, :func:`~pyro_prune.convert.to_deterministic` with its
-            check; all gates in one conversion, halves of a failing set down to the gates that fail): a gate whose removals the converter cannot carry out (attention heads whose
-            scores add a per-head bias gathered from a table, as in Swin, MPNet and T5; single
-            q/k/v neurons where the heads are not found, as in DeBERTa) is left out, with one
-            warning naming it and why, so that every structure the model can remove also leaves
-            the converted network. One conversion of the network (more when a gate fails).
+        check_conversion: try the gates' removals through the converter before returning
+            (each gate's first structure removed, :func:`~pyro_prune.convert.to_deterministic`
+            with its check): a gate whose removals the converter cannot carry out is left out,
+            with one warning naming it and why, so that every structure the model can remove
+            also leaves the converted network. Examples: attention heads whose scores add a
+            per-head bias gathered from a table (Swin, MPNet), single q/k/v neurons where the
+            heads are not found (DeBERTa-v2), a layer whose width a later ``reshape`` reads
+            from a tensor's shape (EfficientNet's ``top_bn``). Costs one conversion of the
+            network, a few more when a gate fails (the failing set is halved down to its gates).
 
     Raises:
         TypeError: ``module`` is not an ``nn.Module``, ``noise_on`` names an unregistered type,
@@ -258,7 +260,9 @@ def bayesianize(
     refused: dict[str, str] = {}
     while True:
         try:
-            net, paths, example = _gated_network(module, noise_on, exclude=excluded, **options)
+            with warnings.catch_warnings(record=True) as said:  # said once, for the last round
+                warnings.simplefilter("always")
+                net, paths, example = _gated_network(module, noise_on, exclude=excluded, **options)
         except ValueError as err:
             if not refused:
                 raise
@@ -266,13 +270,15 @@ def bayesianize(
                              f"structures cannot be converted into a smaller network: "
                              f"{_reasons(refused)}") from err
         if not check_conversion:
-            return net
+            break
         failing = _unconvertible_gates(net, example)
         if not failing:
             break
         for name, why in failing.items():
             refused[paths[name]] = why
             excluded.add(paths[name])
+    for message in said:
+        warnings.warn(message.message, message.category, stacklevel=2)
     if refused:
         warnings.warn(
             f"no gate on {sorted(refused)}: removing their structures cannot be converted into a smaller "
