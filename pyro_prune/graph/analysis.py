@@ -109,10 +109,8 @@ class DependencyAnalysis:
     # (channel tags, axes): channels combined with a tensor that spans those axes (and has
     # no structures): removable only while no index along those axes disappears
     conditional: list[tuple[Tensor, tuple[int, ...]]] = dataclasses.field(default_factory=list)
-    # [n_ids] bool, indexed by root: channels an op the converter cannot trace reaches (a gate
-    # on any of them would make the analysis of the gated network fail)
-    untraceable_root: Tensor | None = None
-    # (op name, root ids it reaches) of each such op
+    # (op name, root ids it reaches) of each op the converter cannot trace: a gate on any of
+    # those channels would make the analysis of the gated network fail
     untraceable: list[tuple[str, Tensor]] = dataclasses.field(default_factory=list)
     last_kept: Tensor | None = None  # memo of the last removed_channels call
     last_removed: Tensor | None = None
@@ -429,16 +427,11 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
     for ids in pinned:
         if ids.numel():
             pinned_root[root[ids.reshape(-1)]] = True
-    untraceable_root = torch.zeros(n_ids, dtype=torch.bool)
-    untraceable: list[tuple[str, Tensor]] = []
-    for op, ids in unsupported:
-        if ids.numel():
-            untraceable_root[root[ids.reshape(-1)]] = True
-            untraceable.append((op.name, torch.unique(root[ids.reshape(-1)])))
+    untraceable = [(op.name, torch.unique(root[ids.reshape(-1)])) for op, ids in unsupported if ids.numel()]
     values = {n: v for n, v in env.items() if not isinstance(v, Tensor)}
     an = DependencyAnalysis(graph=graph, tracer=tracer, constants=constants, input_dtype=input_dtype, ops=ops, tags=tags, values=values, input_shape=tuple(input_shape),
                    dtype=dtype, device=device, n_ids=n_ids, root=root, pinned_root=pinned_root, conditional=conditional, gates=gates,
-                   producers=producers, outputs=outputs, untraceable_root=untraceable_root, untraceable=untraceable)
+                   producers=producers, outputs=outputs, untraceable=untraceable)
     return an
 
 
