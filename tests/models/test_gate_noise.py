@@ -65,9 +65,13 @@ def test_per_example_draws_are_one_per_example_where_the_batch_is_folded_with_to
     assert not torch.allclose(per_row[0, 0], per_row[0, 1])
 
 
-def test_the_network_wide_draw_folds_as_the_layer_draw_does() -> None:
+@pytest.mark.parametrize("path", ["loss", "predictive"])
+def test_the_network_wide_draw_folds_as_the_layer_draw_does(path: str) -> None:
+    """The training loss (the network-wide kernel) and the fast posterior predictive (each
+    layer's draw) give every token of an example its example's draw."""
     from pyro_prune.inference.elbo import fast_elbo_loss
     from pyro_prune.models import bayesianize
+    from pyro_prune.predictive import posterior_predictive
 
     class TokenMLP(torch.nn.Module):
         def __init__(self) -> None:
@@ -87,11 +91,15 @@ def test_the_network_wide_draw_folds_as_the_layer_draw_does() -> None:
     seen: list[torch.Tensor] = []
     handle = gate.register_forward_hook(lambda m, args, out: seen.append(out / args[0]))
     try:
-        loss, _ = fast_elbo_loss(model, x, torch.zeros(4, dtype=torch.long))
+        if path == "loss":
+            loss, _ = fast_elbo_loss(model, x, torch.zeros(4, dtype=torch.long))
+            assert torch.isfinite(loss)
+        else:  # one draw per (draw, example): the 4 examples of a single draw
+            draws = posterior_predictive(model, x, draws=1, engine="fast", output="logits")
+            assert draws.shape == (1, 4, 2)
     finally:
         handle.remove()
     theta = seen[0].reshape(4, 3, 8)  # the multiplier each row met
-    assert torch.isfinite(loss)
     torch.testing.assert_close(theta, theta[:, :1].expand_as(theta), rtol=1e-6, atol=0)
     assert not torch.allclose(theta[0, 0], theta[1, 0])
 
