@@ -80,6 +80,54 @@ def hf_mobilevit() -> nn.Module:
         neck_hidden_sizes=[4, 4, 8, 8, 8, 8, 16], num_attention_heads=2, num_labels=CLASSES))
 
 
+class BasicBlock(nn.Module):
+    """The residual block of torchvision's ResNet, as written there."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+class SqueezeExcite(nn.Module):
+    """The squeeze-and-excitation layer of Hu et al.'s reference code."""
+
+    def __init__(self, channel: int, reduction: int = 4) -> None:
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(nn.Linear(channel, channel // reduction, bias=False), nn.ReLU(inplace=True),
+                                nn.Linear(channel // reduction, channel, bias=False), nn.Sigmoid())
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, _, _ = x.size()
+        y = self.avg_pool(x).view(b, c)
+        y = self.fc(y).view(b, c, 1, 1)
+        return x * y.expand_as(x)
+
+
+class SENet(nn.Module):
+    """Two convolutions, each followed by a squeeze-and-excitation layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.se1 = nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), SqueezeExcite(16)
+        self.conv2, self.bn2, self.se2 = nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), SqueezeExcite(32)
+        self.fc = nn.Linear(32, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.se1(torch.relu(self.bn1(self.conv1(x))))
+        x = self.se2(torch.relu(self.bn2(self.conv2(x))))
+        return self.fc(x.mean((2, 3)))
+
+
 def _generator() -> torch.Generator:
     return torch.Generator().manual_seed(1)
 

@@ -22,6 +22,7 @@ from pyro_prune.graph import (
     binary_operands,
     is_linear,
     layer_slicer,
+    pad_positions,
     pool_any,
     reduce_any,
     removed_channels,
@@ -161,11 +162,12 @@ def _plan_from(an: DependencyAnalysis, model: PrunableNet, removed: Tensor) -> _
         new_shape[node] = tuple(len(k) for k in keep[node])
         if 0 in new_shape[node] and 0 not in op.shape:  # type: ignore[operator]
             raise UnsupportedOpError(f"slicing would empty the output of {op.name}")
+    after = _ValuesAfterSlicing(an, model.net, new_shape)
     for node, op in an.ops.items():
         if op.kind is not OpKind.INDEX or new_shape[node] == op.shape and all(
                 new_shape[n] == an.ops[n].shape for n in op.inputs):
             continue
-        rewrites[node] = _rewrite_index_args(an, node, op, new_shape, keep)
+        rewrites[node] = _rewrite_index_args(an, node, op, new_shape, keep, after)
         # check that the op maps the kept positions of its inputs to its kept outputs
         pos = {}
         start = 0
@@ -175,7 +177,7 @@ def _plan_from(an: DependencyAnalysis, model: PrunableNet, removed: Tensor) -> _
             start += k
         args, kwargs = rewrites[node]
         try:
-            got = _call_with(node, model.net, an, args, kwargs, pos)
+            got = _call_with(node, model.net, after, args, kwargs, pos)
         except Exception as err:  # noqa: BLE001
             raise UnsupportedOpError(
                 f"cannot slice through {op.name} (node {node.name!r}): {err}") from err
@@ -188,10 +190,50 @@ def _plan_from(an: DependencyAnalysis, model: PrunableNet, removed: Tensor) -> _
     return _Plan(an=an, removed=removed, exists=ex, keep=keep, new_shape=new_shape, arg_rewrites=rewrites)
 
 
-def _call_with(node: fx.Node, net: nn.Module, an: DependencyAnalysis, args: tuple, kwargs: dict,
+class _ValuesAfterSlicing:
+    """The values the network's shape computations (``x.size(1)``, ``x.shape[:2]``,
+    ``c // 4``, ...) take in the converted network: each re-evaluated on tensors of the new
+    shapes, so that a size the network reads from a sliced tensor at run time is known to
+    follow the slicing (``None`` where one cannot be re-evaluated)."""
+
+    def __init__(self, an: DependencyAnalysis, net: nn.Module, new_shape: dict[fx.Node, tuple[int, ...]]) -> None:
+        self.an, self.net, self.new_shape = an, net, new_shape
+        self._memo: dict[fx.Node, Any] = {}
+
+    def __call__(self, node: fx.Node) -> Any:
+        if node not in self._memo:
+            self._memo[node] = self._evaluate(node)
+        return self._memo[node]
+
+    def _evaluate(self, node: fx.Node) -> Any:
+        if node in self.new_shape:  # a tensor: only its shape matters to a shape computation
+            return torch.empty(self.new_shape[node], device="meta")
+        op = self.an.ops.get(node)
+        if op is None or op.kind is not OpKind.SHAPE or node.op not in ("call_function", "call_method"):
+            return self.an.values.get(node)
+        try:
+            args = fx.node.map_arg(node.args, self)
+            kwargs = fx.node.map_arg(node.kwargs, self)
+            if node.op == "call_method":
+                return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+            return node.target(*args, **kwargs)  # type: ignore[operator]
+        except Exception:  # noqa: BLE001 - not a computation on shapes alone
+            return None
+
+
+def _call_with(node: fx.Node, net: nn.Module, after: _ValuesAfterSlicing, args: tuple, kwargs: dict,
                pos: dict[fx.Node, Tensor]) -> Tensor:
+    an = after.an
+    if an.ops[node].pad is not None:  # a padding: its positions are mapped as in the analysis
+        return pad_positions(pos[an.ops[node].inputs[0]], an.ops[node].pad)  # type: ignore[arg-type]
+
     def value(n: fx.Node) -> Any:
-        return pos[n] if n in pos else an.values[n]
+        if n in pos:
+            return pos[n]
+        op = an.ops.get(n)
+        if op is not None and op.kind is OpKind.SHAPE:
+            return after(n)  # as the converted network computes it
+        return an.values[n]
 
     a = fx.node.map_arg(args, value)
     k = fx.node.map_arg(kwargs, value)
@@ -207,16 +249,19 @@ def _call_with(node: fx.Node, net: nn.Module, an: DependencyAnalysis, args: tupl
 
 
 def _fix_sizes(sizes: Sequence[Any], old: Sequence[int], new: Sequence[int], axes: Sequence[int],
-               op: Op, node: fx.Node) -> list[Any]:
+               op: Op, node: fx.Node, after: _ValuesAfterSlicing) -> list[Any]:
     out = list(sizes)
     for i, axis in zip(range(len(out)), axes):
         s = out[i]
         if old[axis] == new[axis]:
             continue
         if isinstance(s, fx.Node):
+            if after(s) == new[axis]:  # read at run time from a tensor that is sliced alike
+                continue
             raise UnsupportedOpError(
                 f"{op.name} (node {node.name!r}): the size of axis {axis} changes from "
-                f"{old[axis]} to {new[axis]} but is computed at run time; use -1 there")
+                f"{old[axis]} to {new[axis]} but is computed at run time from something that is "
+                f"not sliced with it; use -1 there")
         if isinstance(s, int) and s != -1:
             out[i] = new[axis]
     return out
@@ -229,7 +274,7 @@ def _new_unflatten_sizes(an: DependencyAnalysis, node: fx.Node, m: nn.Unflatten)
 
 def _rewrite_index_args(an: DependencyAnalysis, node: fx.Node, op: Op,
                         new_shape: dict[fx.Node, tuple[int, ...]],
-                        keep: dict[fx.Node, list[Tensor]]) -> tuple[tuple, dict]:
+                        keep: dict[fx.Node, list[Tensor]], after: _ValuesAfterSlicing) -> tuple[tuple, dict]:
     """Size arguments of reshape/view/expand/unflatten given as constants -> new sizes;
     ``slice``/``select`` positions -> their positions among the kept entries."""
     args: Any = node.args
@@ -261,15 +306,15 @@ def _rewrite_index_args(an: DependencyAnalysis, node: fx.Node, op: Op,
                 position(end) if end is not None else None), {}
     if node.op == "call_function" and node.target in SIZED_ATEN_OPS:
         sizes = args[1] if len(args) > 1 else kwargs["size"]
-        fixed_sizes = _fix_sizes(sizes, old, new, range(len(old)), op, node)
+        fixed_sizes = _fix_sizes(sizes, old, new, range(len(old)), op, node, after)
         return (args[0], fixed_sizes, *args[2:]), {k: v for k, v in kwargs.items() if k != "size"}
     if node.op == "call_function" and node.target is _ATEN.unflatten.int:
         d = int(args[1]) % len(an.ops[args[0]].shape)
         sizes = args[2]
-        return (args[0], args[1], _fix_sizes(sizes, old, new, range(d, d + len(sizes)), op, node)), {}
+        return (args[0], args[1], _fix_sizes(sizes, old, new, range(d, d + len(sizes)), op, node, after)), {}
 
     def fix(sizes: Sequence[Any], axes: Sequence[int]) -> list[Any]:
-        return _fix_sizes(sizes, old, new, axes, op, node)
+        return _fix_sizes(sizes, old, new, axes, op, node, after)
 
     name = str(node.target)
     if node.op == "call_method" and name in SIZED_METHODS:

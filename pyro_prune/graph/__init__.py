@@ -60,6 +60,7 @@ from pyro_prune.graph.ops import (
     UnsupportedOpError,
     commutes_with_scale,
     is_linear,
+    pad_positions,
     supported_ops,
 )
 from pyro_prune.graph.paths import chain_before, module_returning, producers_after, sole_reader
@@ -80,7 +81,7 @@ __all__ = [
     "SIZED_ATEN_OPS", "SIZED_METHODS", "DependencyAnalysis", "GateInfo", "LayerRole", "LayerSlicer",
     "ModuleGraph", "Op", "OpKind", "StructureGraph", "UnsupportedOpError", "attention_heads",
     "binary_operands", "cached_analysis", "chain_before", "commutes_with_scale", "dependency_analysis", "head_rows", "is_linear",
-    "layer_slicer", "modes_restored", "module_graph", "module_returning", "net_device", "net_dtype", "pool_any",
+    "layer_slicer", "modes_restored", "module_graph", "module_returning", "net_device", "net_dtype", "pad_positions", "pool_any",
     "producer_module", "producers_after", "reduce_any", "register_layer", "registered_layers",
     "removed_channels", "search_input_shape", "shrinkable_gates", "sole_reader", "structure_graph",
     "structure_rows", "supported_ops", "warn_cannot_shrink",

@@ -61,6 +61,7 @@ from pyro_prune.graph.ops import (
     _is_leaf,
     _is_opaque,
     is_linear,
+    pad_positions,
 )
 from pyro_prune.graph.ties import _channel_cols, _const_along, _rows_along, _UnionFind
 from pyro_prune.models.base import PrunableNet
@@ -365,7 +366,8 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
             for k in numels[:-1]:
                 starts.append(starts[-1] + k)
             pos = {n: torch.arange(s, s + k).reshape(env[n].shape) for n, s, k in zip(op.inputs, starts, numels)}
-            pmap = _run_index_op(node, net, env, pos)
+            pmap = pad_positions(pos[op.inputs[0]], op.pad) if op.pad is not None \
+                else _run_index_op(node, net, env, pos)
             op.posmap, op.in_numels = pmap.contiguous(), tuple(numels)
             flat = torch.cat([tags[n].reshape(-1) for n in op.inputs])
             tags[node] = flat[op.posmap]

@@ -14,9 +14,13 @@ Supported ops (anything else applied to a tensor that carries gated structures r
 * binary: ``+``, ``-``, ``*``, ``/`` of two tensors (with broadcasting; ties channels);
 * index ops: ``reshape``, ``view``, ``flatten``/``nn.Flatten``, ``unflatten``/``nn.Unflatten``,
   ``permute``, ``transpose``, ``t``, ``movedim``, ``swapaxes``, ``contiguous``, ``unsqueeze``,
-  ``squeeze``, ``expand``, ``repeat``, ``clone``, indexing ``x[...]``, ``torch.cat``/``stack``
-  (along axes that carry no removed structure);
-* pooling: max/avg pooling and adaptive pooling (1d and 2d), per channel;
+  ``squeeze``, ``expand``, ``expand_as``, ``view_as``, ``reshape_as``, ``repeat``, ``clone``,
+  indexing ``x[...]``, ``torch.cat``/``stack`` (along axes that carry no removed structure);
+* padding: ``F.pad`` and the padding modules (``nn.ZeroPad2d``, ``nn.ConstantPad*d``,
+  ``nn.ReflectionPad*d``, ``nn.ReplicationPad*d``, ``nn.CircularPad*d``) along axes that carry
+  no removed structure; a constant border must be 0 (a non-zero one belongs to no channel);
+* pooling and resizing: max/avg pooling and adaptive pooling (1d and 2d), ``F.interpolate``
+  / ``nn.Upsample``, per channel;
 * ``mean``/``sum``/``amax``/``amin`` over axes, ``softmax``/``log_softmax``, ``nn.LayerNorm``
   / ``F.layer_norm`` (over channels: pinned), ``matmul``/``@``/``bmm`` (attention);
 * shape queries (``x.shape``, ``x.size()``, ``x.dim()``) and Python arithmetic on them.
@@ -89,11 +93,14 @@ _ELEMENTWISE_FUNCTIONS: dict[Any, _Elem] = {
     F.tanh: _ZERO_PRESERVING, F.elu: _ZERO_PRESERVING, F.hardswish: _ZERO_PRESERVING,
     F.relu6: _ZERO_PRESERVING, F.hardtanh: _ZERO_PRESERVING, F.mish: _ZERO_PRESERVING,
     torch.sigmoid: _GENERAL, F.sigmoid: _GENERAL, F.softplus: _GENERAL,
+    # in place: fx keeps using the input's node after an in-place op whose result is not
+    # assigned, so only ops for which that node's channels and zeros are the result's
+    torch.relu_: _HOMOGENEOUS, F.relu_: _HOMOGENEOUS,
 }
 _ELEMENTWISE_METHODS: dict[str, _Elem] = {
     "relu": _HOMOGENEOUS, "abs": _HOMOGENEOUS, "neg": _HOMOGENEOUS,
     "float": _HOMOGENEOUS, "double": _HOMOGENEOUS, "to": _HOMOGENEOUS, "type_as": _HOMOGENEOUS,
-    "tanh": _ZERO_PRESERVING, "sigmoid": _GENERAL,
+    "tanh": _ZERO_PRESERVING, "sigmoid": _GENERAL, "relu_": _HOMOGENEOUS,
 }
 # tensor (op) number, or number (op) tensor
 _SCALAR_FUNCTIONS: dict[Any, str] = {
@@ -102,6 +109,11 @@ _SCALAR_FUNCTIONS: dict[Any, str] = {
 }
 _SCALAR_METHODS: dict[str, str] = {"add": "add", "sub": "sub", "mul": "mul", "div": "div"}
 _INDEX_MODULES = (nn.Flatten, nn.Unflatten)
+#: padding modules by their mode (``.padding``, and ``.value`` for a constant border)
+_PAD_MODULES: tuple[tuple[type, str], ...] = (
+    (nn.modules.padding._ConstantPadNd, "constant"), (nn.modules.padding._ReflectionPadNd, "reflect"),
+    (nn.modules.padding._ReplicationPadNd, "replicate"), (nn.modules.padding._CircularPadNd, "circular"),
+)
 _INDEX_FUNCTIONS = {
     torch.reshape, torch.flatten, torch.permute, torch.transpose, torch.swapaxes, torch.t,
     torch.unsqueeze, torch.squeeze, torch.cat, torch.concat, torch.stack, torch.movedim,
@@ -110,16 +122,18 @@ _INDEX_FUNCTIONS = {
 _INDEX_METHODS = {
     "view", "reshape", "flatten", "unflatten", "permute", "transpose", "swapaxes", "t",
     "movedim", "contiguous", "unsqueeze", "squeeze", "expand", "repeat", "clone",
+    "expand_as", "view_as", "reshape_as",
 }
 #: tensor methods whose size arguments a conversion rewrites after slicing (see ``SIZED_ATEN_OPS``)
 SIZED_METHODS = {"view", "reshape", "expand"}
 _POOL_MODULES = (
     nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
     nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+    nn.Upsample,  # resizing is per channel too (a linear map of each channel's map, 0 to 0)
 )
 _POOL_FUNCTIONS = {
     F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+    F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.interpolate, F.upsample,
 }
 _REDUCE_FUNCTIONS = {torch.mean: "mean", torch.sum: "sum", torch.amax: "amax", torch.amin: "amin"}
 _REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
@@ -141,10 +155,13 @@ def supported_ops() -> dict[str, list[str]]:
         "modules": sorted(
             {t.__name__ for t in (*_ELEMENTWISE_MODULES, *_INDEX_MODULES, *_POOL_MODULES,
                                   *registered_layers(), nn.LayerNorm, nn.Softmax, nn.LogSoftmax)}
+            | {t.__name__ for t in vars(nn.modules.padding).values() if isinstance(t, type)
+               and issubclass(t, tuple(c for c, _ in _PAD_MODULES)) and not t.__name__.startswith("_")}
             | {"StructureGate", "their subclasses"}),
         "functions": sorted({fname(f) for f in (
             *_ELEMENTWISE_FUNCTIONS, *_SCALAR_FUNCTIONS, *_INDEX_FUNCTIONS, *_POOL_FUNCTIONS,
-            *_REDUCE_FUNCTIONS, *_SOFTMAX_FUNCTIONS, *_MATMUL_FUNCTIONS, F.layer_norm, F.batch_norm)}),
+            *_REDUCE_FUNCTIONS, *_SOFTMAX_FUNCTIONS, *_MATMUL_FUNCTIONS, F.layer_norm, F.batch_norm,
+            F.pad)}),
         "methods": sorted(set(_ELEMENTWISE_METHODS) | set(_SCALAR_METHODS) | _INDEX_METHODS
                           | _REDUCE_METHODS | _SOFTMAX_METHODS | _MATMUL_METHODS
                           | _SHAPE_METHODS),
@@ -233,6 +250,7 @@ class Op:
     dims: tuple[int, ...] = ()  # REDUCE / SOFTMAX / LAYER_NORM dims (non-negative)
     keepdim: bool = False
     posmap: Tensor | None = None  # INDEX: flat position (in the concatenated inputs) per output
+    pad: tuple[tuple[int, ...], str] | None = None  # INDEX, a padding: its widths and mode
     in_numels: tuple[int, ...] = ()
     offset: int = -1  # PRODUCER: first channel id of its output rows
     channels: int = 0  # PRODUCER: number of output rows; BN / POOL: channels
@@ -282,6 +300,9 @@ def _classify(node: fx.Node, net: nn.Module, args: tuple, kwargs: dict, value: A
             op.kind, op.elem = OpKind.ELEMENTWISE, _elementwise_module(m)  # type: ignore[assignment]
         elif isinstance(m, _INDEX_MODULES):
             op.kind = OpKind.INDEX
+        elif isinstance(m, tuple(c for c, _ in _PAD_MODULES)) and is_tensor_out:
+            mode = next(mode for c, mode in _PAD_MODULES if isinstance(m, c))
+            _classify_pad(op, args[0], m.padding, mode, getattr(m, "value", 0.0))
         elif isinstance(m, _POOL_MODULES) and is_tensor_out:
             op.kind = OpKind.POOL
         elif isinstance(m, (nn.Softmax, nn.LogSoftmax)) and is_tensor_out:
@@ -299,6 +320,9 @@ def _classify(node: fx.Node, net: nn.Module, args: tuple, kwargs: dict, value: A
             op.kind = OpKind.SHAPE if not is_tensor_out else None
         elif t in _INDEX_FUNCTIONS and is_tensor_out:
             op.kind = OpKind.INDEX
+        elif t is F.pad and is_tensor_out:
+            _classify_pad(op, args[0], _arg(node, args, kwargs, 1, "pad", ()),
+                          _arg(node, args, kwargs, 2, "mode", "constant"), _arg(node, args, kwargs, 3, "value", None))
         elif t in _ELEMENTWISE_FUNCTIONS and is_tensor_out:
             op.kind, op.elem = OpKind.ELEMENTWISE, _ELEMENTWISE_FUNCTIONS[t]
             if t in (F.dropout, F.dropout1d, F.dropout2d) and _arg(node, args, kwargs, 2, "training", True):
@@ -368,6 +392,11 @@ _ATEN_ELEMENTWISE: dict[Any, _Elem] = {
     _A.masked_fill: _GENERAL,  # masked_fill(x, mask, value): per position of x
 }
 _ATEN_ARITH = {_A.add: "add", _A.sub: "sub", _A.mul: "mul", _A.div: "div", _A.rsub: "rsub"}
+# their in-place forms (``nn.ReLU(inplace=True)``, ``out += identity``): torch.export's graph
+# chains every later use of a tensor to the op that last wrote it, so they read as the others
+_ATEN_ELEMENTWISE.update({getattr(_A, f"{p.__name__}_"): e for p, e in list(_ATEN_ELEMENTWISE.items())
+                          if hasattr(_A, f"{p.__name__}_") and p is not _A.detach})
+_ATEN_ARITH.update({getattr(_A, f"{p.__name__}_"): k for p, k in list(_ATEN_ARITH.items()) if k != "rsub"})
 _ATEN_INDEX = {
     _A.view, _A.reshape, _A._unsafe_view, _A.permute, _A.transpose, _A.t, _A.unsqueeze,
     _A.squeeze, _A.expand, _A.flatten, _A.unflatten, _A.slice, _A.select, _A.cat, _A.concat,
@@ -377,7 +406,12 @@ _ATEN_INDEX = {
 #: ATen index ops whose size arguments a conversion rewrites after slicing
 SIZED_ATEN_OPS = {_A.view.default, _A.reshape.default, _A._unsafe_view.default, _A.expand.default}
 _ATEN_POOL = {_A.max_pool1d, _A.max_pool2d, _A.avg_pool1d, _A.avg_pool2d, _A.adaptive_avg_pool1d,
-              _A.adaptive_avg_pool2d, _A._adaptive_avg_pool2d}
+              _A.adaptive_avg_pool2d, _A._adaptive_avg_pool2d, _A.adaptive_max_pool1d, _A.adaptive_max_pool2d,
+              *(getattr(_A, name) for name in (
+                  "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "upsample_linear1d",
+                  "upsample_bilinear2d", "upsample_bicubic2d", "upsample_trilinear3d",
+                  "_upsample_nearest_exact1d", "_upsample_nearest_exact2d", "_upsample_nearest_exact3d",
+                  "_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa") if hasattr(_A, name))}
 _ATEN_REDUCE = {_A.mean: "mean", _A.sum: "sum", _A.amax: "amax", _A.amin: "amin"}
 _ATEN_SOFTMAX = {_A.softmax, _A._softmax, _A.log_softmax, _A._log_softmax}
 _ATEN_MATMUL = {_A.matmul, _A.bmm, _A.mm}
@@ -397,7 +431,7 @@ def _classify_aten(op: Op, target: Any, args: tuple, kwargs: dict, is_tensor_out
         return
     if packet in _ATEN_ELEMENTWISE:
         op.kind, op.elem = OpKind.ELEMENTWISE, _ATEN_ELEMENTWISE[packet]
-        if packet in (_A.dropout, _A.feature_dropout) and bool(
+        if packet in (_A.dropout, _A.feature_dropout, _A.dropout_, _A.feature_dropout_) and bool(
                 args[2] if len(args) > 2 else kwargs.get("train", False)):
             op.kind = None  # dropout in training mode is random
         if packet is _A.pow and len(args) > 1 and isinstance(args[1], (int, float)) and args[1] > 0:
@@ -410,6 +444,11 @@ def _classify_aten(op: Op, target: Any, args: tuple, kwargs: dict, is_tensor_out
             _classify_arith(op, kind, args[0], args[1])
     elif packet in _ATEN_INDEX:
         op.kind = OpKind.INDEX
+    elif packet is _A.pad:
+        _classify_pad(op, args[0], args[1], args[2] if len(args) > 2 else kwargs.get("mode", "constant"),
+                      args[3] if len(args) > 3 else kwargs.get("value"))
+    elif packet is _A.constant_pad_nd:
+        _classify_pad(op, args[0], args[1], "constant", args[2] if len(args) > 2 else kwargs.get("value", 0))
     elif packet in _ATEN_POOL:
         op.kind = OpKind.POOL
     elif packet in _ATEN_REDUCE:
@@ -433,6 +472,30 @@ def _classify_aten(op: Op, target: Any, args: tuple, kwargs: dict, is_tensor_out
         op.dims = tuple(range(1, len(op.shape)))
     elif packet in _ATEN_MATMUL and args[0].dim() >= 2 and args[1].dim() >= 2:
         op.kind = OpKind.MATMUL
+
+
+def _classify_pad(op: Op, x: Any, widths: Any, mode: Any, value: Any) -> None:
+    """A padding is an index op (each output reads one input position, or is a border) when
+    its border is a copy of the input (reflect, replicate, circular) or the constant 0: a zero
+    border is zero wherever its channel is, so it goes with the channel. Anything else
+    (a non-zero constant, a negative width that crops, a layout the modes do not take) stays
+    unsupported."""
+    try:
+        pad = tuple(int(w) for w in widths), str(mode)
+        if not isinstance(x, Tensor) or min(pad[0], default=0) < 0 or (
+                pad[1] == "constant" and value not in (None, 0, 0.0)):
+            return
+        pad_positions(torch.zeros(x.shape, dtype=torch.long), pad)  # a layout the map takes
+    except (TypeError, ValueError, RuntimeError, NotImplementedError):
+        return
+    op.kind, op.pad = OpKind.INDEX, pad
+
+
+def pad_positions(positions: Tensor, pad: tuple[tuple[int, ...], str]) -> Tensor:
+    """The input position each output of a padding reads (:attr:`Op.pad`): the padding
+    applied to the positions, a zero border taking the position next to it (the same channel)."""
+    widths, mode = pad
+    return F.pad(positions.double(), widths, mode="replicate" if mode == "constant" else mode).long()
 
 
 def _is_scalar(v: Any) -> bool:

@@ -80,6 +80,13 @@ def _swin() -> nn.Module:
         num_labels=CLASSES))
 
 
+def _mobilenet_v2() -> nn.Module:
+    """MobileNetV2 with TensorFlow-style "same" padding (``F.pad`` before its strided
+    convolutions) and ReLU6."""
+    return transformers.MobileNetV2ForImageClassification(transformers.MobileNetV2Config(
+        num_channels=1, image_size=32, depth_multiplier=0.25, num_labels=CLASSES))
+
+
 def _deberta_v2() -> nn.Module:
     """DeBERTa-v2: disentangled attention with 3-d batched products over ``[batch * heads, ...]``."""
     return transformers.DebertaV2ForSequenceClassification(transformers.DebertaV2Config(
@@ -273,6 +280,24 @@ class _AttentionPool(nn.Module):
         return self.head(torch.relu(self.fc(h.mean(0))))
 
 
+class _ResNetBasicBlocks(nn.Module):
+    """torchvision's BasicBlock as written there (``nn.ReLU(inplace=True)``, ``out +=
+    identity``) behind an input check torch.fx cannot trace: traced with torch.export, where
+    the two become ``relu_`` and ``add_``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.relu = nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(inplace=True)
+        self.layer1, self.layer2 = foreign.BasicBlock(8), foreign.BasicBlock(8)
+        self.fc = nn.Linear(8, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"expected [N, C, H, W] images, got {tuple(x.shape)}")
+        x = self.layer2(self.layer1(self.relu(self.stem(x))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
 def _pyro_linear_bnn() -> nn.Module:
     """The network of Pyro's BNN tutorial: PyroModule[nn.Linear] layers."""
     return nn.Sequential(PyroModule[nn.Linear](5, 12), nn.ReLU(), PyroModule[nn.Linear](12, 10),
@@ -292,10 +317,11 @@ CASES = foreign.cases(
     hf_opt_tokens_folded=(foreign.hf_opt, foreign.token_ids),
     hf_mobilevit_patches_folded=(foreign.hf_mobilevit, foreign.large_images),
     hf_funnel_type_as=(_funnel, foreign.token_ids), hf_bloom_alibi_baddbmm=(_bloom, foreign.token_ids),
-    hf_qwen2=(_qwen2, foreign.token_ids))
+    hf_qwen2=(_qwen2, foreign.token_ids), hf_mobilenet_v2_same_padding=(_mobilenet_v2, foreign.large_images),
+    resnet_inplace_export=(_ResNetBasicBlocks, foreign.images), squeeze_excite_expand_as=(foreign.SENet, foreign.images))
 SLOW = {"hf_gpt2", "hf_llama_gqa", "hf_vit", "hf_bert_eager", "transformer_encoder_mha", "multihead_attention",
         "hf_opt_tokens_folded", "hf_mobilevit_patches_folded", "hf_funnel_type_as", "hf_bloom_alibi_baddbmm",
-        "hf_qwen2"}
+        "hf_qwen2", "hf_mobilenet_v2_same_padding"}
 #: networks with nn.MultiheadAttention: its 4 heads get one gate, 40% of it (2 heads) go
 MHA = {"transformer_encoder_mha", "multihead_attention"}
 

@@ -1,0 +1,198 @@
+"""Ops the structure analysis follows: padding, resizing, in-place activations and residual
+adds, ``expand_as``/``view_as``/``reshape_as``, on both tracers (``torch.fx``, and
+``torch.export`` for a network with a shape check fx cannot trace).
+
+Each network is written as its authors write it; the test checks that the layers before the
+op are gated, and that removing 40% of every gate converts into a smaller network with the
+same outputs.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import foreign_networks as foreign
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pyro_prune.convert import count_params, to_deterministic
+from pyro_prune.graph import structure_graph
+from pyro_prune.models import bayesianize
+
+
+def _gated_layers(model: nn.Module) -> set[str]:
+    """The layers whose rows some gate removes (module paths without the wrapper's prefix)."""
+    return {row.removeprefix("module.") for g in structure_graph(model).gates.values() for row in g.rows}
+
+
+def _prune_and_convert(model: nn.Module, plain: nn.Module, x: Tensor) -> nn.Module:
+    for gate in model.gates().values():  # type: ignore[operator]
+        n = gate.num_structures
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            gate.prune(torch.arange(n) < max(1, int(0.4 * n)))
+    model.eval()
+    det = to_deterministic(model, example_input=x[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(det(x), model.predict(x), rtol=1e-5, atol=1e-5)
+    assert count_params(det) < count_params(plain)
+    return det
+
+
+def _weight(det: nn.Module, layer: str) -> Tensor:
+    """The weight of ``layer`` in a converted network (wrapped or not)."""
+    (w,) = [v for k, v in det.state_dict().items() if k.removeprefix("module.") == f"{layer}.weight"]
+    return w
+
+
+def _run(net: nn.Module, x: Tensor, gated: set[str]) -> nn.Module:
+    torch.manual_seed(0)
+    model = bayesianize(net.eval(), example_input=x[:2])
+    assert gated <= _gated_layers(model), _gated_layers(model)
+    return _prune_and_convert(model, net, x)
+
+
+class _Export(nn.Module):
+    """A shape check as authors write them: torch.fx cannot trace it, so torch.export does."""
+
+    def check(self, x: Tensor) -> None:
+        if x.shape[-1] % 2:
+            raise ValueError("the images need an even width")
+
+
+# ---------------------------------------------------------------------- padding
+class _PaddedConvs(_Export):
+    """Two convolutions with an explicit padding between them (TensorFlow-style "same")."""
+
+    def __init__(self, pad: nn.Module | None, mode: str = "constant", export: bool = False) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3), nn.Conv2d(8, 8, 3)
+        self.pad, self.mode, self.export = pad, mode, export
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.export:
+            self.check(x)
+        h = torch.relu(self.conv1(x))
+        h = self.pad(h) if self.pad is not None else F.pad(h, (1, 2, 0, 1), mode=self.mode)
+        return self.fc(torch.relu(self.conv2(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
+@pytest.mark.parametrize(("pad", "mode"), [
+    (None, "constant"), (None, "reflect"), (None, "replicate"), (None, "circular"),
+    (nn.ZeroPad2d((0, 1, 0, 1)), ""), (nn.ConstantPad2d(1, 0.0), ""), (nn.ReflectionPad2d(1), ""),
+    (nn.ReplicationPad2d((1, 0, 1, 0)), ""),
+], ids=["F.pad-constant", "F.pad-reflect", "F.pad-replicate", "F.pad-circular", "ZeroPad2d",
+        "ConstantPad2d-0", "ReflectionPad2d", "ReplicationPad2d"])
+def test_a_padding_between_layers_moves_with_their_channels(pad: nn.Module | None, mode: str, export: bool) -> None:
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    det = _run(_PaddedConvs(pad, mode, export), x, {"conv1", "conv2"})
+    assert _weight(det, "conv2").shape[1] < 8  # the padded channels went too
+
+
+def test_a_non_zero_border_belongs_to_no_channel_and_keeps_the_layer_before_it() -> None:
+    """A constant border of 1 is not zero where a removed channel is: removing that channel
+    would change the next layer's output, so the layer before the padding gets no gate."""
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    net = _PaddedConvs(nn.ConstantPad2d(1, 1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        model = bayesianize(net.eval(), example_input=x[:2])
+    assert "conv1" not in _gated_layers(model) and "conv2" in _gated_layers(model)
+    _prune_and_convert(model, net, x)
+
+
+# ---------------------------------------------------------------------- resizing
+class _UpsampleSkip(_Export):
+    """A decoder step as in a UNet: resize the coarse map, add the skip connection."""
+
+    def __init__(self, module: bool, export: bool) -> None:
+        super().__init__()
+        self.down, self.mid = nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False) if module else None
+        self.out, self.fc = nn.Conv2d(8, 6, 3, padding=1), nn.Linear(6, 3)
+        self.export = export
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.export:
+            self.check(x)
+        h = torch.relu(self.down(x))
+        m = torch.relu(self.mid(h))
+        m = self.up(m) if self.up is not None else F.interpolate(m, size=x.shape[-2:], mode="nearest")
+        return self.fc(torch.relu(self.out(m)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
+@pytest.mark.parametrize("module", [False, True], ids=["F.interpolate", "nn.Upsample"])
+def test_resizing_a_feature_map_moves_with_its_channels(module: bool, export: bool) -> None:
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    _run(_UpsampleSkip(module, export), x, {"down", "mid", "out"})
+
+
+# ---------------------------------------------------------------------- in place
+class _SmallResNet(_Export):
+    def __init__(self, export: bool) -> None:
+        super().__init__()
+        self.stem, self.relu = nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(inplace=True)
+        self.layer1, self.layer2 = foreign.BasicBlock(8), foreign.BasicBlock(8)
+        self.fc = nn.Linear(8, 3)
+        self.export = export
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.export:
+            self.check(x)
+        x = self.layer2(self.layer1(self.relu(self.stem(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+@pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
+def test_in_place_relus_and_residual_adds_are_followed(export: bool) -> None:
+    """``nn.ReLU(inplace=True)`` and ``out += identity``: torch.export writes them as
+    ``relu_`` and ``add_``, which before pinned every channel of the network."""
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    _run(_SmallResNet(export), x, {"stem", "layer1.conv1", "layer2.conv1"})
+
+
+class _InPlaceCalls(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3, self.head = nn.Linear(5, 12), nn.Linear(12, 10), nn.Linear(10, 8), nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu_(self.fc1(x))
+        h = F.relu_(self.fc2(h))
+        return self.head(self.fc3(h).relu_())
+
+
+def test_in_place_relu_calls_are_followed_by_fx() -> None:
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    _run(_InPlaceCalls(), x, {"fc1", "fc2", "fc3"})
+
+
+# ---------------------------------------------------------------------- *_as
+def test_the_reference_squeeze_excite_block_prunes_the_channels_it_scales() -> None:
+    """``y.expand_as(x)`` and ``view(b, c)`` with ``c`` read from ``x.size()``: the channels
+    of the convolutions it scales are gated and sliced (before, they silently got no gate)."""
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    det = _run(foreign.SENet(), x, {"conv1", "conv2", "se1.fc.0", "se2.fc.0"})
+    assert _weight(det, "conv2").shape[:2] == (20, 10)
+
+
+class _AsOps(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.gate, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.conv(x))
+        s = torch.sigmoid(self.gate(x)).mean((2, 3), keepdim=True)
+        h = (h * s.expand_as(h)).view_as(h)
+        return self.fc(h.flatten(2).mean(-1).reshape_as(s.flatten(1)))
+
+
+def test_expand_as_view_as_and_reshape_as_are_followed() -> None:
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    _run(_AsOps(), x, {"conv", "gate"})
