@@ -227,7 +227,11 @@ def _call_with(node: fx.Node, net: nn.Module, after: _ValuesAfterSlicing, args: 
     if an.ops[node].pad is not None:  # a padding: its positions are mapped as in the analysis
         return pad_positions(pos[an.ops[node].inputs[0]], an.ops[node].pad)  # type: ignore[arg-type]
 
+    index_values = an.ops[node].index_values or {}
+
     def value(n: fx.Node) -> Any:
+        if n in index_values:  # an index tensor, read as it is
+            return index_values[n]
         if n in pos:
             return pos[n]
         op = an.ops.get(n)

@@ -60,6 +60,8 @@ from pyro_prune.graph.ops import (
     _classify,
     _is_leaf,
     _is_opaque,
+    indexed_axes,
+    indexes_by_tensor,
     is_linear,
     pad_positions,
 )
@@ -366,6 +368,13 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
             for k in numels[:-1]:
                 starts.append(starts[-1] + k)
             pos = {n: torch.arange(s, s + k).reshape(env[n].shape) for n, s, k in zip(op.inputs, starts, numels)}
+            if indexes_by_tensor(node):  # the other tensors are indices: read as they are
+                op.index_values = {n: env[n] for n in op.inputs[1:]}
+                pos = {op.inputs[0]: pos[op.inputs[0]]}
+                source = tags[op.inputs[0]]
+                axes = indexed_axes(node, env[op.inputs[0]], *_env_args(node, env))
+                if axes is None or not _const_along(source, axes):  # channels along an indexed
+                    pinned.append(ids_of(source))  # axis: the indices would need rewriting
             pmap = pad_positions(pos[op.inputs[0]], op.pad) if op.pad is not None \
                 else _run_index_op(node, net, env, pos)
             op.posmap, op.in_numels = pmap.contiguous(), tuple(numels)
@@ -436,6 +445,11 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
                    producers=producers, outputs=outputs, untraceable=untraceable)
     return an
 
+
+
+def _env_args(node: fx.Node, env: dict) -> tuple[tuple, dict]:
+    """The node's arguments as the example run gave them."""
+    return fx.node.map_arg(node.args, lambda n: env[n]), dict(fx.node.map_arg(node.kwargs, lambda n: env[n]))
 
 
 def _run_index_op(node: fx.Node, net: nn.Module, env: dict, pos: dict[fx.Node, Tensor]) -> Tensor:

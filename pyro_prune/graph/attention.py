@@ -74,6 +74,10 @@ def _head_groups(v_tags: Tensor, heads: int) -> int | None:
     query heads reading the same value channels form one group (consecutive heads, as
     ``repeat_interleave`` makes them). A gate over groups keeps every group whole.
     """
+    if v_tags.dim() < 3 or v_tags.shape[-3] not in (1, heads):
+        return None
+    if v_tags.shape[-3] == 1:  # one value head broadcast to every query head (multi-query)
+        v_tags = v_tags.expand(*v_tags.shape[:-3], heads, *v_tags.shape[-2:])
     per_head = v_tags.select(-2, 0).reshape(-1, heads, v_tags.shape[-1])[0]  # [heads, head_dim]
     groups = 1
     for h in range(1, heads):

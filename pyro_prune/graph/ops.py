@@ -15,7 +15,8 @@ Supported ops (anything else applied to a tensor that carries gated structures r
 * index ops: ``reshape``, ``view``, ``flatten``/``nn.Flatten``, ``unflatten``/``nn.Unflatten``,
   ``permute``, ``transpose``, ``t``, ``movedim``, ``swapaxes``, ``contiguous``, ``unsqueeze``,
   ``squeeze``, ``expand``, ``expand_as``, ``view_as``, ``reshape_as``, ``repeat``, ``clone``,
-  indexing ``x[...]``, ``torch.cat``/``stack`` (along axes that carry no removed structure);
+  ``roll``, ``flip``, indexing ``x[...]`` (also by index tensors), ``index_select``,
+  ``torch.cat``/``stack`` (along axes that carry no removed structure);
 * padding: ``F.pad`` and the padding modules (``nn.ZeroPad2d``, ``nn.ConstantPad*d``,
   ``nn.ReflectionPad*d``, ``nn.ReplicationPad*d``, ``nn.CircularPad*d``) along axes that carry
   no removed structure; a constant border must be 0 (a non-zero one belongs to no channel);
@@ -117,12 +118,12 @@ _PAD_MODULES: tuple[tuple[type, str], ...] = (
 _INDEX_FUNCTIONS = {
     torch.reshape, torch.flatten, torch.permute, torch.transpose, torch.swapaxes, torch.t,
     torch.unsqueeze, torch.squeeze, torch.cat, torch.concat, torch.stack, torch.movedim,
-    torch.clone, operator.getitem,
+    torch.clone, operator.getitem, torch.index_select, torch.roll, torch.flip,
 }
 _INDEX_METHODS = {
     "view", "reshape", "flatten", "unflatten", "permute", "transpose", "swapaxes", "t",
     "movedim", "contiguous", "unsqueeze", "squeeze", "expand", "repeat", "clone",
-    "expand_as", "view_as", "reshape_as",
+    "expand_as", "view_as", "reshape_as", "index_select", "roll", "flip",
 }
 #: tensor methods whose size arguments a conversion rewrites after slicing (see ``SIZED_ATEN_OPS``)
 SIZED_METHODS = {"view", "reshape", "expand"}
@@ -251,6 +252,9 @@ class Op:
     keepdim: bool = False
     posmap: Tensor | None = None  # INDEX: flat position (in the concatenated inputs) per output
     pad: tuple[tuple[int, ...], str] | None = None  # INDEX, a padding: its widths and mode
+    # INDEX by tensors (``x[:, idx]``, ``index_select``): the index tensors' values, which the
+    # op reads as they are (only ``inputs[0]`` carries positions)
+    index_values: dict[fx.Node, Tensor] | None = None
     in_numels: tuple[int, ...] = ()
     offset: int = -1  # PRODUCER: first channel id of its output rows
     channels: int = 0  # PRODUCER: number of output rows; BN / POOL: channels
@@ -401,7 +405,7 @@ _ATEN_INDEX = {
     _A.view, _A.reshape, _A._unsafe_view, _A.permute, _A.transpose, _A.t, _A.unsqueeze,
     _A.squeeze, _A.expand, _A.flatten, _A.unflatten, _A.slice, _A.select, _A.cat, _A.concat,
     _A.stack, _A.movedim, _A.repeat, _A.narrow, _A.swapaxes, _A.expand_as, _A.view_as,
-    _A.repeat_interleave,
+    _A.repeat_interleave, _A.reshape_as, _A.index, _A.index_select, _A.roll, _A.flip,
 }
 #: ATen index ops whose size arguments a conversion rewrites after slicing
 SIZED_ATEN_OPS = {_A.view.default, _A.reshape.default, _A._unsafe_view.default, _A.expand.default}
@@ -489,6 +493,39 @@ def _classify_pad(op: Op, x: Any, widths: Any, mode: Any, value: Any) -> None:
     except (TypeError, ValueError, RuntimeError, NotImplementedError):
         return
     op.kind, op.pad = OpKind.INDEX, pad
+
+
+def indexes_by_tensor(node: fx.Node) -> bool:
+    """An index op whose tensor arguments after the first are indices (``x[:, idx]``,
+    ``index_select``, ATen's ``index``), not tensors whose positions it moves."""
+    if node.op == "call_method":
+        return str(node.target) == "index_select"
+    return node.op == "call_function" and (node.target in (operator.getitem, torch.index_select) or getattr(
+        node.target, "overloadpacket", None) in (_A.index, _A.index_select))
+
+
+def indexed_axes(node: fx.Node, x: Tensor, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
+    """The axes of ``x`` an index op of :func:`indexes_by_tensor` reads through index tensors
+    (``None``: not known, e.g. a boolean mask). The converter keeps those axes whole: an
+    index tensor refers to the positions before slicing."""
+    packet = getattr(node.target, "overloadpacket", None)
+    if packet is _A.index:
+        return tuple(d for d, t in enumerate(args[1]) if t is not None)
+    if packet is _A.index_select or node.target is torch.index_select or node.op == "call_method":
+        return (int(_arg(node, args, kwargs, 1, "dim", 0)) % x.dim(),)
+    index = args[1] if isinstance(args[1], tuple) else (args[1],)
+    if any(isinstance(i, Tensor) and i.dtype == torch.bool for i in index):
+        return None
+    consumed = sum(1 for i in index if i is not None and i is not Ellipsis)
+    axes, d = [], 0
+    for i in index:
+        if i is Ellipsis:
+            d += x.dim() - consumed
+        elif i is not None:
+            if isinstance(i, Tensor):
+                axes.append(d)
+            d += 1
+    return tuple(axes)
 
 
 def pad_positions(positions: Tensor, pad: tuple[tuple[int, ...], str]) -> Tensor:

@@ -87,6 +87,21 @@ def _mobilenet_v2() -> nn.Module:
         num_channels=1, image_size=32, depth_multiplier=0.25, num_labels=CLASSES))
 
 
+def _falcon() -> nn.Module:
+    """Falcon with multi-query attention: one key/value head read by every query head, picked
+    out of the fused projection by index tensors (``qkv[..., [-2], :]``)."""
+    return transformers.FalconForSequenceClassification(transformers.FalconConfig(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, pad_token_id=0,
+        num_labels=CLASSES))
+
+
+def _levit() -> nn.Module:
+    """LeViT: its MLP layers with BatchNorm reshape back with ``reshape_as``."""
+    return transformers.LevitForImageClassification(transformers.LevitConfig(
+        image_size=32, num_channels=1, hidden_sizes=[16, 24, 32], num_attention_heads=[2, 2, 2],
+        depths=[1, 1, 1], key_dim=[8, 8, 8], num_labels=CLASSES))
+
+
 def _deberta_v2() -> nn.Module:
     """DeBERTa-v2: disentangled attention with 3-d batched products over ``[batch * heads, ...]``."""
     return transformers.DebertaV2ForSequenceClassification(transformers.DebertaV2Config(
@@ -318,10 +333,11 @@ CASES = foreign.cases(
     hf_mobilevit_patches_folded=(foreign.hf_mobilevit, foreign.large_images),
     hf_funnel_type_as=(_funnel, foreign.token_ids), hf_bloom_alibi_baddbmm=(_bloom, foreign.token_ids),
     hf_qwen2=(_qwen2, foreign.token_ids), hf_mobilenet_v2_same_padding=(_mobilenet_v2, foreign.large_images),
-    resnet_inplace_export=(_ResNetBasicBlocks, foreign.images), squeeze_excite_expand_as=(foreign.SENet, foreign.images))
+    resnet_inplace_export=(_ResNetBasicBlocks, foreign.images), hf_falcon_multi_query=(_falcon, foreign.token_ids),
+    hf_levit_reshape_as=(_levit, foreign.large_images), squeeze_excite_expand_as=(foreign.SENet, foreign.images))
 SLOW = {"hf_gpt2", "hf_llama_gqa", "hf_vit", "hf_bert_eager", "transformer_encoder_mha", "multihead_attention",
         "hf_opt_tokens_folded", "hf_mobilevit_patches_folded", "hf_funnel_type_as", "hf_bloom_alibi_baddbmm",
-        "hf_qwen2", "hf_mobilenet_v2_same_padding"}
+        "hf_qwen2", "hf_mobilenet_v2_same_padding", "hf_falcon_multi_query", "hf_levit_reshape_as"}
 #: networks with nn.MultiheadAttention: its 4 heads get one gate, 40% of it (2 heads) go
 MHA = {"transformer_encoder_mha", "multihead_attention"}
 

@@ -181,18 +181,84 @@ def test_the_reference_squeeze_excite_block_prunes_the_channels_it_scales() -> N
     assert _weight(det, "conv2").shape[:2] == (20, 10)
 
 
-class _AsOps(nn.Module):
-    def __init__(self) -> None:
+class _AsOps(_Export):
+    def __init__(self, export: bool) -> None:
         super().__init__()
         self.conv, self.gate, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8, 3)
+        self.export = export
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.export:
+            self.check(x)
         h = torch.relu(self.conv(x))
         s = torch.sigmoid(self.gate(x)).mean((2, 3), keepdim=True)
         h = (h * s.expand_as(h)).view_as(h)
         return self.fc(h.flatten(2).mean(-1).reshape_as(s.flatten(1)))
 
 
-def test_expand_as_view_as_and_reshape_as_are_followed() -> None:
+@pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
+def test_expand_as_view_as_and_reshape_as_are_followed(export: bool) -> None:
     x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    _run(_AsOps(), x, {"conv", "gate"})
+    _run(_AsOps(export), x, {"conv", "gate"})
+
+
+# ---------------------------------------------------------------------- indexing by tensors
+class _LastStep(_Export):
+    """[N, T, F] sequences padded with all-zero steps at the end; the classifier reads the last
+    real step (``h[arange(n), last]`` as decoder classifiers pool), or one step picked by
+    ``index_select``, or after ``roll`` and ``flip``."""
+
+    def __init__(self, how: str, export: bool) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(6, 12), nn.Linear(12, 10), nn.Linear(10, 3)
+        self.how, self.export = how, export
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.export:
+            self.check(x)
+        h = torch.relu(self.fc2(torch.relu(self.fc1(x))))
+        if self.how == "getitem":
+            last = (x.abs().sum(-1) > 0).sum(1) - 1
+            h = h[torch.arange(x.shape[0], device=x.device), last]
+        elif self.how == "index_select":
+            h = h.index_select(1, torch.tensor([0], device=x.device)).squeeze(1)
+        else:
+            h = torch.roll(h, 1, dims=1).flip(1)[:, 0]
+        return self.head(h)
+
+
+def _sequences() -> Tensor:
+    x = torch.randn(6, 5, 6, generator=torch.Generator().manual_seed(0))
+    x[:3, -2:] = 0  # padding steps
+    return x
+
+
+@pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
+@pytest.mark.parametrize("how", ["getitem", "index_select", "roll_flip"])
+def test_selecting_steps_by_index_tensors_keeps_the_channels_prunable(how: str, export: bool) -> None:
+    """Index tensors along the step axis move no channel: the layer before is gated (before,
+    fx failed with an IndexError on ``h[arange(n), last]`` and export left it ungated)."""
+    x = _sequences()  # 6 features: an even width for the check
+    _run(_LastStep(how, export), x, {"fc1", "fc2"})
+
+
+class _PickFeatures(nn.Module):
+    """Keeps 8 of 12 features by an index buffer: indices into the channel axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(5, 12), nn.Linear(8, 10), nn.Linear(10, 3)
+        self.register_buffer("idx", torch.tensor([0, 1, 2, 3, 8, 9, 10, 11]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x))[:, self.idx])))
+
+
+def test_indices_into_the_channel_axis_keep_those_channels() -> None:
+    """The indices refer to the channels before slicing, so the layer they read keeps its
+    channels; the rest of the network is gated and converts."""
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    net = _PickFeatures().eval()
+    model = bayesianize(net, example_input=x[:2])
+    assert _gated_layers(model) == {"fc2"}
+    _prune_and_convert(model, net, x)
