@@ -2,7 +2,9 @@
 
 An attention output is ``softmax(q k^T) @ v`` followed, through index ops, by an output
 projection: the value operand carries channels (the heads' rows of ``v``), the
-probabilities none. Heads are the blocks of ``head_dim`` channels along the head axis; query
+probabilities none. The product is ``[batch, heads, queries, head_dim]``, or
+``[batch * heads, queries, head_dim]`` where the heads are folded into the batch for ``bmm``
+(DeBERTa): the analysis runs one example, so the leading axis is then the heads'. Heads are the blocks of ``head_dim`` channels along the head axis; query
 heads that read the same value channels form one group (grouped-query attention), and one
 gate structure covers one group. The q and k rows of a head are tied by the contraction
 ``q @ k^T``; they go when the head goes (nothing reads them any more).
@@ -36,8 +38,10 @@ def attention_heads(an: DependencyAnalysis, exclude: Set[str] = frozenset()
     head_sites: list[tuple[fx.Node, int, str]] = []
     in_attention: set[int] = set()
     for node, op in an.ops.items():
-        if op.kind is not OpKind.MATMUL or len(op.shape) < 4 or op.contract_a is not None:
+        if op.kind is not OpKind.MATMUL or len(op.shape) < 3 or op.contract_a is not None:
             continue
+        if len(op.shape) == 3 and op.shape[0] == 1:
+            continue  # [batch * heads, ...] of one example with one head: no heads to tell apart
         a, b = node.args[0], node.args[1]
         ta, tb = an.tags[a], an.tags[b]  # type: ignore[index]
         if bool((ta >= 0).any()) or not bool((tb >= 0).any()):

@@ -597,8 +597,7 @@ def test_gates_tied_by_a_product_that_leave_no_neuron_alive_convert_to_a_zero_la
 
 @pytest.mark.parametrize(("make", "data", "left_out"), [
     (_swin, foreign.large_images, r"attention\.o_proj.*does not run"),  # a per-head bias table
-    (_deberta_v2, foreign.token_ids, r"query_proj.*rectangular block"),  # q/k/v neurons, no heads found
-], ids=["swin_head_bias_table", "deberta_v2_disentangled_attention"])
+], ids=["swin_head_bias_table"])
 def test_gates_the_converter_cannot_carry_out_are_left_out_with_the_reason(make, data, left_out: str) -> None:
     torch.manual_seed(0)
     x = data(16)
@@ -611,6 +610,29 @@ def test_gates_the_converter_cannot_carry_out_are_left_out_with_the_reason(make,
     with torch.no_grad():
         torch.testing.assert_close(det(x), model.predict(x), rtol=1e-5, atol=1e-5)
     assert count_params(det) < count_params(make())
+
+
+def test_heads_folded_into_the_batch_for_bmm_are_found() -> None:
+    """DeBERTa-v2 computes attention with 3-d ``bmm`` over ``[batch * heads, ...]``: its heads
+    get one gate (before, its q/k/v neurons were gated and then left out as unconvertible),
+    and removing two of the four takes their q, k and v rows out."""
+    torch.manual_seed(0)
+    x = foreign.token_ids(16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # nothing left out
+        model = bayesianize(_deberta_v2().eval(), example_input=x[:2])
+    (head,) = [g for g in structure_graph(model).gates.values() if g.kind == "head"]
+    assert head.num_structures == 4
+    assert sorted(r.rsplit(".", 1)[-1] for r in head.rows) == ["key_proj", "query_proj", "value_proj"]
+    gate = model.gates()[[n for n, g in model.gates().items() if n.endswith("head_gate")][0]]
+    gate.prune(torch.tensor([True, False, True, False]))
+    model.eval()
+    det = to_deterministic(model, example_input=x[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(det(x), model.predict(x), rtol=1e-5, atol=1e-5)
+    shapes = {k.rsplit(".", 2)[-2]: tuple(v.shape) for k, v in det.state_dict().items()
+              if k.endswith(("query_proj.weight", "key_proj.weight", "value_proj.weight"))}
+    assert shapes == {"query_proj": (8, 16), "key_proj": (8, 16), "value_proj": (8, 16)}
 
 
 class _GRUClassifier(nn.Module):
