@@ -9,7 +9,8 @@ Supported ops (anything else applied to a tensor that carries gated structures r
 * per-channel: ``nn.BatchNorm1d/2d`` and ``F.batch_norm`` (eval statistics; the functional
   form's weight, bias and statistics are sliced with the channels), structure gates;
 * elementwise: ReLU, LeakyReLU, GELU, SiLU, Tanh, ELU, Hardswish, ReLU6, Hardtanh, Mish,
-  Sigmoid, Softplus (modules, ``torch.*`` / ``F.*`` functions, tensor methods), dropout,
+  Sigmoid, Softplus (modules, ``torch.*`` / ``F.*`` functions, tensor methods), ``clamp`` /
+  ``clip`` with numbers as bounds, dropout,
   ``nn.Identity``, ``abs``/``neg``, arithmetic with a Python number, dtype casts;
 * binary: ``+``, ``-``, ``*``, ``/`` of two tensors (with broadcasting; ties channels);
 * index ops: ``reshape``, ``view``, ``flatten``/``nn.Flatten``, ``unflatten``/``nn.Unflatten``,
@@ -103,6 +104,9 @@ _ELEMENTWISE_METHODS: dict[str, _Elem] = {
     "float": _HOMOGENEOUS, "double": _HOMOGENEOUS, "to": _HOMOGENEOUS, "type_as": _HOMOGENEOUS,
     "tanh": _ZERO_PRESERVING, "sigmoid": _GENERAL, "relu_": _HOMOGENEOUS,
 }
+#: clamping to bounds given as numbers: an elementwise op whose kind depends on the bounds
+_CLAMP_FUNCTIONS = {torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max}
+_CLAMP_METHODS = {"clamp", "clip", "clamp_min", "clamp_max", "clamp_", "clip_", "clamp_min_"}
 # tensor (op) number, or number (op) tensor
 _SCALAR_FUNCTIONS: dict[Any, str] = {
     operator.add: "add", torch.add: "add", operator.sub: "sub", torch.sub: "sub",
@@ -160,10 +164,10 @@ def supported_ops() -> dict[str, list[str]]:
                and issubclass(t, tuple(c for c, _ in _PAD_MODULES)) and not t.__name__.startswith("_")}
             | {"StructureGate", "their subclasses"}),
         "functions": sorted({fname(f) for f in (
-            *_ELEMENTWISE_FUNCTIONS, *_SCALAR_FUNCTIONS, *_INDEX_FUNCTIONS, *_POOL_FUNCTIONS,
+            *_ELEMENTWISE_FUNCTIONS, *_CLAMP_FUNCTIONS, *_SCALAR_FUNCTIONS, *_INDEX_FUNCTIONS, *_POOL_FUNCTIONS,
             *_REDUCE_FUNCTIONS, *_SOFTMAX_FUNCTIONS, *_MATMUL_FUNCTIONS, F.layer_norm, F.batch_norm,
             F.pad)}),
-        "methods": sorted(set(_ELEMENTWISE_METHODS) | set(_SCALAR_METHODS) | _INDEX_METHODS
+        "methods": sorted(set(_ELEMENTWISE_METHODS) | _CLAMP_METHODS | set(_SCALAR_METHODS) | _INDEX_METHODS
                           | _REDUCE_METHODS | _SOFTMAX_METHODS | _MATMUL_METHODS
                           | _SHAPE_METHODS),
     }
@@ -327,6 +331,8 @@ def _classify(node: fx.Node, net: nn.Module, args: tuple, kwargs: dict, value: A
         elif t is F.pad and is_tensor_out:
             _classify_pad(op, args[0], _arg(node, args, kwargs, 1, "pad", ()),
                           _arg(node, args, kwargs, 2, "mode", "constant"), _arg(node, args, kwargs, 3, "value", None))
+        elif t in _CLAMP_FUNCTIONS and is_tensor_out:
+            _classify_clamp(op, str(getattr(t, "__name__", "")), args, kwargs)
         elif t in _ELEMENTWISE_FUNCTIONS and is_tensor_out:
             op.kind, op.elem = OpKind.ELEMENTWISE, _ELEMENTWISE_FUNCTIONS[t]
             if t in (F.dropout, F.dropout1d, F.dropout2d) and _arg(node, args, kwargs, 2, "training", True):
@@ -361,6 +367,8 @@ def _classify(node: fx.Node, net: nn.Module, args: tuple, kwargs: dict, value: A
             op.kind = OpKind.SHAPE if not is_tensor_out else None
         elif t in _INDEX_METHODS and is_tensor_out:
             op.kind = OpKind.INDEX
+        elif t in _CLAMP_METHODS and is_tensor_out:
+            _classify_clamp(op, t, args, kwargs)
         elif t in _ELEMENTWISE_METHODS and is_tensor_out:
             op.kind, op.elem = OpKind.ELEMENTWISE, _ELEMENTWISE_METHODS[t]
         elif t in _SCALAR_METHODS and is_tensor_out:
@@ -401,6 +409,8 @@ _ATEN_ARITH = {_A.add: "add", _A.sub: "sub", _A.mul: "mul", _A.div: "div", _A.rs
 _ATEN_ELEMENTWISE.update({getattr(_A, f"{p.__name__}_"): e for p, e in list(_ATEN_ELEMENTWISE.items())
                           if hasattr(_A, f"{p.__name__}_") and p is not _A.detach})
 _ATEN_ARITH.update({getattr(_A, f"{p.__name__}_"): k for p, k in list(_ATEN_ARITH.items()) if k != "rsub"})
+_ATEN_CLAMP = {getattr(_A, n) for n in ("clamp", "clip", "clamp_min", "clamp_max", "clamp_", "clip_",
+                                         "clamp_min_", "clamp_max_") if hasattr(_A, n)}
 _ATEN_INDEX = {
     _A.view, _A.reshape, _A._unsafe_view, _A.permute, _A.transpose, _A.t, _A.unsqueeze,
     _A.squeeze, _A.expand, _A.flatten, _A.unflatten, _A.slice, _A.select, _A.cat, _A.concat,
@@ -433,7 +443,9 @@ def _classify_aten(op: Op, target: Any, args: tuple, kwargs: dict, is_tensor_out
         op.kind = OpKind.ELEMENTWISE  # a fresh tensor (arange, zeros, ...): carries nothing
         op.elem = _GENERAL
         return
-    if packet in _ATEN_ELEMENTWISE:
+    if packet in _ATEN_CLAMP:
+        _classify_clamp(op, packet.__name__, args, kwargs)
+    elif packet in _ATEN_ELEMENTWISE:
         op.kind, op.elem = OpKind.ELEMENTWISE, _ATEN_ELEMENTWISE[packet]
         if packet in (_A.dropout, _A.feature_dropout, _A.dropout_, _A.feature_dropout_) and bool(
                 args[2] if len(args) > 2 else kwargs.get("train", False)):
@@ -533,6 +545,25 @@ def pad_positions(positions: Tensor, pad: tuple[tuple[int, ...], str]) -> Tensor
     applied to the positions, a zero border taking the position next to it (the same channel)."""
     widths, mode = pad
     return F.pad(positions.double(), widths, mode="replicate" if mode == "constant" else mode).long()
+
+
+def _classify_clamp(op: Op, name: str, args: tuple, kwargs: dict) -> None:
+    """``clamp(x, min, max)`` and its forms with numbers as bounds: elementwise, zero-preserving
+    when the bounds hold 0, homogeneous when it is ``clamp(min=0)`` (a ReLU). Bounds given as
+    tensors stay unsupported."""
+    name = name.rstrip("_")
+    if name == "clamp_min":
+        low, high = (args[1] if len(args) > 1 else kwargs.get("min")), None
+    elif name == "clamp_max":
+        low, high = None, (args[1] if len(args) > 1 else kwargs.get("max"))
+    else:
+        low = args[1] if len(args) > 1 else kwargs.get("min")
+        high = args[2] if len(args) > 2 else kwargs.get("max")
+    if not all(b is None or isinstance(b, (int, float)) for b in (low, high)):
+        return
+    holds_zero = (low is None or low <= 0) and (high is None or high >= 0)
+    op.kind = OpKind.ELEMENTWISE
+    op.elem = _HOMOGENEOUS if low == 0 and high is None else _ZERO_PRESERVING if holds_zero else _GENERAL
 
 
 def _is_scalar(v: Any) -> bool:

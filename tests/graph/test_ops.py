@@ -262,3 +262,51 @@ def test_indices_into_the_channel_axis_keep_those_channels() -> None:
     model = bayesianize(net, example_input=x[:2])
     assert _gated_layers(model) == {"fc2"}
     _prune_and_convert(model, net, x)
+
+
+# ---------------------------------------------------------------------- clamping
+class _Clamped(_Export):
+    """ReLU6 and a ReLU written with ``clamp``, as in quantisation-friendly mobile code."""
+
+    def __init__(self, export: bool) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 3)
+        self.export = export
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.export:
+            self.check(x)
+        h = torch.clamp(self.conv1(x), min=0.0, max=6.0)
+        h = self.conv2(h).clamp_min(0)
+        h = torch.clip(self.conv3(h), -1.0, 1.0)
+        return self.fc(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
+def test_clamping_with_numbers_is_an_activation(export: bool) -> None:
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    _run(_Clamped(export), x, {"conv1", "conv2", "conv3"})
+
+
+def test_a_clamp_that_does_not_hold_zero_keeps_the_channels_it_shifts() -> None:
+    """``clamp(min=0.5)`` turns a removed (zero) channel into 0.5, which the next layer still
+    reads: the converted network keeps the rows of the layer before it (their weights folded
+    to zero), and slices the others."""
+
+    class _Floor(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2, self.head = nn.Linear(5, 12), nn.Linear(12, 10), nn.Linear(10, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(torch.relu(self.fc2(self.fc1(x).clamp(min=0.5))))
+
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    net = _Floor().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        model = bayesianize(net, example_input=x[:2])
+    assert "fc2" in _gated_layers(model)
+    det = _prune_and_convert(model, net, x)
+    assert _weight(det, "fc1").shape == (12, 5) and _weight(det, "fc2").shape[0] < 10
