@@ -224,6 +224,11 @@ register_layer(nn.Linear, out_axis=-1, tensors=_LINEAR_TENSORS, out_size="out_fe
 for _conv in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
     register_layer(_conv, out_axis=1, tensors=_LINEAR_TENSORS, out_size="out_channels",
                    in_size="in_channels", groups="groups", plain=_fresh_conv)
+# a transposed convolution stores its weight [in, out / groups, *kernel]: one group only
+# (a grouped one would need its groups sliced together; its conversion check refuses it)
+for _conv_t in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
+    register_layer(_conv_t, out_axis=1, tensors={"weight": (1, 0), "bias": (0, None)},
+                   out_size="out_channels", in_size="in_channels")
 for _bn in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
     register_layer(_bn, out_axis=1, role=LayerRole.PER_CHANNEL, tensors=_BN_TENSORS,
                    out_size="num_features", counted=("weight", "bias"), plain=_fresh_batch_norm)

@@ -4,7 +4,8 @@ Supported ops (anything else applied to a tensor that carries gated structures r
 ``ValueError`` naming the op; on ungated tensors it is allowed and pins what it touches):
 
 * producers / consumers: ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` (``groups=1`` or
-  depthwise), Bayesian layers with ``as_deterministic()`` (``BayesianLinear``,
+  depthwise), ``nn.ConvTranspose1d/2d/3d`` (``groups=1``), Bayesian layers with
+  ``as_deterministic()`` (``BayesianLinear``,
   ``BayesianConv2d``);
 * per-channel: ``nn.BatchNorm1d/2d`` and ``F.batch_norm`` (eval statistics; the functional
   form's weight, bias and statistics are sliced with the channels), structure gates;
@@ -296,6 +297,8 @@ def _classify(node: fx.Node, net: nn.Module, args: tuple, kwargs: dict, value: A
         op.module = m
         if isinstance(m, StructureGate):
             op.kind = OpKind.GATE
+        elif isinstance(m, nn.modules.conv._ConvTransposeNd) and m.groups != 1:
+            pass  # a grouped transposed convolution: its [in, out / groups] weight is not sliced
         elif _is_producer(m):
             op.kind = OpKind.PRODUCER
         elif _is_per_channel(m):

@@ -63,6 +63,20 @@ def test_slicing_keeps_the_selected_rows_and_columns(dtype: torch.dtype) -> None
     torch.testing.assert_close(layer.bias, b[rows] * scale)
 
 
+@pytest.mark.parametrize("make", [lambda: nn.ConvTranspose1d(5, 6, 3), lambda: nn.ConvTranspose2d(5, 6, 2, stride=2)],
+                         ids=["ConvTranspose1d", "ConvTranspose2d"])
+def test_a_transposed_convolution_is_sliced_on_its_weight_s_second_axis(make) -> None:
+    """Its weight is ``[in, out, *kernel]``: output channels are its second axis."""
+    torch.manual_seed(0)
+    layer = make()
+    x = torch.randn(2, 5, *([4] * (layer.weight.dim() - 2)))
+    rows, cols = torch.tensor([0, 2, 5]), torch.tensor([1, 4])
+    want = layer(x * torch.zeros(5).index_fill(0, cols, 1.0).reshape(1, 5, *([1] * (x.dim() - 2))))[:, rows]
+    slice_layer_(layer, cols, rows)
+    assert (layer.in_channels, layer.out_channels) == (2, 3)
+    torch.testing.assert_close(layer(x[:, cols]), want)
+
+
 def test_register_layer_teaches_bayesianize_and_the_converter_a_custom_layer() -> None:
     register_layer(_Dense, out_axis=-1, tensors={"w": (1, 0), "b": (0, None)}, out_size="n_out",
                    in_size="n_in", scaled=("w", "b"))

@@ -310,3 +310,42 @@ def test_a_clamp_that_does_not_hold_zero_keeps_the_channels_it_shifts() -> None:
     assert "fc2" in _gated_layers(model)
     det = _prune_and_convert(model, net, x)
     assert _weight(det, "fc1").shape == (12, 5) and _weight(det, "fc2").shape[0] < 10
+
+
+# ---------------------------------------------------------------------- transposed convolutions
+class _DoubleConv(nn.Sequential):
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+                         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class _UNet(nn.Module):
+    """A UNet as in common PyTorch code: max-pool down, ``nn.ConvTranspose2d`` up, padding to
+    the skip's size, ``torch.cat`` with it."""
+
+    def __init__(self, groups: int = 1) -> None:
+        super().__init__()
+        self.inc, self.down = _DoubleConv(1, 8), nn.Sequential(nn.MaxPool2d(2), _DoubleConv(8, 16))
+        self.up = nn.ConvTranspose2d(16, 8, 2, stride=2, groups=groups)
+        self.conv, self.outc = _DoubleConv(16, 8), nn.Conv2d(8, 3, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x1 = self.inc(x)
+        u = self.up(self.down(x1))
+        dy, dx = x1.size()[2] - u.size()[2], x1.size()[3] - u.size()[3]
+        u = F.pad(u, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
+        return self.outc(self.conv(torch.cat([x1, u], dim=1))).mean((2, 3))
+
+
+def test_a_unet_prunes_its_transposed_convolution_and_the_layer_before_it() -> None:
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    det = _run(_UNet(), x, {"up", "down.1.3", "inc.0", "conv.0"})
+    assert _weight(det, "up").shape[:2] == (10, 5)  # [in, out, 2, 2]: 16 -> 10 in, 8 -> 5 out
+
+
+def test_a_grouped_transposed_convolution_keeps_its_channels_and_the_rest_prunes() -> None:
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    net = _UNet(groups=2)
+    model = bayesianize(net.eval(), example_input=x[:2])
+    assert "up" not in _gated_layers(model) and "inc.0" in _gated_layers(model)
+    _prune_and_convert(model, net, x)
