@@ -432,7 +432,9 @@ def _gated_network(
         roots = an.root[ids]
         reaches = sorted({name for name, reached in an.untraceable if bool(torch.isin(roots, reached).any())})
         if bool(an.pinned_root[roots].all()):
-            if reaches:  # said if no layer is left at all (it may be the output layer)
+            if reaches and not _feeds_the_output(an, node):  # pinned by the op, said below
+                untraced[path] = reaches
+            elif reaches:  # an output layer: said if no layer is left at all
                 pinned_untraced[path] = reaches
             continue  # nothing of it can be removed (output layer, residual stream, ...)
         if reaches:  # some of its channels meet an op the converter cannot trace (BLOOM's baddbmm)
@@ -558,6 +560,26 @@ def _hook_after(an: Any, node: fx.Node) -> tuple[str, bool] | None:
     reader = sole_reader(an, node, lambda op: (op.kind is OpKind.ELEMENTWISE and op.elem.homogeneous)
                          or op.kind is OpKind.POOL)
     return (str(reader.target), True) if reader is not None else None
+
+
+def _feeds_the_output(an: Any, node: fx.Node) -> bool:
+    """Whether ``node``'s value reaches the network's output without passing another layer
+    (an output layer, whatever ops it goes through: a classifier pooling its last token)."""
+    from pyro_prune.graph import OpKind
+
+    seen, todo = {node}, list(node.users)
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "output":
+            return True
+        op = an.ops.get(n)
+        if op is not None and op.kind is OpKind.PRODUCER:
+            continue
+        todo.extend(n.users)
+    return False
 
 
 def _called_once(an: Any, node: fx.Node) -> bool:

@@ -656,3 +656,29 @@ def test_layers_whose_channels_reach_an_op_the_converter_cannot_trace_get_no_gat
     with pytest.warns(RuntimeWarning, match=r"query_key_value'\] get no gate: .*aten\.baddbmm"):
         model = bayesianize(_bloom().eval(), example_input=foreign.token_ids(2))
     assert [n for n in model.gates() if "query_key_value" in n] == [] and model.gates()
+
+
+class _CumulativeFeatures(nn.Module):
+    """A running sum over the features between two layers: an op the converter does not
+    trace, which pins every channel of the layer before it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(5, 12), nn.Linear(12, 10), nn.Linear(10, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.cumsum(torch.relu(self.fc1(x)), dim=-1)
+        return self.head(torch.relu(self.fc2(h)))
+
+
+def test_a_hidden_layer_an_unknown_op_pins_whole_is_named() -> None:
+    """Before, only a layer some of whose channels stayed free was named; one the op pinned
+    whole lost its gate silently. An output layer reaching such an op (a decoder classifier
+    pooling its last token) is not named: it gets no gate anyway."""
+    with pytest.warns(RuntimeWarning, match=r"\['fc1'\] get no gate: their channels reach ops the converter "
+                                            r"cannot trace \(\['torch\.cumsum"):
+        model = bayesianize(_CumulativeFeatures(), example_input=foreign.vectors(2))
+    assert [g.rows for g in structure_graph(model).gates.values()] == [("fc2",)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        bayesianize(foreign.hf_gpt2().eval(), example_input=foreign.token_ids(2))
