@@ -162,7 +162,7 @@ def _plan_from(an: DependencyAnalysis, model: PrunableNet, removed: Tensor) -> _
         new_shape[node] = tuple(len(k) for k in keep[node])
         if 0 in new_shape[node] and 0 not in op.shape:  # type: ignore[operator]
             raise UnsupportedOpError(f"slicing would empty the output of {op.name}")
-    after = _ValuesAfterSlicing(an, model.net, new_shape)
+    after = _ValuesAfterSlicing(an, new_shape)
     for node, op in an.ops.items():
         if op.kind is not OpKind.INDEX or new_shape[node] == op.shape and all(
                 new_shape[n] == an.ops[n].shape for n in op.inputs):
@@ -196,8 +196,8 @@ class _ValuesAfterSlicing:
     shapes, so that a size the network reads from a sliced tensor at run time is known to
     follow the slicing (``None`` where one cannot be re-evaluated)."""
 
-    def __init__(self, an: DependencyAnalysis, net: nn.Module, new_shape: dict[fx.Node, tuple[int, ...]]) -> None:
-        self.an, self.net, self.new_shape = an, net, new_shape
+    def __init__(self, an: DependencyAnalysis, new_shape: dict[fx.Node, tuple[int, ...]]) -> None:
+        self.an, self.new_shape = an, new_shape
         self._memo: dict[fx.Node, Any] = {}
 
     def __call__(self, node: fx.Node) -> Any:

@@ -4,8 +4,9 @@ An attention output is ``softmax(q k^T) @ v`` followed, through index ops, by an
 projection: the value operand carries channels (the heads' rows of ``v``), the
 probabilities none. The product is ``[batch, heads, queries, head_dim]``, or
 ``[batch * heads, queries, head_dim]`` where the heads are folded into the batch for ``bmm``
-(DeBERTa): the analysis runs one example, so the leading axis is then the heads'. Heads are the blocks of ``head_dim`` channels along the head axis; query
-heads that read the same value channels form one group (grouped-query attention), and one
+(DeBERTa): the analysis runs one example, so the leading axis is then the heads'. Heads are
+the blocks of ``head_dim`` channels along the head axis; query heads that read the same value
+channels form one group (grouped-query attention), and one
 gate structure covers one group. The q and k rows of a head are tied by the contraction
 ``q @ k^T``; they go when the head goes (nothing reads them any more).
 """

@@ -224,8 +224,8 @@ register_layer(nn.Linear, out_axis=-1, tensors=_LINEAR_TENSORS, out_size="out_fe
 for _conv in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
     register_layer(_conv, out_axis=1, tensors=_LINEAR_TENSORS, out_size="out_channels",
                    in_size="in_channels", groups="groups", plain=_fresh_conv)
-# a transposed convolution stores its weight [in, out / groups, *kernel]: one group only
-# (a grouped one would need its groups sliced together; its conversion check refuses it)
+# a transposed convolution stores its weight [in, out / groups, *kernel]; a grouped one is
+# left unsupported by the analysis (graph/ops.py), its groups would have to go together
 for _conv_t in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
     register_layer(_conv_t, out_axis=1, tensors={"weight": (1, 0), "bias": (0, None)},
                    out_size="out_channels", in_size="in_channels")

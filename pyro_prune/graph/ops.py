@@ -372,6 +372,8 @@ def _classify(node: fx.Node, net: nn.Module, args: tuple, kwargs: dict, value: A
             op.kind = OpKind.INDEX
         elif t in _CLAMP_METHODS and is_tensor_out:
             _classify_clamp(op, t, args, kwargs)
+            if t.endswith("_") and not op.elem.zero_preserving:  # fx reads the input's node after
+                op.kind = None  # it: its zeros would be taken for the result's
         elif t in _ELEMENTWISE_METHODS and is_tensor_out:
             op.kind, op.elem = OpKind.ELEMENTWISE, _ELEMENTWISE_METHODS[t]
         elif t in _SCALAR_METHODS and is_tensor_out:

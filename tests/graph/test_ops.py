@@ -349,3 +349,28 @@ def test_a_grouped_transposed_convolution_keeps_its_channels_and_the_rest_prunes
     model = bayesianize(net.eval(), example_input=x[:2])
     assert "up" not in _gated_layers(model) and "inc.0" in _gated_layers(model)
     _prune_and_convert(model, net, x)
+
+
+class _ClampInPlace(nn.Module):
+    """``h.clamp_(min=0.5)`` without assigning its result: fx's graph keeps reading ``h``'s
+    node, whose zeros are not the result's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(5, 12), nn.Linear(12, 10), nn.Linear(10, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc1(x)
+        h.clamp_(min=0.5)
+        return self.head(torch.relu(self.fc2(h)))
+
+
+def test_an_in_place_clamp_that_leaves_out_zero_keeps_the_channels_before_it() -> None:
+    """The analysis itself refuses the op (not only the conversion check after it)."""
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    net = _ClampInPlace().eval()
+    with pytest.warns(RuntimeWarning, match=r"\['fc1'\] get no gate: their channels reach ops the converter "
+                                            r"cannot trace \(\['Tensor\.clamp_"):
+        model = bayesianize(net, example_input=x[:2])
+    assert _gated_layers(model) == {"fc2"}
+    _prune_and_convert(model, net, x)
