@@ -22,10 +22,10 @@ from pyro_prune.graph import (
     binary_operands,
     is_linear,
     layer_slicer,
-    pad_positions,
     pool_any,
     reduce_any,
     removed_channels,
+    run_index_op,
 )
 from pyro_prune.models.base import PrunableNet
 
@@ -223,15 +223,11 @@ class _ValuesAfterSlicing:
 
 def _call_with(node: fx.Node, net: nn.Module, after: _ValuesAfterSlicing, args: tuple, kwargs: dict,
                pos: dict[fx.Node, Tensor]) -> Tensor:
+    """The index op at ``node`` run on the kept positions ``pos``, with the converted network's
+    arguments: sizes from shape computations as they come out after slicing."""
     an = after.an
-    if an.ops[node].pad is not None:  # a padding: its positions are mapped as in the analysis
-        return pad_positions(pos[an.ops[node].inputs[0]], an.ops[node].pad)  # type: ignore[arg-type]
-
-    index_values = an.ops[node].index_values or {}
 
     def value(n: fx.Node) -> Any:
-        if n in index_values:  # an index tensor, read as it is
-            return index_values[n]
         if n in pos:
             return pos[n]
         op = an.ops.get(n)
@@ -239,17 +235,10 @@ def _call_with(node: fx.Node, net: nn.Module, after: _ValuesAfterSlicing, args: 
             return after(n)  # as the converted network computes it
         return an.values[n]
 
-    a = fx.node.map_arg(args, value)
-    k = fx.node.map_arg(kwargs, value)
-    target: Any = node.target
-    if node.op == "call_function":
-        return target(*a, **k)
-    if node.op == "call_method":
-        return getattr(a[0], str(node.target))(*a[1:], **k)
-    m = net.get_submodule(str(node.target))
-    if isinstance(m, nn.Unflatten):
-        m = nn.Unflatten(m.dim, _new_unflatten_sizes(an, node, m))
-    return m(*a, **k)
+    module = None
+    if node.op == "call_module" and isinstance(m := net.get_submodule(str(node.target)), nn.Unflatten):
+        module = nn.Unflatten(m.dim, _new_unflatten_sizes(an, node, m))
+    return run_index_op(an.ops[node], net, args, kwargs, value, module)
 
 
 def _fix_sizes(sizes: Sequence[Any], old: Sequence[int], new: Sequence[int], axes: Sequence[int],

@@ -26,6 +26,7 @@ The dependency analysis the converter, the counters and ``bayesianize`` build on
   a :class:`DependencyAnalysis`: every node's :class:`Op` (its :class:`OpKind`), channel tags,
   tied groups and pinned groups;
 * :func:`removed_channels` — which channel ids the gates' masks remove physically;
+  :func:`run_index_op` — where each output of an index op reads its inputs (positions);
 * :func:`producers_after` — the producers a node reaches through the ops a predicate accepts;
   :func:`sole_reader` — the one layer reading a node; :func:`module_returning` — the module
   whose output a node is; :func:`chain_before` — the ops a node reads back to a producer;
@@ -42,7 +43,12 @@ The dependency analysis the converter, the counters and ``bayesianize`` build on
 
 from __future__ import annotations
 
-from pyro_prune.graph.analysis import DependencyAnalysis, cached_analysis, dependency_analysis
+from pyro_prune.graph.analysis import (
+    DependencyAnalysis,
+    cached_analysis,
+    dependency_analysis,
+    run_index_op,
+)
 from pyro_prune.graph.attention import attention_heads
 from pyro_prune.graph.inputs import net_device, net_dtype, search_input_shape
 from pyro_prune.graph.layers import (
@@ -60,7 +66,6 @@ from pyro_prune.graph.ops import (
     UnsupportedOpError,
     commutes_with_scale,
     is_linear,
-    pad_positions,
     supported_ops,
 )
 from pyro_prune.graph.paths import chain_before, module_returning, producers_after, sole_reader
@@ -81,8 +86,8 @@ __all__ = [
     "SIZED_ATEN_OPS", "SIZED_METHODS", "DependencyAnalysis", "GateInfo", "LayerRole", "LayerSlicer",
     "ModuleGraph", "Op", "OpKind", "StructureGraph", "UnsupportedOpError", "attention_heads",
     "binary_operands", "cached_analysis", "chain_before", "commutes_with_scale", "dependency_analysis", "head_rows", "is_linear",
-    "layer_slicer", "modes_restored", "module_graph", "module_returning", "net_device", "net_dtype", "pad_positions", "pool_any",
+    "layer_slicer", "modes_restored", "module_graph", "module_returning", "net_device", "net_dtype", "pool_any",
     "producer_module", "producers_after", "reduce_any", "register_layer", "registered_layers",
-    "removed_channels", "search_input_shape", "shrinkable_gates", "sole_reader", "structure_graph",
+    "removed_channels", "run_index_op", "search_input_shape", "shrinkable_gates", "sole_reader", "structure_graph",
     "structure_rows", "supported_ops", "warn_cannot_shrink",
 ]

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -375,8 +376,8 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
                 axes = indexed_axes(node, env[op.inputs[0]], *_env_args(node, env))
                 if axes is None or not _const_along(source, axes):  # channels along an indexed
                     pinned.append(ids_of(source))  # axis: the indices would need rewriting
-            pmap = pad_positions(pos[op.inputs[0]], op.pad) if op.pad is not None \
-                else _run_index_op(node, net, env, pos)
+            pmap = run_index_op(op, net, node.args, node.kwargs,
+                                lambda n, pos=pos: pos[n] if n in pos else env[n])  # type: ignore[misc]
             op.posmap, op.in_numels = pmap.contiguous(), tuple(numels)
             flat = torch.cat([tags[n].reshape(-1) for n in op.inputs])
             tags[node] = flat[op.posmap]
@@ -452,15 +453,33 @@ def _env_args(node: fx.Node, env: dict) -> tuple[tuple, dict]:
     return fx.node.map_arg(node.args, lambda n: env[n]), dict(fx.node.map_arg(node.kwargs, lambda n: env[n]))
 
 
-def _run_index_op(node: fx.Node, net: nn.Module, env: dict, pos: dict[fx.Node, Tensor]) -> Tensor:
-    args = fx.node.map_arg(node.args, lambda n: pos[n] if n in pos else env[n])
-    kwargs = fx.node.map_arg(node.kwargs, lambda n: pos[n] if n in pos else env[n])
+def run_index_op(op: Op, net: nn.Module, args: Any, kwargs: Any, value: Callable[[fx.Node], Any],
+                 module: nn.Module | None = None) -> Tensor:
+    """Run the index op ``op`` on position ids: where each of its outputs reads its inputs.
+
+    ``args``/``kwargs``: the node's arguments (or the converter's rewritten ones), each node in
+    them replaced by ``value(node)`` (positions for the tensors that carry them, values for the
+    rest); index tensors are read as the example run gave them (:attr:`Op.index_values`), a
+    padding maps its border as :func:`~pyro_prune.graph.ops.pad_positions` does; ``module``
+    replaces the node's own module (a rebuilt ``nn.Unflatten``). The analysis and the
+    converter's check both map positions with it, so they agree by construction.
+    """
+    node = op.node
+    index_values = op.index_values or {}
+
+    def lookup(n: fx.Node) -> Any:
+        return index_values[n] if n in index_values else value(n)
+
+    if op.pad is not None:
+        return pad_positions(lookup(op.inputs[0]), op.pad)
+    a = fx.node.map_arg(args, lookup)
+    k = fx.node.map_arg(kwargs, lookup)
     target: Any = node.target
     if node.op == "call_function":
-        return target(*args, **kwargs)
+        return target(*a, **k)
     if node.op == "call_method":
-        return getattr(args[0], str(node.target))(*args[1:], **kwargs)
-    return net.get_submodule(str(node.target))(*args, **kwargs)
+        return getattr(a[0], str(node.target))(*a[1:], **k)
+    return (module or net.get_submodule(str(node.target)))(*a, **k)
 
 
 def dependency_analysis(model: PrunableNet, example_input: Any = None) -> DependencyAnalysis:

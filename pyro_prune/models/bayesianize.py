@@ -238,8 +238,8 @@ def bayesianize(
             with one warning naming it and why, so that every structure the model can remove
             also leaves the converted network. Examples: attention heads whose scores add a
             per-head bias gathered from a table (Swin, MPNet), single q/k/v neurons where the
-            heads are not found (DeBERTa-v2), a layer whose width a later ``reshape`` reads
-            from a tensor's shape (EfficientNet's ``top_bn``). Costs one conversion of the
+            heads are not found (Swin's, whose heads get no gate), a layer whose width a later
+            ``view`` reads from a tensor that is not sliced with it. Costs one conversion of the
             network, a few more when a gate fails (the failing set is halved down to its gates).
 
     Raises:
