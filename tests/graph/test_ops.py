@@ -374,3 +374,28 @@ def test_an_in_place_clamp_that_leaves_out_zero_keeps_the_channels_before_it() -
         model = bayesianize(net, example_input=x[:2])
     assert _gated_layers(model) == {"fc2"}
     _prune_and_convert(model, net, x)
+
+
+@pytest.mark.filterwarnings("ignore:pruning would empty")
+def test_the_default_recipe_prunes_a_unet_and_converts_it() -> None:
+    """``fit`` with ``ContinuousPruning()`` and nothing else (the epochs chosen for the data
+    set's size) on the UNet above: its transposed convolution, padding and skip concatenation
+    prune, and the converted network equals the model."""
+    from torch.utils.data import TensorDataset
+
+    from pyro_prune.inference import ContinuousPruning, fit
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(192, 1, 8, 8, generator=gen)
+    y = (x[:, :, :4].mean((1, 2, 3)) > 0).long() + (x[:, :, :, :4].mean((1, 2, 3)) > 0).long()
+    torch.manual_seed(0)
+    net = _UNet().eval()
+    model = bayesianize(net, example_input=x[:2])
+    result = fit(model, TensorDataset(x, y), batch_size=32, lr=1e-2, progress=False, seed=0,
+                 schedule=ContinuousPruning())
+    assert "removed" in str(result.report) and not all(bool(g.kept.all()) for g in model.gates().values())
+    model.eval()
+    det = to_deterministic(model, example_input=x[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(det(x), model.predict(x), rtol=1e-5, atol=1e-5)
+    assert count_params(det) < count_params(net) // 2
