@@ -106,8 +106,11 @@ class EpochTrainer:
                 loss.backward()
                 n_local = len(xb)
                 if out is not None and model.likelihood is Likelihood.CATEGORICAL:
-                    hits, labels = correct_and_counted(out.detach(), yb, model.ignore_index)
-                    right, count = float(hits.sum()), float(labels.sum())
+                    if yb.dim() == 1:  # class labels, each counted: one comparison, one read
+                        right, count = float((out.detach().argmax(-1) == yb).sum()), float(len(yb))
+                    else:
+                        hits, labels = correct_and_counted(out.detach(), yb, model.ignore_index)
+                        right, count = float(hits.sum()), float(labels.sum())
             n_step, loss_value, right, count = self.sync.reduce(n_local, loss_value, right, count)
             if n_step == 0:  # every rank's stream has ended
                 break

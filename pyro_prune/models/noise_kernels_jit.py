@@ -71,6 +71,25 @@ __all__ = ["MAX_DRAWS", "CounterUniforms", "available", "counter_uniforms", "dra
            "network_theta_and_kl", "set_enabled", "usable", "usable_counter"]
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
+#: ``log 2`` split so that ``k * _LN2_HI`` is exact for ``|k| < 2^24`` (29 significant bits)
+#: and ``_LN2_LO = log 2 - _LN2_HI`` to float64 precision
+_LN2_HI = 0.6931471787393093
+_LN2_LO = 1.8206359985041462e-09
+#: ``erfcx(x) = e^(x^2) erfc(x) ~ P((x - K) / (x + K)) / (K + x)`` on ``[0, inf)``: ``P`` of degree
+#: 24, the least-squares Chebyshev fit at 400 Chebyshev points of ``t = (x - K) / (x + K)`` in
+#: ``(-1, 1)`` of ``(K + x) erfcx(x)`` evaluated in 40-digit arithmetic, written in powers of
+#: ``t`` (the sum of the coefficients' magnitudes is 2.5, so Horner's rule loses nothing);
+#: relative error below 5e-15 (``tests/models/test_noise_kernels_jit.py`` derives the fit again)
+_ERFCX_K = 2.5
+_ERFCX_POLYNOMIAL = (
+    1.0540318203057186, -0.8046518494391512, 0.45391411664802095, -0.17125114524566443,
+    0.028361550135628424, 0.008393044292264078, -0.004818785589467549, -0.0004392081504774515,
+    0.0007026943377390141, 5.830708221105584e-05, -0.00011260818086764622, -1.9529476485157325e-05,
+    1.8255970344622904e-05, 6.747607672327249e-06, -2.358781045490367e-06, -1.9519479496703496e-06,
+    3.4463217139576215e-08, 4.367773297240028e-07, 9.719293757189966e-08, -6.233123768056441e-08,
+    -2.6440561995506203e-08, 1.864504138226077e-09, 1.1853801143688956e-09, 7.408625714805597e-10,
+    5.268356063861758e-10,
+)
 _TINY = {torch.float32: float(torch.finfo(torch.float32).tiny),
          torch.float64: float(torch.finfo(torch.float64).tiny)}
 
@@ -311,62 +330,151 @@ def _compile() -> tuple[Any, Any, Any, Any]:
                 dsi[j] = (t - al[j] * da - be[j] * db) * s[j] * passes[j]
                 ci[j] = e_x[j] * pow_x[j] * kept[j]
 
+    # float64 e^x, log x and erfcx x written so that loops over the structures compile to
+    # vector instructions (the library functions do not vectorise): :func:`prepare` evaluates
+    # them for every structure of the network at each step
+    ln2_hi, ln2_lo, log2e, sqrt2 = _LN2_HI, _LN2_LO, 1.0 / math.log(2.0), math.sqrt(2.0)
+    i1023, s52, two_m54 = np.int64(1023), np.int64(52), 2.0 ** -54
+    mantissa64, exponent_0_64 = np.int64((1 << 52) - 1), np.int64(1023 << 52)
+    t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12, t13 = (
+        1.0 / math.factorial(k) for k in range(14))
+    (h0, h1, h2, h3, h4, h5, h6, h7, h8, h9, h10, h11, h12, h13, h14, h15, h16, h17, h18, h19, h20,
+     h21, h22, h23, h24) = _ERFCX_POLYNOMIAL
+    k_erfcx = _ERFCX_K
+
+    @numba.njit(cache=True, inline="always", error_model="numpy")
+    def exp64(x):
+        # e^x = 2^k e^r, |r| <= log(2) / 2, as (e^r, the bits of the float 2^k): e^r by its
+        # Taylor polynomial of degree 13 (remainder below 5e-18); below 2^-1022 (x < -708.4)
+        # the power is 2^(k + 54) and e^r carries the 2^-54, so that the product rounds into
+        # the subnormal floats as the library's e^x does; 0 below x = -745.2
+        y = min(max(x, -745.2), 709.0)
+        k = math.floor(y * log2e + 0.5)
+        r = (y - k * ln2_hi) - k * ln2_lo  # k ln2_hi is exact: ln2_hi has 29 significant bits
+        e_r = t0 + r * (t1 + r * (t2 + r * (t3 + r * (t4 + r * (t5 + r * (t6 + r * (t7 + r * (
+            t8 + r * (t9 + r * (t10 + r * (t11 + r * (t12 + r * t13))))))))))))
+        low_range = k < -1022.0
+        e_r = e_r * two_m54 if low_range else e_r
+        k = k + 54.0 if low_range else k
+        return (e_r if x >= -745.2 else 0.0), (np.int64(k) + i1023) << s52
+
+    @numba.njit(cache=True, inline="always", error_model="numpy")
+    def erfcx(x):
+        # e^(x^2) erfc(x) for x >= 0: a polynomial of degree 24 in t = (x - K) / (x + K), divided
+        # by K + x (relative error below 5e-15 on [0, inf); see _ERFCX_POLYNOMIAL)
+        t = (x - k_erfcx) / (x + k_erfcx)
+        h = h0 + t * (h1 + t * (h2 + t * (h3 + t * (h4 + t * (h5 + t * (h6 + t * (h7 + t * (h8 + t * (
+            h9 + t * (h10 + t * (h11 + t * (h12 + t * (h13 + t * (h14 + t * (h15 + t * (h16 + t * (
+                h17 + t * (h18 + t * (h19 + t * (h20 + t * (h21 + t * (h22 + t * (h23 + t * h24)))))))))))))))))))))))
+        return h / (k_erfcx + x)
+
     @numba.njit(cache=True, error_model="numpy")
     def prepare(loc, log_scale, weight, kept, low, high, reach, per, per32):  # pragma: no cover - compiled
         """Per structure: what the draws need (in ``per``, and in float32 in ``per32`` for
         :func:`draw32`); returns ``(kl_sum, in_reach)``. Columns ``n:`` of both are padding:
         an untruncated standard normal with ``kept = 0``, so that the draws' loops run over a
-        multiple of the vector width."""
+        multiple of the vector width.
+
+        In float64, in loops over the structures that compile to vector instructions, each
+        with few arrays (more and the compiler gives up its checks that they do not overlap),
+        the sums outside them: ``Phi`` of a bound ``c <= 0`` is ``e^(-c^2 / 2) erfcx(-c / sqrt 2) / 2``,
+        the exponential it needs also ``phi(c)``; sigma is rounded to the parameters' dtype,
+        as the torch kernels compute it."""
         n = loc.shape[0]
-        for j in range(n, per.shape[1]):
+        m = per.shape[1]
+        for j in range(n, m):
             per[:, j] = 0.0
             per[0, j], per[1, j], per[2, j], per[8, j], per[11, j] = 1.0, -clip, clip, 1.0, 0.5 * (low + high)
             for k in range(8):
                 per32[k, j] = per[rows32[k], j]
             per32[8, j] = 0.0
-        kl_sum = 0.0
-        log_width = math.log(high - low)
+        # e^x as (e^r, 2^k) in pairs of arrays, the powers of two read through a float view
+        e_r = np.empty((5, m))
+        bits = np.empty((5, m), dtype=np.int64)
+        pow2 = bits.view(np.float64)
+        sigma = np.empty(m, dtype=log_scale.dtype)
+        er0, b0 = e_r[0], bits[0]
         for j in range(n):
-            log_s = float(log_scale[j])
-            s = math.exp(log_s)
+            er0[j], b0[j] = exp64(float(log_scale[j]))
+        p0 = pow2[0]
+        for j in range(n):
+            sigma[j] = er0[j] * p0[j]
+        out_of_reach = 0
+        for j in range(n):
+            s = float(sigma[j])
             inv = 1.0 / s
             al = min(max((low - loc[j]) * inv, -clip), clip)
             be = min(max((high - loc[j]) * inv, -clip), clip)
             flipped = al > 0.0
-            a = -be if flipped else al
-            b = -al if flipped else be
-            if not b > -reach:
-                return 0.0, False
-            # a bound clipped at +-50 has Phi exactly 0 or 1 and phi exactly 0 in float64: the
-            # special functions are skipped there (the same values, a third of the time)
-            pa = 0.0 if a == -clip else 0.5 * math.erfc(-a * inv_sqrt_2)
-            z = (1.0 if b == clip else 0.5 * math.erfc(-b * inv_sqrt_2)) - pa
-            ra = 0.0 if abs(al) == clip else math.exp(-0.5 * al * al) * inv_sqrt_2pi / z
-            rb = 0.0 if abs(be) == clip else math.exp(-0.5 * be * be) * inv_sqrt_2pi / z
-            g = al * ra - be * rb
-            kl = log_width - math.log(z) - log_s - half_log_2pi_e - 0.5 * g
-            kl_sum += kl * weight[j]
+            out_of_reach += 0 if (be if not flipped else -al) > -reach else 1
             per[0, j] = s
             per[1, j] = al
             per[2, j] = be
             per[3, j] = 1.0 if flipped else 0.0
-            per[4, j] = ra
-            per[5, j] = rb
-            per[6, j] = g
-            per[7, j] = pa
-            per[8, j] = z
             per[9, j] = 1.0 if abs(al) <= clip else 0.0  # bounds clipped at +-50 pass no gradient
             per[10, j] = 1.0 if abs(be) <= clip else 0.0
             per[11, j] = float(loc[j])
             # phi(alpha) / phi(t) = e^(t^2/2 - c) e^(c - alpha^2/2) with c the smaller of
             # alpha^2/2 and beta^2/2: one exponential per draw, a factor <= 1 per structure
-            c = 0.5 * min(al * al, be * be)
-            per[12, j] = c
-            per[13, j] = (1.0 if al * al <= be * be else math.exp(c - 0.5 * al * al)) * per[9, j]
-            per[14, j] = (1.0 if be * be <= al * al else math.exp(c - 0.5 * be * be)) * per[10, j]
-            for k in range(8):
-                per32[k, j] = per[rows32[k], j]
-            per32[8, j] = kept[j]
+            per[12, j] = 0.5 * min(al * al, be * be)
+        if out_of_reach:
+            return 0.0, False
+        al_row, be_row, c_row = per[1], per[2], per[12]
+        er1, er2, b1, b2 = e_r[1], e_r[2], bits[1], bits[2]
+        for j in range(n):
+            er1[j], b1[j] = exp64(-0.5 * al_row[j] * al_row[j])
+            er2[j], b2[j] = exp64(-0.5 * be_row[j] * be_row[j])
+        er3, er4, b3, b4 = e_r[3], e_r[4], bits[3], bits[4]
+        for j in range(n):
+            er3[j], b3[j] = exp64(c_row[j] - 0.5 * al_row[j] * al_row[j])
+            er4[j], b4[j] = exp64(c_row[j] - 0.5 * be_row[j] * be_row[j])
+        z_row = per[8]
+        for j in range(n):
+            al, be, flipped = al_row[j], be_row[j], per[3, j] > 0.0
+            phi_al, phi_be = er1[j] * pow2[1, j], er2[j] * pow2[2, j]  # e^(-alpha^2/2), e^(-beta^2/2)
+            a = -be if flipped else al
+            b = -al if flipped else be
+            # a clipped bound (+-50) has e^(-c^2/2) = 0: Phi exactly 0 or 1, phi 0
+            pa = 0.5 * (phi_be if flipped else phi_al) * erfcx(-a * inv_sqrt_2)
+            tail_b = 0.5 * (phi_al if flipped else phi_be) * erfcx(abs(b) * inv_sqrt_2)
+            z = (tail_b if b <= 0.0 else 1.0 - tail_b) - pa
+            z_row[j] = z
+            per[4, j] = phi_al * inv_sqrt_2pi / z
+            per[5, j] = phi_be * inv_sqrt_2pi / z
+            per[7, j] = pa
+            per[13, j] = er3[j] * pow2[3, j] * per[9, j]
+            per[14, j] = er4[j] * pow2[4, j] * per[10, j]
+        # log z = e log 2 + log f, z = f 2^e with f in [1/sqrt 2, sqrt 2): 2 atanh((f - 1) / (f + 1))
+        z_bits, fraction, exponent = z_row.view(np.int64), b0, er0
+        for j in range(n):
+            zb = z_bits[j]
+            fraction[j] = (zb & mantissa64) | exponent_0_64
+            exponent[j] = float((zb >> s52) - i1023)
+        f_row, kl = fraction.view(np.float64), er1
+        log_width = math.log(high - low)
+        for j in range(n):
+            f, e = f_row[j], exponent[j]
+            big = f > sqrt2
+            f = 0.5 * f if big else f
+            e = e + 1.0 if big else e
+            q = (f - 1.0) / (f + 1.0)
+            q2 = q * q
+            log_f = 2.0 * q * (1.0 + q2 * (1.0 / 3 + q2 * (1.0 / 5 + q2 * (1.0 / 7 + q2 * (1.0 / 9 + q2 * (
+                1.0 / 11 + q2 * (1.0 / 13 + q2 * (1.0 / 15 + q2 * (1.0 / 17 + q2 * (1.0 / 19 + q2 / 21))))))))))
+            log_z = e * ln2_hi + (log_f + e * ln2_lo)
+            g = al_row[j] * per[4, j] - be_row[j] * per[5, j]
+            per[6, j] = g
+            kl[j] = (log_width - log_z - float(log_scale[j]) - half_log_2pi_e - 0.5 * g) * weight[j]
+        kl_sum = 0.0
+        for j in range(n):
+            kl_sum += kl[j]
+        for k in range(8):
+            src, dst = per[rows32[k]], per32[k]
+            for j in range(n):
+                dst[j] = src[j]
+        dst = per32[8]
+        for j in range(n):
+            dst[j] = kept[j]
         return kl_sum, True
 
     @numba.njit(cache=True, error_model="numpy")
