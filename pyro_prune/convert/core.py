@@ -78,6 +78,8 @@ from pyro_prune.graph import (
     dependency_analysis,
     modes_restored,
 )
+from pyro_prune.graph.layers import layer_slicer
+from pyro_prune.graph.removal import _constant_pass, _gate_kept, constant_columns
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.models.bayesian import BayesianLayer, link_output_gates
 from pyro_prune.models.gate import StructureGate
@@ -98,6 +100,35 @@ def _check_guide(model: PrunableNet, guide: Any) -> None:
         "guide must be None or model.guide: the converter reads the variational parameters "
         "stored in the model's modules (gate loc/log_scale, Bayesian layers' weight_loc/"
         f"weight_log_scale); got {type(guide).__name__}")
+
+
+def _fold_constant_columns(layer: nn.Module, in_idx: Tensor | None, constants: Tensor | None) -> None:
+    """Fold the input columns a Linear-like ``layer`` loses that hold a constant (a removed
+    structure after a map such as ``sigmoid``: ``sigmoid(0) = 0.5``) into its bias, in place:
+    ``b += W[:, gone] c[gone]`` (a bias is added where the layer has none). Columns the
+    converter keeps, and columns whose constant is unknown (dead ones: nothing they reach is
+    used), fold nothing."""
+    if constants is None or in_idx is None:
+        return
+    gone = torch.ones(constants.shape[0], dtype=torch.bool)
+    gone[in_idx.to(torch.long)] = False
+    c = torch.where(gone, constants.nan_to_num(0.0), torch.zeros_like(constants))
+    if not bool((c != 0).any()):
+        return
+    slicer = layer_slicer(layer)
+    assert slicer is not None and "bias" in slicer.tensors
+    out_dim, in_dim = slicer.tensors["weight"]
+    assert out_dim is not None and in_dim is not None
+    weight: Tensor = layer.weight  # type: ignore[assignment]
+    shape = [1] * weight.dim()
+    shape[in_dim] = -1
+    with torch.no_grad():
+        shift = (weight.detach() * c.to(weight).reshape(shape)).sum(dim=in_dim)
+        bias = getattr(layer, "bias", None)
+        if bias is None:
+            layer.bias = nn.Parameter(shift.clone())  # type: ignore[assignment]
+        else:
+            bias.add_(shift.to(bias))
 
 
 def to_deterministic(model: PrunableNet, guide: Any = None, *, example_input: Any = None,
@@ -173,6 +204,7 @@ def to_deterministic(model: PrunableNet, guide: Any = None, *, example_input: An
         idx = plan.keep[gnode][d]
         scale_modules[gnode] = ChannelScale(s.to(an.dtype).index_select(0, idx.to(s.device)), d, len(op.shape))  # type: ignore[arg-type]
 
+    constants: dict[fx.Node, Tensor] | None = None  # the constant pass, run on first use
     for node, op in an.ops.items():
         if node.op == "get_attr":
             t = an.attribute(net, str(node.target))
@@ -195,8 +227,12 @@ def to_deterministic(model: PrunableNet, guide: Any = None, *, example_input: An
             in_idx, out_idx = _producer_indices(an, plan, node, op)
             rs = row_scale.get(target)
             rows: Tensor | None = rs[1] if rs is not None else None
+            layer = plain_layer(m)
+            if constants is None:
+                constants = _constant_pass(an, net, _gate_kept(an, model))
+            _fold_constant_columns(layer, in_idx, constant_columns(constants, op))
             try:
-                root[target] = slice_layer_(plain_layer(m), in_idx, out_idx, row_scale=rows,
+                root[target] = slice_layer_(layer, in_idx, out_idx, row_scale=rows,
                                             col_scale=col_scale.get(target))
             except ValueError as err:
                 raise UnsupportedOpError(f"{op.name}: {err}") from err

@@ -22,6 +22,7 @@ from pyro_prune.graph import (
     removed_channels,
     warn_cannot_shrink,
 )
+from pyro_prune.graph.removal import _constant_pass, _gate_kept, constant_columns
 from pyro_prune.models.base import PrunableNet
 
 
@@ -39,6 +40,7 @@ def _count_from_removed(an: DependencyAnalysis, model: PrunableNet, removed: Ten
     total = 0
     seen_modules: set[str] = set()
     seen_attrs: set[int] = set()
+    constants: dict[Any, Tensor] | None = None  # the constant pass, run where a layer without bias may need one
     for node, op in an.ops.items():
         if node.op == "get_attr" and op.is_tensor:
             t = an.attribute(net, str(node.target))
@@ -64,6 +66,13 @@ def _count_from_removed(an: DependencyAnalysis, model: PrunableNet, removed: Ten
             assert slicer is not None
             in_kept = _kept_count(removed, op.cols, slicer.num_in(m))
             total += counted_params(m, out_kept, in_kept)
+            if all(getattr(m, n, None) is None for n in ("bias", "bias_loc")) and op.cols is not None:
+                if constants is None:
+                    constants = _constant_pass(an, net, _gate_kept(an, model)) or {}
+                folded = constant_columns(constants, op)
+                gone = (op.cols >= 0) & removed[op.cols.clamp_min(0)]
+                if folded is not None and bool((gone & (folded.nan_to_num(0.0) != 0)).any()):
+                    total += out_kept  # the bias the converter adds to fold those columns into
         elif op.kind is OpKind.BATCH_NORM:
             c = _kept_count(removed, op.cols, op.channels)
             total += counted_params(m, c, c)

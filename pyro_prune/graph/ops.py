@@ -96,6 +96,10 @@ _ELEMENTWISE_FUNCTIONS: dict[Any, _Elem] = {
     F.tanh: _ZERO_PRESERVING, F.elu: _ZERO_PRESERVING, F.hardswish: _ZERO_PRESERVING,
     F.relu6: _ZERO_PRESERVING, F.hardtanh: _ZERO_PRESERVING, F.mish: _ZERO_PRESERVING,
     torch.sigmoid: _GENERAL, F.sigmoid: _GENERAL, F.softplus: _GENERAL,
+    torch.special.expit: _GENERAL, F.hardsigmoid: _GENERAL, F.logsigmoid: _GENERAL,
+    torch.exp: _GENERAL, torch.cos: _GENERAL, torch.erfc: _GENERAL,
+    torch.sin: _ZERO_PRESERVING, torch.erf: _ZERO_PRESERVING, torch.expm1: _ZERO_PRESERVING,
+    torch.log1p: _ZERO_PRESERVING, torch.square: _ZERO_PRESERVING, torch.atan: _ZERO_PRESERVING,
     # in place: fx keeps using the input's node after an in-place op whose result is not
     # assigned, so only ops for which that node's channels and zeros are the result's
     torch.relu_: _HOMOGENEOUS, F.relu_: _HOMOGENEOUS,
@@ -104,6 +108,8 @@ _ELEMENTWISE_METHODS: dict[str, _Elem] = {
     "relu": _HOMOGENEOUS, "abs": _HOMOGENEOUS, "neg": _HOMOGENEOUS,
     "float": _HOMOGENEOUS, "double": _HOMOGENEOUS, "to": _HOMOGENEOUS, "type_as": _HOMOGENEOUS,
     "tanh": _ZERO_PRESERVING, "sigmoid": _GENERAL, "relu_": _HOMOGENEOUS,
+    "exp": _GENERAL, "cos": _GENERAL, "sin": _ZERO_PRESERVING, "erf": _ZERO_PRESERVING,
+    "expm1": _ZERO_PRESERVING, "log1p": _ZERO_PRESERVING, "square": _ZERO_PRESERVING,
 }
 #: clamping to bounds given as numbers: an elementwise op whose kind depends on the bounds
 _CLAMP_FUNCTIONS = {torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max}

@@ -11,6 +11,7 @@ import torch.fx as fx
 from torch import Tensor
 
 from pyro_prune.graph.analysis import DependencyAnalysis
+from pyro_prune.graph.layers import layer_slicer
 from pyro_prune.graph.ops import Op, OpKind, is_linear
 from pyro_prune.graph.ties import _reduce_to
 from pyro_prune.models.base import PrunableNet
@@ -70,6 +71,101 @@ def _nonzero_pass(an: DependencyAnalysis, kept: dict[fx.Node, Tensor]) -> dict[f
         else:  # producers, norms, softmax, non-zero-preserving maps, inputs, unsupported
             nz[node] = true.expand(shape)
     return nz
+
+
+#: op kinds whose values the constant pass follows (it runs them on the values it tracks)
+_FOLLOWED = (OpKind.GATE, OpKind.ELEMENTWISE, OpKind.BINARY, OpKind.POOL, OpKind.INDEX)
+
+
+def _constant_reach(an: DependencyAnalysis) -> dict[fx.Node, bool] | None:
+    """The nodes a removed structure's zero reaches through the ops the constant pass follows
+    (value ``True`` once past an elementwise map that does not keep 0 at 0, where the zero
+    becomes another constant: ``sigmoid(0) = 0.5``, ``clamp(0, min=0.5) = 0.5``); ``None`` when
+    no Linear layer reads such a value, so that nothing can be folded."""
+    reach: dict[fx.Node, bool] = {}
+    for node, op in an.ops.items():
+        if not op.is_tensor or op.kind not in _FOLLOWED:
+            continue
+        if op.kind is OpKind.GATE:
+            reach[node] = False
+            continue
+        seen = [reach[n] for n in op.inputs if n in reach]
+        if seen:
+            reach[node] = any(seen) or (op.kind is OpKind.ELEMENTWISE and not op.elem.zero_preserving)
+    for op in an.ops.values():
+        if op.kind is OpKind.PRODUCER and op.inputs and reach.get(op.inputs[0]) and is_linear(op.module):
+            return reach
+    return None
+
+
+def _constant_pass(an: DependencyAnalysis, net: Any, kept: dict[fx.Node, Tensor]
+                   ) -> dict[fx.Node, Tensor] | None:
+    """Forward: per position, the value it takes whatever the input, NaN where it varies, for the
+    floating-point tensors a removed structure's zero reaches (:func:`_constant_reach`).
+
+    A removed structure is 0 after its gate; the ops on the way (activations, elementwise
+    arithmetic, pooling, index ops, paddings) are run on these values themselves, so a map
+    that does not keep 0 at 0 gives its true constant (``sigmoid`` 0.5, ``softplus`` log 2)
+    and a zero border or a mean over a window with padding gives what it gives per position;
+    NaN propagates through them where a value varies. A tensor not tracked (not floating
+    point, not reached, or an op that failed on these values) is absent: its users vary.
+    ``None`` when nothing can be folded."""
+    reach = _constant_reach(an)
+    if reach is None:
+        return None
+    cv: dict[fx.Node, Tensor] = {}
+    nan = float("nan")
+
+    def value(n: fx.Node) -> Any:
+        if n in cv:
+            return cv[n]
+        if n.op == "get_attr":
+            return an.attribute(net, str(n.target))
+        return an.values[n]  # a non-tensor argument (KeyError: an untracked tensor)
+
+    for node, op in an.ops.items():
+        if node not in reach:
+            continue
+        if op.kind is OpKind.GATE:
+            cv[node] = torch.full(op.shape, nan, dtype=an.dtype).masked_fill(~kept[node].expand(op.shape), 0.0)
+            continue
+        if any(n not in cv and n.op != "get_attr" for n in op.inputs):
+            continue  # an operand whose values are not tracked: the result varies
+        try:
+            args = fx.node.map_arg(node.args, value)
+            kwargs = fx.node.map_arg(node.kwargs, value)
+            with torch.no_grad():
+                if node.op == "call_function":
+                    out = node.target(*args, **kwargs)  # type: ignore[operator]
+                elif node.op == "call_method":
+                    out = getattr(args[0], str(node.target))(*args[1:], **kwargs)
+                else:  # in eval mode, as the converted network runs it (dropout: the identity)
+                    module = net.get_submodule(str(node.target))
+                    training, module.training = module.training, False
+                    try:
+                        out = module(*args, **kwargs)
+                    finally:
+                        module.training = training
+        except Exception:  # noqa: BLE001 - an op these values do not suit: the result varies
+            continue
+        if isinstance(out, Tensor) and out.is_floating_point() and tuple(out.shape) == op.shape:
+            cv[node] = out
+    return cv
+
+
+def constant_columns(cv: dict[fx.Node, Tensor] | None, op: Op) -> Tensor | None:
+    """Per input column of a Linear-like producer ``op``: the value the column holds at every
+    position whatever the input, NaN where it varies or differs between positions (``None``:
+    no column is known)."""
+    x = None if cv is None or not op.inputs else cv.get(op.inputs[0])
+    if x is None or op.cols is None or not is_linear(op.module):
+        return None
+    slicer = layer_slicer(op.module)
+    if slicer is None or (slicer.plain is None and "bias" not in slicer.tensors):
+        return None  # a layer with no bias to fold a constant into
+    per = x.movedim(x.dim() - 1, 0).reshape(len(op.cols), -1)
+    same = (per == per[:, :1]).all(-1) & per[:, 0].isfinite()  # log(0) = -inf folds nothing
+    return torch.where(same, per[:, 0], torch.full_like(per[:, 0], float("nan")))
 
 
 def binary_operands(op: Op) -> tuple[fx.Node, fx.Node]:
@@ -171,16 +267,21 @@ def removed_channels(an: DependencyAnalysis, model: PrunableNet) -> Tensor:
     key = torch.cat([k.reshape(-1) for k in kept.values()]) if kept else torch.zeros(0, dtype=torch.bool)
     if an.last_kept is not None and an.last_removed is not None and torch.equal(key, an.last_kept):
         return an.last_removed.clone()
-    removed = _removed_from_kept(an, kept)
+    removed = _removed_from_kept(an, kept, model.net)
     an.last_kept, an.last_removed = key.clone(), removed.clone()
     return removed
 
 
-def _removed_from_kept(an: DependencyAnalysis, kept: dict[fx.Node, Tensor]) -> Tensor:
+def _removed_from_kept(an: DependencyAnalysis, kept: dict[fx.Node, Tensor], net: Any = None) -> Tensor:
+    """The channel ids the masks ``kept`` remove. A Linear layer's input column that holds
+    the same value at every position whatever the input (a removed structure after a map
+    such as ``sigmoid``) is not needed: the converter folds it into the layer's bias (with
+    ``net``, the backbone the constant pass runs; without, no column is folded)."""
     if all(bool(k.all()) for k in kept.values()):
         return torch.zeros(an.n_ids, dtype=torch.bool)
     nz = _nonzero_pass(an, kept)
     live, contrib = _live_pass(an, kept, nz)
+    cv = _constant_pass(an, net, kept) if net is not None else None
     needed = torch.zeros(an.n_ids, dtype=torch.bool)  # live producer rows / needed columns
     for nodes in an.producers.values():
         for node in nodes:
@@ -195,6 +296,9 @@ def _removed_from_kept(an: DependencyAnalysis, kept: dict[fx.Node, Tensor]) -> T
                 x = nz[op.inputs[0]] & li[0]
                 axis = x.dim() - 1 if is_linear(op.module) else 1  # type: ignore[arg-type]
                 cols_needed = x.movedim(axis, 0).reshape(len(op.cols), -1).any(-1)
+                constant = constant_columns(cv, op)
+                if constant is not None:  # folded into the bias when its channel goes
+                    cols_needed &= constant.isnan()
                 sel = cols_needed & (op.cols >= 0)
                 needed[op.cols[sel]] = True
     for node, op in an.ops.items():

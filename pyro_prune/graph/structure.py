@@ -93,7 +93,8 @@ def structure_graph(model: Any, example_input: Any = None) -> StructureGraph:
     entry = _CACHE.get(model)
     if entry is not None and entry[0] is an:
         return entry[1]
-    every_gone = _removed_from_kept(an, {n: torch.zeros_like(k) for n, k in _gate_kept(an, model).items()})
+    every_gone = _removed_from_kept(an, {n: torch.zeros_like(k) for n, k in _gate_kept(an, model).items()},
+                                    model.net)
     graph = StructureGraph(gates={name: _gate_info(an, model, name, node, every_gone)
                                   for name, node in an.gates.items()}, tracer=an.tracer)
     _CACHE[model] = (an, graph, {})
@@ -129,7 +130,7 @@ def structure_rows(model: Any, name: str, example_input: Any = None) -> dict[str
         for s in range(info.num_structures):
             off = torch.ones(info.num_structures, dtype=torch.bool)
             off[s] = False
-            removed = _removed_from_kept(an, {**ones, node: off.reshape(an.ops[node].gate_view)})
+            removed = _removed_from_kept(an, {**ones, node: off.reshape(an.ops[node].gate_view)}, model.net)
             for path, idx in out.items():
                 op = an.ops[an.producers[path][0]]
                 idx[removed[op.offset: op.offset + op.channels]] = s
@@ -160,7 +161,9 @@ def warn_cannot_shrink(model: Any, example_input: Any = None, *, stacklevel: int
         warnings.warn(
             f"{len(names)} gate(s) cannot shrink the network whatever they remove (their structures "
             f"are tied to ones that must stay: a residual stream pinned by LayerNorm, a grouped "
-            f"convolution, the output); they are left out of structure counts: {names}",
+            f"convolution, the output, or a map that moves zero, such as sigmoid, into a layer "
+            f"that cannot fold its constant, such as a convolution); they are left out of "
+            f"structure counts: {names}",
             RuntimeWarning, stacklevel=stacklevel)
     return names
 
@@ -275,7 +278,7 @@ def _removed_if_all_go(an: Any, model: Any, name: str) -> Tensor:
     kept = _gate_kept(an, model)
     node = an.gates[name]
     kept = {n: (torch.zeros_like(k) if n is node else torch.ones_like(k)) for n, k in kept.items()}
-    return _removed_from_kept(an, kept)
+    return _removed_from_kept(an, kept, model.net)
 
 
 def _rows_of(an: Any, removed: Tensor) -> tuple[str, ...]:

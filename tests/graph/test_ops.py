@@ -289,10 +289,10 @@ def test_clamping_with_numbers_is_an_activation(export: bool) -> None:
     _run(_Clamped(export), x, {"conv1", "conv2", "conv3"})
 
 
-def test_a_clamp_that_does_not_hold_zero_keeps_the_channels_it_shifts() -> None:
-    """``clamp(min=0.5)`` turns a removed (zero) channel into 0.5, which the next layer still
-    reads: the converted network keeps the rows of the layer before it (their weights folded
-    to zero), and slices the others."""
+def test_a_clamp_that_does_not_hold_zero_folds_its_constant_into_the_next_bias() -> None:
+    """``clamp(min=0.5)`` turns a removed (zero) channel into 0.5 whatever the input: the
+    next layer's column of it is folded into its bias (``b += 0.5 W[:, c]``), so the rows of
+    the layer before go and the converted network still equals the model."""
 
     class _Floor(nn.Module):
         def __init__(self) -> None:
@@ -309,7 +309,83 @@ def test_a_clamp_that_does_not_hold_zero_keeps_the_channels_it_shifts() -> None:
         model = bayesianize(net, example_input=x[:2])
     assert "fc2" in _gated_layers(model)
     det = _prune_and_convert(model, net, x)
-    assert _weight(det, "fc1").shape == (12, 5) and _weight(det, "fc2").shape[0] < 10
+    assert _weight(det, "fc1").shape[0] < 12 and _weight(det, "fc2").shape[0] < 10
+    assert _weight(det, "fc2").shape[1] == _weight(det, "fc1").shape[0]
+
+
+# ---------------------------------------------------------------------- constants folded into a bias
+class _Exp(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.exp(x) + 1.0
+
+
+@pytest.mark.parametrize("activation", [nn.Sigmoid, nn.Softplus, nn.Hardsigmoid, _Exp])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_maps_that_move_zero_fold_removed_neurons_into_the_next_bias(activation: type, dtype: torch.dtype) -> None:
+    """A removed neuron is 0 after its gate and ``f(0) != 0`` after a sigmoid-like map, the
+    same for every input: the next Linear layer's column of it goes into its bias, with or
+    without a bias of its own, and every hidden layer shrinks (before, none did)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 12), activation(), nn.Linear(12, 10, bias=False), activation(),
+                        nn.Linear(10, 3)).to(dtype).eval()
+    x = torch.randn(8, 6, dtype=dtype)
+    model = bayesianize(net, example_input=x[:2])
+    assert {"0", "2"} <= _gated_layers(model)
+    assert all(g.can_shrink for g in structure_graph(model).gates.values())
+    det = _prune_and_convert(model, net, x)
+    assert _weight(det, "0").shape[0] < 12 and _weight(det, "2").shape == (_weight(det, "2").shape[0], _weight(det, "0").shape[0])
+    assert _weight(det, "2").shape[0] < 10 and _weight(det, "4").shape[1] == _weight(det, "2").shape[0]
+    assert count_params(det) == count_params(model)
+
+
+class _TokenMixer(nn.Module):
+    """Per-token features through a sigmoid, then a Linear layer over them (``[B, T, F]``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down, self.head = nn.Linear(4, 16), nn.Linear(16, 8), nn.Linear(8, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.relu(self.down(torch.sigmoid(self.up(x)))).mean(1))
+
+
+def test_a_constant_column_of_token_features_folds_into_the_bias() -> None:
+    x = torch.randn(5, 7, 4, generator=torch.Generator().manual_seed(0))
+    net = _TokenMixer().eval()
+    model = bayesianize(net, example_input=x[:2])
+    det = _prune_and_convert(model, net, x)
+    assert _weight(det, "up").shape[0] < 16 and _weight(det, "down").shape[1] == _weight(det, "up").shape[0]
+
+
+class _ConvSigmoid(nn.Module):
+    """Conv channels through a sigmoid into a convolution (``conv2``: not folded, its zero
+    border makes a constant channel vary) or, padded and flattened, into a Linear layer."""
+
+    def __init__(self, into_conv: bool) -> None:
+        super().__init__()
+        self.into_conv = into_conv
+        self.conv1 = nn.Conv2d(2, 6, 3)
+        self.conv2 = nn.Conv2d(6, 4, 3, padding=1)
+        self.fc = nn.Linear(6 * 6 * 6 if not into_conv else 4 * 4 * 4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.sigmoid(self.conv1(x))
+        h = self.conv2(h) if self.into_conv else F.pad(h, (1, 1, 1, 1))
+        return self.fc(h.flatten(1))
+
+
+@pytest.mark.parametrize("into_conv", [False, True])
+def test_constant_channels_fold_into_a_linear_layer_not_into_a_convolution(into_conv: bool) -> None:
+    """Flattened (and zero-padded: border 0, inside 0.5), each column of a removed channel
+    holds its own constant and folds into the Linear layer's bias; into a convolution with
+    zero padding the channel is not constant there, so ``conv1`` keeps its channels."""
+    x = torch.randn(4, 2, 6, 6, generator=torch.Generator().manual_seed(1))
+    net = _ConvSigmoid(into_conv).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        model = bayesianize(net, example_input=x[:2])
+    det = _prune_and_convert(model, net, x)
+    assert (_weight(det, "conv1").shape[0] == 6) is into_conv
 
 
 # ---------------------------------------------------------------------- transposed convolutions
@@ -399,3 +475,21 @@ def test_the_default_recipe_prunes_a_unet_and_converts_it() -> None:
     with torch.no_grad():
         torch.testing.assert_close(det(x), model.predict(x), rtol=1e-5, atol=1e-5)
     assert count_params(det) < count_params(net) // 2
+
+
+def test_constants_are_computed_as_the_converted_network_runs_dropout() -> None:
+    """A model left in training mode: the dropout between the sigmoid and the next layer is
+    the identity in the converted network, so the folded constant is ``sigmoid(0)``, not a
+    draw of the dropout."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 12), nn.Sigmoid(), nn.Dropout(0.5), nn.Linear(12, 3))
+    x = torch.randn(8, 6)
+    model = bayesianize(net.eval(), example_input=x[:2])
+    model.train()
+    for gate in model.gates().values():
+        gate.prune(torch.arange(gate.num_structures) < 5)
+    det = to_deterministic(model, example_input=x[:2])
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(det(x), model.predict(x), rtol=1e-5, atol=1e-5)
+    assert _weight(det, "0").shape[0] == 7
