@@ -575,7 +575,7 @@ def test_shrink_bayesian_weights() -> None:
 
 
 # ---------------------------------------------------------------------- errors
-class _SinAfterGate(nn.Module):
+class _CumsumAfterGate(nn.Module):
     """A hand-gated network (bayesianize puts no gate where nothing can be removed)."""
 
     def __init__(self) -> None:
@@ -585,29 +585,29 @@ class _SinAfterGate(nn.Module):
         self.b = nn.Linear(5, 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.b(torch.sin(self.a_gate(self.a(x))))
+        return self.b(torch.cumsum(self.a_gate(self.a(x)), dim=-1))
 
 
-class _SinOnOutput(nn.Module):
+class _CumsumOnOutput(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.a = nn.Linear(4, 5)
         self.b = nn.Linear(5, 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.sin(self.b(torch.relu(self.a(x))))
+        return torch.cumsum(self.b(torch.relu(self.a(x))), dim=-1)
 
 
 def test_unsupported_op_on_a_gated_tensor_names_the_op() -> None:
-    model = PrunableNet(_SinAfterGate())
-    with pytest.raises(UnsupportedOpError, match=r"torch\.sin.*a_gate"):
+    model = PrunableNet(_CumsumAfterGate())
+    with pytest.raises(UnsupportedOpError, match=r"torch\.cumsum.*a_gate"):
         to_deterministic(model, example_input=(4,))
-    with pytest.raises(ValueError, match="sin"):
+    with pytest.raises(ValueError, match="cumsum"):
         compression(model)
 
 
 def test_unsupported_op_on_an_ungated_tensor_is_allowed() -> None:
-    model = bayesianize(_SinOnOutput())
+    model = bayesianize(_CumsumOnOutput())
     model.gates()["a_gate"].prune(torch.tensor([True, False, True, False, False]))
     det = to_deterministic(model, example_input=(4,))
     assert det.get_submodule("a").out_features == 3
