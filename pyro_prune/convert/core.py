@@ -75,11 +75,12 @@ from pyro_prune.graph import (
     DependencyAnalysis,
     OpKind,
     UnsupportedOpError,
+    constant_columns,
+    constant_values,
     dependency_analysis,
     modes_restored,
 )
 from pyro_prune.graph.layers import layer_slicer
-from pyro_prune.graph.removal import _constant_pass, _gate_kept, constant_columns
 from pyro_prune.models.base import PrunableNet
 from pyro_prune.models.bayesian import BayesianLayer, link_output_gates
 from pyro_prune.models.gate import StructureGate
@@ -229,7 +230,7 @@ def to_deterministic(model: PrunableNet, guide: Any = None, *, example_input: An
             rows: Tensor | None = rs[1] if rs is not None else None
             layer = plain_layer(m)
             if constants is None:
-                constants = _constant_pass(an, net, _gate_kept(an, model))
+                constants = constant_values(an, model)
             _fold_constant_columns(layer, in_idx, constant_columns(constants, op))
             try:
                 root[target] = slice_layer_(layer, in_idx, out_idx, row_scale=rows,

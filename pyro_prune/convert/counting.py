@@ -15,6 +15,8 @@ from pyro_prune.convert.layers import counted_params
 from pyro_prune.graph import (
     DependencyAnalysis,
     OpKind,
+    constant_columns,
+    constant_values,
     dependency_analysis,
     layer_slicer,
     net_device,
@@ -22,7 +24,6 @@ from pyro_prune.graph import (
     removed_channels,
     warn_cannot_shrink,
 )
-from pyro_prune.graph.removal import _constant_pass, _gate_kept, constant_columns
 from pyro_prune.models.base import PrunableNet
 
 
@@ -68,7 +69,7 @@ def _count_from_removed(an: DependencyAnalysis, model: PrunableNet, removed: Ten
             total += counted_params(m, out_kept, in_kept)
             if all(getattr(m, n, None) is None for n in ("bias", "bias_loc")) and op.cols is not None:
                 if constants is None:
-                    constants = _constant_pass(an, net, _gate_kept(an, model)) or {}
+                    constants = constant_values(an, model) or {}
                 folded = constant_columns(constants, op)
                 gone = (op.cols >= 0) & removed[op.cols.clamp_min(0)]
                 if folded is not None and bool((gone & (folded.nan_to_num(0.0) != 0)).any()):

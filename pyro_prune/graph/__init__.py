@@ -26,6 +26,8 @@ The dependency analysis the converter, the counters and ``bayesianize`` build on
   a :class:`DependencyAnalysis`: every node's :class:`Op` (its :class:`OpKind`), channel tags,
   tied groups and pinned groups;
 * :func:`removed_channels` — which channel ids the gates' masks remove physically;
+  :func:`constant_values`, :func:`constant_columns` — the constant a removed structure becomes
+  after a map such as ``sigmoid``, per input column of a Linear layer that folds it into its bias;
   :func:`run_index_op` — where each output of an index op reads its inputs (positions);
 * :func:`producers_after` — the producers a node reaches through the ops a predicate accepts;
   :func:`sole_reader` — the one layer reading a node; :func:`module_returning` — the module
@@ -69,7 +71,14 @@ from pyro_prune.graph.ops import (
     supported_ops,
 )
 from pyro_prune.graph.paths import chain_before, module_returning, producers_after, sole_reader
-from pyro_prune.graph.removal import binary_operands, pool_any, reduce_any, removed_channels
+from pyro_prune.graph.removal import (
+    binary_operands,
+    constant_columns,
+    constant_values,
+    pool_any,
+    reduce_any,
+    removed_channels,
+)
 from pyro_prune.graph.structure import (
     GateInfo,
     StructureGraph,
@@ -85,7 +94,8 @@ from pyro_prune.graph.trace import ModuleGraph, modes_restored, module_graph
 __all__ = [
     "SIZED_ATEN_OPS", "SIZED_METHODS", "DependencyAnalysis", "GateInfo", "LayerRole", "LayerSlicer",
     "ModuleGraph", "Op", "OpKind", "StructureGraph", "UnsupportedOpError", "attention_heads",
-    "binary_operands", "cached_analysis", "chain_before", "commutes_with_scale", "dependency_analysis", "head_rows", "is_linear",
+    "binary_operands", "cached_analysis", "chain_before", "commutes_with_scale", "constant_columns",
+    "constant_values", "dependency_analysis", "head_rows", "is_linear",
     "layer_slicer", "modes_restored", "module_graph", "module_returning", "net_device", "net_dtype", "pool_any",
     "producer_module", "producers_after", "reduce_any", "register_layer", "registered_layers",
     "removed_channels", "run_index_op", "search_input_shape", "shrinkable_gates", "sole_reader", "structure_graph",

@@ -153,6 +153,12 @@ def _constant_pass(an: DependencyAnalysis, net: Any, kept: dict[fx.Node, Tensor]
     return cv
 
 
+def constant_values(an: DependencyAnalysis, model: PrunableNet) -> dict[fx.Node, Tensor] | None:
+    """The values a removed structure's zero becomes on its way to the next layers, for the
+    gates' current ``kept`` masks (:func:`_constant_pass`; ``None``: nothing can be folded)."""
+    return _constant_pass(an, model.net, _gate_kept(an, model))
+
+
 def constant_columns(cv: dict[fx.Node, Tensor] | None, op: Op) -> Tensor | None:
     """Per input column of a Linear-like producer ``op``: the value the column holds at every
     position whatever the input, NaN where it varies or differs between positions (``None``:
