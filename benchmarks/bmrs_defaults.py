@@ -74,7 +74,7 @@ from pyro_prune.models import MLP, LeNet5
 CONFIGS = [("fashion-mnist", "mlp"), ("mnist", "mlp"), ("mnist", "lenet5"), ("fashion-mnist", "lenet5")]
 
 #: the noise learning rates of the ``noise_lr`` experiment: from ``lr`` (no separate rate) up
-NOISE_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+NOISE_LRS = (1e-3, 3e-3, 5e-3, 1e-2, 3e-2, 1e-1)
 NOISE_LR_PREFIX = "bmrs_noise_lr"
 
 
