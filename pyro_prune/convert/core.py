@@ -75,9 +75,9 @@ from pyro_prune.graph import (
     DependencyAnalysis,
     OpKind,
     UnsupportedOpError,
-    constant_columns,
     constant_values,
     dependency_analysis,
+    folded_constants,
     modes_restored,
 )
 from pyro_prune.graph.layers import layer_slicer
@@ -103,18 +103,12 @@ def _check_guide(model: PrunableNet, guide: Any) -> None:
         f"weight_log_scale); got {type(guide).__name__}")
 
 
-def _fold_constant_columns(layer: nn.Module, in_idx: Tensor | None, constants: Tensor | None) -> None:
-    """Fold the input columns a Linear-like ``layer`` loses that hold a constant (a removed
-    structure after a map such as ``sigmoid``: ``sigmoid(0) = 0.5``) into its bias, in place:
-    ``b += W[:, gone] c[gone]`` (a bias is added where the layer has none). Columns the
-    converter keeps, and columns whose constant is unknown (dead ones: nothing they reach is
-    used), fold nothing."""
-    if constants is None or in_idx is None:
-        return
-    gone = torch.ones(constants.shape[0], dtype=torch.bool)
-    gone[in_idx.to(torch.long)] = False
-    c = torch.where(gone, constants.nan_to_num(0.0), torch.zeros_like(constants))
-    if not bool((c != 0).any()):
+def _fold_constant_columns(layer: nn.Module, constants: Tensor | None) -> None:
+    """Add to the bias of the Linear-like ``layer`` what the input columns it loses hold
+    whatever the input (``constants``, per column, from
+    :func:`~pyro_prune.graph.folded_constants`; a removed structure after a map such as
+    ``sigmoid``): ``b += W c``, in place (a bias is added where the layer has none)."""
+    if constants is None:
         return
     slicer = layer_slicer(layer)
     assert slicer is not None and "bias" in slicer.tensors
@@ -124,7 +118,7 @@ def _fold_constant_columns(layer: nn.Module, in_idx: Tensor | None, constants: T
     shape = [1] * weight.dim()
     shape[in_dim] = -1
     with torch.no_grad():
-        shift = (weight.detach() * c.to(weight).reshape(shape)).sum(dim=in_dim)
+        shift = (weight.detach() * constants.to(weight).reshape(shape)).sum(dim=in_dim)
         bias = getattr(layer, "bias", None)
         if bias is None:
             layer.bias = nn.Parameter(shift.clone())  # type: ignore[assignment]
@@ -229,9 +223,12 @@ def to_deterministic(model: PrunableNet, guide: Any = None, *, example_input: An
             rs = row_scale.get(target)
             rows: Tensor | None = rs[1] if rs is not None else None
             layer = plain_layer(m)
-            if constants is None:
-                constants = constant_values(an, model)
-            _fold_constant_columns(layer, in_idx, constant_columns(constants, op))
+            if in_idx is not None and op.cols is not None:
+                if constants is None:
+                    constants = constant_values(an, model)
+                gone = torch.ones(len(op.cols), dtype=torch.bool)
+                gone[in_idx.to(torch.long)] = False
+                _fold_constant_columns(layer, folded_constants(constants, op, gone))
             try:
                 root[target] = slice_layer_(layer, in_idx, out_idx, row_scale=rows,
                                             col_scale=col_scale.get(target))

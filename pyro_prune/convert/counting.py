@@ -15,9 +15,9 @@ from pyro_prune.convert.layers import counted_params
 from pyro_prune.graph import (
     DependencyAnalysis,
     OpKind,
-    constant_columns,
     constant_values,
     dependency_analysis,
+    folded_constants,
     layer_slicer,
     net_device,
     net_dtype,
@@ -70,9 +70,8 @@ def _count_from_removed(an: DependencyAnalysis, model: PrunableNet, removed: Ten
             if all(getattr(m, n, None) is None for n in ("bias", "bias_loc")) and op.cols is not None:
                 if constants is None:
                     constants = constant_values(an, model) or {}
-                folded = constant_columns(constants, op)
                 gone = (op.cols >= 0) & removed[op.cols.clamp_min(0)]
-                if folded is not None and bool((gone & (folded.nan_to_num(0.0) != 0)).any()):
+                if folded_constants(constants, op, gone) is not None:
                     total += out_kept  # the bias the converter adds to fold those columns into
         elif op.kind is OpKind.BATCH_NORM:
             c = _kept_count(removed, op.cols, op.channels)

@@ -26,8 +26,9 @@ The dependency analysis the converter, the counters and ``bayesianize`` build on
   a :class:`DependencyAnalysis`: every node's :class:`Op` (its :class:`OpKind`), channel tags,
   tied groups and pinned groups;
 * :func:`removed_channels` — which channel ids the gates' masks remove physically;
-  :func:`constant_values`, :func:`constant_columns` — the constant a removed structure becomes
-  after a map such as ``sigmoid``, per input column of a Linear layer that folds it into its bias;
+  :func:`constant_values`, :func:`constant_columns`, :func:`folded_constants` — the constant a
+  removed structure becomes after a map such as ``sigmoid``, per input column of a Linear layer
+  that folds it into its bias;
   :func:`run_index_op` — where each output of an index op reads its inputs (positions);
 * :func:`producers_after` — the producers a node reaches through the ops a predicate accepts;
   :func:`sole_reader` — the one layer reading a node; :func:`module_returning` — the module
@@ -75,6 +76,7 @@ from pyro_prune.graph.removal import (
     binary_operands,
     constant_columns,
     constant_values,
+    folded_constants,
     pool_any,
     reduce_any,
     removed_channels,
@@ -95,7 +97,7 @@ __all__ = [
     "SIZED_ATEN_OPS", "SIZED_METHODS", "DependencyAnalysis", "GateInfo", "LayerRole", "LayerSlicer",
     "ModuleGraph", "Op", "OpKind", "StructureGraph", "UnsupportedOpError", "attention_heads",
     "binary_operands", "cached_analysis", "chain_before", "commutes_with_scale", "constant_columns",
-    "constant_values", "dependency_analysis", "head_rows", "is_linear",
+    "constant_values", "dependency_analysis", "folded_constants", "head_rows", "is_linear",
     "layer_slicer", "modes_restored", "module_graph", "module_returning", "net_device", "net_dtype", "pool_any",
     "producer_module", "producers_after", "reduce_any", "register_layer", "registered_layers",
     "removed_channels", "run_index_op", "search_input_shape", "shrinkable_gates", "sole_reader", "structure_graph",

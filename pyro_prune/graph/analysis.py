@@ -215,13 +215,8 @@ def _analyse_graph(model: PrunableNet, graph: fx.Graph, input_shape: tuple[int, 
                                  "only single-input backbones can be converted")
         elif node.op == "get_attr":
             value = _fetch_attr(net, str(node.target), constants)
-        elif node.op == "call_function":
-            fn: Any = node.target
-            value = fn(*args, **kwargs)
-        elif node.op == "call_method":
-            value = getattr(args[0], str(node.target))(*args[1:], **kwargs)
-        elif node.op == "call_module":
-            value = net.get_submodule(str(node.target))(*args, **kwargs)
+        elif node.op in ("call_function", "call_method", "call_module"):
+            value = call_node(node, net, args, kwargs)
         elif node.op == "output":
             outputs = tuple(n for n in node.all_input_nodes if n.meta.get("_pp_tensor", False))
             for n in outputs:
@@ -472,14 +467,18 @@ def run_index_op(op: Op, net: nn.Module, args: Any, kwargs: Any, value: Callable
 
     if op.pad is not None:
         return pad_positions(lookup(op.inputs[0]), op.pad)
-    a = fx.node.map_arg(args, lookup)
-    k = fx.node.map_arg(kwargs, lookup)
-    target: Any = node.target
+    return call_node(node, net, fx.node.map_arg(args, lookup), fx.node.map_arg(kwargs, lookup), module)
+
+
+def call_node(node: fx.Node, net: nn.Module, args: Any, kwargs: Any, module: nn.Module | None = None) -> Any:
+    """Run the call node ``node`` of ``net``'s traced graph on ``args``/``kwargs`` (its arguments
+    with every node replaced by a value): a function, a tensor method, or ``net``'s submodule
+    (``module`` in its place)."""
     if node.op == "call_function":
-        return target(*a, **k)
+        return node.target(*args, **kwargs)  # type: ignore[operator]
     if node.op == "call_method":
-        return getattr(a[0], str(node.target))(*a[1:], **k)
-    return (module or net.get_submodule(str(node.target)))(*a, **k)
+        return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+    return (module or net.get_submodule(str(node.target)))(*args, **kwargs)
 
 
 def dependency_analysis(model: PrunableNet, example_input: Any = None) -> DependencyAnalysis:

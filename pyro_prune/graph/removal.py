@@ -10,7 +10,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor
 
-from pyro_prune.graph.analysis import DependencyAnalysis
+from pyro_prune.graph.analysis import DependencyAnalysis, call_node
 from pyro_prune.graph.layers import layer_slicer
 from pyro_prune.graph.ops import Op, OpKind, is_linear
 from pyro_prune.graph.ties import _reduce_to
@@ -131,23 +131,19 @@ def _constant_pass(an: DependencyAnalysis, net: Any, kept: dict[fx.Node, Tensor]
             continue
         if any(n not in cv and n.op != "get_attr" for n in op.inputs):
             continue  # an operand whose values are not tracked: the result varies
+        # a module runs in eval mode, as the converted network runs it (dropout: the identity)
+        module = net.get_submodule(str(node.target)) if node.op == "call_module" else None
+        training = module is not None and module.training
         try:
-            args = fx.node.map_arg(node.args, value)
-            kwargs = fx.node.map_arg(node.kwargs, value)
+            if module is not None:
+                module.training = False
             with torch.no_grad():
-                if node.op == "call_function":
-                    out = node.target(*args, **kwargs)  # type: ignore[operator]
-                elif node.op == "call_method":
-                    out = getattr(args[0], str(node.target))(*args[1:], **kwargs)
-                else:  # in eval mode, as the converted network runs it (dropout: the identity)
-                    module = net.get_submodule(str(node.target))
-                    training, module.training = module.training, False
-                    try:
-                        out = module(*args, **kwargs)
-                    finally:
-                        module.training = training
+                out = call_node(node, net, fx.node.map_arg(node.args, value), fx.node.map_arg(node.kwargs, value))
         except Exception:  # noqa: BLE001 - an op these values do not suit: the result varies
             continue
+        finally:
+            if module is not None:
+                module.training = training
         if isinstance(out, Tensor) and out.is_floating_point() and tuple(out.shape) == op.shape:
             cv[node] = out
     return cv
@@ -172,6 +168,17 @@ def constant_columns(cv: dict[fx.Node, Tensor] | None, op: Op) -> Tensor | None:
     per = x.movedim(x.dim() - 1, 0).reshape(len(op.cols), -1)
     same = (per == per[:, :1]).all(-1) & per[:, 0].isfinite()  # log(0) = -inf folds nothing
     return torch.where(same, per[:, 0], torch.full_like(per[:, 0], float("nan")))
+
+
+def folded_constants(cv: dict[fx.Node, Tensor] | None, op: Op, gone: Tensor) -> Tensor | None:
+    """Per input column of a Linear-like producer ``op``: the constant its bias absorbs where
+    the column goes (``gone``), 0 elsewhere and where the constant is unknown (a dead column:
+    nothing it reaches is used); ``None`` when the bias absorbs nothing."""
+    c = constant_columns(cv, op)
+    if c is None:
+        return None
+    c = torch.where(gone, c.nan_to_num(0.0), torch.zeros_like(c))
+    return c if bool((c != 0).any()) else None
 
 
 def binary_operands(op: Op) -> tuple[fx.Node, fx.Node]:

@@ -16,7 +16,7 @@ from pyro_prune.inference.distributed import DistributedInfo, GradientSync
 from pyro_prune.inference.divergence import lr_advice
 from pyro_prune.inference.loop import ElboLoss
 from pyro_prune.inference.metrics import evaluate
-from pyro_prune.models.base import Likelihood, PrunableNet, correct_and_counted
+from pyro_prune.models.base import Likelihood, PrunableNet, correct_totals
 
 __all__ = ["EpochTrainer", "FitContext"]
 
@@ -106,11 +106,7 @@ class EpochTrainer:
                 loss.backward()
                 n_local = len(xb)
                 if out is not None and model.likelihood is Likelihood.CATEGORICAL:
-                    if yb.dim() == 1:  # class labels, each counted: one comparison, one read
-                        right, count = float((out.detach().argmax(-1) == yb).sum()), float(len(yb))
-                    else:
-                        hits, labels = correct_and_counted(out.detach(), yb, model.ignore_index)
-                        right, count = float(hits.sum()), float(labels.sum())
+                    right, count = correct_totals(out.detach(), yb, model.ignore_index)
             n_step, loss_value, right, count = self.sync.reduce(n_local, loss_value, right, count)
             if n_step == 0:  # every rank's stream has ended
                 break

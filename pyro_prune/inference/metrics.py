@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 from pyro_prune._checks import as_dataset, check_dataset, check_model_data
 from pyro_prune.inference.batches import eval_batches
-from pyro_prune.models.base import Likelihood, PrunableNet, correct_and_counted
+from pyro_prune.models.base import Likelihood, PrunableNet, correct_totals
 
 __all__ = ["evaluate", "first_batch", "model_device"]
 
@@ -45,8 +45,8 @@ def evaluate(model: PrunableNet, dataset: Any, *, batch_size: int = 2048) -> dic
             total_nll += float(model.nll(out, yb).sum())
             n += len(xb)
             if model.likelihood is Likelihood.CATEGORICAL:
-                right, count = correct_and_counted(out, yb, model.ignore_index)
-                correct, counted = correct + float(right.sum()), counted + float(count.sum())
+                right, count = correct_totals(out, yb, model.ignore_index)
+                correct, counted = correct + right, counted + count
             else:
                 sq += float(((out - yb) ** 2).sum())
                 width = yb.shape[-1]

@@ -45,7 +45,7 @@ from pyro_prune.models.noise import (
 )
 
 __all__ = ["IGNORE_INDEX", "IgnoringCategorical", "KLScale", "Likelihood", "PrunableNet",
-           "categorical_nll", "check_kl_scale", "check_prunable", "correct_and_counted"]
+           "categorical_nll", "check_kl_scale", "check_prunable", "correct_and_counted", "correct_totals"]
 
 #: the label a token is ignored by (padding, prompt): ``torch.nn.functional.cross_entropy``'s
 IGNORE_INDEX = -100
@@ -428,6 +428,15 @@ def correct_and_counted(logits: Tensor, y: Tensor, ignore_index: int = IGNORE_IN
     if y.dim() > 1:
         return right.reshape(y.shape[0], -1).sum(-1), counted.reshape(y.shape[0], -1).sum(-1).to(torch.float64)
     return right, counted.to(torch.float64)
+
+
+def correct_totals(logits: Tensor, y: Tensor, ignore_index: int = IGNORE_INDEX) -> tuple[float, float]:
+    """:func:`correct_and_counted` summed over the batch, what an accuracy adds up: class
+    labels ``[N]`` (each counted) take one comparison and one read of the result."""
+    if y.dim() == 1:
+        return float((logits.argmax(-1) == y).sum()), float(len(y))
+    right, counted = correct_and_counted(logits, y, ignore_index)
+    return float(right.sum()), float(counted.sum())
 
 
 def check_kl_scale(kl_scale: float | KLScale | str, name: str = "kl_scale") -> float | str:
