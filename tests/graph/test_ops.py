@@ -493,3 +493,61 @@ def test_constants_are_computed_as_the_converted_network_runs_dropout() -> None:
     with torch.no_grad():
         torch.testing.assert_close(det(x), model.predict(x), rtol=1e-5, atol=1e-5)
     assert _weight(det, "0").shape[0] == 7
+
+
+def test_a_transformer_with_a_sigmoid_feed_forward_folds_its_removed_neurons() -> None:
+    """A tiny Hugging Face BERT configured with ``hidden_act="sigmoid"``: its intermediate
+    neurons go through ``sigmoid`` into the output projection, which folds the removed ones
+    into its bias; the converted network is smaller and equals the model."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=foreign.VOCAB, hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=4, intermediate_size=32, hidden_act="sigmoid",
+                                  max_position_embeddings=16, num_labels=3)
+    torch.manual_seed(0)
+    net = transformers.BertForSequenceClassification(cfg).eval()
+    ids = foreign.token_ids(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        model = bayesianize(net, example_input=ids[:2])
+    ffn = "bert.encoder.layer.0.intermediate.dense"
+    assert ffn in _gated_layers(model)
+    det = _prune_and_convert(model, net, ids)
+    assert _weight(det, ffn).shape[0] < 32
+    assert _weight(det, "bert.encoder.layer.0.output.dense").shape[1] == _weight(det, ffn).shape[0]
+
+
+class _SigmoidClassifier(nn.Module):
+    """An MLP classifier with sigmoid hidden units, as an author writes one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(10, 48)
+        self.act = nn.Sigmoid()
+        self.out = nn.Linear(48, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.act(self.hidden(x)))
+
+
+def test_the_default_recipe_prunes_a_sigmoid_network_and_converts_it() -> None:
+    """``fit`` with ``ContinuousPruning()`` and nothing else on a sigmoid MLP: the neurons it
+    removes leave the converted network (before, none could), which equals the model."""
+    from torch.utils.data import TensorDataset
+
+    from pyro_prune.inference import ContinuousPruning, fit
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(384, 10, generator=gen)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    torch.manual_seed(0)
+    net = _SigmoidClassifier().eval()
+    model = bayesianize(net, example_input=x[:2])
+    fit(model, TensorDataset(x, y), progress=False, seed=0, schedule=ContinuousPruning())
+    kept = int(model.gates()["hidden_gate"].kept.sum())
+    assert kept < 48
+    model.eval()
+    det = to_deterministic(model, example_input=x[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(det(x), model.predict(x), rtol=1e-5, atol=1e-5)
+    assert _weight(det, "hidden").shape[0] == kept
+    assert count_params(det) == count_params(model) < count_params(net)
