@@ -37,7 +37,7 @@ except ImportError as err:  # pragma: no cover - the optional extra is missing
 import torch
 from torch import Tensor, nn
 
-from pyro_prune._checks import check_guide
+from pyro_prune._checks import check_count, check_guide
 from pyro_prune.inference.custom_guide import (
     GuideStart,
     guide_start,
@@ -55,13 +55,14 @@ from pyro_prune.inference.metrics import model_device
 from pyro_prune.inference.optim import DEFAULT_NOISE_LR
 from pyro_prune.inference.pruning_report import PruningReport, logger, pruning_report
 from pyro_prune.inference.schedules import (
+    DEFAULT_FINETUNE_EPOCHS,
     DEFAULT_KL_WARMUP_EPOCHS,
     ContinuousPruning,
     set_kl_weight,
 )
 from pyro_prune.models.base import KLScale, Likelihood, PrunableNet
 
-__all__ = ["PruningCallback", "PruningModule"]
+__all__ = ["PruningCallback", "PruningModule", "default_finetune_epochs"]
 
 #: Pyro's warning when a module's parameter that does not train is met in a model run
 _FROZEN_NOTE = r".* was not registered in the param store because requires_grad=False"
@@ -202,6 +203,16 @@ class PruningModule(L.LightningModule):
                               weight_decay=self.weight_decay, guide=self.guide)
 
 
+def default_finetune_epochs(max_epochs: int | None) -> int:
+    """The fine-tuning epochs :class:`PruningCallback` takes by default out of a Trainer's
+    ``max_epochs``: a sixth, rounded up (the BMRS protocol's 50 + 10), at most
+    :class:`ContinuousPruning`'s ``DEFAULT_FINETUNE_EPOCHS`` (10), leaving at least one pruning
+    epoch; 0 for an unbounded or one-epoch run."""
+    if max_epochs is None or max_epochs < 2:
+        return 0
+    return min(-(-max_epochs // 6), DEFAULT_FINETUNE_EPOCHS, max_epochs - 1)
+
+
 class PruningCallback(L.Callback):
     """Prune after every training epoch (rank 0 decides), convert when training ends.
 
@@ -212,7 +223,13 @@ class PruningCallback(L.Callback):
             a Gaussian autoguide (chosen, and said in one logged line, when training starts).
         every: prune after every ``every``-th epoch.
         finetune_epochs: the last ``finetune_epochs`` of ``Trainer(max_epochs=...)`` train
-            without pruning.
+            without pruning (at ``finetune_kl_scale``). ``None``, the default:
+            :func:`default_finetune_epochs` of ``max_epochs``, a sixth of them (rounded up,
+            at most :class:`ContinuousPruning`'s 10, at least one pruning epoch left), the
+            proportion of the BMRS protocol's 50 + 10 epochs, so that a Trainer of 60 epochs
+            runs ``fit``'s default recipe of 50 + 10, one of 13 the reduced 10 + 3; 0 when
+            ``max_epochs`` is unbounded. Chosen when training starts and said in one logged
+            line.
         finetune_kl_scale, kl_warmup_epochs: the KL weight of the fine-tuning epochs and the
             warm-up of the training weight, as for :class:`ContinuousPruning` (the same
             defaults); the callback sets them on the model's stochastic modules, where the
@@ -229,11 +246,15 @@ class PruningCallback(L.Callback):
         converted: the smaller plain ``nn.Module`` (after ``fit``), or ``None``.
     """
 
-    def __init__(self, criterion: str | None = None, *, every: int = 1, finetune_epochs: int = 0,
+    def __init__(self, criterion: str | None = None, *, every: int = 1, finetune_epochs: int | None = None,
                  finetune_kl_scale: float | str | None = "elbo",
                  kl_warmup_epochs: int = DEFAULT_KL_WARMUP_EPOCHS, convert: bool = True,
                  **criterion_kwargs: Any) -> None:
-        self.schedule = ContinuousPruning(criterion, every=every, finetune_epochs=finetune_epochs,
+        if finetune_epochs is not None:
+            check_count(finetune_epochs, "finetune_epochs", minimum=0, or_none=True)
+        #: the fine-tuning epochs asked for (``None``: chosen from ``max_epochs`` at the start)
+        self.finetune_epochs = finetune_epochs
+        self.schedule = ContinuousPruning(criterion, every=every, finetune_epochs=finetune_epochs or 0,
                                           finetune_kl_scale=finetune_kl_scale,
                                           kl_warmup_epochs=kl_warmup_epochs, **criterion_kwargs)
         self.convert = convert
@@ -263,6 +284,12 @@ class PruningCallback(L.Callback):
         why = self.schedule.choose_criterion(model)
         if why is not None and trainer.is_global_zero:
             logger.info("%s", why)
+        if self.finetune_epochs is None:
+            max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+            self.schedule.extra_epochs = default_finetune_epochs(max_epochs)
+            if trainer.is_global_zero and max_epochs is not None:
+                logger.info("fine-tuning: the last %d of %d epochs, without pruning (PruningCallback"
+                            "(finetune_epochs=...) to choose)", self.schedule.extra_epochs, max_epochs)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Set the epoch's KL weight (warm-up, training, fine-tuning) on every rank alike."""

@@ -13,7 +13,7 @@ from pyro_prune.models import MLP
 
 L = pytest.importorskip("lightning")
 
-from pyro_prune.lightning import PruningCallback, PruningModule  # noqa: E402
+from pyro_prune.lightning import PruningCallback, PruningModule, default_finetune_epochs  # noqa: E402
 
 
 @pytest.mark.filterwarnings("ignore:You defined a `validation_step`")
@@ -42,6 +42,42 @@ def test_lightning_defaults_are_fits_recipe_and_prune() -> None:
     assert str(report).startswith(f"bmrs: removed {report.removed} of 32 linear neurons (dF from ")
     x = train.tensors[0][:64]
     assert torch.allclose(pruning.converted(x), model.predict(x), atol=1e-4)
+
+
+@pytest.mark.parametrize(("max_epochs", "expected"), [
+    (None, 0), (1, 0), (2, 1), (6, 1), (7, 2), (13, 3), (20, 4), (60, 10), (1000, 10)])
+def test_default_finetune_epochs_is_a_sixth_of_max_epochs(max_epochs, expected) -> None:
+    """The BMRS protocol's proportion: 60 -> 50 + 10, 13 -> the reduced 10 + 3; at most
+    ContinuousPruning's 10, at least one pruning epoch, none when unbounded."""
+    assert default_finetune_epochs(max_epochs) == expected
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+def test_pruning_callback_refuses_a_bad_finetune_epochs(bad) -> None:
+    with pytest.raises(ValueError, match=r"finetune_epochs must be an int >= 0 or None"):
+        PruningCallback(finetune_epochs=bad)
+
+
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step`")
+@pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated")
+def test_lightning_callback_defaults_fine_tune_the_last_sixth_at_the_elbo_weight(caplog) -> None:
+    """PruningCallback() with nothing set, as fit's ContinuousPruning() fine-tunes: the last
+    ceil(12 / 6) = 2 of 12 epochs remove nothing and train at the ELBO's weight; said in a line."""
+    train = load_dataset("digits", "train")
+    L.seed_everything(0)
+    model = MLP(64, [32], 10)
+    module = PruningModule(model, num_data=len(train), lr=1e-2)
+    pruning = PruningCallback()
+    with caplog.at_level("INFO", logger="pyro_prune"):
+        _trainer(12, [pruning]).fit(module, DataLoader(train, batch_size=32, shuffle=True))
+    assert pruning.schedule.extra_epochs == 2
+    assert "fine-tuning: the last 2 of 12 epochs" in caplog.text
+    assert [row["phase"] for row in pruning.history] == ["prune"] * 10 + ["finetune"] * 2
+    k = len(train) / 32
+    assert [row["kl_scale"] for row in pruning.history[-2:]] == pytest.approx([1.0, 1.0])
+    assert module.loss_fn.kl_scale == pytest.approx(1.0) and k > 1
+    assert pruning.history[-1]["removed"] == 0 and pruning.history[-1]["compression"] > 0.2
+    assert pruning.history[-1]["kept"] == pruning.history[-3]["kept"]
 
 
 def _trainer(max_epochs: int, callbacks: list, **options) -> L.Trainer:

@@ -36,6 +36,7 @@ from pyro_prune.reduction.scoring import (
 __all__ = [
     "AUTOGUIDE_CRITERION",
     "DEFAULT_CRITERION",
+    "DEFAULT_FINETUNE_EPOCHS",
     "DEFAULT_KL_WARMUP_EPOCHS",
     "DEFAULT_EPOCHS",
     "PRUNING_STEPS_MARGIN",
@@ -62,6 +63,8 @@ DEFAULT_CRITERION = "bmrs"
 AUTOGUIDE_CRITERION = "bmrs_u4"
 #: the default ``ContinuousPruning(kl_warmup_epochs=...)`` (see ``docs/defaults.md``)
 DEFAULT_KL_WARMUP_EPOCHS = 0
+#: fine-tuning epochs after the training epochs (:class:`ContinuousPruning`)
+DEFAULT_FINETUNE_EPOCHS = 10
 #: the training epochs of a run that does not name them, on a data set large enough
 DEFAULT_EPOCHS = 20
 #: a pruning run that does not name its epochs gets at least this many times the optimizer
@@ -157,7 +160,7 @@ class ContinuousPruning(Schedule):
     step at ``noise_lr`` 0.03; an MLP 100-100 on the digits removed 60 units in 230 steps).
     """
 
-    def __init__(self, criterion: str | None = None, every: int = 1, finetune_epochs: int = 10,
+    def __init__(self, criterion: str | None = None, every: int = 1, finetune_epochs: int = DEFAULT_FINETUNE_EPOCHS,
                  finetune_kl_scale: float | str | None = "elbo", *,
                  kl_warmup_epochs: int = DEFAULT_KL_WARMUP_EPOCHS, **criterion_kwargs: Any) -> None:
         #: whether the criterion is the default one, chosen by the posterior's family
