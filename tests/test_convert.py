@@ -630,3 +630,4 @@ def test_bad_arguments() -> None:
         count_macs(model, (0, 3))
     ops = supported_ops()
     assert "torch.nn.functional.relu" in ops["functions"] and "reshape" in ops["methods"]
+    assert "torch.functional.einsum" in ops["functions"]

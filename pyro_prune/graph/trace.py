@@ -22,7 +22,8 @@ and its internals, e.g. Pyro sampling, are not traced) and turned back into a
 ``call_module`` node; ops that return several tensors (``split``/``chunk``/``unbind``) are
 rewritten as the ``slice``/``select`` ops that read each part, so every node has one tensor
 output; ``scaled_dot_product_attention`` becomes ``softmax(q k^T * scale + mask) @ v`` (the
-structure analysis sees q and k tied by their contraction and the heads carried by v), and a
+structure analysis sees q and k tied by their contraction and the heads carried by v),
+``einsum`` the sums, permutes and batched matrix products it stands for, and a
 ``view`` a ``reshape`` (the written-out ops' outputs need not have the strides of the fused
 kernel's). Every module's train/eval mode is restored exactly afterwards.
 """
@@ -194,6 +195,8 @@ def _to_module_graph(ep: Any, index_of: dict[int, str]) -> tuple[fx.Graph, dict[
             new = graph.call_module(index_of[int(idx)], (env[x],))
         elif target is _A.scaled_dot_product_attention.default:
             new = _sdpa_as_ops(graph, node, env, constants)
+        elif target is _A.einsum.default:
+            new = _einsum_as_ops(graph, node, env) or graph.node_copy(node, lambda n: env[n])
         elif target is _A.view.default:  # a view of an op written out above may need a copy
             new = graph.call_function(_A.reshape.default, fx.node.map_arg(node.args, lambda n: env[n]))
         elif target in _MULTI_OUTPUT:
@@ -265,6 +268,104 @@ def _sdpa_as_ops(graph: fx.Graph, node: fx.Node, env: dict, constants: dict[str,
     return graph.call_function(_A.matmul.default, (probs, v))
 
 
+def _einsum_labels(equation: str, ndims: list[int]) -> tuple[list[list[str]], list[str]] | None:
+    """The labels of ``einsum``'s operands and output, one per axis (an ellipsis written out
+    as labels of its own, aligned from the right as einsum broadcasts them); ``None`` for an
+    equation with a repeated label in one operand (a diagonal)."""
+    equation = equation.replace(" ", "")
+    lhs, arrow, rhs = equation.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ndims):
+        return None
+    spans = [n - len(t.replace("...", "")) if "..." in t else 0 for t, n in zip(terms, ndims)]
+    widest = max(spans, default=0)
+    ellipsis = [chr(0x100 + i) for i in range(widest)]  # not letters: no clash with the user's
+
+    def expand(term: str, span: int) -> list[str]:
+        head, dots, tail = term.partition("...")
+        return list(head) + (ellipsis[widest - span:] if dots else []) + list(tail)
+
+    inputs = [expand(t, k) for t, k in zip(terms, spans)]
+    if any(len(set(labels)) != len(labels) for labels in inputs):
+        return None
+    if arrow:
+        out = expand(rhs, widest)
+    else:  # implicit output: the broadcast axes, then the labels met once, in alphabetical order
+        counts = [x for labels in inputs for x in labels if x not in ellipsis]
+        out = ellipsis + sorted(x for x in set(counts) if counts.count(x) == 1)
+    return inputs, out
+
+
+def _einsum_as_ops(graph: fx.Graph, node: fx.Node, env: dict) -> fx.Node | None:
+    """``einsum`` written out as sums, permutes and batched matrix products (pairwise, left to
+    right), so that the structure analysis follows it as it follows ``q @ k^T``: the labels
+    both operands keep are the product's batch axes, those they share and drop its
+    contraction (several flattened into one), each operand's own ones its rows or columns
+    (all but the last as broadcast batch axes). ``None`` where it cannot (a diagonal)."""
+    equation, operands = node.args[0], list(node.args[1])  # type: ignore[arg-type]
+    if not isinstance(equation, str) or not operands:
+        return None
+    parsed = _einsum_labels(equation, [int(o.meta["val"].dim()) for o in operands])
+    if parsed is None:
+        return None
+    inputs, out = parsed
+
+    def call(op: Any, *args: Any) -> fx.Node:
+        return graph.call_function(op, args)
+
+    def arrange(x: fx.Node, labels: list[str], order: list[str]) -> fx.Node:
+        perm = [labels.index(label) for label in order]
+        return x if perm == list(range(len(perm))) else call(_A.permute.default, x, perm)
+
+    def sum_out(x: fx.Node, labels: list[str], keep: set[str]) -> tuple[fx.Node, list[str]]:
+        dims = [i for i, label in enumerate(labels) if label not in keep]
+        if not dims:
+            return x, labels
+        return call(_A.sum.dim_IntList, x, dims, False), [label for label in labels if label in keep]
+
+    x, lx = env[operands[0]], inputs[0]
+    for i in range(1, len(inputs) + 1):
+        later = {label for labels in inputs[i + 1:] for label in labels} | set(out)
+        if i == len(inputs):  # the last operand (or the only one): the output's order
+            x, lx = sum_out(x, lx, set(out))
+            return arrange(x, lx, out)
+        y, ly = env[operands[i]], inputs[i]
+        x, lx = sum_out(x, lx, set(ly) | later)
+        y, ly = sum_out(y, ly, set(lx) | later)
+        batch = [label for label in lx if label in ly and label in later]
+        contracted = [label for label in lx if label in ly and label not in later]
+        rows = [label for label in lx if label not in ly]
+        cols = [label for label in ly if label not in lx]
+        nb, nr, nc = len(batch), max(len(rows) - 1, 0), max(len(cols) - 1, 0)
+        # x: batch, rows[:-1], 1 per cols[:-1], the last row (or 1), the contraction (or 1)
+        x = arrange(x, lx, batch + rows + contracted)
+        if len(contracted) > 1:
+            x = call(_A.flatten.using_ints, x, nb + len(rows), -1)
+        elif not contracted:
+            x = call(_A.unsqueeze.default, x, -1)
+        if not rows:
+            x = call(_A.unsqueeze.default, x, -2)
+        for _ in range(nc):
+            x = call(_A.unsqueeze.default, x, nb + nr)
+        # y: batch, 1 per rows[:-1], cols[:-1], the contraction (or 1), the last column (or 1)
+        y = arrange(y, ly, batch + cols[:-1] + contracted + cols[-1:])
+        if len(contracted) > 1:
+            y = call(_A.flatten.using_ints, y, nb + nc, nb + nc + len(contracted) - 1)
+        elif not contracted:
+            y = call(_A.unsqueeze.default, y, nb + nc)
+        if not cols:
+            y = call(_A.unsqueeze.default, y, -1)
+        for _ in range(nr):
+            y = call(_A.unsqueeze.default, y, nb)
+        x = call(_A.matmul.default, x, y)
+        lx = batch + rows[:-1] + cols[:-1] + (rows[-1:] or ["<row>"]) + (cols[-1:] or ["<col>"])
+        for label in ("<col>", "<row>"):
+            if label in lx:
+                x = call(_A.squeeze.dim, x, lx.index(label))
+                lx = [k for k in lx if k != label]
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _split_parts(graph: fx.Graph, node: fx.Node, env: dict) -> list[fx.Node]:
     """``split``/``chunk``/``unbind`` as one ``slice``/``select`` per part."""
     vals = node.meta["val"]
@@ -289,7 +390,8 @@ def _split_parts(graph: fx.Graph, node: fx.Node, env: dict) -> list[fx.Node]:
 #: ops the export path writes out in the one graph form (several outputs, fused attention),
 #: as torch functions and tensor methods: a fx graph holding one is traced with export instead
 _WRITTEN_OUT_FUNCTIONS = {torch.split, torch.chunk, torch.unbind, torch.tensor_split,
-                          torch.functional.split, torch.nn.functional.scaled_dot_product_attention}
+                          torch.functional.split, torch.nn.functional.scaled_dot_product_attention,
+                          torch.einsum, torch.functional.einsum}
 _WRITTEN_OUT_METHODS = {"split", "split_with_sizes", "chunk", "unbind", "tensor_split"}
 
 

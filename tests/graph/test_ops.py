@@ -551,3 +551,41 @@ def test_the_default_recipe_prunes_a_sigmoid_network_and_converts_it() -> None:
         torch.testing.assert_close(det(x), model.predict(x), rtol=1e-5, atol=1e-5)
     assert _weight(det, "hidden").shape[0] == kept
     assert count_params(det) == count_params(model) < count_params(net)
+
+
+# ---------------------------------------------------------------------- einsum
+class _EinsumAttention(_Export):
+    """Multi-head self-attention with ``einsum`` as research code writes it (spaces, heads on
+    their own axis, a fused qkv projection), a feed-forward block and a mean-pooled head."""
+
+    def __init__(self, dim: int = 16, heads: int = 4, export: bool = False) -> None:
+        super().__init__()
+        self.heads, self.export = heads, export
+        self.to_qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.to_out = nn.Linear(dim, dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 32), nn.GELU(), nn.Linear(32, dim))
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.export:
+            self.check(x)
+        b, n, d = x.shape
+        q, k, v = (t.reshape(b, n, self.heads, -1).transpose(1, 2) for t in self.to_qkv(x).chunk(3, dim=-1))
+        dots = torch.einsum("b h i d, b h j d -> b h i j", q, k) * q.shape[-1] ** -0.5
+        out = torch.einsum("b h i j, b h j d -> b i h d", dots.softmax(dim=-1), v)
+        x = x + self.to_out(out.reshape(b, n, d))
+        x = x + self.ff(x)
+        return self.head(x.mean(1))
+
+
+@pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
+def test_einsum_attention_prunes_its_heads_and_feed_forward(export: bool) -> None:
+    """The heads reach the output projection through two einsums: they are gated (q, k and
+    v rows go with their head) and the converted network is smaller and equal."""
+    x = torch.randn(6, 4, 16, generator=torch.Generator().manual_seed(0))
+    net = _EinsumAttention(export=export)
+    model = bayesianize(net.eval(), example_input=x[:2])
+    assert {"to_qkv", "to_out", "ff.0", "ff.2"} <= _gated_layers(model), _gated_layers(model)
+    assert any("head" in name for name in model.gates())
+    det = _prune_and_convert(model, net, x)
+    assert _weight(det, "to_qkv").shape[0] < 3 * 16 and _weight(det, "to_out").shape[1] < 16
