@@ -243,7 +243,7 @@ def to_deterministic(model: PrunableNet, guide: Any = None, *, example_input: An
             except ValueError as err:
                 raise UnsupportedOpError(f"{op.name}: {err}") from err
         elif isinstance(m, nn.Unflatten) and node in plan.arg_rewrites:
-            root[target] = nn.Unflatten(m.dim, _new_unflatten_sizes(an, node, m))
+            root[target] = nn.Unflatten(m.dim, _new_unflatten_sizes(an, node, m, plan.new_shape))
         else:
             if isinstance(m, (StochasticModule, StructureGate)):
                 raise UnsupportedOpError(
@@ -418,7 +418,7 @@ def shrink(model: PrunableNet, guide: Any = None, *, example_input: Any = None,
         elif op.kind is OpKind.BATCH_NORM:
             slice_layer_(m, None, _idx(plan.keep[op.inputs[0]][1], op.channels))
         elif isinstance(m, nn.Unflatten) and node in plan.arg_rewrites:
-            m.unflattened_size = _new_unflatten_sizes(an, node, m)
+            m.unflattened_size = _new_unflatten_sizes(an, node, m, plan.new_shape)
         else:
             for n in [*op.inputs, node]:
                 if an.ops[n].is_tensor and plan.new_shape.get(n) != an.ops[n].shape and \

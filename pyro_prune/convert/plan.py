@@ -237,7 +237,7 @@ def _call_with(node: fx.Node, net: nn.Module, after: _ValuesAfterSlicing, args: 
 
     module = None
     if node.op == "call_module" and isinstance(m := net.get_submodule(str(node.target)), nn.Unflatten):
-        module = nn.Unflatten(m.dim, _new_unflatten_sizes(an, node, m))
+        module = nn.Unflatten(m.dim, _new_unflatten_sizes(an, node, m, after.new_shape))
     return run_index_op(an.ops[node], net, args, kwargs, value, module)
 
 
@@ -260,9 +260,13 @@ def _fix_sizes(sizes: Sequence[Any], old: Sequence[int], new: Sequence[int], axe
     return out
 
 
-def _new_unflatten_sizes(an: DependencyAnalysis, node: fx.Node, m: nn.Unflatten) -> tuple[int, ...]:
-    return tuple(an.ops[node].shape[m.dim % len(an.ops[node].shape): m.dim % len(an.ops[node].shape)
-                                    + len(m.unflattened_size)])  # type: ignore[index]
+def _new_unflatten_sizes(an: DependencyAnalysis, node: fx.Node, m: nn.Unflatten,
+                         new_shape: dict[fx.Node, tuple[int, ...]]) -> tuple[int, ...]:
+    """The sizes of an ``nn.Unflatten`` after slicing: its output's new sizes along the axes it
+    makes (its ``dim`` counts in its input), ``-1`` where it had ``-1``."""
+    d = m.dim % len(an.ops[an.ops[node].inputs[0]].shape)
+    new = new_shape[node][d: d + len(m.unflattened_size)]
+    return tuple(-1 if int(old) == -1 else int(size) for old, size in zip(m.unflattened_size, new))
 
 
 def _rewrite_index_args(an: DependencyAnalysis, node: fx.Node, op: Op,
@@ -328,7 +332,7 @@ def _rewrite_index_args(an: DependencyAnalysis, node: fx.Node, op: Op,
     if node.op == "call_method" and name == "unflatten":
         dim = args[1] if len(args) > 1 else kwargs["dim"]
         sizes = args[2] if len(args) > 2 else kwargs["sizes"]
-        d = int(dim) % len(old)
+        d = int(dim) % len(an.ops[args[0]].shape)  # an axis of the input
         fixed = tuple(fix(sizes, range(d, d + len(sizes))))
         if len(args) > 2:
             return (args[0], args[1], fixed), kwargs

@@ -589,3 +589,48 @@ def test_einsum_attention_prunes_its_heads_and_feed_forward(export: bool) -> Non
     assert any("head" in name for name in model.gates())
     det = _prune_and_convert(model, net, x)
     assert _weight(det, "to_qkv").shape[0] < 3 * 16 and _weight(det, "to_out").shape[1] < 16
+
+
+# ---------------------------------------------------------------------- unflatten
+class _HandWrittenAttention(_Export):
+    """Multi-head self-attention as a ViT written by hand: ``q @ k.transpose(-2, -1)``, sizes
+    from the input and the head count, the output projection after ``reshape(b, n, -1)``."""
+
+    def __init__(self, dim: int = 16, heads: int = 4, export: bool = False) -> None:
+        super().__init__()
+        self.heads, self.export = heads, export
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.fc = nn.Linear(dim, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.export:
+            self.check(x)
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attn = (q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5).softmax(dim=-1)
+        x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
+        return self.fc(x.mean(1))
+
+
+@pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
+def test_hand_written_attention_prunes_its_heads_on_both_tracers(export: bool) -> None:
+    """The head gate's ``unflatten(-1, (heads, -1))`` counts its axis in its input: traced by
+    fx its sizes are rewritten from the input's last axis (before: an IndexError)."""
+    x = torch.randn(6, 4, 16, generator=torch.Generator().manual_seed(0))
+    net = _HandWrittenAttention(export=export)
+    model = bayesianize(net.eval(), example_input=x[:2])
+    assert {"qkv", "proj"} <= _gated_layers(model) and any("head" in name for name in model.gates())
+    det = _prune_and_convert(model, net, x)
+    assert _weight(det, "qkv").shape[0] < 3 * 16 and _weight(det, "proj").shape[1] < 16
+
+
+@pytest.mark.parametrize("dim", [1, -1])
+def test_an_unflatten_module_takes_the_new_sizes(dim: int) -> None:
+    """``nn.Unflatten`` after a gated layer: its sizes follow the kept neurons, its ``dim``
+    counted in its input (negative too)."""
+    net = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Unflatten(dim, (12, 1)), nn.Flatten(), nn.Linear(12, 3))
+    x = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
+    det = _run(net, x, {"0"})
+    (unflatten,) = [m for m in det.modules() if isinstance(m, nn.Unflatten)]
+    assert unflatten.unflattened_size == (12 - int(0.4 * 12), 1)
