@@ -256,19 +256,17 @@ def to_deterministic(model: PrunableNet, guide: Any = None, *, example_input: An
 
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
+
+    def kept_positions(name: str, idx: Tensor) -> fx.Node:
+        root[name] = idx.to(an.device)
+        return graph.get_attr(name)
+
     for node in an.graph.nodes:
         node_op = an.ops.get(node)
         if node_op is not None and node_op.kind is OpKind.GATE and node not in scale_modules:
             env[node] = env[node.args[0]]  # type: ignore[index]
             continue
-        new = graph.node_copy(node, lambda n: env[n])
-        if node in plan.arg_rewrites:
-            args, kwargs = plan.arg_rewrites[node]
-            new.args = fx.node.map_arg(args, lambda n: env[n])
-            new.kwargs = fx.node.map_arg(kwargs, lambda n: env[n])
-        new.meta = {}
-        new.type = None  # annotations of the traced code (scriptability)
-        env[node] = new
+        env[node] = _copy_node(graph, node, plan, env, kept_positions)
     graph.lint()
     gm = fx.GraphModule(root, graph, class_name="PrunedNet")
     _strip_gate_hooks(gm)
@@ -283,6 +281,26 @@ def to_deterministic(model: PrunableNet, guide: Any = None, *, example_input: An
     if check:
         _check_equal(model, gm, an)
     return gm
+
+
+def _copy_node(graph: fx.Graph, node: fx.Node, plan: Any, env: dict[fx.Node, fx.Node],
+               kept_positions: Callable[[str, Tensor], fx.Node]) -> fx.Node:
+    """``node`` copied into the converted ``graph``: its size arguments rewritten, and each
+    operand it reads along an axis its output lost selected first (``index_select`` of the
+    kept positions, a tensor ``kept_positions(name, indices)`` stores and reads)."""
+    selected: dict[fx.Node, fx.Node] = {}
+    for k, (operand, axis, idx) in enumerate(plan.selections.get(node, ())):
+        source = selected.get(operand, env[operand])
+        positions = kept_positions(f"_kept_{node.name}_{k}", idx)
+        selected[operand] = graph.call_function(torch.index_select, (source, axis, positions))
+    new = graph.node_copy(node, lambda n: selected.get(n, env[n]))
+    if node in plan.arg_rewrites:
+        args, kwargs = plan.arg_rewrites[node]
+        new.args = fx.node.map_arg(args, lambda n: selected.get(n, env[n]))
+        new.kwargs = fx.node.map_arg(kwargs, lambda n: selected.get(n, env[n]))
+    new.meta = {}
+    new.type = None  # annotations of the traced code (scriptability)
+    return new
 
 
 def _sliced_attribute(an: DependencyAnalysis, plan: Any, node: fx.Node, t: Tensor) -> Tensor:
@@ -357,8 +375,8 @@ def _check_equal(model: PrunableNet, module: Callable[[Tensor], Tensor], an: Dep
                 raise RuntimeError(
                     f"conversion check failed: the converted network does not run ({err}). The removed "
                     f"structures ({removed}) were sliced out of some tensors but not out of others they meet, "
-                    f"e.g. attention heads whose scores take a per-head bias from a table (Swin's relative "
-                    f"position bias). The model itself (model.predict, the predictive, the export of its "
+                    f"e.g. attention heads folded into the batch axis whose scores take a per-head bias "
+                    f"repeated along it (BLOOM's ALiBi layout). The model itself (model.predict, the predictive, the export of its "
                     f"posterior) is unaffected, but this network cannot yet be converted with these structures "
                     f"removed; please report this") from err
     tol = 1e-4 if an.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
@@ -424,19 +442,18 @@ def shrink(model: PrunableNet, guide: Any = None, *, example_input: Any = None,
                 if an.ops[n].is_tensor and plan.new_shape.get(n) != an.ops[n].shape and \
                         any(True for _ in m.parameters()):
                     raise UnsupportedOpError(f"cannot slice the parameters of {op.name}")
-    if any(n.op != "call_module" for n in plan.arg_rewrites):
-        # constant sizes in the backbone's code changed: run it as the rewritten graph
+    if any(n.op != "call_module" for n in plan.arg_rewrites) or plan.selections:
+        # constant sizes in the backbone's code changed, or an operand is selected: run it as
+        # the rewritten graph
         graph = fx.Graph()
         env: dict[fx.Node, fx.Node] = {}
+
+        def kept_positions(name: str, idx: Tensor) -> fx.Node:
+            net.register_buffer(name, idx.to(an.device), persistent=False)
+            return graph.get_attr(name)
+
         for node in an.graph.nodes:
-            nn_ = graph.node_copy(node, lambda n: env[n])
-            if node in plan.arg_rewrites:
-                args, kwargs = plan.arg_rewrites[node]
-                nn_.args = fx.node.map_arg(args, lambda n: env[n])
-                nn_.kwargs = fx.node.map_arg(kwargs, lambda n: env[n])
-            nn_.meta = {}
-            nn_.type = None
-            env[node] = nn_
+            env[node] = _copy_node(graph, node, plan, env, kept_positions)
         for key, value in an.constants.items():  # tensors export lifted out of the code
             if not hasattr(net, key):
                 net.register_buffer(key, value.detach().clone(), persistent=False)

@@ -43,6 +43,9 @@ class _Plan:
     keep: dict[fx.Node, list[Tensor]]  # kept indices per axis of every tensor node
     new_shape: dict[fx.Node, tuple[int, ...]]
     arg_rewrites: dict[fx.Node, tuple[tuple, dict]]
+    #: operands an elementwise op reads along axes its output lost: ``(operand, its axis,
+    #: kept indices)`` per op, selected before it (a per-head bias table's heads, below)
+    selections: dict[fx.Node, list[tuple[fx.Node, int, Tensor]]] = dataclasses.field(default_factory=dict)
 
 
 def _existence_pass(an: DependencyAnalysis, removed: Tensor) -> dict[fx.Node, Tensor]:
@@ -187,7 +190,36 @@ def _plan_from(an: DependencyAnalysis, model: PrunableNet, removed: Tensor) -> _
                 f"cannot slice through {op.name} (node {node.name!r}): after removing structures "
                 f"it no longer maps its input positions to the same outputs; write sizes that "
                 f"change with pruning as -1")
-    return _Plan(an=an, removed=removed, exists=ex, keep=keep, new_shape=new_shape, arg_rewrites=rewrites)
+    return _Plan(an=an, removed=removed, exists=ex, keep=keep, new_shape=new_shape, arg_rewrites=rewrites,
+                 selections=_operand_selections(an, keep))
+
+
+def _operand_selections(an: DependencyAnalysis, keep: dict[fx.Node, list[Tensor]]
+                        ) -> dict[fx.Node, list[tuple[fx.Node, int, Tensor]]]:
+    """Where an elementwise op of several tensors (``+``, ``*``, ``masked_fill``) loses
+    positions along an axis that an operand spans in full, the operand's kept positions:
+    ``scores + bias`` after heads were removed from the scores (through q and k), with the
+    bias a per-head table indexed by relative position (Swin), an embedding of relative
+    positions (T5, MPNet) or a constant. Each op's output position reads only the operands'
+    positions at the same index, so selecting them is exact. Not along the batch axis (where
+    the analysis's one example can stand for heads folded into the batch)."""
+    selections: dict[fx.Node, list[tuple[fx.Node, int, Tensor]]] = {}
+    for node, op in an.ops.items():
+        if not op.is_tensor or not (op.kind is OpKind.BINARY or (op.kind is OpKind.ELEMENTWISE and len(op.inputs) > 1)):
+            continue
+        operands = binary_operands(op) if op.kind is OpKind.BINARY else op.inputs
+        for operand in dict.fromkeys(operands):
+            shape = an.ops[operand].shape
+            lead = len(op.shape) - len(shape)
+            if lead < 0:
+                continue  # not a value of the output (``type_as``'s dtype source)
+            for axis, size in enumerate(shape):
+                kept = keep[node][axis + lead]
+                if axis + lead == 0 or size != op.shape[axis + lead] or kept.numel() == size \
+                        or keep[operand][axis].numel() != size:
+                    continue  # the batch, broadcast, nothing lost, or the operand sliced itself
+                selections.setdefault(node, []).append((operand, axis, kept))
+    return selections
 
 
 class _ValuesAfterSlicing:

@@ -236,10 +236,10 @@ def bayesianize(
             (each gate's first structure removed, :func:`~pyro_prune.convert.to_deterministic`
             with its check): a gate whose removals the converter cannot carry out is left out,
             with one warning naming it and why, so that every structure the model can remove
-            also leaves the converted network. Examples: attention heads whose scores add a
-            per-head bias gathered from a table (Swin, MPNet), single q/k/v neurons where the
-            heads are not found (Swin's, whose heads get no gate), a layer whose width a later
-            ``view`` reads from a tensor that is not sliced with it. Costs one conversion of the
+            also leaves the converted network. Examples: attention heads folded into the
+            batch axis whose scores add a bias repeated along it (BLOOM's ALiBi layout), single
+            q/k/v neurons where the heads are not found, a layer whose width a later ``view``
+            reads from a tensor that is not sliced with it. Costs one conversion of the
             network, a few more when a gate fails (the failing set is halved down to its gates).
 
     Raises:

@@ -73,6 +73,27 @@ def _qwen2() -> nn.Module:
         intermediate_size=24, max_position_embeddings=16, pad_token_id=0, num_labels=CLASSES))
 
 
+class _T5EncoderClassifier(nn.Module):
+    """T5's encoder (relative-position bias from an embedding of position buckets, computed in
+    its first layer and added to the scores of every layer) with a mean-pooled classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = transformers.T5EncoderModel(transformers.T5Config(
+            vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_heads=4, pad_token_id=0))
+        self.head = nn.Linear(16, CLASSES)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.head(self.encoder(input_ids=ids).last_hidden_state.mean(1))
+
+
+def _mpnet() -> nn.Module:
+    """MPNet: a relative-position bias per head from an embedding, added to every layer's scores."""
+    return transformers.MPNetForSequenceClassification(transformers.MPNetConfig(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=24,
+        max_position_embeddings=40, num_labels=CLASSES))
+
+
 def _swin() -> nn.Module:
     """Swin on 32x32 one-channel images: its scores add a per-head relative-position bias table."""
     return transformers.SwinForImageClassification(transformers.SwinConfig(
@@ -334,10 +355,17 @@ CASES = foreign.cases(
     hf_funnel_type_as=(_funnel, foreign.token_ids), hf_bloom_alibi_baddbmm=(_bloom, foreign.token_ids),
     hf_qwen2=(_qwen2, foreign.token_ids), hf_mobilenet_v2_same_padding=(_mobilenet_v2, foreign.large_images),
     resnet_inplace_export=(_ResNetBasicBlocks, foreign.images), hf_falcon_multi_query=(_falcon, foreign.token_ids),
-    hf_levit_reshape_as=(_levit, foreign.large_images), squeeze_excite_expand_as=(foreign.SENet, foreign.images))
+    hf_levit_reshape_as=(_levit, foreign.large_images), squeeze_excite_expand_as=(foreign.SENet, foreign.images),
+    hf_swin_relative_bias=(_swin, foreign.large_images),
+    hf_t5_encoder_relative_bias=(_T5EncoderClassifier, foreign.token_ids),
+    hf_mpnet_relative_bias=(_mpnet, foreign.token_ids))
 SLOW = {"hf_gpt2", "hf_llama_gqa", "hf_vit", "hf_bert_eager", "transformer_encoder_mha", "multihead_attention",
         "hf_opt_tokens_folded", "hf_mobilevit_patches_folded", "hf_funnel_type_as", "hf_bloom_alibi_baddbmm",
-        "hf_qwen2", "hf_mobilenet_v2_same_padding", "hf_falcon_multi_query", "hf_levit_reshape_as"}
+        "hf_qwen2", "hf_mobilenet_v2_same_padding", "hf_falcon_multi_query", "hf_levit_reshape_as",
+        "hf_swin_relative_bias", "hf_t5_encoder_relative_bias", "hf_mpnet_relative_bias"}
+#: attention whose scores add a per-head relative-position bias (the bias follows the heads):
+#: the number of attention layers, each with its head gate
+RELATIVE_BIAS = {"hf_swin_relative_bias": 1, "hf_t5_encoder_relative_bias": 2, "hf_mpnet_relative_bias": 2}
 #: networks with nn.MultiheadAttention: its 4 heads get one gate, 40% of it (2 heads) go
 MHA = {"transformer_encoder_mha", "multihead_attention"}
 
@@ -363,6 +391,8 @@ def test_any_network_through_the_pipeline(name: str) -> None:
     y = torch.randint(0, CLASSES, (x.shape[0],), generator=torch.Generator().manual_seed(2))
     model = bayesianize(plain, example_input=x[:2])
     assert model.gates(), "bayesianize put no gate"
+    if name in RELATIVE_BIAS:  # every attention's heads are gated
+        assert sum(n.endswith("head_gate") for n in model.gates()) == RELATIVE_BIAS[name], list(model.gates())
     fit(model, TensorDataset(x, y), epochs=1, batch_size=16, lr=1e-2, progress=False, seed=0)
     _prune_fraction(model, 0.4, seed=3)
     model.eval()
@@ -539,18 +569,43 @@ def test_the_default_recipe_prunes_a_decoder_that_folds_its_tokens_into_the_batc
     assert count_params(det) < count_params(foreign.hf_opt())
 
 
+class _FoldedHeadsWithBias(nn.Module):
+    """Attention with its heads folded into the batch for a 3-d ``bmm`` and a per-head bias
+    repeated along that folded axis (``[batch * heads, 1, 1]``, as BLOOM lays out ALiBi):
+    which entries of that axis are a removed head's depends on the batch size."""
+
+    def __init__(self, dim: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Linear(6, dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.slopes = nn.Parameter(torch.linspace(-1.0, 1.0, heads).reshape(heads, 1, 1))
+        self.ff = nn.Sequential(nn.Linear(dim, 24), nn.ReLU(), nn.Linear(24, dim))
+        self.head = nn.Linear(dim, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        x = self.embed(x)
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, 4).permute(2, 0, 3, 1, 4).reshape(3, -1, n, 4)
+        scores = torch.bmm(qkv[0], qkv[1].transpose(1, 2)) + self.slopes.repeat(b, 1, 1)
+        out = torch.bmm(scores.softmax(-1), qkv[2]).reshape(b, self.heads, n, 4).transpose(1, 2)
+        x = x + self.proj(out.reshape(b, n, -1))
+        return self.head((x + self.ff(x)).mean(1))
+
+
 def test_a_converted_network_that_cannot_run_is_refused_with_what_went_wrong() -> None:
-    """Swin's attention adds a per-head bias gathered from a table to its scores; slicing its
-    heads is not supported yet, and the conversion says so instead of failing inside torch."""
+    """Heads folded into the batch axis with a per-head bias along it: slicing its heads is
+    not supported, and the conversion says so instead of failing inside torch."""
     torch.manual_seed(0)
-    x = foreign.large_images(4)
-    model = bayesianize(_swin().eval(), example_input=x[:2],
-                        check_conversion=False)  # the head gates bayesianize would leave out
+    x = foreign.sequences(4)
+    model = bayesianize(_FoldedHeadsWithBias().eval(), example_input=x[:2],
+                        check_conversion=False)  # the head gate bayesianize would leave out
     heads = [g for n, g in model.gates().items() if n.endswith("head_gate")]
     assert heads
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        heads[0].prune(torch.tensor([True, False]))
+        heads[0].prune(torch.tensor([True, False, True, True]))
     with pytest.raises(RuntimeError, match=r"conversion check failed: the converted network does not run .*"
                                            r"head_gate.*per-head bias.*model.predict.*is unaffected"):
         to_deterministic(model, example_input=x[:2])
@@ -596,8 +651,8 @@ def test_gates_tied_by_a_product_that_leave_no_neuron_alive_convert_to_a_zero_la
 
 
 @pytest.mark.parametrize(("make", "data", "left_out"), [
-    (_swin, foreign.large_images, r"attention\.o_proj.*does not run"),  # a per-head bias table
-], ids=["swin_head_bias_table"])
+    (_FoldedHeadsWithBias, foreign.sequences, r"proj.*does not run"),  # a bias along folded heads
+], ids=["folded_heads_bias"])
 def test_gates_the_converter_cannot_carry_out_are_left_out_with_the_reason(make, data, left_out: str) -> None:
     torch.manual_seed(0)
     x = data(16)

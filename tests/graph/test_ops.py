@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pyro_prune.convert import count_params, to_deterministic
+from pyro_prune.convert import count_params, shrink, to_deterministic
 from pyro_prune.graph import structure_graph
 from pyro_prune.models import bayesianize
 
@@ -634,3 +634,49 @@ def test_an_unflatten_module_takes_the_new_sizes(dim: int) -> None:
     det = _run(net, x, {"0"})
     (unflatten,) = [m for m in det.modules() if isinstance(m, nn.Unflatten)]
     assert unflatten.unflattened_size == (12 - int(0.4 * 12), 1)
+
+
+# ---------------------------------------------------------------------- per-head bias
+class _RelativeBiasAttention(_Export):
+    """Windowed attention with a learned relative-position bias per head, gathered from a
+    table by a buffer of indices and added to the scores (as Swin writes it)."""
+
+    def __init__(self, dim: int = 16, heads: int = 4, window: int = 4, export: bool = False) -> None:
+        super().__init__()
+        self.heads, self.export = heads, export
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.table = nn.Parameter(torch.randn(2 * window - 1, heads, generator=torch.Generator().manual_seed(1)))
+        coords = torch.arange(window)
+        self.register_buffer("index", coords[:, None] - coords[None, :] + window - 1, persistent=False)
+        self.fc = nn.Linear(dim, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.export:
+            self.check(x)
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attn = q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5
+        bias = self.table[self.index.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
+        attn = (attn + bias.unsqueeze(0)).softmax(dim=-1)
+        x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
+        return self.fc(x.mean(1))
+
+
+@pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
+def test_a_per_head_bias_table_follows_the_heads(export: bool) -> None:
+    """The scores add a bias per head gathered from a table: the converted network selects
+    the kept heads' bias before the add (the table keeps its columns), and so does the
+    smaller Bayesian model (before: the heads got no gate, 'does not run')."""
+    x = torch.randn(6, 4, 16, generator=torch.Generator().manual_seed(0))
+    net = _RelativeBiasAttention(export=export)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no gate left out
+        model = bayesianize(net.eval(), example_input=x[:2])
+    assert {"qkv", "proj"} <= _gated_layers(model) and any("head" in name for name in model.gates())
+    det = _prune_and_convert(model, net, x)
+    assert _weight(det, "qkv").shape[0] < 3 * 16 and _weight(det, "proj").shape[1] < 16
+    assert any(n.target is torch.index_select for n in det.graph.nodes)
+    small, _ = shrink(model, example_input=x[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(small.predict(x), model.predict(x), rtol=1e-5, atol=1e-5)
