@@ -292,6 +292,13 @@ def _copy_node(graph: fx.Graph, node: fx.Node, plan: Any, env: dict[fx.Node, fx.
     for k, (operand, axis, idx) in enumerate(plan.selections.get(node, ())):
         source = selected.get(operand, env[operand])
         positions = kept_positions(f"_kept_{node.name}_{k}", idx)
+        if axis + len(plan.an.ops[node].shape) - len(plan.an.ops[operand].shape) == 0:
+            # the batch axis, [batch * k] with the batch outermost: select within each example
+            per_example = plan.an.ops[operand].shape[axis]
+            source = graph.call_function(torch.unflatten, (source, axis, (-1, per_example)))
+            picked = graph.call_function(torch.index_select, (source, axis + 1, positions))
+            selected[operand] = graph.call_function(torch.flatten, (picked, axis, axis + 1))
+            continue
         selected[operand] = graph.call_function(torch.index_select, (source, axis, positions))
     new = graph.node_copy(node, lambda n: selected.get(n, env[n]))
     if node in plan.arg_rewrites:
@@ -375,17 +382,21 @@ def _check_equal(model: PrunableNet, module: Callable[[Tensor], Tensor], an: Dep
                 raise RuntimeError(
                     f"conversion check failed: the converted network does not run ({err}). The removed "
                     f"structures ({removed}) were sliced out of some tensors but not out of others they meet, "
-                    f"e.g. attention heads folded into the batch axis whose scores take a per-head bias "
-                    f"repeated along it (BLOOM's ALiBi layout). The model itself (model.predict, the predictive, the export of its "
+                    f"e.g. a bias the analysis of one example could not place. The model itself (model.predict, the predictive, the export of its "
                     f"posterior) is unaffected, but this network cannot yet be converted with these structures "
                     f"removed; please report this") from err
     tol = 1e-4 if an.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
     scale = max(1.0, float(want.abs().max()))
     if got.shape != want.shape or not torch.allclose(got, want, rtol=tol, atol=tol * scale):
         diff = float((got - want).abs().max()) if got.shape == want.shape else float("nan")
+        removed = {name: int((~g.kept).sum()) for name, g in model.gates().items() if not bool(g.kept.all())}
         raise RuntimeError(
             f"conversion check failed: the converted network differs from model.predict by "
-            f"{diff:.3g} (shapes {tuple(got.shape)} vs {tuple(want.shape)}); please report this")
+            f"{diff:.3g} (shapes {tuple(got.shape)} vs {tuple(want.shape)}) with the removed structures "
+            f"{removed}, e.g. attention heads folded into the batch axis whose scores take a per-head "
+            f"bias laid out heads-outermost along it. The model itself (model.predict, the predictive, "
+            f"the export of its posterior) is unaffected, but this network cannot yet be converted with "
+            f"these structures removed; please report this")
 
 
 def shrink(model: PrunableNet, guide: Any = None, *, example_input: Any = None,

@@ -44,7 +44,8 @@ class _Plan:
     new_shape: dict[fx.Node, tuple[int, ...]]
     arg_rewrites: dict[fx.Node, tuple[tuple, dict]]
     #: operands an elementwise op reads along axes its output lost: ``(operand, its axis,
-    #: kept indices)`` per op, selected before it (a per-head bias table's heads, below)
+    #: kept indices)`` per op, selected before it (a per-head bias table's heads, below); on
+    #: the batch axis the kept indices of one example, the axis ``[batch * k]``
     selections: dict[fx.Node, list[tuple[fx.Node, int, Tensor]]] = dataclasses.field(default_factory=dict)
 
 
@@ -201,8 +202,10 @@ def _operand_selections(an: DependencyAnalysis, keep: dict[fx.Node, list[Tensor]
     ``scores + bias`` after heads were removed from the scores (through q and k), with the
     bias a per-head table indexed by relative position (Swin), an embedding of relative
     positions (T5, MPNet) or a constant. Each op's output position reads only the operands'
-    positions at the same index, so selecting them is exact. Not along the batch axis (where
-    the analysis's one example can stand for heads folded into the batch)."""
+    positions at the same index, so selecting them is exact. Along the batch axis, where the
+    analysis's one example has ``k > 1`` entries, the axis is ``[batch * k]`` with the batch
+    outermost (heads folded into the batch for a 3-d ``bmm``, BLOOM's ALiBi bias
+    ``[batch * heads, 1, keys]``): the kept entries of each example are selected."""
     selections: dict[fx.Node, list[tuple[fx.Node, int, Tensor]]] = {}
     for node, op in an.ops.items():
         if not op.is_tensor or not (op.kind is OpKind.BINARY or (op.kind is OpKind.ELEMENTWISE and len(op.inputs) > 1)):
@@ -215,9 +218,8 @@ def _operand_selections(an: DependencyAnalysis, keep: dict[fx.Node, list[Tensor]
                 continue  # not a value of the output (``type_as``'s dtype source)
             for axis, size in enumerate(shape):
                 kept = keep[node][axis + lead]
-                if axis + lead == 0 or size != op.shape[axis + lead] or kept.numel() == size \
-                        or keep[operand][axis].numel() != size:
-                    continue  # the batch, broadcast, nothing lost, or the operand sliced itself
+                if size != op.shape[axis + lead] or kept.numel() == size or keep[operand][axis].numel() != size:
+                    continue  # broadcast, nothing lost, or the operand sliced itself
                 selections.setdefault(node, []).append((operand, axis, kept))
     return selections
 

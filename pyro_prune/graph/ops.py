@@ -26,7 +26,8 @@ Supported ops (anything else applied to a tensor that carries gated structures r
   / ``nn.Upsample``, per channel;
 * ``mean``/``sum``/``amax``/``amin`` over axes, ``softmax``/``log_softmax``, ``nn.LayerNorm``
   / ``F.layer_norm`` (over channels: pinned), ``matmul``/``@``/``bmm`` (attention),
-  ``einsum`` (written out by :mod:`pyro_prune.graph.trace` as sums, permutes and ``matmul``);
+  ``einsum`` and ``baddbmm`` (written out by :mod:`pyro_prune.graph.trace` as sums, permutes
+  and ``matmul``);
 * shape queries (``x.shape``, ``x.size()``, ``x.dim()``) and Python arithmetic on them.
 """
 
@@ -174,7 +175,7 @@ def supported_ops() -> dict[str, list[str]]:
         "functions": sorted({fname(f) for f in (
             *_ELEMENTWISE_FUNCTIONS, *_CLAMP_FUNCTIONS, *_SCALAR_FUNCTIONS, *_INDEX_FUNCTIONS, *_POOL_FUNCTIONS,
             *_REDUCE_FUNCTIONS, *_SOFTMAX_FUNCTIONS, *_MATMUL_FUNCTIONS, F.layer_norm, F.batch_norm,
-            F.pad, torch.einsum, F.scaled_dot_product_attention)}),  # the last two written out
+            F.pad, torch.einsum, torch.baddbmm, F.scaled_dot_product_attention)}),  # the last three written out
         "methods": sorted(set(_ELEMENTWISE_METHODS) | _CLAMP_METHODS | set(_SCALAR_METHODS) | _INDEX_METHODS
                           | _REDUCE_METHODS | _SOFTMAX_METHODS | _MATMUL_METHODS
                           | _SHAPE_METHODS),

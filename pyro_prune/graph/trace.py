@@ -23,7 +23,8 @@ and its internals, e.g. Pyro sampling, are not traced) and turned back into a
 rewritten as the ``slice``/``select`` ops that read each part, so every node has one tensor
 output; ``scaled_dot_product_attention`` becomes ``softmax(q k^T * scale + mask) @ v`` (the
 structure analysis sees q and k tied by their contraction and the heads carried by v),
-``einsum`` the sums, permutes and batched matrix products it stands for, and a
+``einsum`` the sums, permutes and batched matrix products it stands for, ``baddbmm`` its
+sum and product, and a
 ``view`` a ``reshape`` (the written-out ops' outputs need not have the strides of the fused
 kernel's). Every module's train/eval mode is restored exactly afterwards.
 """
@@ -195,6 +196,8 @@ def _to_module_graph(ep: Any, index_of: dict[int, str]) -> tuple[fx.Graph, dict[
             new = graph.call_module(index_of[int(idx)], (env[x],))
         elif target is _A.scaled_dot_product_attention.default:
             new = _sdpa_as_ops(graph, node, env, constants)
+        elif target is _A.baddbmm.default:
+            new = _baddbmm_as_ops(graph, node, env)
         elif target is _A.einsum.default:
             new = _einsum_as_ops(graph, node, env) or graph.node_copy(node, lambda n: env[n])
         elif target is _A.view.default:  # a view of an op written out above may need a copy
@@ -266,6 +269,23 @@ def _sdpa_as_ops(graph: fx.Graph, node: fx.Node, env: dict, constants: dict[str,
             scores = graph.call_function(_A.add.Tensor, (scores, m))
     probs = graph.call_function(_A.softmax.int, (scores, -1))
     return graph.call_function(_A.matmul.default, (probs, v))
+
+
+def _baddbmm_as_ops(graph: fx.Graph, node: fx.Node, env: dict) -> fx.Node:
+    """``baddbmm(input, b1, b2, beta, alpha)`` as ``beta * input + alpha * (b1 @ b2)`` (BLOOM
+    adds its ALiBi bias to the attention scores so): the analysis then sees the product and
+    the bias as it sees them written out."""
+    names = ["input", "batch1", "batch2", "beta", "alpha"]
+    a = {"beta": 1, "alpha": 1, **dict(zip(names, node.args)), **node.kwargs}
+    product = graph.call_function(_A.bmm.default, (env[a["batch1"]], env[a["batch2"]]))
+    if a["alpha"] != 1:
+        product = graph.call_function(_A.mul.Tensor, (product, a["alpha"]))
+    if a["beta"] == 0:  # the input is ignored (NaN included)
+        return product
+    bias = env[a["input"]]
+    if a["beta"] != 1:
+        bias = graph.call_function(_A.mul.Tensor, (bias, a["beta"]))
+    return graph.call_function(_A.add.Tensor, (bias, product))
 
 
 def _einsum_labels(equation: str, ndims: list[int]) -> tuple[list[list[str]], list[str]] | None:
@@ -391,8 +411,8 @@ def _split_parts(graph: fx.Graph, node: fx.Node, env: dict) -> list[fx.Node]:
 #: as torch functions and tensor methods: a fx graph holding one is traced with export instead
 _WRITTEN_OUT_FUNCTIONS = {torch.split, torch.chunk, torch.unbind, torch.tensor_split,
                           torch.functional.split, torch.nn.functional.scaled_dot_product_attention,
-                          torch.einsum, torch.functional.einsum}
-_WRITTEN_OUT_METHODS = {"split", "split_with_sizes", "chunk", "unbind", "tensor_split"}
+                          torch.einsum, torch.functional.einsum, torch.baddbmm}
+_WRITTEN_OUT_METHODS = {"split", "split_with_sizes", "chunk", "unbind", "tensor_split", "baddbmm"}
 
 
 def _written_out(node: fx.Node) -> bool:

@@ -100,3 +100,29 @@ def test_an_einsum_with_a_diagonal_is_kept_as_it_is() -> None:
     gm, ops = _graph_module(net, x)
     assert "aten.einsum.default" in ops
     torch.testing.assert_close(gm(x), net(x))
+
+
+class _Baddbmm(nn.Module):
+    """``torch.baddbmm`` (or the method) of a bias and two batches made from one input."""
+
+    def __init__(self, beta: float, alpha: float, method: bool) -> None:
+        super().__init__()
+        self.beta, self.alpha, self.method = beta, alpha, method
+        self.bias = nn.Parameter(torch.randn(1, 1, 3, generator=torch.Generator().manual_seed(1)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = x[..., :2], x[:, :2, 2:]  # [n, 3, 2] @ [n, 2, 3]
+        if self.method:
+            return self.bias.expand(x.shape[0], 1, 3).baddbmm(a, b, beta=self.beta, alpha=self.alpha)
+        return torch.baddbmm(self.bias, a, b, beta=self.beta, alpha=self.alpha)
+
+
+@pytest.mark.parametrize(("beta", "alpha"), [(1.0, 1.0), (0.5, 0.25), (0.0, 2.0)])
+@pytest.mark.parametrize("method", [False, True], ids=["function", "method"])
+def test_baddbmm_is_written_out_as_a_sum_and_a_product(beta: float, alpha: float, method: bool) -> None:
+    net = _Baddbmm(beta, alpha, method)
+    x = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(0))
+    gm, ops = _graph_module(net, x)
+    assert "aten.baddbmm.default" not in ops and "aten.bmm.default" in ops
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), net(x))
