@@ -570,6 +570,31 @@ def test_the_default_recipe_prunes_a_decoder_that_folds_its_tokens_into_the_batc
     assert count_params(det) < count_params(foreign.hf_opt())
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:pruning would empty")  # the task needs one neuron
+def test_the_default_recipe_removes_heads_whose_scores_take_a_relative_position_bias() -> None:
+    """T5's encoder computes one relative-position bias per head in its first layer and adds
+    it to the scores of both: on the defaults (fit + ContinuousPruning(), nothing else) heads
+    of both layers go, each layer selecting its kept heads' bias, and the result converts."""
+    from pyro_prune.inference import ContinuousPruning, evaluate
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, VOCAB, (640, 8), generator=gen)
+    labels = ((ids == 5) | (ids == 7)).any(1).long()  # a token the network must find
+    train, test = TensorDataset(ids[:384], labels[:384]), TensorDataset(ids[384:], labels[384:])
+    torch.manual_seed(0)
+    model = bayesianize(_T5EncoderClassifier().eval(), example_input=ids[:2])
+    result = fit(model, train, batch_size=32, lr=1e-2, progress=False, seed=0, schedule=ContinuousPruning())
+    heads = [g for n, g in model.gates().items() if n.endswith("head_gate")]
+    assert len(heads) == 2 and all(0 < int(g.kept.sum()) < g.num_structures for g in heads)
+    assert evaluate(model, test)["accuracy"] >= 0.9
+    assert "attention heads" in str(result.report)
+    det = to_deterministic(model, example_input=ids[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(det(ids[384:]), model.predict(ids[384:]), rtol=1e-5, atol=1e-5)
+    assert count_params(det) < count_params(_T5EncoderClassifier()) // 2
+
+
 class _FoldedHeadsWithBias(nn.Module):
     """Attention with its heads folded into the batch for a 3-d ``bmm`` and a per-head bias
     repeated along that folded axis: ``[batch * heads, 1, keys]`` with the batch outermost, as
