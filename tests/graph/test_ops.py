@@ -608,9 +608,13 @@ class _HandWrittenAttention(_Export):
             self.check(x)
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        attn = (q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5).softmax(dim=-1)
+        attn = self.scores(q, k).softmax(dim=-1)
         x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
         return self.fc(x.mean(1))
+
+    def scores(self, q: Tensor, k: Tensor) -> Tensor:
+        """The attention logits ``[batch, heads, queries, keys]``."""
+        return q @ k.transpose(-2, -1) * q.size(-1) ** -0.5
 
 
 @pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
@@ -637,30 +641,20 @@ def test_an_unflatten_module_takes_the_new_sizes(dim: int) -> None:
 
 
 # ---------------------------------------------------------------------- per-head bias
-class _RelativeBiasAttention(_Export):
+class _RelativeBiasAttention(_HandWrittenAttention):
     """Windowed attention with a learned relative-position bias per head, gathered from a
     table by a buffer of indices and added to the scores (as Swin writes it)."""
 
     def __init__(self, dim: int = 16, heads: int = 4, window: int = 4, export: bool = False) -> None:
-        super().__init__()
-        self.heads, self.export = heads, export
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        super().__init__(dim, heads, export)
         self.table = nn.Parameter(torch.randn(2 * window - 1, heads, generator=torch.Generator().manual_seed(1)))
         coords = torch.arange(window)
         self.register_buffer("index", coords[:, None] - coords[None, :] + window - 1, persistent=False)
-        self.fc = nn.Linear(dim, 3)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.export:
-            self.check(x)
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        attn = q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5
+    def scores(self, q: Tensor, k: Tensor) -> Tensor:
+        n = q.size(-2)
         bias = self.table[self.index.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
-        attn = (attn + bias.unsqueeze(0)).softmax(dim=-1)
-        x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
-        return self.fc(x.mean(1))
+        return super().scores(q, k) + bias.unsqueeze(0)
 
 
 @pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
