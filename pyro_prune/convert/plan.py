@@ -276,21 +276,32 @@ def _call_with(node: fx.Node, net: nn.Module, after: _ValuesAfterSlicing, args: 
 
 
 def _fix_sizes(sizes: Sequence[Any], old: Sequence[int], new: Sequence[int], axes: Sequence[int],
-               op: Op, node: fx.Node, after: _ValuesAfterSlicing) -> list[Any]:
+               op: Op, node: fx.Node, after: _ValuesAfterSlicing, *, infer: bool = True) -> list[Any]:
+    """``sizes`` (of the axes ``axes``) for the new shape: a number is replaced by the new size,
+    a size read at run time stays where it follows the slicing. One computed from something
+    not sliced with it (``reshape(b, n, C)`` with ``C`` read from the block's input,
+    ``reshape(batch * num_heads, ...)``) becomes ``-1`` when ``infer`` (not for ``expand``)
+    and it is the only such size and no other is ``-1``: the others then fix it."""
     out = list(sizes)
+    stale: list[tuple[int, int]] = []
     for i, axis in zip(range(len(out)), axes):
         s = out[i]
         if old[axis] == new[axis]:
             continue
         if isinstance(s, fx.Node):
-            if after(s) == new[axis]:  # read at run time from a tensor that is sliced alike
-                continue
+            if after(s) != new[axis]:  # else read at run time from a tensor that is sliced alike
+                stale.append((i, axis))
+            continue
+        if isinstance(s, int) and s != -1:
+            out[i] = new[axis]
+    if stale:
+        i, axis = stale[0]
+        if not infer or len(stale) > 1 or any(isinstance(v, int) and v == -1 for v in out):
             raise UnsupportedOpError(
                 f"{op.name} (node {node.name!r}): the size of axis {axis} changes from "
                 f"{old[axis]} to {new[axis]} but is computed at run time from something that is "
                 f"not sliced with it; use -1 there")
-        if isinstance(s, int) and s != -1:
-            out[i] = new[axis]
+        out[i] = -1
     return out
 
 
@@ -337,7 +348,8 @@ def _rewrite_index_args(an: DependencyAnalysis, node: fx.Node, op: Op,
                 position(end) if end is not None else None), {}
     if node.op == "call_function" and node.target in SIZED_ATEN_OPS:
         sizes = args[1] if len(args) > 1 else kwargs["size"]
-        fixed_sizes = _fix_sizes(sizes, old, new, range(len(old)), op, node, after)
+        fixed_sizes = _fix_sizes(sizes, old, new, range(len(old)), op, node, after,
+                                 infer=node.target is not _ATEN.expand.default)
         return (args[0], fixed_sizes, *args[2:]), {k: v for k, v in kwargs.items() if k != "size"}
     if node.op == "call_function" and node.target is _ATEN.unflatten.int:
         d = int(args[1]) % len(an.ops[args[0]].shape)
@@ -345,7 +357,8 @@ def _rewrite_index_args(an: DependencyAnalysis, node: fx.Node, op: Op,
         return (args[0], args[1], _fix_sizes(sizes, old, new, range(d, d + len(sizes)), op, node, after)), {}
 
     def fix(sizes: Sequence[Any], axes: Sequence[int]) -> list[Any]:
-        return _fix_sizes(sizes, old, new, axes, op, node, after)
+        return _fix_sizes(sizes, old, new, axes, op, node, after,
+                          infer=not (node.op == "call_method" and node.target == "expand"))
 
     name = str(node.target)
     if node.op == "call_method" and name in SIZED_METHODS:

@@ -596,9 +596,9 @@ class _HandWrittenAttention(_Export):
     """Multi-head self-attention as a ViT written by hand: ``q @ k.transpose(-2, -1)``, sizes
     from the input and the head count, the output projection after ``reshape(b, n, -1)``."""
 
-    def __init__(self, dim: int = 16, heads: int = 4, export: bool = False) -> None:
+    def __init__(self, dim: int = 16, heads: int = 4, export: bool = False, width_from_input: bool = False) -> None:
         super().__init__()
-        self.heads, self.export = heads, export
+        self.heads, self.export, self.width_from_input = heads, export, width_from_input
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.fc = nn.Linear(dim, 3)
@@ -609,7 +609,8 @@ class _HandWrittenAttention(_Export):
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         attn = self.scores(q, k).softmax(dim=-1)
-        x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
+        width = d if self.width_from_input else -1  # Swin's reshape(B_, N, C), C read from the input
+        x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, width))
         return self.fc(x.mean(1))
 
     def scores(self, q: Tensor, k: Tensor) -> Tensor:
@@ -618,11 +619,14 @@ class _HandWrittenAttention(_Export):
 
 
 @pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
-def test_hand_written_attention_prunes_its_heads_on_both_tracers(export: bool) -> None:
+@pytest.mark.parametrize("width_from_input", [False, True], ids=["minus_one", "width_from_input"])
+def test_hand_written_attention_prunes_its_heads_on_both_tracers(export: bool, width_from_input: bool) -> None:
     """The head gate's ``unflatten(-1, (heads, -1))`` counts its axis in its input: traced by
-    fx its sizes are rewritten from the input's last axis (before: an IndexError)."""
+    fx its sizes are rewritten from the input's last axis (before: an IndexError). The
+    output's ``reshape(b, n, C)`` with ``C`` read from the block's input (not sliced with the
+    heads) becomes ``reshape(b, n, -1)`` (before: left out, 'use -1 there')."""
     x = torch.randn(6, 4, 16, generator=torch.Generator().manual_seed(0))
-    net = _HandWrittenAttention(export=export)
+    net = _HandWrittenAttention(export=export, width_from_input=width_from_input)
     model = bayesianize(net.eval(), example_input=x[:2])
     assert {"qkv", "proj"} <= _gated_layers(model) and any("head" in name for name in model.gates())
     det = _prune_and_convert(model, net, x)
