@@ -270,8 +270,13 @@ class PruningCallback(L.Callback):
                             "(e.g. PruningModule)")
         return model
 
+    @staticmethod
+    def _max_epochs(trainer: L.Trainer) -> int | None:
+        """The Trainer's ``max_epochs``; ``None`` when unbounded."""
+        return trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+
     def _training_epochs(self, trainer: L.Trainer) -> int | None:
-        max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+        max_epochs = self._max_epochs(trainer)
         return None if max_epochs is None else max_epochs - self.schedule.extra_epochs
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -285,7 +290,7 @@ class PruningCallback(L.Callback):
         if why is not None and trainer.is_global_zero:
             logger.info("%s", why)
         if self.finetune_epochs is None:
-            max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+            max_epochs = self._max_epochs(trainer)
             self.schedule.extra_epochs = default_finetune_epochs(max_epochs)
             if trainer.is_global_zero and max_epochs is not None:
                 logger.info("fine-tuning: the last %d of %d epochs, without pruning (PruningCallback"

@@ -363,6 +363,12 @@ def _fold_batch_norms(gm: fx.GraphModule) -> int:
     return folded
 
 
+#: the end of both conversion-check failures: what it means for the model and the user
+_CHECK_FAILED_NOTE = ("The model itself (model.predict, the predictive, the export of its posterior) is "
+                      "unaffected, but this network cannot yet be converted with these structures removed; "
+                      "please report this")
+
+
 def _check_equal(model: PrunableNet, module: Callable[[Tensor], Tensor], an: DependencyAnalysis) -> None:
     gen = torch.Generator().manual_seed(0)
     if an.input_dtype.is_floating_point:
@@ -371,6 +377,9 @@ def _check_equal(model: PrunableNet, module: Callable[[Tensor], Tensor], an: Dep
         x = torch.randint(0, 2, (2, *an.input_shape), generator=gen).to(an.input_dtype)
     x = x.to(an.device)
 
+    def removed() -> dict[str, int]:
+        return {name: int((~g.kept).sum()) for name, g in model.gates().items() if not bool(g.kept.all())}
+
     with modes_restored(model):
         model.eval()
         with torch.no_grad():
@@ -378,25 +387,19 @@ def _check_equal(model: PrunableNet, module: Callable[[Tensor], Tensor], an: Dep
             try:
                 got = module(x)
             except RuntimeError as err:
-                removed = {name: int((~g.kept).sum()) for name, g in model.gates().items() if not bool(g.kept.all())}
                 raise RuntimeError(
                     f"conversion check failed: the converted network does not run ({err}). The removed "
-                    f"structures ({removed}) were sliced out of some tensors but not out of others they meet, "
-                    f"e.g. a bias the analysis of one example could not place. The model itself (model.predict, the predictive, the export of its "
-                    f"posterior) is unaffected, but this network cannot yet be converted with these structures "
-                    f"removed; please report this") from err
+                    f"structures ({removed()}) were sliced out of some tensors but not out of others they "
+                    f"meet, e.g. a bias the analysis of one example could not place. {_CHECK_FAILED_NOTE}") from err
     tol = 1e-4 if an.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
     scale = max(1.0, float(want.abs().max()))
     if got.shape != want.shape or not torch.allclose(got, want, rtol=tol, atol=tol * scale):
         diff = float((got - want).abs().max()) if got.shape == want.shape else float("nan")
-        removed = {name: int((~g.kept).sum()) for name, g in model.gates().items() if not bool(g.kept.all())}
         raise RuntimeError(
             f"conversion check failed: the converted network differs from model.predict by "
             f"{diff:.3g} (shapes {tuple(got.shape)} vs {tuple(want.shape)}) with the removed structures "
-            f"{removed}, e.g. attention heads folded into the batch axis whose scores take a per-head "
-            f"bias laid out heads-outermost along it. The model itself (model.predict, the predictive, "
-            f"the export of its posterior) is unaffected, but this network cannot yet be converted with "
-            f"these structures removed; please report this")
+            f"{removed()}, e.g. attention heads folded into the batch axis whose scores take a per-head "
+            f"bias laid out heads-outermost along it. {_CHECK_FAILED_NOTE}")
 
 
 def shrink(model: PrunableNet, guide: Any = None, *, example_input: Any = None,

@@ -322,6 +322,7 @@ def _rewrite_index_args(an: DependencyAnalysis, node: fx.Node, op: Op,
     args: Any = node.args
     kwargs: dict[str, Any] = dict(node.kwargs)
     old, new = op.shape, new_shape[node]
+    infer = node.target not in (_ATEN.expand.default, "expand")  # -1 keeps a size in expand
     if node.op == "call_function" and node.target in (_ATEN.slice.Tensor, _ATEN.select.int):
         src = args[0]
         ndim = len(an.ops[src].shape)
@@ -348,8 +349,7 @@ def _rewrite_index_args(an: DependencyAnalysis, node: fx.Node, op: Op,
                 position(end) if end is not None else None), {}
     if node.op == "call_function" and node.target in SIZED_ATEN_OPS:
         sizes = args[1] if len(args) > 1 else kwargs["size"]
-        fixed_sizes = _fix_sizes(sizes, old, new, range(len(old)), op, node, after,
-                                 infer=node.target is not _ATEN.expand.default)
+        fixed_sizes = _fix_sizes(sizes, old, new, range(len(old)), op, node, after, infer=infer)
         return (args[0], fixed_sizes, *args[2:]), {k: v for k, v in kwargs.items() if k != "size"}
     if node.op == "call_function" and node.target is _ATEN.unflatten.int:
         d = int(args[1]) % len(an.ops[args[0]].shape)
@@ -357,8 +357,7 @@ def _rewrite_index_args(an: DependencyAnalysis, node: fx.Node, op: Op,
         return (args[0], args[1], _fix_sizes(sizes, old, new, range(d, d + len(sizes)), op, node, after)), {}
 
     def fix(sizes: Sequence[Any], axes: Sequence[int]) -> list[Any]:
-        return _fix_sizes(sizes, old, new, axes, op, node, after,
-                          infer=not (node.op == "call_method" and node.target == "expand"))
+        return _fix_sizes(sizes, old, new, axes, op, node, after, infer=infer)
 
     name = str(node.target)
     if node.op == "call_method" and name in SIZED_METHODS:
